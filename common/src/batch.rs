@@ -1,0 +1,185 @@
+//! A view of a Kafka record batch (magic 2) header.
+//!
+//! Layout (big-endian): baseOffset i64 @0, batchLength i32 @8,
+//! partitionLeaderEpoch i32 @12, magic i8 @16, crc u32 @17 (CRC-32C of bytes
+//! 21..end), attributes i16 @21, lastOffsetDelta i32 @23, baseTimestamp i64 @27,
+//! maxTimestamp i64 @35, producerId i64 @43, producerEpoch i16 @51,
+//! baseSequence i32 @53, recordCount i32 @57, records @61.
+//! The owner rewrites baseOffset and partitionLeaderEpoch, which the CRC does
+//! not cover, so a batch is stored exactly as the client sent it otherwise.
+
+use bytes::{Bytes, BytesMut};
+
+pub const HEADER_LEN: usize = 61;
+/// Bytes before `batchLength` counts: baseOffset and batchLength themselves.
+pub const LOG_OVERHEAD: usize = 12;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("record set is empty")]
+    Empty,
+    #[error("record batch truncated")]
+    Truncated,
+    #[error("unsupported record batch magic {0}")]
+    Magic(i8),
+    #[error("record batch crc mismatch")]
+    Crc,
+    #[error("record batch header inconsistent: {0}")]
+    Invalid(&'static str),
+}
+
+/// Header fields of one validated batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub len: usize,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Offsets the batch occupies in its partition.
+    pub fn offset_count(&self) -> u32 {
+        self.last_offset_delta as u32 + 1
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+}
+
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(x)
+}
+
+/// Parses and checks the batch at the start of `b` (magic, length, CRC-32C).
+pub fn parse(b: &[u8]) -> Result<BatchHeader, BatchError> {
+    if b.len() < HEADER_LEN {
+        return Err(BatchError::Truncated);
+    }
+    let batch_len = i32_at(b, 8);
+    if batch_len < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+        return Err(BatchError::Invalid("batchLength below header size"));
+    }
+    let len = batch_len as usize + LOG_OVERHEAD;
+    if b.len() < len {
+        return Err(BatchError::Truncated);
+    }
+    let magic = b[16] as i8;
+    if magic != 2 {
+        return Err(BatchError::Magic(magic));
+    }
+    let crc = u32::from_be_bytes([b[17], b[18], b[19], b[20]]);
+    if crc32c::crc32c(&b[21..len]) != crc {
+        return Err(BatchError::Crc);
+    }
+    let header = BatchHeader {
+        len,
+        attributes: i16::from_be_bytes([b[21], b[22]]),
+        last_offset_delta: i32_at(b, 23),
+        base_timestamp: i64_at(b, 27),
+        max_timestamp: i64_at(b, 35),
+        producer_id: i64_at(b, 43),
+        record_count: i32_at(b, 57),
+    };
+    if header.last_offset_delta < 0 || header.record_count < 0 {
+        return Err(BatchError::Invalid("negative lastOffsetDelta or recordCount"));
+    }
+    if header.record_count > header.last_offset_delta + 1 {
+        return Err(BatchError::Invalid("recordCount exceeds lastOffsetDelta + 1"));
+    }
+    Ok(header)
+}
+
+/// Splits a produce record set into validated batches, zero-copy.
+pub fn split(mut records: Bytes) -> Result<Vec<(BatchHeader, Bytes)>, BatchError> {
+    if records.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut out = Vec::with_capacity(1);
+    while !records.is_empty() {
+        let header = parse(&records)?;
+        out.push((header, records.split_to(header.len)));
+    }
+    Ok(out)
+}
+
+/// Sets baseOffset and partitionLeaderEpoch; neither is covered by the CRC.
+pub fn assign(batch: Bytes, base_offset: i64, leader_epoch: i32) -> Bytes {
+    let mut b = BytesMut::from(batch);
+    b[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    b[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    b.freeze()
+}
+
+/// baseOffset of a stored batch.
+pub fn base_offset(b: &[u8]) -> i64 {
+    i64_at(b, 0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal valid batch with `count` empty-valued records.
+    pub fn sample(count: i32, ts: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for i in 0..count {
+            // length, attributes, tsDelta, offsetDelta, keyLen=-1, valueLen=0, headers=0 (varints)
+            let body = [0u8, 0, (i as u8) << 1, 1, 0, 0];
+            records.push((body.len() as u8) << 1);
+            records.extend_from_slice(&body);
+        }
+        let mut b = vec![0u8; HEADER_LEN];
+        b.extend_from_slice(&records);
+        let len = b.len();
+        b[8..12].copy_from_slice(&((len - LOG_OVERHEAD) as i32).to_be_bytes());
+        b[16] = 2;
+        b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        b[27..35].copy_from_slice(&ts.to_be_bytes());
+        b[35..43].copy_from_slice(&ts.to_be_bytes());
+        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let b = sample(3, 1000);
+        let h = parse(&b).expect("valid");
+        assert_eq!((h.record_count, h.offset_count(), h.max_timestamp), (3, 3, 1000));
+        let mut bad = b.clone();
+        *bad.last_mut().expect("nonempty") ^= 1;
+        assert_eq!(parse(&bad), Err(BatchError::Crc));
+        assert_eq!(parse(&b[..b.len() - 1]), Err(BatchError::Truncated));
+        let mut m = b.clone();
+        m[16] = 1;
+        assert_eq!(parse(&m), Err(BatchError::Magic(1)));
+        assert_eq!(split(Bytes::new()).map(|v| v.len()), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn assign_keeps_crc_valid() {
+        let two: Vec<u8> = [sample(2, 5), sample(1, 6)].concat();
+        let batches = split(Bytes::from(two)).expect("valid");
+        assert_eq!(batches.len(), 2);
+        let stored = assign(batches[1].1.clone(), 42, 7);
+        assert_eq!(base_offset(&stored), 42);
+        assert!(parse(&stored).is_ok());
+    }
+}

@@ -1,0 +1,156 @@
+//! What a store must do to hold a shard log, as library functions every store
+//! runs: memory, a local directory, and a real S3-compatible server (the
+//! end-to-end harness starts one). Each check returns what broke.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::{Entry, Error, LogConfig, ShardLog, StreamId};
+
+type Check = Result<(), String>;
+
+fn ensure(ok: bool, what: &str) -> Check {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.to_string())
+    }
+}
+
+fn e2s(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Runs every check below `prefix` (which should be fresh for each run).
+pub async fn run_all(store: Arc<dyn ObjectStore>, prefix: &str) -> Check {
+    let p = Path::from(prefix);
+    objects(&*store, &p.clone().join("objects")).await.map_err(|e| format!("objects: {e}"))?;
+    create_race(store.clone(), &p.clone().join("race")).await.map_err(|e| format!("create race: {e}"))?;
+    log_round_trip(store.clone(), &p.clone().join("log")).await.map_err(|e| format!("log round trip: {e}"))?;
+    log_fencing(store, &p.clone().join("fence")).await.map_err(|e| format!("log fencing: {e}"))?;
+    Ok(())
+}
+
+/// Put, get, ranged get, multi-chunk payloads, create-if-absent, list.
+pub async fn objects(store: &dyn ObjectStore, p: &Path) -> Check {
+    let a = p.clone().join("a");
+    let payload = PutPayload::from_iter([Bytes::from_static(b"hello "), Bytes::from_static(b"world")]);
+    store.put(&a, payload).await.map_err(e2s)?;
+    let got = store.get(&a).await.map_err(e2s)?.bytes().await.map_err(e2s)?;
+    ensure(got == "hello world", "multi-chunk put reads back whole")?;
+    let r = store.get_range(&a, 6..11).await.map_err(e2s)?;
+    ensure(r == "world", "ranged get")?;
+    let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+    let again = store.put_opts(&a, PutPayload::from_static(b"x"), create.clone()).await;
+    ensure(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "create over an object fails")?;
+    let got = store.get(&a).await.map_err(e2s)?.bytes().await.map_err(e2s)?;
+    ensure(got == "hello world", "failed create leaves the object alone")?;
+    let missing = store.get(&p.clone().join("missing")).await;
+    ensure(matches!(missing, Err(object_store::Error::NotFound { .. })), "get of a missing object is NotFound")?;
+    store.put_opts(&p.clone().join("b"), PutPayload::from_static(b"b"), create).await.map_err(e2s)?;
+    let mut names: Vec<String> = store
+        .list(Some(p))
+        .map_ok(|m| m.location.filename().unwrap_or_default().to_string())
+        .try_collect()
+        .await
+        .map_err(e2s)?;
+    names.sort();
+    ensure(names == ["a", "b"], "list under a prefix")
+}
+
+/// Eight writers race to create one object: exactly one wins.
+pub async fn create_race(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
+    for round in 0..4 {
+        let path = p.clone().join(format!("r{round}"));
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (store, path) = (store.clone(), path.clone());
+                tokio::spawn(async move {
+                    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                    store.put_opts(&path, PutPayload::from(vec![i]), opts).await.is_ok()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.map_err(e2s)?);
+        }
+        ensure(winners == 1, &format!("round {round}: {winners} creators won, want exactly 1"))?;
+    }
+    Ok(())
+}
+
+fn batch(tag: u8, len: usize) -> Bytes {
+    let mut v = vec![tag; len];
+    v[..8].fill(0);
+    Bytes::from(v)
+}
+
+async fn append_one(log: &ShardLog, stream: StreamId, tag: u8) -> Result<i64, Error> {
+    let e = Entry::Append { stream, base_offset: 0, offsets: 2, max_timestamp: tag as i64, data: batch(tag, 100) };
+    let a = log.append(vec![e]).await?;
+    let base = a.base_offsets[0];
+    a.durable().await?;
+    Ok(base)
+}
+
+/// Append, close, reopen: offsets, bytes and metadata survive.
+pub async fn log_round_trip(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
+    let cfg = LogConfig { checkpoint_every: 3, ..LogConfig::default() };
+    let log = ShardLog::open(store.clone(), p.clone(), cfg.clone()).await.map_err(e2s)?;
+    let s = log.allocate_stream();
+    let put = Entry::Put { key: Bytes::from_static(b"k"), value: Some(Bytes::from_static(b"v")) };
+    log.append(vec![Entry::CreateStream { stream: s }, put]).await.map_err(e2s)?.durable().await.map_err(e2s)?;
+    for tag in 1..=5u8 {
+        let base = append_one(&log, s, tag).await.map_err(e2s)?;
+        ensure(base == (tag as i64 - 1) * 2, "offsets are contiguous")?;
+    }
+    log.close().await.map_err(e2s)?;
+    let log = ShardLog::open(store, p.clone(), cfg).await.map_err(e2s)?;
+    ensure(log.get(b"k").as_deref() == Some(&b"v"[..]), "metadata survives reopen")?;
+    ensure(log.offsets(s).map_err(e2s)? == (0, 10), "high watermark survives reopen")?;
+    let read = log.read(s, 3, 1 << 20).await.map_err(e2s)?;
+    ensure(read.batches.len() == 4, "read from the middle of a batch returns that batch on")?;
+    ensure(read.batches[0][8] == 2 && read.batches[0][..8] == 2i64.to_be_bytes(), "bytes and base offset")?;
+    ensure(append_one(&log, s, 6).await.map_err(e2s)? == 10, "appends continue after reopen")?;
+    log.close().await.map_err(e2s)
+}
+
+/// A second owner fences the first: the first's next write fails, and nothing
+/// it had acknowledged is lost.
+pub async fn log_fencing(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
+    let cfg = LogConfig::default();
+    let old = ShardLog::open(store.clone(), p.clone(), cfg.clone()).await.map_err(e2s)?;
+    let s = old.allocate_stream();
+    old.append(vec![Entry::CreateStream { stream: s }]).await.map_err(e2s)?.durable().await.map_err(e2s)?;
+    append_one(&old, s, 1).await.map_err(e2s)?;
+    let new = ShardLog::open(store, p.clone(), cfg).await.map_err(e2s)?;
+    ensure(new.epoch() > old.epoch(), "epochs increase")?;
+    let stale = append_one(&old, s, 2).await;
+    ensure(matches!(stale, Err(Error::Fenced)), &format!("stale owner's write fails as fenced, got {stale:?}"))?;
+    ensure(new.offsets(s).map_err(e2s)? == (0, 2), "acknowledged write survives the takeover")?;
+    ensure(append_one(&new, s, 3).await.map_err(e2s)? == 2, "new owner continues at the next offset")?;
+    new.close().await.map_err(e2s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        run_all(store, "conformance").await.expect("memory store");
+    }
+
+    #[tokio::test]
+    async fn local_directory_conforms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::from_url(dir.path().to_str().expect("utf-8"), true).expect("store");
+        run_all(store, "conformance").await.expect("local directory");
+    }
+}

@@ -1,0 +1,69 @@
+//! The fenced shard log on object storage (DESIGN.md, "The fenced log").
+//!
+//! A shard is a single-writer log of immutable objects below one prefix:
+//! `epoch/{n}` (one per owner, created with `PutMode::Create`), `wal/{seq}`
+//! (one per flush: entries of every stream of the shard, or a fence tombstone)
+//! and `ckpt/{seq}` (the replayed state after `wal/{seq}`). The crate knows
+//! nothing of Kafka: it stores opaque batches with offsets, and a small
+//! key-value map for metadata.
+//!
+//! # Layout
+//! - [`log`]: [`ShardLog`]: open (epoch, checkpoint, fence, replay), group-commit
+//!   appends with pipelined flushes acked in sequence order, reads.
+//! - `format`: the byte layout of WAL and checkpoint objects.
+//! - `state`: the state entries build: streams, batch index, key-value map.
+//! - [`store`]: building object stores from URLs, call counters.
+//! - [`faulty`]: a seeded store wrapper that delays, fails and lies, for tests.
+//! - [`conformance`]: the suite every object store must pass to hold a log.
+
+pub mod conformance;
+pub mod faulty;
+mod format;
+pub mod log;
+mod state;
+pub mod store;
+
+use bytes::Bytes;
+
+pub use log::{Appended, LogConfig, Read, ShardLog, FENCE_WINDOW};
+pub use state::BatchLoc;
+
+/// A stream (a Kafka partition, to the layers above) within one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u64);
+
+/// One state change. Every change to a shard is an entry in its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A batch of `offsets` offsets. `data` must begin with an 8-byte
+    /// big-endian slot that the log overwrites with the assigned base offset
+    /// (a Kafka batch's `baseOffset`); `base_offset` is ignored on append.
+    Append { stream: StreamId, base_offset: i64, offsets: u32, max_timestamp: i64, data: Bytes },
+    CreateStream { stream: StreamId },
+    /// Drops a stream and its index; its data becomes garbage.
+    DeleteStream { stream: StreamId },
+    /// Raises a stream's log start offset (retention, DeleteRecords).
+    Truncate { stream: StreamId, log_start: i64 },
+    /// Sets (`Some`) or removes (`None`) a metadata key.
+    Put { key: Bytes, value: Option<Bytes> },
+}
+
+/// What callers can act on. Detail stays in the message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Another owner took the shard over; reopen (a new epoch) or give it up.
+    #[error("shard fenced by a newer owner")]
+    Fenced,
+    /// The log hit an error it cannot retry past; nothing after the last
+    /// acknowledged entry is acknowledged. Reopen the shard.
+    #[error("shard log unavailable: {0}")]
+    Unavailable(String),
+    #[error("shard log closed")]
+    Closed,
+    #[error("unknown stream")]
+    UnknownStream,
+    #[error("offset out of range (log start {log_start}, high watermark {high_watermark})")]
+    OffsetOutOfRange { log_start: i64, high_watermark: i64 },
+    #[error("corrupt object {path}: {why}")]
+    Corrupt { path: String, why: String },
+}

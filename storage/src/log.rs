@@ -1,0 +1,617 @@
+//! [`ShardLog`]: the single writer of one shard.
+//!
+//! Appends take offsets at once under a short lock and join the open flush.
+//! A flusher task seals the open flush on the linger timer or the size trigger
+//! into `wal/{seq}`, keeps up to `max_in_flight` PUTs going, and acknowledges
+//! flushes strictly in sequence order: an entry is acknowledged, and becomes
+//! readable, only when its object and every object before it are durable.
+//! A PUT that cannot be completed poisons the log: everything not yet
+//! acknowledged fails, and the owner must reopen (fencing its own leftovers).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::format::{self, Writer, WAL_HEADER_LEN};
+use crate::state::{BatchLoc, State};
+use crate::{Entry, Error, StreamId};
+
+mod open;
+mod put;
+
+/// The log format's bound on flushes in flight. A new owner fences this many
+/// sequence numbers past the first free one, so a stale owner's in-flight
+/// writes can never land in the valid log. Changing it changes the format.
+pub const FENCE_WINDOW: u64 = 8;
+
+/// Settings of one shard log. Defaults suit a local directory; for S3 raise
+/// `linger` (each flush is one PUT: a 5 ms linger is at most 200 PUTs/s/shard).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// How long the first entry of a flush waits for company. Bounds PUTs per
+    /// second per shard to 1 / linger while under the size trigger.
+    pub linger: Duration,
+    /// Size trigger: a flush is sealed at once when it holds this many bytes.
+    pub flush_bytes: usize,
+    /// PUTs in flight at once (at most [`FENCE_WINDOW`]).
+    pub max_in_flight: usize,
+    /// Appended bytes not yet durable; appends wait beyond it (backpressure).
+    pub max_pending_bytes: usize,
+    /// Recently written batches kept in memory for reads.
+    pub tail_bytes: usize,
+    /// One PUT attempt's deadline; an attempt past it is resolved by retrying
+    /// the identical bytes and reading back on conflict.
+    pub put_timeout: Duration,
+    /// Attempts per object before the log is poisoned.
+    pub put_attempts: u32,
+    /// A checkpoint is written every this many flushes (and on close).
+    pub checkpoint_every: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(1),
+            flush_bytes: 4 << 20,
+            max_in_flight: 4,
+            max_pending_bytes: 64 << 20,
+            tail_bytes: 64 << 20,
+            put_timeout: Duration::from_secs(10),
+            put_attempts: 5,
+            checkpoint_every: 512,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_in_flight == 0 || self.max_in_flight as u64 > FENCE_WINDOW {
+            return Err(format!("max_in_flight must be 1..={FENCE_WINDOW}"));
+        }
+        if self.flush_bytes == 0 || self.max_pending_bytes < self.flush_bytes {
+            return Err("need 0 < flush_bytes <= max_pending_bytes".into());
+        }
+        if self.put_attempts == 0 || self.checkpoint_every == 0 {
+            return Err("put_attempts and checkpoint_every must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The single writer of one shard. Cheap to clone.
+#[derive(Clone)]
+pub struct ShardLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    cfg: LogConfig,
+    writer: Writer,
+    core: Mutex<Core>,
+    /// Wakes the flusher: new entries, or closing.
+    kick: Notify,
+    /// Bumped whenever the durable state advances; long-polls watch it.
+    durable_tx: watch::Sender<u64>,
+    /// Bytes appended but not yet durable, in KiB permits.
+    pending: Arc<Semaphore>,
+    /// Resolves when the flusher has exited.
+    stopped: watch::Sender<bool>,
+}
+
+struct Core {
+    /// State with every accepted entry applied (offsets, streams, keys).
+    live: State,
+    /// State with only durable entries applied; reads see this.
+    durable: State,
+    tail: Tail,
+    open: Flush,
+    next_seq: u64,
+    /// Sealed flushes by seq, waiting for their PUT and their turn to ack.
+    in_flight: BTreeMap<u64, Sealed>,
+    flushes_since_checkpoint: u64,
+    /// Seqs below this are earlier owners' objects or our fence tombstones.
+    first_own_seq: u64,
+    failed: Option<Error>,
+    closing: bool,
+}
+
+#[derive(Default)]
+struct Flush {
+    entries: Vec<Entry>,
+    bytes: usize,
+    acks: Vec<oneshot::Sender<Result<(), Error>>>,
+    permits: Vec<OwnedSemaphorePermit>,
+    first_at: Option<Instant>,
+}
+
+struct Sealed {
+    flush: Flush,
+    positions: Vec<u32>,
+    done: Option<Result<(), Error>>,
+}
+
+/// The result of an append: offsets assigned now, durability later.
+pub struct Appended {
+    /// Base offset of each `Append` entry, in order.
+    pub base_offsets: Vec<i64>,
+    durable: oneshot::Receiver<Result<(), Error>>,
+}
+
+impl Appended {
+    /// Waits until the entries are durable and acknowledged.
+    pub async fn durable(self) -> Result<(), Error> {
+        self.durable.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// Batches read from one stream.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub log_start: i64,
+    pub high_watermark: i64,
+    /// Whole batches, first one holding the requested offset; stored bytes.
+    pub batches: Vec<Bytes>,
+}
+
+impl ShardLog {
+    /// Takes ownership of the shard at `prefix`: a new epoch, the latest valid
+    /// checkpoint, replay, and the fence. See `open.rs`.
+    pub async fn open(store: Arc<dyn ObjectStore>, prefix: Path, cfg: LogConfig) -> Result<Self, Error> {
+        cfg.validate().map_err(Error::Unavailable)?;
+        let opened = open::open(&store, &prefix, &cfg).await?;
+        let permits = (cfg.max_pending_bytes >> 10).max(1);
+        let mut tail = Tail::new(cfg.tail_bytes);
+        for (stream, base, data) in opened.tail {
+            tail.insert(stream, base, data);
+        }
+        let inner = Arc::new(Inner {
+            store,
+            prefix,
+            writer: opened.writer,
+            core: Mutex::new(Core {
+                live: opened.state.clone(),
+                durable: opened.state,
+                tail,
+                open: Flush::default(),
+                next_seq: opened.next_seq,
+                in_flight: BTreeMap::new(),
+                flushes_since_checkpoint: 0,
+                first_own_seq: opened.next_seq,
+                failed: None,
+                closing: false,
+            }),
+            kick: Notify::new(),
+            durable_tx: watch::channel(0).0,
+            pending: Arc::new(Semaphore::new(permits)),
+            stopped: watch::channel(false).0,
+            cfg,
+        });
+        tokio::spawn(flusher(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// This owner's epoch: unique and increasing across owners of the shard.
+    pub fn epoch(&self) -> u64 {
+        self.inner.writer.epoch
+    }
+
+    /// Reserves a new stream id; make it real with `Entry::CreateStream`.
+    pub fn allocate_stream(&self) -> StreamId {
+        let mut core = self.inner.lock();
+        let id = core.live.next_stream;
+        core.live.next_stream += 1;
+        StreamId(id)
+    }
+
+    /// Accepts entries into the open flush, in order, and assigns offsets.
+    /// Waits only when `max_pending_bytes` are already waiting to be durable.
+    pub async fn append(&self, mut entries: Vec<Entry>) -> Result<Appended, Error> {
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
+        let kib = ((bytes >> 10).max(1)).min(self.inner.cfg.max_pending_bytes >> 10).max(1);
+        let permit = self
+            .inner
+            .pending
+            .clone()
+            .acquire_many_owned(kib as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let mut core = self.inner.lock();
+        if let Some(e) = &core.failed {
+            return Err(e.clone());
+        }
+        if core.closing {
+            return Err(Error::Closed);
+        }
+        // Check everything before changing anything: an append is all or nothing.
+        for e in &entries {
+            if let Entry::Append { stream, data, .. } = e {
+                if !core.live.streams.contains_key(stream) {
+                    return Err(Error::UnknownStream);
+                }
+                if data.len() < 8 {
+                    return Err(Error::Unavailable("append data shorter than its offset slot".into()));
+                }
+            }
+        }
+        let mut base_offsets = Vec::new();
+        for e in &mut entries {
+            if let Entry::Append { stream, base_offset, data, .. } = e {
+                let next = core.live.streams[stream].next_offset;
+                *base_offset = next;
+                *data = with_base_offset(std::mem::take(data), next);
+                base_offsets.push(next);
+            }
+            core.live.apply(e, u64::MAX, 0);
+        }
+        let open = &mut core.open;
+        open.entries.append(&mut entries);
+        open.bytes += bytes;
+        open.acks.push(tx);
+        open.permits.push(permit);
+        let first = open.first_at.is_none();
+        if first {
+            open.first_at = Some(Instant::now());
+        }
+        let full = open.bytes >= self.inner.cfg.flush_bytes;
+        drop(core);
+        if first || full {
+            self.inner.kick.notify_one();
+        }
+        Ok(Appended { base_offsets, durable: rx })
+    }
+
+    /// Reads whole batches from `from` on, up to `max_bytes` (at least one
+    /// batch if any is there), never past the durable high watermark.
+    pub async fn read(&self, stream: StreamId, from: i64, max_bytes: usize) -> Result<Read, Error> {
+        let mut out = Read::default();
+        let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
+        {
+            let core = self.inner.lock();
+            let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
+            out.log_start = s.log_start;
+            out.high_watermark = s.next_offset;
+            if from < s.log_start || from > s.next_offset {
+                return Err(Error::OffsetOutOfRange { log_start: s.log_start, high_watermark: s.next_offset });
+            }
+            let mut total = 0usize;
+            for loc in &s.locs[s.find(from)..] {
+                if total > 0 && total + loc.len as usize > max_bytes {
+                    break;
+                }
+                total += loc.len as usize;
+                match core.tail.get(stream, loc.base_offset) {
+                    Some(b) => out.batches.push(b),
+                    None => {
+                        missing.push((out.batches.len(), *loc));
+                        out.batches.push(Bytes::new());
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.fetch_missing(&mut out.batches, &missing).await?;
+        }
+        Ok(out)
+    }
+
+    /// Fills batches that fell out of the tail, one ranged GET per object.
+    async fn fetch_missing(&self, batches: &mut [Bytes], missing: &[(usize, BatchLoc)]) -> Result<(), Error> {
+        let mut by_seq: BTreeMap<u64, Vec<(usize, BatchLoc)>> = BTreeMap::new();
+        for m in missing {
+            by_seq.entry(m.1.seq).or_default().push(*m);
+        }
+        for (seq, locs) in by_seq {
+            let start = locs.iter().map(|(_, l)| l.pos).min().unwrap_or(0) as u64;
+            let end = locs.iter().map(|(_, l)| l.pos as u64 + l.len as u64).max().unwrap_or(0);
+            let path = wal_path(&self.inner.prefix, seq);
+            let span = put::get_range(&*self.inner.store, &path, start..end).await?;
+            for (i, l) in locs {
+                let at = (l.pos as u64 - start) as usize;
+                let b = span.slice(at..at + l.len as usize);
+                batches[i] = with_base_offset(b, l.base_offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Log start and durable high watermark of a stream.
+    pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
+        let core = self.inner.lock();
+        let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
+        Ok((s.log_start, s.next_offset))
+    }
+
+    /// First durable offset whose batch has a max timestamp at or after `ts`
+    /// (batch granularity), or `None` when no batch does.
+    pub fn offset_for_timestamp(&self, stream: StreamId, ts: i64) -> Result<Option<(i64, i64)>, Error> {
+        let core = self.inner.lock();
+        let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
+        Ok(s.locs.iter().find(|l| l.max_timestamp >= ts).map(|l| (l.base_offset, l.max_timestamp)))
+    }
+
+    /// The largest timestamp durable in a stream, with its batch's last offset.
+    pub fn max_timestamp(&self, stream: StreamId) -> Result<Option<(i64, i64)>, Error> {
+        let core = self.inner.lock();
+        let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
+        let best = s.locs.iter().max_by_key(|l| (l.max_timestamp, std::cmp::Reverse(l.base_offset)));
+        Ok(best.map(|l| (l.end_offset() - 1, l.max_timestamp)))
+    }
+
+    /// A metadata value, including accepted-but-not-durable changes.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.inner.lock().live.kv.get(key).cloned()
+    }
+
+    /// Metadata keys and values under a prefix (live view, as [`Self::get`]).
+    pub fn scan(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
+        let core = self.inner.lock();
+        let range = core.live.kv.range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded));
+        range.take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Changes whenever more entries become durable.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.durable_tx.subscribe()
+    }
+
+    /// The error that poisoned the log, if any.
+    pub fn failed(&self) -> Option<Error> {
+        self.inner.lock().failed.clone()
+    }
+
+    /// Stops accepting appends, makes everything accepted durable (or failed),
+    /// writes a checkpoint and stops the flusher.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.lock().closing = true;
+        self.inner.kick.notify_one();
+        let mut stopped = self.inner.stopped.subscribe();
+        let _ = stopped.wait_for(|s| *s).await;
+        self.pending_failure()?;
+        checkpoint(&self.inner).await
+    }
+
+    fn pending_failure(&self) -> Result<(), Error> {
+        match self.failed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding this lock is a bug; the state is then suspect
+        // anyway, but reads of it remain memory-safe.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    match e {
+        Entry::Append { data, .. } => data.len() + 32,
+        Entry::Put { key, value } => key.len() + value.as_ref().map_or(0, |v| v.len()) + 16,
+        _ => 16,
+    }
+}
+
+fn with_base_offset(data: Bytes, base_offset: i64) -> Bytes {
+    if data.len() >= 8 && data[..8] == base_offset.to_be_bytes() {
+        return data;
+    }
+    let mut b = bytes::BytesMut::from(data);
+    b[..8].copy_from_slice(&base_offset.to_be_bytes());
+    b.freeze()
+}
+
+pub(crate) fn wal_path(prefix: &Path, seq: u64) -> Path {
+    prefix.clone().join("wal").join(format!("{seq:020}"))
+}
+
+pub(crate) fn ckpt_path(prefix: &Path, seq: u64) -> Path {
+    prefix.clone().join("ckpt").join(format!("{seq:020}"))
+}
+
+pub(crate) fn epoch_path(prefix: &Path, epoch: u64) -> Path {
+    prefix.clone().join("epoch").join(format!("{epoch:020}"))
+}
+
+/// Seals flushes, runs their PUTs and acknowledges them in sequence order.
+async fn flusher(inner: Arc<Inner>) {
+    let (done_tx, mut done_rx) = mpsc::channel::<(u64, Result<(), Error>)>(FENCE_WINDOW as usize);
+    loop {
+        let deadline = {
+            let mut core = inner.lock();
+            if core.failed.is_some() || (core.closing && core.open.entries.is_empty() && core.in_flight.is_empty()) {
+                break;
+            }
+            let room = core.in_flight.len() < inner.cfg.max_in_flight;
+            match core.open.first_at {
+                Some(first) if room => {
+                    let due = first + inner.cfg.linger;
+                    if core.closing || core.open.bytes >= inner.cfg.flush_bytes || Instant::now() >= due {
+                        seal(&inner, &mut core, &done_tx);
+                        continue;
+                    }
+                    Some(due)
+                }
+                _ => None,
+            }
+        };
+        tokio::select! {
+            _ = inner.kick.notified() => {}
+            Some((seq, res)) = done_rx.recv() => complete(&inner, seq, res),
+            _ = sleep_until(deadline) => {}
+        }
+    }
+    let failed = inner.lock().failed.is_some();
+    if failed {
+        // Drain the PUTs still running so no task outlives the log unseen.
+        drop(done_tx);
+        while done_rx.recv().await.is_some() {}
+    }
+    inner.stopped.send_replace(true);
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn seal(inner: &Arc<Inner>, core: &mut Core, done_tx: &mpsc::Sender<(u64, Result<(), Error>)>) {
+    let flush = std::mem::take(&mut core.open);
+    let seq = core.next_seq;
+    core.next_seq += 1;
+    let chunks = format::encode_wal(inner.writer, seq, &flush.entries);
+    let mut positions = Vec::with_capacity(chunks.len());
+    let mut at = chunks[0].len() as u32;
+    debug_assert!(chunks[0].len() >= WAL_HEADER_LEN);
+    for c in &chunks[1..] {
+        positions.push(at);
+        at += c.len() as u32;
+    }
+    core.in_flight.insert(seq, Sealed { flush, positions, done: None });
+    let payload = PutPayload::from_iter(chunks);
+    let (inner, tx) = (inner.clone(), done_tx.clone());
+    tokio::spawn(async move {
+        let path = wal_path(&inner.prefix, seq);
+        let res = put::create_resolved(&*inner.store, &path, payload, inner.writer, &inner.cfg).await;
+        // The flusher drains this channel until every PUT has reported.
+        let _ = tx.send((seq, res)).await;
+    });
+}
+
+/// Records a PUT's outcome and acknowledges every flush now durable in order.
+fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
+    let mut core = inner.lock();
+    if let Some(s) = core.in_flight.get_mut(&seq) {
+        s.done = Some(res);
+    }
+    let mut advanced = false;
+    let mut want_checkpoint = false;
+    while let Some(mut first) = core.in_flight.first_entry() {
+        let Some(res) = first.get_mut().done.take() else { break };
+        let (seq, sealed) = first.remove_entry();
+        if let Err(e) = res {
+            tracing::warn!(seq, error = %e, "flush failed; shard log poisoned");
+            poison(&mut core, sealed, e);
+            break;
+        }
+        let core = &mut *core;
+        let mut pos = sealed.positions.iter();
+        for e in &sealed.flush.entries {
+            let p = if matches!(e, Entry::Append { .. }) { pos.next().copied().unwrap_or(0) } else { 0 };
+            core.durable.apply(e, seq, p);
+            if let Entry::Append { stream, base_offset, data, .. } = e {
+                core.tail.insert(*stream, *base_offset, data.clone());
+            }
+        }
+        for ack in sealed.flush.acks {
+            let _ = ack.send(Ok(()));
+        }
+        core.flushes_since_checkpoint += 1;
+        if core.flushes_since_checkpoint >= inner.cfg.checkpoint_every {
+            core.flushes_since_checkpoint = 0;
+            want_checkpoint = true;
+        }
+        advanced = true;
+    }
+    drop(core);
+    if advanced {
+        inner.durable_tx.send_modify(|n| *n += 1);
+    }
+    if want_checkpoint {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = checkpoint(&inner).await {
+                tracing::warn!(error = %e, "checkpoint failed; replay will start further back");
+            }
+        });
+    }
+}
+
+/// Fails `sealed`, every later flush and the open one: none of them can ever
+/// be acknowledged, since acks go in sequence order.
+fn poison(core: &mut Core, sealed: Sealed, e: Error) {
+    let e = match e {
+        Error::Fenced => Error::Fenced,
+        other => Error::Unavailable(other.to_string()),
+    };
+    let later = std::mem::take(&mut core.in_flight).into_values().map(|s| s.flush);
+    let open = std::mem::take(&mut core.open);
+    for flush in std::iter::once(sealed.flush).chain(later).chain(std::iter::once(open)) {
+        for ack in flush.acks {
+            let _ = ack.send(Err(e.clone()));
+        }
+    }
+    core.failed = Some(e);
+}
+
+/// Writes `ckpt/{seq}` for the newest durable flush this owner wrote. The
+/// checkpoint counts only while `wal/{seq}` carries the same epoch.
+async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
+    let (seq, body) = {
+        let core = inner.lock();
+        let Some(seq) = core.durable_seq() else { return Ok(()) };
+        if seq < core.first_own_seq {
+            return Ok(());
+        }
+        (seq, format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable))
+    };
+    let path = ckpt_path(&inner.prefix, seq);
+    put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
+}
+
+impl Core {
+    /// The newest seq whose flush is durable, if this owner has flushed.
+    fn durable_seq(&self) -> Option<u64> {
+        let next_unacked = self.in_flight.keys().next().copied().unwrap_or(self.next_seq);
+        next_unacked.checked_sub(1)
+    }
+}
+
+/// Recently written batches, bounded by bytes, evicted oldest first.
+struct Tail {
+    max_bytes: usize,
+    bytes: usize,
+    map: HashMap<(StreamId, i64), Bytes>,
+    order: VecDeque<(StreamId, i64)>,
+}
+
+impl Tail {
+    fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, bytes: 0, map: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn insert(&mut self, stream: StreamId, base: i64, data: Bytes) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        self.bytes += data.len();
+        if let Some(old) = self.map.insert((stream, base), data) {
+            self.bytes -= old.len();
+        } else {
+            self.order.push_back((stream, base));
+        }
+        while self.bytes > self.max_bytes {
+            let Some(k) = self.order.pop_front() else { break };
+            if let Some(old) = self.map.remove(&k) {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    fn get(&self, stream: StreamId, base: i64) -> Option<Bytes> {
+        self.map.get(&(stream, base)).cloned()
+    }
+}

@@ -1,0 +1,151 @@
+//! Taking ownership of a shard, exactly as DESIGN.md's "The fenced log":
+//!
+//! 1. **Epoch**: create `epoch/{n+1}` with `PutMode::Create`, where n comes
+//!    from a LIST (a hint only); on conflict try the next n. Epochs are unique.
+//! 2. **Checkpoint**: newest `ckpt/{s}` whose `wal/{s}` carries its epoch.
+//! 3. **Scan and fence**: from s+1, try to create a tombstone at each seq; an
+//!    existing object is read and replayed if valid, and the first seq where
+//!    our create succeeds is F. Tombstones then go at F+1..F+K. A stale owner's
+//!    create anywhere in [F, F+K) fails, and since it acks in order it can
+//!    never acknowledge anything at or after F.
+//!
+//! Validity while replaying: a tombstone raises the fence epoch; a data object
+//! counts only if its epoch is at least the fence epoch seen so far.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+
+use super::put::{self, Created};
+use super::{ckpt_path, epoch_path, wal_path, LogConfig, FENCE_WINDOW};
+use crate::format::{self, Writer};
+use crate::state::State;
+use crate::{Entry, Error, StreamId};
+
+/// Longest run of lost epoch races before giving up: each loss means another
+/// owner just took the shard.
+const MAX_EPOCH_RACES: u32 = 64;
+
+pub(super) struct Opened {
+    pub writer: Writer,
+    pub state: State,
+    /// First seq this owner writes data at (F + K).
+    pub next_seq: u64,
+    /// Replayed batches, newest last, to warm the read tail.
+    pub tail: Vec<(StreamId, i64, Bytes)>,
+}
+
+pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogConfig) -> Result<Opened, Error> {
+    let writer = claim_epoch(&**store, prefix, cfg).await?;
+    let (mut state, mut seq, mut fence_epoch) = match latest_checkpoint(&**store, prefix).await? {
+        Some(c) => (c.state, c.seq + 1, c.fence_epoch),
+        None => (State::default(), 0, 0),
+    };
+    let mut tail = Vec::new();
+    // Scan: replay until the first seq we can create.
+    loop {
+        let path = wal_path(prefix, seq);
+        let tomb = PutPayload::from(format::encode_tombstone(writer, seq));
+        match put::create_or_read(&**store, &path, tomb, writer, cfg).await? {
+            Created::Ours => break,
+            Created::Theirs(bytes) => {
+                let obj = format::decode_wal(bytes).map_err(|e| corrupt(&path, e))?;
+                if obj.writer.epoch > writer.epoch {
+                    return Err(Error::Fenced);
+                }
+                if obj.tombstone {
+                    fence_epoch = fence_epoch.max(obj.writer.epoch);
+                } else if obj.writer.epoch >= fence_epoch {
+                    replay(&mut state, &mut tail, &obj, cfg.tail_bytes);
+                }
+                seq += 1;
+            }
+        }
+    }
+    let fence = seq;
+    // Fence the rest of the in-flight window.
+    for s in fence + 1..fence + FENCE_WINDOW {
+        let path = wal_path(prefix, s);
+        let tomb = PutPayload::from(format::encode_tombstone(writer, s));
+        if let Created::Theirs(bytes) = put::create_or_read(&**store, &path, tomb, writer, cfg).await? {
+            let w = format::object_writer(&bytes).map_err(|e| corrupt(&path, e))?;
+            if w.epoch > writer.epoch {
+                return Err(Error::Fenced);
+            }
+            // A stale owner's unacknowledged flush: below our fence, ignored.
+        }
+    }
+    tracing::info!(%prefix, epoch = writer.epoch, fence, "shard opened");
+    Ok(Opened { writer, state, next_seq: fence + FENCE_WINDOW, tail })
+}
+
+fn replay(state: &mut State, tail: &mut Vec<(StreamId, i64, Bytes)>, obj: &format::WalObject, tail_bytes: usize) {
+    let mut pos = obj.positions.iter();
+    for e in &obj.entries {
+        let p = match e {
+            Entry::Append { stream, base_offset, data, .. } => {
+                if tail_bytes > 0 {
+                    tail.push((*stream, *base_offset, data.clone()));
+                }
+                pos.next().copied().unwrap_or(0)
+            }
+            _ => 0,
+        };
+        state.apply(e, obj.seq, p);
+    }
+}
+
+async fn claim_epoch(store: &dyn ObjectStore, prefix: &Path, cfg: &LogConfig) -> Result<Writer, Error> {
+    let dir = prefix.clone().join("epoch");
+    let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(unavailable)?;
+    let mut epoch = listed.iter().filter_map(|m| seq_of(&m.location)).max().unwrap_or(0);
+    let nonce = rand::random::<u64>();
+    for _ in 0..MAX_EPOCH_RACES {
+        epoch += 1;
+        let writer = Writer { epoch, nonce };
+        let body = PutPayload::from(format::encode_epoch(writer));
+        if let Created::Ours = put::create_or_read(store, &epoch_path(prefix, epoch), body, writer, cfg).await? {
+            return Ok(writer);
+        }
+    }
+    Err(Error::Unavailable(format!("lost {MAX_EPOCH_RACES} epoch races in a row")))
+}
+
+/// The newest checkpoint whose WAL object carries its epoch.
+async fn latest_checkpoint(store: &dyn ObjectStore, prefix: &Path) -> Result<Option<format::Checkpoint>, Error> {
+    let dir = prefix.clone().join("ckpt");
+    let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(unavailable)?;
+    let mut seqs: Vec<u64> = listed.iter().filter_map(|m| seq_of(&m.location)).collect();
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    for seq in seqs {
+        let path = ckpt_path(prefix, seq);
+        let Some(body) = put::get(store, &path).await? else { continue };
+        let ckpt = match format::decode_checkpoint(body) {
+            Ok(c) if c.seq == seq => c,
+            _ => {
+                tracing::warn!(%path, "skipping unreadable checkpoint");
+                continue;
+            }
+        };
+        let Some(wal) = put::get(store, &wal_path(prefix, seq)).await? else { continue };
+        if format::object_writer(&wal).ok().map(|w| w.epoch) == Some(ckpt.writer.epoch) {
+            return Ok(Some(ckpt));
+        }
+    }
+    Ok(None)
+}
+
+fn seq_of(path: &Path) -> Option<u64> {
+    path.filename()?.parse().ok()
+}
+
+fn unavailable(e: object_store::Error) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn corrupt(path: &Path, e: format::Corrupt) -> Error {
+    Error::Corrupt { path: path.to_string(), why: e.to_string() }
+}

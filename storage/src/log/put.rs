@@ -1,0 +1,139 @@
+//! Object writes whose outcome is resolved, never guessed.
+//!
+//! Every log object is created with `PutMode::Create` and names its writer
+//! (epoch, nonce) in its first bytes. On `AlreadyExists` the object is read
+//! back: ours means an earlier attempt landed (success); anyone else's means
+//! we were fenced. Errors and timeouts retry the identical bytes at the same
+//! path, so a retry can never leave a hole or a second version.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::format::{self, Writer};
+use crate::log::LogConfig;
+use crate::Error;
+
+/// What sits at a path we tried to create.
+pub(crate) enum Created {
+    Ours,
+    /// Someone else's object; its bytes are returned for replay.
+    Theirs(Bytes),
+}
+
+/// Creates `path` with `payload` (a WAL object or tombstone of `writer`),
+/// resolving conflicts and unknown outcomes by reading back.
+pub(crate) async fn create_or_read(
+    store: &dyn ObjectStore,
+    path: &Path,
+    payload: PutPayload,
+    writer: Writer,
+    cfg: &LogConfig,
+) -> Result<Created, Error> {
+    let mut last = String::new();
+    for attempt in 0..cfg.put_attempts {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match tokio::time::timeout(cfg.put_timeout, store.put_opts(path, payload.clone(), opts)).await {
+            Ok(Ok(_)) => return Ok(Created::Ours),
+            Ok(Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
+                match read_back(store, path, writer, cfg.put_timeout).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last = e,
+                }
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("put timed out after {:?}", cfg.put_timeout),
+        }
+        tracing::debug!(%path, attempt, error = %last, "put attempt failed; retrying identical bytes");
+    }
+    Err(Error::Unavailable(format!("{path}: {last}")))
+}
+
+/// A WAL object write that must be ours: someone else's object means fenced.
+pub(crate) async fn create_resolved(
+    store: &dyn ObjectStore,
+    path: &Path,
+    payload: PutPayload,
+    writer: Writer,
+    cfg: &LogConfig,
+) -> Result<(), Error> {
+    match create_or_read(store, path, payload, writer, cfg).await? {
+        Created::Ours => Ok(()),
+        Created::Theirs(_) => Err(Error::Fenced),
+    }
+}
+
+/// Checkpoints are written once per seq; one already there with our writer is
+/// ours, anyone else's is a zombie's and harmless (it fails validation).
+pub(crate) async fn create_checkpoint(
+    store: &dyn ObjectStore,
+    path: &Path,
+    body: Bytes,
+    writer: Writer,
+    cfg: &LogConfig,
+) -> Result<(), Error> {
+    create_resolved(store, path, PutPayload::from(body), writer, cfg).await
+}
+
+async fn read_back(store: &dyn ObjectStore, path: &Path, writer: Writer, timeout: Duration) -> Result<Created, String> {
+    let got = tokio::time::timeout(timeout, async { store.get(path).await?.bytes().await }).await;
+    let bytes = match got {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(format!("read-back: {e}")),
+        Err(_) => return Err("read-back timed out".into()),
+    };
+    match writer_of(&bytes) {
+        Some(w) if w == writer => Ok(Created::Ours),
+        Some(_) => Ok(Created::Theirs(bytes)),
+        None => Err("read-back: object has no writer header".into()),
+    }
+}
+
+/// The writer named by a WAL object, epoch object or checkpoint.
+pub(crate) fn writer_of(b: &[u8]) -> Option<Writer> {
+    format::object_writer(b).ok()
+}
+
+/// GET with bounded retries; reads are idempotent so retrying is always safe.
+pub(crate) async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Option<Bytes>, Error> {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        match store.get(path).await {
+            Ok(r) => match r.bytes().await {
+                Ok(b) => return Ok(Some(b)),
+                Err(e) => last = e.to_string(),
+            },
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(Error::Unavailable(format!("get {path}: {last}")))
+}
+
+pub(crate) async fn get_range(store: &dyn ObjectStore, path: &Path, range: Range<u64>) -> Result<Bytes, Error> {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        match store.get_range(path, range.clone()).await {
+            Ok(b) if b.len() as u64 == range.end - range.start => return Ok(b),
+            Ok(b) => last = format!("short read: {} of {} bytes", b.len(), range.end - range.start),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(Error::Unavailable(format!("get {path} {range:?}: {last}")))
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(10u64 << attempt.min(6))
+}
