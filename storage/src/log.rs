@@ -119,6 +119,8 @@ struct Core {
     flushes_since_checkpoint: u64,
     /// Seqs below this are earlier owners' objects or our fence tombstones.
     first_own_seq: u64,
+    /// Newest seq acknowledged by this owner: `durable` is the state after it.
+    acked_seq: Option<u64>,
     failed: Option<Error>,
     closing: bool,
 }
@@ -185,6 +187,7 @@ impl ShardLog {
                 in_flight: BTreeMap::new(),
                 flushes_since_checkpoint: 0,
                 first_own_seq: opened.next_seq,
+                acked_seq: None,
                 failed: None,
                 closing: false,
             }),
@@ -446,9 +449,11 @@ async fn flusher(inner: Arc<Inner>) {
                 _ => None,
             }
         };
+        // Biased: the simulation replays a seed with the same choices.
         tokio::select! {
-            _ = inner.kick.notified() => {}
+            biased;
             Some((seq, res)) = done_rx.recv() => complete(&inner, seq, res),
+            _ = inner.kick.notified() => {}
             _ = sleep_until(deadline) => {}
         }
     }
@@ -516,6 +521,7 @@ fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
                 core.tail.insert(*stream, *base_offset, data.clone());
             }
         }
+        core.acked_seq = Some(seq);
         for ack in sealed.flush.acks {
             let _ = ack.send(Ok(()));
         }
@@ -562,22 +568,14 @@ fn poison(core: &mut Core, sealed: Sealed, e: Error) {
 async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
     let (seq, body) = {
         let core = inner.lock();
-        let Some(seq) = core.durable_seq() else { return Ok(()) };
-        if seq < core.first_own_seq {
-            return Ok(());
-        }
+        // After a poison, objects past acked_seq may exist unacknowledged:
+        // the checkpoint must name exactly the seq its state ends at.
+        let Some(seq) = core.acked_seq.filter(|_| core.failed.is_none()) else { return Ok(()) };
+        debug_assert!(seq >= core.first_own_seq, "only own flushes are acknowledged");
         (seq, format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable))
     };
     let path = ckpt_path(&inner.prefix, seq);
     put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
-}
-
-impl Core {
-    /// The newest seq whose flush is durable, if this owner has flushed.
-    fn durable_seq(&self) -> Option<u64> {
-        let next_unacked = self.in_flight.keys().next().copied().unwrap_or(self.next_seq);
-        next_unacked.checked_sub(1)
-    }
 }
 
 /// Recently written batches, bounded by bytes, evicted oldest first.

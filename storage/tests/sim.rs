@@ -1,0 +1,253 @@
+//! Deterministic simulation of the shard log under a faulty store.
+//!
+//! Each seed runs owners one after another on one in-memory store wrapped in
+//! [`Faulty`] (delays that reorder, failures before and after acting, hangs
+//! past the PUT timeout). An owner is either closed, or abandoned while its
+//! producers keep writing (a paused owner that wakes up as a zombie) when the
+//! next owner takes over. Then a clean owner reads everything back and the
+//! history is checked:
+//! - every acknowledged batch is present exactly once, at its acknowledged offset;
+//! - offsets are contiguous from 0 to the high watermark;
+//! - every batch any reader ever saw has the same bytes at the same offset.
+//!
+//! `FLOE_SIM_SEEDS=N` sets how many seeds run (default 2,000; `scripts/test`
+//! runs 10,000); `FLOE_SIM_SEED=S` replays one seed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use floe_storage::faulty::{Faults, Faulty};
+use floe_storage::{Entry, Error, LogConfig, ShardLog, StreamId};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const STREAM: StreamId = StreamId(0);
+
+#[derive(Default)]
+struct History {
+    /// Acknowledged batches: id → base offset.
+    acked: HashMap<u64, i64>,
+    /// Every batch any read returned: base offset → bytes.
+    seen: HashMap<i64, Bytes>,
+    violations: Vec<String>,
+}
+
+fn batch(id: u64, offsets: u32, filler: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(20 + filler);
+    b.put_i64(-1);
+    b.put_u64(id);
+    b.put_u32(offsets);
+    b.put_bytes((id % 251) as u8, filler);
+    b.freeze()
+}
+
+fn id_of(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"))
+}
+
+fn offsets_of(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"))
+}
+
+async fn open(store: Arc<dyn ObjectStore>, cfg: &LogConfig) -> Option<ShardLog> {
+    for _ in 0..20 {
+        match ShardLog::open(store.clone(), Path::from("shard"), cfg.clone()).await {
+            Ok(log) => return Some(log),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    None
+}
+
+async fn ensure_stream(log: &ShardLog) -> Result<(), Error> {
+    if log.offsets(STREAM).is_ok() {
+        return Ok(());
+    }
+    log.append(vec![Entry::CreateStream { stream: STREAM }]).await?.durable().await
+}
+
+async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for id in ids {
+        let offsets = rng.random_range(1..5);
+        let data = batch(id, offsets, rng.random_range(0..300));
+        let e = Entry::Append { stream: STREAM, base_offset: 0, offsets, max_timestamp: id as i64, data };
+        let Ok(appended) = log.append(vec![e]).await else { return };
+        let base = appended.base_offsets[0];
+        if appended.durable().await.is_err() {
+            return;
+        }
+        h.lock().expect("history").acked.insert(id, base);
+        if rng.random_bool(0.3) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
+        }
+    }
+}
+
+async fn read_some(log: ShardLog, h: Arc<Mutex<History>>, seed: u64, reads: usize) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for _ in 0..reads {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
+        let Ok((start, hw)) = log.offsets(STREAM) else { continue };
+        let from = rng.random_range(start..=hw);
+        let Ok(read) = log.read(STREAM, from, rng.random_range(1..2000)).await else { continue };
+        let mut h = h.lock().expect("history");
+        let mut expect = None;
+        for b in read.batches {
+            let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+            if expect.is_some_and(|e| e != base) {
+                h.violations.push(format!("read gap: batch at {base}, expected {expect:?}"));
+            }
+            if base + offsets_of(&b) as i64 > read.high_watermark {
+                h.violations.push(format!("read past high watermark {} at {base}", read.high_watermark));
+            }
+            expect = Some(base + offsets_of(&b) as i64);
+            if let Some(prev) = h.seen.insert(base, b.clone()) {
+                if prev != b {
+                    h.violations.push(format!("offset {base} read as two different batches"));
+                }
+            }
+        }
+    }
+}
+
+async fn sim(seed: u64) -> Result<(), String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let faulty = Arc::new(Faulty::new(mem, seed, Faults::chaos()));
+    let store: Arc<dyn ObjectStore> = faulty.clone();
+    let cfg = LogConfig {
+        linger: Duration::from_millis(rng.random_range(0..3)),
+        flush_bytes: rng.random_range(100..3000),
+        max_in_flight: rng.random_range(1..=8),
+        max_pending_bytes: 64 << 10,
+        tail_bytes: if rng.random_bool(0.5) { 0 } else { 4096 },
+        put_timeout: Duration::from_millis(200),
+        put_attempts: rng.random_range(1..4),
+        checkpoint_every: rng.random_range(1..8),
+    };
+    let history = Arc::new(Mutex::new(History::default()));
+    let mut tasks = Vec::new();
+    let mut next_id = 0u64;
+    let rounds = rng.random_range(2..6);
+    for round in 0..rounds {
+        let Some(log) = open(store.clone(), &cfg).await else { continue };
+        if ensure_stream(&log).await.is_err() {
+            continue;
+        }
+        for p in 0..rng.random_range(1..4) {
+            let n = rng.random_range(1..12);
+            let ids: Vec<u64> = (next_id..next_id + n).collect();
+            next_id += n;
+            let t = tokio::spawn(produce(log.clone(), history.clone(), ids, seed ^ (round << 8 | p)));
+            tasks.push(t);
+        }
+        tasks.push(tokio::spawn(read_some(log.clone(), history.clone(), seed ^ 0xabc ^ round, 4)));
+        if rng.random_bool(0.5) {
+            // Graceful hand-over: drain what was accepted, then close.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+            let _ = log.close().await;
+        } else {
+            // Abandon the owner mid-write; it lives on as a zombie.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        }
+    }
+    faulty.set(Faults::NONE);
+    for t in tasks {
+        t.await.map_err(|e| format!("task panicked: {e}"))?;
+    }
+    // A clean owner reads the whole history back.
+    let log = open(store, &cfg).await.ok_or("final open failed with faults off")?;
+    let mut h = history.lock().expect("history");
+    let (mut final_bytes, mut hw) = (HashMap::<i64, Bytes>::new(), 0);
+    if let Ok((start, high)) = log.offsets(STREAM) {
+        hw = high;
+        if start != 0 {
+            h.violations.push(format!("log start {start}, want 0"));
+        }
+        let mut at = 0;
+        while at < hw {
+            let read = log.read(STREAM, at, 1 << 20).await.map_err(|e| format!("final read: {e}"))?;
+            for b in read.batches {
+                let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                if base != at {
+                    h.violations.push(format!("final log: batch at {base}, expected {at}"));
+                }
+                at = base + offsets_of(&b) as i64;
+                final_bytes.insert(base, b);
+            }
+        }
+    }
+    let mut ids_seen = HashMap::new();
+    for (base, b) in &final_bytes {
+        if let Some(other) = ids_seen.insert(id_of(b), *base) {
+            h.violations.push(format!("batch id {} stored twice, at {other} and {base}", id_of(b)));
+        }
+    }
+    let acked: Vec<_> = h.acked.iter().map(|(id, base)| (*id, *base)).collect();
+    for (id, base) in acked {
+        match final_bytes.get(&base) {
+            Some(b) if id_of(b) == id => {}
+            Some(b) => h.violations.push(format!("acked id {id} at {base}; final log has id {}", id_of(b))),
+            None => h.violations.push(format!("acked id {id} at {base} lost (hw {hw})")),
+        }
+    }
+    let seen: Vec<_> = h.seen.iter().map(|(k, v)| (*k, v.clone())).collect();
+    for (base, b) in seen {
+        if final_bytes.get(&base) != Some(&b) {
+            h.violations.push(format!("offset {base} was read, and is different or gone after restarts"));
+        }
+    }
+    if std::env::var("FLOE_SIM_VERBOSE").is_ok() {
+        println!("seed {seed}: {rounds} owners, {} acked, {} reads, final hw {hw}", h.acked.len(), h.seen.len());
+    }
+    if h.violations.is_empty() {
+        Ok(())
+    } else {
+        Err(h.violations.join("; "))
+    }
+}
+
+fn run_seed(seed: u64) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let run = std::panic::AssertUnwindSafe(|| rt.block_on(sim(seed)));
+    std::panic::catch_unwind(run).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(format!("panicked: {}", msg.unwrap_or_default()))
+    })
+}
+
+#[test]
+fn shard_log_survives_faults_and_zombies() {
+    if let Ok(one) = std::env::var("FLOE_SIM_SEED") {
+        let seed: u64 = one.parse().expect("FLOE_SIM_SEED is a number");
+        run_seed(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        return;
+    }
+    let seeds: u64 = std::env::var("FLOE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000);
+    let threads = 2;
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..seeds)
+                        .filter(|seed| seed % threads == t)
+                        .filter_map(|seed| run_seed(seed).err().map(|e| format!("seed {seed}: {e}")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("sim thread")).collect()
+    });
+    assert!(failures.is_empty(), "{} of {seeds} seeds failed; first: {}", failures.len(), failures[0]);
+    println!("simulated {seeds} seeds");
+}
