@@ -1,0 +1,37 @@
+//! The one place worker errors become Kafka error codes.
+
+use floe_common::batch::BatchError;
+use floe_worker::WorkerError;
+use kafka_protocol::ResponseError as E;
+
+pub fn code(e: &WorkerError) -> i16 {
+    match e {
+        WorkerError::UnknownTopicOrPartition => E::UnknownTopicOrPartition,
+        WorkerError::TopicExists(_) => E::TopicAlreadyExists,
+        WorkerError::InvalidTopic(_) => E::InvalidTopicException,
+        WorkerError::InvalidPartitions(_) => E::InvalidPartitions,
+        WorkerError::InvalidConfig(_) => E::InvalidConfig,
+        WorkerError::MessageTooLarge(_) => E::MessageTooLarge,
+        WorkerError::InvalidRecord(_) => E::InvalidRecord,
+        WorkerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
+        // Retriable: the client refreshes metadata and tries again.
+        WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
+    }
+    .code()
+}
+
+pub fn batch_code(e: &BatchError) -> i16 {
+    match e {
+        BatchError::Magic(_) => E::InvalidRecord,
+        BatchError::Empty | BatchError::Truncated | BatchError::Crc | BatchError::Invalid(_) => E::CorruptMessage,
+    }
+    .code()
+}
+
+/// A message for the response, where the error has more to say than its code.
+pub fn message(e: &WorkerError) -> Option<kafka_protocol::protocol::StrBytes> {
+    match e {
+        WorkerError::UnknownTopicOrPartition => None,
+        other => Some(other.to_string().into()),
+    }
+}

@@ -1,0 +1,124 @@
+//! Metadata and DescribeCluster. Every partition's leader is this gateway
+//! (node 0); its leader epoch is the shard owner's epoch, which is durable and
+//! only grows, so clients never see it go backwards.
+
+use floe_worker::{NewTopic, Shards, TopicMeta, WorkerError};
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, DescribeClusterResponse, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::{errors, Gateway};
+
+pub const NODE_ID: i32 = 0;
+
+pub fn cluster_id<W>(gw: &Gateway<W>) -> StrBytes {
+    StrBytes::from_string(format!("floe-{}", gw.dev_tenant))
+}
+
+pub async fn metadata<W: Shards>(gw: &Gateway<W>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let tenant = &gw.dev_tenant;
+    let epoch = gw.worker.leader_epoch(tenant).await;
+    let existing = gw.worker.topics(tenant).await;
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))
+        .with_port(gw.settings.advertised_port);
+    let resp = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(cluster_id(gw)))
+        .with_controller_id(BrokerId(NODE_ID));
+    let (epoch, existing) = match (epoch, existing) {
+        (Ok(e), Ok(t)) => (e, t),
+        (Err(e), _) | (_, Err(e)) => {
+            // Name each requested topic with the (retriable) error.
+            let names = req.topics.unwrap_or_default().into_iter().filter_map(|t| t.name);
+            let topics = names.map(|n| error_topic(n, &e)).collect();
+            return resp.with_topics(topics);
+        }
+    };
+    // v0: an empty list means all topics; v1+: null means all.
+    let all = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let topics = if all {
+        existing.iter().map(|t| topic_response(t, epoch)).collect()
+    } else {
+        let auto = gw.settings.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        let mut out = Vec::new();
+        for t in req.topics.unwrap_or_default() {
+            let found = match &t.name {
+                Some(n) => existing.iter().find(|m| m.name.as_str() == n.0.as_str()),
+                None => existing.iter().find(|m| m.id == t.topic_id.as_u128()),
+            };
+            out.push(match (found, t.name) {
+                (Some(m), _) => topic_response(m, epoch),
+                (None, Some(name)) if auto => auto_create(gw, name, epoch).await,
+                (None, Some(name)) => error_topic(name, &WorkerError::UnknownTopicOrPartition),
+                (None, None) => MetadataResponseTopic::default()
+                    .with_topic_id(t.topic_id)
+                    .with_error_code(ResponseError::UnknownTopicId.code()),
+            });
+        }
+        out
+    };
+    resp.with_topics(topics)
+}
+
+async fn auto_create<W: Shards>(gw: &Gateway<W>, name: TopicName, epoch: i32) -> MetadataResponseTopic {
+    let topic = NewTopic {
+        name: name.0.to_string(),
+        partitions: gw.settings.default_partitions as usize,
+        configs: Default::default(),
+        validate_only: false,
+    };
+    match gw.worker.create_topic(&gw.dev_tenant, topic).await {
+        Ok(m) => topic_response(&m, epoch),
+        // Another connection created it first.
+        Err(WorkerError::TopicExists(_)) => match gw.worker.topics(&gw.dev_tenant).await {
+            Ok(all) => match all.iter().find(|m| m.name.as_str() == name.0.as_str()) {
+                Some(m) => topic_response(m, epoch),
+                None => error_topic(name, &WorkerError::UnknownTopicOrPartition),
+            },
+            Err(e) => error_topic(name, &e),
+        },
+        Err(e) => error_topic(name, &e),
+    }
+}
+
+fn error_topic(name: TopicName, e: &WorkerError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default().with_name(Some(name)).with_error_code(errors::code(e))
+}
+
+pub fn topic_response(t: &TopicMeta, epoch: i32) -> MetadataResponseTopic {
+    let partitions = (0..t.streams.len() as i32)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(BrokerId(NODE_ID))
+                .with_leader_epoch(epoch)
+                .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
+        .with_topic_id(uuid::Uuid::from_u128(t.id))
+        .with_partitions(partitions)
+}
+
+pub fn describe_cluster<W>(gw: &Gateway<W>) -> DescribeClusterResponse {
+    let broker = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(NODE_ID))
+        .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))
+        .with_port(gw.settings.advertised_port);
+    DescribeClusterResponse::default()
+        .with_cluster_id(cluster_id(gw))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_brokers(vec![broker])
+}

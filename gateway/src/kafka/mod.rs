@@ -1,0 +1,262 @@
+//! The Kafka listener.
+//!
+//! One task reads frames and decodes them; each request becomes a future that
+//! runs concurrently with the others of its connection (bounded by
+//! [`MAX_PIPELINED`]), and the connection task writes responses strictly in
+//! request order, as Kafka clients require.
+//!
+//! Bad input follows Kafka's broker: a length prefix beyond
+//! `max_request_bytes`, a truncated or undecodable frame, an unknown API key
+//! or an unsupported version closes the connection; the exception is an
+//! ApiVersions request newer than we know, which gets a v0 body with
+//! UNSUPPORTED_VERSION and the supported list.
+
+mod admin;
+mod fetch;
+mod metadata;
+mod produce;
+mod versions;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use floe_worker::Shards;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::Gateway;
+
+pub use versions::SUPPORTED;
+
+/// Requests one connection may have in progress; further reads wait.
+const MAX_PIPELINED: usize = 64;
+
+/// A response to write (`Some`), none (acks=0), or `Err`: close the connection.
+type Pending = Pin<Box<dyn Future<Output = Result<Option<Bytes>, ()>> + Send>>;
+
+/// Accepts connections until `stop`, then waits for open ones to drain.
+pub async fn serve<W: Shards>(gw: Arc<Gateway<W>>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let max = gw.settings.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let socket = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka accept");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let (gw, stop) = (gw.clone(), stop.clone());
+        tokio::spawn(async move {
+            gw.metrics.connections_opened.fetch_add(1, Relaxed);
+            connection(gw.clone(), socket, stop).await;
+            gw.metrics.connections_closed.fetch_add(1, Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Every connection returns its slot when its last response is written.
+    let _ = slots.acquire_many(max as u32).await;
+}
+
+async fn connection<W: Shards>(gw: Arc<Gateway<W>>, socket: TcpStream, stop: watch::Receiver<bool>) {
+    let peer = socket.peer_addr().ok();
+    let (rd, wr) = socket.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(MAX_PIPELINED);
+    let reader = tokio::spawn(read_requests(gw.clone(), rd, tx, stop));
+    let mut wr = BufWriter::new(wr);
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(resp) = pending.next(), if !pending.is_empty() => {
+                if write_ready(&mut wr, resp, &mut pending).await.is_err() {
+                    break;
+                }
+            }
+            next = rx.recv(), if reading && pending.len() < MAX_PIPELINED => match next {
+                Some(p) => pending.push_back(p),
+                None => reading = false,
+            },
+            else => break,
+        }
+    }
+    reader.abort();
+    tracing::debug!(?peer, "kafka connection closed");
+}
+
+/// Writes `first` and every response already complete behind it, then flushes.
+async fn write_ready(
+    wr: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    first: Result<Option<Bytes>, ()>,
+    pending: &mut FuturesOrdered<Pending>,
+) -> std::io::Result<()> {
+    let closed = || std::io::Error::other("response failed to encode");
+    if let Some(b) = first.map_err(|_| closed())? {
+        wr.write_all(&b).await?;
+    }
+    while let Some(Some(next)) = pending.next().now_or_never() {
+        if let Some(b) = next.map_err(|_| closed())? {
+            wr.write_all(&b).await?;
+        }
+    }
+    wr.flush().await
+}
+
+async fn read_requests<W: Shards>(
+    gw: Arc<Gateway<W>>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    tx: mpsc::Sender<Pending>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut rd, gw.settings.max_request_bytes) => f,
+            // On shutdown, stop taking requests; those in progress finish.
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(why) => {
+                gw.metrics.bad_requests.fetch_add(1, Relaxed);
+                tracing::info!(why, "closing kafka connection");
+                return;
+            }
+        };
+        match decode(frame, &gw) {
+            Ok(p) => {
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+            Err(why) => {
+                gw.metrics.bad_requests.fetch_add(1, Relaxed);
+                tracing::info!(why, "closing kafka connection");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one size-prefixed frame; `Ok(None)` at a clean end of stream.
+async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, max: u32) -> Result<Option<Bytes>, String> {
+    let mut len = [0u8; 4];
+    match rd.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as u32 > max {
+        return Err(format!("request size {len} outside 0..={max}"));
+    }
+    let mut buf = BytesMut::zeroed(len as usize);
+    rd.read_exact(&mut buf).await.map_err(|e| format!("truncated frame: {e}"))?;
+    Ok(Some(buf.freeze()))
+}
+
+/// Decodes a frame into a pending response, or says why to close.
+fn decode<W: Shards>(mut frame: Bytes, gw: &Arc<Gateway<W>>) -> Result<Pending, String> {
+    if frame.len() < 8 {
+        return Err(format!("frame of {} bytes has no request header", frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    gw.metrics.request(key);
+    let api = ApiKey::try_from(key).map_err(|_| format!("unknown api key {key}"))?;
+    let Some(range) = versions::supported(api) else {
+        return Err(format!("unsupported api {api:?}"));
+    };
+    if version < range.0 || version > range.1 {
+        if api == ApiKey::ApiVersions {
+            let body = versions::unsupported_version_response();
+            return Ok(ready(encode(correlation_id, api, 0, body)));
+        }
+        return Err(format!("unsupported version {version} of {api:?}"));
+    }
+    // The codec is third-party; a panic on hostile input must cost only this
+    // connection, never the process.
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<(RequestHeader, RequestKind)> {
+        let header = decode_request_header_from_buffer(&mut frame)?;
+        let req = RequestKind::decode(api, &mut frame, version)?;
+        Ok((header, req))
+    }));
+    let (header, req) = match decoded {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(format!("malformed {api:?} v{version}: {e}")),
+        Err(_) => return Err(format!("malformed {api:?} v{version}: decoder panicked")),
+    };
+    let gw = gw.clone();
+    Ok(Box::pin(async move {
+        match handle(&gw, &header, req).await {
+            Some(resp) => encode(header.correlation_id, api, header.request_api_version, resp).map(Some),
+            None => Ok(None),
+        }
+    }))
+}
+
+fn ready(b: Result<Bytes, ()>) -> Pending {
+    Box::pin(std::future::ready(b.map(Some)))
+}
+
+async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind) -> Option<ResponseKind> {
+    let v = h.request_api_version;
+    Some(match req {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::response()),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(gw, r, v).await),
+        RequestKind::Produce(r) => return produce::produce(gw, r).await.map(ResponseKind::Produce),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(gw, r).await),
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(gw, r, v).await),
+        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(gw, r, v).await),
+        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(gw, r).await),
+        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(admin::create_partitions(gw, r).await),
+        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(admin::describe_configs(gw, r).await),
+        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(admin::alter_configs(gw, r).await),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(gw, r).await)
+        }
+        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(metadata::describe_cluster(gw)),
+        // `versions::supported` admits only the APIs above.
+        _ => return None,
+    })
+}
+
+/// Size prefix, response header, body. A response that does not encode is a
+/// bug of ours; the connection is closed so the client retries elsewhere.
+fn encode(correlation_id: i32, api: ApiKey, version: i16, body: ResponseKind) -> Result<Bytes, ()> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    // ApiVersions responses always use header v0, so any client can read them.
+    let header_version = if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
+    if let Err(e) = header.encode(&mut buf, header_version).and_then(|_| body.encode(&mut buf, version)) {
+        tracing::error!(?api, version, error = %e, "response failed to encode");
+        return Err(());
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}

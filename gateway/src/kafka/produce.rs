@@ -1,0 +1,94 @@
+//! Produce: validate every batch (magic 2, sizes, CRC-32C), hand them to the
+//! shard owner, and answer once the flushes holding them are durable.
+//! acks=1 waits exactly like acks=-1: an ack always means "in the object store".
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use floe_common::batch;
+use floe_worker::{Accepted, Shards, WorkerError};
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::ProduceResponse;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::{errors, Gateway};
+
+/// One partition's outcome so far.
+enum Outcome {
+    Accepted(Accepted, u64),
+    Failed(i16, Option<StrBytes>),
+}
+
+/// Returns `None` for acks=0: the client expects no response.
+pub async fn produce<W: Shards>(gw: &Gateway<W>, req: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let tenant = &gw.dev_tenant;
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    for t in req.topic_data {
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let outcome = if !matches!(acks, -1..=1) {
+                Outcome::Failed(ResponseError::InvalidRequiredAcks.code(), None)
+            } else {
+                accept(gw, tenant, &t.name.0, p.index, p.records).await
+            };
+            parts.push((p.index, outcome));
+        }
+        topics.push((t.name, parts));
+    }
+    // Every partition is appended before any is awaited, so one request's
+    // partitions share flushes instead of waiting for each other in turn.
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, parts) in topics {
+        let mut out = Vec::with_capacity(parts.len());
+        for (index, outcome) in parts {
+            out.push(finish(gw, index, outcome).await);
+        }
+        responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(out));
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+async fn accept<W: Shards>(
+    gw: &Gateway<W>,
+    tenant: &floe_common::TenantId,
+    topic: &str,
+    partition: i32,
+    records: Option<bytes::Bytes>,
+) -> Outcome {
+    let batches = match batch::split(records.unwrap_or_default()) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Failed(errors::batch_code(&e), Some(e.to_string().into())),
+    };
+    let bytes: u64 = batches.iter().map(|(h, _)| h.len as u64).sum();
+    match gw.worker.produce(tenant, topic, partition, batches).await {
+        Ok(a) => Outcome::Accepted(a, bytes),
+        Err(e) => Outcome::Failed(errors::code(&e), errors::message(&e)),
+    }
+}
+
+async fn finish<W>(gw: &Gateway<W>, index: i32, outcome: Outcome) -> PartitionProduceResponse {
+    let resp = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+    match outcome {
+        Outcome::Failed(code, msg) => resp.with_error_code(code).with_base_offset(-1).with_error_message(msg),
+        Outcome::Accepted(a, bytes) => {
+            let (base, start) = (a.base_offset, a.log_start);
+            match a.durable().await {
+                Ok(()) => {
+                    gw.metrics.produced_bytes.fetch_add(bytes, Relaxed);
+                    gw.metrics.produced_batches.fetch_add(1, Relaxed);
+                    resp.with_base_offset(base).with_log_start_offset(start)
+                }
+                Err(e) => failed(resp, &e),
+            }
+        }
+    }
+}
+
+fn failed(resp: PartitionProduceResponse, e: &WorkerError) -> PartitionProduceResponse {
+    resp.with_error_code(errors::code(e)).with_base_offset(-1).with_error_message(errors::message(e))
+}

@@ -1,0 +1,63 @@
+//! What Floe implements, advertised exactly (ApiVersions).
+//!
+//! Caps, and why: Produce and Fetch stop at v12 and Metadata at v12 because
+//! the next versions address topics by id only (KIP-516); ListOffsets stops at
+//! v7 (v8+ adds tiered-storage offsets); ApiVersions stops at v3.
+//! OffsetForLeaderEpoch and the consumer-group APIs are not advertised yet.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use kafka_protocol::ResponseError;
+
+/// (API, lowest, highest) version served.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED.iter().find(|(k, _, _)| *k == api).map(|&(_, lo, hi)| (lo, hi))
+}
+
+fn api_keys() -> Vec<ApiVersion> {
+    SUPPORTED
+        .iter()
+        .map(|&(k, lo, hi)| ApiVersion::default().with_api_key(k as i16).with_min_version(lo).with_max_version(hi))
+        .collect()
+}
+
+pub fn response() -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(api_keys())
+}
+
+/// For an ApiVersions request newer than we serve: encoded as v0, so the
+/// client can read it and retry with a version from the list.
+pub fn unsupported_version_response() -> kafka_protocol::messages::ResponseKind {
+    let body = ApiVersionsResponse::default()
+        .with_error_code(ResponseError::UnsupportedVersion.code())
+        .with_api_keys(api_keys());
+    kafka_protocol::messages::ResponseKind::ApiVersions(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_versions_are_within_the_codec() {
+        for &(k, lo, hi) in SUPPORTED {
+            let r = k.valid_versions();
+            assert!(lo <= hi && lo >= r.min && hi <= r.max, "{k:?} {lo}..={hi} outside {r:?}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The `floe` binary. `floe dev` runs gateway and worker in one process, with
+//! state in a local directory (or any store `--store` names).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use floe_gateway::{kafka, metrics::Metrics, Gateway, Settings};
+use floe_storage::store::{self, Counting};
+use floe_storage::LogConfig;
+use floe_worker::{LocalWorker, WorkerConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "floe", version, about = "Serverless, Kafka-compatible streaming on object storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gateway and worker in one process.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Kafka protocol listener.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_listen: SocketAddr,
+    /// Host:port given to Kafka clients in metadata; defaults to the listener's.
+    #[arg(long)]
+    advertised_kafka: Option<String>,
+    /// HTTP listener: /healthz and Prometheus /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// State directory, used when --store is not given.
+    #[arg(long, default_value = "./floe-data")]
+    data_dir: String,
+    /// Object store: a directory, file:///dir, memory:// or s3://BUCKET[/PREFIX]
+    /// (endpoint and credentials from the standard AWS environment variables).
+    #[arg(long)]
+    store: Option<String>,
+    /// fsync every object written to a local directory before acknowledging.
+    #[arg(long)]
+    fsync: bool,
+    /// Create unknown topics when a client's Metadata request allows it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of an auto-created topic (Kafka's num.partitions).
+    #[arg(long, default_value_t = 1)]
+    default_partitions: u32,
+    /// Requests larger than this close the connection (Kafka's socket.request.max.bytes).
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    max_request_bytes: u32,
+    /// Open Kafka connections at once; more wait in the accept queue.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// How long a flush waits for more records; each flush is one PUT, so
+    /// 5 ms caps a shard at 200 PUTs/s.
+    #[arg(long, default_value_t = 1.0)]
+    linger_ms: f64,
+    /// A flush is written at once when it holds this many bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    flush_bytes: usize,
+    /// Flushes in flight per shard (1 to 8); acks still go in order.
+    #[arg(long, default_value_t = 4)]
+    max_in_flight: usize,
+    /// On Ctrl-C, how long to wait for in-flight requests before giving up.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_s: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Dev(args) => rt.block_on(dev(args)),
+    }
+}
+
+async fn dev(a: DevArgs) -> anyhow::Result<()> {
+    let log = LogConfig {
+        linger: Duration::from_secs_f64(a.linger_ms / 1000.0),
+        flush_bytes: a.flush_bytes,
+        max_in_flight: a.max_in_flight,
+        ..LogConfig::default()
+    };
+    log.validate().map_err(anyhow::Error::msg).context("invalid log settings")?;
+    anyhow::ensure!(a.default_partitions >= 1, "--default-partitions must be at least 1");
+    let url = a.store.clone().unwrap_or_else(|| a.data_dir.clone());
+    let raw = store::from_url(&url, a.fsync).map_err(anyhow::Error::msg).context("opening the object store")?;
+    let counted = Arc::new(Counting::new(raw));
+    let metrics = Arc::new(Metrics::new(counted.stats.clone()));
+    let worker = Arc::new(LocalWorker::new(counted, WorkerConfig { log }));
+
+    let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen).await.context("binding the Kafka listener")?;
+    let http_listener = tokio::net::TcpListener::bind(a.http_listen).await.context("binding the HTTP listener")?;
+    let kafka_addr = kafka_listener.local_addr()?;
+    let advertised = a.advertised_kafka.unwrap_or_else(|| kafka_addr.to_string());
+    let (host, port) = advertised.rsplit_once(':').context("--advertised-kafka is host:port")?;
+    let settings = Settings {
+        advertised_host: host.to_string(),
+        advertised_port: port.parse().context("advertised port")?,
+        auto_create_topics: a.auto_create_topics,
+        default_partitions: a.default_partitions,
+        max_request_bytes: a.max_request_bytes,
+        max_connections: a.max_connections,
+    };
+    let gateway = Arc::new(Gateway::new(worker.clone(), settings, metrics.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let kafka_task = tokio::spawn(kafka::serve(gateway.clone(), kafka_listener, stop_rx.clone()));
+    let http_task = tokio::spawn(floe_gateway::http::serve(http_listener, metrics, stop_rx));
+    tracing::info!(kafka = %kafka_addr, http = %a.http_listen, store = %url, "floe dev ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(Duration::from_secs(a.drain_timeout_s), kafka_task).await;
+    if drained.is_err() {
+        tracing::warn!("drain timed out; unacknowledged requests fail with the connection");
+    }
+    worker.close_all().await;
+    http_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::mem::drop(ctrl_c.await),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,73 @@
+//! Counters, rendered by hand in the Prometheus text format (a few atomics do
+//! not justify a metrics framework).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use floe_storage::store::StoreStats;
+
+/// Kafka API keys are below this; requests are counted per key.
+const API_KEYS: usize = 96;
+
+pub struct Metrics {
+    pub store: Arc<StoreStats>,
+    requests: [AtomicU64; API_KEYS],
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub produced_bytes: AtomicU64,
+    pub produced_batches: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(store: Arc<StoreStats>) -> Self {
+        Self {
+            store,
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections_opened: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
+            bad_requests: AtomicU64::new(0),
+            produced_bytes: AtomicU64::new(0),
+            produced_batches: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn request(&self, api_key: i16) {
+        if let Some(c) = usize::try_from(api_key).ok().and_then(|k| self.requests.get(k)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+        };
+        counter("floe_connections_opened_total", "Kafka connections accepted.", &self.connections_opened);
+        counter("floe_connections_closed_total", "Kafka connections closed.", &self.connections_closed);
+        counter("floe_bad_requests_total", "Requests that closed their connection.", &self.bad_requests);
+        counter("floe_produced_bytes_total", "Record-batch bytes acknowledged.", &self.produced_bytes);
+        counter("floe_produced_batches_total", "Record batches acknowledged.", &self.produced_batches);
+        counter("floe_fetched_bytes_total", "Record-batch bytes served.", &self.fetched_bytes);
+        let s = &self.store;
+        counter("floe_store_puts_total", "Object-store PUTs (and copies).", &s.puts);
+        counter("floe_store_put_bytes_total", "Bytes PUT to the object store.", &s.put_bytes);
+        counter("floe_store_gets_total", "Object-store GETs.", &s.gets);
+        counter("floe_store_get_bytes_total", "Bytes read from the object store.", &s.get_bytes);
+        counter("floe_store_lists_total", "Object-store LISTs.", &s.lists);
+        counter("floe_store_deletes_total", "Object-store DELETEs.", &s.deletes);
+        counter("floe_store_errors_total", "Object-store calls that failed.", &s.errors);
+        let _ = writeln!(out, "# HELP floe_kafka_requests_total Kafka requests by API key.");
+        let _ = writeln!(out, "# TYPE floe_kafka_requests_total counter");
+        for (key, c) in self.requests.iter().enumerate() {
+            let n = c.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "floe_kafka_requests_total{{api_key=\"{key}\"}} {n}");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,151 @@
+//! Shard owners. A worker owns shards — (tenant, shard#) — and gives them
+//! Kafka's meaning: a topic catalog, partitions as streams of the shard's
+//! fenced log, offsets, configs. The gateway reaches it through [`Shards`],
+//! an in-process call today and an RPC in cluster mode.
+//!
+//! # Layout
+//! - [`catalog`]: topic metadata, names and configs, as metadata keys of the log.
+//! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
+//!
+//! Each tenant has one shard today (shard 0), holding its catalog and every
+//! partition; splitting partitions across shards comes with cluster mode.
+
+pub mod catalog;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use bytes::Bytes;
+use floe_common::batch::BatchHeader;
+use floe_common::TenantId;
+use tokio::sync::watch;
+
+pub use catalog::TopicMeta;
+pub use floe_storage::{Appended, Read};
+pub use local::{LocalWorker, WorkerConfig};
+
+/// What a caller can act on; the gateway maps these to Kafka error codes and
+/// HTTP statuses in one place.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WorkerError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("{0}")]
+    MessageTooLarge(String),
+    #[error("{0}")]
+    InvalidRecord(String),
+    #[error("offset out of range (log start {log_start}, high watermark {high_watermark})")]
+    OffsetOutOfRange { log_start: i64, high_watermark: i64 },
+    /// Storage is failing or the shard is changing owner; retry.
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<floe_storage::Error> for WorkerError {
+    fn from(e: floe_storage::Error) -> Self {
+        match e {
+            floe_storage::Error::UnknownStream => WorkerError::UnknownTopicOrPartition,
+            floe_storage::Error::OffsetOutOfRange { log_start, high_watermark } => {
+                WorkerError::OffsetOutOfRange { log_start, high_watermark }
+            }
+            other => WorkerError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: usize,
+    pub configs: BTreeMap<String, String>,
+    pub validate_only: bool,
+}
+
+/// How to change a topic's configs.
+#[derive(Debug, Clone)]
+pub enum ConfigChange {
+    /// AlterConfigs: the given set replaces all non-default values.
+    Replace(BTreeMap<String, String>),
+    /// IncrementalAlterConfigs: set (`Some`) or reset to default (`None`).
+    Incremental(Vec<(String, Option<String>)>),
+}
+
+/// A produce accepted into the open flush: offsets are assigned; the records
+/// are acknowledged when [`Accepted::durable`] resolves.
+pub struct Accepted {
+    pub base_offset: i64,
+    pub log_start: i64,
+    appended: Appended,
+}
+
+impl Accepted {
+    pub async fn durable(self) -> Result<()> {
+        Ok(self.appended.durable().await?)
+    }
+}
+
+/// The gateway ↔ worker boundary. Every call names its tenant; nothing here
+/// speaks the wire protocol.
+pub trait Shards: Send + Sync + 'static {
+    /// Every topic of the tenant.
+    fn topics(&self, tenant: &TenantId) -> impl Future<Output = Result<Vec<TopicMeta>>> + Send;
+    fn create_topic(&self, tenant: &TenantId, topic: NewTopic) -> impl Future<Output = Result<TopicMeta>> + Send;
+    fn delete_topic(&self, tenant: &TenantId, name: &str) -> impl Future<Output = Result<TopicMeta>> + Send;
+    fn create_partitions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        total: usize,
+        validate_only: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn alter_configs(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        change: ConfigChange,
+        validate_only: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Appends validated batches to one partition.
+    fn produce(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        batches: Vec<(BatchHeader, Bytes)>,
+    ) -> impl Future<Output = Result<Accepted>> + Send;
+    /// Whole batches from `offset` on, never past the durable high watermark.
+    fn fetch(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Read>> + Send;
+    /// ListOffsets: -1 latest, -2 earliest, -3 max timestamp, else the first
+    /// batch with a timestamp at or after it. Returns (offset, timestamp).
+    fn list_offset(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// The leader epoch of the tenant's partitions: durable and increasing,
+    /// bumped whenever the shard changes owner.
+    fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;
+    /// Changes whenever more of the tenant's data becomes durable.
+    fn subscribe(&self, tenant: &TenantId) -> impl Future<Output = Result<watch::Receiver<u64>>> + Send;
+}

@@ -1,0 +1,277 @@
+//! [`LocalWorker`]: owns shards in this process, opening each on first use and
+//! reopening it (a new epoch, which fences its leftovers) after its log fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use floe_common::batch::BatchHeader;
+use floe_common::{shard_prefix, TenantId};
+use floe_storage::{Entry, LogConfig, Read, ShardLog, StreamId};
+use object_store::path::Path;
+use object_store::ObjectStore;
+use tokio::sync::watch;
+
+use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
+use crate::{Accepted, ConfigChange, NewTopic, Result, Shards, WorkerError};
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerConfig {
+    pub log: LogConfig,
+}
+
+/// The shards this process owns.
+pub struct LocalWorker {
+    store: Arc<dyn ObjectStore>,
+    cfg: WorkerConfig,
+    slots: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<Option<Arc<Shard>>>>>>,
+}
+
+/// One open shard: its log and the catalog cached from it.
+struct Shard {
+    log: ShardLog,
+    topics: RwLock<HashMap<String, Arc<TopicMeta>>>,
+    /// Serialises catalog changes so check-then-write is atomic.
+    catalog_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shard {
+    fn load(log: ShardLog) -> Self {
+        let topics = log
+            .scan(catalog::PREFIX)
+            .into_iter()
+            .filter_map(|(_, v)| catalog::decode(&v))
+            .map(|t| (t.name.clone(), Arc::new(t)))
+            .collect();
+        Self { log, topics: RwLock::new(topics), catalog_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<TopicMeta>> {
+        let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        topics.get(name).cloned().ok_or(WorkerError::UnknownTopicOrPartition)
+    }
+
+    fn stream(&self, name: &str, partition: i32) -> Result<(Arc<TopicMeta>, StreamId)> {
+        let t = self.topic(name)?;
+        let s = t.stream(partition).ok_or(WorkerError::UnknownTopicOrPartition)?;
+        Ok((t, s))
+    }
+
+    /// Makes a catalog change durable, then shows it in the cache.
+    async fn commit(&self, mut entries: Vec<Entry>, name: &str, meta: Option<TopicMeta>) -> Result<()> {
+        let value = meta.as_ref().map(catalog::encode);
+        entries.push(Entry::Put { key: catalog::key(name), value });
+        self.log.append(entries).await?.durable().await?;
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        match meta {
+            Some(m) => topics.insert(name.to_string(), Arc::new(m)),
+            None => topics.remove(name),
+        };
+        Ok(())
+    }
+
+    fn new_streams(&self, n: usize) -> (Vec<u64>, Vec<Entry>) {
+        let ids: Vec<u64> = (0..n).map(|_| self.log.allocate_stream().0).collect();
+        let entries = ids.iter().map(|&s| Entry::CreateStream { stream: StreamId(s) }).collect();
+        (ids, entries)
+    }
+}
+
+impl LocalWorker {
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: WorkerConfig) -> Self {
+        Self { store, cfg, slots: Mutex::new(HashMap::new()) }
+    }
+
+    async fn shard(&self, tenant: &TenantId) -> Result<Arc<Shard>> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(tenant.clone()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(shard) = slot.as_ref() {
+            if shard.log.failed().is_none() {
+                return Ok(shard.clone());
+            }
+            tracing::warn!(%tenant, "shard log failed; reopening under a new epoch");
+        }
+        let prefix = Path::from(shard_prefix(tenant, 0));
+        let log = ShardLog::open(self.store.clone(), prefix, self.cfg.log.clone()).await?;
+        let shard = Arc::new(Shard::load(log));
+        *slot = Some(shard.clone());
+        Ok(shard)
+    }
+
+    /// Drains every shard: accepted appends become durable (or fail), then a
+    /// checkpoint is written. Used on shutdown.
+    pub async fn close_all(&self) {
+        let slots: Vec<_> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for slot in slots {
+            if let Some(shard) = slot.lock().await.take() {
+                if let Err(e) = shard.log.close().await {
+                    tracing::warn!(error = %e, "closing shard");
+                }
+            }
+        }
+    }
+}
+
+fn check_configs(configs: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    configs.iter().try_for_each(|(k, v)| catalog::validate_config(k, v))
+}
+
+impl Shards for LocalWorker {
+    async fn topics(&self, tenant: &TenantId) -> Result<Vec<TopicMeta>> {
+        let shard = self.shard(tenant).await?;
+        let topics = shard.topics.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<TopicMeta> = topics.values().map(|t| (**t).clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    async fn create_topic(&self, tenant: &TenantId, topic: NewTopic) -> Result<TopicMeta> {
+        catalog::validate_name(&topic.name)?;
+        if topic.partitions == 0 || topic.partitions > MAX_PARTITIONS {
+            return Err(WorkerError::InvalidPartitions(format!(
+                "partitions must be 1..={MAX_PARTITIONS}, got {}",
+                topic.partitions
+            )));
+        }
+        check_configs(&topic.configs)?;
+        let shard = self.shard(tenant).await?;
+        let _guard = shard.catalog_lock.lock().await;
+        if shard.topic(&topic.name).is_ok() {
+            return Err(WorkerError::TopicExists(topic.name));
+        }
+        let (streams, entries) = if topic.validate_only { (vec![], vec![]) } else { shard.new_streams(topic.partitions) };
+        let meta = TopicMeta { name: topic.name.clone(), id: uuid::Uuid::new_v4().as_u128(), streams, configs: topic.configs };
+        if !topic.validate_only {
+            shard.commit(entries, &topic.name, Some(meta.clone())).await?;
+            tracing::info!(%tenant, topic = %meta.name, partitions = meta.streams.len(), "topic created");
+        }
+        Ok(meta)
+    }
+
+    async fn delete_topic(&self, tenant: &TenantId, name: &str) -> Result<TopicMeta> {
+        let shard = self.shard(tenant).await?;
+        let _guard = shard.catalog_lock.lock().await;
+        let meta = shard.topic(name)?;
+        let entries = meta.streams.iter().map(|&s| Entry::DeleteStream { stream: StreamId(s) }).collect();
+        shard.commit(entries, name, None).await?;
+        tracing::info!(%tenant, topic = %name, "topic deleted");
+        Ok((*meta).clone())
+    }
+
+    async fn create_partitions(&self, tenant: &TenantId, name: &str, total: usize, validate_only: bool) -> Result<()> {
+        let shard = self.shard(tenant).await?;
+        let _guard = shard.catalog_lock.lock().await;
+        let meta = shard.topic(name)?;
+        let have = meta.streams.len();
+        if total <= have {
+            return Err(WorkerError::InvalidPartitions(format!("topic has {have} partitions; cannot go to {total}")));
+        }
+        if total > MAX_PARTITIONS {
+            return Err(WorkerError::InvalidPartitions(format!("at most {MAX_PARTITIONS} partitions")));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let (ids, entries) = shard.new_streams(total - have);
+        let mut next = (*meta).clone();
+        next.streams.extend(ids);
+        shard.commit(entries, name, Some(next)).await
+    }
+
+    async fn alter_configs(&self, tenant: &TenantId, name: &str, change: ConfigChange, validate_only: bool) -> Result<()> {
+        let shard = self.shard(tenant).await?;
+        let _guard = shard.catalog_lock.lock().await;
+        let meta = shard.topic(name)?;
+        let mut next = (*meta).clone();
+        match change {
+            ConfigChange::Replace(all) => next.configs = all,
+            ConfigChange::Incremental(changes) => {
+                for (k, v) in changes {
+                    match v {
+                        Some(v) => next.configs.insert(k, v),
+                        None => {
+                            // Resetting still names a real config.
+                            if !catalog::CONFIGS.iter().any(|(c, _)| *c == k) {
+                                return Err(WorkerError::InvalidConfig(format!("unknown topic config {k:?}")));
+                            }
+                            next.configs.remove(&k)
+                        }
+                    };
+                }
+            }
+        }
+        check_configs(&next.configs)?;
+        if validate_only {
+            return Ok(());
+        }
+        shard.commit(vec![], name, Some(next)).await
+    }
+
+    async fn produce(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        batches: Vec<(BatchHeader, Bytes)>,
+    ) -> Result<Accepted> {
+        let shard = self.shard(tenant).await?;
+        let (meta, stream) = shard.stream(topic, partition)?;
+        let max = meta.config().max_message_bytes;
+        let epoch = leader_epoch(&shard.log);
+        let mut entries = Vec::with_capacity(batches.len());
+        for (h, data) in batches {
+            if h.len as i64 > max {
+                return Err(WorkerError::MessageTooLarge(format!(
+                    "batch of {} bytes exceeds max.message.bytes {max}",
+                    h.len
+                )));
+            }
+            if h.producer_id >= 0 || h.is_transactional() || h.is_control() {
+                return Err(WorkerError::InvalidRecord(
+                    "idempotent, transactional and control batches are not accepted yet".into(),
+                ));
+            }
+            let data = floe_common::batch::assign(data, 0, epoch);
+            let offsets = h.offset_count();
+            entries.push(Entry::Append { stream, base_offset: 0, offsets, max_timestamp: h.max_timestamp, data });
+        }
+        let appended = shard.log.append(entries).await?;
+        let base_offset = appended.base_offsets.first().copied().unwrap_or(-1);
+        let (log_start, _) = shard.log.offsets(stream).unwrap_or((0, 0));
+        Ok(Accepted { base_offset, log_start, appended })
+    }
+
+    async fn fetch(&self, tenant: &TenantId, topic: &str, partition: i32, offset: i64, max_bytes: usize) -> Result<Read> {
+        let shard = self.shard(tenant).await?;
+        let (_, stream) = shard.stream(topic, partition)?;
+        Ok(shard.log.read(stream, offset, max_bytes).await?)
+    }
+
+    async fn list_offset(&self, tenant: &TenantId, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64)> {
+        let shard = self.shard(tenant).await?;
+        let (_, stream) = shard.stream(topic, partition)?;
+        let (start, hw) = shard.log.offsets(stream)?;
+        Ok(match timestamp {
+            -1 => (hw, -1),
+            -2 => (start, -1),
+            -3 => shard.log.max_timestamp(stream)?.unwrap_or((-1, -1)),
+            ts => shard.log.offset_for_timestamp(stream, ts)?.unwrap_or((-1, -1)),
+        })
+    }
+
+    async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {
+        Ok(leader_epoch(&self.shard(tenant).await?.log))
+    }
+
+    async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {
+        Ok(self.shard(tenant).await?.log.subscribe())
+    }
+}
+
+/// The shard's epoch as Kafka's 32-bit leader epoch.
+fn leader_epoch(log: &ShardLog) -> i32 {
+    i32::try_from(log.epoch()).unwrap_or(i32::MAX)
+}
