@@ -1,0 +1,77 @@
+//! A bare Kafka connection for tests that send what no real client would:
+//! requests are encoded with `kafka-protocol`, or written as raw bytes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+pub struct Conn {
+    s: TcpStream,
+    next_id: i32,
+}
+
+impl Conn {
+    pub fn connect(bootstrap: &str) -> Self {
+        let s = TcpStream::connect(bootstrap).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        Conn { s, next_id: 1 }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(bytes)
+    }
+
+    /// Encodes header + body for `R` at `version`, without the size prefix.
+    pub fn encode<R: Request>(&mut self, version: i16, body: &R) -> BytesMut {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str("floe-e2e")));
+        let mut b = BytesMut::new();
+        header.encode(&mut b, R::header_version(version)).expect("header encodes");
+        body.encode(&mut b, version).expect("body encodes");
+        b
+    }
+
+    pub fn send_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        let mut b = BytesMut::with_capacity(frame.len() + 4);
+        b.put_i32(frame.len() as i32);
+        b.put_slice(frame);
+        self.s.write_all(&b)
+    }
+
+    /// Reads one response frame; `None` if the server closed the connection.
+    pub fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).ok()?;
+        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut buf).ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    /// Sends a request and decodes its response.
+    pub fn call<R: Request>(&mut self, version: i16, body: &R) -> R::Response {
+        let frame = self.encode(version, body);
+        self.send_frame(&frame).expect("send");
+        let mut resp = self.read_frame().expect("a response, not a closed connection");
+        let api = ApiKey::try_from(R::KEY).expect("known api");
+        let header_version = if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
+        ResponseHeader::decode(&mut resp, header_version).expect("response header");
+        let out = R::Response::decode(&mut resp, version).expect("response body");
+        assert_eq!(resp.remaining(), 0, "trailing bytes in response");
+        out
+    }
+
+    /// True when the server has closed the connection (reads EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+}
