@@ -257,3 +257,18 @@ fn bad_acks_and_configs_are_refused() {
     assert_eq!(fetch(&mut c, "cfg", -1).0, ResponseError::OffsetOutOfRange.code());
     assert_alive(&mut f);
 }
+
+#[test]
+fn hostile_array_length_closes_the_connection_not_the_process() {
+    let mut f = start(&[]);
+    // Metadata v1, client id null, then a topics array claiming 2^31-1 entries
+    // and nothing else. Unpatched kafka-protocol 0.18 aborts the process here.
+    let mut c = Conn::connect(&f.bootstrap());
+    c.send_frame(&[0, 3, 0, 1, 0, 0, 0, 1, 0xFF, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF]).expect("send");
+    assert!(c.is_closed());
+    // The same in a flexible version: compact array length as a varint.
+    let mut c = Conn::connect(&f.bootstrap());
+    c.send_frame(&[0, 3, 0, 12, 0, 0, 0, 2, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07]).expect("send");
+    assert!(c.is_closed());
+    assert_alive(&mut f);
+}
