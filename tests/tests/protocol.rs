@@ -1,0 +1,232 @@
+//! Protocol semantics against the real binary, over a raw connection: fetch
+//! long-polls and byte limits, pipelining order, acks=0 and 1, timestamps,
+//! leader epochs across restarts, and the drain on SIGTERM.
+
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_e2e::raw::Conn;
+use floe_e2e::records::batch;
+use floe_e2e::{temp_dir, Floe};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn create(c: &mut Conn, topic: &str, partitions: i32) {
+    let t = CreatableTopic::default().with_name(name(topic)).with_num_partitions(partitions).with_replication_factor(1);
+    let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
+    assert_eq!(r.topics[0].error_code, 0);
+}
+
+fn produce_req(topic: &str, acks: i16, records: Bytes) -> ProduceRequest {
+    let p = PartitionProduceData::default().with_index(0).with_records(Some(records));
+    let t = TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![p]);
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![t])
+}
+
+fn fetch_req(topic: &str, offset: i64, wait_ms: i32, min_bytes: i32, part_max: i32, max: i32) -> FetchRequest {
+    let p = FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(part_max);
+    let t = FetchTopic::default().with_topic(name(topic)).with_partitions(vec![p]);
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(max)
+        .with_topics(vec![t])
+}
+
+fn records(r: &FetchResponse) -> Bytes {
+    r.responses[0].partitions[0].records.clone().unwrap_or_default()
+}
+
+/// Number of whole batches in a record set.
+fn batches(b: &[u8]) -> usize {
+    let (mut n, mut at) = (0, 0);
+    while at + 12 <= b.len() {
+        at += 12 + i32::from_be_bytes(b[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
+    let f = Floe::start(temp_dir("fetch"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "lp", 1);
+    // Nothing there: a short wait comes back empty.
+    let r = c.call(12, &fetch_req("lp", 0, 100, 1, 1 << 20, 1 << 20));
+    assert_eq!((r.responses[0].partitions[0].error_code, records(&r).len()), (0, 0));
+    // A long wait is answered by data produced meanwhile, not by the timeout:
+    // the timeout would answer with no records.
+    let bootstrap = f.bootstrap();
+    let producer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        let mut p = Conn::connect(&bootstrap);
+        p.call(9, &produce_req("lp", -1, batch(3, 100)))
+    });
+    let r = c.call(12, &fetch_req("lp", 0, 20_000, 1, 1 << 20, 1 << 20));
+    assert_eq!(batches(&records(&r)), 1, "woken by the append");
+    assert_eq!(r.responses[0].partitions[0].high_watermark, 3);
+    assert_eq!(producer.join().expect("producer").responses[0].partition_responses[0].error_code, 0);
+    // Ten more batches of ~1.2 KiB each.
+    for _ in 0..10 {
+        c.call(9, &produce_req("lp", -1, batch(4, 300)));
+    }
+    let all = records(&c.call(12, &fetch_req("lp", 0, 0, 1, 1 << 20, 1 << 20)));
+    assert_eq!(batches(&all), 11);
+    let limited = records(&c.call(12, &fetch_req("lp", 0, 0, 1, 3000, 1 << 20)));
+    assert!(limited.len() <= 3000 && batches(&limited) >= 1, "partition_max_bytes caps the answer");
+    let tiny = records(&c.call(12, &fetch_req("lp", 3, 0, 1, 10, 10)));
+    assert_eq!(batches(&tiny), 1, "at least one whole batch even over the limits (KIP-74)");
+    // Fetching from the middle of a batch returns that whole batch.
+    let mid = records(&c.call(12, &fetch_req("lp", 4, 0, 1, 1, 1 << 20)));
+    assert_eq!(i64::from_be_bytes(mid[..8].try_into().expect("8 bytes")), 3);
+    // At the high watermark: empty, no error.
+    let r = c.call(12, &fetch_req("lp", 43, 0, 1, 1 << 20, 1 << 20));
+    assert_eq!((r.responses[0].partitions[0].error_code, records(&r).len()), (0, 0));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let f = Floe::start(temp_dir("pipeline"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "pipe", 1);
+    // Send a burst without reading: slow produces mixed with instant requests.
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let frame = if i % 3 == 0 {
+            c.encode(9, &produce_req("pipe", -1, batch(2, 50)))
+        } else if i % 3 == 1 {
+            c.encode(3, &ApiVersionsRequest::default())
+        } else {
+            c.encode(12, &MetadataRequest::default().with_topics(None))
+        };
+        ids.push(i32::from_be_bytes(frame[4..8].try_into().expect("4 bytes")));
+        c.send_frame(&frame).expect("send");
+    }
+    for want in ids {
+        let mut resp = c.read_frame().expect("response");
+        let got = i32::from_be_bytes(resp[..4].try_into().expect("4 bytes"));
+        assert_eq!(got, want, "responses come back in request order");
+        let _ = bytes::Buf::advance(&mut resp, 4);
+    }
+}
+
+#[test]
+fn acks_zero_and_one_are_stored_like_all() {
+    let mut f = Floe::start(temp_dir("acks"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "acks", 1);
+    // acks=0: no response at all, so the next answer is the ApiVersions one.
+    let frame = c.encode(9, &produce_req("acks", 0, batch(5, 10)));
+    c.send_frame(&frame).expect("send");
+    let v = c.call(3, &ApiVersionsRequest::default());
+    assert_eq!(v.error_code, 0);
+    let r = c.call(9, &produce_req("acks", 1, batch(5, 10)));
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 5);
+    // acks=1 is as durable as -1: visible after a kill -9.
+    f.restart_after_kill9();
+    let mut c = Conn::connect(&f.bootstrap());
+    let all = records(&c.call(12, &fetch_req("acks", 0, 0, 1, 1 << 20, 1 << 20)));
+    assert_eq!(batches(&all), 2);
+}
+
+fn list_offset(c: &mut Conn, topic: &str, ts: i64) -> (i64, i64) {
+    let p = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(ts);
+    let t = ListOffsetsTopic::default().with_name(name(topic)).with_partitions(vec![p]);
+    let r = c.call(7, &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![t]));
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    (p.offset, p.timestamp)
+}
+
+#[test]
+fn list_offsets_earliest_latest_max_and_by_timestamp() {
+    let f = Floe::start(temp_dir("offsets"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "ts", 1);
+    // batch(n, _) stamps records 1_700_000_000_000 + i.
+    for _ in 0..3 {
+        c.call(9, &produce_req("ts", -1, batch(4, 10)));
+    }
+    assert_eq!(list_offset(&mut c, "ts", -2).0, 0);
+    assert_eq!(list_offset(&mut c, "ts", -1).0, 12);
+    let (off, ts) = list_offset(&mut c, "ts", -3);
+    assert_eq!(ts, 1_700_000_000_003);
+    assert!((0..12).contains(&off));
+    assert_eq!(list_offset(&mut c, "ts", 1_700_000_000_000).0, 0);
+    assert_eq!(list_offset(&mut c, "ts", 1_800_000_000_000), (-1, -1), "nothing that late");
+}
+
+fn leader_epoch(c: &mut Conn, topic: &str) -> i32 {
+    let t = MetadataRequestTopic::default().with_name(Some(name(topic)));
+    let md = c.call(12, &MetadataRequest::default().with_topics(Some(vec![t])));
+    md.topics[0].partitions[0].leader_epoch
+}
+
+#[test]
+fn leader_epochs_grow_across_restarts_and_topic_ids_stay() {
+    let mut f = Floe::start(temp_dir("epochs"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "ep", 2);
+    let md = c.call(12, &MetadataRequest::default().with_topics(None));
+    let id = md.topics[0].topic_id;
+    let mut last = leader_epoch(&mut c, "ep");
+    for kill in [false, true, false] {
+        if kill {
+            f.restart_after_kill9();
+        } else {
+            f.restart();
+        }
+        let mut c = Conn::connect(&f.bootstrap());
+        let e = leader_epoch(&mut c, "ep");
+        assert!(e > last, "leader epoch {e} after restart, was {last}");
+        last = e;
+        let md = c.call(12, &MetadataRequest::default().with_topics(None));
+        assert_eq!(md.topics[0].topic_id, id, "topic ids survive restarts");
+    }
+    let cluster = Conn::connect(&f.bootstrap()).call(1, &DescribeClusterRequest::default());
+    assert_eq!((cluster.error_code, cluster.brokers.len()), (0, 1));
+    assert_eq!(cluster.brokers[0].port as u16, f.kafka_port);
+}
+
+#[test]
+fn sigterm_drains_in_flight_produces() {
+    // A long linger keeps flushes open, so SIGTERM lands with requests waiting.
+    let mut f = Floe::start(temp_dir("drain"), &["--linger-ms", "400"]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "drain", 1);
+    let mut sent = 0;
+    for _ in 0..20 {
+        let frame = c.encode(9, &produce_req("drain", -1, batch(1, 10)));
+        c.send_frame(&frame).expect("send");
+        sent += 1;
+    }
+    thread::sleep(Duration::from_millis(50));
+    let status = f.stop();
+    assert!(status.success(), "clean exit: {status:?}");
+    // Every request sent before the signal got an answer before the close.
+    let mut acked = 0;
+    while let Some(mut resp) = c.read_frame() {
+        ResponseHeader::decode(&mut resp, 1).expect("header v1 (flexible produce)");
+        let r = ProduceResponse::decode(&mut resp, 9).expect("produce response");
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        acked += 1;
+    }
+    assert_eq!(acked, sent, "no request dropped silently");
+    f.restart();
+    let mut c = Conn::connect(&f.bootstrap());
+    let all = records(&c.call(12, &fetch_req("drain", 0, 0, 1, 1 << 20, 1 << 20)));
+    assert_eq!(batches(&all), sent);
+    assert!(f.log_text().contains("shutting down"));
+}
