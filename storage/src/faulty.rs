@@ -2,9 +2,12 @@
 //! deterministic simulation and fault tests. Off the data path unless asked for.
 //!
 //! Each call draws from the seeded generator: a delay (which also reorders
-//! concurrent calls), then one of: pass, fail before acting, act then report
-//! failure ("succeeded but reported failure"), or act and then hang past any
-//! sensible deadline (the caller's timeout fires; the write did happen).
+//! concurrent calls; now and then a long pause), then one of: pass, fail
+//! before acting, act then report failure ("succeeded but reported failure"),
+//! or act and then hang past any sensible deadline (the caller's timeout
+//! fires; the write did happen). A PUT runs in its own task, so one whose
+//! caller gave up still lands later, as a real request in flight would.
+//! LIST answers may leave objects out: LIST is only a hint.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
@@ -28,6 +32,11 @@ pub struct Faults {
     pub fail_after: f64,
     pub hang_after: f64,
     pub hang: Duration,
+    /// Chance of a long pause before acting (an owner stalled mid-call).
+    pub long_pause: f64,
+    pub long_delay: Duration,
+    /// Chance that a LIST leaves out each object.
+    pub list_omit: f64,
 }
 
 impl Faults {
@@ -37,6 +46,9 @@ impl Faults {
         fail_after: 0.0,
         hang_after: 0.0,
         hang: Duration::ZERO,
+        long_pause: 0.0,
+        long_delay: Duration::ZERO,
+        list_omit: 0.0,
     };
 
     /// Faults the log must survive: about one call in ten misbehaves.
@@ -47,6 +59,9 @@ impl Faults {
             fail_after: 0.04,
             hang_after: 0.02,
             hang: Duration::from_secs(60),
+            long_pause: 0.01,
+            long_delay: Duration::from_secs(1),
+            list_omit: 0.1,
         }
     }
 }
@@ -89,7 +104,10 @@ impl Faulty {
     fn draw(&self) -> (Duration, Fate, Duration) {
         let f = *self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let delay = if f.max_delay.is_zero() { Duration::ZERO } else { rng.random_range(Duration::ZERO..f.max_delay) };
+        let mut delay = if f.max_delay.is_zero() { Duration::ZERO } else { rng.random_range(Duration::ZERO..f.max_delay) };
+        if rng.random_bool(f.long_pause) {
+            delay += f.long_delay;
+        }
         let x: f64 = rng.random();
         let fate = if x < f.fail_before {
             Fate::FailBefore
@@ -105,19 +123,28 @@ impl Faulty {
 
     async fn run<T>(&self, op: impl std::future::Future<Output = object_store::Result<T>>) -> object_store::Result<T> {
         let (delay, fate, hang) = self.draw();
-        tokio::time::sleep(delay).await;
-        match fate {
-            Fate::FailBefore => Err(injected("before")),
-            Fate::Pass => op.await,
-            Fate::FailAfter => {
-                let _ = op.await;
-                Err(injected("after"))
-            }
-            Fate::HangAfter => {
-                let r = op.await;
-                tokio::time::sleep(hang).await;
-                r
-            }
+        act(delay, fate, hang, op).await
+    }
+}
+
+async fn act<T>(
+    delay: Duration,
+    fate: Fate,
+    hang: Duration,
+    op: impl std::future::Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    tokio::time::sleep(delay).await;
+    match fate {
+        Fate::FailBefore => Err(injected("before")),
+        Fate::Pass => op.await,
+        Fate::FailAfter => {
+            let _ = op.await;
+            Err(injected("after"))
+        }
+        Fate::HangAfter => {
+            let r = op.await;
+            tokio::time::sleep(hang).await;
+            r
         }
     }
 }
@@ -129,7 +156,10 @@ fn injected(when: &'static str) -> object_store::Error {
 #[async_trait]
 impl ObjectStore for Faulty {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
-        self.run(self.inner.put_opts(location, payload, opts)).await
+        let (delay, fate, hang) = self.draw();
+        let (inner, location) = (self.inner.clone(), location.clone());
+        let task = tokio::spawn(async move { act(delay, fate, hang, inner.put_opts(&location, payload, opts)).await });
+        task.await.unwrap_or_else(|e| Err(object_store::Error::Generic { store: "faulty", source: Box::new(e) }))
     }
 
     async fn put_multipart_opts(
@@ -166,7 +196,11 @@ impl ObjectStore for Faulty {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        let omit = self.faults.lock().unwrap_or_else(|p| p.into_inner()).list_omit;
+        let seed: u64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let kept = self.inner.list(prefix).filter(move |_| std::future::ready(!rng.random_bool(omit)));
+        Box::pin(kept)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {

@@ -186,6 +186,9 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 let offsets = meta.u32()?;
                 let max_timestamp = meta.i64()?;
                 let len = meta.u32()? as usize;
+                if base_offset < 0 || base_offset.checked_add(offsets as i64).is_none() || offsets == 0 || len < 8 {
+                    return Err(Corrupt("wal append header out of range"));
+                }
                 let end = pos.checked_add(len).filter(|&e| e <= obj.len());
                 let end = end.ok_or(Corrupt("wal data truncated"))?;
                 positions.push(pos as u32);
@@ -248,9 +251,14 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
         put_bytes(&mut b, k);
         put_bytes(&mut b, v);
     }
-    let crc = crc32c::crc32c(&b[CKPT_HEADER_LEN..]);
+    let crc = checkpoint_crc(&b);
     b[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     b.freeze()
+}
+
+/// Covers the header (writer, seq, fence epoch) and the body, not the CRC slot.
+fn checkpoint_crc(b: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&b[8..CKPT_HEADER_LEN - 4]), &b[CKPT_HEADER_LEN..])
 }
 
 pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
@@ -261,7 +269,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
     let writer = Writer { epoch: h.get_u64(), nonce: h.get_u64() };
     let seq = h.get_u64();
     let fence_epoch = h.get_u64();
-    if crc32c::crc32c(&obj[CKPT_HEADER_LEN..]) != h.get_u32() {
+    if checkpoint_crc(&obj) != h.get_u32() {
         return Err(Corrupt("checkpoint crc"));
     }
     let mut r = Reader(obj.slice(CKPT_HEADER_LEN..));
@@ -351,7 +359,7 @@ mod tests {
                 base_offset: 2,
                 offsets: 1,
                 max_timestamp: 8,
-                data: Bytes::from_static(b"xyz"),
+                data: Bytes::from_static(b"xyz45678"),
             },
         ];
         let obj = concat(&encode_wal(w, 12, &entries));
@@ -359,7 +367,7 @@ mod tests {
         assert_eq!((d.writer, d.seq, d.tombstone), (w, 12, false));
         assert_eq!(d.entries, entries);
         let p = d.positions[1] as usize;
-        assert_eq!(&obj[p..p + 3], b"xyz");
+        assert_eq!(&obj[p..p + 8], b"xyz45678");
         // Any corruption of header or metadata is caught.
         for i in 8..WAL_HEADER_LEN + 10 {
             let mut bad = obj.to_vec();
@@ -385,8 +393,14 @@ mod tests {
             },
         );
         let w = Writer { epoch: 1, nonce: 2 };
-        let c = decode_checkpoint(encode_checkpoint(w, 9, 1, &state)).expect("decodes");
+        let obj = encode_checkpoint(w, 9, 1, &state);
+        let c = decode_checkpoint(obj.clone()).expect("decodes");
         assert_eq!((c.writer, c.seq, c.fence_epoch), (w, 9, 1));
         assert_eq!(c.state, state);
+        for i in 8..obj.len() {
+            let mut bad = obj.to_vec();
+            bad[i] ^= 0x10;
+            assert!(decode_checkpoint(Bytes::from(bad)).is_err(), "flip at {i} undetected");
+        }
     }
 }

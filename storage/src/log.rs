@@ -45,8 +45,9 @@ pub struct LogConfig {
     pub max_pending_bytes: usize,
     /// Recently written batches kept in memory for reads.
     pub tail_bytes: usize,
-    /// One PUT attempt's deadline; an attempt past it is resolved by retrying
-    /// the identical bytes and reading back on conflict.
+    /// One object-store call's deadline. A PUT past it is resolved by
+    /// retrying the identical bytes and reading back on conflict; a GET or
+    /// LIST past it is retried.
     pub put_timeout: Duration,
     /// Attempts per object before the log is poisoned.
     pub put_attempts: u32,
@@ -234,21 +235,11 @@ impl ShardLog {
         if core.closing {
             return Err(Error::Closed);
         }
-        // Check everything before changing anything: an append is all or nothing.
-        for e in &entries {
-            if let Entry::Append { stream, data, .. } = e {
-                if !core.live.streams.contains_key(stream) {
-                    return Err(Error::UnknownStream);
-                }
-                if data.len() < 8 {
-                    return Err(Error::Unavailable("append data shorter than its offset slot".into()));
-                }
-            }
-        }
+        check_append(&core.live, &entries)?;
         let mut base_offsets = Vec::new();
         for e in &mut entries {
             if let Entry::Append { stream, base_offset, data, .. } = e {
-                let next = core.live.streams[stream].next_offset;
+                let next = core.live.streams.get(stream).map_or(0, |s| s.next_offset);
                 *base_offset = next;
                 *data = with_base_offset(std::mem::take(data), next);
                 base_offsets.push(next);
@@ -316,7 +307,7 @@ impl ShardLog {
             let start = locs.iter().map(|(_, l)| l.pos).min().unwrap_or(0) as u64;
             let end = locs.iter().map(|(_, l)| l.pos as u64 + l.len as u64).max().unwrap_or(0);
             let path = wal_path(&self.inner.prefix, seq);
-            let span = put::get_range(&*self.inner.store, &path, start..end).await?;
+            let span = put::get_range(&*self.inner.store, &path, start..end, self.inner.cfg.put_timeout).await?;
             for (i, l) in locs {
                 let at = (l.pos as u64 - start) as usize;
                 let b = span.slice(at..at + l.len as usize);
@@ -349,15 +340,15 @@ impl ShardLog {
         Ok(best.map(|l| (l.end_offset() - 1, l.max_timestamp)))
     }
 
-    /// A metadata value, including accepted-but-not-durable changes.
+    /// A durable metadata value.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.inner.lock().live.kv.get(key).cloned()
+        self.inner.lock().durable.kv.get(key).cloned()
     }
 
-    /// Metadata keys and values under a prefix (live view, as [`Self::get`]).
+    /// Durable metadata keys and values under a prefix.
     pub fn scan(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
         let core = self.inner.lock();
-        let range = core.live.kv.range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded));
+        let range = core.durable.kv.range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded));
         range.take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
@@ -396,6 +387,36 @@ impl Inner {
         // anyway, but reads of it remain memory-safe.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Checks entries in order against the state they will meet, before any is
+/// applied: an append is all or nothing.
+fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
+    let mut created = Vec::new();
+    let mut deleted = Vec::new();
+    for e in entries {
+        match e {
+            Entry::CreateStream { stream } => {
+                created.push(*stream);
+                deleted.retain(|s| s != stream);
+            }
+            Entry::DeleteStream { stream } => {
+                deleted.push(*stream);
+                created.retain(|s| s != stream);
+            }
+            Entry::Append { stream, data, offsets, .. } => {
+                let exists = created.contains(stream) || (live.streams.contains_key(stream) && !deleted.contains(stream));
+                if !exists {
+                    return Err(Error::UnknownStream);
+                }
+                if data.len() < 8 || *offsets == 0 {
+                    return Err(Error::Unavailable("append needs an 8-byte offset slot and at least one offset".into()));
+                }
+            }
+            Entry::Truncate { .. } | Entry::Put { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 fn entry_bytes(e: &Entry) -> usize {

@@ -8,7 +8,13 @@
 //! history is checked:
 //! - every acknowledged batch is present exactly once, at its acknowledged offset;
 //! - offsets are contiguous from 0 to the high watermark;
-//! - every batch any reader ever saw has the same bytes at the same offset.
+//! - every batch any reader ever saw has the same bytes at the same offset;
+//! - the metadata key written with each batch exists exactly when the batch does;
+//! - replaying from seq 0 (checkpoints deleted) gives the same log as replaying
+//!   from the newest checkpoint.
+//!
+//! Owners also open concurrently (a racer beside the round's owner), and the
+//! store pauses, loses LIST entries, and lands PUTs after their caller gave up.
 //!
 //! `FLOE_SIM_SEEDS=N` sets how many seeds run (default 2,000; `scripts/test`
 //! runs 10,000); `FLOE_SIM_SEED=S` replays one seed.
@@ -22,7 +28,8 @@ use floe_storage::faulty::{Faults, Faulty};
 use floe_storage::{Entry, Error, LogConfig, ShardLog, StreamId};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -77,7 +84,9 @@ async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64
         let offsets = rng.random_range(1..5);
         let data = batch(id, offsets, rng.random_range(0..300));
         let e = Entry::Append { stream: STREAM, base_offset: 0, offsets, max_timestamp: id as i64, data };
-        let Ok(appended) = log.append(vec![e]).await else { return };
+        // The key commits with the batch, or neither does.
+        let put = Entry::Put { key: key_of(id), value: Some(Bytes::from(id.to_be_bytes().to_vec())) };
+        let Ok(appended) = log.append(vec![e, put]).await else { return };
         let base = appended.base_offsets[0];
         if appended.durable().await.is_err() {
             return;
@@ -87,6 +96,42 @@ async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
         }
     }
+}
+
+fn key_of(id: u64) -> Bytes {
+    Bytes::from(format!("k/{id:08}"))
+}
+
+/// An owner that opens while another is opening or writing, and produces.
+async fn racer(store: Arc<dyn ObjectStore>, cfg: LogConfig, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64) {
+    let Ok(log) = ShardLog::open(store, Path::from("shard"), cfg).await else { return };
+    if ensure_stream(&log).await.is_ok() {
+        produce(log, h, ids, seed).await;
+    }
+}
+
+/// Everything a clean owner reads back: batches by base offset, and the keys.
+async fn read_all(log: &ShardLog, violations: &mut Vec<String>) -> Result<(HashMap<i64, Bytes>, Vec<Bytes>), String> {
+    let mut out = HashMap::new();
+    if let Ok((start, hw)) = log.offsets(STREAM) {
+        if start != 0 {
+            violations.push(format!("log start {start}, want 0"));
+        }
+        let mut at = 0;
+        while at < hw {
+            let read = log.read(STREAM, at, 1 << 20).await.map_err(|e| format!("final read: {e}"))?;
+            for b in read.batches {
+                let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                if base != at {
+                    violations.push(format!("final log: batch at {base}, expected {at}"));
+                }
+                at = base + offsets_of(&b) as i64;
+                out.insert(base, b);
+            }
+        }
+    }
+    let keys = log.scan(b"k/").into_iter().map(|(k, _)| k).collect();
+    Ok((out, keys))
 }
 
 async fn read_some(log: ShardLog, h: Arc<Mutex<History>>, seed: u64, reads: usize) {
@@ -119,7 +164,7 @@ async fn read_some(log: ShardLog, h: Arc<Mutex<History>>, seed: u64, reads: usiz
 async fn sim(seed: u64) -> Result<(), String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let faulty = Arc::new(Faulty::new(mem, seed, Faults::chaos()));
+    let faulty = Arc::new(Faulty::new(mem.clone(), seed, Faults::chaos()));
     let store: Arc<dyn ObjectStore> = faulty.clone();
     let cfg = LogConfig {
         linger: Duration::from_millis(rng.random_range(0..3)),
@@ -136,6 +181,11 @@ async fn sim(seed: u64) -> Result<(), String> {
     let mut next_id = 0u64;
     let rounds = rng.random_range(2..6);
     for round in 0..rounds {
+        if rng.random_bool(0.3) {
+            let ids: Vec<u64> = (next_id..next_id + 5).collect();
+            next_id += 5;
+            tasks.push(tokio::spawn(racer(store.clone(), cfg.clone(), history.clone(), ids, seed ^ 0xbeef ^ round)));
+        }
         let Some(log) = open(store.clone(), &cfg).await else { continue };
         if ensure_stream(&log).await.is_err() {
             continue;
@@ -162,25 +212,28 @@ async fn sim(seed: u64) -> Result<(), String> {
         t.await.map_err(|e| format!("task panicked: {e}"))?;
     }
     // A clean owner reads the whole history back.
-    let log = open(store, &cfg).await.ok_or("final open failed with faults off")?;
+    let log = open(store.clone(), &cfg).await.ok_or("final open failed with faults off")?;
     let mut h = history.lock().expect("history");
-    let (mut final_bytes, mut hw) = (HashMap::<i64, Bytes>::new(), 0);
-    if let Ok((start, high)) = log.offsets(STREAM) {
-        hw = high;
-        if start != 0 {
-            h.violations.push(format!("log start {start}, want 0"));
-        }
-        let mut at = 0;
-        while at < hw {
-            let read = log.read(STREAM, at, 1 << 20).await.map_err(|e| format!("final read: {e}"))?;
-            for b in read.batches {
-                let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-                if base != at {
-                    h.violations.push(format!("final log: batch at {base}, expected {at}"));
-                }
-                at = base + offsets_of(&b) as i64;
-                final_bytes.insert(base, b);
-            }
+    let (final_bytes, keys) = read_all(&log, &mut h.violations).await?;
+    let hw = log.offsets(STREAM).map_or(0, |(_, hw)| hw);
+    drop(log);
+    // Replaying the whole log, without checkpoints, must agree.
+    let ckpts: Vec<_> = mem.list(Some(&Path::from("shard/ckpt"))).map_ok(|m| m.location).try_collect().await.map_err(|e| e.to_string())?;
+    for c in &ckpts {
+        mem.delete(c).await.map_err(|e| e.to_string())?;
+    }
+    let scratch = open(store, &cfg).await.ok_or("scratch open failed")?;
+    let (scratch_bytes, scratch_keys) = read_all(&scratch, &mut h.violations).await?;
+    if scratch_bytes != final_bytes || scratch_keys != keys {
+        h.violations.push(format!(
+            "replay from seq 0 differs from replay from the checkpoint ({} vs {} batches, {} vs {} keys)",
+            scratch_bytes.len(), final_bytes.len(), scratch_keys.len(), keys.len()
+        ));
+    }
+    let stored_ids: std::collections::HashSet<u64> = final_bytes.values().map(|b| id_of(b)).collect();
+    for id in 0..next_id {
+        if stored_ids.contains(&id) != keys.contains(&key_of(id)) {
+            h.violations.push(format!("batch {id} and its key did not commit together"));
         }
     }
     let mut ids_seen = HashMap::new();

@@ -40,7 +40,10 @@ pub(super) struct Opened {
 
 pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogConfig) -> Result<Opened, Error> {
     let writer = claim_epoch(&**store, prefix, cfg).await?;
-    let (mut state, mut seq, mut fence_epoch) = match latest_checkpoint(&**store, prefix).await? {
+    let (mut state, mut seq, mut fence_epoch) = match latest_checkpoint(&**store, prefix, cfg).await? {
+        // A checkpoint by a newer owner means one took over while we were
+        // claiming: we are the stale one, and must not write past its log.
+        Some(c) if c.writer.epoch > writer.epoch || c.fence_epoch > writer.epoch => return Err(Error::Fenced),
         Some(c) => (c.state, c.seq + 1, c.fence_epoch),
         None => (State::default(), 0, 0),
     };
@@ -53,13 +56,16 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
             Created::Ours => break,
             Created::Theirs(bytes) => {
                 let obj = format::decode_wal(bytes).map_err(|e| corrupt(&path, e))?;
+                if obj.seq != seq {
+                    return Err(corrupt(&path, format::Corrupt("object names another seq")));
+                }
                 if obj.writer.epoch > writer.epoch {
                     return Err(Error::Fenced);
                 }
                 if obj.tombstone {
                     fence_epoch = fence_epoch.max(obj.writer.epoch);
                 } else if obj.writer.epoch >= fence_epoch {
-                    replay(&mut state, &mut tail, &obj, cfg.tail_bytes);
+                    replay(&mut state, &mut tail, &obj, cfg.tail_bytes).map_err(|e| corrupt(&path, e))?;
                 }
                 seq += 1;
             }
@@ -82,12 +88,23 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
     Ok(Opened { writer, state, next_seq: fence + FENCE_WINDOW, tail })
 }
 
-fn replay(state: &mut State, tail: &mut Vec<(StreamId, i64, Bytes)>, obj: &format::WalObject, tail_bytes: usize) {
+/// Applies a valid WAL object. Entries were checked when appended; replay
+/// re-checks what would corrupt the state if an object were damaged.
+fn replay(
+    state: &mut State,
+    tail: &mut Vec<(StreamId, i64, Bytes)>,
+    obj: &format::WalObject,
+    tail_bytes: usize,
+) -> Result<(), format::Corrupt> {
     let mut pos = obj.positions.iter();
     for e in &obj.entries {
         let p = match e {
             Entry::Append { stream, base_offset, data, .. } => {
-                if tail_bytes > 0 {
+                let expected = state.streams.get(stream).map(|s| s.next_offset);
+                if expected.is_some_and(|next| next != *base_offset) {
+                    return Err(format::Corrupt("append offsets are not contiguous"));
+                }
+                if tail_bytes > 0 && expected.is_some() {
                     tail.push((*stream, *base_offset, data.clone()));
                 }
                 pos.next().copied().unwrap_or(0)
@@ -96,11 +113,11 @@ fn replay(state: &mut State, tail: &mut Vec<(StreamId, i64, Bytes)>, obj: &forma
         };
         state.apply(e, obj.seq, p);
     }
+    Ok(())
 }
 
 async fn claim_epoch(store: &dyn ObjectStore, prefix: &Path, cfg: &LogConfig) -> Result<Writer, Error> {
-    let dir = prefix.clone().join("epoch");
-    let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(unavailable)?;
+    let listed = list(store, &prefix.clone().join("epoch"), cfg).await?;
     let mut epoch = listed.iter().filter_map(|m| seq_of(&m.location)).max().unwrap_or(0);
     let nonce = rand::random::<u64>();
     for _ in 0..MAX_EPOCH_RACES {
@@ -115,14 +132,17 @@ async fn claim_epoch(store: &dyn ObjectStore, prefix: &Path, cfg: &LogConfig) ->
 }
 
 /// The newest checkpoint whose WAL object carries its epoch.
-async fn latest_checkpoint(store: &dyn ObjectStore, prefix: &Path) -> Result<Option<format::Checkpoint>, Error> {
-    let dir = prefix.clone().join("ckpt");
-    let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(unavailable)?;
+async fn latest_checkpoint(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    cfg: &LogConfig,
+) -> Result<Option<format::Checkpoint>, Error> {
+    let listed = list(store, &prefix.clone().join("ckpt"), cfg).await?;
     let mut seqs: Vec<u64> = listed.iter().filter_map(|m| seq_of(&m.location)).collect();
     seqs.sort_unstable_by(|a, b| b.cmp(a));
     for seq in seqs {
         let path = ckpt_path(prefix, seq);
-        let Some(body) = put::get(store, &path).await? else { continue };
+        let Some(body) = put::get(store, &path, cfg.put_timeout).await? else { continue };
         let ckpt = match format::decode_checkpoint(body) {
             Ok(c) if c.seq == seq => c,
             _ => {
@@ -130,12 +150,21 @@ async fn latest_checkpoint(store: &dyn ObjectStore, prefix: &Path) -> Result<Opt
                 continue;
             }
         };
-        let Some(wal) = put::get(store, &wal_path(prefix, seq)).await? else { continue };
+        let Some(wal) = put::get(store, &wal_path(prefix, seq), cfg.put_timeout).await? else { continue };
         if format::object_writer(&wal).ok().map(|w| w.epoch) == Some(ckpt.writer.epoch) {
             return Ok(Some(ckpt));
         }
     }
     Ok(None)
+}
+
+/// LIST is a hint (its order is not guaranteed, and it may miss the newest
+/// objects); callers only use it to choose where to start probing.
+async fn list(store: &dyn ObjectStore, dir: &Path, cfg: &LogConfig) -> Result<Vec<object_store::ObjectMeta>, Error> {
+    match tokio::time::timeout(cfg.put_timeout, store.list(Some(dir)).try_collect::<Vec<_>>()).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(Error::Unavailable(format!("list {dir} timed out"))),
+    }
 }
 
 fn seq_of(path: &Path) -> Option<u64> {

@@ -101,34 +101,43 @@ pub(crate) fn writer_of(b: &[u8]) -> Option<Writer> {
 }
 
 /// GET with bounded retries; reads are idempotent so retrying is always safe.
-pub(crate) async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Option<Bytes>, Error> {
+/// Attempts per read; reads are idempotent, so retrying is always safe.
+const GET_ATTEMPTS: u32 = 5;
+
+/// GET with a deadline per attempt and bounded retries; `None` if absent.
+pub(crate) async fn get(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<Option<Bytes>, Error> {
     let mut last = String::new();
-    for attempt in 0..5 {
+    for attempt in 0..GET_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        match store.get(path).await {
-            Ok(r) => match r.bytes().await {
-                Ok(b) => return Ok(Some(b)),
-                Err(e) => last = e.to_string(),
-            },
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => last = e.to_string(),
+        let got = tokio::time::timeout(timeout, async { store.get(path).await?.bytes().await }).await;
+        match got {
+            Ok(Ok(b)) => return Ok(Some(b)),
+            Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("timed out after {timeout:?}"),
         }
     }
     Err(Error::Unavailable(format!("get {path}: {last}")))
 }
 
-pub(crate) async fn get_range(store: &dyn ObjectStore, path: &Path, range: Range<u64>) -> Result<Bytes, Error> {
+pub(crate) async fn get_range(
+    store: &dyn ObjectStore,
+    path: &Path,
+    range: Range<u64>,
+    timeout: Duration,
+) -> Result<Bytes, Error> {
     let mut last = String::new();
-    for attempt in 0..5 {
+    for attempt in 0..GET_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        match store.get_range(path, range.clone()).await {
-            Ok(b) if b.len() as u64 == range.end - range.start => return Ok(b),
-            Ok(b) => last = format!("short read: {} of {} bytes", b.len(), range.end - range.start),
-            Err(e) => last = e.to_string(),
+        match tokio::time::timeout(timeout, store.get_range(path, range.clone())).await {
+            Ok(Ok(b)) if b.len() as u64 == range.end - range.start => return Ok(b),
+            Ok(Ok(b)) => last = format!("short read: {} of {} bytes", b.len(), range.end - range.start),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("timed out after {timeout:?}"),
         }
     }
     Err(Error::Unavailable(format!("get {path} {range:?}: {last}")))

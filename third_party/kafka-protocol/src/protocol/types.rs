@@ -980,6 +980,9 @@ impl<T, E: for<'a> Encoder<&'a T>> Encoder<&Vec<T>> for Array<E> {
     }
 }
 
+/// Floe patch: the most elements an array decoder reserves before decoding.
+const PREALLOCATE_MAX: usize = 1024;
+
 impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<Vec<T>>> {
         match Int32.decode(buf)? {
@@ -991,7 +994,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
                 if n as usize > buf.remaining() {
                     bail!("Array length {n} exceeds the {} bytes remaining", buf.remaining());
                 }
-                let mut result = Vec::with_capacity(n as usize);
+                // Elements may be far larger in memory than on the wire: grow
+                // from a small start rather than trusting the count.
+                let mut result = Vec::with_capacity((n as usize).min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1103,7 +1108,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
                 if (n - 1) as usize > buf.remaining() {
                     bail!("Compact array length {} exceeds the {} bytes remaining", n - 1, buf.remaining());
                 }
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                let mut result = Vec::with_capacity(((n - 1) as usize).min(PREALLOCATE_MAX));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
