@@ -230,3 +230,17 @@ fn sigterm_drains_in_flight_produces() {
     assert_eq!(batches(&all), sent);
     assert!(f.log_text().contains("shutting down"));
 }
+
+#[test]
+fn memory_store_serves_and_forgets_on_restart() {
+    let mut f = Floe::start(temp_dir("memory"), &["--store", "memory://"]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "mem", 1);
+    assert_eq!(c.call(9, &produce_req("mem", -1, batch(3, 10))).responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(batches(&records(&c.call(12, &fetch_req("mem", 0, 0, 1, 1 << 20, 1 << 20)))), 1);
+    assert!(std::fs::read_dir(&f.data_dir).map_or(true, |mut d| d.next().is_none()), "nothing written to disk");
+    f.restart();
+    let mut c = Conn::connect(&f.bootstrap());
+    let md = c.call(12, &MetadataRequest::default().with_topics(None));
+    assert!(md.topics.is_empty(), "memory:// keeps nothing across processes");
+}

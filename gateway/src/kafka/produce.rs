@@ -14,9 +14,9 @@ use kafka_protocol::ResponseError;
 
 use crate::{errors, Gateway};
 
-/// One partition's outcome so far.
+/// One partition's outcome so far: accepted with its (bytes, batches), or failed.
 enum Outcome {
-    Accepted(Accepted, u64),
+    Accepted(Accepted, u64, u64),
     Failed(i16, Option<StrBytes>),
 }
 
@@ -65,8 +65,9 @@ async fn accept<W: Shards>(
         Err(e) => return Outcome::Failed(errors::batch_code(&e), Some(e.to_string().into())),
     };
     let bytes: u64 = batches.iter().map(|(h, _)| h.len as u64).sum();
+    let count = batches.len() as u64;
     match gw.worker.produce(tenant, topic, partition, batches).await {
-        Ok(a) => Outcome::Accepted(a, bytes),
+        Ok(a) => Outcome::Accepted(a, bytes, count),
         Err(e) => Outcome::Failed(errors::code(&e), errors::message(&e)),
     }
 }
@@ -75,12 +76,12 @@ async fn finish<W>(gw: &Gateway<W>, index: i32, outcome: Outcome) -> PartitionPr
     let resp = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
     match outcome {
         Outcome::Failed(code, msg) => resp.with_error_code(code).with_base_offset(-1).with_error_message(msg),
-        Outcome::Accepted(a, bytes) => {
+        Outcome::Accepted(a, bytes, count) => {
             let (base, start) = (a.base_offset, a.log_start);
             match a.durable().await {
                 Ok(()) => {
                     gw.metrics.produced_bytes.fetch_add(bytes, Relaxed);
-                    gw.metrics.produced_batches.fetch_add(1, Relaxed);
+                    gw.metrics.produced_batches.fetch_add(count, Relaxed);
                     resp.with_base_offset(base).with_log_start_offset(start)
                 }
                 Err(e) => failed(resp, &e),
