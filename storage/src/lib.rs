@@ -14,11 +14,13 @@
 //! - `state`: the state entries build: streams, batch index, key-value map.
 //! - [`store`]: building object stores from URLs, call counters.
 //! - [`faulty`]: a seeded store wrapper that delays, fails and lies, for tests.
+//! - [`latency`]: an S3 latency model, for benchmarks on a local store.
 //! - [`conformance`]: the suite every object store must pass to hold a log.
 
 pub mod conformance;
 pub mod faulty;
 mod format;
+pub mod latency;
 pub mod log;
 mod state;
 pub mod store;

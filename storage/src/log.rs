@@ -51,6 +51,9 @@ pub struct LogConfig {
     pub put_timeout: Duration,
     /// Attempts per object before the log is poisoned.
     pub put_attempts: u32,
+    /// Race a WAL PUT still unanswered after this long with an identical
+    /// second one (tail latency on S3; costs at most one extra PUT each).
+    pub hedge_after: Option<Duration>,
     /// A checkpoint is written every this many flushes (and on close).
     pub checkpoint_every: u64,
 }
@@ -65,6 +68,7 @@ impl Default for LogConfig {
             tail_bytes: 64 << 20,
             put_timeout: Duration::from_secs(10),
             put_attempts: 5,
+            hedge_after: None,
             checkpoint_every: 512,
         }
     }

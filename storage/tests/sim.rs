@@ -174,6 +174,7 @@ async fn sim(seed: u64) -> Result<(), String> {
         tail_bytes: if rng.random_bool(0.5) { 0 } else { 4096 },
         put_timeout: Duration::from_millis(200),
         put_attempts: rng.random_range(1..4),
+        hedge_after: rng.random_bool(0.5).then(|| Duration::from_millis(rng.random_range(1..30))),
         checkpoint_every: rng.random_range(1..8),
     };
     let history = Arc::new(Mutex::new(History::default()));

@@ -56,6 +56,9 @@ pub(crate) async fn create_or_read(
 }
 
 /// A WAL object write that must be ours: someone else's object means fenced.
+/// With `hedge_after` set, a PUT still unanswered by then is raced by a second
+/// identical one; safe because a create that loses to our own bytes reads
+/// them back as ours.
 pub(crate) async fn create_resolved(
     store: &dyn ObjectStore,
     path: &Path,
@@ -63,9 +66,42 @@ pub(crate) async fn create_resolved(
     writer: Writer,
     cfg: &LogConfig,
 ) -> Result<(), Error> {
-    match create_or_read(store, path, payload, writer, cfg).await? {
+    let created = match cfg.hedge_after {
+        None => create_or_read(store, path, payload, writer, cfg).await?,
+        Some(after) => hedged(store, path, payload, writer, cfg, after).await?,
+    };
+    match created {
         Created::Ours => Ok(()),
         Created::Theirs(_) => Err(Error::Fenced),
+    }
+}
+
+async fn hedged(
+    store: &dyn ObjectStore,
+    path: &Path,
+    payload: PutPayload,
+    writer: Writer,
+    cfg: &LogConfig,
+    after: Duration,
+) -> Result<Created, Error> {
+    let first = create_or_read(store, path, payload.clone(), writer, cfg);
+    tokio::pin!(first);
+    tokio::select! {
+        r = &mut first => return r,
+        _ = tokio::time::sleep(after) => {}
+    }
+    let second = create_or_read(store, path, payload, writer, cfg);
+    tokio::pin!(second);
+    // The first definitive answer wins; an error from one waits for the other.
+    tokio::select! {
+        r = &mut first => match r {
+            Ok(c) => Ok(c),
+            Err(_) => second.await,
+        },
+        r = &mut second => match r {
+            Ok(c) => Ok(c),
+            Err(_) => first.await,
+        },
     }
 }
 
