@@ -67,12 +67,17 @@ struct DevArgs {
     /// 5 ms caps a shard at 200 PUTs/s.
     #[arg(long, default_value_t = 1.0)]
     linger_ms: f64,
-    /// A flush is written at once when it holds this many bytes.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    /// A flush is written at once when it holds this many bytes; under load
+    /// flushes grow to this size (PUTs per GiB ≈ 1024 / MiB).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
     flush_bytes: usize,
     /// Flushes in flight per shard (1 to 8); acks still go in order.
     #[arg(long, default_value_t = 4)]
     max_in_flight: usize,
+    /// The linger timer seals a flush only while fewer than this many are in
+    /// flight; beyond, flushes wait for the size trigger (fewer, larger PUTs).
+    #[arg(long, default_value_t = 1)]
+    timer_in_flight: usize,
     /// Race a WAL PUT unanswered after this many ms with an identical one
     /// (cuts S3 tail latency; at most one extra PUT per flush). Off when absent.
     #[arg(long)]
@@ -99,6 +104,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         linger: Duration::from_secs_f64(a.linger_ms / 1000.0),
         flush_bytes: a.flush_bytes,
         max_in_flight: a.max_in_flight,
+        timer_in_flight: a.timer_in_flight,
         hedge_after: a.hedge_after_ms.map(Duration::from_millis),
         ..LogConfig::default()
     };

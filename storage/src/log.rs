@@ -41,6 +41,11 @@ pub struct LogConfig {
     pub flush_bytes: usize,
     /// PUTs in flight at once (at most [`FENCE_WINDOW`]).
     pub max_in_flight: usize,
+    /// The linger timer seals a flush only while fewer than this many are in
+    /// flight; beyond that, flushes grow until the size trigger. Under load
+    /// this makes objects large (PUTs per GiB ≈ 1024 / flush MiB) at the
+    /// cost of up to one more PUT's latency; at low load nothing changes.
+    pub timer_in_flight: usize,
     /// Appended bytes not yet durable; appends wait beyond it (backpressure).
     pub max_pending_bytes: usize,
     /// Recently written batches kept in memory for reads.
@@ -62,8 +67,9 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             linger: Duration::from_millis(1),
-            flush_bytes: 4 << 20,
+            flush_bytes: 8 << 20,
             max_in_flight: 4,
+            timer_in_flight: 1,
             max_pending_bytes: 64 << 20,
             tail_bytes: 64 << 20,
             put_timeout: Duration::from_secs(10),
@@ -78,6 +84,9 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_in_flight == 0 || self.max_in_flight as u64 > FENCE_WINDOW {
             return Err(format!("max_in_flight must be 1..={FENCE_WINDOW}"));
+        }
+        if self.timer_in_flight == 0 || self.timer_in_flight > self.max_in_flight {
+            return Err("timer_in_flight must be 1..=max_in_flight".into());
         }
         if self.flush_bytes == 0 || self.max_pending_bytes < self.flush_bytes {
             return Err("need 0 < flush_bytes <= max_pending_bytes".into());
@@ -461,15 +470,19 @@ async fn flusher(inner: Arc<Inner>) {
             if core.failed.is_some() || (core.closing && core.open.entries.is_empty() && core.in_flight.is_empty()) {
                 break;
             }
-            let room = core.in_flight.len() < inner.cfg.max_in_flight;
+            let in_flight = core.in_flight.len();
             match core.open.first_at {
-                Some(first) if room => {
+                Some(first) if in_flight < inner.cfg.max_in_flight => {
                     let due = first + inner.cfg.linger;
-                    if core.closing || core.open.bytes >= inner.cfg.flush_bytes || Instant::now() >= due {
+                    let timer_may_seal = in_flight < inner.cfg.timer_in_flight;
+                    let full = core.open.bytes >= inner.cfg.flush_bytes;
+                    if core.closing || full || (timer_may_seal && Instant::now() >= due) {
                         seal(&inner, &mut core, &done_tx);
                         continue;
                     }
-                    Some(due)
+                    // Otherwise a completion, a kick (size trigger) or the
+                    // timer wakes us.
+                    timer_may_seal.then_some(due)
                 }
                 _ => None,
             }

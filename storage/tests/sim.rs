@@ -166,10 +166,12 @@ async fn sim(seed: u64) -> Result<(), String> {
     let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let faulty = Arc::new(Faulty::new(mem.clone(), seed, Faults::chaos()));
     let store: Arc<dyn ObjectStore> = faulty.clone();
+    let max_in_flight = rng.random_range(1..=8);
     let cfg = LogConfig {
         linger: Duration::from_millis(rng.random_range(0..3)),
         flush_bytes: rng.random_range(100..3000),
-        max_in_flight: rng.random_range(1..=8),
+        max_in_flight,
+        timer_in_flight: rng.random_range(1..=max_in_flight),
         max_pending_bytes: 64 << 10,
         tail_bytes: if rng.random_bool(0.5) { 0 } else { 4096 },
         put_timeout: Duration::from_millis(200),
