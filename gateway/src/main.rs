@@ -82,6 +82,10 @@ struct DevArgs {
     /// (cuts S3 tail latency; at most one extra PUT per flush). Off when absent.
     #[arg(long)]
     hedge_after_ms: Option<u64>,
+    /// Memory for WAL objects read back from the store (beyond the in-memory
+    /// tail of recent writes); one GET then serves every partition in it.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    read_cache_bytes: usize,
     /// On Ctrl-C, how long to wait for in-flight requests before giving up.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -106,6 +110,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         max_in_flight: a.max_in_flight,
         timer_in_flight: a.timer_in_flight,
         hedge_after: a.hedge_after_ms.map(Duration::from_millis),
+        read_cache_bytes: a.read_cache_bytes,
         ..LogConfig::default()
     };
     log.validate().map_err(anyhow::Error::msg).context("invalid log settings")?;

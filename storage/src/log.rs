@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -22,8 +23,12 @@ use crate::format::{self, Writer, WAL_HEADER_LEN};
 use crate::state::{BatchLoc, State};
 use crate::{Entry, Error, StreamId};
 
+mod cache;
 mod open;
 mod put;
+
+/// WAL objects one read fetches from the store at once.
+const READ_CONCURRENCY: usize = 8;
 
 /// The log format's bound on flushes in flight. A new owner fences this many
 /// sequence numbers past the first free one, so a stale owner's in-flight
@@ -50,6 +55,8 @@ pub struct LogConfig {
     pub max_pending_bytes: usize,
     /// Recently written batches kept in memory for reads.
     pub tail_bytes: usize,
+    /// WAL objects read back from the store, kept for further reads.
+    pub read_cache_bytes: usize,
     /// One object-store call's deadline. A PUT past it is resolved by
     /// retrying the identical bytes and reading back on conflict; a GET or
     /// LIST past it is retried.
@@ -72,6 +79,7 @@ impl Default for LogConfig {
             timer_in_flight: 1,
             max_pending_bytes: 64 << 20,
             tail_bytes: 64 << 20,
+            read_cache_bytes: 256 << 20,
             put_timeout: Duration::from_secs(10),
             put_attempts: 5,
             hedge_after: None,
@@ -118,6 +126,8 @@ struct Inner {
     pending: Arc<Semaphore>,
     /// Resolves when the flusher has exited.
     stopped: watch::Sender<bool>,
+    /// WAL objects read back for batches no longer in the tail.
+    cache: Mutex<cache::ObjectCache>,
 }
 
 struct Core {
@@ -209,6 +219,7 @@ impl ShardLog {
             durable_tx: watch::channel(0).0,
             pending: Arc::new(Semaphore::new(permits)),
             stopped: watch::channel(false).0,
+            cache: Mutex::new(cache::ObjectCache::new(cfg.read_cache_bytes)),
             cfg,
         });
         tokio::spawn(flusher(inner.clone()));
@@ -311,23 +322,41 @@ impl ShardLog {
     }
 
     /// Fills batches that fell out of the tail, one ranged GET per object.
+    /// Fills batches that fell out of the tail from whole WAL objects: from
+    /// the object cache, else one GET per object, several at once.
     async fn fetch_missing(&self, batches: &mut [Bytes], missing: &[(usize, BatchLoc)]) -> Result<(), Error> {
         let mut by_seq: BTreeMap<u64, Vec<(usize, BatchLoc)>> = BTreeMap::new();
         for m in missing {
             by_seq.entry(m.1.seq).or_default().push(*m);
         }
+        let objects = futures::stream::iter(by_seq.keys().copied())
+            .map(|seq| async move { self.object(seq).await.map(|o| (seq, o)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect::<HashMap<u64, Bytes>>()
+            .await?;
         for (seq, locs) in by_seq {
-            let start = locs.iter().map(|(_, l)| l.pos).min().unwrap_or(0) as u64;
-            let end = locs.iter().map(|(_, l)| l.pos as u64 + l.len as u64).max().unwrap_or(0);
-            let path = wal_path(&self.inner.prefix, seq);
-            let span = put::get_range(&*self.inner.store, &path, start..end, self.inner.cfg.put_timeout).await?;
+            let obj = &objects[&seq];
             for (i, l) in locs {
-                let at = (l.pos as u64 - start) as usize;
-                let b = span.slice(at..at + l.len as usize);
-                batches[i] = with_base_offset(b, l.base_offset);
+                let range = l.pos as usize..l.pos as usize + l.len as usize;
+                let Some(b) = obj.get(range) else {
+                    return Err(Error::Corrupt { path: wal_path(&self.inner.prefix, seq).to_string(), why: "batch past the object's end".into() });
+                };
+                batches[i] = with_base_offset(obj.slice_ref(b), l.base_offset);
             }
         }
         Ok(())
+    }
+
+    async fn object(&self, seq: u64) -> Result<Bytes, Error> {
+        if let Some(o) = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(seq) {
+            return Ok(o);
+        }
+        let path = wal_path(&self.inner.prefix, seq);
+        let Some(obj) = put::get(&*self.inner.store, &path, self.inner.cfg.put_timeout).await? else {
+            return Err(Error::Unavailable(format!("{path} is in the index but not in the store")));
+        };
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, obj.clone());
+        Ok(obj)
     }
 
     /// Log start and durable high watermark of a stream.

@@ -174,6 +174,7 @@ async fn sim(seed: u64) -> Result<(), String> {
         timer_in_flight: rng.random_range(1..=max_in_flight),
         max_pending_bytes: 64 << 10,
         tail_bytes: if rng.random_bool(0.5) { 0 } else { 4096 },
+        read_cache_bytes: if rng.random_bool(0.5) { 0 } else { 8192 },
         put_timeout: Duration::from_millis(200),
         put_attempts: rng.random_range(1..4),
         hedge_after: rng.random_bool(0.5).then(|| Duration::from_millis(rng.random_range(1..30))),

@@ -6,7 +6,6 @@
 //! we were fenced. Errors and timeouts retry the identical bytes at the same
 //! path, so a retry can never leave a hole or a second version.
 
-use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -156,27 +155,6 @@ pub(crate) async fn get(store: &dyn ObjectStore, path: &Path, timeout: Duration)
         }
     }
     Err(Error::Unavailable(format!("get {path}: {last}")))
-}
-
-pub(crate) async fn get_range(
-    store: &dyn ObjectStore,
-    path: &Path,
-    range: Range<u64>,
-    timeout: Duration,
-) -> Result<Bytes, Error> {
-    let mut last = String::new();
-    for attempt in 0..GET_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        match tokio::time::timeout(timeout, store.get_range(path, range.clone())).await {
-            Ok(Ok(b)) if b.len() as u64 == range.end - range.start => return Ok(b),
-            Ok(Ok(b)) => last = format!("short read: {} of {} bytes", b.len(), range.end - range.start),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = format!("timed out after {timeout:?}"),
-        }
-    }
-    Err(Error::Unavailable(format!("get {path} {range:?}: {last}")))
 }
 
 fn backoff(attempt: u32) -> Duration {

