@@ -243,10 +243,12 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Hi
 /// How long a consumer may see nothing before the run is declared stuck.
 const STALL: Duration = Duration::from_secs(30);
 
-/// Reads until `want` records arrived; records send → receive latency.
+/// Reads until `want` records arrived; records send → receive latency. The
+/// clock starts at the first record, so connecting and looking up offsets
+/// are not counted as throughput (as rdkafka_performance does).
 fn consume(c: &BaseConsumer, want: u64, base: Instant) -> anyhow::Result<(Duration, Histogram<u64>)> {
     let mut h = histogram();
-    let start = Instant::now();
+    let mut start = None;
     let mut last = Instant::now();
     let mut n = 0;
     while n < want {
@@ -255,6 +257,7 @@ fn consume(c: &BaseConsumer, want: u64, base: Instant) -> anyhow::Result<(Durati
         }
         let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
         last = Instant::now();
+        start.get_or_insert(last);
         let m = m.context("consume")?;
         if let Some(v) = m.payload().filter(|v| v.len() >= 8) {
             let sent = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
@@ -262,7 +265,7 @@ fn consume(c: &BaseConsumer, want: u64, base: Instant) -> anyhow::Result<(Durati
         }
         n += 1;
     }
-    Ok((start.elapsed(), h))
+    Ok((start.map_or(Duration::ZERO, |s| s.elapsed()), h))
 }
 
 fn store_puts(url: &str) -> anyhow::Result<(f64, f64)> {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -29,6 +29,8 @@ mod put;
 
 /// WAL objects one read fetches from the store at once.
 const READ_CONCURRENCY: usize = 8;
+/// How far past a read that missed the tail the cache is warmed.
+const READ_AHEAD_BYTES: usize = 16 << 20;
 
 /// The log format's bound on flushes in flight. A new owner fences this many
 /// sequence numbers past the first free one, so a stale owner's in-flight
@@ -292,6 +294,7 @@ impl ShardLog {
     pub async fn read(&self, stream: StreamId, from: i64, max_bytes: usize) -> Result<Read, Error> {
         let mut out = Read::default();
         let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
+        let mut read_ahead = Vec::new();
         {
             let core = self.inner.lock();
             let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
@@ -301,11 +304,14 @@ impl ShardLog {
                 return Err(Error::OffsetOutOfRange { log_start: s.log_start, high_watermark: s.next_offset });
             }
             let mut total = 0usize;
-            for loc in &s.locs[s.find(from)..] {
+            let start = s.find(from);
+            let mut next = start;
+            for loc in &s.locs[start..] {
                 if total > 0 && total + loc.len as usize > max_bytes {
                     break;
                 }
                 total += loc.len as usize;
+                next += 1;
                 match core.tail.get(stream, loc.base_offset) {
                     Some(b) => out.batches.push(b),
                     None => {
@@ -314,9 +320,25 @@ impl ShardLog {
                     }
                 }
             }
+            // A reader behind the tail is likely to continue: warm the cache
+            // with the objects holding what follows.
+            if !missing.is_empty() {
+                read_ahead = read_ahead_seqs(&core, stream, &s.locs[next..], max_bytes.max(READ_AHEAD_BYTES));
+            }
         }
         if !missing.is_empty() {
             self.fetch_missing(&mut out.batches, &missing).await?;
+        }
+        if !read_ahead.is_empty() {
+            let log = self.clone();
+            tokio::spawn(async move {
+                let loads = read_ahead.into_iter().map(|seq| {
+                    let log = log.clone();
+                    async move { log.object(seq).await }
+                });
+                // Failures here only cost the cache a miss later.
+                let _ = futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).collect::<Vec<_>>().await;
+            });
         }
         Ok(out)
     }
@@ -347,16 +369,24 @@ impl ShardLog {
         Ok(())
     }
 
+    /// A whole WAL object: cached, already being loaded (joined), or one GET.
     async fn object(&self, seq: u64) -> Result<Bytes, Error> {
-        if let Some(o) = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(seq) {
-            return Ok(o);
-        }
-        let path = wal_path(&self.inner.prefix, seq);
-        let Some(obj) = put::get(&*self.inner.store, &path, self.inner.cfg.put_timeout).await? else {
-            return Err(Error::Unavailable(format!("{path} is in the index but not in the store")));
+        let load = {
+            let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(o) = cache.get(seq) {
+                return Ok(o);
+            }
+            match cache.loading.get(&seq) {
+                Some(l) => l.clone(),
+                None => {
+                    let inner = self.inner.clone();
+                    let l = load_object(inner, seq).boxed().shared();
+                    cache.loading.insert(seq, l.clone());
+                    l
+                }
+            }
         };
-        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, obj.clone());
-        Ok(obj)
+        load.await
     }
 
     /// Log start and durable high watermark of a stream.
@@ -429,6 +459,39 @@ impl Inner {
         // anyway, but reads of it remain memory-safe.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// GETs `wal/{seq}` into the object cache.
+async fn load_object(inner: Arc<Inner>, seq: u64) -> Result<Bytes, Error> {
+    let path = wal_path(&inner.prefix, seq);
+    let got = put::get(&*inner.store, &path, inner.cfg.put_timeout).await;
+    let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.loading.remove(&seq);
+    match got? {
+        Some(obj) => {
+            cache.insert(seq, obj.clone());
+            Ok(obj)
+        }
+        None => Err(Error::Unavailable(format!("{path} is in the index but not in the store"))),
+    }
+}
+
+/// Seqs of the objects holding up to `bytes` of a stream's batches after a
+/// read, that neither the tail nor the object cache has.
+fn read_ahead_seqs(core: &Core, stream: StreamId, after: &[BatchLoc], bytes: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut total = 0usize;
+    for loc in after {
+        if total >= bytes {
+            break;
+        }
+        total += loc.len as usize;
+        if seqs.last() != Some(&loc.seq) && core.tail.get(stream, loc.base_offset).is_none() {
+            seqs.push(loc.seq);
+        }
+    }
+    seqs.dedup();
+    seqs
 }
 
 /// Checks entries in order against the state they will meet, before any is

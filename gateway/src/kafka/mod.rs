@@ -271,10 +271,24 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
     })
 }
 
+/// Enough room for a response to encode without regrowing: a Fetch response
+/// is mostly its record bytes, and growing by doubling to many MiB costs
+/// copies and fresh pages on every fetch.
+fn size_hint(body: &ResponseKind) -> usize {
+    const OVERHEAD: usize = 256;
+    match body {
+        ResponseKind::Fetch(f) => {
+            let partitions = f.responses.iter().flat_map(|t| &t.partitions);
+            OVERHEAD + partitions.map(|p| 64 + p.records.as_ref().map_or(0, |r| r.len())).sum::<usize>()
+        }
+        _ => OVERHEAD,
+    }
+}
+
 /// Size prefix, response header, body. A response that does not encode is a
 /// bug of ours; the connection is closed so the client retries elsewhere.
 fn encode(correlation_id: i32, api: ApiKey, version: i16, body: ResponseKind) -> Result<Bytes, ()> {
-    let mut buf = BytesMut::with_capacity(256);
+    let mut buf = BytesMut::with_capacity(size_hint(&body));
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     // ApiVersions responses always use header v0, so any client can read them.

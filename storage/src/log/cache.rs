@@ -7,6 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, Shared};
+
+use crate::Error;
+
+/// A GET of one object that readers (and read-ahead) share.
+pub(super) type Loading = Shared<BoxFuture<'static, Result<Bytes, Error>>>;
 
 pub(super) struct ObjectCache {
     max_bytes: usize,
@@ -16,11 +22,13 @@ pub(super) struct ObjectCache {
     objects: HashMap<u64, (Bytes, u64)>,
     /// last use → seq, oldest first.
     by_use: BTreeMap<u64, u64>,
+    /// Objects being fetched now; a second reader joins the first's GET.
+    pub(super) loading: HashMap<u64, Loading>,
 }
 
 impl ObjectCache {
     pub(super) fn new(max_bytes: usize) -> Self {
-        Self { max_bytes, bytes: 0, tick: 0, objects: HashMap::new(), by_use: BTreeMap::new() }
+        Self { max_bytes, bytes: 0, tick: 0, objects: HashMap::new(), by_use: BTreeMap::new(), loading: HashMap::new() }
     }
 
     pub(super) fn get(&mut self, seq: u64) -> Option<Bytes> {
