@@ -117,17 +117,12 @@ pub fn split(mut records: Bytes) -> Result<Vec<(BatchHeader, Bytes)>, BatchError
     Ok(out)
 }
 
-/// Sets baseOffset and partitionLeaderEpoch; neither is covered by the CRC.
-pub fn assign(batch: Bytes, base_offset: i64, leader_epoch: i32) -> Bytes {
+/// Sets partitionLeaderEpoch, which the CRC does not cover. (baseOffset,
+/// the other such field, is written by the log as it assigns offsets.)
+pub fn set_leader_epoch(batch: Bytes, leader_epoch: i32) -> Bytes {
     let mut b = BytesMut::from(batch);
-    b[0..8].copy_from_slice(&base_offset.to_be_bytes());
     b[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
     b.freeze()
-}
-
-/// baseOffset of a stored batch.
-pub fn base_offset(b: &[u8]) -> i64 {
-    i64_at(b, 0)
 }
 
 #[cfg(test)]
@@ -174,12 +169,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn assign_keeps_crc_valid() {
+    fn leader_epoch_keeps_crc_valid() {
         let two: Vec<u8> = [sample(2, 5), sample(1, 6)].concat();
         let batches = split(Bytes::from(two)).expect("valid");
         assert_eq!(batches.len(), 2);
-        let stored = assign(batches[1].1.clone(), 42, 7);
-        assert_eq!(base_offset(&stored), 42);
+        let stored = set_leader_epoch(batches[1].1.clone(), 7);
+        assert_eq!(i32::from_be_bytes(stored[12..16].try_into().expect("4 bytes")), 7);
         assert!(parse(&stored).is_ok());
     }
 }

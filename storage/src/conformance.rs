@@ -113,7 +113,7 @@ pub async fn log_round_trip(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
     let log = ShardLog::open(store, p.clone(), cfg).await.map_err(e2s)?;
     ensure(log.get(b"k").as_deref() == Some(&b"v"[..]), "metadata survives reopen")?;
     ensure(log.offsets(s).map_err(e2s)? == (0, 10), "high watermark survives reopen")?;
-    let read = log.read(s, 3, 1 << 20).await.map_err(e2s)?;
+    let read = log.read(s, 3, 1 << 20, true).await.map_err(e2s)?;
     ensure(read.batches.len() == 4, "read from the middle of a batch returns that batch on")?;
     ensure(read.batches[0][8] == 2 && read.batches[0][..8] == 2i64.to_be_bytes(), "bytes and base offset")?;
     ensure(append_one(&log, s, 6).await.map_err(e2s)? == 10, "appends continue after reopen")?;

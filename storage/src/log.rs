@@ -289,12 +289,14 @@ impl ShardLog {
         Ok(Appended { base_offsets, durable: rx })
     }
 
-    /// Reads whole batches from `from` on, up to `max_bytes` (at least one
-    /// batch if any is there), never past the durable high watermark.
-    pub async fn read(&self, stream: StreamId, from: i64, max_bytes: usize) -> Result<Read, Error> {
+    /// Reads whole batches from `from` on, up to `max_bytes`, never past the
+    /// durable high watermark. With `min_one`, the first batch comes back even
+    /// when it alone exceeds `max_bytes` (Kafka's KIP-74 rule, which a fetch
+    /// grants only to its first non-empty partition).
+    pub async fn read(&self, stream: StreamId, from: i64, max_bytes: usize, min_one: bool) -> Result<Read, Error> {
         let mut out = Read::default();
         let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
-        let mut read_ahead = Vec::new();
+        let mut read_to = from;
         {
             let core = self.inner.lock();
             let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
@@ -304,14 +306,13 @@ impl ShardLog {
                 return Err(Error::OffsetOutOfRange { log_start: s.log_start, high_watermark: s.next_offset });
             }
             let mut total = 0usize;
-            let start = s.find(from);
-            let mut next = start;
-            for loc in &s.locs[start..] {
-                if total > 0 && total + loc.len as usize > max_bytes {
+            for loc in &s.locs[s.find(from)..] {
+                let over = total + loc.len as usize > max_bytes;
+                if over && (total > 0 || !min_one) {
                     break;
                 }
                 total += loc.len as usize;
-                next += 1;
+                read_to = loc.end_offset();
                 match core.tail.get(stream, loc.base_offset) {
                     Some(b) => out.batches.push(b),
                     None => {
@@ -320,37 +321,63 @@ impl ShardLog {
                     }
                 }
             }
-            // A reader behind the tail is likely to continue: warm the cache
-            // with the objects holding what follows.
-            if !missing.is_empty() {
-                read_ahead = read_ahead_seqs(&core, stream, &s.locs[next..], max_bytes.max(READ_AHEAD_BYTES));
-            }
         }
-        if !missing.is_empty() {
-            self.fetch_missing(&mut out.batches, &missing).await?;
+        if missing.is_empty() {
+            return Ok(out);
         }
-        if !read_ahead.is_empty() {
-            let log = self.clone();
-            tokio::spawn(async move {
-                let loads = read_ahead.into_iter().map(|seq| {
-                    let log = log.clone();
-                    async move { log.object(seq).await }
-                });
-                // Failures here only cost the cache a miss later.
-                let _ = futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).collect::<Vec<_>>().await;
-            });
+        let went_to_store = self.fetch_missing(&mut out.batches, &missing).await?;
+        // A reader the store had to serve is likely to continue: warm the
+        // cache with the objects holding what follows, if it can hold them.
+        if went_to_store && self.inner.cfg.read_cache_bytes >= self.inner.cfg.flush_bytes {
+            self.read_ahead(stream, read_to, max_bytes.max(READ_AHEAD_BYTES));
         }
         Ok(out)
     }
 
-    /// Fills batches that fell out of the tail, one ranged GET per object.
+    fn read_ahead(&self, stream: StreamId, from: i64, bytes: usize) {
+        let seqs = {
+            let core = self.inner.lock();
+            let Some(s) = core.durable.streams.get(&stream) else { return };
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seqs: Vec<u64> = Vec::new();
+            let mut total = 0usize;
+            for loc in s.locs[s.find(from)..].iter().take_while(|l| {
+                total += l.len as usize;
+                total <= bytes
+            }) {
+                let known = seqs.last() == Some(&loc.seq) || cache.contains(loc.seq);
+                if !known && core.tail.get(stream, loc.base_offset).is_none() {
+                    seqs.push(loc.seq);
+                }
+            }
+            seqs
+        };
+        if seqs.is_empty() {
+            return;
+        }
+        let log = self.clone();
+        tokio::spawn(async move {
+            let loads = seqs.into_iter().map(|seq| {
+                let log = log.clone();
+                async move { log.object(seq).await }
+            });
+            // A failure here only costs the cache a miss later.
+            let _ = futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).collect::<Vec<_>>().await;
+        });
+    }
+
     /// Fills batches that fell out of the tail from whole WAL objects: from
-    /// the object cache, else one GET per object, several at once.
-    async fn fetch_missing(&self, batches: &mut [Bytes], missing: &[(usize, BatchLoc)]) -> Result<(), Error> {
+    /// the object cache, else one GET per object, several at once. Says
+    /// whether any object had to come from the store.
+    async fn fetch_missing(&self, batches: &mut [Bytes], missing: &[(usize, BatchLoc)]) -> Result<bool, Error> {
         let mut by_seq: BTreeMap<u64, Vec<(usize, BatchLoc)>> = BTreeMap::new();
         for m in missing {
             by_seq.entry(m.1.seq).or_default().push(*m);
         }
+        let cached: Vec<bool> = {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            by_seq.keys().map(|&seq| cache.contains(seq)).collect()
+        };
         let objects = futures::stream::iter(by_seq.keys().copied())
             .map(|seq| async move { self.object(seq).await.map(|o| (seq, o)) })
             .buffer_unordered(READ_CONCURRENCY)
@@ -366,7 +393,7 @@ impl ShardLog {
                 batches[i] = with_base_offset(obj.slice_ref(b), l.base_offset);
             }
         }
-        Ok(())
+        Ok(cached.contains(&false))
     }
 
     /// A whole WAL object: cached, already being loaded (joined), or one GET.
@@ -474,24 +501,6 @@ async fn load_object(inner: Arc<Inner>, seq: u64) -> Result<Bytes, Error> {
         }
         None => Err(Error::Unavailable(format!("{path} is in the index but not in the store"))),
     }
-}
-
-/// Seqs of the objects holding up to `bytes` of a stream's batches after a
-/// read, that neither the tail nor the object cache has.
-fn read_ahead_seqs(core: &Core, stream: StreamId, after: &[BatchLoc], bytes: usize) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    let mut total = 0usize;
-    for loc in after {
-        if total >= bytes {
-            break;
-        }
-        total += loc.len as usize;
-        if seqs.last() != Some(&loc.seq) && core.tail.get(stream, loc.base_offset).is_none() {
-            seqs.push(loc.seq);
-        }
-    }
-    seqs.dedup();
-    seqs
 }
 
 /// Checks entries in order against the state they will meet, before any is

@@ -119,7 +119,7 @@ async fn read_all(log: &ShardLog, violations: &mut Vec<String>) -> Result<(HashM
         }
         let mut at = 0;
         while at < hw {
-            let read = log.read(STREAM, at, 1 << 20).await.map_err(|e| format!("final read: {e}"))?;
+            let read = log.read(STREAM, at, 1 << 20, true).await.map_err(|e| format!("final read: {e}"))?;
             for b in read.batches {
                 let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
                 if base != at {
@@ -140,7 +140,7 @@ async fn read_some(log: ShardLog, h: Arc<Mutex<History>>, seed: u64, reads: usiz
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
         let Ok((start, hw)) = log.offsets(STREAM) else { continue };
         let from = rng.random_range(start..=hw);
-        let Ok(read) = log.read(STREAM, from, rng.random_range(1..2000)).await else { continue };
+        let Ok(read) = log.read(STREAM, from, rng.random_range(1..2000), true).await else { continue };
         let mut h = h.lock().expect("history");
         let mut expect = None;
         for b in read.batches {

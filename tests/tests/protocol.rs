@@ -244,3 +244,29 @@ fn memory_store_serves_and_forgets_on_restart() {
     let md = c.call(12, &MetadataRequest::default().with_topics(None));
     assert!(md.topics.is_empty(), "memory:// keeps nothing across processes");
 }
+
+#[test]
+fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
+    let f = Floe::start(temp_dir("budget"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "budget", 2);
+    for partition in 0..2 {
+        let p = PartitionProduceData::default().with_index(partition).with_records(Some(batch(4, 300)));
+        let t = TopicProduceData::default().with_name(name("budget")).with_partition_data(vec![p]);
+        let r = c.call(9, &ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![t]));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let fetch_both = |max: i32| {
+        let parts = (0..2)
+            .map(|p| FetchPartition::default().with_partition(p).with_fetch_offset(0).with_partition_max_bytes(1 << 20))
+            .collect();
+        let t = FetchTopic::default().with_topic(name("budget")).with_partitions(parts);
+        FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(max).with_topics(vec![t])
+    };
+    let sizes = |r: &FetchResponse| -> Vec<usize> {
+        r.responses[0].partitions.iter().map(|p| batches(p.records.as_deref().unwrap_or_default())).collect()
+    };
+    // A 100-byte budget: partition 0's batch still comes (KIP-74); partition 1's does not.
+    assert_eq!(sizes(&c.call(12, &fetch_both(100))), vec![1, 0]);
+    assert_eq!(sizes(&c.call(12, &fetch_both(1 << 20))), vec![1, 1]);
+}

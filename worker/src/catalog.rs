@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::WorkerError;
 
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
-/// Kafka's `max.message.bytes` default: 1 MiB plus record overhead.
+/// Kafka's `max.message.bytes` default: 1 MiB plus record overhead (also in
+/// [`CONFIGS`], where a test keeps the two equal).
 pub const DEFAULT_MAX_MESSAGE_BYTES: i64 = 1_048_588;
 /// Partitions one topic may have; each costs an index and a stream.
 pub const MAX_PARTITIONS: usize = 10_000;
@@ -71,11 +72,11 @@ pub fn validate_name(name: &str) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// The topic configs Floe honours, with Kafka's defaults.
+/// The topic configs the data path reads today. retention.ms and
+/// retention.bytes are stored and described; enforcing them is compaction's
+/// and retention's work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicConfig {
-    pub retention_ms: i64,
-    pub retention_bytes: i64,
     pub max_message_bytes: i64,
 }
 
@@ -89,13 +90,14 @@ pub const CONFIGS: &[(&str, &str)] = &[
 
 impl TopicConfig {
     fn from_map(m: &BTreeMap<String, String>) -> Self {
-        let get = |k: &str, d: i64| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-        Self {
-            retention_ms: get("retention.ms", 604_800_000),
-            retention_bytes: get("retention.bytes", -1),
-            max_message_bytes: get("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES),
-        }
+        let max = m.get("max.message.bytes").and_then(|v| v.parse().ok());
+        Self { max_message_bytes: max.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES) }
     }
+}
+
+/// Whether `name` is a topic config Floe knows.
+pub fn is_known(name: &str) -> bool {
+    CONFIGS.iter().any(|(c, _)| *c == name)
 }
 
 /// Checks one config's name and value.
@@ -140,5 +142,8 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert("max.message.bytes".to_string(), "100".to_string());
         assert_eq!(TopicConfig::from_map(&m).max_message_bytes, 100);
+        let default = CONFIGS.iter().find(|(k, _)| *k == "max.message.bytes").map(|(_, v)| v.parse::<i64>());
+        assert_eq!(default, Some(Ok(DEFAULT_MAX_MESSAGE_BYTES)));
+        assert!(is_known("retention.ms") && !is_known("segment.bytes"));
     }
 }

@@ -125,7 +125,8 @@ pub trait Shards: Send + Sync + 'static {
         partition: i32,
         batches: Vec<(BatchHeader, Bytes)>,
     ) -> impl Future<Output = Result<Accepted>> + Send;
-    /// Whole batches from `offset` on, never past the durable high watermark.
+    /// Whole batches from `offset` on, up to `max_bytes` (the first even if
+    /// larger, with `min_one`), never past the durable high watermark.
     fn fetch(
         &self,
         tenant: &TenantId,
@@ -133,6 +134,7 @@ pub trait Shards: Send + Sync + 'static {
         partition: i32,
         offset: i64,
         max_bytes: usize,
+        min_one: bool,
     ) -> impl Future<Output = Result<Read>> + Send;
     /// ListOffsets: -1 latest, -2 earliest, -3 max timestamp, else the first
     /// batch with a timestamp at or after it. Returns (offset, timestamp).

@@ -24,7 +24,10 @@ pub struct WorkerConfig {
 pub struct LocalWorker {
     store: Arc<dyn ObjectStore>,
     cfg: WorkerConfig,
-    slots: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<Option<Arc<Shard>>>>>>,
+    /// Open shards: every request's fast path is one read lock here.
+    open: RwLock<HashMap<TenantId, Arc<Shard>>>,
+    /// One opener per tenant at a time.
+    opening: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One open shard: its log and the catalog cached from it.
@@ -79,37 +82,45 @@ impl Shard {
 
 impl LocalWorker {
     pub fn new(store: Arc<dyn ObjectStore>, cfg: WorkerConfig) -> Self {
-        Self { store, cfg, slots: Mutex::new(HashMap::new()) }
+        Self { store, cfg, open: RwLock::new(HashMap::new()), opening: Mutex::new(HashMap::new()) }
     }
 
+    /// The tenant's shard, opened on first use and reopened under a new
+    /// epoch (which fences its leftovers) after its log failed.
     async fn shard(&self, tenant: &TenantId) -> Result<Arc<Shard>> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(tenant.clone()).or_default().clone()
+        if let Some(shard) = self.healthy(tenant) {
+            return Ok(shard);
+        }
+        let gate = {
+            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+            opening.entry(tenant.clone()).or_default().clone()
         };
-        let mut slot = slot.lock().await;
-        if let Some(shard) = slot.as_ref() {
-            if shard.log.failed().is_none() {
-                return Ok(shard.clone());
-            }
+        let _one_opener = gate.lock().await;
+        if let Some(shard) = self.healthy(tenant) {
+            return Ok(shard);
+        }
+        if self.open.read().unwrap_or_else(|p| p.into_inner()).contains_key(tenant) {
             tracing::warn!(%tenant, "shard log failed; reopening under a new epoch");
         }
         let prefix = Path::from(shard_prefix(tenant, 0));
         let log = ShardLog::open(self.store.clone(), prefix, self.cfg.log.clone()).await?;
         let shard = Arc::new(Shard::load(log));
-        *slot = Some(shard.clone());
+        self.open.write().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), shard.clone());
         Ok(shard)
+    }
+
+    fn healthy(&self, tenant: &TenantId) -> Option<Arc<Shard>> {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        open.get(tenant).filter(|s| s.log.failed().is_none()).cloned()
     }
 
     /// Drains every shard: accepted appends become durable (or fail), then a
     /// checkpoint is written. Used on shutdown.
     pub async fn close_all(&self) {
-        let slots: Vec<_> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        for slot in slots {
-            if let Some(shard) = slot.lock().await.take() {
-                if let Err(e) = shard.log.close().await {
-                    tracing::warn!(error = %e, "closing shard");
-                }
+        let shards: Vec<_> = self.open.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+        for shard in shards {
+            if let Err(e) = shard.log.close().await {
+                tracing::warn!(error = %e, "closing shard");
             }
         }
     }
@@ -194,7 +205,7 @@ impl Shards for LocalWorker {
                         Some(v) => next.configs.insert(k, v),
                         None => {
                             // Resetting still names a real config.
-                            if !catalog::CONFIGS.iter().any(|(c, _)| *c == k) {
+                            if !catalog::is_known(&k) {
                                 return Err(WorkerError::InvalidConfig(format!("unknown topic config {k:?}")));
                             }
                             next.configs.remove(&k)
@@ -234,7 +245,8 @@ impl Shards for LocalWorker {
                     "idempotent, transactional and control batches are not accepted yet".into(),
                 ));
             }
-            let data = floe_common::batch::assign(data, 0, epoch);
+            // The log writes baseOffset when it assigns offsets.
+            let data = floe_common::batch::set_leader_epoch(data, epoch);
             let offsets = h.offset_count();
             entries.push(Entry::Append { stream, base_offset: 0, offsets, max_timestamp: h.max_timestamp, data });
         }
@@ -244,10 +256,18 @@ impl Shards for LocalWorker {
         Ok(Accepted { base_offset, log_start, appended })
     }
 
-    async fn fetch(&self, tenant: &TenantId, topic: &str, partition: i32, offset: i64, max_bytes: usize) -> Result<Read> {
+    async fn fetch(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Read> {
         let shard = self.shard(tenant).await?;
         let (_, stream) = shard.stream(topic, partition)?;
-        Ok(shard.log.read(stream, offset, max_bytes).await?)
+        Ok(shard.log.read(stream, offset, max_bytes, min_one).await?)
     }
 
     async fn list_offset(&self, tenant: &TenantId, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64)> {

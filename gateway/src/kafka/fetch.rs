@@ -35,13 +35,13 @@ pub async fn fetch<W: Shards>(gw: &Gateway<W>, req: FetchRequest) -> FetchRespon
         if let Some(rx) = durable.as_mut() {
             rx.borrow_and_update();
         }
-        let (topics, bytes, errored) = fetch_once(gw, &req).await;
-        let done = bytes >= req.min_bytes.max(0) as usize || errored || Instant::now() >= deadline;
+        let pass = fetch_once(gw, &req).await;
+        let done = pass.bytes >= req.min_bytes.max(0) as usize || pass.errored || Instant::now() >= deadline;
         let rx = match durable.as_mut() {
             Some(rx) if !done => rx,
             _ => {
-                gw.metrics.fetched_bytes.fetch_add(bytes as u64, Relaxed);
-                return FetchResponse::default().with_responses(topics);
+                gw.metrics.fetched_bytes.fetch_add(pass.bytes as u64, Relaxed);
+                return FetchResponse::default().with_responses(pass.into_responses());
             }
         };
         // Woken by an append, or the deadline: either way, read again.
@@ -51,41 +51,68 @@ pub async fn fetch<W: Shards>(gw: &Gateway<W>, req: FetchRequest) -> FetchRespon
     }
 }
 
-/// One pass over the requested partitions: (responses, record bytes, any error).
-async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> (Vec<FetchableTopicResponse>, usize, bool) {
+/// One pass over the requested partitions. Records stay as the stored
+/// batches until the pass is the answer: a long-poll may discard it.
+struct Pass {
+    topics: Vec<(FetchableTopicResponse, Vec<Vec<Bytes>>)>,
+    bytes: usize,
+    errored: bool,
+}
+
+impl Pass {
+    fn into_responses(self) -> Vec<FetchableTopicResponse> {
+        self.topics
+            .into_iter()
+            .map(|(mut t, records)| {
+                for (p, batches) in t.partitions.iter_mut().zip(records) {
+                    if p.error_code == 0 {
+                        p.records = Some(concat(batches));
+                    }
+                }
+                t
+            })
+            .collect()
+    }
+}
+
+async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
     let tenant = &gw.dev_tenant;
     let mut budget = req.max_bytes.max(0) as usize;
-    let (mut total, mut errored) = (0usize, false);
-    let mut topics = Vec::with_capacity(req.topics.len());
+    let mut pass = Pass { topics: Vec::with_capacity(req.topics.len()), bytes: 0, errored: false };
     for t in &req.topics {
         let mut parts = Vec::with_capacity(t.partitions.len());
+        let mut records = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
-            // KIP-74: the first batch comes back even when it exceeds the limits.
-            let limit = (p.partition_max_bytes.max(0) as usize).min(budget).max(usize::from(total == 0));
+            let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
+            // KIP-74: only the first non-empty partition may exceed the limits.
+            let min_one = pass.bytes == 0;
             let resp = PartitionData::default()
                 .with_partition_index(p.partition)
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_aborted_transactions(Some(vec![]));
-            let read = gw.worker.fetch(tenant, &t.topic.0, p.partition, p.fetch_offset, limit).await;
-            parts.push(match read {
+            let read = gw.worker.fetch(tenant, &t.topic.0, p.partition, p.fetch_offset, limit, min_one).await;
+            match read {
                 Ok(r) => {
                     let n: usize = r.batches.iter().map(Bytes::len).sum();
-                    total += n;
+                    pass.bytes += n;
                     budget = budget.saturating_sub(n);
-                    resp.with_high_watermark(r.high_watermark)
-                        .with_last_stable_offset(r.high_watermark)
-                        .with_log_start_offset(r.log_start)
-                        .with_records(Some(concat(r.batches)))
+                    parts.push(
+                        resp.with_high_watermark(r.high_watermark)
+                            .with_last_stable_offset(r.high_watermark)
+                            .with_log_start_offset(r.log_start),
+                    );
+                    records.push(r.batches);
                 }
                 Err(e) => {
-                    errored = true;
-                    partition_error(resp, &e)
+                    pass.errored = true;
+                    parts.push(partition_error(resp, &e));
+                    records.push(Vec::new());
                 }
-            });
+            }
         }
-        topics.push(FetchableTopicResponse::default().with_topic(t.topic.clone()).with_partitions(parts));
+        pass.topics.push((FetchableTopicResponse::default().with_topic(t.topic.clone()).with_partitions(parts), records));
     }
-    (topics, total, errored)
+    pass
 }
 
 fn partition_error(resp: PartitionData, e: &WorkerError) -> PartitionData {

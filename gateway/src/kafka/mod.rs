@@ -180,7 +180,7 @@ async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, max: u32) -> Result
 /// What a frame asks for, once past the version gate.
 #[derive(Debug)]
 pub enum Parsed {
-    Request(RequestHeader, RequestKind),
+    Request(ApiKey, RequestHeader, RequestKind),
     /// An ApiVersions request newer than we serve: answer with v0 and the list.
     ApiVersionsTooNew { correlation_id: i32 },
 }
@@ -207,7 +207,7 @@ pub fn parse_request(mut frame: Bytes) -> Result<Parsed, String> {
     }
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode_body(&mut frame, api, version)));
     match decoded {
-        Ok(Ok((header, req))) => Ok(Parsed::Request(header, req)),
+        Ok(Ok((header, req))) => Ok(Parsed::Request(api, header, req)),
         Ok(Err(e)) => Err(format!("malformed {api:?} v{version}: {e}")),
         Err(_) => Err(format!("malformed {api:?} v{version}: decoder panicked")),
     }
@@ -228,14 +228,13 @@ fn decode<W: Shards>(frame: Bytes, gw: &Arc<Gateway<W>>) -> Result<Pending, Stri
     if frame.len() >= 2 {
         gw.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
     }
-    let (header, req) = match parse_request(frame)? {
-        Parsed::Request(h, r) => (h, r),
+    let (api, header, req) = match parse_request(frame)? {
+        Parsed::Request(api, h, r) => (api, h, r),
         Parsed::ApiVersionsTooNew { correlation_id } => {
             let body = versions::unsupported_version_response();
             return Ok(ready(encode(correlation_id, ApiKey::ApiVersions, 0, body)));
         }
     };
-    let api = ApiKey::try_from(header.request_api_key).map_err(|_| "unknown api key".to_string())?;
     let gw = gw.clone();
     Ok(Box::pin(async move {
         match handle(&gw, &header, req).await {

@@ -40,6 +40,11 @@ impl ObjectCache {
         Some(obj.clone())
     }
 
+    /// Whether `seq` is cached, without counting as a use.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.objects.contains_key(&seq)
+    }
+
     pub(super) fn insert(&mut self, seq: u64, obj: Bytes) {
         if obj.len() > self.max_bytes {
             return;

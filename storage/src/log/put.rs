@@ -135,7 +135,6 @@ pub(crate) fn writer_of(b: &[u8]) -> Option<Writer> {
     format::object_writer(b).ok()
 }
 
-/// GET with bounded retries; reads are idempotent so retrying is always safe.
 /// Attempts per read; reads are idempotent, so retrying is always safe.
 const GET_ATTEMPTS: u32 = 5;
 
