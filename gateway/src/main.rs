@@ -75,8 +75,9 @@ struct DevArgs {
     #[arg(long, default_value_t = 4)]
     max_in_flight: usize,
     /// The linger timer seals a flush only while fewer than this many are in
-    /// flight; beyond, flushes wait for the size trigger (fewer, larger PUTs).
-    #[arg(long, default_value_t = 1)]
+    /// flight; beyond, flushes wait for the size trigger (fewer, larger PUTs,
+    /// more latency). At most --max-in-flight.
+    #[arg(long, default_value_t = 4)]
     timer_in_flight: usize,
     /// Race a WAL PUT unanswered after this many ms with an identical one
     /// (cuts S3 tail latency; at most one extra PUT per flush). Off when absent.

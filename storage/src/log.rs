@@ -49,9 +49,11 @@ pub struct LogConfig {
     /// PUTs in flight at once (at most [`FENCE_WINDOW`]).
     pub max_in_flight: usize,
     /// The linger timer seals a flush only while fewer than this many are in
-    /// flight; beyond that, flushes grow until the size trigger. Under load
-    /// this makes objects large (PUTs per GiB ≈ 1024 / flush MiB) at the
-    /// cost of up to one more PUT's latency; at low load nothing changes.
+    /// flight; beyond that, flushes grow until the size trigger. Lower values
+    /// make objects larger under load (PUTs per GiB ≈ 1024 / flush MiB) at
+    /// the cost of up to one more PUT's latency. On S3-like stores the PUT
+    /// latency alone grows flushes (78-99 PUTs/GiB measured on SeaweedFS with
+    /// 1 and 4), so the default lets every slot pipeline.
     pub timer_in_flight: usize,
     /// Appended bytes not yet durable; appends wait beyond it (backpressure).
     pub max_pending_bytes: usize,
@@ -78,7 +80,7 @@ impl Default for LogConfig {
             linger: Duration::from_millis(1),
             flush_bytes: 8 << 20,
             max_in_flight: 4,
-            timer_in_flight: 1,
+            timer_in_flight: 4,
             max_pending_bytes: 64 << 20,
             tail_bytes: 64 << 20,
             read_cache_bytes: 256 << 20,
