@@ -212,7 +212,14 @@ fn sigterm_drains_in_flight_produces() {
         c.send_frame(&frame).expect("send");
         sent += 1;
     }
-    thread::sleep(Duration::from_millis(50));
+    // Signal only once the server has read every request: requests still
+    // unread in the socket at shutdown are (rightly) never answered.
+    let decoded = format!("floe_kafka_requests_total{{api_key=\"0\"}} {sent}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f.http_get("/metrics").unwrap_or_default().contains(&decoded) {
+        assert!(std::time::Instant::now() < deadline, "server never read all {sent} requests");
+        thread::sleep(Duration::from_millis(10));
+    }
     let status = f.stop();
     assert!(status.success(), "clean exit: {status:?}");
     // Every request sent before the signal got an answer before the close.
