@@ -7,30 +7,31 @@
 //! readable, only when its object and every object before it are durable.
 //! A PUT that cannot be completed poisons the log: everything not yet
 //! acknowledged fails, and the owner must reopen (fencing its own leftovers).
+//!
+//! Here: settings, the handle, appends and state. `open.rs` takes ownership,
+//! `flush.rs` runs the flusher and checkpoints, `put.rs` resolves object
+//! writes, `read.rs` serves reads, `cache.rs` keeps WAL objects read back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use object_store::ObjectStore;
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::format::{self, Writer, WAL_HEADER_LEN};
-use crate::state::{BatchLoc, State};
+use crate::format::Writer;
+use crate::state::State;
 use crate::{Entry, Error, StreamId};
 
 mod cache;
+mod flush;
 mod open;
 mod put;
+mod read;
 
-/// WAL objects one read fetches from the store at once.
-const READ_CONCURRENCY: usize = 8;
-/// How far past a read that missed the tail the cache is warmed.
-const READ_AHEAD_BYTES: usize = 16 << 20;
 
 /// The log format's bound on flushes in flight. A new owner fences this many
 /// sequence numbers past the first free one, so a stale owner's in-flight
@@ -226,7 +227,7 @@ impl ShardLog {
             cache: Mutex::new(cache::ObjectCache::new(cfg.read_cache_bytes)),
             cfg,
         });
-        tokio::spawn(flusher(inner.clone()));
+        tokio::spawn(flush::flusher(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -291,133 +292,6 @@ impl ShardLog {
         Ok(Appended { base_offsets, durable: rx })
     }
 
-    /// Reads whole batches from `from` on, up to `max_bytes`, never past the
-    /// durable high watermark. With `min_one`, the first batch comes back even
-    /// when it alone exceeds `max_bytes` (Kafka's KIP-74 rule, which a fetch
-    /// grants only to its first non-empty partition).
-    pub async fn read(&self, stream: StreamId, from: i64, max_bytes: usize, min_one: bool) -> Result<Read, Error> {
-        let mut out = Read::default();
-        let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
-        let mut read_to = from;
-        {
-            let core = self.inner.lock();
-            let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
-            out.log_start = s.log_start;
-            out.high_watermark = s.next_offset;
-            if from < s.log_start || from > s.next_offset {
-                return Err(Error::OffsetOutOfRange { log_start: s.log_start, high_watermark: s.next_offset });
-            }
-            let mut total = 0usize;
-            for loc in &s.locs[s.find(from)..] {
-                let over = total + loc.len as usize > max_bytes;
-                if over && (total > 0 || !min_one) {
-                    break;
-                }
-                total += loc.len as usize;
-                read_to = loc.end_offset();
-                match core.tail.get(stream, loc.base_offset) {
-                    Some(b) => out.batches.push(b),
-                    None => {
-                        missing.push((out.batches.len(), *loc));
-                        out.batches.push(Bytes::new());
-                    }
-                }
-            }
-        }
-        if missing.is_empty() {
-            return Ok(out);
-        }
-        let went_to_store = self.fetch_missing(&mut out.batches, &missing).await?;
-        // A reader the store had to serve is likely to continue: warm the
-        // cache with the objects holding what follows, if it can hold them.
-        if went_to_store && self.inner.cfg.read_cache_bytes >= self.inner.cfg.flush_bytes {
-            self.read_ahead(stream, read_to, max_bytes.max(READ_AHEAD_BYTES));
-        }
-        Ok(out)
-    }
-
-    fn read_ahead(&self, stream: StreamId, from: i64, bytes: usize) {
-        let seqs = {
-            let core = self.inner.lock();
-            let Some(s) = core.durable.streams.get(&stream) else { return };
-            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seqs: Vec<u64> = Vec::new();
-            let mut total = 0usize;
-            for loc in s.locs[s.find(from)..].iter().take_while(|l| {
-                total += l.len as usize;
-                total <= bytes
-            }) {
-                let known = seqs.last() == Some(&loc.seq) || cache.contains(loc.seq);
-                if !known && core.tail.get(stream, loc.base_offset).is_none() {
-                    seqs.push(loc.seq);
-                }
-            }
-            seqs
-        };
-        if seqs.is_empty() {
-            return;
-        }
-        let log = self.clone();
-        tokio::spawn(async move {
-            let loads = seqs.into_iter().map(|seq| {
-                let log = log.clone();
-                async move { log.object(seq).await }
-            });
-            // A failure here only costs the cache a miss later.
-            let _ = futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).collect::<Vec<_>>().await;
-        });
-    }
-
-    /// Fills batches that fell out of the tail from whole WAL objects: from
-    /// the object cache, else one GET per object, several at once. Says
-    /// whether any object had to come from the store.
-    async fn fetch_missing(&self, batches: &mut [Bytes], missing: &[(usize, BatchLoc)]) -> Result<bool, Error> {
-        let mut by_seq: BTreeMap<u64, Vec<(usize, BatchLoc)>> = BTreeMap::new();
-        for m in missing {
-            by_seq.entry(m.1.seq).or_default().push(*m);
-        }
-        let cached: Vec<bool> = {
-            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            by_seq.keys().map(|&seq| cache.contains(seq)).collect()
-        };
-        let objects = futures::stream::iter(by_seq.keys().copied())
-            .map(|seq| async move { self.object(seq).await.map(|o| (seq, o)) })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_collect::<HashMap<u64, Bytes>>()
-            .await?;
-        for (seq, locs) in by_seq {
-            let obj = &objects[&seq];
-            for (i, l) in locs {
-                let range = l.pos as usize..l.pos as usize + l.len as usize;
-                let Some(b) = obj.get(range) else {
-                    return Err(Error::Corrupt { path: wal_path(&self.inner.prefix, seq).to_string(), why: "batch past the object's end".into() });
-                };
-                batches[i] = with_base_offset(obj.slice_ref(b), l.base_offset);
-            }
-        }
-        Ok(cached.contains(&false))
-    }
-
-    /// A whole WAL object: cached, already being loaded (joined), or one GET.
-    async fn object(&self, seq: u64) -> Result<Bytes, Error> {
-        let load = {
-            let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(o) = cache.get(seq) {
-                return Ok(o);
-            }
-            match cache.loading.get(&seq) {
-                Some(l) => l.clone(),
-                None => {
-                    let inner = self.inner.clone();
-                    let l = load_object(inner, seq).boxed().shared();
-                    cache.loading.insert(seq, l.clone());
-                    l
-                }
-            }
-        };
-        load.await
-    }
-
     /// Log start and durable high watermark of a stream.
     pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
         let core = self.inner.lock();
@@ -471,7 +345,7 @@ impl ShardLog {
         let mut stopped = self.inner.stopped.subscribe();
         let _ = stopped.wait_for(|s| *s).await;
         self.pending_failure()?;
-        checkpoint(&self.inner).await
+        flush::checkpoint(&self.inner).await
     }
 
     fn pending_failure(&self) -> Result<(), Error> {
@@ -487,21 +361,6 @@ impl Inner {
         // A panic while holding this lock is a bug; the state is then suspect
         // anyway, but reads of it remain memory-safe.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// GETs `wal/{seq}` into the object cache.
-async fn load_object(inner: Arc<Inner>, seq: u64) -> Result<Bytes, Error> {
-    let path = wal_path(&inner.prefix, seq);
-    let got = put::get(&*inner.store, &path, inner.cfg.put_timeout).await;
-    let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-    cache.loading.remove(&seq);
-    match got? {
-        Some(obj) => {
-            cache.insert(seq, obj.clone());
-            Ok(obj)
-        }
-        None => Err(Error::Unavailable(format!("{path} is in the index but not in the store"))),
     }
 }
 
@@ -562,161 +421,6 @@ pub(crate) fn ckpt_path(prefix: &Path, seq: u64) -> Path {
 
 pub(crate) fn epoch_path(prefix: &Path, epoch: u64) -> Path {
     prefix.clone().join("epoch").join(format!("{epoch:020}"))
-}
-
-/// Seals flushes, runs their PUTs and acknowledges them in sequence order.
-async fn flusher(inner: Arc<Inner>) {
-    let (done_tx, mut done_rx) = mpsc::channel::<(u64, Result<(), Error>)>(FENCE_WINDOW as usize);
-    loop {
-        let deadline = {
-            let mut core = inner.lock();
-            if core.failed.is_some() || (core.closing && core.open.entries.is_empty() && core.in_flight.is_empty()) {
-                break;
-            }
-            let in_flight = core.in_flight.len();
-            match core.open.first_at {
-                Some(first) if in_flight < inner.cfg.max_in_flight => {
-                    let due = first + inner.cfg.linger;
-                    let timer_may_seal = in_flight < inner.cfg.timer_in_flight;
-                    let full = core.open.bytes >= inner.cfg.flush_bytes;
-                    if core.closing || full || (timer_may_seal && Instant::now() >= due) {
-                        seal(&inner, &mut core, &done_tx);
-                        continue;
-                    }
-                    // Otherwise a completion, a kick (size trigger) or the
-                    // timer wakes us.
-                    timer_may_seal.then_some(due)
-                }
-                _ => None,
-            }
-        };
-        // Biased: the simulation replays a seed with the same choices.
-        tokio::select! {
-            biased;
-            Some((seq, res)) = done_rx.recv() => complete(&inner, seq, res),
-            _ = inner.kick.notified() => {}
-            _ = sleep_until(deadline) => {}
-        }
-    }
-    let failed = inner.lock().failed.is_some();
-    if failed {
-        // Drain the PUTs still running so no task outlives the log unseen.
-        drop(done_tx);
-        while done_rx.recv().await.is_some() {}
-    }
-    inner.stopped.send_replace(true);
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn seal(inner: &Arc<Inner>, core: &mut Core, done_tx: &mpsc::Sender<(u64, Result<(), Error>)>) {
-    let flush = std::mem::take(&mut core.open);
-    let seq = core.next_seq;
-    core.next_seq += 1;
-    let chunks = format::encode_wal(inner.writer, seq, &flush.entries);
-    let mut positions = Vec::with_capacity(chunks.len());
-    let mut at = chunks[0].len() as u32;
-    debug_assert!(chunks[0].len() >= WAL_HEADER_LEN);
-    for c in &chunks[1..] {
-        positions.push(at);
-        at += c.len() as u32;
-    }
-    core.in_flight.insert(seq, Sealed { flush, positions, done: None });
-    let payload = PutPayload::from_iter(chunks);
-    let (inner, tx) = (inner.clone(), done_tx.clone());
-    tokio::spawn(async move {
-        let path = wal_path(&inner.prefix, seq);
-        let res = put::create_resolved(&*inner.store, &path, payload, inner.writer, &inner.cfg).await;
-        // The flusher drains this channel until every PUT has reported.
-        let _ = tx.send((seq, res)).await;
-    });
-}
-
-/// Records a PUT's outcome and acknowledges every flush now durable in order.
-fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
-    let mut core = inner.lock();
-    if let Some(s) = core.in_flight.get_mut(&seq) {
-        s.done = Some(res);
-    }
-    let mut advanced = false;
-    let mut want_checkpoint = false;
-    while let Some(mut first) = core.in_flight.first_entry() {
-        let Some(res) = first.get_mut().done.take() else { break };
-        let (seq, sealed) = first.remove_entry();
-        if let Err(e) = res {
-            tracing::warn!(seq, error = %e, "flush failed; shard log poisoned");
-            poison(&mut core, sealed, e);
-            break;
-        }
-        let core = &mut *core;
-        let mut pos = sealed.positions.iter();
-        for e in &sealed.flush.entries {
-            let p = if matches!(e, Entry::Append { .. }) { pos.next().copied().unwrap_or(0) } else { 0 };
-            core.durable.apply(e, seq, p);
-            if let Entry::Append { stream, base_offset, data, .. } = e {
-                core.tail.insert(*stream, *base_offset, data.clone());
-            }
-        }
-        core.acked_seq = Some(seq);
-        for ack in sealed.flush.acks {
-            let _ = ack.send(Ok(()));
-        }
-        core.flushes_since_checkpoint += 1;
-        if core.flushes_since_checkpoint >= inner.cfg.checkpoint_every {
-            core.flushes_since_checkpoint = 0;
-            want_checkpoint = true;
-        }
-        advanced = true;
-    }
-    drop(core);
-    if advanced {
-        inner.durable_tx.send_modify(|n| *n += 1);
-    }
-    if want_checkpoint {
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            if let Err(e) = checkpoint(&inner).await {
-                tracing::warn!(error = %e, "checkpoint failed; replay will start further back");
-            }
-        });
-    }
-}
-
-/// Fails `sealed`, every later flush and the open one: none of them can ever
-/// be acknowledged, since acks go in sequence order.
-fn poison(core: &mut Core, sealed: Sealed, e: Error) {
-    let e = match e {
-        Error::Fenced => Error::Fenced,
-        other => Error::Unavailable(other.to_string()),
-    };
-    let later = std::mem::take(&mut core.in_flight).into_values().map(|s| s.flush);
-    let open = std::mem::take(&mut core.open);
-    for flush in std::iter::once(sealed.flush).chain(later).chain(std::iter::once(open)) {
-        for ack in flush.acks {
-            let _ = ack.send(Err(e.clone()));
-        }
-    }
-    core.failed = Some(e);
-}
-
-/// Writes `ckpt/{seq}` for the newest durable flush this owner wrote. The
-/// checkpoint counts only while `wal/{seq}` carries the same epoch.
-async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
-    let (seq, body) = {
-        let core = inner.lock();
-        // After a poison, objects past acked_seq may exist unacknowledged:
-        // the checkpoint must name exactly the seq its state ends at.
-        let Some(seq) = core.acked_seq.filter(|_| core.failed.is_none()) else { return Ok(()) };
-        debug_assert!(seq >= core.first_own_seq, "only own flushes are acknowledged");
-        (seq, format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable))
-    };
-    let path = ckpt_path(&inner.prefix, seq);
-    put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
 }
 
 /// Recently written batches, bounded by bytes, evicted oldest first.
