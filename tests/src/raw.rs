@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 pub struct Conn {
@@ -74,4 +75,15 @@ impl Conn {
         let mut b = [0u8; 1];
         matches!(self.s.read(&mut b), Ok(0) | Err(_))
     }
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A Produce request carrying `records` to one partition.
+pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
+    let p = PartitionProduceData::default().with_index(partition).with_records(Some(records));
+    let t = TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![p]);
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![t])
 }

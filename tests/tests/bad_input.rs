@@ -2,7 +2,7 @@
 //! on, and nothing is stored. Raw protocol against the real binary.
 
 use bytes::{BufMut, BytesMut};
-use floe_e2e::raw::Conn;
+use floe_e2e::raw::{produce_request, topic_name as name, Conn};
 use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -10,16 +10,11 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 const UNKNOWN_TOPIC: i16 = ResponseError::UnknownTopicOrPartition.code();
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
 
 fn start(extra: &[&str]) -> Floe {
     Floe::start(temp_dir("bad-input"), extra)
@@ -50,10 +45,7 @@ fn create(c: &mut Conn, topic: &str, configs: &[(&str, &str)]) -> CreatableTopic
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 
 fn produce(c: &mut Conn, topic: &str, records: bytes::Bytes) -> (i16, i64) {
-    let p = PartitionProduceData::default().with_index(0).with_records(Some(records));
-    let t = TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![p]);
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![t]);
-    let r = c.call(9, &req);
+    let r = c.call(9, &produce_request(topic, 0, -1, records));
     let p = &r.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
 }
@@ -247,9 +239,7 @@ fn bad_acks_and_configs_are_refused() {
     assert_eq!(create(&mut c, "cfg", &[("no.such.config", "1")]).error_code, ResponseError::InvalidConfig.code());
     assert_eq!(create(&mut c, "cfg", &[]).error_code, 0);
     assert_eq!(create(&mut c, "cfg", &[]).error_code, ResponseError::TopicAlreadyExists.code());
-    let p = PartitionProduceData::default().with_index(0).with_records(Some(batch(1, 1)));
-    let t = TopicProduceData::default().with_name(name("cfg")).with_partition_data(vec![p]);
-    let r = c.call(9, &ProduceRequest::default().with_acks(2).with_timeout_ms(1000).with_topic_data(vec![t]));
+    let r = c.call(9, &produce_request("cfg", 0, 2, batch(1, 1)));
     assert_eq!(r.responses[0].partition_responses[0].error_code, ResponseError::InvalidRequiredAcks.code());
     assert_eq!(latest(&mut c, "cfg"), (0, 0));
     // Out-of-range fetch offsets.

@@ -6,31 +6,20 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use floe_e2e::raw::Conn;
+use floe_e2e::raw::{produce_request, topic_name as name, Conn};
 use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, StrBytes};
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
+use kafka_protocol::protocol::Decodable;
 
 fn create(c: &mut Conn, topic: &str, partitions: i32) {
     let t = CreatableTopic::default().with_name(name(topic)).with_num_partitions(partitions).with_replication_factor(1);
     let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
     assert_eq!(r.topics[0].error_code, 0);
-}
-
-fn produce_req(topic: &str, acks: i16, records: Bytes) -> ProduceRequest {
-    let p = PartitionProduceData::default().with_index(0).with_records(Some(records));
-    let t = TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![p]);
-    ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![t])
 }
 
 fn fetch_req(topic: &str, offset: i64, wait_ms: i32, min_bytes: i32, part_max: i32, max: i32) -> FetchRequest {
@@ -72,7 +61,7 @@ fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
     let producer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(300));
         let mut p = Conn::connect(&bootstrap);
-        p.call(9, &produce_req("lp", -1, batch(3, 100)))
+        p.call(9, &produce_request("lp", 0, -1, batch(3, 100)))
     });
     let r = c.call(12, &fetch_req("lp", 0, 20_000, 1, 1 << 20, 1 << 20));
     assert_eq!(batches(&records(&r)), 1, "woken by the append");
@@ -80,7 +69,7 @@ fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
     assert_eq!(producer.join().expect("producer").responses[0].partition_responses[0].error_code, 0);
     // Ten more batches of ~1.2 KiB each.
     for _ in 0..10 {
-        c.call(9, &produce_req("lp", -1, batch(4, 300)));
+        c.call(9, &produce_request("lp", 0, -1, batch(4, 300)));
     }
     let all = records(&c.call(12, &fetch_req("lp", 0, 0, 1, 1 << 20, 1 << 20)));
     assert_eq!(batches(&all), 11);
@@ -105,7 +94,7 @@ fn pipelined_requests_are_answered_in_order() {
     let mut ids = Vec::new();
     for i in 0..40 {
         let frame = if i % 3 == 0 {
-            c.encode(9, &produce_req("pipe", -1, batch(2, 50)))
+            c.encode(9, &produce_request("pipe", 0, -1, batch(2, 50)))
         } else if i % 3 == 1 {
             c.encode(3, &ApiVersionsRequest::default())
         } else {
@@ -128,11 +117,11 @@ fn acks_zero_and_one_are_stored_like_all() {
     let mut c = Conn::connect(&f.bootstrap());
     create(&mut c, "acks", 1);
     // acks=0: no response at all, so the next answer is the ApiVersions one.
-    let frame = c.encode(9, &produce_req("acks", 0, batch(5, 10)));
+    let frame = c.encode(9, &produce_request("acks", 0, 0, batch(5, 10)));
     c.send_frame(&frame).expect("send");
     let v = c.call(3, &ApiVersionsRequest::default());
     assert_eq!(v.error_code, 0);
-    let r = c.call(9, &produce_req("acks", 1, batch(5, 10)));
+    let r = c.call(9, &produce_request("acks", 0, 1, batch(5, 10)));
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 5);
     // acks=1 is as durable as -1: visible after a kill -9.
     f.restart_after_kill9();
@@ -157,7 +146,7 @@ fn list_offsets_earliest_latest_max_and_by_timestamp() {
     create(&mut c, "ts", 1);
     // batch(n, _) stamps records 1_700_000_000_000 + i.
     for _ in 0..3 {
-        c.call(9, &produce_req("ts", -1, batch(4, 10)));
+        c.call(9, &produce_request("ts", 0, -1, batch(4, 10)));
     }
     assert_eq!(list_offset(&mut c, "ts", -2).0, 0);
     assert_eq!(list_offset(&mut c, "ts", -1).0, 12);
@@ -208,7 +197,7 @@ fn sigterm_drains_in_flight_produces() {
     create(&mut c, "drain", 1);
     let mut sent = 0;
     for _ in 0..20 {
-        let frame = c.encode(9, &produce_req("drain", -1, batch(1, 10)));
+        let frame = c.encode(9, &produce_request("drain", 0, -1, batch(1, 10)));
         c.send_frame(&frame).expect("send");
         sent += 1;
     }
@@ -243,7 +232,7 @@ fn memory_store_serves_and_forgets_on_restart() {
     let mut f = Floe::start(temp_dir("memory"), &["--store", "memory://"]);
     let mut c = Conn::connect(&f.bootstrap());
     create(&mut c, "mem", 1);
-    assert_eq!(c.call(9, &produce_req("mem", -1, batch(3, 10))).responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(c.call(9, &produce_request("mem", 0, -1, batch(3, 10))).responses[0].partition_responses[0].error_code, 0);
     assert_eq!(batches(&records(&c.call(12, &fetch_req("mem", 0, 0, 1, 1 << 20, 1 << 20)))), 1);
     assert!(std::fs::read_dir(&f.data_dir).map_or(true, |mut d| d.next().is_none()), "nothing written to disk");
     f.restart();
@@ -258,9 +247,7 @@ fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
     let mut c = Conn::connect(&f.bootstrap());
     create(&mut c, "budget", 2);
     for partition in 0..2 {
-        let p = PartitionProduceData::default().with_index(partition).with_records(Some(batch(4, 300)));
-        let t = TopicProduceData::default().with_name(name("budget")).with_partition_data(vec![p]);
-        let r = c.call(9, &ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![t]));
+        let r = c.call(9, &produce_request("budget", partition, -1, batch(4, 300)));
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     }
     let fetch_both = |max: i32| {
