@@ -83,10 +83,34 @@ struct DevArgs {
     /// (cuts S3 tail latency; at most one extra PUT per flush). Off when absent.
     #[arg(long)]
     hedge_after_ms: Option<u64>,
-    /// Memory for WAL objects read back from the store (beyond the in-memory
-    /// tail of recent writes); one GET then serves every partition in it.
+    /// Memory for blocks of objects read back from the store (beyond the
+    /// in-memory tail of recent writes); one GET serves every partition in a block.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     read_cache_bytes: usize,
+    /// Size of a read-cache block: one ranged GET each.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    block_bytes: usize,
+    /// Compaction's data-object size; WAL objects of at least half that are
+    /// kept as they are. 0 turns compaction off.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    compact_bytes: usize,
+    /// Compact small WAL objects once the oldest has waited this long.
+    #[arg(long, default_value_t = 60_000)]
+    compact_after_ms: u64,
+    /// How long garbage objects stay after they stop being referenced (for
+    /// reads in flight). Negative: never delete anything.
+    #[arg(long, default_value_t = 30_000, allow_negative_numbers = true)]
+    sweep_grace_ms: i64,
+    /// Garbage waiting for a checkpoint gets one once the last is this old
+    /// (at most one extra checkpoint PUT per interval and shard).
+    #[arg(long, default_value_t = 30_000)]
+    checkpoint_interval_ms: u64,
+    /// How often compaction and sweeping look for work.
+    #[arg(long, default_value_t = 1000)]
+    maintain_every_ms: u64,
+    /// How often each shard applies retention.ms and retention.bytes.
+    #[arg(long, default_value_t = 5000)]
+    retention_every_ms: u64,
     /// On Ctrl-C, how long to wait for in-flight requests before giving up.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -112,6 +136,12 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         timer_in_flight: a.timer_in_flight,
         hedge_after: a.hedge_after_ms.map(Duration::from_millis),
         read_cache_bytes: a.read_cache_bytes,
+        block_bytes: a.block_bytes,
+        compact_bytes: a.compact_bytes,
+        compact_after: Duration::from_millis(a.compact_after_ms),
+        sweep_grace: u64::try_from(a.sweep_grace_ms).ok().map(Duration::from_millis),
+        checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
+        maintain_every: Duration::from_millis(a.maintain_every_ms),
         ..LogConfig::default()
     };
     log.validate().map_err(anyhow::Error::msg).context("invalid log settings")?;
@@ -123,8 +153,10 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         raw = Arc::new(floe_storage::latency::Latency::new(raw, model, 0x5eed));
     }
     let counted = Arc::new(Counting::new(raw));
-    let metrics = Arc::new(Metrics::new(counted.stats.clone()));
-    let worker = Arc::new(LocalWorker::new(counted, WorkerConfig { log }));
+    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log.stats.clone()));
+    let retention_every = Duration::from_millis(a.retention_every_ms);
+    anyhow::ensure!(!retention_every.is_zero(), "--retention-every-ms must be positive");
+    let worker = Arc::new(LocalWorker::new(counted, WorkerConfig { log, retention_every }));
 
     let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen).await.context("binding the Kafka listener")?;
     let http_listener = tokio::net::TcpListener::bind(a.http_listen).await.context("binding the HTTP listener")?;

@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use floe_storage::store::StoreStats;
+use floe_storage::LogStats;
 
 /// Kafka API keys are below this; requests are counted per key.
 const API_KEYS: usize = 96;
 
 pub struct Metrics {
     pub store: Arc<StoreStats>,
+    pub log: Arc<LogStats>,
     requests: [AtomicU64; API_KEYS],
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
@@ -22,9 +24,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: Arc<StoreStats>) -> Self {
+    pub fn new(store: Arc<StoreStats>, log: Arc<LogStats>) -> Self {
         Self {
             store,
+            log,
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
@@ -60,6 +63,14 @@ impl Metrics {
         counter("floe_store_lists_total", "Object-store LISTs.", &s.lists);
         counter("floe_store_deletes_total", "Object-store DELETEs.", &s.deletes);
         counter("floe_store_errors_total", "Object-store calls that failed.", &s.errors);
+        let l = &self.log;
+        counter("floe_cache_hits_total", "Read-cache blocks found in memory.", &l.cache_hits);
+        counter("floe_cache_misses_total", "Read-cache blocks fetched from the store.", &l.cache_misses);
+        counter("floe_compactions_total", "Compactions committed.", &l.compactions);
+        counter("floe_compacted_bytes_total", "Batch bytes moved into data objects.", &l.compacted_bytes);
+        counter("floe_deleted_objects_total", "Garbage objects deleted.", &l.deleted_objects);
+        counter("floe_checkpoints_total", "Checkpoints written.", &l.checkpoints);
+        counter("floe_truncations_total", "DeleteRecords log-start moves.", &l.truncations);
         let _ = writeln!(out, "# HELP floe_kafka_requests_total Kafka requests by API key.");
         let _ = writeln!(out, "# TYPE floe_kafka_requests_total counter");
         for (key, c) in self.requests.iter().enumerate() {

@@ -7,7 +7,10 @@
 //! or act and then hang past any sensible deadline (the caller's timeout
 //! fires; the write did happen). A PUT runs in its own task, so one whose
 //! caller gave up still lands later, as a real request in flight would.
-//! LIST answers may leave objects out: LIST is only a hint.
+//! LIST answers may leave objects out (`list_omit`): the log must never need
+//! LIST to be complete, except that sweeping needs it to show every completed
+//! checkpoint, as real stores do; the simulation turns omission off when it
+//! sweeps.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -66,6 +69,7 @@ impl Faults {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Fate {
     Pass,
     FailBefore,
@@ -192,7 +196,20 @@ impl ObjectStore for Faulty {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        // One fate per call, drawn now in call order like other calls (the
+        // log deletes one object per call).
+        let (delay, fate, hang) = self.draw();
+        let inner = self.inner.clone();
+        Box::pin(locations.then(move |loc| {
+            let fate = fate;
+            let inner = inner.clone();
+            async move {
+                let loc = loc?;
+                let one = futures::stream::once(std::future::ready(Ok(loc.clone()))).boxed();
+                let op = async move { inner.delete_stream(one).next().await.unwrap_or(Ok(loc)) };
+                act(delay, fate, hang, op).await
+            }
+        }))
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {

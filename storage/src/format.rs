@@ -9,15 +9,23 @@
 //!
 //! Checkpoint object: `magic(8) epoch(8) nonce(8) seq(8) fence_epoch(8) crc(4)`,
 //! then the encoded [`State`]; the CRC covers all of it.
+//!
+//! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
+//! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
+//! per-partition index), then the runs' batches back to back. The CRC covers
+//! header and index.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::state::{BatchLoc, State, StreamState};
-use crate::{Entry, StreamId};
+use crate::state::{BatchLoc, ObjId, State, StreamState};
+use crate::{Entry, Run, StreamId};
 
 const WAL_MAGIC: &[u8; 8] = b"FLOEWAL1";
-const CKPT_MAGIC: &[u8; 8] = b"FLOECKP1";
+const CKPT_MAGIC: &[u8; 8] = b"FLOECKP2";
 const EPOCH_MAGIC: &[u8; 8] = b"FLOEEPO1";
+const DATA_MAGIC: &[u8; 8] = b"FLOEDAT1";
+const DATA_HEADER_LEN: usize = 8 + 8 + 8 + 4 + 4;
+const DATA_RUN_LEN: usize = 8 + 8 + 8 + 4 + 4;
 pub(crate) const WAL_HEADER_LEN: usize = 8 + 8 + 8 + 8 + 1 + 4 + 4;
 const CKPT_HEADER_LEN: usize = 8 * 5 + 4;
 
@@ -29,6 +37,8 @@ const TAG_CREATE_STREAM: u8 = 2;
 const TAG_DELETE_STREAM: u8 = 3;
 const TAG_PUT: u8 = 4;
 const TAG_TRUNCATE: u8 = 5;
+const TAG_COMPACT: u8 = 6;
+const TAG_SWEEP: u8 = 7;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +103,30 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                     None => meta.put_u8(0),
                 }
             }
+            Entry::Compact { object, wal_below, sources, runs } => {
+                meta.put_u8(TAG_COMPACT);
+                meta.put_u64(object.0);
+                meta.put_u64(*wal_below);
+                meta.put_u32(sources.len() as u32);
+                for o in sources {
+                    meta.put_u64(o.0);
+                }
+                meta.put_u32(runs.len() as u32);
+                for r in runs {
+                    meta.put_u64(r.stream.0);
+                    meta.put_i64(r.from);
+                    meta.put_i64(r.to);
+                    meta.put_u32(r.end);
+                }
+            }
+            Entry::Sweep { wal_below, forget } => {
+                meta.put_u8(TAG_SWEEP);
+                meta.put_u64(*wal_below);
+                meta.put_u32(forget.len() as u32);
+                for o in forget {
+                    meta.put_u64(o.0);
+                }
+            }
         }
     }
     let kind = KIND_DATA;
@@ -135,7 +169,7 @@ pub fn wal_writer(b: &[u8]) -> Result<Writer, Corrupt> {
 
 /// Reads the writer of any log object (WAL, checkpoint or epoch).
 pub fn object_writer(b: &[u8]) -> Result<Writer, Corrupt> {
-    if b.len() < 24 || ![WAL_MAGIC, CKPT_MAGIC, EPOCH_MAGIC].iter().any(|m| &b[..8] == *m) {
+    if b.len() < 24 || ![WAL_MAGIC, CKPT_MAGIC, EPOCH_MAGIC, DATA_MAGIC].iter().any(|m| &b[..8] == *m) {
         return Err(Corrupt("not a log object"));
     }
     let mut r = &b[8..24];
@@ -207,6 +241,27 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 };
                 Entry::Put { key, value }
             }
+            TAG_COMPACT => {
+                let object = ObjId(meta.u64()?);
+                let wal_below = meta.u64()?;
+                let n = meta.u32()? as usize;
+                meta.need(n.saturating_mul(8))?;
+                let sources = (0..n).map(|_| meta.u64().map(ObjId)).collect::<Result<_, _>>()?;
+                let n = meta.u32()? as usize;
+                meta.need(n.saturating_mul(28))?;
+                let mut runs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    runs.push(Run { stream: StreamId(meta.u64()?), from: meta.i64()?, to: meta.i64()?, end: meta.u32()? });
+                }
+                Entry::Compact { object, wal_below, sources, runs }
+            }
+            TAG_SWEEP => {
+                let wal_below = meta.u64()?;
+                let n = meta.u32()? as usize;
+                meta.need(n.saturating_mul(8))?;
+                let forget = (0..n).map(|_| meta.u64().map(ObjId)).collect::<Result<_, _>>()?;
+                Entry::Sweep { wal_below, forget }
+            }
             _ => return Err(Corrupt("wal entry tag")),
         };
         entries.push(e);
@@ -231,6 +286,22 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
     b.put_u64(fence_epoch);
     b.put_u32(0);
     b.put_u64(state.next_stream);
+    b.put_u64(state.compacted_below);
+    b.put_u64(state.swept_below);
+    b.put_u32(state.garbage.len() as u32);
+    for o in &state.garbage {
+        b.put_u64(o.0);
+    }
+    b.put_u32(state.data_sizes.len() as u32);
+    for (o, size) in &state.data_sizes {
+        b.put_u64(o.0);
+        b.put_u32(*size);
+    }
+    b.put_u32(state.fences.len() as u32);
+    for &(start, end) in &state.fences {
+        b.put_u64(start);
+        b.put_u64(end);
+    }
     b.put_u32(state.streams.len() as u32);
     for (id, s) in &state.streams {
         b.put_u64(id.0);
@@ -241,7 +312,7 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
             b.put_i64(l.base_offset);
             b.put_u32(l.offsets);
             b.put_i64(l.max_timestamp);
-            b.put_u64(l.seq);
+            b.put_u64(l.obj.0);
             b.put_u32(l.pos);
             b.put_u32(l.len);
         }
@@ -273,7 +344,16 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
         return Err(Corrupt("checkpoint crc"));
     }
     let mut r = Reader(obj.slice(CKPT_HEADER_LEN..));
-    let mut state = State { next_stream: r.u64()?, ..State::default() };
+    let mut state = State { next_stream: r.u64()?, compacted_below: r.u64()?, swept_below: r.u64()?, ..State::default() };
+    for _ in 0..r.u32()? {
+        state.garbage.insert(ObjId(r.u64()?));
+    }
+    for _ in 0..r.u32()? {
+        state.data_sizes.insert(ObjId(r.u64()?), r.u32()?);
+    }
+    for _ in 0..r.u32()? {
+        state.fences.push((r.u64()?, r.u64()?));
+    }
     for _ in 0..r.u32()? {
         let id = StreamId(r.u64()?);
         let log_start = r.i64()?;
@@ -285,18 +365,70 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                 base_offset: r.i64()?,
                 offsets: r.u32()?,
                 max_timestamp: r.i64()?,
-                seq: r.u64()?,
+                obj: ObjId(r.u64()?),
                 pos: r.u32()?,
                 len: r.u32()?,
             });
         }
-        state.streams.insert(id, StreamState { log_start, next_offset, locs });
+        state.streams.insert(id, StreamState { log_start, next_offset, locs, bytes: 0 });
     }
     for _ in 0..r.u32()? {
         let k = r.bytes()?;
         state.kv.insert(k, r.bytes()?);
     }
+    state.rebuild_derived();
     Ok(Checkpoint { writer, seq, fence_epoch, state })
+}
+
+/// Bytes before a data object's first batch: header and index.
+pub fn data_header_len(runs: usize) -> usize {
+    DATA_HEADER_LEN + DATA_RUN_LEN * runs
+}
+
+/// Header and per-partition index of a data object; the batches follow.
+pub fn encode_data_header(writer: Writer, runs: &[Run], starts: &[u64]) -> Bytes {
+    let mut b = BytesMut::with_capacity(DATA_HEADER_LEN + DATA_RUN_LEN * runs.len());
+    b.put_slice(DATA_MAGIC);
+    b.put_u64(writer.epoch);
+    b.put_u64(writer.nonce);
+    b.put_u32(runs.len() as u32);
+    b.put_u32(0);
+    for (r, &start) in runs.iter().zip(starts) {
+        b.put_u64(r.stream.0);
+        b.put_i64(r.from);
+        b.put_i64(r.to);
+        b.put_u32(start as u32);
+        b.put_u32(r.end);
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..DATA_HEADER_LEN - 4]), &b[DATA_HEADER_LEN..]);
+    b[DATA_HEADER_LEN - 4..DATA_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// A data object's index: (run, start) per run. For tools and tests; reads
+/// go by the log's own index.
+pub fn decode_data_index(obj: &[u8]) -> Result<(Writer, Vec<(Run, u32)>), Corrupt> {
+    if obj.len() < DATA_HEADER_LEN || &obj[..8] != DATA_MAGIC {
+        return Err(Corrupt("bad data object header"));
+    }
+    let mut h = &obj[8..DATA_HEADER_LEN];
+    let writer = Writer { epoch: h.get_u64(), nonce: h.get_u64() };
+    let n = h.get_u32() as usize;
+    let crc = h.get_u32();
+    let end = n.checked_mul(DATA_RUN_LEN).and_then(|l| l.checked_add(DATA_HEADER_LEN)).filter(|&e| e <= obj.len());
+    let end = end.ok_or(Corrupt("data index truncated"))?;
+    if crc32c::crc32c_append(crc32c::crc32c(&obj[..DATA_HEADER_LEN - 4]), &obj[DATA_HEADER_LEN..end]) != crc {
+        return Err(Corrupt("data index crc"));
+    }
+    let mut r = &obj[DATA_HEADER_LEN..end];
+    let runs = (0..n)
+        .map(|_| {
+            let (stream, from, to) = (StreamId(r.get_u64()), r.get_i64(), r.get_i64());
+            let start = r.get_u32();
+            (Run { stream, from, to, end: r.get_u32() }, start)
+        })
+        .collect();
+    Ok((writer, runs))
 }
 
 /// Bounds-checked reads; malformed objects become errors, never panics.
@@ -354,6 +486,13 @@ mod tests {
             },
             Entry::Put { key: Bytes::from_static(b"k"), value: None },
             Entry::Put { key: Bytes::from_static(b"k2"), value: Some(Bytes::from_static(b"v")) },
+            Entry::Compact {
+                object: ObjId::data(2, 1),
+                wal_below: 9,
+                sources: vec![ObjId::data(1, 7)],
+                runs: vec![Run { stream: StreamId(1), from: 0, to: 2, end: 500 }],
+            },
+            Entry::Sweep { wal_below: 3, forget: vec![ObjId::wal(1), ObjId::data(1, 0)] },
             Entry::Append {
                 stream: StreamId(1),
                 base_offset: 2,
@@ -367,6 +506,8 @@ mod tests {
         assert_eq!((d.writer, d.seq, d.tombstone), (w, 12, false));
         assert_eq!(d.entries, entries);
         let p = d.positions[1] as usize;
+        assert_eq!(ObjId::data(2, 1).data_parts(), Some((2, 1)));
+        assert_eq!(ObjId::wal(9).wal_seq(), Some(9));
         assert_eq!(&obj[p..p + 8], b"xyz45678");
         // Any corruption of header or metadata is caught.
         for i in 8..WAL_HEADER_LEN + 10 {
@@ -384,12 +525,20 @@ mod tests {
         let mut state = State::default();
         state.next_stream = 4;
         state.kv.insert(Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        state.compacted_below = 7;
+        state.swept_below = 5;
+        state.garbage.insert(ObjId::wal(2));
+        state.note_fence(0, 8);
+        state.note_fence(20, 28);
+        state.refs.insert(ObjId::data(3, 4), 1);
+        state.data_sizes.insert(ObjId::data(3, 4), 4000);
         state.streams.insert(
             StreamId(2),
             StreamState {
                 log_start: 0,
                 next_offset: 5,
-                locs: vec![BatchLoc { base_offset: 0, offsets: 5, max_timestamp: 1, seq: 9, pos: 41, len: 70 }],
+                locs: vec![BatchLoc { base_offset: 0, offsets: 5, max_timestamp: 1, obj: ObjId::data(3, 4), pos: 41, len: 70 }],
+                bytes: 70,
             },
         );
         let w = Writer { epoch: 1, nonce: 2 };

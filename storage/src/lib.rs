@@ -27,8 +27,8 @@ pub mod store;
 
 use bytes::Bytes;
 
-pub use log::{Appended, LogConfig, Read, ShardLog, FENCE_WINDOW};
-pub use state::BatchLoc;
+pub use log::{Appended, LogConfig, LogStats, Read, ShardLog, FENCE_WINDOW};
+pub use state::{BatchLoc, ObjId};
 
 /// A stream (a Kafka partition, to the layers above) within one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +48,23 @@ pub enum Entry {
     Truncate { stream: StreamId, log_start: i64 },
     /// Sets (`Some`) or removes (`None`) a metadata key.
     Put { key: Bytes, value: Option<Bytes> },
+    /// Compaction's result: the batches of `runs`, each in a WAL object below
+    /// `wal_below` or in one of the data objects `sources` (rewritten because
+    /// retention left them mostly empty), now live in data object `object`.
+    Compact { object: ObjId, wal_below: u64, sources: Vec<ObjId>, runs: Vec<Run> },
+    /// Garbage deleted: unreferenced WAL objects below `wal_below`, and the
+    /// objects in `forget`.
+    Sweep { wal_below: u64, forget: Vec<ObjId> },
+}
+
+/// Batches `from..to` of one stream, back to back in a data object, the last
+/// ending at byte `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub stream: StreamId,
+    pub from: i64,
+    pub to: i64,
+    pub end: u32,
 }
 
 /// What callers can act on. Detail stays in the message.

@@ -13,6 +13,7 @@
 //! writes, `read.rs` serves reads, `cache.rs` keeps WAL objects read back.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,11 +28,11 @@ use crate::state::State;
 use crate::{Entry, Error, StreamId};
 
 mod cache;
+mod compact;
 mod flush;
 mod open;
 mod put;
 mod read;
-
 
 /// The log format's bound on flushes in flight. A new owner fences this many
 /// sequence numbers past the first free one, so a stale owner's in-flight
@@ -73,6 +74,39 @@ pub struct LogConfig {
     pub hedge_after: Option<Duration>,
     /// A checkpoint is written every this many flushes (and on close).
     pub checkpoint_every: u64,
+    /// Compaction's target data-object size. WAL objects holding at least
+    /// half of it are left where they are (rewriting them would double the
+    /// PUTs per GiB for nothing). 0 turns compaction off.
+    pub compact_bytes: usize,
+    /// Compact what waits once this many WAL objects do, however small.
+    pub compact_max_objects: usize,
+    /// ... or once the oldest waiting object has waited this long.
+    pub compact_after: Duration,
+    /// How long an object outlives the entry that made it garbage, for reads
+    /// already in flight. `None` never deletes anything.
+    pub sweep_grace: Option<Duration>,
+    /// Compaction and sweeping wake this often. Budget per wake and shard:
+    /// at most one data-object PUT and one entry; deletes only of garbage.
+    pub maintain_every: Duration,
+    /// Garbage waiting for a checkpoint gets one once the last is older than
+    /// this: at most one extra checkpoint PUT per interval and shard.
+    pub checkpoint_interval: Duration,
+    /// Block size of the read cache: one ranged GET each.
+    pub block_bytes: usize,
+    /// Counters (cache, compaction, sweeping), shared by every log given them.
+    pub stats: Arc<LogStats>,
+}
+
+/// What the logs did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub compactions: AtomicU64,
+    pub compacted_bytes: AtomicU64,
+    pub deleted_objects: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub truncations: AtomicU64,
 }
 
 impl Default for LogConfig {
@@ -89,6 +123,14 @@ impl Default for LogConfig {
             put_attempts: 5,
             hedge_after: None,
             checkpoint_every: 512,
+            compact_bytes: 8 << 20,
+            compact_max_objects: 512,
+            compact_after: Duration::from_secs(60),
+            sweep_grace: Some(Duration::from_secs(30)),
+            maintain_every: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(30),
+            block_bytes: 4 << 20,
+            stats: Arc::default(),
         }
     }
 }
@@ -106,6 +148,9 @@ impl LogConfig {
         }
         if self.put_attempts == 0 || self.checkpoint_every == 0 {
             return Err("put_attempts and checkpoint_every must be positive".into());
+        }
+        if self.block_bytes == 0 || self.compact_max_objects == 0 || self.maintain_every.is_zero() {
+            return Err("block_bytes, compact_max_objects and maintain_every must be positive".into());
         }
         Ok(())
     }
@@ -131,8 +176,8 @@ struct Inner {
     pending: Arc<Semaphore>,
     /// Resolves when the flusher has exited.
     stopped: watch::Sender<bool>,
-    /// WAL objects read back for batches no longer in the tail.
-    cache: Mutex<cache::ObjectCache>,
+    /// Blocks of objects read back for batches no longer in the tail.
+    cache: Mutex<cache::BlockCache>,
 }
 
 struct Core {
@@ -150,6 +195,10 @@ struct Core {
     first_own_seq: u64,
     /// Newest seq acknowledged by this owner: `durable` is the state after it.
     acked_seq: Option<u64>,
+    /// Newest checkpoint this owner wrote, and when.
+    last_ckpt: Option<(u64, Instant)>,
+    /// Checkpoints this owner wrote, oldest first, until swept.
+    own_ckpts: Vec<u64>,
     failed: Option<Error>,
     closing: bool,
 }
@@ -217,6 +266,8 @@ impl ShardLog {
                 flushes_since_checkpoint: 0,
                 first_own_seq: opened.next_seq,
                 acked_seq: None,
+                last_ckpt: None,
+                own_ckpts: Vec::new(),
                 failed: None,
                 closing: false,
             }),
@@ -224,10 +275,11 @@ impl ShardLog {
             durable_tx: watch::channel(0).0,
             pending: Arc::new(Semaphore::new(permits)),
             stopped: watch::channel(false).0,
-            cache: Mutex::new(cache::ObjectCache::new(cfg.read_cache_bytes)),
+            cache: Mutex::new(cache::BlockCache::new(cfg.read_cache_bytes)),
             cfg,
         });
         tokio::spawn(flush::flusher(inner.clone()));
+        tokio::spawn(compact::maintain(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -315,6 +367,49 @@ impl ShardLog {
         Ok(best.map(|l| (l.end_offset() - 1, l.max_timestamp)))
     }
 
+    /// Where retention would move a stream's log start: past every batch
+    /// whose max timestamp is before `older_than`, and past the oldest bytes
+    /// beyond `max_bytes` (whole batches). `None` when it would not move.
+    pub fn retention_point(&self, stream: StreamId, older_than: Option<i64>, max_bytes: Option<u64>) -> Option<i64> {
+        let core = self.inner.lock();
+        let s = core.durable.streams.get(&stream)?;
+        let mut k = 0;
+        if let Some(t) = older_than {
+            // Timestamps need not be ordered: stop at the first young batch.
+            k = s.locs.iter().position(|l| l.max_timestamp >= t).unwrap_or(s.locs.len());
+        }
+        if let Some(max) = max_bytes {
+            let mut over = s.bytes.saturating_sub(max);
+            let mut j = 0;
+            while over > 0 && j < s.locs.len() {
+                over = over.saturating_sub(s.locs[j].len as u64);
+                j += 1;
+            }
+            k = k.max(j);
+        }
+        let start = s.locs.get(k).map_or(s.next_offset, |l| l.base_offset);
+        (start > s.log_start).then_some(start)
+    }
+
+    /// Raises a stream's log start to `offset` (DeleteRecords, retention),
+    /// durably. Batches wholly below it are dropped; `offset` may fall inside
+    /// a batch, which then stays readable from its first offset.
+    pub async fn truncate(&self, stream: StreamId, offset: i64) -> Result<i64, Error> {
+        let (start, hw) = {
+            let core = self.inner.lock();
+            let s = core.live.streams.get(&stream).ok_or(Error::UnknownStream)?;
+            (s.log_start, s.next_offset)
+        };
+        if offset < 0 || offset > hw {
+            return Err(Error::OffsetOutOfRange { log_start: start, high_watermark: hw });
+        }
+        if offset > start {
+            self.append(vec![Entry::Truncate { stream, log_start: offset }]).await?.durable().await?;
+            self.inner.cfg.stats.truncations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(self.offsets(stream)?.0)
+    }
+
     /// A durable metadata value.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         self.inner.lock().durable.kv.get(key).cloned()
@@ -388,7 +483,7 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
                     return Err(Error::Unavailable("append needs an 8-byte offset slot and at least one offset".into()));
                 }
             }
-            Entry::Truncate { .. } | Entry::Put { .. } => {}
+            Entry::Truncate { .. } | Entry::Put { .. } | Entry::Compact { .. } | Entry::Sweep { .. } => {}
         }
     }
     Ok(())
@@ -398,6 +493,8 @@ fn entry_bytes(e: &Entry) -> usize {
     match e {
         Entry::Append { data, .. } => data.len() + 32,
         Entry::Put { key, value } => key.len() + value.as_ref().map_or(0, |v| v.len()) + 16,
+        Entry::Compact { runs, .. } => 24 + runs.len() * 28,
+        Entry::Sweep { forget, .. } => 16 + forget.len() * 8,
         _ => 16,
     }
 }
@@ -417,6 +514,18 @@ pub(crate) fn wal_path(prefix: &Path, seq: u64) -> Path {
 
 pub(crate) fn ckpt_path(prefix: &Path, seq: u64) -> Path {
     prefix.clone().join("ckpt").join(format!("{seq:020}"))
+}
+
+pub(crate) fn data_path(prefix: &Path, epoch: u64, n: u64) -> Path {
+    prefix.clone().join("data").join(format!("{epoch:010}-{n:010}"))
+}
+
+/// Where an object of the log lives.
+pub(crate) fn obj_path(prefix: &Path, obj: crate::ObjId) -> Path {
+    match obj.data_parts() {
+        Some((epoch, n)) => data_path(prefix, epoch, n),
+        None => wal_path(prefix, obj.0),
+    }
 }
 
 pub(crate) fn epoch_path(prefix: &Path, epoch: u64) -> Path {

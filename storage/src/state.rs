@@ -1,20 +1,49 @@
-//! The state a shard log's entries build: streams with their batch index, and a
-//! small key-value map for metadata (catalogs, committed offsets). The durable
-//! state is this, replayed from a checkpoint and the valid WAL objects after it.
+//! The state a shard log's entries build: streams with their batch index, a
+//! small key-value map for metadata (catalogs, committed offsets), and the
+//! bookkeeping of compaction and garbage. The durable state is this, replayed
+//! from a checkpoint and the valid WAL objects after it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-use crate::{Entry, StreamId};
+use crate::{Entry, Run, StreamId};
 
-/// Where one batch lives: WAL object `seq`, bytes `pos..pos+len`.
+/// Names an object batches live in: a WAL object by seq, or a data object
+/// written by compaction (top bit set; then the writer's epoch and a counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjId(pub u64);
+
+const DATA_BIT: u64 = 1 << 63;
+
+impl ObjId {
+    pub fn wal(seq: u64) -> Self {
+        Self(seq)
+    }
+
+    /// `epoch` below 2^31 and `n` below 2^32: the compactor checks.
+    pub fn data(epoch: u64, n: u64) -> Self {
+        Self(DATA_BIT | epoch << 32 | n)
+    }
+
+    /// The WAL seq, if this is a WAL object.
+    pub fn wal_seq(self) -> Option<u64> {
+        (self.0 & DATA_BIT == 0).then_some(self.0)
+    }
+
+    /// (epoch, n) of a data object.
+    pub fn data_parts(self) -> Option<(u64, u64)> {
+        (self.0 & DATA_BIT != 0).then_some(((self.0 & !DATA_BIT) >> 32, self.0 & 0xffff_ffff))
+    }
+}
+
+/// Where one batch lives: object `obj`, bytes `pos..pos+len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLoc {
     pub base_offset: i64,
     pub offsets: u32,
     pub max_timestamp: i64,
-    pub seq: u64,
+    pub obj: ObjId,
     pub pos: u32,
     pub len: u32,
 }
@@ -33,6 +62,8 @@ pub struct StreamState {
     pub next_offset: i64,
     /// Batches in offset order.
     pub locs: Vec<BatchLoc>,
+    /// Sum of the batches' lengths (derived).
+    pub bytes: u64,
 }
 
 impl StreamState {
@@ -47,6 +78,23 @@ pub struct State {
     pub next_stream: u64,
     pub streams: BTreeMap<StreamId, StreamState>,
     pub kv: BTreeMap<Bytes, Bytes>,
+    /// WAL seqs below this have been through compaction: their small
+    /// batches were moved to data objects; big ones stay where they are.
+    pub compacted_below: u64,
+    /// WAL seqs below this that no batch referenced have been deleted.
+    pub swept_below: u64,
+    /// Objects no batch references any more and that are not covered by
+    /// `swept_below`'s range: deletable (after the grace period).
+    pub garbage: BTreeSet<ObjId>,
+    /// Batches referencing each object (derived).
+    pub refs: HashMap<ObjId, u32>,
+    /// Size of each data object until it is swept, so compaction can tell
+    /// how much of one retention has emptied.
+    pub data_sizes: BTreeMap<ObjId, u32>,
+    /// WAL seqs holding fence tombstones (or a fence's leftovers), as
+    /// `start..end` ranges. Never deleted: a paused zombie retrying a write
+    /// there would then succeed and acknowledge it outside the valid log.
+    pub fences: Vec<(u64, u64)>,
 }
 
 impl State {
@@ -58,28 +106,38 @@ impl State {
             Entry::Append { stream, base_offset, offsets, max_timestamp, data } => {
                 let Some(s) = self.streams.get_mut(stream) else { return };
                 debug_assert_eq!(*base_offset, s.next_offset, "offsets are contiguous");
+                let obj = ObjId::wal(seq);
                 s.locs.push(BatchLoc {
                     base_offset: *base_offset,
                     offsets: *offsets,
                     max_timestamp: *max_timestamp,
-                    seq,
+                    obj,
                     pos,
                     len: data.len() as u32,
                 });
+                s.bytes += data.len() as u64;
                 s.next_offset = base_offset + *offsets as i64;
+                *self.refs.entry(obj).or_default() += 1;
             }
             Entry::CreateStream { stream } => {
                 self.streams.entry(*stream).or_default();
                 self.next_stream = self.next_stream.max(stream.0 + 1);
             }
             Entry::DeleteStream { stream } => {
-                self.streams.remove(stream);
+                if let Some(s) = self.streams.remove(stream) {
+                    for l in &s.locs {
+                        self.unref(l.obj);
+                    }
+                }
             }
             Entry::Truncate { stream, log_start } => {
-                if let Some(s) = self.streams.get_mut(stream) {
-                    s.log_start = s.log_start.max((*log_start).min(s.next_offset));
-                    let keep_from = s.find(s.log_start);
-                    s.locs.drain(..keep_from);
+                let Some(s) = self.streams.get_mut(stream) else { return };
+                s.log_start = s.log_start.max((*log_start).min(s.next_offset));
+                let keep_from = s.find(s.log_start);
+                let dropped: Vec<BatchLoc> = s.locs.drain(..keep_from).collect();
+                s.bytes -= dropped.iter().map(|l| l.len as u64).sum::<u64>();
+                for l in dropped {
+                    self.unref(l.obj);
                 }
             }
             Entry::Put { key, value } => match value {
@@ -90,6 +148,94 @@ impl State {
                     self.kv.remove(key);
                 }
             },
+            Entry::Compact { object, wal_below, sources, runs } => {
+                for run in runs {
+                    self.move_run(*object, *wal_below, sources, run);
+                }
+                if let Some(size) = runs.iter().map(|r| r.end).max() {
+                    self.data_sizes.insert(*object, size);
+                    if !self.refs.contains_key(object) {
+                        // Nothing matched (or everything was truncated meanwhile).
+                        self.garbage.insert(*object);
+                    }
+                }
+                self.compacted_below = self.compacted_below.max(*wal_below);
+            }
+            Entry::Sweep { wal_below, forget } => {
+                self.swept_below = self.swept_below.max(*wal_below);
+                for o in forget {
+                    self.garbage.remove(o);
+                    self.data_sizes.remove(o);
+                }
+            }
+        }
+    }
+
+    /// Points the batches of `run` (in WAL objects below `wal_below` or in
+    /// `sources`) at `object`, laid out back to back so the
+    /// run's last batch ends at `run.end`. Positions are counted back from
+    /// the end, so a run whose first batches were truncated meanwhile still
+    /// lands right. A run that does not match the index is skipped whole: its
+    /// batches keep their WAL objects, which stay referenced and are kept.
+    fn move_run(&mut self, object: ObjId, wal_below: u64, sources: &[ObjId], run: &Run) {
+        let Some(s) = self.streams.get_mut(&run.stream) else { return };
+        let from = s.find(run.from);
+        let to = s.locs.partition_point(|l| l.base_offset < run.to);
+        let locs = &mut s.locs[from..to];
+        let movable = |o: ObjId| o.wal_seq().is_some_and(|q| q < wal_below) || sources.contains(&o);
+        let fits = locs.iter().all(|l| l.base_offset >= run.from && movable(l.obj))
+            && locs.iter().map(|l| l.len as u64).sum::<u64>() <= run.end as u64;
+        if !fits {
+            return;
+        }
+        let mut end = run.end;
+        let mut moved = Vec::with_capacity(locs.len());
+        for l in locs.iter_mut().rev() {
+            end -= l.len;
+            moved.push(l.obj);
+            l.obj = object;
+            l.pos = end;
+        }
+        *self.refs.entry(object).or_default() += moved.len() as u32;
+        for o in moved {
+            self.unref(o);
+        }
+    }
+
+    fn unref(&mut self, obj: ObjId) {
+        let Some(n) = self.refs.get_mut(&obj) else { return };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.refs.remove(&obj);
+        // WAL objects at or past swept_below are found by the sweep's range.
+        if obj.wal_seq().is_none_or(|q| q < self.swept_below) {
+            self.garbage.insert(obj);
+        }
+    }
+
+    /// Records `start..end` as fence seqs, merging with the last range.
+    pub fn note_fence(&mut self, start: u64, end: u64) {
+        match self.fences.last_mut() {
+            Some(last) if last.1 >= start && last.0 <= end => *last = (last.0.min(start), last.1.max(end)),
+            _ => self.fences.push((start, end)),
+        }
+    }
+
+    pub fn is_fence(&self, seq: u64) -> bool {
+        let i = self.fences.partition_point(|r| r.1 <= seq);
+        self.fences.get(i).is_some_and(|r| r.0 <= seq)
+    }
+
+    /// Recomputes the derived fields after loading a checkpoint.
+    pub fn rebuild_derived(&mut self) {
+        self.refs.clear();
+        for s in self.streams.values_mut() {
+            s.bytes = s.locs.iter().map(|l| l.len as u64).sum();
+            for l in &s.locs {
+                *self.refs.entry(l.obj).or_default() += 1;
+            }
         }
     }
 }

@@ -64,6 +64,10 @@ def test_topic_admin_lifecycle(floe):
 
 
 def test_offsets_for_times_and_default_producer(floe):
+    # 1970 timestamps: the topic keeps them past the default 7-day retention.
+    a = admin(floe)  # kept alive until the result is in
+    wait(a.create_topics([NewTopic("times", num_partitions=1, replication_factor=1,
+                                   config={"retention.ms": "-1"})]))
     # librdkafka's defaults (idempotence off, acks=all) need no special settings.
     p = Producer({"bootstrap.servers": floe.bootstrap, "linger.ms": 0})
     for i in range(10):

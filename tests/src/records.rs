@@ -6,6 +6,11 @@ use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEnc
 
 /// One uncompressed batch of `n` records with `value_len`-byte values.
 pub fn batch(n: usize, value_len: usize) -> Bytes {
+    batch_at(n, value_len, 1_700_000_000_000)
+}
+
+/// [`batch`] with record timestamps from `ts` (ms) on.
+pub fn batch_at(n: usize, value_len: usize, ts: i64) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,
@@ -18,7 +23,7 @@ pub fn batch(n: usize, value_len: usize) -> Bytes {
             offset: i as i64,
             // The encoder groups records whose offset - sequence is constant.
             sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
+            timestamp: ts + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(vec![b'v'; value_len])),
             headers: IndexMap::new(),

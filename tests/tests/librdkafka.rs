@@ -46,7 +46,8 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
 async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin");
-    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    // Records carry 2023 timestamps: keep them past Kafka's 7-day retention.
+    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1");
     let r = admin.create_topics([&t], &AdminOptions::new()).await.expect("create topics");
     assert!(r[0].is_ok(), "create {name}: {:?}", r[0]);
 }

@@ -72,12 +72,14 @@ pub fn validate_name(name: &str) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// The topic configs the data path reads today. retention.ms and
-/// retention.bytes are stored and described; enforcing them is compaction's
-/// and retention's work.
+/// The topic configs the data path reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicConfig {
     pub max_message_bytes: i64,
+    /// Batches whose newest timestamp is older than this are dropped; -1 keeps them.
+    pub retention_ms: i64,
+    /// A partition keeps at most this many bytes of batches; -1 has no bound.
+    pub retention_bytes: i64,
 }
 
 /// (name, default) of every supported config, in the order they are described.
@@ -90,9 +92,17 @@ pub const CONFIGS: &[(&str, &str)] = &[
 
 impl TopicConfig {
     fn from_map(m: &BTreeMap<String, String>) -> Self {
-        let max = m.get("max.message.bytes").and_then(|v| v.parse().ok());
-        Self { max_message_bytes: max.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES) }
+        let get = |k: &str| m.get(k).and_then(|v| v.parse().ok()).or_else(|| default(k)?.parse().ok());
+        Self {
+            max_message_bytes: get("max.message.bytes").unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            retention_ms: get("retention.ms").unwrap_or(-1),
+            retention_bytes: get("retention.bytes").unwrap_or(-1),
+        }
     }
+}
+
+fn default(name: &str) -> Option<&'static str> {
+    CONFIGS.iter().find(|(c, _)| *c == name).map(|(_, v)| *v)
 }
 
 /// Whether `name` is a topic config Floe knows.
@@ -142,6 +152,9 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert("max.message.bytes".to_string(), "100".to_string());
         assert_eq!(TopicConfig::from_map(&m).max_message_bytes, 100);
+        assert_eq!(TopicConfig::from_map(&m).retention_ms, 604_800_000, "Kafka's default: 7 days");
+        m.insert("retention.bytes".to_string(), "4096".to_string());
+        assert_eq!(TopicConfig::from_map(&m).retention_bytes, 4096);
         let default = CONFIGS.iter().find(|(k, _)| *k == "max.message.bytes").map(|(_, v)| v.parse::<i64>());
         assert_eq!(default, Some(Ok(DEFAULT_MAX_MESSAGE_BYTES)));
         assert!(is_known("retention.ms") && !is_known("segment.bytes"));

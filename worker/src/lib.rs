@@ -145,6 +145,15 @@ pub trait Shards: Send + Sync + 'static {
         partition: i32,
         timestamp: i64,
     ) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// DeleteRecords: raises the partition's log start to `offset` (-1: the
+    /// high watermark), durably. Returns the new log start.
+    fn delete_records(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> impl Future<Output = Result<i64>> + Send;
     /// The leader epoch of the tenant's partitions: durable and increasing,
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;

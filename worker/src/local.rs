@@ -2,7 +2,8 @@
 //! reopening it (a new epoch, which fences its leftovers) after its log fails.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use floe_common::batch::BatchHeader;
@@ -15,9 +16,18 @@ use tokio::sync::watch;
 use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
 use crate::{Accepted, ConfigChange, NewTopic, Result, Shards, WorkerError};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub log: LogConfig,
+    /// How often each open shard applies its topics' retention. Costs no
+    /// store call unless something expired (then one entry).
+    pub retention_every: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { log: LogConfig::default(), retention_every: Duration::from_secs(5) }
+    }
 }
 
 /// The shards this process owns.
@@ -106,6 +116,7 @@ impl LocalWorker {
         let log = ShardLog::open(self.store.clone(), prefix, self.cfg.log.clone()).await?;
         let shard = Arc::new(Shard::load(log));
         self.open.write().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), shard.clone());
+        tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
         Ok(shard)
     }
 
@@ -282,12 +293,61 @@ impl Shards for LocalWorker {
         })
     }
 
+    async fn delete_records(&self, tenant: &TenantId, topic: &str, partition: i32, offset: i64) -> Result<i64> {
+        let shard = self.shard(tenant).await?;
+        let (_, stream) = shard.stream(topic, partition)?;
+        let offset = if offset == -1 { shard.log.offsets(stream)?.1 } else { offset };
+        Ok(shard.log.truncate(stream, offset).await?)
+    }
+
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {
         Ok(leader_epoch(&self.shard(tenant).await?.log))
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {
         Ok(self.shard(tenant).await?.log.subscribe())
+    }
+}
+
+/// Applies `retention.ms` and `retention.bytes` to every partition of the
+/// shard, every `every`, for as long as the shard stays open: one `Truncate`
+/// entry per partition that has something to drop. Storage then deletes the
+/// objects nothing references any more.
+async fn retention(shard: Weak<Shard>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shard) = shard.upgrade() else { return };
+        if shard.log.failed().is_some() {
+            return;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let topics: Vec<Arc<TopicMeta>> = shard.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut entries = Vec::new();
+        for t in topics {
+            let c = t.config();
+            let older_than = (c.retention_ms >= 0).then(|| now.saturating_sub(c.retention_ms));
+            let max_bytes = u64::try_from(c.retention_bytes).ok();
+            if older_than.is_none() && max_bytes.is_none() {
+                continue;
+            }
+            for &s in &t.streams {
+                let stream = StreamId(s);
+                if let Some(log_start) = shard.log.retention_point(stream, older_than, max_bytes) {
+                    entries.push(Entry::Truncate { stream, log_start });
+                }
+            }
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        let n = entries.len();
+        match shard.log.append(entries).await {
+            Ok(a) => match a.durable().await {
+                Ok(()) => tracing::debug!(partitions = n, "retention moved log starts"),
+                Err(e) => tracing::warn!(error = %e, "retention"),
+            },
+            Err(e) => tracing::warn!(error = %e, "retention"),
+        }
     }
 }
 

@@ -9,12 +9,14 @@ use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsResponse, CreateTopicsResponse, DeleteTopicsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsResponse, CreateTopicsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsResponse,
     DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -125,6 +127,26 @@ pub async fn create_partitions<W: Shards>(gw: &Gateway<W>, req: CreatePartitions
         });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// DeleteRecords: each partition's log start moves up to the given offset
+/// (-1: the high watermark), durably, before the answer; the objects that held
+/// only records below it are deleted later by storage.
+pub async fn delete_records<W: Shards>(gw: &Gateway<W>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let res = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            let out = gw.worker.delete_records(&gw.dev_tenant, &t.name.0, p.partition_index, p.offset).await;
+            partitions.push(match out {
+                Ok(low) => res.with_low_watermark(low),
+                Err(e) => res.with_low_watermark(-1).with_error_code(errors::code(&e)),
+            });
+        }
+        topics.push(DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions));
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
 }
 
 pub async fn describe_configs<W: Shards>(gw: &Gateway<W>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {

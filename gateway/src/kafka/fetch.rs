@@ -104,6 +104,9 @@ async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
                     records.push(r.batches);
                 }
                 Err(e) => {
+                    if let WorkerError::Unavailable(why) = &e {
+                        tracing::warn!(topic = %t.topic.0, partition = p.partition, error = %why, "fetch failed");
+                    }
                     pass.errored = true;
                     parts.push(partition_error(resp, &e));
                     records.push(Vec::new());

@@ -265,6 +265,7 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
             ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(gw, r).await)
         }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(metadata::describe_cluster(gw)),
+        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(admin::delete_records(gw, r).await),
         // `versions::supported` admits only the APIs above.
         _ => return None,
     })

@@ -165,6 +165,15 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
         (seq, format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable))
     };
     let path = ckpt_path(&inner.prefix, seq);
-    put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
+    put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await?;
+    inner.cfg.stats.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut core = inner.lock();
+    if core.last_ckpt.is_none_or(|(s, _)| s < seq) {
+        core.last_ckpt = Some((seq, Instant::now()));
+    }
+    if !core.own_ckpts.contains(&seq) {
+        core.own_ckpts.push(seq);
+    }
+    Ok(())
 }
 

@@ -9,6 +9,8 @@
 //!    create anywhere in [F, F+K) fails, and since it acks in order it can
 //!    never acknowledge anything at or after F.
 //!
+//! 4. **Check**: no newer epoch exists yet (see below).
+//!
 //! Validity while replaying: a tombstone raises the fence epoch; a data object
 //! counts only if its epoch is at least the fence epoch seen so far.
 
@@ -64,6 +66,7 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
                 }
                 if obj.tombstone {
                     fence_epoch = fence_epoch.max(obj.writer.epoch);
+                    state.note_fence(seq, seq + 1);
                 } else if obj.writer.epoch >= fence_epoch {
                     replay(&mut state, &mut tail, &obj, cfg.tail_bytes).map_err(|e| corrupt(&path, e))?;
                 }
@@ -83,6 +86,14 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
             }
             // A stale owner's unacknowledged flush: below our fence, ignored.
         }
+    }
+    state.note_fence(fence, fence + FENCE_WINDOW);
+    // A newer owner may have swept WAL objects this scan went past (it
+    // started from an older checkpoint): a hole there would look like the
+    // fence. Sweeping only follows a newer owner's claim, so seeing no newer
+    // epoch now means no hole was ours to fall into.
+    if put::get_range(store.as_ref(), &epoch_path(prefix, writer.epoch + 1), Some(0..8), cfg.put_timeout).await?.is_some() {
+        return Err(Error::Fenced);
     }
     tracing::info!(%prefix, epoch = writer.epoch, fence, "shard opened");
     Ok(Opened { writer, state, next_seq: fence + FENCE_WINDOW, tail })
@@ -131,7 +142,11 @@ async fn claim_epoch(store: &dyn ObjectStore, prefix: &Path, cfg: &LogConfig) ->
     Err(Error::Unavailable(format!("lost {MAX_EPOCH_RACES} epoch races in a row")))
 }
 
-/// The newest checkpoint whose WAL object carries its epoch.
+/// The newest checkpoint whose WAL object carries its epoch. One that cannot
+/// be read is an error, not skipped: WAL objects below it may be deleted, so
+/// an older checkpoint could replay into a hole. (LIST must show every
+/// completed checkpoint, as S3, GCS, Azure and file systems do; sweeping
+/// relies on it, see `compact.rs`.)
 async fn latest_checkpoint(
     store: &dyn ObjectStore,
     prefix: &Path,
@@ -145,12 +160,12 @@ async fn latest_checkpoint(
         let Some(body) = put::get(store, &path, cfg.put_timeout).await? else { continue };
         let ckpt = match format::decode_checkpoint(body) {
             Ok(c) if c.seq == seq => c,
-            _ => {
-                tracing::warn!(%path, "skipping unreadable checkpoint");
-                continue;
-            }
+            Ok(_) => return Err(corrupt(&path, format::Corrupt("checkpoint names another seq"))),
+            Err(e) => return Err(corrupt(&path, e)),
         };
-        let Some(wal) = put::get(store, &wal_path(prefix, seq), cfg.put_timeout).await? else { continue };
+        // Only the writer's header is needed.
+        let wal = put::get_range(store, &wal_path(prefix, seq), Some(0..64), cfg.put_timeout).await?;
+        let Some(wal) = wal else { continue };
         if format::object_writer(&wal).ok().map(|w| w.epoch) == Some(ckpt.writer.epoch) {
             return Ok(Some(ckpt));
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::format::{self, Writer};
 use crate::log::LogConfig;
@@ -140,12 +140,24 @@ const GET_ATTEMPTS: u32 = 5;
 
 /// GET with a deadline per attempt and bounded retries; `None` if absent.
 pub(crate) async fn get(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<Option<Bytes>, Error> {
+    get_range(store, path, None, timeout).await
+}
+
+/// GET of `range` (the object's remainder if it ends past it), or the whole
+/// object; retried like [`get`].
+pub(crate) async fn get_range(
+    store: &dyn ObjectStore,
+    path: &Path,
+    range: Option<std::ops::Range<u64>>,
+    timeout: Duration,
+) -> Result<Option<Bytes>, Error> {
     let mut last = String::new();
     for attempt in 0..GET_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        let got = tokio::time::timeout(timeout, async { store.get(path).await?.bytes().await }).await;
+        let opts = GetOptions { range: range.clone().map(Into::into), ..Default::default() };
+        let got = tokio::time::timeout(timeout, async { store.get_opts(path, opts).await?.bytes().await }).await;
         match got {
             Ok(Ok(b)) => return Ok(Some(b)),
             Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
@@ -154,6 +166,22 @@ pub(crate) async fn get(store: &dyn ObjectStore, path: &Path, timeout: Duration)
         }
     }
     Err(Error::Unavailable(format!("get {path}: {last}")))
+}
+
+/// DELETE, retried; an object already gone counts as deleted.
+pub(crate) async fn delete(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<(), Error> {
+    let mut last = String::new();
+    for attempt in 0..GET_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        match tokio::time::timeout(timeout, store.delete(path)).await {
+            Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => return Ok(()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("timed out after {timeout:?}"),
+        }
+    }
+    Err(Error::Unavailable(format!("delete {path}: {last}")))
 }
 
 fn backoff(attempt: u32) -> Duration {

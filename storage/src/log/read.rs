@@ -1,18 +1,20 @@
-//! The read path: batches from the in-memory tail, else from whole WAL
-//! objects (the object cache, else the store, several at once), with
-//! read-ahead for readers the store had to serve.
+//! The read path: batches from the in-memory tail, else from blocks of WAL
+//! and data objects (the block cache, else ranged GETs, several at once),
+//! with read-ahead for readers the store had to serve.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::{put, wal_path, with_base_offset, Inner, Read, ShardLog};
+use super::cache::BlockId;
+use super::{obj_path, put, with_base_offset, Inner, Read, ShardLog};
 use crate::state::BatchLoc;
 use crate::{Error, StreamId};
 
-/// WAL objects one read fetches from the store at once.
+/// Blocks one read fetches from the store at once.
 const READ_CONCURRENCY: usize = 8;
 /// How far past a read that missed the tail the cache is warmed.
 const READ_AHEAD_BYTES: usize = 16 << 20;
@@ -54,111 +56,144 @@ impl ShardLog {
         if missing.is_empty() {
             return Ok(out);
         }
-        let went_to_store = self.fetch_missing(&mut out.batches, &missing).await?;
+        let locs: Vec<BatchLoc> = missing.iter().map(|m| m.1).collect();
+        let (loaded, went_to_store) = self.load(&locs).await?;
+        for ((i, _), b) in missing.into_iter().zip(loaded) {
+            out.batches[i] = b;
+        }
         // A reader the store had to serve is likely to continue: warm the
-        // cache with the objects holding what follows, if it can hold them.
-        if went_to_store && self.inner.cfg.read_cache_bytes >= self.inner.cfg.flush_bytes {
+        // cache with the blocks holding what follows, if it can hold them.
+        if went_to_store && self.inner.cfg.read_cache_bytes >= READ_AHEAD_BYTES {
             self.read_ahead(stream, read_to, max_bytes.max(READ_AHEAD_BYTES));
         }
         Ok(out)
     }
 
     fn read_ahead(&self, stream: StreamId, from: i64, bytes: usize) {
-        let seqs = {
+        let blocks = {
             let core = self.inner.lock();
             let Some(s) = core.durable.streams.get(&stream) else { return };
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seqs: Vec<u64> = Vec::new();
+            let mut blocks: Vec<BlockId> = Vec::new();
             let mut total = 0usize;
             for loc in s.locs[s.find(from)..].iter().take_while(|l| {
                 total += l.len as usize;
                 total <= bytes
             }) {
-                let known = seqs.last() == Some(&loc.seq) || cache.contains(loc.seq);
-                if !known && core.tail.get(stream, loc.base_offset).is_none() {
-                    seqs.push(loc.seq);
+                if core.tail.get(stream, loc.base_offset).is_some() {
+                    continue;
+                }
+                for id in self.blocks_of(loc) {
+                    if blocks.last() != Some(&id) && !cache.contains(id) {
+                        blocks.push(id);
+                    }
                 }
             }
-            seqs
+            blocks
         };
-        if seqs.is_empty() {
+        if blocks.is_empty() {
             return;
         }
         let log = self.clone();
         tokio::spawn(async move {
-            let loads = seqs.into_iter().map(|seq| {
+            let loads = blocks.into_iter().map(|id| {
                 let log = log.clone();
-                async move { log.object(seq).await }
+                async move { log.block(id).await }
             });
             // A failure here only costs the cache a miss later.
             let _ = futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).collect::<Vec<_>>().await;
         });
     }
 
-    /// Fills batches that fell out of the tail from whole WAL objects: from
-    /// the object cache, else one GET per object, several at once. Says
-    /// whether any object had to come from the store.
-    async fn fetch_missing(&self, batches: &mut [Bytes], missing: &[(usize, BatchLoc)]) -> Result<bool, Error> {
-        let mut by_seq: BTreeMap<u64, Vec<(usize, BatchLoc)>> = BTreeMap::new();
-        for m in missing {
-            by_seq.entry(m.1.seq).or_default().push(*m);
-        }
-        let cached: Vec<bool> = {
-            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            by_seq.keys().map(|&seq| cache.contains(seq)).collect()
-        };
-        let objects = futures::stream::iter(by_seq.keys().copied())
-            .map(|seq| async move { self.object(seq).await.map(|o| (seq, o)) })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_collect::<HashMap<u64, Bytes>>()
-            .await?;
-        for (seq, locs) in by_seq {
-            let obj = &objects[&seq];
-            for (i, l) in locs {
-                let range = l.pos as usize..l.pos as usize + l.len as usize;
-                let Some(b) = obj.get(range) else {
-                    return Err(Error::Corrupt { path: wal_path(&self.inner.prefix, seq).to_string(), why: "batch past the object's end".into() });
-                };
-                batches[i] = with_base_offset(obj.slice_ref(b), l.base_offset);
-            }
-        }
-        Ok(cached.contains(&false))
+    fn blocks_of(&self, loc: &BatchLoc) -> impl Iterator<Item = BlockId> {
+        let b = self.inner.cfg.block_bytes as u64;
+        let first = loc.pos as u64 / b;
+        let last = (loc.pos as u64 + loc.len.max(1) as u64 - 1) / b;
+        let obj = loc.obj;
+        (first..=last).map(move |i| (obj, i as u32))
     }
 
-    /// A whole WAL object: cached, already being loaded (joined), or one GET.
-    async fn object(&self, seq: u64) -> Result<Bytes, Error> {
+    /// The bytes of batches (not looked up in the tail) from their objects'
+    /// blocks: cached, else one ranged GET per block, several at once. Says
+    /// whether any block had to come from the store.
+    pub(super) async fn load(&self, locs: &[BatchLoc]) -> Result<(Vec<Bytes>, bool), Error> {
+        let mut wanted: Vec<BlockId> = locs.iter().flat_map(|l| self.blocks_of(l)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let misses = {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            wanted.iter().filter(|&&id| !cache.contains(id)).count()
+        };
+        let stats = &self.inner.cfg.stats;
+        stats.cache_hits.fetch_add((wanted.len() - misses) as u64, Relaxed);
+        stats.cache_misses.fetch_add(misses as u64, Relaxed);
+        let blocks = futures::stream::iter(wanted)
+            .map(|id| async move { self.block(id).await.map(|b| (id, b)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect::<HashMap<BlockId, Bytes>>()
+            .await?;
+        let size = self.inner.cfg.block_bytes;
+        let mut out = Vec::with_capacity(locs.len());
+        for l in locs {
+            let (start, end) = (l.pos as usize, l.pos as usize + l.len as usize);
+            let mut parts = self.blocks_of(l).map(|id| {
+                let block = &blocks[&id];
+                let at = id.1 as usize * size;
+                let range = start.max(at) - at..end.min(at + size) - at;
+                block.get(range.clone()).map(|_| block.slice(range))
+            });
+            let whole = if l.len as usize <= size && start / size == (end - 1) / size {
+                parts.next().flatten()
+            } else {
+                // A batch across a block boundary: the one copy on this path.
+                parts.try_fold(BytesMut::with_capacity(l.len as usize), |mut acc, p| {
+                    acc.extend_from_slice(&p?);
+                    Some(acc)
+                })
+                .map(BytesMut::freeze)
+            };
+            let Some(b) = whole.filter(|b| b.len() == l.len as usize) else {
+                let path = obj_path(&self.inner.prefix, l.obj).to_string();
+                return Err(Error::Corrupt { path, why: "batch past the object's end".into() });
+            };
+            out.push(with_base_offset(b, l.base_offset));
+        }
+        Ok((out, misses > 0))
+    }
+
+    /// One block: cached, already being loaded (joined), or one ranged GET.
+    async fn block(&self, id: BlockId) -> Result<Bytes, Error> {
         let load = {
             let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(o) = cache.get(seq) {
-                return Ok(o);
+            if let Some(b) = cache.get(id) {
+                return Ok(b);
             }
-            match cache.loading.get(&seq) {
+            match cache.loading.get(&id) {
                 Some(l) => l.clone(),
                 None => {
-                    let inner = self.inner.clone();
-                    let l = load_object(inner, seq).boxed().shared();
-                    cache.loading.insert(seq, l.clone());
+                    let l = load_block(self.inner.clone(), id).boxed().shared();
+                    cache.loading.insert(id, l.clone());
                     l
                 }
             }
         };
         load.await
     }
-
 }
 
-/// GETs `wal/{seq}` into the object cache.
-async fn load_object(inner: Arc<Inner>, seq: u64) -> Result<Bytes, Error> {
-    let path = wal_path(&inner.prefix, seq);
-    let got = put::get(&*inner.store, &path, inner.cfg.put_timeout).await;
+/// GETs one block into the cache.
+async fn load_block(inner: Arc<Inner>, id: BlockId) -> Result<Bytes, Error> {
+    let path = obj_path(&inner.prefix, id.0);
+    let size = inner.cfg.block_bytes as u64;
+    let range = id.1 as u64 * size..(id.1 as u64 + 1) * size;
+    let got = put::get_range(&*inner.store, &path, Some(range), inner.cfg.put_timeout).await;
     let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-    cache.loading.remove(&seq);
+    cache.loading.remove(&id);
     match got? {
-        Some(obj) => {
-            cache.insert(seq, obj.clone());
-            Ok(obj)
+        Some(b) => {
+            cache.insert(id, b.clone());
+            Ok(b)
         }
         None => Err(Error::Unavailable(format!("{path} is in the index but not in the store"))),
     }
 }
-

@@ -1,0 +1,447 @@
+//! Background maintenance of a shard log: compaction and sweeping, one task
+//! per log, one step at a time (bounded CPU, memory and in-flight bytes).
+//!
+//! **Compaction** moves the batches of small WAL objects, oldest first, into
+//! one data object of about `compact_bytes` (grouped by stream, with a
+//! per-stream index), PUTs it with `PutMode::Create`, then appends a
+//! `Compact` entry that points the index at it. WAL objects holding at least
+//! half a data object stay where they are. A crash at any step leaves either
+//! an orphan data object (deleted by the next owner) or a finished
+//! compaction. It pauses while appends wait for the produce budget. Data
+//! objects that retention left less than half live are rewritten the same
+//! way, so one long-kept partition does not pin a whole object.
+//!
+//! **Sweeping** deletes garbage, never before the entry that made it garbage
+//! is durable, and after `sweep_grace` for reads in flight:
+//! - data objects no batch references;
+//! - WAL objects below `compacted_below` that no batch references, and only
+//!   below a checkpoint this owner wrote (a new owner replays from the newest
+//!   checkpoint, never from before it). Before relying on checkpoint `c`, it
+//!   checks that no newer epoch exists: an opener that claimed its epoch
+//!   before that check is seen and sweeping stops; one that claims later
+//!   LISTs checkpoints after `c` was durable, so it starts at `c` or later.
+//!   This needs a LIST that shows every completed PUT (S3, GCS, Azure, file
+//!   systems);
+//! - fence tombstones are never deleted (see `State::fences`);
+//! - older checkpoints, under the same check.
+//!
+//! A `Sweep` entry then records what is gone, so the next owner does not
+//! redo it; redoing is harmless (deleting twice is a no-op).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStoreExt, PutPayload};
+use tokio::time::Instant;
+
+use super::{ckpt_path, data_path, epoch_path, flush, obj_path, put, Inner, ShardLog};
+use crate::format;
+use crate::state::{BatchLoc, ObjId, State};
+use crate::{Entry, Error, Run, StreamId};
+
+/// Deletes one sweep issues at once.
+const DELETE_CONCURRENCY: usize = 16;
+/// WAL seqs one sweep round looks at, so a long backlog is taken in steps.
+const SWEEP_SEQS: u64 = 4096;
+
+pub(super) async fn maintain(inner: Arc<Inner>) {
+    let mut m = Maintainer {
+        log: ShardLog { inner: inner.clone() },
+        next_data: 0,
+        waiting_since: None,
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
+        queued_below: 0,
+        checked_ckpt: None,
+        retired: false,
+        listed: false,
+    };
+    let mut stopped = inner.stopped.subscribe();
+    drop(inner);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(m.log.inner.cfg.maintain_every) => {}
+        }
+        if m.log.inner.lock().closing {
+            return;
+        }
+        if let Err(e) = m.compact().await {
+            tracing::warn!(error = %e, "compaction failed");
+        }
+        if let Err(e) = m.sweep().await {
+            tracing::warn!(error = %e, "sweep failed");
+        }
+    }
+}
+
+struct Maintainer {
+    log: ShardLog,
+    /// Counter of this owner's data objects (named by epoch and counter).
+    next_data: u64,
+    /// When compaction first found objects waiting but too few to compact.
+    waiting_since: Option<Instant>,
+    /// Garbage noticed, oldest first: (when, WAL seqs below, objects).
+    queue: VecDeque<(Instant, u64, Vec<ObjId>)>,
+    queued: HashSet<ObjId>,
+    queued_below: u64,
+    /// Newest checkpoint known to predate every newer owner's LIST.
+    checked_ckpt: Option<u64>,
+    /// A newer owner exists: this one deletes nothing more.
+    retired: bool,
+    /// Older owners' leftovers (checkpoints, orphan data objects) listed.
+    listed: bool,
+}
+
+/// What one compaction moves.
+struct Plan {
+    wal_below: u64,
+    /// Data objects being rewritten.
+    sources: Vec<ObjId>,
+    runs: Vec<(Run, Vec<BatchLoc>)>,
+    bytes: u64,
+}
+
+impl Maintainer {
+    async fn compact(&mut self) -> Result<(), Error> {
+        let inner = &self.log.inner;
+        let cfg = &inner.cfg;
+        if cfg.compact_bytes == 0 {
+            return Ok(());
+        }
+        // Paused while producers wait for the shard's produce budget.
+        if inner.pending.available_permits() < (cfg.max_pending_bytes >> 10) / 2 {
+            return Ok(());
+        }
+        let waited = self.waiting_since.is_some_and(|t| t.elapsed() >= cfg.compact_after);
+        let plan = {
+            let core = inner.lock();
+            if core.failed.is_some() {
+                return Ok(());
+            }
+            let last = core.acked_seq.unwrap_or(core.first_own_seq - 1);
+            plan(&core.durable, last, cfg.compact_bytes as u64, cfg.compact_max_objects as u64, waited)
+        };
+        let plan = match plan {
+            Ok(p) => {
+                self.waiting_since = None;
+                p
+            }
+            Err(waiting) => {
+                if !waiting {
+                    self.waiting_since = None;
+                } else if self.waiting_since.is_none() {
+                    self.waiting_since = Some(Instant::now());
+                }
+                let rewrite = rewrite_plan(&inner.lock().durable, cfg.compact_bytes as u64);
+                let Some(p) = rewrite else { return Ok(()) };
+                p
+            }
+        };
+        let epoch = inner.writer.epoch;
+        if epoch >= 1 << 31 || self.next_data >= 1 << 32 {
+            return Err(Error::Unavailable("data object ids exhausted for this epoch".into()));
+        }
+        let object = ObjId::data(epoch, self.next_data);
+        self.next_data += 1;
+        let mut runs = Vec::with_capacity(plan.runs.len());
+        if !plan.runs.is_empty() {
+            let mut at = format::data_header_len(plan.runs.len()) as u64;
+            let mut starts = Vec::with_capacity(plan.runs.len());
+            let mut chunks = vec![Bytes::new()];
+            for (mut run, locs) in plan.runs {
+                starts.push(at);
+                chunks.extend(self.batches(run.stream, &locs).await?);
+                at += locs.iter().map(|l| l.len as u64).sum::<u64>();
+                run.end = u32::try_from(at).map_err(|_| Error::Unavailable("data object over 4 GiB".into()))?;
+                runs.push(run);
+            }
+            chunks[0] = format::encode_data_header(inner.writer, &runs, &starts);
+            let (e, n) = object.data_parts().expect("a data object");
+            let path = data_path(&inner.prefix, e, n);
+            let payload = PutPayload::from_iter(chunks);
+            put::create_resolved(&*inner.store, &path, payload, inner.writer, cfg).await?;
+        }
+        let entry = Entry::Compact { object, wal_below: plan.wal_below, sources: plan.sources, runs };
+        self.log.append(vec![entry]).await?.durable().await?;
+        let stats = &cfg.stats;
+        stats.compactions.fetch_add(1, Relaxed);
+        stats.compacted_bytes.fetch_add(plan.bytes, Relaxed);
+        Ok(())
+    }
+
+    /// The bytes of a run's batches: from the tail, else from their objects.
+    async fn batches(&self, stream: StreamId, locs: &[BatchLoc]) -> Result<Vec<Bytes>, Error> {
+        let mut out: Vec<Option<Bytes>> = {
+            let core = self.log.inner.lock();
+            locs.iter().map(|l| core.tail.get(stream, l.base_offset)).collect()
+        };
+        let missing: Vec<BatchLoc> = locs.iter().zip(&out).filter(|(_, b)| b.is_none()).map(|(l, _)| *l).collect();
+        if !missing.is_empty() {
+            let (mut loaded, _) = self.log.load(&missing).await?;
+            loaded.reverse();
+            for b in out.iter_mut().filter(|b| b.is_none()) {
+                *b = loaded.pop();
+            }
+        }
+        Ok(out.into_iter().map(|b| b.unwrap_or_default()).collect())
+    }
+
+    async fn sweep(&mut self) -> Result<(), Error> {
+        let inner = self.log.inner.clone();
+        let cfg = &inner.cfg;
+        let Some(grace) = cfg.sweep_grace else { return Ok(()) };
+        if self.retired {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (ckpt, want_ckpt) = {
+            let core = inner.lock();
+            if core.failed.is_some() {
+                return Ok(());
+            }
+            let st = &core.durable;
+            let ckpt = core.last_ckpt.map(|(c, _)| c);
+            let wal_below = st.compacted_below.min(ckpt.unwrap_or(0)).min(st.swept_below.max(self.queued_below) + SWEEP_SEQS);
+            let mut fresh: Vec<ObjId> = st.garbage.iter().filter(|o| !self.queued.contains(o)).copied().collect();
+            for q in st.swept_below.max(self.queued_below)..wal_below {
+                let o = ObjId::wal(q);
+                if !st.refs.contains_key(&o) && !st.is_fence(q) && !self.queued.contains(&o) {
+                    fresh.push(o);
+                }
+            }
+            if !fresh.is_empty() || wal_below > self.queued_below {
+                self.queued.extend(fresh.iter().copied());
+                self.queued_below = self.queued_below.max(wal_below);
+                self.queue.push_back((now, self.queued_below, fresh));
+            }
+            // Compacted WAL objects wait for a checkpoint past them.
+            let stale = core.last_ckpt.is_none_or(|(_, at)| at.elapsed() >= cfg.checkpoint_interval);
+            let behind = st.compacted_below > ckpt.unwrap_or(0) || (ckpt.is_none() && !self.queue.is_empty());
+            (ckpt, stale && behind && core.acked_seq.is_some())
+        };
+        if want_ckpt {
+            flush::checkpoint(&inner).await?;
+        }
+        let Some(ckpt) = ckpt else { return Ok(()) };
+        let mut due: Vec<ObjId> = Vec::new();
+        let mut wal_below = 0;
+        while let Some((at, below, _)) = self.queue.front() {
+            if now.duration_since(*at) < grace {
+                break;
+            }
+            wal_below = wal_below.max(*below);
+            due.extend(self.queue.pop_front().map(|q| q.2).unwrap_or_default());
+        }
+        if due.is_empty() && wal_below == 0 {
+            return Ok(());
+        }
+        if !self.still_owner(ckpt).await? {
+            return Ok(());
+        }
+        let mut paths: Vec<_> = due.iter().map(|&o| obj_path(&inner.prefix, o)).collect();
+        let old_ckpts = self.old_checkpoints(ckpt).await?;
+        paths.extend(old_ckpts.iter().map(|&s| ckpt_path(&inner.prefix, s)));
+        if !self.listed {
+            paths.extend(self.orphans().await?);
+            self.listed = true;
+        }
+        let n = paths.len() as u64;
+        futures::stream::iter(paths)
+            .map(|p| {
+                let inner = inner.clone();
+                async move { put::delete(&*inner.store, &p, cfg.put_timeout).await }
+            })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        cfg.stats.deleted_objects.fetch_add(n, Relaxed);
+        inner.lock().own_ckpts.retain(|s| !old_ckpts.contains(s));
+        for o in &due {
+            self.queued.remove(o);
+        }
+        let forget: Vec<ObjId> = {
+            let core = inner.lock();
+            due.into_iter().filter(|o| core.durable.garbage.contains(o)).collect()
+        };
+        self.log.append(vec![Entry::Sweep { wal_below, forget }]).await?.durable().await
+    }
+
+    /// Whether no newer owner has claimed the shard since checkpoint `ckpt`
+    /// was durable (one HEAD per checkpoint).
+    async fn still_owner(&mut self, ckpt: u64) -> Result<bool, Error> {
+        if self.checked_ckpt.is_some_and(|c| c >= ckpt) {
+            return Ok(true);
+        }
+        let inner = &self.log.inner;
+        let next = epoch_path(&inner.prefix, inner.writer.epoch + 1);
+        let found = tokio::time::timeout(inner.cfg.put_timeout, inner.store.head(&next)).await;
+        match found {
+            Ok(Err(object_store::Error::NotFound { .. })) => {
+                self.checked_ckpt = Some(ckpt);
+                Ok(true)
+            }
+            Ok(Ok(_)) => {
+                tracing::info!(prefix = %inner.prefix, "a newer owner exists; no more deletes from this one");
+                self.retired = true;
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(Error::Unavailable(format!("head {next}: {e}"))),
+            Err(_) => Err(Error::Unavailable(format!("head {next} timed out"))),
+        }
+    }
+
+    /// Checkpoints older than `ckpt`: this owner's, and the first time also
+    /// every older one listed.
+    async fn old_checkpoints(&self, ckpt: u64) -> Result<Vec<u64>, Error> {
+        let inner = &self.log.inner;
+        let mut old: Vec<u64> = inner.lock().own_ckpts.iter().copied().filter(|&s| s < ckpt).collect();
+        if !self.listed {
+            let dir = inner.prefix.clone().join("ckpt");
+            let listed = list(&inner, &dir).await?;
+            old.extend(listed.iter().filter_map(|p| p.filename()?.parse::<u64>().ok()).filter(|&s| s < ckpt));
+            old.sort_unstable();
+            old.dedup();
+        }
+        Ok(old)
+    }
+
+    /// Data objects of older owners that no entry references: compactions
+    /// that never got their entry into the valid log. One LIST per owner.
+    async fn orphans(&self) -> Result<Vec<object_store::path::Path>, Error> {
+        let inner = &self.log.inner;
+        let listed = list(inner, &inner.prefix.clone().join("data")).await?;
+        let core = inner.lock();
+        let st = &core.durable;
+        Ok(listed
+            .into_iter()
+            .filter(|p| {
+                let Some((e, n)) = p.filename().and_then(|f| f.split_once('-')) else { return false };
+                let (Ok(e), Ok(n)) = (e.parse::<u64>(), n.parse::<u64>()) else { return false };
+                let o = ObjId::data(e, n);
+                e < inner.writer.epoch && !st.refs.contains_key(&o) && !st.garbage.contains(&o)
+            })
+            .collect())
+    }
+}
+
+async fn list(inner: &Inner, dir: &object_store::path::Path) -> Result<Vec<object_store::path::Path>, Error> {
+    let listing = inner.store.list(Some(dir)).map_ok(|m| m.location).try_collect::<Vec<_>>();
+    match tokio::time::timeout(inner.cfg.put_timeout, listing).await {
+        Ok(r) => r.map_err(|e| Error::Unavailable(e.to_string())),
+        Err(_) => Err(Error::Unavailable(format!("list {dir} timed out"))),
+    }
+}
+
+/// Chooses WAL objects `compacted_below..wal_below` (all durable, up to
+/// `last`): a data object's worth of small batches, or everything waiting
+/// once `max_objects` wait or `waited` says the oldest waited long enough.
+/// `Err(waiting)` when there is nothing to do now.
+fn plan(st: &State, last: u64, target: u64, max_objects: u64, waited: bool) -> Result<Plan, bool> {
+    let cb = st.compacted_below;
+    if cb > last {
+        return Err(false);
+    }
+    // Live bytes per WAL object. Batches in WAL objects at or past `cb` are a
+    // suffix of each stream's index: compaction only ever moves older ones.
+    let mut per_seq: BTreeMap<u64, u64> = BTreeMap::new();
+    for s in st.streams.values() {
+        let i = s.locs.partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < cb));
+        for l in &s.locs[i..] {
+            let q = l.obj.0;
+            if q <= last {
+                *per_seq.entry(q).or_default() += l.len as u64;
+            }
+        }
+    }
+    let big = target / 2;
+    let (mut small, mut small_objects, mut live_objects) = (0, 0, 0);
+    let mut wal_below = last + 1;
+    for (&q, &bytes) in &per_seq {
+        live_objects += 1;
+        if bytes < big {
+            small += bytes;
+            small_objects += 1;
+        }
+        if small >= target {
+            wal_below = q + 1;
+            break;
+        }
+    }
+    // Objects without live batches (fence tombstones, metadata, this task's
+    // own entries) never trigger a compaction on their own: an idle shard
+    // must not keep writing entries about itself.
+    let due = small >= target || live_objects >= max_objects || (waited && small_objects > 0);
+    if !due {
+        return Err(small_objects > 0);
+    }
+    let mut runs = Vec::new();
+    let mut bytes = 0;
+    for (&stream, s) in &st.streams {
+        let i = s.locs.partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < cb));
+        let mut run: Vec<BatchLoc> = Vec::new();
+        for l in s.locs[i..].iter().take_while(|l| l.obj.0 < wal_below) {
+            if per_seq.get(&l.obj.0).is_some_and(|&b| b < big) {
+                bytes += l.len as u64;
+                run.push(*l);
+                continue;
+            }
+            close_run(&mut runs, stream, &mut run);
+        }
+        close_run(&mut runs, stream, &mut run);
+    }
+    Ok(Plan { wal_below, sources: Vec::new(), runs, bytes })
+}
+
+/// Data objects that retention left mostly empty (less than half live),
+/// oldest first, up to a data object's worth of live batches: moving those
+/// into a new object frees the rest. A multi-partition object otherwise lives
+/// as long as its longest-kept partition. Only when it frees at least a
+/// quarter of a data object.
+fn rewrite_plan(st: &State, target: u64) -> Option<Plan> {
+    let mut live: HashMap<ObjId, u64> = HashMap::new();
+    for s in st.streams.values() {
+        for l in s.locs.iter().filter(|l| l.obj.data_parts().is_some()) {
+            *live.entry(l.obj).or_default() += l.len as u64;
+        }
+    }
+    let (mut sources, mut keep, mut freed) = (Vec::new(), 0, 0);
+    for (&o, &size) in &st.data_sizes {
+        let Some(&l) = live.get(&o) else { continue };
+        if l * 2 >= size as u64 {
+            continue;
+        }
+        if keep + l > target && !sources.is_empty() {
+            break;
+        }
+        sources.push(o);
+        keep += l;
+        freed += size as u64 - l;
+    }
+    if freed < target / 4 {
+        return None;
+    }
+    let mut runs = Vec::new();
+    for (&stream, s) in &st.streams {
+        let mut run: Vec<BatchLoc> = Vec::new();
+        for l in &s.locs {
+            if sources.contains(&l.obj) {
+                run.push(*l);
+            } else {
+                close_run(&mut runs, stream, &mut run);
+            }
+        }
+        close_run(&mut runs, stream, &mut run);
+    }
+    Some(Plan { wal_below: st.compacted_below, sources, runs, bytes: keep })
+}
+
+fn close_run(runs: &mut Vec<(Run, Vec<BatchLoc>)>, stream: StreamId, run: &mut Vec<BatchLoc>) {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else { return };
+    let r = Run { stream, from: first.base_offset, to: last.end_offset(), end: 0 };
+    runs.push((r, std::mem::take(run)));
+}
