@@ -251,7 +251,11 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 meta.need(n.saturating_mul(28))?;
                 let mut runs = Vec::with_capacity(n);
                 for _ in 0..n {
-                    runs.push(Run { stream: StreamId(meta.u64()?), from: meta.i64()?, to: meta.i64()?, end: meta.u32()? });
+                    let r = Run { stream: StreamId(meta.u64()?), from: meta.i64()?, to: meta.i64()?, end: meta.u32()? };
+                    if r.from >= r.to {
+                        return Err(Corrupt("compaction run out of order"));
+                    }
+                    runs.push(r);
                 }
                 Entry::Compact { object, wal_below, sources, runs }
             }
@@ -298,9 +302,9 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
         b.put_u32(*size);
     }
     b.put_u32(state.fences.len() as u32);
-    for &(start, end) in &state.fences {
-        b.put_u64(start);
-        b.put_u64(end);
+    for (&seq, &epoch) in &state.fences {
+        b.put_u64(seq);
+        b.put_u64(epoch);
     }
     b.put_u32(state.streams.len() as u32);
     for (id, s) in &state.streams {
@@ -332,6 +336,12 @@ fn checkpoint_crc(b: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&b[8..CKPT_HEADER_LEN - 4]), &b[CKPT_HEADER_LEN..])
 }
 
+/// Whether `obj` is a checkpoint of the first format, written before
+/// anything was ever deleted: safe to ignore (the WAL replays from seq 0).
+pub fn is_v1_checkpoint(obj: &[u8]) -> bool {
+    obj.starts_with(b"FLOECKP1")
+}
+
 pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
     if obj.len() < CKPT_HEADER_LEN || &obj[..8] != CKPT_MAGIC {
         return Err(Corrupt("bad checkpoint header"));
@@ -352,7 +362,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
         state.data_sizes.insert(ObjId(r.u64()?), r.u32()?);
     }
     for _ in 0..r.u32()? {
-        state.fences.push((r.u64()?, r.u64()?));
+        state.fences.insert(r.u64()?, r.u64()?);
     }
     for _ in 0..r.u32()? {
         let id = StreamId(r.u64()?);
@@ -361,14 +371,19 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
         let n = r.u32()? as usize;
         let mut locs = Vec::with_capacity(n.min(1 << 20));
         for _ in 0..n {
-            locs.push(BatchLoc {
+            let l = BatchLoc {
                 base_offset: r.i64()?,
                 offsets: r.u32()?,
                 max_timestamp: r.i64()?,
                 obj: ObjId(r.u64()?),
                 pos: r.u32()?,
                 len: r.u32()?,
-            });
+            };
+            // Batches are at least their 8-byte offset slot, and non-empty.
+            if l.len < 8 || l.offsets == 0 {
+                return Err(Corrupt("checkpoint batch out of range"));
+            }
+            locs.push(l);
         }
         state.streams.insert(id, StreamState { log_start, next_offset, locs, bytes: 0 });
     }
@@ -528,8 +543,10 @@ mod tests {
         state.compacted_below = 7;
         state.swept_below = 5;
         state.garbage.insert(ObjId::wal(2));
-        state.note_fence(0, 8);
-        state.note_fence(20, 28);
+        state.note_tombstone(1, 0);
+        state.note_tombstone(1, 1);
+        state.note_tombstone(2, 20);
+        assert_eq!(state.fences.len(), 2);
         state.refs.insert(ObjId::data(3, 4), 1);
         state.data_sizes.insert(ObjId::data(3, 4), 4000);
         state.streams.insert(

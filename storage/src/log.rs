@@ -129,7 +129,7 @@ impl Default for LogConfig {
             sweep_grace: Some(Duration::from_secs(30)),
             maintain_every: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(30),
-            block_bytes: 4 << 20,
+            block_bytes: 1 << 20,
             stats: Arc::default(),
         }
     }

@@ -91,10 +91,11 @@ pub struct State {
     /// Size of each data object until it is swept, so compaction can tell
     /// how much of one retention has emptied.
     pub data_sizes: BTreeMap<ObjId, u32>,
-    /// WAL seqs holding fence tombstones (or a fence's leftovers), as
-    /// `start..end` ranges. Never deleted: a paused zombie retrying a write
-    /// there would then succeed and acknowledge it outside the valid log.
-    pub fences: Vec<(u64, u64)>,
+    /// Each owner's fence F: the seq of its first tombstone (seq → epoch).
+    /// Never deleted: a paused zombie retrying a write at F would then
+    /// succeed and could acknowledge it outside the valid log. The rest of a
+    /// fence window may go: nothing can be acknowledged past F without F.
+    pub fences: BTreeMap<u64, u64>,
 }
 
 impl State {
@@ -188,6 +189,9 @@ impl State {
         if !fits {
             return;
         }
+        if locs.is_empty() {
+            return;
+        }
         let mut end = run.end;
         let mut moved = Vec::with_capacity(locs.len());
         for l in locs.iter_mut().rev() {
@@ -209,23 +213,19 @@ impl State {
             return;
         }
         self.refs.remove(&obj);
-        // WAL objects at or past swept_below are found by the sweep's range.
-        if obj.wal_seq().is_none_or(|q| q < self.swept_below) {
-            self.garbage.insert(obj);
-        }
+        self.garbage.insert(obj);
     }
 
-    /// Records `start..end` as fence seqs, merging with the last range.
-    pub fn note_fence(&mut self, start: u64, end: u64) {
-        match self.fences.last_mut() {
-            Some(last) if last.1 >= start && last.0 <= end => *last = (last.0.min(start), last.1.max(end)),
-            _ => self.fences.push((start, end)),
+    /// Notes a tombstone of `epoch` at `seq`; the first one of an epoch is
+    /// its fence. Tombstones come in seq order, on the owner and in replay.
+    pub fn note_tombstone(&mut self, epoch: u64, seq: u64) {
+        if !self.fences.values().any(|&e| e == epoch) {
+            self.fences.insert(seq, epoch);
         }
     }
 
     pub fn is_fence(&self, seq: u64) -> bool {
-        let i = self.fences.partition_point(|r| r.1 <= seq);
-        self.fences.get(i).is_some_and(|r| r.0 <= seq)
+        self.fences.contains_key(&seq)
     }
 
     /// Recomputes the derived fields after loading a checkpoint.

@@ -38,14 +38,23 @@ const FAST: &[&str] = &[
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 
 fn create(c: &mut Conn, topic: &str, partitions: i32, retention_ms: i64) {
-    let cfg = CreatableTopicConfig::default()
-        .with_name(StrBytes::from_static_str("retention.ms"))
-        .with_value(Some(StrBytes::from_string(retention_ms.to_string())));
+    create_with(c, topic, partitions, &[("retention.ms", retention_ms)]);
+}
+
+fn create_with(c: &mut Conn, topic: &str, partitions: i32, configs: &[(&'static str, i64)]) {
+    let configs = configs
+        .iter()
+        .map(|(k, v)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str(k))
+                .with_value(Some(StrBytes::from_string(v.to_string())))
+        })
+        .collect();
     let t = CreatableTopic::default()
         .with_name(name(topic))
         .with_num_partitions(partitions)
         .with_replication_factor(1)
-        .with_configs(vec![cfg]);
+        .with_configs(configs);
     let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
     assert_eq!(r.topics[0].error_code, 0, "create {topic}");
 }
@@ -66,10 +75,10 @@ fn fetch(c: &mut Conn, topic: &str, partition: i32, offset: i64) -> (i16, i64, B
     (p.error_code, p.high_watermark, p.records.clone().unwrap_or_default())
 }
 
-/// Every stored byte of a partition, fetched from offset 0 batch by batch.
+/// Every stored byte of a partition, fetched from its log start.
 fn fetch_all(c: &mut Conn, topic: &str, partition: i32) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let mut at = 0;
+    let mut at = earliest(c, topic, partition);
     loop {
         let (err, hw, records) = fetch(c, topic, partition, at);
         assert_eq!(err, 0, "fetch {topic}[{partition}] at {at}");
@@ -181,6 +190,24 @@ fn retention_ms_drops_old_data_and_its_objects() {
     let (err, hw, records) = fetch(&mut c, "r", 0, 1000);
     assert_eq!((err, hw), (0, 1001));
     assert!(!records.is_empty());
+}
+
+#[test]
+fn retention_bytes_keeps_the_newest_batches_within_the_bound() {
+    let f = Floe::start(temp_dir("retention-bytes"), FAST);
+    let mut c = Conn::connect(&f.bootstrap());
+    create_with(&mut c, "b", 1, &[("retention.ms", -1), ("retention.bytes", 50_000)]);
+    let one = batch(10, 1000);
+    for _ in 0..40 {
+        produce(&mut c, "b", 0, one.clone());
+    }
+    // 40 batches of ~10 KB: the newest that fit in 50,000 bytes stay.
+    let keep = 50_000 / one.len() as i64;
+    wait_until("retention.bytes", Duration::from_secs(30), || earliest(&mut c, "b", 0) == (40 - keep) * 10);
+    let kept = fetch_all(&mut c, "b", 0);
+    assert_eq!(kept.len() as i64, keep);
+    assert!(kept.iter().map(Bytes::len).sum::<usize>() <= 50_000);
+    assert_eq!(fetch(&mut c, "b", 0, 0).0, OFFSET_OUT_OF_RANGE);
 }
 
 #[test]

@@ -14,16 +14,19 @@
 //! **Sweeping** deletes garbage, never before the entry that made it garbage
 //! is durable, and after `sweep_grace` for reads in flight:
 //! - data objects no batch references;
-//! - WAL objects below `compacted_below` that no batch references, and only
-//!   below a checkpoint this owner wrote (a new owner replays from the newest
-//!   checkpoint, never from before it). Before relying on checkpoint `c`, it
+//! - WAL objects that no batch references, only below a checkpoint this
+//!   owner wrote (a new owner replays from the newest checkpoint, never from
+//!   before it). Before relying on checkpoint `c`, it
 //!   checks that no newer epoch exists: an opener that claimed its epoch
 //!   before that check is seen and sweeping stops; one that claims later
 //!   LISTs checkpoints after `c` was durable, so it starts at `c` or later.
 //!   This needs a LIST that shows every completed PUT (S3, GCS, Azure, file
 //!   systems);
-//! - fence tombstones are never deleted (see `State::fences`);
-//! - older checkpoints, under the same check.
+//! - each owner's fence tombstone F is never deleted (see `State::fences`);
+//! - older checkpoints, under the same check, before any of the above: a
+//!   LIST can then show no checkpoint older than a deleted object. An opener
+//!   also fails closed when checkpoints are listed but none is valid, and
+//!   when an object exists past its new fence window (it fell into a hole).
 //!
 //! A `Sweep` entry then records what is gone, so the next owner does not
 //! redo it; redoing is harmless (deleting twice is a no-op).
@@ -206,61 +209,56 @@ impl Maintainer {
             }
             let st = &core.durable;
             let ckpt = core.last_ckpt.map(|(c, _)| c);
-            let wal_below = st.compacted_below.min(ckpt.unwrap_or(0)).min(st.swept_below.max(self.queued_below) + SWEEP_SEQS);
-            let mut fresh: Vec<ObjId> = st.garbage.iter().filter(|o| !self.queued.contains(o)).copied().collect();
-            for q in st.swept_below.max(self.queued_below)..wal_below {
+            let below = ckpt.unwrap_or(0);
+            // WAL objects only below our checkpoint (a new owner replays from
+            // it or later), and never a fence.
+            let deletable = |o: &ObjId| o.wal_seq().is_none_or(|q| q < below && !st.is_fence(q));
+            let mut fresh: Vec<ObjId> =
+                st.garbage.iter().filter(|o| deletable(o) && !self.queued.contains(o)).copied().collect();
+            let from = st.swept_below.max(self.queued_below);
+            let wal_below = below.min(from + SWEEP_SEQS).max(from);
+            for q in from..wal_below {
                 let o = ObjId::wal(q);
-                if !st.refs.contains_key(&o) && !st.is_fence(q) && !self.queued.contains(&o) {
+                if !st.refs.contains_key(&o) && deletable(&o) && !self.queued.contains(&o) {
                     fresh.push(o);
                 }
             }
             if !fresh.is_empty() || wal_below > self.queued_below {
                 self.queued.extend(fresh.iter().copied());
-                self.queued_below = self.queued_below.max(wal_below);
-                self.queue.push_back((now, self.queued_below, fresh));
+                self.queued_below = wal_below;
+                self.queue.push_back((now, wal_below, fresh));
             }
-            // Compacted WAL objects wait for a checkpoint past them.
+            // Compacted or emptied WAL objects wait for a checkpoint past them.
+            // Metadata-only objects (this task's own entries among them) never
+            // ask for one: an idle shard must settle.
             let stale = core.last_ckpt.is_none_or(|(_, at)| at.elapsed() >= cfg.checkpoint_interval);
-            let behind = st.compacted_below > ckpt.unwrap_or(0) || (ckpt.is_none() && !self.queue.is_empty());
-            (ckpt, stale && behind && core.acked_seq.is_some())
+            let waiting = st.compacted_below > below || st.garbage.iter().any(|o| o.wal_seq().is_some_and(|q| q >= below));
+            (ckpt, stale && waiting && core.acked_seq.is_some())
         };
         if want_ckpt {
             flush::checkpoint(&inner).await?;
         }
         let Some(ckpt) = ckpt else { return Ok(()) };
         let mut due: Vec<ObjId> = Vec::new();
-        let mut wal_below = 0;
+        let (mut wal_below, mut first_at) = (0, None);
         while let Some((at, below, _)) = self.queue.front() {
             if now.duration_since(*at) < grace {
                 break;
             }
+            first_at.get_or_insert(*at);
             wal_below = wal_below.max(*below);
             due.extend(self.queue.pop_front().map(|q| q.2).unwrap_or_default());
         }
-        if due.is_empty() && wal_below == 0 {
-            return Ok(());
+        let Some(first_at) = first_at else { return Ok(()) };
+        match self.delete(ckpt, &due).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                // Nothing is lost: try the same objects again next round.
+                self.queue.push_front((first_at, wal_below, due));
+                return Err(e);
+            }
         }
-        if !self.still_owner(ckpt).await? {
-            return Ok(());
-        }
-        let mut paths: Vec<_> = due.iter().map(|&o| obj_path(&inner.prefix, o)).collect();
-        let old_ckpts = self.old_checkpoints(ckpt).await?;
-        paths.extend(old_ckpts.iter().map(|&s| ckpt_path(&inner.prefix, s)));
-        if !self.listed {
-            paths.extend(self.orphans().await?);
-            self.listed = true;
-        }
-        let n = paths.len() as u64;
-        futures::stream::iter(paths)
-            .map(|p| {
-                let inner = inner.clone();
-                async move { put::delete(&*inner.store, &p, cfg.put_timeout).await }
-            })
-            .buffer_unordered(DELETE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        cfg.stats.deleted_objects.fetch_add(n, Relaxed);
-        inner.lock().own_ckpts.retain(|s| !old_ckpts.contains(s));
         for o in &due {
             self.queued.remove(o);
         }
@@ -269,6 +267,36 @@ impl Maintainer {
             due.into_iter().filter(|o| core.durable.garbage.contains(o)).collect()
         };
         self.log.append(vec![Entry::Sweep { wal_below, forget }]).await?.durable().await
+    }
+
+    /// Deletes older checkpoints first (so no LIST shows one older than the
+    /// objects that are gone), then `due`. False when a newer owner exists.
+    async fn delete(&mut self, ckpt: u64, due: &[ObjId]) -> Result<bool, Error> {
+        let inner = self.log.inner.clone();
+        if !self.still_owner(ckpt).await? {
+            return Ok(false);
+        }
+        let old_ckpts = self.old_checkpoints(ckpt).await?;
+        let mut first: Vec<_> = old_ckpts.iter().map(|&s| ckpt_path(&inner.prefix, s)).collect();
+        if !self.listed {
+            first.extend(self.orphans().await?);
+        }
+        let then: Vec<_> = due.iter().map(|&o| obj_path(&inner.prefix, o)).collect();
+        let n = (first.len() + then.len()) as u64;
+        for paths in [first, then] {
+            futures::stream::iter(paths)
+                .map(|p| {
+                    let inner = inner.clone();
+                    async move { put::delete(&*inner.store, &p, inner.cfg.put_timeout).await }
+                })
+                .buffer_unordered(DELETE_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        self.listed = true;
+        inner.cfg.stats.deleted_objects.fetch_add(n, Relaxed);
+        inner.lock().own_ckpts.retain(|s| !old_ckpts.contains(s));
+        Ok(true)
     }
 
     /// Whether no newer owner has claimed the shard since checkpoint `ckpt`

@@ -164,6 +164,12 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
         debug_assert!(seq >= core.first_own_seq, "only own flushes are acknowledged");
         (seq, format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable))
     };
+    // A stale owner's checkpoint could name a state older than objects a
+    // newer owner already swept; a stale owner that knows it writes none.
+    let next = super::epoch_path(&inner.prefix, inner.writer.epoch + 1);
+    if put::get_range(&*inner.store, &next, Some(0..8), inner.cfg.put_timeout).await?.is_some() {
+        return Err(Error::Fenced);
+    }
     let path = ckpt_path(&inner.prefix, seq);
     put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await?;
     inner.cfg.stats.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

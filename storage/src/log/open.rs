@@ -66,7 +66,7 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
                 }
                 if obj.tombstone {
                     fence_epoch = fence_epoch.max(obj.writer.epoch);
-                    state.note_fence(seq, seq + 1);
+                    state.note_tombstone(obj.writer.epoch, seq);
                 } else if obj.writer.epoch >= fence_epoch {
                     replay(&mut state, &mut tail, &obj, cfg.tail_bytes).map_err(|e| corrupt(&path, e))?;
                 }
@@ -87,7 +87,13 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
             // A stale owner's unacknowledged flush: below our fence, ignored.
         }
     }
-    state.note_fence(fence, fence + FENCE_WINDOW);
+    state.note_tombstone(writer.epoch, fence);
+    // Nothing can exist past the window unless the scan fell into a hole a
+    // sweep left (a checkpoint LIST did not show): then stop, never write.
+    let past = wal_path(prefix, fence + FENCE_WINDOW);
+    if put::get_range(store.as_ref(), &past, Some(0..8), cfg.put_timeout).await?.is_some() {
+        return Err(Error::Unavailable(format!("{past} exists past a new fence: the log has a hole; not opening")));
+    }
     // A newer owner may have swept WAL objects this scan went past (it
     // started from an older checkpoint): a hole there would look like the
     // fence. Sweeping only follows a newer owner's claim, so seeing no newer
@@ -155,9 +161,14 @@ async fn latest_checkpoint(
     let listed = list(store, &prefix.clone().join("ckpt"), cfg).await?;
     let mut seqs: Vec<u64> = listed.iter().filter_map(|m| seq_of(&m.location)).collect();
     seqs.sort_unstable_by(|a, b| b.cmp(a));
+    let mut skipped = 0;
     for seq in seqs {
         let path = ckpt_path(prefix, seq);
         let Some(body) = put::get(store, &path, cfg.put_timeout).await? else { continue };
+        if format::is_v1_checkpoint(&body) {
+            continue;
+        }
+        skipped += 1;
         let ckpt = match format::decode_checkpoint(body) {
             Ok(c) if c.seq == seq => c,
             Ok(_) => return Err(corrupt(&path, format::Corrupt("checkpoint names another seq"))),
@@ -169,6 +180,11 @@ async fn latest_checkpoint(
         if format::object_writer(&wal).ok().map(|w| w.epoch) == Some(ckpt.writer.epoch) {
             return Ok(Some(ckpt));
         }
+    }
+    // Checkpoints exist but none is valid: WAL objects below them may be
+    // gone, so replaying from seq 0 could fall into a hole. Fail closed.
+    if skipped > 0 {
+        return Err(Error::Unavailable("no valid checkpoint among those listed; not opening".into()));
     }
     Ok(None)
 }

@@ -69,7 +69,11 @@ impl ShardLog {
         Ok(out)
     }
 
+    /// Warms the cache with the blocks holding the next `bytes` of the
+    /// stream, at most `READ_AHEAD_BYTES` of blocks: in multi-partition
+    /// objects a partition's next bytes may be spread over many blocks.
     fn read_ahead(&self, stream: StreamId, from: i64, bytes: usize) {
+        let max_blocks = (READ_AHEAD_BYTES / self.inner.cfg.block_bytes).max(1);
         let blocks = {
             let core = self.inner.lock();
             let Some(s) = core.durable.streams.get(&stream) else { return };
@@ -84,11 +88,15 @@ impl ShardLog {
                     continue;
                 }
                 for id in self.blocks_of(loc) {
-                    if blocks.last() != Some(&id) && !cache.contains(id) {
+                    if !blocks.contains(&id) && !cache.contains(id) && !cache.loading.contains_key(&id) {
                         blocks.push(id);
                     }
                 }
+                if blocks.len() >= max_blocks {
+                    break;
+                }
             }
+            blocks.truncate(max_blocks);
             blocks
         };
         if blocks.is_empty() {
