@@ -77,16 +77,4 @@ for (sc, p), b in by.items():
     print(f'| {sc} | {p} | {f["records_per_s"]:,.0f} | {t["records_per_s"]:,.0f} | '
           f'{f["records_per_s"] / t["records_per_s"]:.2f} | {p99(f)} | {p99(t)} |')
 PY
-# Object-store cost of everything Floe wrote, compaction and checkpoints
-# included: wait for compaction of small WAL objects (--compact-after-ms,
-# default 60 s) and for sweeping, then PUTs per GiB produced.
-sleep "${SETTLE_S:-100}"
-metric() { curl -s "http://127.0.0.1:$fh/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
-python3 - "$(metric floe_store_puts_total)" "$(metric floe_produced_bytes_total)" \
-    "$(metric floe_compactions_total)" "$(metric floe_compacted_bytes_total)" "$(metric floe_deleted_objects_total)" <<'PY'
-import sys
-puts, produced, compactions, compacted, deleted = map(float, sys.argv[1:])
-gib = produced / 2**30
-print(f"\nFloe, whole run after settling: {puts:.0f} PUTs for {gib:.2f} GiB produced = {puts / gib:.1f} PUTs/GiB "
-      f"(compactions {compactions:.0f} moving {compacted / 2**20:.0f} MiB; {deleted:.0f} objects deleted)")
-PY
+# PUTs per GiB counting compaction at full throughput: bench/s3-cost.sh.

@@ -85,13 +85,13 @@ struct DevArgs {
     hedge_after_ms: Option<u64>,
     /// Memory for blocks of objects read back from the store (beyond the
     /// in-memory tail of recent writes); one GET serves every partition in a block.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
     read_cache_bytes: usize,
-    /// Size of a read-cache block: one ranged GET each. Smaller blocks waste
-    /// less of the cache when a partition's part of an object is small
-    /// (BENCHMARKS.md: 1 MiB read 1.4x what 64 catching-up partitions used
-    /// with a 256 MiB cache; 4 MiB read 15x).
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// Size of a read-cache block. Larger blocks mean fewer GETs on S3;
+    /// smaller ones waste less cache when each partition's part of an object
+    /// is small (BENCHMARKS.md: 64 partitions catching up read 15x what they
+    /// used with 4 MiB blocks in 256 MiB of cache, 1.06x in 1 GiB).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     block_bytes: usize,
     /// Compaction's data-object size; WAL objects of at least half that are
     /// kept as they are. 0 turns compaction off.

@@ -118,7 +118,7 @@ impl Default for LogConfig {
             timer_in_flight: 4,
             max_pending_bytes: 64 << 20,
             tail_bytes: 64 << 20,
-            read_cache_bytes: 256 << 20,
+            read_cache_bytes: 1 << 30,
             put_timeout: Duration::from_secs(10),
             put_attempts: 5,
             hedge_after: None,
@@ -129,7 +129,7 @@ impl Default for LogConfig {
             sweep_grace: Some(Duration::from_secs(30)),
             maintain_every: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(30),
-            block_bytes: 1 << 20,
+            block_bytes: 4 << 20,
             stats: Arc::default(),
         }
     }

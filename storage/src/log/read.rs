@@ -9,13 +9,16 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::cache::BlockId;
+use super::cache::{BlockCache, BlockId, Loading};
 use super::{obj_path, put, with_base_offset, Inner, Read, ShardLog};
 use crate::state::BatchLoc;
 use crate::{Error, StreamId};
 
-/// Blocks one read fetches from the store at once.
+/// GETs one read has running at once.
 const READ_CONCURRENCY: usize = 8;
+/// Largest ranged GET: consecutive blocks one read needs are fetched
+/// together up to this size.
+const MAX_GET_BYTES: usize = 16 << 20;
 /// How far past a read that missed the tail the cache is warmed.
 const READ_AHEAD_BYTES: usize = 16 << 20;
 
@@ -103,14 +106,8 @@ impl ShardLog {
             return;
         }
         let log = self.clone();
-        tokio::spawn(async move {
-            let loads = blocks.into_iter().map(|id| {
-                let log = log.clone();
-                async move { log.block(id).await }
-            });
-            // A failure here only costs the cache a miss later.
-            let _ = futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).collect::<Vec<_>>().await;
-        });
+        // A failure here only costs the cache a miss later.
+        tokio::spawn(async move { log.blocks(blocks).await });
     }
 
     fn blocks_of(&self, loc: &BatchLoc) -> impl Iterator<Item = BlockId> {
@@ -135,11 +132,7 @@ impl ShardLog {
         let stats = &self.inner.cfg.stats;
         stats.cache_hits.fetch_add((wanted.len() - misses) as u64, Relaxed);
         stats.cache_misses.fetch_add(misses as u64, Relaxed);
-        let blocks = futures::stream::iter(wanted)
-            .map(|id| async move { self.block(id).await.map(|b| (id, b)) })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_collect::<HashMap<BlockId, Bytes>>()
-            .await?;
+        let blocks = self.blocks(wanted).await?;
         let size = self.inner.cfg.block_bytes;
         let mut out = Vec::with_capacity(locs.len());
         for l in locs {
@@ -169,37 +162,83 @@ impl ShardLog {
         Ok((out, misses > 0))
     }
 
-    /// One block: cached, already being loaded (joined), or one ranged GET.
-    async fn block(&self, id: BlockId) -> Result<Bytes, Error> {
-        let load = {
+    /// Blocks from the cache, from GETs already running (joined), else from
+    /// the store: consecutive missing blocks of one object are fetched by one
+    /// ranged GET of up to `MAX_GET_BYTES` (fewer round trips on S3) and
+    /// cached block by block.
+    async fn blocks(&self, mut ids: Vec<BlockId>) -> Result<HashMap<BlockId, Bytes>, Error> {
+        ids.sort_unstable();
+        ids.dedup();
+        let span = (MAX_GET_BYTES / self.inner.cfg.block_bytes).max(1);
+        let mut ready = HashMap::with_capacity(ids.len());
+        let mut waits: Vec<(BlockId, Loading)> = Vec::new();
+        {
             let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(b) = cache.get(id) {
-                return Ok(b);
-            }
-            match cache.loading.get(&id) {
-                Some(l) => l.clone(),
-                None => {
-                    let l = load_block(self.inner.clone(), id).boxed().shared();
-                    cache.loading.insert(id, l.clone());
-                    l
+            let mut run: Vec<BlockId> = Vec::new();
+            for id in ids {
+                if let Some(b) = cache.get(id) {
+                    ready.insert(id, b);
+                    continue;
                 }
+                if let Some(l) = cache.loading.get(&id) {
+                    waits.push((id, l.clone()));
+                    continue;
+                }
+                let extends = run.last().is_some_and(|l: &BlockId| l.0 == id.0 && l.1 + 1 == id.1 && run.len() < span);
+                if !extends {
+                    self.start_get(&mut cache, std::mem::take(&mut run), &mut waits);
+                }
+                run.push(id);
             }
-        };
-        load.await
+            self.start_get(&mut cache, run, &mut waits);
+        }
+        let loads: Vec<_> = waits.into_iter().map(|(id, l)| l.map(move |r| r.map(|b| (id, b)))).collect();
+        let loaded =
+            futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).try_collect::<Vec<_>>().await?;
+        ready.extend(loaded);
+        Ok(ready)
+    }
+
+    /// Starts one ranged GET for consecutive blocks `run` and registers each
+    /// block as loading, so other readers join it.
+    fn start_get(&self, cache: &mut BlockCache, run: Vec<BlockId>, waits: &mut Vec<(BlockId, Loading)>) {
+        if run.is_empty() {
+            return;
+        }
+        let size = self.inner.cfg.block_bytes;
+        let whole = load_range(self.inner.clone(), run.clone()).boxed().shared();
+        for (i, id) in run.into_iter().enumerate() {
+            let block: Loading = whole
+                .clone()
+                .map(move |r| r.map(|b| b.slice((i * size).min(b.len())..((i + 1) * size).min(b.len()))))
+                .boxed()
+                .shared();
+            cache.loading.insert(id, block.clone());
+            waits.push((id, block));
+        }
     }
 }
 
-/// GETs one block into the cache.
-async fn load_block(inner: Arc<Inner>, id: BlockId) -> Result<Bytes, Error> {
-    let path = obj_path(&inner.prefix, id.0);
+/// GETs consecutive blocks of one object in one ranged GET into the cache.
+async fn load_range(inner: Arc<Inner>, run: Vec<BlockId>) -> Result<Bytes, Error> {
+    let (obj, first) = run[0];
+    let path = obj_path(&inner.prefix, obj);
     let size = inner.cfg.block_bytes as u64;
-    let range = id.1 as u64 * size..(id.1 as u64 + 1) * size;
+    let range = first as u64 * size..(first as u64 + run.len() as u64) * size;
     let got = put::get_range(&*inner.store, &path, Some(range), inner.cfg.put_timeout).await;
     let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-    cache.loading.remove(&id);
+    for id in &run {
+        cache.loading.remove(id);
+    }
     match got? {
         Some(b) => {
-            cache.insert(id, b.clone());
+            for (i, id) in run.iter().enumerate() {
+                let start = (i * size as usize).min(b.len());
+                let end = ((i + 1) * size as usize).min(b.len());
+                if start < end {
+                    cache.insert(*id, b.slice(start..end));
+                }
+            }
             Ok(b)
         }
         None => Err(Error::Unavailable(format!("{path} is in the index but not in the store"))),
