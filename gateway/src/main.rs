@@ -13,6 +13,12 @@ use floe_storage::LogConfig;
 use floe_worker::{LocalWorker, WorkerConfig};
 use tracing_subscriber::EnvFilter;
 
+// Reads and fetch responses allocate buffers of megabytes; glibc serves
+// those with fresh mmaps, so every one page-faults and is zeroed again
+// (perf: 30% of a consuming process in page faults). mimalloc reuses them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "floe", version, about = "Serverless, Kafka-compatible streaming on object storage")]
 struct Cli {

@@ -19,8 +19,14 @@ const READ_CONCURRENCY: usize = 8;
 /// Largest ranged GET: consecutive blocks one read needs are fetched
 /// together up to this size.
 const MAX_GET_BYTES: usize = 16 << 20;
-/// How far past a read that missed the tail the cache is warmed.
-const READ_AHEAD_BYTES: usize = 16 << 20;
+/// How far past a read that missed the tail the cache is warmed, in the
+/// stream's own bytes.
+const READ_AHEAD_BYTES: usize = 64 << 20;
+/// Blocks read-ahead may have loading at once, per shard: deep enough to
+/// keep GETs going for a consumer of many partitions (each block of a WAL
+/// object holds a little of every partition), bounded so that many
+/// partitions' read-aheads cannot flood the cache.
+const READ_AHEAD_BLOCKS: usize = 16;
 
 impl ShardLog {
     /// Reads whole batches from `from` on, up to `max_bytes`, never past the
@@ -66,21 +72,25 @@ impl ShardLog {
         }
         // A reader the store had to serve is likely to continue: warm the
         // cache with the blocks holding what follows, if it can hold them.
-        if went_to_store && self.inner.cfg.read_cache_bytes >= READ_AHEAD_BYTES {
+        if went_to_store && self.inner.cfg.read_cache_bytes >= 4 * READ_AHEAD_BLOCKS * self.inner.cfg.block_bytes {
             self.read_ahead(stream, read_to, max_bytes.max(READ_AHEAD_BYTES));
         }
         Ok(out)
     }
 
     /// Warms the cache with the blocks holding the next `bytes` of the
-    /// stream, at most `READ_AHEAD_BYTES` of blocks: in multi-partition
-    /// objects a partition's next bytes may be spread over many blocks.
+    /// stream, while fewer than `READ_AHEAD_BLOCKS` blocks are loading: in
+    /// multi-partition objects a partition's next bytes are spread over many
+    /// blocks.
     fn read_ahead(&self, stream: StreamId, from: i64, bytes: usize) {
-        let max_blocks = (READ_AHEAD_BYTES / self.inner.cfg.block_bytes).max(1);
         let blocks = {
             let core = self.inner.lock();
             let Some(s) = core.durable.streams.get(&stream) else { return };
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let max_blocks = READ_AHEAD_BLOCKS.saturating_sub(cache.loading.len());
+            if max_blocks == 0 {
+                return;
+            }
             let mut blocks: Vec<BlockId> = Vec::new();
             let mut total = 0usize;
             for loc in s.locs[s.find(from)..].iter().take_while(|l| {
