@@ -37,10 +37,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 use tokio::time::Instant;
 
-use super::{ckpt_path, data_path, epoch_path, flush, obj_path, put, Inner, ShardLog};
+use super::{ckpt_path, data_path, flush, obj_path, open, put, Inner, ShardLog};
 use crate::format;
 use crate::state::{BatchLoc, ObjId, State};
 use crate::{Entry, Error, Run, StreamId};
@@ -306,21 +306,13 @@ impl Maintainer {
             return Ok(true);
         }
         let inner = &self.log.inner;
-        let next = epoch_path(&inner.prefix, inner.writer.epoch + 1);
-        let found = tokio::time::timeout(inner.cfg.put_timeout, inner.store.head(&next)).await;
-        match found {
-            Ok(Err(object_store::Error::NotFound { .. })) => {
-                self.checked_ckpt = Some(ckpt);
-                Ok(true)
-            }
-            Ok(Ok(_)) => {
-                tracing::info!(prefix = %inner.prefix, "a newer owner exists; no more deletes from this one");
-                self.retired = true;
-                Ok(false)
-            }
-            Ok(Err(e)) => Err(Error::Unavailable(format!("head {next}: {e}"))),
-            Err(_) => Err(Error::Unavailable(format!("head {next} timed out"))),
+        if put::newer_owner(&*inner.store, &inner.prefix, inner.writer.epoch, inner.cfg.put_timeout).await? {
+            tracing::info!(prefix = %inner.prefix, "a newer owner exists; no more deletes from this one");
+            self.retired = true;
+            return Ok(false);
         }
+        self.checked_ckpt = Some(ckpt);
+        Ok(true)
     }
 
     /// Checkpoints older than `ckpt`: this owner's, and the first time also
@@ -330,8 +322,8 @@ impl Maintainer {
         let mut old: Vec<u64> = inner.lock().own_ckpts.iter().copied().filter(|&s| s < ckpt).collect();
         if !self.listed {
             let dir = inner.prefix.clone().join("ckpt");
-            let listed = list(&inner, &dir).await?;
-            old.extend(listed.iter().filter_map(|p| p.filename()?.parse::<u64>().ok()).filter(|&s| s < ckpt));
+            let listed = open::list(&*inner.store, &dir, &inner.cfg).await?;
+            old.extend(listed.iter().filter_map(|m| m.location.filename()?.parse::<u64>().ok()).filter(|&s| s < ckpt));
             old.sort_unstable();
             old.dedup();
         }
@@ -342,11 +334,12 @@ impl Maintainer {
     /// that never got their entry into the valid log. One LIST per owner.
     async fn orphans(&self) -> Result<Vec<object_store::path::Path>, Error> {
         let inner = &self.log.inner;
-        let listed = list(inner, &inner.prefix.clone().join("data")).await?;
+        let listed = open::list(&*inner.store, &inner.prefix.clone().join("data"), &inner.cfg).await?;
         let core = inner.lock();
         let st = &core.durable;
         Ok(listed
             .into_iter()
+            .map(|m| m.location)
             .filter(|p| {
                 let Some((e, n)) = p.filename().and_then(|f| f.split_once('-')) else { return false };
                 let (Ok(e), Ok(n)) = (e.parse::<u64>(), n.parse::<u64>()) else { return false };
@@ -354,14 +347,6 @@ impl Maintainer {
                 e < inner.writer.epoch && !st.refs.contains_key(&o) && !st.garbage.contains(&o)
             })
             .collect())
-    }
-}
-
-async fn list(inner: &Inner, dir: &object_store::path::Path) -> Result<Vec<object_store::path::Path>, Error> {
-    let listing = inner.store.list(Some(dir)).map_ok(|m| m.location).try_collect::<Vec<_>>();
-    match tokio::time::timeout(inner.cfg.put_timeout, listing).await {
-        Ok(r) => r.map_err(|e| Error::Unavailable(e.to_string())),
-        Err(_) => Err(Error::Unavailable(format!("list {dir} timed out"))),
     }
 }
 

@@ -166,8 +166,7 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
     };
     // A stale owner's checkpoint could name a state older than objects a
     // newer owner already swept; a stale owner that knows it writes none.
-    let next = super::epoch_path(&inner.prefix, inner.writer.epoch + 1);
-    if put::get_range(&*inner.store, &next, Some(0..8), inner.cfg.put_timeout).await?.is_some() {
+    if put::newer_owner(&*inner.store, &inner.prefix, inner.writer.epoch, inner.cfg.put_timeout).await? {
         return Err(Error::Fenced);
     }
     let path = ckpt_path(&inner.prefix, seq);

@@ -91,14 +91,14 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
     // Nothing can exist past the window unless the scan fell into a hole a
     // sweep left (a checkpoint LIST did not show): then stop, never write.
     let past = wal_path(prefix, fence + FENCE_WINDOW);
-    if put::get_range(store.as_ref(), &past, Some(0..8), cfg.put_timeout).await?.is_some() {
+    if put::exists(store.as_ref(), &past, cfg.put_timeout).await? {
         return Err(Error::Unavailable(format!("{past} exists past a new fence: the log has a hole; not opening")));
     }
     // A newer owner may have swept WAL objects this scan went past (it
     // started from an older checkpoint): a hole there would look like the
     // fence. Sweeping only follows a newer owner's claim, so seeing no newer
     // epoch now means no hole was ours to fall into.
-    if put::get_range(store.as_ref(), &epoch_path(prefix, writer.epoch + 1), Some(0..8), cfg.put_timeout).await?.is_some() {
+    if put::newer_owner(store.as_ref(), prefix, writer.epoch, cfg.put_timeout).await? {
         return Err(Error::Fenced);
     }
     tracing::info!(%prefix, epoch = writer.epoch, fence, "shard opened");
@@ -191,7 +191,7 @@ async fn latest_checkpoint(
 
 /// LIST is a hint (its order is not guaranteed, and it may miss the newest
 /// objects); callers only use it to choose where to start probing.
-async fn list(store: &dyn ObjectStore, dir: &Path, cfg: &LogConfig) -> Result<Vec<object_store::ObjectMeta>, Error> {
+pub(super) async fn list(store: &dyn ObjectStore, dir: &Path, cfg: &LogConfig) -> Result<Vec<object_store::ObjectMeta>, Error> {
     match tokio::time::timeout(cfg.put_timeout, store.list(Some(dir)).try_collect::<Vec<_>>()).await {
         Ok(r) => r.map_err(unavailable),
         Err(_) => Err(Error::Unavailable(format!("list {dir} timed out"))),

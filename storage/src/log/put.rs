@@ -168,6 +168,18 @@ pub(crate) async fn get_range(
     Err(Error::Unavailable(format!("get {path}: {last}")))
 }
 
+/// Whether an object exists, retried like [`get`]: a HEAD, done as a GET of
+/// its first bytes (every log object has a header).
+pub(crate) async fn exists(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<bool, Error> {
+    Ok(get_range(store, path, Some(0..8), timeout).await?.is_some())
+}
+
+/// Whether an owner newer than `epoch` has claimed the shard at `prefix`.
+/// Epochs are claimed in order, so looking at `epoch + 1` is enough.
+pub(crate) async fn newer_owner(store: &dyn ObjectStore, prefix: &Path, epoch: u64, timeout: Duration) -> Result<bool, Error> {
+    exists(store, &super::epoch_path(prefix, epoch + 1), timeout).await
+}
+
 /// DELETE, retried; an object already gone counts as deleted.
 pub(crate) async fn delete(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<(), Error> {
     let mut last = String::new();
