@@ -127,7 +127,9 @@ impl ProducerContext for Delivery {
     fn delivery(&self, result: &DeliveryResult<'_>, sent_us: usize) {
         match result {
             Ok(_) => {
-                let us = (self.base.elapsed().as_micros() as u64).saturating_sub(sent_us as u64).max(1);
+                let us = (self.base.elapsed().as_micros() as u64)
+                    .saturating_sub(sent_us as u64)
+                    .max(1);
                 let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = h.record(us);
                 self.delivered.fetch_add(1, Relaxed);
@@ -189,8 +191,9 @@ fn consumer_at_end(a: &Args, topic: &str) -> anyhow::Result<BaseConsumer> {
 }
 
 async fn ensure_topic(a: &Args, topic: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &a.bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &a.bootstrap)
+        .create()?;
     let t = NewTopic::new(topic, a.partitions, TopicReplication::Fixed(1));
     let r = admin.create_topics([&t], &AdminOptions::new()).await?;
     match &r[0] {
@@ -203,7 +206,12 @@ async fn ensure_topic(a: &Args, topic: &str) -> anyhow::Result<()> {
 /// Offers `a.records` records, paced to `a.rate` when set; each payload starts
 /// with its send time (µs since `base`). Returns when all are delivered.
 fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Histogram<u64>)> {
-    let ctx = Delivery { base, latency: Mutex::new(histogram()), delivered: AtomicU64::new(0), failed: AtomicU64::new(0) };
+    let ctx = Delivery {
+        base,
+        latency: Mutex::new(histogram()),
+        delivered: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    };
     let p = producer(a, ctx)?;
     let mut value = vec![b'x'; a.size.max(8)];
     let start = Instant::now();
@@ -218,7 +226,9 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Hi
         let sent_us = base.elapsed().as_micros() as u64;
         value[..8].copy_from_slice(&sent_us.to_be_bytes());
         let part = (i % a.partitions as u64) as i32;
-        let mut rec = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, sent_us as usize).payload(&value).partition(part);
+        let mut rec = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, sent_us as usize)
+            .payload(&value)
+            .partition(part);
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -236,7 +246,11 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Hi
     if failed > 0 {
         bail!("{failed} records failed to deliver");
     }
-    let h = ctx.latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let h = ctx
+        .latency
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     Ok((took, h))
 }
 
@@ -246,7 +260,11 @@ const STALL: Duration = Duration::from_secs(30);
 /// Reads until `want` records arrived; records send → receive latency. The
 /// clock starts at the first record, so connecting and looking up offsets
 /// are not counted as throughput (as rdkafka_performance does).
-fn consume(c: &BaseConsumer, want: u64, base: Instant) -> anyhow::Result<(Duration, Histogram<u64>)> {
+fn consume(
+    c: &BaseConsumer,
+    want: u64,
+    base: Instant,
+) -> anyhow::Result<(Duration, Histogram<u64>)> {
     let mut h = histogram();
     let mut start = None;
     let mut last = Instant::now();
@@ -255,13 +273,19 @@ fn consume(c: &BaseConsumer, want: u64, base: Instant) -> anyhow::Result<(Durati
         if last.elapsed() > STALL {
             bail!("no record for {STALL:?} after {n} of {want}");
         }
-        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         last = Instant::now();
         start.get_or_insert(last);
         let m = m.context("consume")?;
         if let Some(v) = m.payload().filter(|v| v.len() >= 8) {
             let sent = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-            let _ = h.record((base.elapsed().as_micros() as u64).saturating_sub(sent).max(1));
+            let _ = h.record(
+                (base.elapsed().as_micros() as u64)
+                    .saturating_sub(sent)
+                    .max(1),
+            );
         }
         n += 1;
     }
@@ -271,22 +295,35 @@ fn consume(c: &BaseConsumer, want: u64, base: Instant) -> anyhow::Result<(Durati
 fn store_puts(url: &str) -> anyhow::Result<(f64, f64)> {
     // A tiny HTTP GET keeps the bench free of an HTTP client dependency.
     use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").context("--metrics-url is http://HOST:PORT/metrics")?;
+    let rest = url
+        .strip_prefix("http://")
+        .context("--metrics-url is http://HOST:PORT/metrics")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, "metrics"));
     let mut s = std::net::TcpStream::connect(host)?;
-    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     let value = |name: &str| {
-        body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
-    Ok((value("floe_store_puts_total "), value("floe_produced_bytes_total ")))
+    Ok((
+        value("floe_store_puts_total "),
+        value("floe_produced_bytes_total "),
+    ))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let topic = a.topic.clone().unwrap_or_else(|| format!("bench-{}p", a.partitions));
+    let topic = a
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}p", a.partitions));
     ensure_topic(&a, &topic).await?;
     let before = a.metrics_url.as_deref().map(store_puts).transpose()?;
     let base = Instant::now();
@@ -307,7 +344,9 @@ async fn main() -> anyhow::Result<()> {
             let want = a.records;
             let reader = std::thread::spawn(move || consume(&c, want, base));
             let (took, h) = produce(&a, &topic, base)?;
-            let (_, e2e) = reader.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+            let (_, e2e) = reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
             (took, Some(h), Some(e2e))
         }
     };
@@ -315,9 +354,10 @@ async fn main() -> anyhow::Result<()> {
     let secs = took.as_secs_f64();
     let bytes = a.records as f64 * a.size as f64;
     let (puts_per_gib, puts_per_s) = match (before, after) {
-        (Some((p0, b0)), Some((p1, b1))) if b1 > b0 => {
-            (Some((p1 - p0) / ((b1 - b0) / (1u64 << 30) as f64)), Some((p1 - p0) / secs / a.shards as f64))
-        }
+        (Some((p0, b0)), Some((p1, b1))) if b1 > b0 => (
+            Some((p1 - p0) / ((b1 - b0) / (1u64 << 30) as f64)),
+            Some((p1 - p0) / secs / a.shards as f64),
+        ),
         _ => (None, None),
     };
     let report = Report {
@@ -341,11 +381,23 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "{:?} {} x {} B, {} partitions: {:.2}s, {:.0} records/s, {:.1} MB/s",
-        report.scenario, report.records, report.record_bytes, report.partitions, secs, report.records_per_s, report.mb_per_s
+        report.scenario,
+        report.records,
+        report.record_bytes,
+        report.partitions,
+        secs,
+        report.records_per_s,
+        report.mb_per_s
     );
-    for (name, l) in [("produce", &report.produce_latency), ("e2e", &report.e2e_latency)] {
+    for (name, l) in [
+        ("produce", &report.produce_latency),
+        ("e2e", &report.e2e_latency),
+    ] {
         if let Some(l) = l {
-            println!("  {name} latency: p50 {} us, p99 {} us, p999 {} us, max {} us", l.p50_us, l.p99_us, l.p999_us, l.max_us);
+            println!(
+                "  {name} latency: p50 {} us, p99 {} us, p999 {} us, max {} us",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us
+            );
         }
     }
     if let (Some(g), Some(s)) = (report.puts_per_gib, report.puts_per_s_per_shard) {

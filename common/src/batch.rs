@@ -96,10 +96,14 @@ pub fn parse(b: &[u8]) -> Result<BatchHeader, BatchError> {
         record_count: i32_at(b, 57),
     };
     if header.last_offset_delta < 0 || header.record_count < 0 {
-        return Err(BatchError::Invalid("negative lastOffsetDelta or recordCount"));
+        return Err(BatchError::Invalid(
+            "negative lastOffsetDelta or recordCount",
+        ));
     }
     if header.record_count > header.last_offset_delta + 1 {
-        return Err(BatchError::Invalid("recordCount exceeds lastOffsetDelta + 1"));
+        return Err(BatchError::Invalid(
+            "recordCount exceeds lastOffsetDelta + 1",
+        ));
     }
     Ok(header)
 }
@@ -157,7 +161,10 @@ pub(crate) mod tests {
     fn parses_and_rejects() {
         let b = sample(3, 1000);
         let h = parse(&b).expect("valid");
-        assert_eq!((h.record_count, h.offset_count(), h.max_timestamp), (3, 3, 1000));
+        assert_eq!(
+            (h.record_count, h.offset_count(), h.max_timestamp),
+            (3, 3, 1000)
+        );
         let mut bad = b.clone();
         *bad.last_mut().expect("nonempty") ^= 1;
         assert_eq!(parse(&bad), Err(BatchError::Crc));
@@ -174,7 +181,10 @@ pub(crate) mod tests {
         let batches = split(Bytes::from(two)).expect("valid");
         assert_eq!(batches.len(), 2);
         let stored = set_leader_epoch(batches[1].1.clone(), 7);
-        assert_eq!(i32::from_be_bytes(stored[12..16].try_into().expect("4 bytes")), 7);
+        assert_eq!(
+            i32::from_be_bytes(stored[12..16].try_into().expect("4 bytes")),
+            7
+        );
         assert!(parse(&stored).is_ok());
     }
 }

@@ -23,7 +23,9 @@ impl TenantId {
     pub fn new(id: &str) -> Result<Self, InvalidTenantId> {
         let ok = !id.is_empty()
             && id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
             return Err(InvalidTenantId(id.to_string()));
         }

@@ -23,7 +23,9 @@ pub fn code(e: &WorkerError) -> i16 {
 pub fn batch_code(e: &BatchError) -> i16 {
     match e {
         BatchError::Magic(_) => E::InvalidRecord,
-        BatchError::Empty | BatchError::Truncated | BatchError::Crc | BatchError::Invalid(_) => E::CorruptMessage,
+        BatchError::Empty | BatchError::Truncated | BatchError::Crc | BatchError::Invalid(_) => {
+            E::CorruptMessage
+        }
     }
     .code()
 }

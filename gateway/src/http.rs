@@ -28,7 +28,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| route(req, metrics.clone()));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection");
             }
@@ -36,13 +37,31 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
     }
 }
 
-async fn route(req: Request<Incoming>, metrics: Arc<Metrics>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    req: Request<Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(metrics.render())),
-        (_, "/healthz" | "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", Bytes::from_static(b"GET only\n")),
-        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(metrics.render()),
+        ),
+        (_, "/healthz" | "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"GET only\n"),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found\n"),
+        ),
     };
-    let resp = Response::builder().status(status).header("content-type", ctype).body(Full::new(body));
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body));
     Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
 }

@@ -42,6 +42,11 @@ pub struct Gateway<W> {
 impl<W> Gateway<W> {
     pub fn new(worker: Arc<W>, settings: Settings, metrics: Arc<metrics::Metrics>) -> Self {
         let dev_tenant = TenantId::new("dev").expect("a valid tenant id");
-        Self { worker, settings, metrics, dev_tenant }
+        Self {
+            worker,
+            settings,
+            metrics,
+            dev_tenant,
+        }
     }
 }

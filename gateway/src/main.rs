@@ -20,7 +20,11 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "floe", version, about = "Serverless, Kafka-compatible streaming on object storage")]
+#[command(
+    name = "floe",
+    version,
+    about = "Serverless, Kafka-compatible streaming on object storage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,11 +131,15 @@ struct DevArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Dev(args) => rt.block_on(dev(args)),
     }
@@ -148,15 +156,24 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         block_bytes: a.block_bytes,
         compact_bytes: a.compact_bytes,
         compact_after: Duration::from_millis(a.compact_after_ms),
-        sweep_grace: u64::try_from(a.sweep_grace_ms).ok().map(Duration::from_millis),
+        sweep_grace: u64::try_from(a.sweep_grace_ms)
+            .ok()
+            .map(Duration::from_millis),
         checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
         maintain_every: Duration::from_millis(a.maintain_every_ms),
         ..LogConfig::default()
     };
-    log.validate().map_err(anyhow::Error::msg).context("invalid log settings")?;
-    anyhow::ensure!(a.default_partitions >= 1, "--default-partitions must be at least 1");
+    log.validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid log settings")?;
+    anyhow::ensure!(
+        a.default_partitions >= 1,
+        "--default-partitions must be at least 1"
+    );
     let url = a.store.clone().unwrap_or_else(|| a.data_dir.clone());
-    let mut raw = store::from_url(&url, a.fsync).map_err(anyhow::Error::msg).context("opening the object store")?;
+    let mut raw = store::from_url(&url, a.fsync)
+        .map_err(anyhow::Error::msg)
+        .context("opening the object store")?;
     if let Some(model) = a.store_latency {
         tracing::warn!(?model, "object-store calls are delayed by a latency model");
         raw = Arc::new(floe_storage::latency::Latency::new(raw, model, 0x5eed));
@@ -164,14 +181,29 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     let counted = Arc::new(Counting::new(raw));
     let metrics = Arc::new(Metrics::new(counted.stats.clone(), log.stats.clone()));
     let retention_every = Duration::from_millis(a.retention_every_ms);
-    anyhow::ensure!(!retention_every.is_zero(), "--retention-every-ms must be positive");
-    let worker = Arc::new(LocalWorker::new(counted, WorkerConfig { log, retention_every }));
+    anyhow::ensure!(
+        !retention_every.is_zero(),
+        "--retention-every-ms must be positive"
+    );
+    let worker = Arc::new(LocalWorker::new(
+        counted,
+        WorkerConfig {
+            log,
+            retention_every,
+        },
+    ));
 
-    let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen).await.context("binding the Kafka listener")?;
-    let http_listener = tokio::net::TcpListener::bind(a.http_listen).await.context("binding the HTTP listener")?;
+    let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen)
+        .await
+        .context("binding the Kafka listener")?;
+    let http_listener = tokio::net::TcpListener::bind(a.http_listen)
+        .await
+        .context("binding the HTTP listener")?;
     let kafka_addr = kafka_listener.local_addr()?;
     let advertised = a.advertised_kafka.unwrap_or_else(|| kafka_addr.to_string());
-    let (host, port) = advertised.rsplit_once(':').context("--advertised-kafka is host:port")?;
+    let (host, port) = advertised
+        .rsplit_once(':')
+        .context("--advertised-kafka is host:port")?;
     let settings = Settings {
         advertised_host: host.to_string(),
         advertised_port: port.parse().context("advertised port")?,
@@ -182,7 +214,11 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     };
     let gateway = Arc::new(Gateway::new(worker.clone(), settings, metrics.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let kafka_task = tokio::spawn(kafka::serve(gateway.clone(), kafka_listener, stop_rx.clone()));
+    let kafka_task = tokio::spawn(kafka::serve(
+        gateway.clone(),
+        kafka_listener,
+        stop_rx.clone(),
+    ));
     let http_task = tokio::spawn(floe_gateway::http::serve(http_listener, metrics, stop_rx));
     tracing::info!(kafka = %kafka_addr, http = %a.http_listen, store = %url, "floe dev ready");
 
@@ -203,10 +239,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::mem::drop(ctrl_c.await),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::mem::drop(ctrl_c.await),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

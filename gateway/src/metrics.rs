@@ -39,7 +39,10 @@ impl Metrics {
     }
 
     pub fn request(&self, api_key: i16) {
-        if let Some(c) = usize::try_from(api_key).ok().and_then(|k| self.requests.get(k)) {
+        if let Some(c) = usize::try_from(api_key)
+            .ok()
+            .and_then(|k| self.requests.get(k))
+        {
             c.fetch_add(1, Relaxed);
         }
     }
@@ -47,31 +50,110 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         };
-        counter("floe_connections_opened_total", "Kafka connections accepted.", &self.connections_opened);
-        counter("floe_connections_closed_total", "Kafka connections closed.", &self.connections_closed);
-        counter("floe_bad_requests_total", "Requests that closed their connection.", &self.bad_requests);
-        counter("floe_produced_bytes_total", "Record-batch bytes acknowledged.", &self.produced_bytes);
-        counter("floe_produced_batches_total", "Record batches acknowledged.", &self.produced_batches);
-        counter("floe_fetched_bytes_total", "Record-batch bytes served.", &self.fetched_bytes);
+        counter(
+            "floe_connections_opened_total",
+            "Kafka connections accepted.",
+            &self.connections_opened,
+        );
+        counter(
+            "floe_connections_closed_total",
+            "Kafka connections closed.",
+            &self.connections_closed,
+        );
+        counter(
+            "floe_bad_requests_total",
+            "Requests that closed their connection.",
+            &self.bad_requests,
+        );
+        counter(
+            "floe_produced_bytes_total",
+            "Record-batch bytes acknowledged.",
+            &self.produced_bytes,
+        );
+        counter(
+            "floe_produced_batches_total",
+            "Record batches acknowledged.",
+            &self.produced_batches,
+        );
+        counter(
+            "floe_fetched_bytes_total",
+            "Record-batch bytes served.",
+            &self.fetched_bytes,
+        );
         let s = &self.store;
-        counter("floe_store_puts_total", "Object-store PUTs (and copies).", &s.puts);
-        counter("floe_store_put_bytes_total", "Bytes PUT to the object store.", &s.put_bytes);
+        counter(
+            "floe_store_puts_total",
+            "Object-store PUTs (and copies).",
+            &s.puts,
+        );
+        counter(
+            "floe_store_put_bytes_total",
+            "Bytes PUT to the object store.",
+            &s.put_bytes,
+        );
         counter("floe_store_gets_total", "Object-store GETs.", &s.gets);
-        counter("floe_store_get_bytes_total", "Bytes read from the object store.", &s.get_bytes);
+        counter(
+            "floe_store_get_bytes_total",
+            "Bytes read from the object store.",
+            &s.get_bytes,
+        );
         counter("floe_store_lists_total", "Object-store LISTs.", &s.lists);
-        counter("floe_store_deletes_total", "Object-store DELETEs.", &s.deletes);
-        counter("floe_store_errors_total", "Object-store calls that failed.", &s.errors);
+        counter(
+            "floe_store_deletes_total",
+            "Object-store DELETEs.",
+            &s.deletes,
+        );
+        counter(
+            "floe_store_errors_total",
+            "Object-store calls that failed.",
+            &s.errors,
+        );
         let l = &self.log;
-        counter("floe_cache_hits_total", "Read-cache blocks found in memory.", &l.cache_hits);
-        counter("floe_cache_misses_total", "Read-cache blocks fetched from the store.", &l.cache_misses);
-        counter("floe_compactions_total", "Compactions committed.", &l.compactions);
-        counter("floe_compacted_bytes_total", "Batch bytes moved into data objects.", &l.compacted_bytes);
-        counter("floe_deleted_objects_total", "Garbage objects deleted.", &l.deleted_objects);
-        counter("floe_checkpoints_total", "Checkpoints written.", &l.checkpoints);
-        counter("floe_truncations_total", "DeleteRecords log-start moves.", &l.truncations);
-        let _ = writeln!(out, "# HELP floe_kafka_requests_total Kafka requests by API key.");
+        counter(
+            "floe_cache_hits_total",
+            "Read-cache blocks found in memory.",
+            &l.cache_hits,
+        );
+        counter(
+            "floe_cache_misses_total",
+            "Read-cache blocks fetched from the store.",
+            &l.cache_misses,
+        );
+        counter(
+            "floe_compactions_total",
+            "Compactions committed.",
+            &l.compactions,
+        );
+        counter(
+            "floe_compacted_bytes_total",
+            "Batch bytes moved into data objects.",
+            &l.compacted_bytes,
+        );
+        counter(
+            "floe_deleted_objects_total",
+            "Garbage objects deleted.",
+            &l.deleted_objects,
+        );
+        counter(
+            "floe_checkpoints_total",
+            "Checkpoints written.",
+            &l.checkpoints,
+        );
+        counter(
+            "floe_truncations_total",
+            "DeleteRecords log-start moves.",
+            &l.truncations,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP floe_kafka_requests_total Kafka requests by API key."
+        );
         let _ = writeln!(out, "# TYPE floe_kafka_requests_total counter");
         for (key, c) in self.requests.iter().enumerate() {
             let n = c.load(Relaxed);

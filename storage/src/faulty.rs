@@ -21,8 +21,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -97,7 +97,11 @@ impl fmt::Display for Faulty {
 
 impl Faulty {
     pub fn new(inner: Arc<dyn ObjectStore>, seed: u64, faults: Faults) -> Self {
-        Self { inner, faults: Mutex::new(faults), rng: Mutex::new(SmallRng::seed_from_u64(seed)) }
+        Self {
+            inner,
+            faults: Mutex::new(faults),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
     }
 
     /// Changes the fault rates from now on (e.g. to let a final check run clean).
@@ -108,7 +112,11 @@ impl Faulty {
     fn draw(&self) -> (Duration, Fate, Duration) {
         let f = *self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let mut delay = if f.max_delay.is_zero() { Duration::ZERO } else { rng.random_range(Duration::ZERO..f.max_delay) };
+        let mut delay = if f.max_delay.is_zero() {
+            Duration::ZERO
+        } else {
+            rng.random_range(Duration::ZERO..f.max_delay)
+        };
         if rng.random_bool(f.long_pause) {
             delay += f.long_delay;
         }
@@ -125,7 +133,10 @@ impl Faulty {
         (delay, fate, f.hang)
     }
 
-    async fn run<T>(&self, op: impl std::future::Future<Output = object_store::Result<T>>) -> object_store::Result<T> {
+    async fn run<T>(
+        &self,
+        op: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
         let (delay, fate, hang) = self.draw();
         act(delay, fate, hang, op).await
     }
@@ -154,16 +165,31 @@ async fn act<T>(
 }
 
 fn injected(when: &'static str) -> object_store::Error {
-    object_store::Error::Generic { store: "faulty", source: format!("injected failure {when} acting").into() }
+    object_store::Error::Generic {
+        store: "faulty",
+        source: format!("injected failure {when} acting").into(),
+    }
 }
 
 #[async_trait]
 impl ObjectStore for Faulty {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         let (delay, fate, hang) = self.draw();
         let (inner, location) = (self.inner.clone(), location.clone());
-        let task = tokio::spawn(async move { act(delay, fate, hang, inner.put_opts(&location, payload, opts)).await });
-        task.await.unwrap_or_else(|e| Err(object_store::Error::Generic { store: "faulty", source: Box::new(e) }))
+        let task = tokio::spawn(async move {
+            act(delay, fate, hang, inner.put_opts(&location, payload, opts)).await
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(object_store::Error::Generic {
+                store: "faulty",
+                source: Box::new(e),
+            })
+        })
     }
 
     async fn put_multipart_opts(
@@ -174,7 +200,11 @@ impl ObjectStore for Faulty {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         // Buffer the body so a failure injected "after" covers the whole read.
         self.run(async {
             let r = self.inner.get_opts(location, options).await?;
@@ -213,10 +243,17 @@ impl ObjectStore for Faulty {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let omit = self.faults.lock().unwrap_or_else(|p| p.into_inner()).list_omit;
+        let omit = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list_omit;
         let seed: u64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
         let mut rng = SmallRng::seed_from_u64(seed);
-        let kept = self.inner.list(prefix).filter(move |_| std::future::ready(!rng.random_bool(omit)));
+        let kept = self
+            .inner
+            .list(prefix)
+            .filter(move |_| std::future::ready(!rng.random_bool(omit)));
         Box::pin(kept)
     }
 
@@ -224,7 +261,12 @@ impl ObjectStore for Faulty {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.run(self.inner.copy_opts(from, to, options)).await
     }
 }

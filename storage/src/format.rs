@@ -70,7 +70,13 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
     chunks.push(Bytes::new());
     for e in entries {
         match e {
-            Entry::Append { stream, base_offset, offsets, max_timestamp, data } => {
+            Entry::Append {
+                stream,
+                base_offset,
+                offsets,
+                max_timestamp,
+                data,
+            } => {
                 meta.put_u8(TAG_APPEND);
                 meta.put_u64(stream.0);
                 meta.put_i64(*base_offset);
@@ -103,7 +109,12 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                     None => meta.put_u8(0),
                 }
             }
-            Entry::Compact { object, wal_below, sources, runs } => {
+            Entry::Compact {
+                object,
+                wal_below,
+                sources,
+                runs,
+            } => {
                 meta.put_u8(TAG_COMPACT);
                 meta.put_u64(object.0);
                 meta.put_u64(*wal_below);
@@ -164,16 +175,26 @@ pub fn wal_writer(b: &[u8]) -> Result<Writer, Corrupt> {
         return Err(Corrupt("bad wal header"));
     }
     let mut r = &b[8..24];
-    Ok(Writer { epoch: r.get_u64(), nonce: r.get_u64() })
+    Ok(Writer {
+        epoch: r.get_u64(),
+        nonce: r.get_u64(),
+    })
 }
 
 /// Reads the writer of any log object (WAL, checkpoint or epoch).
 pub fn object_writer(b: &[u8]) -> Result<Writer, Corrupt> {
-    if b.len() < 24 || ![WAL_MAGIC, CKPT_MAGIC, EPOCH_MAGIC, DATA_MAGIC].iter().any(|m| &b[..8] == *m) {
+    if b.len() < 24
+        || ![WAL_MAGIC, CKPT_MAGIC, EPOCH_MAGIC, DATA_MAGIC]
+            .iter()
+            .any(|m| &b[..8] == *m)
+    {
         return Err(Corrupt("not a log object"));
     }
     let mut r = &b[8..24];
-    Ok(Writer { epoch: r.get_u64(), nonce: r.get_u64() })
+    Ok(Writer {
+        epoch: r.get_u64(),
+        nonce: r.get_u64(),
+    })
 }
 
 /// The body of `epoch/{n}`: just its writer.
@@ -220,7 +241,11 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 let offsets = meta.u32()?;
                 let max_timestamp = meta.i64()?;
                 let len = meta.u32()? as usize;
-                if base_offset < 0 || base_offset.checked_add(offsets as i64).is_none() || offsets == 0 || len < 8 {
+                if base_offset < 0
+                    || base_offset.checked_add(offsets as i64).is_none()
+                    || offsets == 0
+                    || len < 8
+                {
                     return Err(Corrupt("wal append header out of range"));
                 }
                 let end = pos.checked_add(len).filter(|&e| e <= obj.len());
@@ -228,11 +253,24 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 positions.push(pos as u32);
                 let data = obj.slice(pos..end);
                 pos = end;
-                Entry::Append { stream, base_offset, offsets, max_timestamp, data }
+                Entry::Append {
+                    stream,
+                    base_offset,
+                    offsets,
+                    max_timestamp,
+                    data,
+                }
             }
-            TAG_CREATE_STREAM => Entry::CreateStream { stream: StreamId(meta.u64()?) },
-            TAG_DELETE_STREAM => Entry::DeleteStream { stream: StreamId(meta.u64()?) },
-            TAG_TRUNCATE => Entry::Truncate { stream: StreamId(meta.u64()?), log_start: meta.i64()? },
+            TAG_CREATE_STREAM => Entry::CreateStream {
+                stream: StreamId(meta.u64()?),
+            },
+            TAG_DELETE_STREAM => Entry::DeleteStream {
+                stream: StreamId(meta.u64()?),
+            },
+            TAG_TRUNCATE => Entry::Truncate {
+                stream: StreamId(meta.u64()?),
+                log_start: meta.i64()?,
+            },
             TAG_PUT => {
                 let key = meta.bytes()?;
                 let value = match meta.u8()? {
@@ -246,31 +284,51 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 let wal_below = meta.u64()?;
                 let n = meta.u32()? as usize;
                 meta.need(n.saturating_mul(8))?;
-                let sources = (0..n).map(|_| meta.u64().map(ObjId)).collect::<Result<_, _>>()?;
+                let sources = (0..n)
+                    .map(|_| meta.u64().map(ObjId))
+                    .collect::<Result<_, _>>()?;
                 let n = meta.u32()? as usize;
                 meta.need(n.saturating_mul(28))?;
                 let mut runs = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let r = Run { stream: StreamId(meta.u64()?), from: meta.i64()?, to: meta.i64()?, end: meta.u32()? };
+                    let r = Run {
+                        stream: StreamId(meta.u64()?),
+                        from: meta.i64()?,
+                        to: meta.i64()?,
+                        end: meta.u32()?,
+                    };
                     if r.from >= r.to {
                         return Err(Corrupt("compaction run out of order"));
                     }
                     runs.push(r);
                 }
-                Entry::Compact { object, wal_below, sources, runs }
+                Entry::Compact {
+                    object,
+                    wal_below,
+                    sources,
+                    runs,
+                }
             }
             TAG_SWEEP => {
                 let wal_below = meta.u64()?;
                 let n = meta.u32()? as usize;
                 meta.need(n.saturating_mul(8))?;
-                let forget = (0..n).map(|_| meta.u64().map(ObjId)).collect::<Result<_, _>>()?;
+                let forget = (0..n)
+                    .map(|_| meta.u64().map(ObjId))
+                    .collect::<Result<_, _>>()?;
                 Entry::Sweep { wal_below, forget }
             }
             _ => return Err(Corrupt("wal entry tag")),
         };
         entries.push(e);
     }
-    Ok(WalObject { writer, seq, tombstone, entries, positions })
+    Ok(WalObject {
+        writer,
+        seq,
+        tombstone,
+        entries,
+        positions,
+    })
 }
 
 /// A decoded checkpoint: the state after applying `wal/{seq}`.
@@ -333,7 +391,10 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
 
 /// Covers the header (writer, seq, fence epoch) and the body, not the CRC slot.
 fn checkpoint_crc(b: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&b[8..CKPT_HEADER_LEN - 4]), &b[CKPT_HEADER_LEN..])
+    crc32c::crc32c_append(
+        crc32c::crc32c(&b[8..CKPT_HEADER_LEN - 4]),
+        &b[CKPT_HEADER_LEN..],
+    )
 }
 
 /// Whether `obj` is a checkpoint of the first format, written before
@@ -347,14 +408,22 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
         return Err(Corrupt("bad checkpoint header"));
     }
     let mut h = &obj[8..CKPT_HEADER_LEN];
-    let writer = Writer { epoch: h.get_u64(), nonce: h.get_u64() };
+    let writer = Writer {
+        epoch: h.get_u64(),
+        nonce: h.get_u64(),
+    };
     let seq = h.get_u64();
     let fence_epoch = h.get_u64();
     if checkpoint_crc(&obj) != h.get_u32() {
         return Err(Corrupt("checkpoint crc"));
     }
     let mut r = Reader(obj.slice(CKPT_HEADER_LEN..));
-    let mut state = State { next_stream: r.u64()?, compacted_below: r.u64()?, swept_below: r.u64()?, ..State::default() };
+    let mut state = State {
+        next_stream: r.u64()?,
+        compacted_below: r.u64()?,
+        swept_below: r.u64()?,
+        ..State::default()
+    };
     for _ in 0..r.u32()? {
         state.garbage.insert(ObjId(r.u64()?));
     }
@@ -385,14 +454,27 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
             }
             locs.push(l);
         }
-        state.streams.insert(id, StreamState { log_start, next_offset, locs, bytes: 0 });
+        state.streams.insert(
+            id,
+            StreamState {
+                log_start,
+                next_offset,
+                locs,
+                bytes: 0,
+            },
+        );
     }
     for _ in 0..r.u32()? {
         let k = r.bytes()?;
         state.kv.insert(k, r.bytes()?);
     }
     state.rebuild_derived();
-    Ok(Checkpoint { writer, seq, fence_epoch, state })
+    Ok(Checkpoint {
+        writer,
+        seq,
+        fence_epoch,
+        state,
+    })
 }
 
 /// Bytes before a data object's first batch: header and index.
@@ -415,7 +497,10 @@ pub fn encode_data_header(writer: Writer, runs: &[Run], starts: &[u64]) -> Bytes
         b.put_u32(start as u32);
         b.put_u32(r.end);
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..DATA_HEADER_LEN - 4]), &b[DATA_HEADER_LEN..]);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&b[..DATA_HEADER_LEN - 4]),
+        &b[DATA_HEADER_LEN..],
+    );
     b[DATA_HEADER_LEN - 4..DATA_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     b.freeze()
 }
@@ -427,12 +512,22 @@ pub fn decode_data_index(obj: &[u8]) -> Result<(Writer, Vec<(Run, u32)>), Corrup
         return Err(Corrupt("bad data object header"));
     }
     let mut h = &obj[8..DATA_HEADER_LEN];
-    let writer = Writer { epoch: h.get_u64(), nonce: h.get_u64() };
+    let writer = Writer {
+        epoch: h.get_u64(),
+        nonce: h.get_u64(),
+    };
     let n = h.get_u32() as usize;
     let crc = h.get_u32();
-    let end = n.checked_mul(DATA_RUN_LEN).and_then(|l| l.checked_add(DATA_HEADER_LEN)).filter(|&e| e <= obj.len());
+    let end = n
+        .checked_mul(DATA_RUN_LEN)
+        .and_then(|l| l.checked_add(DATA_HEADER_LEN))
+        .filter(|&e| e <= obj.len());
     let end = end.ok_or(Corrupt("data index truncated"))?;
-    if crc32c::crc32c_append(crc32c::crc32c(&obj[..DATA_HEADER_LEN - 4]), &obj[DATA_HEADER_LEN..end]) != crc {
+    if crc32c::crc32c_append(
+        crc32c::crc32c(&obj[..DATA_HEADER_LEN - 4]),
+        &obj[DATA_HEADER_LEN..end],
+    ) != crc
+    {
         return Err(Corrupt("data index crc"));
     }
     let mut r = &obj[DATA_HEADER_LEN..end];
@@ -440,7 +535,15 @@ pub fn decode_data_index(obj: &[u8]) -> Result<(Writer, Vec<(Run, u32)>), Corrup
         .map(|_| {
             let (stream, from, to) = (StreamId(r.get_u64()), r.get_i64(), r.get_i64());
             let start = r.get_u32();
-            (Run { stream, from, to, end: r.get_u32() }, start)
+            (
+                Run {
+                    stream,
+                    from,
+                    to,
+                    end: r.get_u32(),
+                },
+                start,
+            )
         })
         .collect();
     Ok((writer, runs))
@@ -489,9 +592,14 @@ mod tests {
 
     #[test]
     fn wal_round_trip() {
-        let w = Writer { epoch: 3, nonce: 99 };
+        let w = Writer {
+            epoch: 3,
+            nonce: 99,
+        };
         let entries = vec![
-            Entry::CreateStream { stream: StreamId(1) },
+            Entry::CreateStream {
+                stream: StreamId(1),
+            },
             Entry::Append {
                 stream: StreamId(1),
                 base_offset: 0,
@@ -499,15 +607,29 @@ mod tests {
                 max_timestamp: 7,
                 data: Bytes::from_static(b"abcdefgh"),
             },
-            Entry::Put { key: Bytes::from_static(b"k"), value: None },
-            Entry::Put { key: Bytes::from_static(b"k2"), value: Some(Bytes::from_static(b"v")) },
+            Entry::Put {
+                key: Bytes::from_static(b"k"),
+                value: None,
+            },
+            Entry::Put {
+                key: Bytes::from_static(b"k2"),
+                value: Some(Bytes::from_static(b"v")),
+            },
             Entry::Compact {
                 object: ObjId::data(2, 1),
                 wal_below: 9,
                 sources: vec![ObjId::data(1, 7)],
-                runs: vec![Run { stream: StreamId(1), from: 0, to: 2, end: 500 }],
+                runs: vec![Run {
+                    stream: StreamId(1),
+                    from: 0,
+                    to: 2,
+                    end: 500,
+                }],
             },
-            Entry::Sweep { wal_below: 3, forget: vec![ObjId::wal(1), ObjId::data(1, 0)] },
+            Entry::Sweep {
+                wal_below: 3,
+                forget: vec![ObjId::wal(1), ObjId::data(1, 0)],
+            },
             Entry::Append {
                 stream: StreamId(1),
                 base_offset: 2,
@@ -528,7 +650,10 @@ mod tests {
         for i in 8..WAL_HEADER_LEN + 10 {
             let mut bad = obj.to_vec();
             bad[i] ^= 0x40;
-            assert!(decode_wal(Bytes::from(bad)).is_err(), "flip at {i} undetected");
+            assert!(
+                decode_wal(Bytes::from(bad)).is_err(),
+                "flip at {i} undetected"
+            );
         }
         assert!(decode_wal(obj.slice(..obj.len() - 1)).is_err());
         let t = decode_wal(encode_tombstone(w, 5)).expect("tombstone");
@@ -539,7 +664,9 @@ mod tests {
     fn checkpoint_round_trip() {
         let mut state = State::default();
         state.next_stream = 4;
-        state.kv.insert(Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        state
+            .kv
+            .insert(Bytes::from_static(b"a"), Bytes::from_static(b"b"));
         state.compacted_below = 7;
         state.swept_below = 5;
         state.garbage.insert(ObjId::wal(2));
@@ -554,7 +681,14 @@ mod tests {
             StreamState {
                 log_start: 0,
                 next_offset: 5,
-                locs: vec![BatchLoc { base_offset: 0, offsets: 5, max_timestamp: 1, obj: ObjId::data(3, 4), pos: 41, len: 70 }],
+                locs: vec![BatchLoc {
+                    base_offset: 0,
+                    offsets: 5,
+                    max_timestamp: 1,
+                    obj: ObjId::data(3, 4),
+                    pos: 41,
+                    len: 70,
+                }],
                 bytes: 70,
             },
         );
@@ -566,7 +700,10 @@ mod tests {
         for i in 8..obj.len() {
             let mut bad = obj.to_vec();
             bad[i] ^= 0x10;
-            assert!(decode_checkpoint(Bytes::from(bad)).is_err(), "flip at {i} undetected");
+            assert!(
+                decode_checkpoint(Bytes::from(bad)).is_err(),
+                "flip at {i} undetected"
+            );
         }
     }
 }

@@ -15,8 +15,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -34,7 +34,10 @@ pub struct Dist {
 impl Dist {
     fn sample(&self, rng: &mut SmallRng) -> Duration {
         let mu = self.p50.as_secs_f64().ln();
-        let sigma = (self.p99.as_secs_f64() / self.p50.as_secs_f64()).ln().max(0.0) / Z99;
+        let sigma = (self.p99.as_secs_f64() / self.p50.as_secs_f64())
+            .ln()
+            .max(0.0)
+            / Z99;
         // Box-Muller: one standard normal from two uniforms.
         let (u1, u2): (f64, f64) = (rng.random_range(f64::EPSILON..1.0), rng.random());
         let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
@@ -52,8 +55,14 @@ pub struct Model {
 impl Model {
     /// The issue-3 model of S3 Standard: PUT p50 30 ms / p99 150 ms, GET 15 / 60 ms.
     pub const S3: Model = Model {
-        put: Dist { p50: Duration::from_millis(30), p99: Duration::from_millis(150) },
-        get: Dist { p50: Duration::from_millis(15), p99: Duration::from_millis(60) },
+        put: Dist {
+            p50: Duration::from_millis(30),
+            p99: Duration::from_millis(150),
+        },
+        get: Dist {
+            p50: Duration::from_millis(15),
+            p99: Duration::from_millis(60),
+        },
     };
 }
 
@@ -65,7 +74,11 @@ impl FromStr for Model {
         if s == "s3" {
             return Ok(Model::S3);
         }
-        let ms: Vec<f64> = s.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let ms: Vec<f64> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         let [pp50, pp99, gp50, gp99] = ms[..] else {
             return Err("want `s3` or four numbers: put_p50,put_p99,get_p50,get_p99 (ms)".into());
         };
@@ -73,7 +86,16 @@ impl FromStr for Model {
             return Err("latencies must be positive, each p99 at least its p50".into());
         }
         let d = |x: f64| Duration::from_secs_f64(x / 1000.0);
-        Ok(Model { put: Dist { p50: d(pp50), p99: d(pp99) }, get: Dist { p50: d(gp50), p99: d(gp99) } })
+        Ok(Model {
+            put: Dist {
+                p50: d(pp50),
+                p99: d(pp99),
+            },
+            get: Dist {
+                p50: d(gp50),
+                p99: d(gp99),
+            },
+        })
     }
 }
 
@@ -85,7 +107,11 @@ pub struct Latency {
 
 impl Latency {
     pub fn new(inner: Arc<dyn ObjectStore>, model: Model, seed: u64) -> Self {
-        Self { inner, model, rng: Mutex::new(SmallRng::seed_from_u64(seed)) }
+        Self {
+            inner,
+            model,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
     }
 
     async fn delay(&self, d: Dist) {
@@ -108,7 +134,12 @@ impl fmt::Display for Latency {
 
 #[async_trait]
 impl ObjectStore for Latency {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.delay(self.model.put).await;
         self.inner.put_opts(location, payload, opts).await
     }
@@ -122,12 +153,20 @@ impl ObjectStore for Latency {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.delay(self.model.get).await;
         self.inner.get_opts(location, options).await
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
         self.delay(self.model.get).await;
         self.inner.get_ranges(location, ranges).await
     }
@@ -140,9 +179,15 @@ impl ObjectStore for Latency {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let d = self.model.get.sample(&mut self.rng.lock().unwrap_or_else(|p| p.into_inner()));
+        let d = self
+            .model
+            .get
+            .sample(&mut self.rng.lock().unwrap_or_else(|p| p.into_inner()));
         let inner = self.inner.list(prefix);
-        futures::stream::once(tokio::time::sleep(d)).flat_map(move |_| futures::stream::empty()).chain(inner).boxed()
+        futures::stream::once(tokio::time::sleep(d))
+            .flat_map(move |_| futures::stream::empty())
+            .chain(inner)
+            .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -150,7 +195,12 @@ impl ObjectStore for Latency {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.delay(self.model.put).await;
         self.inner.copy_opts(from, to, options).await
     }
@@ -163,9 +213,14 @@ mod tests {
     #[test]
     fn samples_fit_the_model() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut xs: Vec<Duration> = (0..100_000).map(|_| Model::S3.put.sample(&mut rng)).collect();
+        let mut xs: Vec<Duration> = (0..100_000)
+            .map(|_| Model::S3.put.sample(&mut rng))
+            .collect();
         xs.sort();
-        let (p50, p99) = (xs[50_000].as_secs_f64() * 1e3, xs[99_000].as_secs_f64() * 1e3);
+        let (p50, p99) = (
+            xs[50_000].as_secs_f64() * 1e3,
+            xs[99_000].as_secs_f64() * 1e3,
+        );
         assert!((27.0..33.0).contains(&p50), "p50 {p50} ms");
         assert!((135.0..165.0).contains(&p99), "p99 {p99} ms");
     }

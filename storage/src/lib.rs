@@ -40,21 +40,45 @@ pub enum Entry {
     /// A batch of `offsets` offsets. `data` must begin with an 8-byte
     /// big-endian slot that the log overwrites with the assigned base offset
     /// (a Kafka batch's `baseOffset`); `base_offset` is ignored on append.
-    Append { stream: StreamId, base_offset: i64, offsets: u32, max_timestamp: i64, data: Bytes },
-    CreateStream { stream: StreamId },
+    Append {
+        stream: StreamId,
+        base_offset: i64,
+        offsets: u32,
+        max_timestamp: i64,
+        data: Bytes,
+    },
+    CreateStream {
+        stream: StreamId,
+    },
     /// Drops a stream and its index; its data becomes garbage.
-    DeleteStream { stream: StreamId },
+    DeleteStream {
+        stream: StreamId,
+    },
     /// Raises a stream's log start offset (retention, DeleteRecords).
-    Truncate { stream: StreamId, log_start: i64 },
+    Truncate {
+        stream: StreamId,
+        log_start: i64,
+    },
     /// Sets (`Some`) or removes (`None`) a metadata key.
-    Put { key: Bytes, value: Option<Bytes> },
+    Put {
+        key: Bytes,
+        value: Option<Bytes>,
+    },
     /// Compaction's result: the batches of `runs`, each in a WAL object below
     /// `wal_below` or in one of the data objects `sources` (rewritten because
     /// retention left them mostly empty), now live in data object `object`.
-    Compact { object: ObjId, wal_below: u64, sources: Vec<ObjId>, runs: Vec<Run> },
+    Compact {
+        object: ObjId,
+        wal_below: u64,
+        sources: Vec<ObjId>,
+        runs: Vec<Run>,
+    },
     /// Garbage deleted: unreferenced WAL objects below `wal_below`, and the
     /// objects in `forget`.
-    Sweep { wal_below: u64, forget: Vec<ObjId> },
+    Sweep {
+        wal_below: u64,
+        forget: Vec<ObjId>,
+    },
 }
 
 /// Batches `from..to` of one stream, back to back in a data object, the last

@@ -150,7 +150,9 @@ impl LogConfig {
             return Err("put_attempts and checkpoint_every must be positive".into());
         }
         if self.block_bytes == 0 || self.compact_max_objects == 0 || self.maintain_every.is_zero() {
-            return Err("block_bytes, compact_max_objects and maintain_every must be positive".into());
+            return Err(
+                "block_bytes, compact_max_objects and maintain_every must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -244,7 +246,11 @@ pub struct Read {
 impl ShardLog {
     /// Takes ownership of the shard at `prefix`: a new epoch, the latest valid
     /// checkpoint, replay, and the fence. See `open.rs`.
-    pub async fn open(store: Arc<dyn ObjectStore>, prefix: Path, cfg: LogConfig) -> Result<Self, Error> {
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        cfg: LogConfig,
+    ) -> Result<Self, Error> {
         cfg.validate().map_err(Error::Unavailable)?;
         let opened = open::open(&store, &prefix, &cfg).await?;
         let permits = (cfg.max_pending_bytes >> 10).max(1);
@@ -300,7 +306,9 @@ impl ShardLog {
     /// Waits only when `max_pending_bytes` are already waiting to be durable.
     pub async fn append(&self, mut entries: Vec<Entry>) -> Result<Appended, Error> {
         let bytes: usize = entries.iter().map(entry_bytes).sum();
-        let kib = ((bytes >> 10).max(1)).min(self.inner.cfg.max_pending_bytes >> 10).max(1);
+        let kib = ((bytes >> 10).max(1))
+            .min(self.inner.cfg.max_pending_bytes >> 10)
+            .max(1);
         let permit = self
             .inner
             .pending
@@ -319,7 +327,13 @@ impl ShardLog {
         check_append(&core.live, &entries)?;
         let mut base_offsets = Vec::new();
         for e in &mut entries {
-            if let Entry::Append { stream, base_offset, data, .. } = e {
+            if let Entry::Append {
+                stream,
+                base_offset,
+                data,
+                ..
+            } = e
+            {
                 let next = core.live.streams.get(stream).map_or(0, |s| s.next_offset);
                 *base_offset = next;
                 *data = with_base_offset(std::mem::take(data), next);
@@ -341,42 +355,76 @@ impl ShardLog {
         if first || full {
             self.inner.kick.notify_one();
         }
-        Ok(Appended { base_offsets, durable: rx })
+        Ok(Appended {
+            base_offsets,
+            durable: rx,
+        })
     }
 
     /// Log start and durable high watermark of a stream.
     pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
         let core = self.inner.lock();
-        let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
+        let s = core
+            .durable
+            .streams
+            .get(&stream)
+            .ok_or(Error::UnknownStream)?;
         Ok((s.log_start, s.next_offset))
     }
 
     /// First durable offset whose batch has a max timestamp at or after `ts`
     /// (batch granularity), or `None` when no batch does.
-    pub fn offset_for_timestamp(&self, stream: StreamId, ts: i64) -> Result<Option<(i64, i64)>, Error> {
+    pub fn offset_for_timestamp(
+        &self,
+        stream: StreamId,
+        ts: i64,
+    ) -> Result<Option<(i64, i64)>, Error> {
         let core = self.inner.lock();
-        let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
-        Ok(s.locs.iter().find(|l| l.max_timestamp >= ts).map(|l| (l.base_offset, l.max_timestamp)))
+        let s = core
+            .durable
+            .streams
+            .get(&stream)
+            .ok_or(Error::UnknownStream)?;
+        Ok(s.locs
+            .iter()
+            .find(|l| l.max_timestamp >= ts)
+            .map(|l| (l.base_offset, l.max_timestamp)))
     }
 
     /// The largest timestamp durable in a stream, with its batch's last offset.
     pub fn max_timestamp(&self, stream: StreamId) -> Result<Option<(i64, i64)>, Error> {
         let core = self.inner.lock();
-        let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
-        let best = s.locs.iter().max_by_key(|l| (l.max_timestamp, std::cmp::Reverse(l.base_offset)));
+        let s = core
+            .durable
+            .streams
+            .get(&stream)
+            .ok_or(Error::UnknownStream)?;
+        let best = s
+            .locs
+            .iter()
+            .max_by_key(|l| (l.max_timestamp, std::cmp::Reverse(l.base_offset)));
         Ok(best.map(|l| (l.end_offset() - 1, l.max_timestamp)))
     }
 
     /// Where retention would move a stream's log start: past every batch
     /// whose max timestamp is before `older_than`, and past the oldest bytes
     /// beyond `max_bytes` (whole batches). `None` when it would not move.
-    pub fn retention_point(&self, stream: StreamId, older_than: Option<i64>, max_bytes: Option<u64>) -> Option<i64> {
+    pub fn retention_point(
+        &self,
+        stream: StreamId,
+        older_than: Option<i64>,
+        max_bytes: Option<u64>,
+    ) -> Option<i64> {
         let core = self.inner.lock();
         let s = core.durable.streams.get(&stream)?;
         let mut k = 0;
         if let Some(t) = older_than {
             // Timestamps need not be ordered: stop at the first young batch.
-            k = s.locs.iter().position(|l| l.max_timestamp >= t).unwrap_or(s.locs.len());
+            k = s
+                .locs
+                .iter()
+                .position(|l| l.max_timestamp >= t)
+                .unwrap_or(s.locs.len());
         }
         if let Some(max) = max_bytes {
             let mut over = s.bytes.saturating_sub(max);
@@ -401,11 +449,24 @@ impl ShardLog {
             (s.log_start, s.next_offset)
         };
         if offset < 0 || offset > hw {
-            return Err(Error::OffsetOutOfRange { log_start: start, high_watermark: hw });
+            return Err(Error::OffsetOutOfRange {
+                log_start: start,
+                high_watermark: hw,
+            });
         }
         if offset > start {
-            self.append(vec![Entry::Truncate { stream, log_start: offset }]).await?.durable().await?;
-            self.inner.cfg.stats.truncations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.append(vec![Entry::Truncate {
+                stream,
+                log_start: offset,
+            }])
+            .await?
+            .durable()
+            .await?;
+            self.inner
+                .cfg
+                .stats
+                .truncations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(self.offsets(stream)?.0)
     }
@@ -418,8 +479,14 @@ impl ShardLog {
     /// Durable metadata keys and values under a prefix.
     pub fn scan(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
         let core = self.inner.lock();
-        let range = core.durable.kv.range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded));
-        range.take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        let range = core.durable.kv.range::<[u8], _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ));
+        range
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Changes whenever more entries become durable.
@@ -474,16 +541,27 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
                 deleted.push(*stream);
                 created.retain(|s| s != stream);
             }
-            Entry::Append { stream, data, offsets, .. } => {
-                let exists = created.contains(stream) || (live.streams.contains_key(stream) && !deleted.contains(stream));
+            Entry::Append {
+                stream,
+                data,
+                offsets,
+                ..
+            } => {
+                let exists = created.contains(stream)
+                    || (live.streams.contains_key(stream) && !deleted.contains(stream));
                 if !exists {
                     return Err(Error::UnknownStream);
                 }
                 if data.len() < 8 || *offsets == 0 {
-                    return Err(Error::Unavailable("append needs an 8-byte offset slot and at least one offset".into()));
+                    return Err(Error::Unavailable(
+                        "append needs an 8-byte offset slot and at least one offset".into(),
+                    ));
                 }
             }
-            Entry::Truncate { .. } | Entry::Put { .. } | Entry::Compact { .. } | Entry::Sweep { .. } => {}
+            Entry::Truncate { .. }
+            | Entry::Put { .. }
+            | Entry::Compact { .. }
+            | Entry::Sweep { .. } => {}
         }
     }
     Ok(())
@@ -517,7 +595,10 @@ pub(crate) fn ckpt_path(prefix: &Path, seq: u64) -> Path {
 }
 
 pub(crate) fn data_path(prefix: &Path, epoch: u64, n: u64) -> Path {
-    prefix.clone().join("data").join(format!("{epoch:010}-{n:010}"))
+    prefix
+        .clone()
+        .join("data")
+        .join(format!("{epoch:010}-{n:010}"))
 }
 
 /// Where an object of the log lives.
@@ -542,7 +623,12 @@ struct Tail {
 
 impl Tail {
     fn new(max_bytes: usize) -> Self {
-        Self { max_bytes, bytes: 0, map: HashMap::new(), order: VecDeque::new() }
+        Self {
+            max_bytes,
+            bytes: 0,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     fn insert(&mut self, stream: StreamId, base: i64, data: Bytes) {
@@ -556,7 +642,9 @@ impl Tail {
             self.order.push_back((stream, base));
         }
         while self.bytes > self.max_bytes {
-            let Some(k) = self.order.pop_front() else { break };
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
             if let Some(old) = self.map.remove(&k) {
                 self.bytes -= old.len();
             }

@@ -104,8 +104,16 @@ impl State {
     /// replay needs no checks beyond the ones that keep it from panicking.
     pub fn apply(&mut self, entry: &Entry, seq: u64, pos: u32) {
         match entry {
-            Entry::Append { stream, base_offset, offsets, max_timestamp, data } => {
-                let Some(s) = self.streams.get_mut(stream) else { return };
+            Entry::Append {
+                stream,
+                base_offset,
+                offsets,
+                max_timestamp,
+                data,
+            } => {
+                let Some(s) = self.streams.get_mut(stream) else {
+                    return;
+                };
                 debug_assert_eq!(*base_offset, s.next_offset, "offsets are contiguous");
                 let obj = ObjId::wal(seq);
                 s.locs.push(BatchLoc {
@@ -132,7 +140,9 @@ impl State {
                 }
             }
             Entry::Truncate { stream, log_start } => {
-                let Some(s) = self.streams.get_mut(stream) else { return };
+                let Some(s) = self.streams.get_mut(stream) else {
+                    return;
+                };
                 s.log_start = s.log_start.max((*log_start).min(s.next_offset));
                 let keep_from = s.find(s.log_start);
                 let dropped: Vec<BatchLoc> = s.locs.drain(..keep_from).collect();
@@ -149,7 +159,12 @@ impl State {
                     self.kv.remove(key);
                 }
             },
-            Entry::Compact { object, wal_below, sources, runs } => {
+            Entry::Compact {
+                object,
+                wal_below,
+                sources,
+                runs,
+            } => {
                 for run in runs {
                     self.move_run(*object, *wal_below, sources, run);
                 }
@@ -179,12 +194,16 @@ impl State {
     /// lands right. A run that does not match the index is skipped whole: its
     /// batches keep their WAL objects, which stay referenced and are kept.
     fn move_run(&mut self, object: ObjId, wal_below: u64, sources: &[ObjId], run: &Run) {
-        let Some(s) = self.streams.get_mut(&run.stream) else { return };
+        let Some(s) = self.streams.get_mut(&run.stream) else {
+            return;
+        };
         let from = s.find(run.from);
         let to = s.locs.partition_point(|l| l.base_offset < run.to);
         let locs = &mut s.locs[from..to];
         let movable = |o: ObjId| o.wal_seq().is_some_and(|q| q < wal_below) || sources.contains(&o);
-        let fits = locs.iter().all(|l| l.base_offset >= run.from && movable(l.obj))
+        let fits = locs
+            .iter()
+            .all(|l| l.base_offset >= run.from && movable(l.obj))
             && locs.iter().map(|l| l.len as u64).sum::<u64>() <= run.end as u64;
         if !fits {
             return;
@@ -207,7 +226,9 @@ impl State {
     }
 
     fn unref(&mut self, obj: ObjId) {
-        let Some(n) = self.refs.get_mut(&obj) else { return };
+        let Some(n) = self.refs.get_mut(&obj) else {
+            return;
+        };
         *n -= 1;
         if *n > 0 {
             return;

@@ -16,8 +16,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
+    BackoffConfig, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
 };
 
 /// Builds a store from `memory://`, `s3://BUCKET[/PREFIX]` or a directory
@@ -52,11 +52,15 @@ pub fn from_url(url: &str, fsync: bool) -> Result<Arc<dyn ObjectStore>, String> 
         return Ok(Arc::new(PrefixStore::new(s3, prefix)));
     }
     if url.contains("://") && !url.starts_with("file://") {
-        return Err(format!("unsupported store {url:?}: use a directory, file://, memory:// or s3://"));
+        return Err(format!(
+            "unsupported store {url:?}: use a directory, file://, memory:// or s3://"
+        ));
     }
     let dir = url.strip_prefix("file://").unwrap_or(url);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {dir}: {e}"))?;
-    let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| e.to_string())?.with_fsync(fsync);
+    let fs = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| e.to_string())?
+        .with_fsync(fsync);
     Ok(Arc::new(fs))
 }
 
@@ -81,7 +85,10 @@ pub struct Counting {
 
 impl Counting {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner, stats: Arc::default() }
+        Self {
+            inner,
+            stats: Arc::default(),
+        }
     }
 
     fn count<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
@@ -100,9 +107,16 @@ impl fmt::Display for Counting {
 
 #[async_trait]
 impl ObjectStore for Counting {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.stats.puts.fetch_add(1, Relaxed);
-        self.stats.put_bytes.fetch_add(payload.content_length() as u64, Relaxed);
+        self.stats
+            .put_bytes
+            .fetch_add(payload.content_length() as u64, Relaxed);
         self.count(self.inner.put_opts(location, payload, opts).await)
     }
 
@@ -115,17 +129,29 @@ impl ObjectStore for Counting {
         self.count(self.inner.put_multipart_opts(location, opts).await)
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.stats.gets.fetch_add(1, Relaxed);
         let r = self.count(self.inner.get_opts(location, options).await)?;
-        self.stats.get_bytes.fetch_add(r.range.end - r.range.start, Relaxed);
+        self.stats
+            .get_bytes
+            .fetch_add(r.range.end - r.range.start, Relaxed);
         Ok(r)
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
         self.stats.gets.fetch_add(ranges.len() as u64, Relaxed);
         let r = self.count(self.inner.get_ranges(location, ranges).await)?;
-        self.stats.get_bytes.fetch_add(r.iter().map(|b| b.len() as u64).sum(), Relaxed);
+        self.stats
+            .get_bytes
+            .fetch_add(r.iter().map(|b| b.len() as u64).sum(), Relaxed);
         Ok(r)
     }
 
@@ -134,9 +160,12 @@ impl ObjectStore for Counting {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let stats = self.stats.clone();
-        self.inner.delete_stream(locations).inspect(move |_| {
-            stats.deletes.fetch_add(1, Relaxed);
-        }).boxed()
+        self.inner
+            .delete_stream(locations)
+            .inspect(move |_| {
+                stats.deletes.fetch_add(1, Relaxed);
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -149,7 +178,12 @@ impl ObjectStore for Counting {
         self.count(self.inner.list_with_delimiter(prefix).await)
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.stats.puts.fetch_add(1, Relaxed);
         self.count(self.inner.copy_opts(from, to, options).await)
     }

@@ -34,9 +34,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_storage::faulty::{Faults, Faulty};
 use floe_storage::{Entry, Error, LogConfig, ShardLog, StreamId};
+use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -85,7 +85,10 @@ async fn ensure_stream(log: &ShardLog) -> Result<(), Error> {
     if log.offsets(STREAM).is_ok() {
         return Ok(());
     }
-    log.append(vec![Entry::CreateStream { stream: STREAM }]).await?.durable().await
+    log.append(vec![Entry::CreateStream { stream: STREAM }])
+        .await?
+        .durable()
+        .await
 }
 
 async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64) {
@@ -93,12 +96,26 @@ async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64
     for id in ids {
         let offsets = rng.random_range(1..5);
         let data = batch(id, offsets, rng.random_range(0..300));
-        let e = Entry::Append { stream: STREAM, base_offset: 0, offsets, max_timestamp: id as i64, data };
+        let e = Entry::Append {
+            stream: STREAM,
+            base_offset: 0,
+            offsets,
+            max_timestamp: id as i64,
+            data,
+        };
         // The key commits with the batch, or neither does.
-        let put = Entry::Put { key: key_of(id), value: Some(Bytes::from(id.to_be_bytes().to_vec())) };
-        let Ok(appended) = log.append(vec![e, put]).await else { return };
+        let put = Entry::Put {
+            key: key_of(id),
+            value: Some(Bytes::from(id.to_be_bytes().to_vec())),
+        };
+        let Ok(appended) = log.append(vec![e, put]).await else {
+            return;
+        };
         let base = appended.base_offsets[0];
-        h.lock().expect("history").assigned.insert(id, (base, offsets));
+        h.lock()
+            .expect("history")
+            .assigned
+            .insert(id, (base, offsets));
         if appended.durable().await.is_err() {
             return;
         }
@@ -121,7 +138,9 @@ async fn trim(log: ShardLog, seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
-        let Ok((start, hw)) = log.offsets(STREAM) else { continue };
+        let Ok((start, hw)) = log.offsets(STREAM) else {
+            continue;
+        };
         let to = rng.random_range(start..=hw);
         if log.truncate(STREAM, to).await.is_err() {
             return;
@@ -134,20 +153,34 @@ fn key_of(id: u64) -> Bytes {
 }
 
 /// An owner that opens while another is opening or writing, and produces.
-async fn racer(store: Arc<dyn ObjectStore>, cfg: LogConfig, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64) {
-    let Ok(log) = ShardLog::open(store, Path::from("shard"), cfg).await else { return };
+async fn racer(
+    store: Arc<dyn ObjectStore>,
+    cfg: LogConfig,
+    h: Arc<Mutex<History>>,
+    ids: Vec<u64>,
+    seed: u64,
+) {
+    let Ok(log) = ShardLog::open(store, Path::from("shard"), cfg).await else {
+        return;
+    };
     if ensure_stream(&log).await.is_ok() {
         produce(log, h, ids, seed).await;
     }
 }
 
 /// Everything a clean owner reads back: batches by base offset, and the keys.
-async fn read_all(log: &ShardLog, violations: &mut Vec<String>) -> Result<(HashMap<i64, Bytes>, Vec<Bytes>), String> {
+async fn read_all(
+    log: &ShardLog,
+    violations: &mut Vec<String>,
+) -> Result<(HashMap<i64, Bytes>, Vec<Bytes>), String> {
     let mut out = HashMap::new();
     if let Ok((start, hw)) = log.offsets(STREAM) {
         let mut at = start;
         while at < hw {
-            let read = log.read(STREAM, at, 1 << 20, true).await.map_err(|e| format!("final read: {e}"))?;
+            let read = log
+                .read(STREAM, at, 1 << 20, true)
+                .await
+                .map_err(|e| format!("final read: {e}"))?;
             for b in read.batches {
                 let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
                 // The first batch may begin below a log start inside it.
@@ -167,23 +200,35 @@ async fn read_some(log: ShardLog, h: Arc<Mutex<History>>, seed: u64, reads: usiz
     let mut rng = SmallRng::seed_from_u64(seed);
     for _ in 0..reads {
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
-        let Ok((start, hw)) = log.offsets(STREAM) else { continue };
+        let Ok((start, hw)) = log.offsets(STREAM) else {
+            continue;
+        };
         let from = rng.random_range(start..=hw);
-        let Ok(read) = log.read(STREAM, from, rng.random_range(1..2000), true).await else { continue };
+        let Ok(read) = log
+            .read(STREAM, from, rng.random_range(1..2000), true)
+            .await
+        else {
+            continue;
+        };
         let mut h = h.lock().expect("history");
         let mut expect = None;
         for b in read.batches {
             let base = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
             if expect.is_some_and(|e| e != base) {
-                h.violations.push(format!("read gap: batch at {base}, expected {expect:?}"));
+                h.violations
+                    .push(format!("read gap: batch at {base}, expected {expect:?}"));
             }
             if base + offsets_of(&b) as i64 > read.high_watermark {
-                h.violations.push(format!("read past high watermark {} at {base}", read.high_watermark));
+                h.violations.push(format!(
+                    "read past high watermark {} at {base}",
+                    read.high_watermark
+                ));
             }
             expect = Some(base + offsets_of(&b) as i64);
             if let Some(prev) = h.seen.insert(base, b.clone()) {
                 if prev != b {
-                    h.violations.push(format!("offset {base} read as two different batches"));
+                    h.violations
+                        .push(format!("offset {base} read as two different batches"));
                 }
             }
         }
@@ -206,12 +251,20 @@ async fn sim(seed: u64) -> Result<(), String> {
         read_cache_bytes: if rng.random_bool(0.5) { 0 } else { 8192 },
         put_timeout: Duration::from_millis(200),
         put_attempts: rng.random_range(1..4),
-        hedge_after: rng.random_bool(0.5).then(|| Duration::from_millis(rng.random_range(1..30))),
+        hedge_after: rng
+            .random_bool(0.5)
+            .then(|| Duration::from_millis(rng.random_range(1..30))),
         checkpoint_every: rng.random_range(1..8),
-        compact_bytes: if rng.random_bool(0.2) { 0 } else { rng.random_range(200..4000) },
+        compact_bytes: if rng.random_bool(0.2) {
+            0
+        } else {
+            rng.random_range(200..4000)
+        },
         compact_max_objects: rng.random_range(1..12),
         compact_after: Duration::from_millis(rng.random_range(0..50)),
-        sweep_grace: rng.random_bool(0.7).then(|| Duration::from_millis(rng.random_range(0..40))),
+        sweep_grace: rng
+            .random_bool(0.7)
+            .then(|| Duration::from_millis(rng.random_range(0..40))),
         maintain_every: Duration::from_millis(rng.random_range(1..15)),
         checkpoint_interval: Duration::from_millis(rng.random_range(0..60)),
         block_bytes: rng.random_range(64..4096),
@@ -224,7 +277,10 @@ async fn sim(seed: u64) -> Result<(), String> {
     let trims = rng.random_bool(0.5);
     if sweeps {
         // Sweeping relies on LIST showing every completed checkpoint.
-        faulty.set(Faults { list_omit: 0.0, ..Faults::chaos() });
+        faulty.set(Faults {
+            list_omit: 0.0,
+            ..Faults::chaos()
+        });
     }
     let history = Arc::new(Mutex::new(History::default()));
     let mut tasks = Vec::new();
@@ -234,9 +290,17 @@ async fn sim(seed: u64) -> Result<(), String> {
         if rng.random_bool(0.3) {
             let ids: Vec<u64> = (next_id..next_id + 5).collect();
             next_id += 5;
-            tasks.push(tokio::spawn(racer(store.clone(), cfg.clone(), history.clone(), ids, seed ^ 0xbeef ^ round)));
+            tasks.push(tokio::spawn(racer(
+                store.clone(),
+                cfg.clone(),
+                history.clone(),
+                ids,
+                seed ^ 0xbeef ^ round,
+            )));
         }
-        let Some(log) = open(store.clone(), &cfg).await else { continue };
+        let Some(log) = open(store.clone(), &cfg).await else {
+            continue;
+        };
         if ensure_stream(&log).await.is_err() {
             continue;
         }
@@ -244,10 +308,20 @@ async fn sim(seed: u64) -> Result<(), String> {
             let n = rng.random_range(1..12);
             let ids: Vec<u64> = (next_id..next_id + n).collect();
             next_id += n;
-            let t = tokio::spawn(produce(log.clone(), history.clone(), ids, seed ^ (round << 8 | p)));
+            let t = tokio::spawn(produce(
+                log.clone(),
+                history.clone(),
+                ids,
+                seed ^ (round << 8 | p),
+            ));
             tasks.push(t);
         }
-        tasks.push(tokio::spawn(read_some(log.clone(), history.clone(), seed ^ 0xabc ^ round, 4)));
+        tasks.push(tokio::spawn(read_some(
+            log.clone(),
+            history.clone(),
+            seed ^ 0xabc ^ round,
+            4,
+        )));
         if trims {
             tasks.push(tokio::spawn(trim(log.clone(), seed ^ 0x7717 ^ round)));
         }
@@ -265,7 +339,9 @@ async fn sim(seed: u64) -> Result<(), String> {
         t.await.map_err(|e| format!("task panicked: {e}"))?;
     }
     // A clean owner reads the whole history back.
-    let log = open(store.clone(), &cfg).await.ok_or("final open failed with faults off")?;
+    let log = open(store.clone(), &cfg)
+        .await
+        .ok_or("final open failed with faults off")?;
     // Let it compact and sweep a while, with a reader racing the deletes.
     tasks_quiet(&log, &history, seed).await;
     let mut h = history.lock().expect("history");
@@ -274,7 +350,12 @@ async fn sim(seed: u64) -> Result<(), String> {
     drop(log);
     if !sweeps {
         // Replaying the whole log, without checkpoints, must agree.
-        let ckpts: Vec<_> = mem.list(Some(&Path::from("shard/ckpt"))).map_ok(|m| m.location).try_collect().await.map_err(|e| e.to_string())?;
+        let ckpts: Vec<_> = mem
+            .list(Some(&Path::from("shard/ckpt")))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
         for c in &ckpts {
             mem.delete(c).await.map_err(|e| e.to_string())?;
         }
@@ -289,34 +370,50 @@ async fn sim(seed: u64) -> Result<(), String> {
     }
     // Retention drops exactly the batches wholly below the log start.
     let assigned = std::mem::take(&mut h.assigned);
-    let trimmed = |id: u64| assigned.get(&id).is_some_and(|&(base, n)| base + n as i64 <= log_start);
-    let stored_ids: std::collections::HashSet<u64> = final_bytes.values().map(|b| id_of(b)).collect();
+    let trimmed = |id: u64| {
+        assigned
+            .get(&id)
+            .is_some_and(|&(base, n)| base + n as i64 <= log_start)
+    };
+    let stored_ids: std::collections::HashSet<u64> =
+        final_bytes.values().map(|b| id_of(b)).collect();
     for id in 0..next_id {
         let key = keys.contains(&key_of(id));
         if stored_ids.contains(&id) != key && !(key && trimmed(id)) {
-            h.violations.push(format!("batch {id} and its key did not commit together"));
+            h.violations
+                .push(format!("batch {id} and its key did not commit together"));
         }
     }
     let mut ids_seen = HashMap::new();
     for (base, b) in &final_bytes {
         if let Some(other) = ids_seen.insert(id_of(b), *base) {
-            h.violations.push(format!("batch id {} stored twice, at {other} and {base}", id_of(b)));
+            h.violations.push(format!(
+                "batch id {} stored twice, at {other} and {base}",
+                id_of(b)
+            ));
         }
     }
     let acked: Vec<_> = h.acked.iter().map(|(id, base)| (*id, *base)).collect();
     for (id, base) in acked {
         match final_bytes.get(&base) {
             Some(b) if id_of(b) == id => {}
-            Some(b) => h.violations.push(format!("acked id {id} at {base}; final log has id {}", id_of(b))),
+            Some(b) => h.violations.push(format!(
+                "acked id {id} at {base}; final log has id {}",
+                id_of(b)
+            )),
             None if trimmed(id) => {}
-            None => h.violations.push(format!("acked id {id} at {base} lost (log start {log_start}, hw {hw})")),
+            None => h.violations.push(format!(
+                "acked id {id} at {base} lost (log start {log_start}, hw {hw})"
+            )),
         }
     }
     let seen: Vec<_> = h.seen.iter().map(|(k, v)| (*k, v.clone())).collect();
     for (base, b) in seen {
         let gone = base + offsets_of(&b) as i64 <= log_start && !final_bytes.contains_key(&base);
         if final_bytes.get(&base) != Some(&b) && !gone {
-            h.violations.push(format!("offset {base} was read, and is different or gone after restarts"));
+            h.violations.push(format!(
+                "offset {base} was read, and is different or gone after restarts"
+            ));
         }
     }
     if std::env::var("FLOE_SIM_VERBOSE").is_ok() {
@@ -345,7 +442,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let run = std::panic::AssertUnwindSafe(|| rt.block_on(sim(seed)));
     std::panic::catch_unwind(run).unwrap_or_else(|p| {
-        let msg = p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string()));
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or(p.downcast_ref::<&str>().map(|s| s.to_string()));
         Err(format!("panicked: {}", msg.unwrap_or_default()))
     })
 }
@@ -355,12 +455,18 @@ fn shard_log_survives_faults_and_zombies() {
     if let Ok(one) = std::env::var("FLOE_SIM_SEED") {
         let seed: u64 = one.parse().expect("FLOE_SIM_SEED is a number");
         if std::env::var("FLOE_SIM_VERBOSE").is_ok() {
-            let _ = tracing_subscriber::fmt().with_env_filter("floe_storage=debug").with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("floe_storage=debug")
+                .with_test_writer()
+                .try_init();
         }
         run_seed(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         return;
     }
-    let seeds: u64 = std::env::var("FLOE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000);
+    let seeds: u64 = std::env::var("FLOE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000);
     let threads = 2;
     let failures: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -368,13 +474,23 @@ fn shard_log_survives_faults_and_zombies() {
                 s.spawn(move || {
                     (0..seeds)
                         .filter(|seed| seed % threads == t)
-                        .filter_map(|seed| run_seed(seed).err().map(|e| format!("seed {seed}: {e}")))
+                        .filter_map(|seed| {
+                            run_seed(seed).err().map(|e| format!("seed {seed}: {e}"))
+                        })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("sim thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sim thread"))
+            .collect()
     });
-    assert!(failures.is_empty(), "{} of {seeds} seeds failed; first: {}", failures.len(), failures[0]);
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed; first: {}",
+        failures.len(),
+        failures[0]
+    );
     println!("simulated {seeds} seeds");
 }

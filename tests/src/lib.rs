@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 pub fn floe_bin() -> PathBuf {
@@ -65,7 +68,10 @@ impl Floe {
             log: data_dir.with_extension("log"),
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         f.spawn();
         f
@@ -76,7 +82,11 @@ impl Floe {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let mut cmd = Command::new(floe_bin());
         cmd.arg("dev")
             .arg("--kafka-listen")
@@ -90,9 +100,15 @@ impl Floe {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {:?}: {e}", floe_bin()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {:?}: {e}", floe_bin()));
         self.child = Some(child);
-        assert!(wait_for_port(self.kafka_port, Duration::from_secs(20)), "floe did not start; see {:?}", self.log);
+        assert!(
+            wait_for_port(self.kafka_port, Duration::from_secs(20)),
+            "floe did not start; see {:?}",
+            self.log
+        );
     }
 
     /// kill -9: no drain, no checkpoint.
@@ -106,7 +122,10 @@ impl Floe {
     /// SIGTERM and wait: the graceful path (drain, checkpoint).
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().expect("wait for floe")
     }
 
@@ -133,7 +152,11 @@ impl Floe {
     pub fn http_get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         Some(out)
@@ -148,7 +171,10 @@ impl Drop for Floe {
 
 /// A fresh temporary directory under the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let n: u64 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let n: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     let p = std::env::temp_dir().join(format!("floe-test-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&p).expect("temp dir");
     p

@@ -18,7 +18,8 @@ pub struct Conn {
 impl Conn {
     pub fn connect(bootstrap: &str) -> Self {
         let s = TcpStream::connect(bootstrap).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         Conn { s, next_id: 1 }
     }
 
@@ -36,7 +37,9 @@ impl Conn {
             .with_correlation_id(id)
             .with_client_id(Some(StrBytes::from_static_str("floe-e2e")));
         let mut b = BytesMut::new();
-        header.encode(&mut b, R::header_version(version)).expect("header encodes");
+        header
+            .encode(&mut b, R::header_version(version))
+            .expect("header encodes");
         body.encode(&mut b, version).expect("body encodes");
         b
     }
@@ -61,9 +64,15 @@ impl Conn {
     pub fn call<R: Request>(&mut self, version: i16, body: &R) -> R::Response {
         let frame = self.encode(version, body);
         self.send_frame(&frame).expect("send");
-        let mut resp = self.read_frame().expect("a response, not a closed connection");
+        let mut resp = self
+            .read_frame()
+            .expect("a response, not a closed connection");
         let api = ApiKey::try_from(R::KEY).expect("known api");
-        let header_version = if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
+        let header_version = if api == ApiKey::ApiVersions {
+            0
+        } else {
+            api.response_header_version(version)
+        };
         ResponseHeader::decode(&mut resp, header_version).expect("response header");
         let out = R::Response::decode(&mut resp, version).expect("response body");
         assert_eq!(resp.remaining(), 0, "trailing bytes in response");
@@ -83,7 +92,14 @@ pub fn topic_name(s: &str) -> TopicName {
 
 /// A Produce request carrying `records` to one partition.
 pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
-    let p = PartitionProduceData::default().with_index(partition).with_records(Some(records));
-    let t = TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![p]);
-    ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![t])
+    let p = PartitionProduceData::default()
+        .with_index(partition)
+        .with_records(Some(records));
+    let t = TopicProduceData::default()
+        .with_name(topic_name(topic))
+        .with_partition_data(vec![p]);
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![t])
 }

@@ -2,7 +2,9 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 /// One uncompressed batch of `n` records with `value_len`-byte values.
 pub fn batch(n: usize, value_len: usize) -> Bytes {
@@ -30,7 +32,10 @@ pub fn batch_at(n: usize, value_len: usize, ts: i64) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    let opts = RecordEncodeOptions { version: 2, compression: Compression::None };
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
     RecordBatchEncoder::encode(&mut buf, records.iter(), &opts).expect("batch encodes");
     buf.freeze()
 }

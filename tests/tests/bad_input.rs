@@ -37,8 +37,17 @@ fn create(c: &mut Conn, topic: &str, configs: &[(&str, &str)]) -> CreatableTopic
                 .with_value(Some(StrBytes::from_string(v.to_string())))
         })
         .collect();
-    let t = CreatableTopic::default().with_name(name(topic)).with_num_partitions(1).with_replication_factor(1).with_configs(configs);
-    let mut r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]).with_timeout_ms(5000));
+    let t = CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(configs);
+    let mut r = c.call(
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![t])
+            .with_timeout_ms(5000),
+    );
     r.topics.remove(0)
 }
 
@@ -51,16 +60,30 @@ fn produce(c: &mut Conn, topic: &str, records: bytes::Bytes) -> (i16, i64) {
 }
 
 fn latest(c: &mut Conn, topic: &str) -> (i16, i64) {
-    let p = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1);
-    let t = ListOffsetsTopic::default().with_name(name(topic)).with_partitions(vec![p]);
-    let r = c.call(7, &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![t]));
+    let p = ListOffsetsPartition::default()
+        .with_partition_index(0)
+        .with_timestamp(-1);
+    let t = ListOffsetsTopic::default()
+        .with_name(name(topic))
+        .with_partitions(vec![p]);
+    let r = c.call(
+        7,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![t]),
+    );
     let p = &r.topics[0].partitions[0];
     (p.error_code, p.offset)
 }
 
 fn fetch(c: &mut Conn, topic: &str, offset: i64) -> (i16, usize) {
-    let p = FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(1 << 20);
-    let t = FetchTopic::default().with_topic(name(topic)).with_partitions(vec![p]);
+    let p = FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(offset)
+        .with_partition_max_bytes(1 << 20);
+    let t = FetchTopic::default()
+        .with_topic(name(topic))
+        .with_partitions(vec![p]);
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(0)
@@ -82,7 +105,10 @@ fn truncated_frame_closes_only_that_connection() {
     drop(c); // the peer goes away mid-frame
     let mut c = Conn::connect(&f.bootstrap());
     c.send_frame(&[0, 18]).expect("send"); // a frame too short for a header
-    assert!(c.is_closed(), "a frame without a header closes the connection");
+    assert!(
+        c.is_closed(),
+        "a frame without a header closes the connection"
+    );
     assert_alive(&mut f);
 }
 
@@ -105,27 +131,38 @@ fn unknown_api_key_and_unsupported_versions() {
     let mut f = start(&[]);
     // Unknown API key: closed, as Kafka does.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0x03, 0xE7, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF]).expect("send");
+    c.send_frame(&[0x03, 0xE7, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF])
+        .expect("send");
     assert!(c.is_closed());
     // A known API we do not serve (JoinGroup): closed.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 11, 0, 5, 0, 0, 0, 1, 0xFF, 0xFF]).expect("send");
+    c.send_frame(&[0, 11, 0, 5, 0, 0, 0, 1, 0xFF, 0xFF])
+        .expect("send");
     assert!(c.is_closed());
     // Metadata v99: closed.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 3, 0, 99, 0, 0, 0, 1, 0xFF, 0xFF]).expect("send");
+    c.send_frame(&[0, 3, 0, 99, 0, 0, 0, 1, 0xFF, 0xFF])
+        .expect("send");
     assert!(c.is_closed());
     // ApiVersions v99: a v0 body with UNSUPPORTED_VERSION and our versions.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 18, 0, 99, 0, 0, 0, 42, 0xFF, 0xFF]).expect("send");
+    c.send_frame(&[0, 18, 0, 99, 0, 0, 0, 42, 0xFF, 0xFF])
+        .expect("send");
     let mut resp = c.read_frame().expect("an answer");
     let header = ResponseHeader::decode(&mut resp, 0).expect("header v0");
     assert_eq!(header.correlation_id, 42);
     let body = ApiVersionsResponse::decode(&mut resp, 0).expect("body v0");
     assert_eq!(body.error_code, ResponseError::UnsupportedVersion.code());
-    let produce = body.api_keys.iter().find(|k| k.api_key == 0).expect("Produce listed");
+    let produce = body
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == 0)
+        .expect("Produce listed");
     assert_eq!((produce.min_version, produce.max_version), (3, 12));
-    assert!(body.api_keys.iter().all(|k| k.api_key != 11), "group APIs are not advertised");
+    assert!(
+        body.api_keys.iter().all(|k| k.api_key != 11),
+        "group APIs are not advertised"
+    );
     assert_alive(&mut f);
 }
 
@@ -137,12 +174,22 @@ fn crc_mismatch_is_corrupt_message_and_nothing_is_stored() {
     let mut bad = BytesMut::from(&batch(3, 10)[..]);
     let last = bad.len() - 1;
     bad[last] ^= 0xFF;
-    assert_eq!(produce(&mut c, "crc", bad.freeze()).0, ResponseError::CorruptMessage.code());
+    assert_eq!(
+        produce(&mut c, "crc", bad.freeze()).0,
+        ResponseError::CorruptMessage.code()
+    );
     let mut truncated = BytesMut::from(&batch(3, 10)[..]);
     truncated.truncate(truncated.len() - 4);
-    assert_eq!(produce(&mut c, "crc", truncated.freeze()).0, ResponseError::CorruptMessage.code());
+    assert_eq!(
+        produce(&mut c, "crc", truncated.freeze()).0,
+        ResponseError::CorruptMessage.code()
+    );
     assert_eq!(latest(&mut c, "crc"), (0, 0), "nothing stored");
-    assert_eq!(produce(&mut c, "crc", batch(3, 10)), (0, 0), "the connection still works");
+    assert_eq!(
+        produce(&mut c, "crc", batch(3, 10)),
+        (0, 0),
+        "the connection still works"
+    );
     assert_alive(&mut f);
 }
 
@@ -150,8 +197,14 @@ fn crc_mismatch_is_corrupt_message_and_nothing_is_stored() {
 fn oversize_batch_is_message_too_large() {
     let mut f = start(&[]);
     let mut c = Conn::connect(&f.bootstrap());
-    assert_eq!(create(&mut c, "small", &[("max.message.bytes", "1000")]).error_code, 0);
-    assert_eq!(produce(&mut c, "small", batch(2, 1500)).0, ResponseError::MessageTooLarge.code());
+    assert_eq!(
+        create(&mut c, "small", &[("max.message.bytes", "1000")]).error_code,
+        0
+    );
+    assert_eq!(
+        produce(&mut c, "small", batch(2, 1500)).0,
+        ResponseError::MessageTooLarge.code()
+    );
     assert_eq!(latest(&mut c, "small"), (0, 0));
     assert_eq!(produce(&mut c, "small", batch(2, 100)).0, 0);
     assert_alive(&mut f);
@@ -165,7 +218,12 @@ fn unknown_topic_is_unknown_topic_or_partition() {
     assert_eq!(fetch(&mut c, "nope", 0).0, UNKNOWN_TOPIC);
     assert_eq!(latest(&mut c, "nope").0, UNKNOWN_TOPIC);
     let t = MetadataRequestTopic::default().with_name(Some(name("nope")));
-    let md = c.call(12, &MetadataRequest::default().with_topics(Some(vec![t])).with_allow_auto_topic_creation(true));
+    let md = c.call(
+        12,
+        &MetadataRequest::default()
+            .with_topics(Some(vec![t]))
+            .with_allow_auto_topic_creation(true),
+    );
     assert_eq!(md.topics[0].error_code, UNKNOWN_TOPIC, "auto-create is off");
     assert_alive(&mut f);
 }
@@ -178,17 +236,33 @@ fn invalid_topic_names_never_reach_storage() {
     let names = ["", "..", "../x", long.as_str(), "tøpic", "a/b", "."];
     for n in names {
         let r = create(&mut c, n, &[]);
-        assert_eq!(r.error_code, ResponseError::InvalidTopicException.code(), "create {n:?}");
+        assert_eq!(
+            r.error_code,
+            ResponseError::InvalidTopicException.code(),
+            "create {n:?}"
+        );
         let t = MetadataRequestTopic::default().with_name(Some(name(n)));
-        let md = c.call(12, &MetadataRequest::default().with_topics(Some(vec![t])).with_allow_auto_topic_creation(true));
-        assert_eq!(md.topics[0].error_code, ResponseError::InvalidTopicException.code(), "auto-create {n:?}");
+        let md = c.call(
+            12,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![t]))
+                .with_allow_auto_topic_creation(true),
+        );
+        assert_eq!(
+            md.topics[0].error_code,
+            ResponseError::InvalidTopicException.code(),
+            "auto-create {n:?}"
+        );
     }
     let md = c.call(12, &MetadataRequest::default().with_topics(None));
     assert!(md.topics.is_empty(), "no topic was created");
     // No object path anywhere holds a user-chosen name.
     for entry in walk(&f.data_dir) {
         let p = entry.to_string_lossy().to_string();
-        assert!(!p.contains("xxxxxxxxxx") && !p.contains("tøpic") && !p.contains("/x/"), "{p}");
+        assert!(
+            !p.contains("xxxxxxxxxx") && !p.contains("tøpic") && !p.contains("/x/"),
+            "{p}"
+        );
     }
     assert_alive(&mut f);
 }
@@ -211,7 +285,9 @@ fn produce_to_a_deleted_topic_and_recreate_it_empty() {
     let mut c = Conn::connect(&f.bootstrap());
     let first = create(&mut c, "gone", &[]);
     assert_eq!(produce(&mut c, "gone", batch(5, 10)), (0, 0));
-    let del = DeleteTopicsRequest::default().with_topics(vec![DeleteTopicState::default().with_name(Some(name("gone")))]);
+    let del = DeleteTopicsRequest::default().with_topics(vec![
+        DeleteTopicState::default().with_name(Some(name("gone")))
+    ]);
     let r = c.call(6, &del);
     assert_eq!(r.responses[0].error_code, 0);
     assert_eq!(produce(&mut c, "gone", batch(1, 1)).0, UNKNOWN_TOPIC);
@@ -220,7 +296,10 @@ fn produce_to_a_deleted_topic_and_recreate_it_empty() {
     assert_eq!(c.call(6, &del).responses[0].error_code, UNKNOWN_TOPIC);
     let again = create(&mut c, "gone", &[]);
     assert_eq!(again.error_code, 0);
-    assert_ne!(again.topic_id, first.topic_id, "a re-created topic has a new id");
+    assert_ne!(
+        again.topic_id, first.topic_id,
+        "a re-created topic has a new id"
+    );
     assert_eq!(latest(&mut c, "gone"), (0, 0), "and none of the old data");
     assert_eq!(fetch(&mut c, "gone", 0), (0, 0));
     // Survives a restart the same way.
@@ -234,17 +313,38 @@ fn produce_to_a_deleted_topic_and_recreate_it_empty() {
 fn bad_acks_and_configs_are_refused() {
     let mut f = start(&[]);
     let mut c = Conn::connect(&f.bootstrap());
-    assert_eq!(create(&mut c, "cfg", &[("cleanup.policy", "compact")]).error_code, ResponseError::InvalidConfig.code());
-    assert_eq!(create(&mut c, "cfg", &[("retention.ms", "soon")]).error_code, ResponseError::InvalidConfig.code());
-    assert_eq!(create(&mut c, "cfg", &[("no.such.config", "1")]).error_code, ResponseError::InvalidConfig.code());
+    assert_eq!(
+        create(&mut c, "cfg", &[("cleanup.policy", "compact")]).error_code,
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        create(&mut c, "cfg", &[("retention.ms", "soon")]).error_code,
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        create(&mut c, "cfg", &[("no.such.config", "1")]).error_code,
+        ResponseError::InvalidConfig.code()
+    );
     assert_eq!(create(&mut c, "cfg", &[]).error_code, 0);
-    assert_eq!(create(&mut c, "cfg", &[]).error_code, ResponseError::TopicAlreadyExists.code());
+    assert_eq!(
+        create(&mut c, "cfg", &[]).error_code,
+        ResponseError::TopicAlreadyExists.code()
+    );
     let r = c.call(9, &produce_request("cfg", 0, 2, batch(1, 1)));
-    assert_eq!(r.responses[0].partition_responses[0].error_code, ResponseError::InvalidRequiredAcks.code());
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        ResponseError::InvalidRequiredAcks.code()
+    );
     assert_eq!(latest(&mut c, "cfg"), (0, 0));
     // Out-of-range fetch offsets.
-    assert_eq!(fetch(&mut c, "cfg", 5).0, ResponseError::OffsetOutOfRange.code());
-    assert_eq!(fetch(&mut c, "cfg", -1).0, ResponseError::OffsetOutOfRange.code());
+    assert_eq!(
+        fetch(&mut c, "cfg", 5).0,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    assert_eq!(
+        fetch(&mut c, "cfg", -1).0,
+        ResponseError::OffsetOutOfRange.code()
+    );
     assert_alive(&mut f);
 }
 
@@ -254,11 +354,15 @@ fn hostile_array_length_closes_the_connection_not_the_process() {
     // Metadata v1, client id null, then a topics array claiming 2^31-1 entries
     // and nothing else. Unpatched kafka-protocol 0.18 aborts the process here.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 3, 0, 1, 0, 0, 0, 1, 0xFF, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF]).expect("send");
+    c.send_frame(&[0, 3, 0, 1, 0, 0, 0, 1, 0xFF, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF])
+        .expect("send");
     assert!(c.is_closed());
     // The same in a flexible version: compact array length as a varint.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 3, 0, 12, 0, 0, 0, 2, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07]).expect("send");
+    c.send_frame(&[
+        0, 3, 0, 12, 0, 0, 0, 2, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07,
+    ])
+    .expect("send");
     assert!(c.is_closed());
     assert_alive(&mut f);
 }

@@ -44,18 +44,25 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
 }
 
 async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
     // Records carry 2023 timestamps: keep them past Kafka's 7-day retention.
     let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1");
-    let r = admin.create_topics([&t], &AdminOptions::new()).await.expect("create topics");
+    let r = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .expect("create topics");
     assert!(r[0].is_ok(), "create {name}: {:?}", r[0]);
 }
 
 /// What record `i` of a codec's run carries.
 fn expected(codec: usize, i: usize) -> (String, Vec<u8>, Vec<u8>, i64) {
     let key = format!("key-{i}");
-    let value: Vec<u8> = (0..64 + i % 64).map(|j| ((i * 31 + j * 7 + codec) % 251) as u8).collect();
+    let value: Vec<u8> = (0..64 + i % 64)
+        .map(|j| ((i * 31 + j * 7 + codec) % 251) as u8)
+        .collect();
     let header = (i as u64).to_be_bytes().to_vec();
     (key, value, header, BASE_TS + i as i64)
 }
@@ -66,7 +73,10 @@ async fn produce_all(bootstrap: &str, topic: &str, codec_idx: usize) -> Vec<(i32
     let mut pending = Vec::with_capacity(RECORDS);
     for i in 0..RECORDS {
         let (key, value, header, ts) = expected(codec_idx, i);
-        let headers = OwnedHeaders::new().insert(Header { key: "h", value: Some(&header) });
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "h",
+            value: Some(&header),
+        });
         let mut rec = FutureRecord::to(topic)
             .key(&key)
             .payload(&value)
@@ -89,7 +99,10 @@ async fn produce_all(bootstrap: &str, topic: &str, codec_idx: usize) -> Vec<(i32
     }
     let mut out = Vec::with_capacity(RECORDS);
     for f in pending {
-        let d = f.await.expect("delivery").unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
+        let d = f
+            .await
+            .expect("delivery")
+            .unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
         out.push((d.partition, d.offset));
     }
     out
@@ -101,27 +114,52 @@ fn consume_and_check(bootstrap: &str, topic: &str, codec_idx: usize, acked: &[(i
     let c = consumer(bootstrap);
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
     let mut next = [0i64; PARTITIONS as usize];
     let mut n = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while n < RECORDS {
-        assert!(Instant::now() < deadline, "{topic}: consumed only {n} of {RECORDS}");
-        let Some(m) = c.poll(Duration::from_millis(500)) else { continue };
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: consumed only {n} of {RECORDS}"
+        );
+        let Some(m) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         let m = m.expect("consume");
         let p = m.partition() as usize;
         assert_eq!(m.offset(), next[p], "{topic}[{p}]: offsets are contiguous");
         next[p] += 1;
         let key = std::str::from_utf8(m.key().expect("key")).expect("utf-8");
-        let i: usize = key.strip_prefix("key-").and_then(|s| s.parse().ok()).expect("our key");
+        let i: usize = key
+            .strip_prefix("key-")
+            .and_then(|s| s.parse().ok())
+            .expect("our key");
         let (_, value, header, ts) = expected(codec_idx, i);
-        assert_eq!(m.payload().expect("value"), &value[..], "{topic}: value of record {i}");
+        assert_eq!(
+            m.payload().expect("value"),
+            &value[..],
+            "{topic}: value of record {i}"
+        );
         let h = m.headers().expect("headers").get(0);
-        assert_eq!((h.key, h.value), ("h", Some(&header[..])), "{topic}: header of record {i}");
-        assert_eq!(m.timestamp().to_millis(), Some(ts), "{topic}: timestamp of record {i}");
-        assert_eq!(acked[i], (m.partition(), m.offset()), "{topic}: record {i} where it was acked");
+        assert_eq!(
+            (h.key, h.value),
+            ("h", Some(&header[..])),
+            "{topic}: header of record {i}"
+        );
+        assert_eq!(
+            m.timestamp().to_millis(),
+            Some(ts),
+            "{topic}: timestamp of record {i}"
+        );
+        assert_eq!(
+            acked[i],
+            (m.partition(), m.offset()),
+            "{topic}: record {i} where it was acked"
+        );
         n += 1;
     }
 }
@@ -163,13 +201,16 @@ async fn kill9_after_acks_loses_nothing_and_reuses_no_offset() {
             let c = consumer(&bootstrap);
             let mut tpl = TopicPartitionList::new();
             for p in 0..4 {
-                tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .expect("tpl");
             }
             c.assign(&tpl).expect("assign");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                     let v = m.payload().unwrap_or_default().to_vec();
-                    seen.lock().expect("seen").insert((m.partition(), m.offset()), v);
+                    seen.lock()
+                        .expect("seen")
+                        .insert((m.partition(), m.offset()), v);
                 }
             }
         })
@@ -181,7 +222,9 @@ async fn kill9_after_acks_loses_nothing_and_reuses_no_offset() {
     let mut acked: Vec<((i32, i64), Vec<u8>)> = Vec::new();
     for i in 0..20_000u32 {
         let value = format!("record-{i}").into_bytes();
-        let rec = FutureRecord::<(), _>::to(topic).payload(&value).partition((i % 4) as i32);
+        let rec = FutureRecord::<(), _>::to(topic)
+            .payload(&value)
+            .partition((i % 4) as i32);
         if let Ok(fut) = p.send_result(rec) {
             pending.push((fut, value));
         }
@@ -201,13 +244,20 @@ async fn kill9_after_acks_loses_nothing_and_reuses_no_offset() {
     while seen.lock().expect("seen").len() < 1_000 && wait.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(seen.lock().expect("seen").len() >= 1_000, "the reader saw records before the kill");
+    assert!(
+        seen.lock().expect("seen").len() >= 1_000,
+        "the reader saw records before the kill"
+    );
     // More in flight; kill -9 the moment the first of them is acknowledged,
     // so later flushes are mid-write. Those may or may not have landed.
     let mut late = Vec::new();
     for i in 0..5_000u32 {
         let value = format!("late-{i}").into_bytes();
-        if let Ok(fut) = p.send_result(FutureRecord::<(), _>::to(topic).payload(&value).partition((i % 4) as i32)) {
+        if let Ok(fut) = p.send_result(
+            FutureRecord::<(), _>::to(topic)
+                .payload(&value)
+                .partition((i % 4) as i32),
+        ) {
             late.push((fut, value));
         }
     }
@@ -228,7 +278,8 @@ async fn kill9_after_acks_loses_nothing_and_reuses_no_offset() {
     let c = consumer(&bootstrap);
     let mut tpl = TopicPartitionList::new();
     for part in 0..4 {
-        tpl.add_partition_offset(topic, part, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, part, Offset::Beginning)
+            .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
     let mut stored: HashMap<(i32, i64), Vec<u8>> = HashMap::new();
@@ -237,22 +288,41 @@ async fn kill9_after_acks_loses_nothing_and_reuses_no_offset() {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 idle = 0;
-                stored.insert((m.partition(), m.offset()), m.payload().unwrap_or_default().to_vec());
+                stored.insert(
+                    (m.partition(), m.offset()),
+                    m.payload().unwrap_or_default().to_vec(),
+                );
             }
             _ => idle += 1,
         }
     }
     for part in 0..4 {
         let n = stored.keys().filter(|(p, _)| *p == part).count() as i64;
-        assert!((0..n).all(|o| stored.contains_key(&(part, o))), "partition {part}: offsets 0..{n} contiguous");
+        assert!(
+            (0..n).all(|o| stored.contains_key(&(part, o))),
+            "partition {part}: offsets 0..{n} contiguous"
+        );
     }
     assert!(acked.len() >= 10_000);
     for (at, value) in &acked {
-        assert_eq!(stored.get(at), Some(value), "acked record at {at:?} lost or changed");
+        assert_eq!(
+            stored.get(at),
+            Some(value),
+            "acked record at {at:?} lost or changed"
+        );
     }
     let seen = seen.lock().expect("seen");
     for (at, value) in seen.iter() {
-        assert_eq!(stored.get(at), Some(value), "offset {at:?} was read before the kill, different after");
+        assert_eq!(
+            stored.get(at),
+            Some(value),
+            "offset {at:?} was read before the kill, different after"
+        );
     }
-    eprintln!("acked {}, read before kill {}, stored after {}", acked.len(), seen.len(), stored.len());
+    eprintln!(
+        "acked {}, read before kill {}, stored after {}",
+        acked.len(),
+        seen.len(),
+        stored.len()
+    );
 }

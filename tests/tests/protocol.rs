@@ -17,14 +17,29 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
 fn create(c: &mut Conn, topic: &str, partitions: i32) {
-    let t = CreatableTopic::default().with_name(name(topic)).with_num_partitions(partitions).with_replication_factor(1);
+    let t = CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(partitions)
+        .with_replication_factor(1);
     let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
     assert_eq!(r.topics[0].error_code, 0);
 }
 
-fn fetch_req(topic: &str, offset: i64, wait_ms: i32, min_bytes: i32, part_max: i32, max: i32) -> FetchRequest {
-    let p = FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(part_max);
-    let t = FetchTopic::default().with_topic(name(topic)).with_partitions(vec![p]);
+fn fetch_req(
+    topic: &str,
+    offset: i64,
+    wait_ms: i32,
+    min_bytes: i32,
+    part_max: i32,
+    max: i32,
+) -> FetchRequest {
+    let p = FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(offset)
+        .with_partition_max_bytes(part_max);
+    let t = FetchTopic::default()
+        .with_topic(name(topic))
+        .with_partitions(vec![p]);
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(wait_ms)
@@ -34,7 +49,10 @@ fn fetch_req(topic: &str, offset: i64, wait_ms: i32, min_bytes: i32, part_max: i
 }
 
 fn records(r: &FetchResponse) -> Bytes {
-    r.responses[0].partitions[0].records.clone().unwrap_or_default()
+    r.responses[0].partitions[0]
+        .records
+        .clone()
+        .unwrap_or_default()
 }
 
 /// Number of whole batches in a record set.
@@ -54,7 +72,10 @@ fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
     create(&mut c, "lp", 1);
     // Nothing there: a short wait comes back empty.
     let r = c.call(12, &fetch_req("lp", 0, 100, 1, 1 << 20, 1 << 20));
-    assert_eq!((r.responses[0].partitions[0].error_code, records(&r).len()), (0, 0));
+    assert_eq!(
+        (r.responses[0].partitions[0].error_code, records(&r).len()),
+        (0, 0)
+    );
     // A long wait is answered by data produced meanwhile, not by the timeout:
     // the timeout would answer with no records.
     let bootstrap = f.bootstrap();
@@ -66,7 +87,10 @@ fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
     let r = c.call(12, &fetch_req("lp", 0, 20_000, 1, 1 << 20, 1 << 20));
     assert_eq!(batches(&records(&r)), 1, "woken by the append");
     assert_eq!(r.responses[0].partitions[0].high_watermark, 3);
-    assert_eq!(producer.join().expect("producer").responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(
+        producer.join().expect("producer").responses[0].partition_responses[0].error_code,
+        0
+    );
     // Ten more batches of ~1.2 KiB each.
     for _ in 0..10 {
         c.call(9, &produce_request("lp", 0, -1, batch(4, 300)));
@@ -74,15 +98,25 @@ fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
     let all = records(&c.call(12, &fetch_req("lp", 0, 0, 1, 1 << 20, 1 << 20)));
     assert_eq!(batches(&all), 11);
     let limited = records(&c.call(12, &fetch_req("lp", 0, 0, 1, 3000, 1 << 20)));
-    assert!(limited.len() <= 3000 && batches(&limited) >= 1, "partition_max_bytes caps the answer");
+    assert!(
+        limited.len() <= 3000 && batches(&limited) >= 1,
+        "partition_max_bytes caps the answer"
+    );
     let tiny = records(&c.call(12, &fetch_req("lp", 3, 0, 1, 10, 10)));
-    assert_eq!(batches(&tiny), 1, "at least one whole batch even over the limits (KIP-74)");
+    assert_eq!(
+        batches(&tiny),
+        1,
+        "at least one whole batch even over the limits (KIP-74)"
+    );
     // Fetching from the middle of a batch returns that whole batch.
     let mid = records(&c.call(12, &fetch_req("lp", 4, 0, 1, 1, 1 << 20)));
     assert_eq!(i64::from_be_bytes(mid[..8].try_into().expect("8 bytes")), 3);
     // At the high watermark: empty, no error.
     let r = c.call(12, &fetch_req("lp", 43, 0, 1, 1 << 20, 1 << 20));
-    assert_eq!((r.responses[0].partitions[0].error_code, records(&r).len()), (0, 0));
+    assert_eq!(
+        (r.responses[0].partitions[0].error_code, records(&r).len()),
+        (0, 0)
+    );
 }
 
 #[test]
@@ -131,9 +165,18 @@ fn acks_zero_and_one_are_stored_like_all() {
 }
 
 fn list_offset(c: &mut Conn, topic: &str, ts: i64) -> (i64, i64) {
-    let p = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(ts);
-    let t = ListOffsetsTopic::default().with_name(name(topic)).with_partitions(vec![p]);
-    let r = c.call(7, &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![t]));
+    let p = ListOffsetsPartition::default()
+        .with_partition_index(0)
+        .with_timestamp(ts);
+    let t = ListOffsetsTopic::default()
+        .with_name(name(topic))
+        .with_partitions(vec![p]);
+    let r = c.call(
+        7,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![t]),
+    );
     let p = &r.topics[0].partitions[0];
     assert_eq!(p.error_code, 0);
     (p.offset, p.timestamp)
@@ -154,7 +197,11 @@ fn list_offsets_earliest_latest_max_and_by_timestamp() {
     assert_eq!(ts, 1_700_000_000_003);
     assert!((0..12).contains(&off));
     assert_eq!(list_offset(&mut c, "ts", 1_700_000_000_000).0, 0);
-    assert_eq!(list_offset(&mut c, "ts", 1_800_000_000_000), (-1, -1), "nothing that late");
+    assert_eq!(
+        list_offset(&mut c, "ts", 1_800_000_000_000),
+        (-1, -1),
+        "nothing that late"
+    );
 }
 
 fn leader_epoch(c: &mut Conn, topic: &str) -> i32 {
@@ -205,8 +252,15 @@ fn sigterm_drains_in_flight_produces() {
     // unread in the socket at shutdown are (rightly) never answered.
     let decoded = format!("floe_kafka_requests_total{{api_key=\"0\"}} {sent}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !f.http_get("/metrics").unwrap_or_default().contains(&decoded) {
-        assert!(std::time::Instant::now() < deadline, "server never read all {sent} requests");
+    while !f
+        .http_get("/metrics")
+        .unwrap_or_default()
+        .contains(&decoded)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never read all {sent} requests"
+        );
         thread::sleep(Duration::from_millis(10));
     }
     let status = f.stop();
@@ -232,13 +286,30 @@ fn memory_store_serves_and_forgets_on_restart() {
     let mut f = Floe::start(temp_dir("memory"), &["--store", "memory://"]);
     let mut c = Conn::connect(&f.bootstrap());
     create(&mut c, "mem", 1);
-    assert_eq!(c.call(9, &produce_request("mem", 0, -1, batch(3, 10))).responses[0].partition_responses[0].error_code, 0);
-    assert_eq!(batches(&records(&c.call(12, &fetch_req("mem", 0, 0, 1, 1 << 20, 1 << 20)))), 1);
-    assert!(std::fs::read_dir(&f.data_dir).map_or(true, |mut d| d.next().is_none()), "nothing written to disk");
+    assert_eq!(
+        c.call(9, &produce_request("mem", 0, -1, batch(3, 10)))
+            .responses[0]
+            .partition_responses[0]
+            .error_code,
+        0
+    );
+    assert_eq!(
+        batches(&records(
+            &c.call(12, &fetch_req("mem", 0, 0, 1, 1 << 20, 1 << 20))
+        )),
+        1
+    );
+    assert!(
+        std::fs::read_dir(&f.data_dir).map_or(true, |mut d| d.next().is_none()),
+        "nothing written to disk"
+    );
     f.restart();
     let mut c = Conn::connect(&f.bootstrap());
     let md = c.call(12, &MetadataRequest::default().with_topics(None));
-    assert!(md.topics.is_empty(), "memory:// keeps nothing across processes");
+    assert!(
+        md.topics.is_empty(),
+        "memory:// keeps nothing across processes"
+    );
 }
 
 #[test]
@@ -252,13 +323,29 @@ fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
     }
     let fetch_both = |max: i32| {
         let parts = (0..2)
-            .map(|p| FetchPartition::default().with_partition(p).with_fetch_offset(0).with_partition_max_bytes(1 << 20))
+            .map(|p| {
+                FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)
+            })
             .collect();
-        let t = FetchTopic::default().with_topic(name("budget")).with_partitions(parts);
-        FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(max).with_topics(vec![t])
+        let t = FetchTopic::default()
+            .with_topic(name("budget"))
+            .with_partitions(parts);
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max)
+            .with_topics(vec![t])
     };
     let sizes = |r: &FetchResponse| -> Vec<usize> {
-        r.responses[0].partitions.iter().map(|p| batches(p.records.as_deref().unwrap_or_default())).collect()
+        r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| batches(p.records.as_deref().unwrap_or_default()))
+            .collect()
     };
     // A 100-byte budget: partition 0's batch still comes (KIP-74); partition 1's does not.
     assert_eq!(sizes(&c.call(12, &fetch_both(100))), vec![1, 0]);

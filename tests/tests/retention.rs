@@ -11,7 +11,9 @@ use floe_e2e::raw::{produce_request, topic_name as name, Conn};
 use floe_e2e::records::{batch, batch_at};
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::*;
@@ -67,12 +69,24 @@ fn produce(c: &mut Conn, topic: &str, partition: i32, records: Bytes) -> i64 {
 }
 
 fn fetch(c: &mut Conn, topic: &str, partition: i32, offset: i64) -> (i16, i64, Bytes) {
-    let p = FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(1 << 20);
-    let t = FetchTopic::default().with_topic(name(topic)).with_partitions(vec![p]);
-    let req = FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_bytes(4 << 20).with_topics(vec![t]);
+    let p = FetchPartition::default()
+        .with_partition(partition)
+        .with_fetch_offset(offset)
+        .with_partition_max_bytes(1 << 20);
+    let t = FetchTopic::default()
+        .with_topic(name(topic))
+        .with_partitions(vec![p]);
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_bytes(4 << 20)
+        .with_topics(vec![t]);
     let r = c.call(12, &req);
     let p = &r.responses[0].partitions[0];
-    (p.error_code, p.high_watermark, p.records.clone().unwrap_or_default())
+    (
+        p.error_code,
+        p.high_watermark,
+        p.records.clone().unwrap_or_default(),
+    )
 }
 
 /// Every stored byte of a partition, fetched from its log start.
@@ -98,16 +112,26 @@ fn fetch_all(c: &mut Conn, topic: &str, partition: i32) -> Vec<Bytes> {
 }
 
 fn earliest(c: &mut Conn, topic: &str, partition: i32) -> i64 {
-    let p = ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(-2);
-    let t = ListOffsetsTopic::default().with_name(name(topic)).with_partitions(vec![p]);
-    let r = c.call(7, &ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![t]));
+    let p = ListOffsetsPartition::default()
+        .with_partition_index(partition)
+        .with_timestamp(-2);
+    let t = ListOffsetsTopic::default()
+        .with_name(name(topic))
+        .with_partitions(vec![p]);
+    let r = c.call(
+        7,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![t]),
+    );
     r.topics[0].partitions[0].offset
 }
 
 fn metric(f: &Floe, name: &str) -> u64 {
     let text = f.http_get("/metrics").unwrap_or_default();
     let line = text.lines().find(|l| l.split(' ').next() == Some(name));
-    line.and_then(|l| l.split(' ').nth(1)?.parse().ok()).unwrap_or(0)
+    line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// (files, bytes) of the shard's WAL and data objects.
@@ -115,7 +139,11 @@ fn objects(data_dir: &Path) -> (usize, u64) {
     let shard = data_dir.join("tenants/dev/shards/0");
     let mut n = (0, 0);
     for dir in ["wal", "data"] {
-        for e in std::fs::read_dir(shard.join(dir)).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(shard.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             n.0 += 1;
             n.1 += e.metadata().map(|m| m.len()).unwrap_or(0);
         }
@@ -132,7 +160,9 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[test]
@@ -153,15 +183,23 @@ fn fetches_are_byte_identical_through_compaction_and_a_cold_restart() {
     });
     let after: Vec<Vec<Bytes>> = (0..4).map(|p| fetch_all(&mut c, "c", p)).collect();
     assert!(after == before, "fetches after compaction differ");
-    let data = std::fs::read_dir(dir.join("tenants/dev/shards/0/data")).map(|d| d.count()).unwrap_or(0);
+    let data = std::fs::read_dir(dir.join("tenants/dev/shards/0/data"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert!(data >= 2, "compaction wrote data objects ({data})");
-    eprintln!("objects: {wal_before} before compaction, {:?} after", objects(&dir));
+    eprintln!(
+        "objects: {wal_before} before compaction, {:?} after",
+        objects(&dir)
+    );
     // A new process has nothing in memory: every batch comes from the store.
     f.restart();
     let mut c = Conn::connect(&f.bootstrap());
     let cold: Vec<Vec<Bytes>> = (0..4).map(|p| fetch_all(&mut c, "c", p)).collect();
     assert!(cold == before, "fetches after a restart differ");
-    assert!(metric(&f, "floe_cache_misses_total") > 0, "the restarted process read from the store");
+    assert!(
+        metric(&f, "floe_cache_misses_total") > 0,
+        "the restarted process read from the store"
+    );
 }
 
 #[test]
@@ -179,11 +217,19 @@ fn retention_ms_drops_old_data_and_its_objects() {
     let (_, full_bytes) = objects(&dir);
     assert!(full_bytes > empty_bytes + 1_000_000, "2 MB written");
     assert_eq!(earliest(&mut c, "r", 0), 0);
-    wait_until("retention", Duration::from_secs(30), || (0..2).all(|p| earliest(&mut c, "r", p) == 1000));
+    wait_until("retention", Duration::from_secs(30), || {
+        (0..2).all(|p| earliest(&mut c, "r", p) == 1000)
+    });
     let (err, hw, _) = fetch(&mut c, "r", 0, 0);
-    assert_eq!((err, hw), (OFFSET_OUT_OF_RANGE, 1000), "fetch below the log start");
+    assert_eq!(
+        (err, hw),
+        (OFFSET_OUT_OF_RANGE, 1000),
+        "fetch below the log start"
+    );
     // The objects that held the expired records go too.
-    wait_until("expired objects deleted", Duration::from_secs(60), || objects(&dir).1 < empty_bytes + 200_000);
+    wait_until("expired objects deleted", Duration::from_secs(60), || {
+        objects(&dir).1 < empty_bytes + 200_000
+    });
     // Other topics are untouched, and the expired one takes new records on.
     assert_eq!(fetch_all(&mut c, "keep", 0).len(), 1);
     assert_eq!(produce(&mut c, "r", 0, batch_at(1, 10, now_ms())), 1000);
@@ -196,14 +242,21 @@ fn retention_ms_drops_old_data_and_its_objects() {
 fn retention_bytes_keeps_the_newest_batches_within_the_bound() {
     let f = Floe::start(temp_dir("retention-bytes"), FAST);
     let mut c = Conn::connect(&f.bootstrap());
-    create_with(&mut c, "b", 1, &[("retention.ms", -1), ("retention.bytes", 50_000)]);
+    create_with(
+        &mut c,
+        "b",
+        1,
+        &[("retention.ms", -1), ("retention.bytes", 50_000)],
+    );
     let one = batch(10, 1000);
     for _ in 0..40 {
         produce(&mut c, "b", 0, one.clone());
     }
     // 40 batches of ~10 KB: the newest that fit in 50,000 bytes stay.
     let keep = 50_000 / one.len() as i64;
-    wait_until("retention.bytes", Duration::from_secs(30), || earliest(&mut c, "b", 0) == (40 - keep) * 10);
+    wait_until("retention.bytes", Duration::from_secs(30), || {
+        earliest(&mut c, "b", 0) == (40 - keep) * 10
+    });
     let kept = fetch_all(&mut c, "b", 0);
     assert_eq!(kept.len() as i64, keep);
     assert!(kept.iter().map(Bytes::len).sum::<usize>() <= 50_000);
@@ -219,9 +272,18 @@ fn delete_records_moves_the_log_start() {
         produce(&mut c, "d", 0, batch(10, 10));
     }
     let delete = |c: &mut Conn, offset: i64| {
-        let p = DeleteRecordsPartition::default().with_partition_index(0).with_offset(offset);
-        let t = DeleteRecordsTopic::default().with_name(name("d")).with_partitions(vec![p]);
-        let r = c.call(2, &DeleteRecordsRequest::default().with_topics(vec![t]).with_timeout_ms(5000));
+        let p = DeleteRecordsPartition::default()
+            .with_partition_index(0)
+            .with_offset(offset);
+        let t = DeleteRecordsTopic::default()
+            .with_name(name("d"))
+            .with_partitions(vec![p]);
+        let r = c.call(
+            2,
+            &DeleteRecordsRequest::default()
+                .with_topics(vec![t])
+                .with_timeout_ms(5000),
+        );
         let p = &r.topics[0].partitions[0];
         (p.error_code, p.low_watermark)
     };
@@ -231,12 +293,27 @@ fn delete_records_moves_the_log_start() {
     // The batch holding offset 35 is served whole; the client skips 30-34.
     let (err, _, records) = fetch(&mut c, "d", 0, 35);
     assert_eq!(err, 0);
-    assert_eq!(i64::from_be_bytes(records[..8].try_into().expect("8 bytes")), 30);
-    assert_eq!(delete(&mut c, 20), (0, 35), "the log start never moves back");
-    assert_eq!(delete(&mut c, 101).0, OFFSET_OUT_OF_RANGE, "past the high watermark");
+    assert_eq!(
+        i64::from_be_bytes(records[..8].try_into().expect("8 bytes")),
+        30
+    );
+    assert_eq!(
+        delete(&mut c, 20),
+        (0, 35),
+        "the log start never moves back"
+    );
+    assert_eq!(
+        delete(&mut c, 101).0,
+        OFFSET_OUT_OF_RANGE,
+        "past the high watermark"
+    );
     assert_eq!(delete(&mut c, -1), (0, 100), "-1 means the high watermark");
-    let p = DeleteRecordsPartition::default().with_partition_index(7).with_offset(1);
-    let t = DeleteRecordsTopic::default().with_name(name("d")).with_partitions(vec![p]);
+    let p = DeleteRecordsPartition::default()
+        .with_partition_index(7)
+        .with_offset(1);
+    let t = DeleteRecordsTopic::default()
+        .with_name(name("d"))
+        .with_partitions(vec![p]);
     let r = c.call(2, &DeleteRecordsRequest::default().with_topics(vec![t]));
     assert_eq!(r.topics[0].partitions[0].error_code, 3, "unknown partition");
 }
@@ -246,7 +323,10 @@ fn delete_records_moves_the_log_start() {
 /// the length (default 120).
 #[test]
 fn steady_produce_keeps_the_object_count_bounded() {
-    let secs: u64 = std::env::var("FLOE_LONG_RUN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let secs: u64 = std::env::var("FLOE_LONG_RUN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
     let dir = temp_dir("long-run");
     let f = Floe::start(dir.clone(), FAST);
     let mut c = Conn::connect(&f.bootstrap());
@@ -278,5 +358,8 @@ fn steady_produce_keeps_the_object_count_bounded() {
         metric(&f, "floe_compactions_total")
     );
     assert!(i as usize > samples.len() * 20, "the run produced steadily");
-    assert!(late <= early * 3 / 2 + 20, "object count grew from {early} to {late} under steady load");
+    assert!(
+        late <= early * 3 / 2 + 20,
+        "object count grew from {early} to {late} under steady load"
+    );
 }

@@ -32,7 +32,10 @@ pub struct TopicMeta {
 
 impl TopicMeta {
     pub fn stream(&self, partition: i32) -> Option<StreamId> {
-        usize::try_from(partition).ok().and_then(|p| self.streams.get(p)).map(|&s| StreamId(s))
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.streams.get(p))
+            .map(|&s| StreamId(s))
     }
 
     pub fn config(&self) -> TopicConfig {
@@ -56,7 +59,11 @@ pub fn decode(b: &[u8]) -> Option<TopicMeta> {
 
 /// Kafka's rules: 1-249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<(), WorkerError> {
-    let bad = |why: &str| Err(WorkerError::InvalidTopic(format!("topic name {name:?} {why}")));
+    let bad = |why: &str| {
+        Err(WorkerError::InvalidTopic(format!(
+            "topic name {name:?} {why}"
+        )))
+    };
     if name.is_empty() {
         return bad("is empty");
     }
@@ -66,7 +73,10 @@ pub fn validate_name(name: &str) -> Result<(), WorkerError> {
     if name.len() > MAX_TOPIC_NAME_LEN {
         return bad("is longer than 249 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return bad("may contain only ASCII alphanumerics, '.', '_' and '-'");
     }
     Ok(())
@@ -92,7 +102,11 @@ pub const CONFIGS: &[(&str, &str)] = &[
 
 impl TopicConfig {
     fn from_map(m: &BTreeMap<String, String>) -> Self {
-        let get = |k: &str| m.get(k).and_then(|v| v.parse().ok()).or_else(|| default(k)?.parse().ok());
+        let get = |k: &str| {
+            m.get(k)
+                .and_then(|v| v.parse().ok())
+                .or_else(|| default(k)?.parse().ok())
+        };
         Self {
             max_message_bytes: get("max.message.bytes").unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             retention_ms: get("retention.ms").unwrap_or(-1),
@@ -115,14 +129,18 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), WorkerError> {
     let invalid = |why: String| Err(WorkerError::InvalidConfig(why));
     match name {
         "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => invalid(format!("cleanup.policy={value:?} is not supported; only \"delete\" is")),
+        "cleanup.policy" => invalid(format!(
+            "cleanup.policy={value:?} is not supported; only \"delete\" is"
+        )),
         "retention.ms" | "retention.bytes" => match value.parse::<i64>() {
             Ok(v) if v >= -1 => Ok(()),
             _ => invalid(format!("{name} must be an integer >= -1, got {value:?}")),
         },
         "max.message.bytes" => match value.parse::<i32>() {
             Ok(v) if v >= 0 => Ok(()),
-            _ => invalid(format!("{name} must be a non-negative 32-bit integer, got {value:?}")),
+            _ => invalid(format!(
+                "{name} must be a non-negative 32-bit integer, got {value:?}"
+            )),
         },
         _ => invalid(format!("unknown topic config {name:?}")),
     }
@@ -138,7 +156,10 @@ mod tests {
             assert!(validate_name(ok).is_ok(), "{ok:?}");
         }
         for bad in ["", ".", "..", "../x", "a/b", "é", "a b", &"x".repeat(250)] {
-            assert!(matches!(validate_name(bad), Err(WorkerError::InvalidTopic(_))), "{bad:?}");
+            assert!(
+                matches!(validate_name(bad), Err(WorkerError::InvalidTopic(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -152,10 +173,17 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert("max.message.bytes".to_string(), "100".to_string());
         assert_eq!(TopicConfig::from_map(&m).max_message_bytes, 100);
-        assert_eq!(TopicConfig::from_map(&m).retention_ms, 604_800_000, "Kafka's default: 7 days");
+        assert_eq!(
+            TopicConfig::from_map(&m).retention_ms,
+            604_800_000,
+            "Kafka's default: 7 days"
+        );
         m.insert("retention.bytes".to_string(), "4096".to_string());
         assert_eq!(TopicConfig::from_map(&m).retention_bytes, 4096);
-        let default = CONFIGS.iter().find(|(k, _)| *k == "max.message.bytes").map(|(_, v)| v.parse::<i64>());
+        let default = CONFIGS
+            .iter()
+            .find(|(k, _)| *k == "max.message.bytes")
+            .map(|(_, v)| v.parse::<i64>());
         assert_eq!(default, Some(Ok(DEFAULT_MAX_MESSAGE_BYTES)));
         assert!(is_known("retention.ms") && !is_known("segment.bytes"));
     }

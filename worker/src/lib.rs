@@ -54,9 +54,13 @@ impl From<floe_storage::Error> for WorkerError {
     fn from(e: floe_storage::Error) -> Self {
         match e {
             floe_storage::Error::UnknownStream => WorkerError::UnknownTopicOrPartition,
-            floe_storage::Error::OffsetOutOfRange { log_start, high_watermark } => {
-                WorkerError::OffsetOutOfRange { log_start, high_watermark }
-            }
+            floe_storage::Error::OffsetOutOfRange {
+                log_start,
+                high_watermark,
+            } => WorkerError::OffsetOutOfRange {
+                log_start,
+                high_watermark,
+            },
             other => WorkerError::Unavailable(other.to_string()),
         }
     }
@@ -101,8 +105,16 @@ impl Accepted {
 pub trait Shards: Send + Sync + 'static {
     /// Every topic of the tenant.
     fn topics(&self, tenant: &TenantId) -> impl Future<Output = Result<Vec<TopicMeta>>> + Send;
-    fn create_topic(&self, tenant: &TenantId, topic: NewTopic) -> impl Future<Output = Result<TopicMeta>> + Send;
-    fn delete_topic(&self, tenant: &TenantId, name: &str) -> impl Future<Output = Result<TopicMeta>> + Send;
+    fn create_topic(
+        &self,
+        tenant: &TenantId,
+        topic: NewTopic,
+    ) -> impl Future<Output = Result<TopicMeta>> + Send;
+    fn delete_topic(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> impl Future<Output = Result<TopicMeta>> + Send;
     fn create_partitions(
         &self,
         tenant: &TenantId,
@@ -158,5 +170,8 @@ pub trait Shards: Send + Sync + 'static {
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;
     /// Changes whenever more of the tenant's data becomes durable.
-    fn subscribe(&self, tenant: &TenantId) -> impl Future<Output = Result<watch::Receiver<u64>>> + Send;
+    fn subscribe(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<watch::Receiver<u64>>> + Send;
 }

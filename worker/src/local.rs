@@ -26,7 +26,10 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { log: LogConfig::default(), retention_every: Duration::from_secs(5) }
+        Self {
+            log: LogConfig::default(),
+            retention_every: Duration::from_secs(5),
+        }
     }
 }
 
@@ -56,24 +59,41 @@ impl Shard {
             .filter_map(|(_, v)| catalog::decode(&v))
             .map(|t| (t.name.clone(), Arc::new(t)))
             .collect();
-        Self { log, topics: RwLock::new(topics), catalog_lock: tokio::sync::Mutex::new(()) }
+        Self {
+            log,
+            topics: RwLock::new(topics),
+            catalog_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn topic(&self, name: &str) -> Result<Arc<TopicMeta>> {
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
-        topics.get(name).cloned().ok_or(WorkerError::UnknownTopicOrPartition)
+        topics
+            .get(name)
+            .cloned()
+            .ok_or(WorkerError::UnknownTopicOrPartition)
     }
 
     fn stream(&self, name: &str, partition: i32) -> Result<(Arc<TopicMeta>, StreamId)> {
         let t = self.topic(name)?;
-        let s = t.stream(partition).ok_or(WorkerError::UnknownTopicOrPartition)?;
+        let s = t
+            .stream(partition)
+            .ok_or(WorkerError::UnknownTopicOrPartition)?;
         Ok((t, s))
     }
 
     /// Makes a catalog change durable, then shows it in the cache.
-    async fn commit(&self, mut entries: Vec<Entry>, name: &str, meta: Option<TopicMeta>) -> Result<()> {
+    async fn commit(
+        &self,
+        mut entries: Vec<Entry>,
+        name: &str,
+        meta: Option<TopicMeta>,
+    ) -> Result<()> {
         let value = meta.as_ref().map(catalog::encode);
-        entries.push(Entry::Put { key: catalog::key(name), value });
+        entries.push(Entry::Put {
+            key: catalog::key(name),
+            value,
+        });
         self.log.append(entries).await?.durable().await?;
         let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
         match meta {
@@ -85,14 +105,24 @@ impl Shard {
 
     fn new_streams(&self, n: usize) -> (Vec<u64>, Vec<Entry>) {
         let ids: Vec<u64> = (0..n).map(|_| self.log.allocate_stream().0).collect();
-        let entries = ids.iter().map(|&s| Entry::CreateStream { stream: StreamId(s) }).collect();
+        let entries = ids
+            .iter()
+            .map(|&s| Entry::CreateStream {
+                stream: StreamId(s),
+            })
+            .collect();
         (ids, entries)
     }
 }
 
 impl LocalWorker {
     pub fn new(store: Arc<dyn ObjectStore>, cfg: WorkerConfig) -> Self {
-        Self { store, cfg, open: RwLock::new(HashMap::new()), opening: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            cfg,
+            open: RwLock::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The tenant's shard, opened on first use and reopened under a new
@@ -109,26 +139,42 @@ impl LocalWorker {
         if let Some(shard) = self.healthy(tenant) {
             return Ok(shard);
         }
-        if self.open.read().unwrap_or_else(|p| p.into_inner()).contains_key(tenant) {
+        if self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(tenant)
+        {
             tracing::warn!(%tenant, "shard log failed; reopening under a new epoch");
         }
         let prefix = Path::from(shard_prefix(tenant, 0));
         let log = ShardLog::open(self.store.clone(), prefix, self.cfg.log.clone()).await?;
         let shard = Arc::new(Shard::load(log));
-        self.open.write().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), shard.clone());
+        self.open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone(), shard.clone());
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
         Ok(shard)
     }
 
     fn healthy(&self, tenant: &TenantId) -> Option<Arc<Shard>> {
         let open = self.open.read().unwrap_or_else(|p| p.into_inner());
-        open.get(tenant).filter(|s| s.log.failed().is_none()).cloned()
+        open.get(tenant)
+            .filter(|s| s.log.failed().is_none())
+            .cloned()
     }
 
     /// Drains every shard: accepted appends become durable (or fail), then a
     /// checkpoint is written. Used on shutdown.
     pub async fn close_all(&self) {
-        let shards: Vec<_> = self.open.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+        let shards: Vec<_> = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
         for shard in shards {
             if let Err(e) = shard.log.close().await {
                 tracing::warn!(error = %e, "closing shard");
@@ -138,7 +184,9 @@ impl LocalWorker {
 }
 
 fn check_configs(configs: &std::collections::BTreeMap<String, String>) -> Result<()> {
-    configs.iter().try_for_each(|(k, v)| catalog::validate_config(k, v))
+    configs
+        .iter()
+        .try_for_each(|(k, v)| catalog::validate_config(k, v))
 }
 
 impl Shards for LocalWorker {
@@ -164,10 +212,21 @@ impl Shards for LocalWorker {
         if shard.topic(&topic.name).is_ok() {
             return Err(WorkerError::TopicExists(topic.name));
         }
-        let (streams, entries) = if topic.validate_only { (vec![], vec![]) } else { shard.new_streams(topic.partitions) };
-        let meta = TopicMeta { name: topic.name.clone(), id: uuid::Uuid::new_v4().as_u128(), streams, configs: topic.configs };
+        let (streams, entries) = if topic.validate_only {
+            (vec![], vec![])
+        } else {
+            shard.new_streams(topic.partitions)
+        };
+        let meta = TopicMeta {
+            name: topic.name.clone(),
+            id: uuid::Uuid::new_v4().as_u128(),
+            streams,
+            configs: topic.configs,
+        };
         if !topic.validate_only {
-            shard.commit(entries, &topic.name, Some(meta.clone())).await?;
+            shard
+                .commit(entries, &topic.name, Some(meta.clone()))
+                .await?;
             tracing::info!(%tenant, topic = %meta.name, partitions = meta.streams.len(), "topic created");
         }
         Ok(meta)
@@ -177,22 +236,38 @@ impl Shards for LocalWorker {
         let shard = self.shard(tenant).await?;
         let _guard = shard.catalog_lock.lock().await;
         let meta = shard.topic(name)?;
-        let entries = meta.streams.iter().map(|&s| Entry::DeleteStream { stream: StreamId(s) }).collect();
+        let entries = meta
+            .streams
+            .iter()
+            .map(|&s| Entry::DeleteStream {
+                stream: StreamId(s),
+            })
+            .collect();
         shard.commit(entries, name, None).await?;
         tracing::info!(%tenant, topic = %name, "topic deleted");
         Ok((*meta).clone())
     }
 
-    async fn create_partitions(&self, tenant: &TenantId, name: &str, total: usize, validate_only: bool) -> Result<()> {
+    async fn create_partitions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        total: usize,
+        validate_only: bool,
+    ) -> Result<()> {
         let shard = self.shard(tenant).await?;
         let _guard = shard.catalog_lock.lock().await;
         let meta = shard.topic(name)?;
         let have = meta.streams.len();
         if total <= have {
-            return Err(WorkerError::InvalidPartitions(format!("topic has {have} partitions; cannot go to {total}")));
+            return Err(WorkerError::InvalidPartitions(format!(
+                "topic has {have} partitions; cannot go to {total}"
+            )));
         }
         if total > MAX_PARTITIONS {
-            return Err(WorkerError::InvalidPartitions(format!("at most {MAX_PARTITIONS} partitions")));
+            return Err(WorkerError::InvalidPartitions(format!(
+                "at most {MAX_PARTITIONS} partitions"
+            )));
         }
         if validate_only {
             return Ok(());
@@ -203,7 +278,13 @@ impl Shards for LocalWorker {
         shard.commit(entries, name, Some(next)).await
     }
 
-    async fn alter_configs(&self, tenant: &TenantId, name: &str, change: ConfigChange, validate_only: bool) -> Result<()> {
+    async fn alter_configs(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        change: ConfigChange,
+        validate_only: bool,
+    ) -> Result<()> {
         let shard = self.shard(tenant).await?;
         let _guard = shard.catalog_lock.lock().await;
         let meta = shard.topic(name)?;
@@ -217,7 +298,9 @@ impl Shards for LocalWorker {
                         None => {
                             // Resetting still names a real config.
                             if !catalog::is_known(&k) {
-                                return Err(WorkerError::InvalidConfig(format!("unknown topic config {k:?}")));
+                                return Err(WorkerError::InvalidConfig(format!(
+                                    "unknown topic config {k:?}"
+                                )));
                             }
                             next.configs.remove(&k)
                         }
@@ -259,12 +342,22 @@ impl Shards for LocalWorker {
             // The log writes baseOffset when it assigns offsets.
             let data = floe_common::batch::set_leader_epoch(data, epoch);
             let offsets = h.offset_count();
-            entries.push(Entry::Append { stream, base_offset: 0, offsets, max_timestamp: h.max_timestamp, data });
+            entries.push(Entry::Append {
+                stream,
+                base_offset: 0,
+                offsets,
+                max_timestamp: h.max_timestamp,
+                data,
+            });
         }
         let appended = shard.log.append(entries).await?;
         let base_offset = appended.base_offsets.first().copied().unwrap_or(-1);
         let (log_start, _) = shard.log.offsets(stream).unwrap_or((0, 0));
-        Ok(Accepted { base_offset, log_start, appended })
+        Ok(Accepted {
+            base_offset,
+            log_start,
+            appended,
+        })
     }
 
     async fn fetch(
@@ -281,7 +374,13 @@ impl Shards for LocalWorker {
         Ok(shard.log.read(stream, offset, max_bytes, min_one).await?)
     }
 
-    async fn list_offset(&self, tenant: &TenantId, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64)> {
+    async fn list_offset(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<(i64, i64)> {
         let shard = self.shard(tenant).await?;
         let (_, stream) = shard.stream(topic, partition)?;
         let (start, hw) = shard.log.offsets(stream)?;
@@ -289,14 +388,27 @@ impl Shards for LocalWorker {
             -1 => (hw, -1),
             -2 => (start, -1),
             -3 => shard.log.max_timestamp(stream)?.unwrap_or((-1, -1)),
-            ts => shard.log.offset_for_timestamp(stream, ts)?.unwrap_or((-1, -1)),
+            ts => shard
+                .log
+                .offset_for_timestamp(stream, ts)?
+                .unwrap_or((-1, -1)),
         })
     }
 
-    async fn delete_records(&self, tenant: &TenantId, topic: &str, partition: i32, offset: i64) -> Result<i64> {
+    async fn delete_records(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64> {
         let shard = self.shard(tenant).await?;
         let (_, stream) = shard.stream(topic, partition)?;
-        let offset = if offset == -1 { shard.log.offsets(stream)?.1 } else { offset };
+        let offset = if offset == -1 {
+            shard.log.offsets(stream)?.1
+        } else {
+            offset
+        };
         Ok(shard.log.truncate(stream, offset).await?)
     }
 
@@ -320,8 +432,16 @@ async fn retention(shard: Weak<Shard>, every: Duration) {
         if shard.log.failed().is_some() {
             return;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let topics: Vec<Arc<TopicMeta>> = shard.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let topics: Vec<Arc<TopicMeta>> = shard
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let mut entries = Vec::new();
         for t in topics {
             let c = t.config();

@@ -8,16 +8,22 @@ use floe_worker::{ConfigChange, NewTopic, Shards, TopicMeta, WorkerError};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsResponse, CreateTopicsResponse, DeleteRecordsRequest,
-    DeleteRecordsResponse, DeleteTopicsResponse,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsResponse, CreateTopicsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -33,7 +39,11 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-pub async fn create_topics<W: Shards>(gw: &Gateway<W>, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub async fn create_topics<W: Shards>(
+    gw: &Gateway<W>,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let res = CreatableTopicResult::default().with_name(t.name.clone());
@@ -46,11 +56,17 @@ pub async fn create_topics<W: Shards>(gw: &Gateway<W>, req: CreateTopicsRequest,
         // is served by one copy; nonsense values are still refused.
         if t.replication_factor == 0 || t.replication_factor < -1 {
             let msg = format!("replication factor {} is invalid", t.replication_factor);
-            results.push(res.with_error_code(ResponseError::InvalidReplicationFactor.code()).with_error_message(Some(s(&msg))));
+            results.push(
+                res.with_error_code(ResponseError::InvalidReplicationFactor.code())
+                    .with_error_message(Some(s(&msg))),
+            );
             continue;
         }
-        let configs: BTreeMap<String, String> =
-            t.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+            .collect();
         let topic = NewTopic {
             name: t.name.0.to_string(),
             partitions: usize::try_from(partitions).unwrap_or(0),
@@ -69,7 +85,9 @@ pub async fn create_topics<W: Shards>(gw: &Gateway<W>, req: CreateTopicsRequest,
                     res
                 }
             }
-            Err(e) => res.with_error_code(errors::code(&e)).with_error_message(errors::message(&e)),
+            Err(e) => res
+                .with_error_code(errors::code(&e))
+                .with_error_message(errors::message(&e)),
         });
     }
     CreateTopicsResponse::default().with_topics(results)
@@ -80,7 +98,10 @@ fn topic_configs(m: &TopicMeta) -> Vec<CreatableTopicConfigs> {
         .iter()
         .map(|(k, d)| {
             let (v, source) = value(m, k, d);
-            CreatableTopicConfigs::default().with_name(s(k)).with_value(Some(s(v))).with_config_source(source)
+            CreatableTopicConfigs::default()
+                .with_name(s(k))
+                .with_value(Some(s(v)))
+                .with_config_source(source)
         })
         .collect()
 }
@@ -92,15 +113,30 @@ fn value<'a>(m: &'a TopicMeta, key: &str, default: &'a str) -> (&'a str, i8) {
     }
 }
 
-pub async fn delete_topics<W: Shards>(gw: &Gateway<W>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics<W: Shards>(
+    gw: &Gateway<W>,
+    req: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     // v0-5 name topics in `topic_names`; v6 in `topics`, by name or by id.
-    let mut wanted: Vec<(Option<String>, uuid::Uuid)> =
-        req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect();
-    wanted.extend(req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+    let mut wanted: Vec<(Option<String>, uuid::Uuid)> = req
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    wanted.extend(
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let known = gw.worker.topics(&gw.dev_tenant).await.unwrap_or_default();
     let mut responses = Vec::with_capacity(wanted.len());
     for (name, id) in wanted {
-        let name = name.or_else(|| known.iter().find(|m| m.id == id.as_u128()).map(|m| m.name.clone()));
+        let name = name.or_else(|| {
+            known
+                .iter()
+                .find(|m| m.id == id.as_u128())
+                .map(|m| m.name.clone())
+        });
         let res = DeletableTopicResult::default().with_topic_id(id);
         let Some(name) = name else {
             responses.push(res.with_error_code(ResponseError::UnknownTopicId.code()));
@@ -109,21 +145,31 @@ pub async fn delete_topics<W: Shards>(gw: &Gateway<W>, req: DeleteTopicsRequest)
         let res = res.with_name(Some(TopicName(s(&name))));
         responses.push(match gw.worker.delete_topic(&gw.dev_tenant, &name).await {
             Ok(m) => res.with_topic_id(uuid::Uuid::from_u128(m.id)),
-            Err(e) => res.with_error_code(errors::code(&e)).with_error_message(errors::message(&e)),
+            Err(e) => res
+                .with_error_code(errors::code(&e))
+                .with_error_message(errors::message(&e)),
         });
     }
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub async fn create_partitions<W: Shards>(gw: &Gateway<W>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub async fn create_partitions<W: Shards>(
+    gw: &Gateway<W>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let res = CreatePartitionsTopicResult::default().with_name(t.name.clone());
         let total = usize::try_from(t.count).unwrap_or(0);
-        let out = gw.worker.create_partitions(&gw.dev_tenant, &t.name.0, total, req.validate_only).await;
+        let out = gw
+            .worker
+            .create_partitions(&gw.dev_tenant, &t.name.0, total, req.validate_only)
+            .await;
         results.push(match out {
             Ok(()) => res,
-            Err(e) => res.with_error_code(errors::code(&e)).with_error_message(errors::message(&e)),
+            Err(e) => res
+                .with_error_code(errors::code(&e))
+                .with_error_message(errors::message(&e)),
         });
     }
     CreatePartitionsResponse::default().with_results(results)
@@ -132,24 +178,38 @@ pub async fn create_partitions<W: Shards>(gw: &Gateway<W>, req: CreatePartitions
 /// DeleteRecords: each partition's log start moves up to the given offset
 /// (-1: the high watermark), durably, before the answer; the objects that held
 /// only records below it are deleted later by storage.
-pub async fn delete_records<W: Shards>(gw: &Gateway<W>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn delete_records<W: Shards>(
+    gw: &Gateway<W>,
+    req: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            let res = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
-            let out = gw.worker.delete_records(&gw.dev_tenant, &t.name.0, p.partition_index, p.offset).await;
+            let res =
+                DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            let out = gw
+                .worker
+                .delete_records(&gw.dev_tenant, &t.name.0, p.partition_index, p.offset)
+                .await;
             partitions.push(match out {
                 Ok(low) => res.with_low_watermark(low),
                 Err(e) => res.with_low_watermark(-1).with_error_code(errors::code(&e)),
             });
         }
-        topics.push(DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }
 
-pub async fn describe_configs<W: Shards>(gw: &Gateway<W>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub async fn describe_configs<W: Shards>(
+    gw: &Gateway<W>,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let known = gw.worker.topics(&gw.dev_tenant).await;
     let mut results = Vec::with_capacity(req.resources.len());
     for r in req.resources {
@@ -159,8 +219,13 @@ pub async fn describe_configs<W: Shards>(gw: &Gateway<W>, req: DescribeConfigsRe
         let res = match (r.resource_type, &known) {
             // Brokers have no configs a client may see or change.
             (RESOURCE_BROKER, _) => res,
-            (RESOURCE_TOPIC, Err(e)) => res.with_error_code(errors::code(e)).with_error_message(errors::message(e)),
-            (RESOURCE_TOPIC, Ok(all)) => match all.iter().find(|m| m.name.as_str() == r.resource_name.as_str()) {
+            (RESOURCE_TOPIC, Err(e)) => res
+                .with_error_code(errors::code(e))
+                .with_error_message(errors::message(e)),
+            (RESOURCE_TOPIC, Ok(all)) => match all
+                .iter()
+                .find(|m| m.name.as_str() == r.resource_name.as_str())
+            {
                 None => res.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
                 Some(m) => res.with_configs(describe(m, r.configuration_keys.as_deref())),
             },
@@ -180,9 +245,9 @@ fn describe(m: &TopicMeta, keys: Option<&[StrBytes]>) -> Vec<DescribeConfigsReso
         .map(|(k, d)| {
             let (v, source) = value(m, k, d);
             let config_type = match *k {
-                "cleanup.policy" => 7, // LIST
+                "cleanup.policy" => 7,    // LIST
                 "max.message.bytes" => 3, // INT
-                _ => 5, // LONG
+                _ => 5,                   // LONG
             };
             DescribeConfigsResourceResult::default()
                 .with_name(s(k))
@@ -202,10 +267,17 @@ async fn alter<W: Shards>(
     validate_only: bool,
 ) -> (i16, Option<StrBytes>) {
     if resource_type != RESOURCE_TOPIC {
-        return (ResponseError::InvalidRequest.code(), Some(s("only topic configs can be altered")));
+        return (
+            ResponseError::InvalidRequest.code(),
+            Some(s("only topic configs can be altered")),
+        );
     }
     let result = match change {
-        Ok(c) => gw.worker.alter_configs(&gw.dev_tenant, name.as_str(), c, validate_only).await,
+        Ok(c) => {
+            gw.worker
+                .alter_configs(&gw.dev_tenant, name.as_str(), c, validate_only)
+                .await
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -214,13 +286,26 @@ async fn alter<W: Shards>(
     }
 }
 
-pub async fn alter_configs<W: Shards>(gw: &Gateway<W>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter_configs<W: Shards>(
+    gw: &Gateway<W>,
+    req: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let all = r.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())));
+        let all = r
+            .configs
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())));
         let change = Ok(ConfigChange::Replace(all.collect()));
-        let (code, msg) = alter(gw, r.resource_type, &r.resource_name, change, req.validate_only).await;
+        let (code, msg) = alter(
+            gw,
+            r.resource_type,
+            &r.resource_name,
+            change,
+            req.validate_only,
+        )
+        .await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
@@ -255,7 +340,14 @@ pub async fn incremental_alter_configs<W: Shards>(
             })
             .collect::<Result<Vec<_>, _>>()
             .map(ConfigChange::Incremental);
-        let (code, msg) = alter(gw, r.resource_type, &r.resource_name, change, req.validate_only).await;
+        let (code, msg) = alter(
+            gw,
+            r.resource_type,
+            &r.resource_name,
+            change,
+            req.validate_only,
+        )
+        .await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
@@ -266,4 +358,3 @@ pub async fn incremental_alter_configs<W: Shards>(
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
-

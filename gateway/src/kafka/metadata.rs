@@ -20,7 +20,11 @@ pub fn cluster_id<W>(gw: &Gateway<W>) -> StrBytes {
     StrBytes::from_string(format!("floe-{}", gw.dev_tenant))
 }
 
-pub async fn metadata<W: Shards>(gw: &Gateway<W>, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata<W: Shards>(
+    gw: &Gateway<W>,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let tenant = &gw.dev_tenant;
     let epoch = gw.worker.leader_epoch(tenant).await;
     let existing = gw.worker.topics(tenant).await;
@@ -36,7 +40,11 @@ pub async fn metadata<W: Shards>(gw: &Gateway<W>, req: MetadataRequest, version:
         (Ok(e), Ok(t)) => (e, t),
         (Err(e), _) | (_, Err(e)) => {
             // Name each requested topic with the (retriable) error.
-            let names = req.topics.unwrap_or_default().into_iter().filter_map(|t| t.name);
+            let names = req
+                .topics
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| t.name);
             let topics = names.map(|n| error_topic(n, &e)).collect();
             return resp.with_topics(topics);
         }
@@ -70,7 +78,11 @@ pub async fn metadata<W: Shards>(gw: &Gateway<W>, req: MetadataRequest, version:
     resp.with_topics(topics)
 }
 
-async fn auto_create<W: Shards>(gw: &Gateway<W>, name: TopicName, epoch: i32) -> MetadataResponseTopic {
+async fn auto_create<W: Shards>(
+    gw: &Gateway<W>,
+    name: TopicName,
+    epoch: i32,
+) -> MetadataResponseTopic {
     let topic = NewTopic {
         name: name.0.to_string(),
         partitions: gw.settings.default_partitions as usize,
@@ -92,7 +104,9 @@ async fn auto_create<W: Shards>(gw: &Gateway<W>, name: TopicName, epoch: i32) ->
 }
 
 fn error_topic(name: TopicName, e: &WorkerError) -> MetadataResponseTopic {
-    MetadataResponseTopic::default().with_name(Some(name)).with_error_code(errors::code(e))
+    MetadataResponseTopic::default()
+        .with_name(Some(name))
+        .with_error_code(errors::code(e))
 }
 
 pub fn topic_response(t: &TopicMeta, epoch: i32) -> MetadataResponseTopic {

@@ -23,13 +23,16 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use floe_worker::Shards;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -40,11 +43,19 @@ pub use versions::SUPPORTED;
 /// Requests one connection may have in progress; further reads wait.
 const MAX_PIPELINED: usize = 64;
 
-/// A response to write (`Some`), none (acks=0), or `Err`: close the connection.
-type Pending = Pin<Box<dyn Future<Output = Result<Option<Bytes>, ()>> + Send>>;
+/// A response to write, as chunks (`Some`), none (acks=0), or `Err`: close the
+/// connection.
+type Pending = Pin<Box<dyn Future<Output = Result<Option<Vec<Bytes>>, ()>> + Send>>;
+
+/// Chunks one `writev` takes at most (Linux allows 1024).
+const MAX_IOV: usize = 256;
 
 /// Accepts connections until `stop`, then waits for open ones to drain.
-pub async fn serve<W: Shards>(gw: Arc<Gateway<W>>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve<W: Shards>(
+    gw: Arc<Gateway<W>>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let max = gw.settings.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     loop {
@@ -79,12 +90,15 @@ pub async fn serve<W: Shards>(gw: Arc<Gateway<W>>, listener: TcpListener, mut st
     let _ = slots.acquire_many(max as u32).await;
 }
 
-async fn connection<W: Shards>(gw: Arc<Gateway<W>>, socket: TcpStream, stop: watch::Receiver<bool>) {
+async fn connection<W: Shards>(
+    gw: Arc<Gateway<W>>,
+    socket: TcpStream,
+    stop: watch::Receiver<bool>,
+) {
     let peer = socket.peer_addr().ok();
-    let (rd, wr) = socket.into_split();
+    let (rd, mut wr) = socket.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_PIPELINED);
     let reader = tokio::spawn(read_requests(gw.clone(), rd, tx, stop));
-    let mut wr = BufWriter::new(wr);
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut reading = true;
     loop {
@@ -106,22 +120,46 @@ async fn connection<W: Shards>(gw: Arc<Gateway<W>>, socket: TcpStream, stop: wat
     tracing::debug!(?peer, "kafka connection closed");
 }
 
-/// Writes `first` and every response already complete behind it, then flushes.
+/// Writes `first` and every response already complete behind it, in vectored
+/// writes: record batches go from the read cache to the socket uncopied.
 async fn write_ready(
-    wr: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-    first: Result<Option<Bytes>, ()>,
+    wr: &mut OwnedWriteHalf,
+    first: Result<Option<Vec<Bytes>>, ()>,
     pending: &mut FuturesOrdered<Pending>,
 ) -> std::io::Result<()> {
     let closed = || std::io::Error::other("response failed to encode");
-    if let Some(b) = first.map_err(|_| closed())? {
-        wr.write_all(&b).await?;
-    }
+    let mut chunks = first.map_err(|_| closed())?.unwrap_or_default();
     while let Some(Some(next)) = pending.next().now_or_never() {
-        if let Some(b) = next.map_err(|_| closed())? {
-            wr.write_all(&b).await?;
+        chunks.extend(next.map_err(|_| closed())?.unwrap_or_default());
+    }
+    write_chunks(wr, chunks).await
+}
+
+async fn write_chunks(wr: &mut OwnedWriteHalf, mut chunks: Vec<Bytes>) -> std::io::Result<()> {
+    chunks.retain(|c| !c.is_empty());
+    let mut at = 0;
+    while at < chunks.len() {
+        let iov: Vec<IoSlice> = chunks[at..]
+            .iter()
+            .take(MAX_IOV)
+            .map(|c| IoSlice::new(c))
+            .collect();
+        let mut n = wr.write_vectored(&iov).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Drop what was written: whole chunks, then part of the next.
+        while n > 0 {
+            let c = &mut chunks[at];
+            let k = n.min(c.len());
+            c.advance(k);
+            n -= k;
+            if c.is_empty() {
+                at += 1;
+            }
         }
     }
-    wr.flush().await
+    Ok(())
 }
 
 async fn read_requests<W: Shards>(
@@ -161,7 +199,10 @@ async fn read_requests<W: Shards>(
 }
 
 /// Reads one size-prefixed frame; `Ok(None)` at a clean end of stream.
-async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, max: u32) -> Result<Option<Bytes>, String> {
+async fn read_frame(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    max: u32,
+) -> Result<Option<Bytes>, String> {
     let mut len = [0u8; 4];
     match rd.read_exact(&mut len).await {
         Ok(_) => {}
@@ -173,7 +214,9 @@ async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, max: u32) -> Result
         return Err(format!("request size {len} outside 0..={max}"));
     }
     let mut buf = BytesMut::zeroed(len as usize);
-    rd.read_exact(&mut buf).await.map_err(|e| format!("truncated frame: {e}"))?;
+    rd.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("truncated frame: {e}"))?;
     Ok(Some(buf.freeze()))
 }
 
@@ -182,7 +225,9 @@ async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, max: u32) -> Result
 pub enum Parsed {
     Request(ApiKey, RequestHeader, RequestKind),
     /// An ApiVersions request newer than we serve: answer with v0 and the list.
-    ApiVersionsTooNew { correlation_id: i32 },
+    ApiVersionsTooNew {
+        correlation_id: i32,
+    },
 }
 
 /// Parses one request frame (without its size prefix), or says why the
@@ -190,7 +235,10 @@ pub enum Parsed {
 /// on hostile input must cost only the connection.
 pub fn parse_request(mut frame: Bytes) -> Result<Parsed, String> {
     if frame.len() < 8 {
-        return Err(format!("frame of {} bytes has no request header", frame.len()));
+        return Err(format!(
+            "frame of {} bytes has no request header",
+            frame.len()
+        ));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -205,7 +253,8 @@ pub fn parse_request(mut frame: Bytes) -> Result<Parsed, String> {
         }
         return Err(format!("unsupported version {version} of {api:?}"));
     }
-    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode_body(&mut frame, api, version)));
+    let decoded =
+        std::panic::catch_unwind(AssertUnwindSafe(|| decode_body(&mut frame, api, version)));
     match decoded {
         Ok(Ok((header, req))) => Ok(Parsed::Request(api, header, req)),
         Ok(Err(e)) => Err(format!("malformed {api:?} v{version}: {e}")),
@@ -215,7 +264,11 @@ pub fn parse_request(mut frame: Bytes) -> Result<Parsed, String> {
 
 /// The codec's own decoding, with no panic guard (the fuzz target calls it so
 /// that a panic in the codec is found, not hidden).
-pub fn decode_body(frame: &mut Bytes, api: ApiKey, version: i16) -> anyhow::Result<(RequestHeader, RequestKind)> {
+pub fn decode_body(
+    frame: &mut Bytes,
+    api: ApiKey,
+    version: i16,
+) -> anyhow::Result<(RequestHeader, RequestKind)> {
     let header = decode_request_header_from_buffer(frame)?;
     // Bytes after the body are ignored, as Kafka's brokers do: librdkafka 2.16
     // sends Metadata v12 with three of them.
@@ -237,63 +290,86 @@ fn decode<W: Shards>(frame: Bytes, gw: &Arc<Gateway<W>>) -> Result<Pending, Stri
     };
     let gw = gw.clone();
     Ok(Box::pin(async move {
+        let (id, v) = (header.correlation_id, header.request_api_version);
         match handle(&gw, &header, req).await {
-            Some(resp) => encode(header.correlation_id, api, header.request_api_version, resp).map(Some),
+            Some(Reply::Body(resp)) => encode(id, api, v, resp).map(|b| Some(vec![b])),
+            Some(Reply::Fetch(resp)) => Ok(Some(fetch::encode(id, v, resp))),
             None => Ok(None),
         }
     }))
 }
 
 fn ready(b: Result<Bytes, ()>) -> Pending {
-    Box::pin(std::future::ready(b.map(Some)))
+    Box::pin(std::future::ready(b.map(|b| Some(vec![b]))))
 }
 
-async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind) -> Option<ResponseKind> {
+/// What a handler answers: a codec message, or a Fetch response, which has
+/// its own encoder.
+#[allow(clippy::large_enum_variant)] // one per request, moved once
+enum Reply {
+    Body(ResponseKind),
+    Fetch(fetch::Response),
+}
+
+async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind) -> Option<Reply> {
     let v = h.request_api_version;
-    Some(match req {
+    Some(Reply::Body(match req {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::response()),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(gw, r, v).await),
-        RequestKind::Produce(r) => return produce::produce(gw, r).await.map(ResponseKind::Produce),
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(gw, r).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(gw, r, v).await),
-        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(gw, r, v).await),
-        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(gw, r).await),
-        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(admin::create_partitions(gw, r).await),
-        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(admin::describe_configs(gw, r).await),
-        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(admin::alter_configs(gw, r).await),
+        RequestKind::Produce(r) => {
+            return produce::produce(gw, r)
+                .await
+                .map(|r| Reply::Body(ResponseKind::Produce(r)))
+        }
+        RequestKind::Fetch(r) => return Some(Reply::Fetch(fetch::fetch(gw, r).await)),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(fetch::list_offsets(gw, r, v).await)
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(admin::create_topics(gw, r, v).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(gw, r).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(gw, r).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(admin::describe_configs(gw, r).await)
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(admin::alter_configs(gw, r).await)
+        }
         RequestKind::IncrementalAlterConfigs(r) => {
             ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(gw, r).await)
         }
-        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(metadata::describe_cluster(gw)),
-        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(admin::delete_records(gw, r).await),
+        RequestKind::DescribeCluster(_) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(gw))
+        }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(admin::delete_records(gw, r).await)
+        }
         // `versions::supported` admits only the APIs above.
         _ => return None,
-    })
-}
-
-/// Enough room for a response to encode without regrowing: a Fetch response
-/// is mostly its record bytes, and growing by doubling to many MiB costs
-/// copies and fresh pages on every fetch.
-fn size_hint(body: &ResponseKind) -> usize {
-    const OVERHEAD: usize = 256;
-    match body {
-        ResponseKind::Fetch(f) => {
-            let partitions = f.responses.iter().flat_map(|t| &t.partitions);
-            OVERHEAD + partitions.map(|p| 64 + p.records.as_ref().map_or(0, |r| r.len())).sum::<usize>()
-        }
-        _ => OVERHEAD,
-    }
+    }))
 }
 
 /// Size prefix, response header, body. A response that does not encode is a
 /// bug of ours; the connection is closed so the client retries elsewhere.
 fn encode(correlation_id: i32, api: ApiKey, version: i16, body: ResponseKind) -> Result<Bytes, ()> {
-    let mut buf = BytesMut::with_capacity(size_hint(&body));
+    let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     // ApiVersions responses always use header v0, so any client can read them.
-    let header_version = if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
-    if let Err(e) = header.encode(&mut buf, header_version).and_then(|_| body.encode(&mut buf, version)) {
+    let header_version = if api == ApiKey::ApiVersions {
+        0
+    } else {
+        api.response_header_version(version)
+    };
+    if let Err(e) = header
+        .encode(&mut buf, header_version)
+        .and_then(|_| body.encode(&mut buf, version))
+    {
         tracing::error!(?api, version, error = %e, "response failed to encode");
         return Err(());
     }
@@ -315,7 +391,9 @@ mod tests {
             .with_correlation_id(7)
             .with_client_id(Some(StrBytes::from_static_str("t")));
         let mut b = BytesMut::new();
-        header.encode(&mut b, R::header_version(version)).expect("header");
+        header
+            .encode(&mut b, R::header_version(version))
+            .expect("header");
         body.encode(&mut b, version).expect("body");
         b.to_vec()
     }
@@ -323,18 +401,36 @@ mod tests {
     fn seeds() -> Vec<Vec<u8>> {
         let topic = || TopicName(StrBytes::from_static_str("t"));
         let md = metadata_request::MetadataRequestTopic::default().with_name(Some(topic()));
-        let part = produce_request::PartitionProduceData::default().with_records(Some(Bytes::from(vec![0u8; 70])));
-        let produce = produce_request::TopicProduceData::default().with_name(topic()).with_partition_data(vec![part]);
+        let part = produce_request::PartitionProduceData::default()
+            .with_records(Some(Bytes::from(vec![0u8; 70])));
+        let produce = produce_request::TopicProduceData::default()
+            .with_name(topic())
+            .with_partition_data(vec![part]);
         let fetch = fetch_request::FetchTopic::default()
             .with_topic(topic())
             .with_partitions(vec![fetch_request::FetchPartition::default()]);
-        let create = create_topics_request::CreatableTopic::default().with_name(topic()).with_num_partitions(3);
+        let create = create_topics_request::CreatableTopic::default()
+            .with_name(topic())
+            .with_num_partitions(3);
         vec![
             frame(3, ApiVersionsRequest::default()),
-            frame(12, MetadataRequest::default().with_topics(Some(vec![md.clone()]))),
+            frame(
+                12,
+                MetadataRequest::default().with_topics(Some(vec![md.clone()])),
+            ),
             frame(1, MetadataRequest::default().with_topics(Some(vec![md]))),
-            frame(9, ProduceRequest::default().with_acks(-1).with_topic_data(vec![produce.clone()])),
-            frame(3, ProduceRequest::default().with_acks(1).with_topic_data(vec![produce])),
+            frame(
+                9,
+                ProduceRequest::default()
+                    .with_acks(-1)
+                    .with_topic_data(vec![produce.clone()]),
+            ),
+            frame(
+                3,
+                ProduceRequest::default()
+                    .with_acks(1)
+                    .with_topic_data(vec![produce]),
+            ),
             frame(12, FetchRequest::default().with_topics(vec![fetch.clone()])),
             frame(4, FetchRequest::default().with_topics(vec![fetch])),
             frame(7, CreateTopicsRequest::default().with_topics(vec![create])),
@@ -344,7 +440,10 @@ mod tests {
     #[test]
     fn valid_frames_parse() {
         for s in seeds() {
-            assert!(matches!(parse_request(Bytes::from(s)), Ok(Parsed::Request(..))));
+            assert!(matches!(
+                parse_request(Bytes::from(s)),
+                Ok(Parsed::Request(..))
+            ));
         }
     }
 
@@ -381,12 +480,19 @@ mod tests {
             let version = i16::from_be_bytes([f[2], f[3]]);
             let hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(|_| {}));
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| decode_body(&mut b, api, version).is_ok()));
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                decode_body(&mut b, api, version).is_ok()
+            }));
             std::panic::set_hook(hook);
             if r.is_err() {
                 panics.push(f);
             }
         }
-        assert!(panics.is_empty(), "{} inputs panicked the codec; first: {:?}", panics.len(), panics[0]);
+        assert!(
+            panics.is_empty(),
+            "{} inputs panicked the codec; first: {:?}",
+            panics.len(),
+            panics[0]
+        );
     }
 }

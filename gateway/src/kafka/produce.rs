@@ -45,7 +45,11 @@ pub async fn produce<W: Shards>(gw: &Gateway<W>, req: ProduceRequest) -> Option<
         for (index, outcome) in parts {
             out.push(finish(gw, index, outcome).await);
         }
-        responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(out));
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(out),
+        );
     }
     if acks == 0 {
         return None;
@@ -73,9 +77,14 @@ async fn accept<W: Shards>(
 }
 
 async fn finish<W>(gw: &Gateway<W>, index: i32, outcome: Outcome) -> PartitionProduceResponse {
-    let resp = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+    let resp = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_log_append_time_ms(-1);
     match outcome {
-        Outcome::Failed(code, msg) => resp.with_error_code(code).with_base_offset(-1).with_error_message(msg),
+        Outcome::Failed(code, msg) => resp
+            .with_error_code(code)
+            .with_base_offset(-1)
+            .with_error_message(msg),
         Outcome::Accepted(a, bytes, count) => {
             let (base, start) = (a.base_offset, a.log_start);
             match a.durable().await {
@@ -91,5 +100,7 @@ async fn finish<W>(gw: &Gateway<W>, index: i32, outcome: Outcome) -> PartitionPr
 }
 
 fn failed(resp: PartitionProduceResponse, e: &WorkerError) -> PartitionProduceResponse {
-    resp.with_error_code(errors::code(e)).with_base_offset(-1).with_error_message(errors::message(e))
+    resp.with_error_code(errors::code(e))
+        .with_base_offset(-1)
+        .with_error_message(errors::message(e))
 }

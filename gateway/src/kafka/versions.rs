@@ -27,13 +27,21 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == api).map(|&(_, lo, hi)| (lo, hi))
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, lo, hi)| (lo, hi))
 }
 
 fn api_keys() -> Vec<ApiVersion> {
     SUPPORTED
         .iter()
-        .map(|&(k, lo, hi)| ApiVersion::default().with_api_key(k as i16).with_min_version(lo).with_max_version(hi))
+        .map(|&(k, lo, hi)| {
+            ApiVersion::default()
+                .with_api_key(k as i16)
+                .with_min_version(lo)
+                .with_max_version(hi)
+        })
         .collect()
 }
 
@@ -58,7 +66,10 @@ mod tests {
     fn advertised_versions_are_within_the_codec() {
         for &(k, lo, hi) in SUPPORTED {
             let r = k.valid_versions();
-            assert!(lo <= hi && lo >= r.min && hi <= r.max, "{k:?} {lo}..={hi} outside {r:?}");
+            assert!(
+                lo <= hi && lo >= r.min && hi <= r.max,
+                "{k:?} {lo}..={hi} outside {r:?}"
+            );
         }
     }
 }

@@ -31,7 +31,14 @@ pub(super) struct BlockCache {
 
 impl BlockCache {
     pub(super) fn new(max_bytes: usize) -> Self {
-        Self { max_bytes, bytes: 0, tick: 0, blocks: HashMap::new(), by_use: BTreeMap::new(), loading: HashMap::new() }
+        Self {
+            max_bytes,
+            bytes: 0,
+            tick: 0,
+            blocks: HashMap::new(),
+            by_use: BTreeMap::new(),
+            loading: HashMap::new(),
+        }
     }
 
     pub(super) fn get(&mut self, id: BlockId) -> Option<Bytes> {
@@ -60,7 +67,9 @@ impl BlockCache {
         }
         self.by_use.insert(self.tick, id);
         while self.bytes > self.max_bytes {
-            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
             if let Some((old, _)) = self.blocks.remove(&oldest) {
                 self.bytes -= old.len();
             }

@@ -52,7 +52,9 @@ const SWEEP_SEQS: u64 = 4096;
 
 pub(super) async fn maintain(inner: Arc<Inner>) {
     let mut m = Maintainer {
-        log: ShardLog { inner: inner.clone() },
+        log: ShardLog {
+            inner: inner.clone(),
+        },
         next_data: 0,
         waiting_since: None,
         queue: VecDeque::new(),
@@ -120,14 +122,22 @@ impl Maintainer {
         if inner.pending.available_permits() < (cfg.max_pending_bytes >> 10) / 2 {
             return Ok(());
         }
-        let waited = self.waiting_since.is_some_and(|t| t.elapsed() >= cfg.compact_after);
+        let waited = self
+            .waiting_since
+            .is_some_and(|t| t.elapsed() >= cfg.compact_after);
         let plan = {
             let core = inner.lock();
             if core.failed.is_some() {
                 return Ok(());
             }
             let last = core.acked_seq.unwrap_or(core.first_own_seq - 1);
-            plan(&core.durable, last, cfg.compact_bytes as u64, cfg.compact_max_objects as u64, waited)
+            plan(
+                &core.durable,
+                last,
+                cfg.compact_bytes as u64,
+                cfg.compact_max_objects as u64,
+                waited,
+            )
         };
         let plan = match plan {
             Ok(p) => {
@@ -147,7 +157,9 @@ impl Maintainer {
         };
         let epoch = inner.writer.epoch;
         if epoch >= 1 << 31 || self.next_data >= 1 << 32 {
-            return Err(Error::Unavailable("data object ids exhausted for this epoch".into()));
+            return Err(Error::Unavailable(
+                "data object ids exhausted for this epoch".into(),
+            ));
         }
         let object = ObjId::data(epoch, self.next_data);
         self.next_data += 1;
@@ -160,7 +172,8 @@ impl Maintainer {
                 starts.push(at);
                 chunks.extend(self.batches(run.stream, &locs).await?);
                 at += locs.iter().map(|l| l.len as u64).sum::<u64>();
-                run.end = u32::try_from(at).map_err(|_| Error::Unavailable("data object over 4 GiB".into()))?;
+                run.end = u32::try_from(at)
+                    .map_err(|_| Error::Unavailable("data object over 4 GiB".into()))?;
                 runs.push(run);
             }
             chunks[0] = format::encode_data_header(inner.writer, &runs, &starts);
@@ -169,7 +182,12 @@ impl Maintainer {
             let payload = PutPayload::from_iter(chunks);
             put::create_resolved(&*inner.store, &path, payload, inner.writer, cfg).await?;
         }
-        let entry = Entry::Compact { object, wal_below: plan.wal_below, sources: plan.sources, runs };
+        let entry = Entry::Compact {
+            object,
+            wal_below: plan.wal_below,
+            sources: plan.sources,
+            runs,
+        };
         self.log.append(vec![entry]).await?.durable().await?;
         let stats = &cfg.stats;
         stats.compactions.fetch_add(1, Relaxed);
@@ -181,9 +199,16 @@ impl Maintainer {
     async fn batches(&self, stream: StreamId, locs: &[BatchLoc]) -> Result<Vec<Bytes>, Error> {
         let mut out: Vec<Option<Bytes>> = {
             let core = self.log.inner.lock();
-            locs.iter().map(|l| core.tail.get(stream, l.base_offset)).collect()
+            locs.iter()
+                .map(|l| core.tail.get(stream, l.base_offset))
+                .collect()
         };
-        let missing: Vec<BatchLoc> = locs.iter().zip(&out).filter(|(_, b)| b.is_none()).map(|(l, _)| *l).collect();
+        let missing: Vec<BatchLoc> = locs
+            .iter()
+            .zip(&out)
+            .filter(|(_, b)| b.is_none())
+            .map(|(l, _)| *l)
+            .collect();
         if !missing.is_empty() {
             let (mut loaded, _) = self.log.load(&missing).await?;
             loaded.reverse();
@@ -197,7 +222,9 @@ impl Maintainer {
     async fn sweep(&mut self) -> Result<(), Error> {
         let inner = self.log.inner.clone();
         let cfg = &inner.cfg;
-        let Some(grace) = cfg.sweep_grace else { return Ok(()) };
+        let Some(grace) = cfg.sweep_grace else {
+            return Ok(());
+        };
         if self.retired {
             return Ok(());
         }
@@ -213,8 +240,12 @@ impl Maintainer {
             // WAL objects only below our checkpoint (a new owner replays from
             // it or later), and never a fence.
             let deletable = |o: &ObjId| o.wal_seq().is_none_or(|q| q < below && !st.is_fence(q));
-            let mut fresh: Vec<ObjId> =
-                st.garbage.iter().filter(|o| deletable(o) && !self.queued.contains(o)).copied().collect();
+            let mut fresh: Vec<ObjId> = st
+                .garbage
+                .iter()
+                .filter(|o| deletable(o) && !self.queued.contains(o))
+                .copied()
+                .collect();
             let from = st.swept_below.max(self.queued_below);
             let wal_below = below.min(from + SWEEP_SEQS).max(from);
             for q in from..wal_below {
@@ -231,8 +262,14 @@ impl Maintainer {
             // Compacted or emptied WAL objects wait for a checkpoint past them.
             // Metadata-only objects (this task's own entries among them) never
             // ask for one: an idle shard must settle.
-            let stale = core.last_ckpt.is_none_or(|(_, at)| at.elapsed() >= cfg.checkpoint_interval);
-            let waiting = st.compacted_below > below || st.garbage.iter().any(|o| o.wal_seq().is_some_and(|q| q >= below));
+            let stale = core
+                .last_ckpt
+                .is_none_or(|(_, at)| at.elapsed() >= cfg.checkpoint_interval);
+            let waiting = st.compacted_below > below
+                || st
+                    .garbage
+                    .iter()
+                    .any(|o| o.wal_seq().is_some_and(|q| q >= below));
             (ckpt, stale && waiting && core.acked_seq.is_some())
         };
         if want_ckpt {
@@ -249,7 +286,9 @@ impl Maintainer {
             wal_below = wal_below.max(*below);
             due.extend(self.queue.pop_front().map(|q| q.2).unwrap_or_default());
         }
-        let Some(first_at) = first_at else { return Ok(()) };
+        let Some(first_at) = first_at else {
+            return Ok(());
+        };
         match self.delete(ckpt, &due).await {
             Ok(true) => {}
             Ok(false) => return Ok(()),
@@ -264,9 +303,15 @@ impl Maintainer {
         }
         let forget: Vec<ObjId> = {
             let core = inner.lock();
-            due.into_iter().filter(|o| core.durable.garbage.contains(o)).collect()
+            due.into_iter()
+                .filter(|o| core.durable.garbage.contains(o))
+                .collect()
         };
-        self.log.append(vec![Entry::Sweep { wal_below, forget }]).await?.durable().await
+        self.log
+            .append(vec![Entry::Sweep { wal_below, forget }])
+            .await?
+            .durable()
+            .await
     }
 
     /// Deletes older checkpoints first (so no LIST shows one older than the
@@ -277,7 +322,10 @@ impl Maintainer {
             return Ok(false);
         }
         let old_ckpts = self.old_checkpoints(ckpt).await?;
-        let mut first: Vec<_> = old_ckpts.iter().map(|&s| ckpt_path(&inner.prefix, s)).collect();
+        let mut first: Vec<_> = old_ckpts
+            .iter()
+            .map(|&s| ckpt_path(&inner.prefix, s))
+            .collect();
         if !self.listed {
             first.extend(self.orphans().await?);
         }
@@ -306,7 +354,14 @@ impl Maintainer {
             return Ok(true);
         }
         let inner = &self.log.inner;
-        if put::newer_owner(&*inner.store, &inner.prefix, inner.writer.epoch, inner.cfg.put_timeout).await? {
+        if put::newer_owner(
+            &*inner.store,
+            &inner.prefix,
+            inner.writer.epoch,
+            inner.cfg.put_timeout,
+        )
+        .await?
+        {
             tracing::info!(prefix = %inner.prefix, "a newer owner exists; no more deletes from this one");
             self.retired = true;
             return Ok(false);
@@ -319,11 +374,22 @@ impl Maintainer {
     /// every older one listed.
     async fn old_checkpoints(&self, ckpt: u64) -> Result<Vec<u64>, Error> {
         let inner = &self.log.inner;
-        let mut old: Vec<u64> = inner.lock().own_ckpts.iter().copied().filter(|&s| s < ckpt).collect();
+        let mut old: Vec<u64> = inner
+            .lock()
+            .own_ckpts
+            .iter()
+            .copied()
+            .filter(|&s| s < ckpt)
+            .collect();
         if !self.listed {
             let dir = inner.prefix.clone().join("ckpt");
             let listed = open::list(&*inner.store, &dir, &inner.cfg).await?;
-            old.extend(listed.iter().filter_map(|m| m.location.filename()?.parse::<u64>().ok()).filter(|&s| s < ckpt));
+            old.extend(
+                listed
+                    .iter()
+                    .filter_map(|m| m.location.filename()?.parse::<u64>().ok())
+                    .filter(|&s| s < ckpt),
+            );
             old.sort_unstable();
             old.dedup();
         }
@@ -334,15 +400,24 @@ impl Maintainer {
     /// that never got their entry into the valid log. One LIST per owner.
     async fn orphans(&self) -> Result<Vec<object_store::path::Path>, Error> {
         let inner = &self.log.inner;
-        let listed = open::list(&*inner.store, &inner.prefix.clone().join("data"), &inner.cfg).await?;
+        let listed = open::list(
+            &*inner.store,
+            &inner.prefix.clone().join("data"),
+            &inner.cfg,
+        )
+        .await?;
         let core = inner.lock();
         let st = &core.durable;
         Ok(listed
             .into_iter()
             .map(|m| m.location)
             .filter(|p| {
-                let Some((e, n)) = p.filename().and_then(|f| f.split_once('-')) else { return false };
-                let (Ok(e), Ok(n)) = (e.parse::<u64>(), n.parse::<u64>()) else { return false };
+                let Some((e, n)) = p.filename().and_then(|f| f.split_once('-')) else {
+                    return false;
+                };
+                let (Ok(e), Ok(n)) = (e.parse::<u64>(), n.parse::<u64>()) else {
+                    return false;
+                };
                 let o = ObjId::data(e, n);
                 e < inner.writer.epoch && !st.refs.contains_key(&o) && !st.garbage.contains(&o)
             })
@@ -363,7 +438,9 @@ fn plan(st: &State, last: u64, target: u64, max_objects: u64, waited: bool) -> R
     // suffix of each stream's index: compaction only ever moves older ones.
     let mut per_seq: BTreeMap<u64, u64> = BTreeMap::new();
     for s in st.streams.values() {
-        let i = s.locs.partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < cb));
+        let i = s
+            .locs
+            .partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < cb));
         for l in &s.locs[i..] {
             let q = l.obj.0;
             if q <= last {
@@ -395,7 +472,9 @@ fn plan(st: &State, last: u64, target: u64, max_objects: u64, waited: bool) -> R
     let mut runs = Vec::new();
     let mut bytes = 0;
     for (&stream, s) in &st.streams {
-        let i = s.locs.partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < cb));
+        let i = s
+            .locs
+            .partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < cb));
         let mut run: Vec<BatchLoc> = Vec::new();
         for l in s.locs[i..].iter().take_while(|l| l.obj.0 < wal_below) {
             if per_seq.get(&l.obj.0).is_some_and(|&b| b < big) {
@@ -407,7 +486,12 @@ fn plan(st: &State, last: u64, target: u64, max_objects: u64, waited: bool) -> R
         }
         close_run(&mut runs, stream, &mut run);
     }
-    Ok(Plan { wal_below, sources: Vec::new(), runs, bytes })
+    Ok(Plan {
+        wal_below,
+        sources: Vec::new(),
+        runs,
+        bytes,
+    })
 }
 
 /// Data objects that retention left mostly empty (less than half live),
@@ -450,11 +534,23 @@ fn rewrite_plan(st: &State, target: u64) -> Option<Plan> {
         }
         close_run(&mut runs, stream, &mut run);
     }
-    Some(Plan { wal_below: st.compacted_below, sources, runs, bytes: keep })
+    Some(Plan {
+        wal_below: st.compacted_below,
+        sources,
+        runs,
+        bytes: keep,
+    })
 }
 
 fn close_run(runs: &mut Vec<(Run, Vec<BatchLoc>)>, stream: StreamId, run: &mut Vec<BatchLoc>) {
-    let (Some(first), Some(last)) = (run.first(), run.last()) else { return };
-    let r = Run { stream, from: first.base_offset, to: last.end_offset(), end: 0 };
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return;
+    };
+    let r = Run {
+        stream,
+        from: first.base_offset,
+        to: last.end_offset(),
+        end: 0,
+    };
     runs.push((r, std::mem::take(run)));
 }

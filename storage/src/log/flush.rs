@@ -19,7 +19,9 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
     loop {
         let deadline = {
             let mut core = inner.lock();
-            if core.failed.is_some() || (core.closing && core.open.entries.is_empty() && core.in_flight.is_empty()) {
+            if core.failed.is_some()
+                || (core.closing && core.open.entries.is_empty() && core.in_flight.is_empty())
+            {
                 break;
             }
             let in_flight = core.in_flight.len();
@@ -75,12 +77,20 @@ fn seal(inner: &Arc<Inner>, core: &mut Core, done_tx: &mpsc::Sender<(u64, Result
         positions.push(at);
         at += c.len() as u32;
     }
-    core.in_flight.insert(seq, Sealed { flush, positions, done: None });
+    core.in_flight.insert(
+        seq,
+        Sealed {
+            flush,
+            positions,
+            done: None,
+        },
+    );
     let payload = PutPayload::from_iter(chunks);
     let (inner, tx) = (inner.clone(), done_tx.clone());
     tokio::spawn(async move {
         let path = wal_path(&inner.prefix, seq);
-        let res = put::create_resolved(&*inner.store, &path, payload, inner.writer, &inner.cfg).await;
+        let res =
+            put::create_resolved(&*inner.store, &path, payload, inner.writer, &inner.cfg).await;
         // The flusher drains this channel until every PUT has reported.
         let _ = tx.send((seq, res)).await;
     });
@@ -95,7 +105,9 @@ fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
     let mut advanced = false;
     let mut want_checkpoint = false;
     while let Some(mut first) = core.in_flight.first_entry() {
-        let Some(res) = first.get_mut().done.take() else { break };
+        let Some(res) = first.get_mut().done.take() else {
+            break;
+        };
         let (seq, sealed) = first.remove_entry();
         if let Err(e) = res {
             tracing::warn!(seq, error = %e, "flush failed; shard log poisoned");
@@ -105,9 +117,19 @@ fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
         let core = &mut *core;
         let mut pos = sealed.positions.iter();
         for e in &sealed.flush.entries {
-            let p = if matches!(e, Entry::Append { .. }) { pos.next().copied().unwrap_or(0) } else { 0 };
+            let p = if matches!(e, Entry::Append { .. }) {
+                pos.next().copied().unwrap_or(0)
+            } else {
+                0
+            };
             core.durable.apply(e, seq, p);
-            if let Entry::Append { stream, base_offset, data, .. } = e {
+            if let Entry::Append {
+                stream,
+                base_offset,
+                data,
+                ..
+            } = e
+            {
                 core.tail.insert(*stream, *base_offset, data.clone());
             }
         }
@@ -143,9 +165,14 @@ fn poison(core: &mut Core, sealed: Sealed, e: Error) {
         Error::Fenced => Error::Fenced,
         other => Error::Unavailable(other.to_string()),
     };
-    let later = std::mem::take(&mut core.in_flight).into_values().map(|s| s.flush);
+    let later = std::mem::take(&mut core.in_flight)
+        .into_values()
+        .map(|s| s.flush);
     let open = std::mem::take(&mut core.open);
-    for flush in std::iter::once(sealed.flush).chain(later).chain(std::iter::once(open)) {
+    for flush in std::iter::once(sealed.flush)
+        .chain(later)
+        .chain(std::iter::once(open))
+    {
         for ack in flush.acks {
             let _ = ack.send(Err(e.clone()));
         }
@@ -160,18 +187,37 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
         let core = inner.lock();
         // After a poison, objects past acked_seq may exist unacknowledged:
         // the checkpoint must name exactly the seq its state ends at.
-        let Some(seq) = core.acked_seq.filter(|_| core.failed.is_none()) else { return Ok(()) };
-        debug_assert!(seq >= core.first_own_seq, "only own flushes are acknowledged");
-        (seq, format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable))
+        let Some(seq) = core.acked_seq.filter(|_| core.failed.is_none()) else {
+            return Ok(());
+        };
+        debug_assert!(
+            seq >= core.first_own_seq,
+            "only own flushes are acknowledged"
+        );
+        (
+            seq,
+            format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable),
+        )
     };
     // A stale owner's checkpoint could name a state older than objects a
     // newer owner already swept; a stale owner that knows it writes none.
-    if put::newer_owner(&*inner.store, &inner.prefix, inner.writer.epoch, inner.cfg.put_timeout).await? {
+    if put::newer_owner(
+        &*inner.store,
+        &inner.prefix,
+        inner.writer.epoch,
+        inner.cfg.put_timeout,
+    )
+    .await?
+    {
         return Err(Error::Fenced);
     }
     let path = ckpt_path(&inner.prefix, seq);
     put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await?;
-    inner.cfg.stats.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    inner
+        .cfg
+        .stats
+        .checkpoints
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut core = inner.lock();
     if core.last_ckpt.is_none_or(|(s, _)| s < seq) {
         core.last_ckpt = Some((seq, Instant::now()));
@@ -181,4 +227,3 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
     }
     Ok(())
 }
-

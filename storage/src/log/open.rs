@@ -40,15 +40,22 @@ pub(super) struct Opened {
     pub tail: Vec<(StreamId, i64, Bytes)>,
 }
 
-pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogConfig) -> Result<Opened, Error> {
+pub(super) async fn open(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+    cfg: &LogConfig,
+) -> Result<Opened, Error> {
     let writer = claim_epoch(&**store, prefix, cfg).await?;
-    let (mut state, mut seq, mut fence_epoch) = match latest_checkpoint(&**store, prefix, cfg).await? {
-        // A checkpoint by a newer owner means one took over while we were
-        // claiming: we are the stale one, and must not write past its log.
-        Some(c) if c.writer.epoch > writer.epoch || c.fence_epoch > writer.epoch => return Err(Error::Fenced),
-        Some(c) => (c.state, c.seq + 1, c.fence_epoch),
-        None => (State::default(), 0, 0),
-    };
+    let (mut state, mut seq, mut fence_epoch) =
+        match latest_checkpoint(&**store, prefix, cfg).await? {
+            // A checkpoint by a newer owner means one took over while we were
+            // claiming: we are the stale one, and must not write past its log.
+            Some(c) if c.writer.epoch > writer.epoch || c.fence_epoch > writer.epoch => {
+                return Err(Error::Fenced)
+            }
+            Some(c) => (c.state, c.seq + 1, c.fence_epoch),
+            None => (State::default(), 0, 0),
+        };
     let mut tail = Vec::new();
     // Scan: replay until the first seq we can create.
     loop {
@@ -68,7 +75,8 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
                     fence_epoch = fence_epoch.max(obj.writer.epoch);
                     state.note_tombstone(obj.writer.epoch, seq);
                 } else if obj.writer.epoch >= fence_epoch {
-                    replay(&mut state, &mut tail, &obj, cfg.tail_bytes).map_err(|e| corrupt(&path, e))?;
+                    replay(&mut state, &mut tail, &obj, cfg.tail_bytes)
+                        .map_err(|e| corrupt(&path, e))?;
                 }
                 seq += 1;
             }
@@ -79,7 +87,9 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
     for s in fence + 1..fence + FENCE_WINDOW {
         let path = wal_path(prefix, s);
         let tomb = PutPayload::from(format::encode_tombstone(writer, s));
-        if let Created::Theirs(bytes) = put::create_or_read(&**store, &path, tomb, writer, cfg).await? {
+        if let Created::Theirs(bytes) =
+            put::create_or_read(&**store, &path, tomb, writer, cfg).await?
+        {
             let w = format::object_writer(&bytes).map_err(|e| corrupt(&path, e))?;
             if w.epoch > writer.epoch {
                 return Err(Error::Fenced);
@@ -92,7 +102,9 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
     // sweep left (a checkpoint LIST did not show): then stop, never write.
     let past = wal_path(prefix, fence + FENCE_WINDOW);
     if put::exists(store.as_ref(), &past, cfg.put_timeout).await? {
-        return Err(Error::Unavailable(format!("{past} exists past a new fence: the log has a hole; not opening")));
+        return Err(Error::Unavailable(format!(
+            "{past} exists past a new fence: the log has a hole; not opening"
+        )));
     }
     // A newer owner may have swept WAL objects this scan went past (it
     // started from an older checkpoint): a hole there would look like the
@@ -102,7 +114,12 @@ pub(super) async fn open(store: &Arc<dyn ObjectStore>, prefix: &Path, cfg: &LogC
         return Err(Error::Fenced);
     }
     tracing::info!(%prefix, epoch = writer.epoch, fence, "shard opened");
-    Ok(Opened { writer, state, next_seq: fence + FENCE_WINDOW, tail })
+    Ok(Opened {
+        writer,
+        state,
+        next_seq: fence + FENCE_WINDOW,
+        tail,
+    })
 }
 
 /// Applies a valid WAL object. Entries were checked when appended; replay
@@ -116,7 +133,12 @@ fn replay(
     let mut pos = obj.positions.iter();
     for e in &obj.entries {
         let p = match e {
-            Entry::Append { stream, base_offset, data, .. } => {
+            Entry::Append {
+                stream,
+                base_offset,
+                data,
+                ..
+            } => {
                 let expected = state.streams.get(stream).map(|s| s.next_offset);
                 if expected.is_some_and(|next| next != *base_offset) {
                     return Err(format::Corrupt("append offsets are not contiguous"));
@@ -133,19 +155,31 @@ fn replay(
     Ok(())
 }
 
-async fn claim_epoch(store: &dyn ObjectStore, prefix: &Path, cfg: &LogConfig) -> Result<Writer, Error> {
+async fn claim_epoch(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    cfg: &LogConfig,
+) -> Result<Writer, Error> {
     let listed = list(store, &prefix.clone().join("epoch"), cfg).await?;
-    let mut epoch = listed.iter().filter_map(|m| seq_of(&m.location)).max().unwrap_or(0);
+    let mut epoch = listed
+        .iter()
+        .filter_map(|m| seq_of(&m.location))
+        .max()
+        .unwrap_or(0);
     let nonce = rand::random::<u64>();
     for _ in 0..MAX_EPOCH_RACES {
         epoch += 1;
         let writer = Writer { epoch, nonce };
         let body = PutPayload::from(format::encode_epoch(writer));
-        if let Created::Ours = put::create_or_read(store, &epoch_path(prefix, epoch), body, writer, cfg).await? {
+        if let Created::Ours =
+            put::create_or_read(store, &epoch_path(prefix, epoch), body, writer, cfg).await?
+        {
             return Ok(writer);
         }
     }
-    Err(Error::Unavailable(format!("lost {MAX_EPOCH_RACES} epoch races in a row")))
+    Err(Error::Unavailable(format!(
+        "lost {MAX_EPOCH_RACES} epoch races in a row"
+    )))
 }
 
 /// The newest checkpoint whose WAL object carries its epoch. One that cannot
@@ -164,18 +198,26 @@ async fn latest_checkpoint(
     let mut skipped = 0;
     for seq in seqs {
         let path = ckpt_path(prefix, seq);
-        let Some(body) = put::get(store, &path, cfg.put_timeout).await? else { continue };
+        let Some(body) = put::get(store, &path, cfg.put_timeout).await? else {
+            continue;
+        };
         if format::is_v1_checkpoint(&body) {
             continue;
         }
         skipped += 1;
         let ckpt = match format::decode_checkpoint(body) {
             Ok(c) if c.seq == seq => c,
-            Ok(_) => return Err(corrupt(&path, format::Corrupt("checkpoint names another seq"))),
+            Ok(_) => {
+                return Err(corrupt(
+                    &path,
+                    format::Corrupt("checkpoint names another seq"),
+                ))
+            }
             Err(e) => return Err(corrupt(&path, e)),
         };
         // Only the writer's header is needed.
-        let wal = put::get_range(store, &wal_path(prefix, seq), Some(0..64), cfg.put_timeout).await?;
+        let wal =
+            put::get_range(store, &wal_path(prefix, seq), Some(0..64), cfg.put_timeout).await?;
         let Some(wal) = wal else { continue };
         if format::object_writer(&wal).ok().map(|w| w.epoch) == Some(ckpt.writer.epoch) {
             return Ok(Some(ckpt));
@@ -184,15 +226,26 @@ async fn latest_checkpoint(
     // Checkpoints exist but none is valid: WAL objects below them may be
     // gone, so replaying from seq 0 could fall into a hole. Fail closed.
     if skipped > 0 {
-        return Err(Error::Unavailable("no valid checkpoint among those listed; not opening".into()));
+        return Err(Error::Unavailable(
+            "no valid checkpoint among those listed; not opening".into(),
+        ));
     }
     Ok(None)
 }
 
 /// LIST is a hint (its order is not guaranteed, and it may miss the newest
 /// objects); callers only use it to choose where to start probing.
-pub(super) async fn list(store: &dyn ObjectStore, dir: &Path, cfg: &LogConfig) -> Result<Vec<object_store::ObjectMeta>, Error> {
-    match tokio::time::timeout(cfg.put_timeout, store.list(Some(dir)).try_collect::<Vec<_>>()).await {
+pub(super) async fn list(
+    store: &dyn ObjectStore,
+    dir: &Path,
+    cfg: &LogConfig,
+) -> Result<Vec<object_store::ObjectMeta>, Error> {
+    match tokio::time::timeout(
+        cfg.put_timeout,
+        store.list(Some(dir)).try_collect::<Vec<_>>(),
+    )
+    .await
+    {
         Ok(r) => r.map_err(unavailable),
         Err(_) => Err(Error::Unavailable(format!("list {dir} timed out"))),
     }
@@ -207,5 +260,8 @@ fn unavailable(e: object_store::Error) -> Error {
 }
 
 fn corrupt(path: &Path, e: format::Corrupt) -> Error {
-    Error::Corrupt { path: path.to_string(), why: e.to_string() }
+    Error::Corrupt {
+        path: path.to_string(),
+        why: e.to_string(),
+    }
 }

@@ -37,15 +37,21 @@ pub(crate) async fn create_or_read(
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match tokio::time::timeout(cfg.put_timeout, store.put_opts(path, payload.clone(), opts)).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match tokio::time::timeout(cfg.put_timeout, store.put_opts(path, payload.clone(), opts))
+            .await
+        {
             Ok(Ok(_)) => return Ok(Created::Ours),
-            Ok(Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
-                match read_back(store, path, writer, cfg.put_timeout).await {
-                    Ok(c) => return Ok(c),
-                    Err(e) => last = e,
-                }
-            }
+            Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            )) => match read_back(store, path, writer, cfg.put_timeout).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            },
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = format!("put timed out after {:?}", cfg.put_timeout),
         }
@@ -116,7 +122,12 @@ pub(crate) async fn create_checkpoint(
     create_resolved(store, path, PutPayload::from(body), writer, cfg).await
 }
 
-async fn read_back(store: &dyn ObjectStore, path: &Path, writer: Writer, timeout: Duration) -> Result<Created, String> {
+async fn read_back(
+    store: &dyn ObjectStore,
+    path: &Path,
+    writer: Writer,
+    timeout: Duration,
+) -> Result<Created, String> {
     let got = tokio::time::timeout(timeout, async { store.get(path).await?.bytes().await }).await;
     let bytes = match got {
         Ok(Ok(b)) => b,
@@ -139,7 +150,11 @@ pub(crate) fn writer_of(b: &[u8]) -> Option<Writer> {
 const GET_ATTEMPTS: u32 = 5;
 
 /// GET with a deadline per attempt and bounded retries; `None` if absent.
-pub(crate) async fn get(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<Option<Bytes>, Error> {
+pub(crate) async fn get(
+    store: &dyn ObjectStore,
+    path: &Path,
+    timeout: Duration,
+) -> Result<Option<Bytes>, Error> {
     get_range(store, path, None, timeout).await
 }
 
@@ -156,8 +171,14 @@ pub(crate) async fn get_range(
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        let opts = GetOptions { range: range.clone().map(Into::into), ..Default::default() };
-        let got = tokio::time::timeout(timeout, async { store.get_opts(path, opts).await?.bytes().await }).await;
+        let opts = GetOptions {
+            range: range.clone().map(Into::into),
+            ..Default::default()
+        };
+        let got = tokio::time::timeout(timeout, async {
+            store.get_opts(path, opts).await?.bytes().await
+        })
+        .await;
         match got {
             Ok(Ok(b)) => return Ok(Some(b)),
             Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
@@ -170,18 +191,31 @@ pub(crate) async fn get_range(
 
 /// Whether an object exists, retried like [`get`]: a HEAD, done as a GET of
 /// its first bytes (every log object has a header).
-pub(crate) async fn exists(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<bool, Error> {
+pub(crate) async fn exists(
+    store: &dyn ObjectStore,
+    path: &Path,
+    timeout: Duration,
+) -> Result<bool, Error> {
     Ok(get_range(store, path, Some(0..8), timeout).await?.is_some())
 }
 
 /// Whether an owner newer than `epoch` has claimed the shard at `prefix`.
 /// Epochs are claimed in order, so looking at `epoch + 1` is enough.
-pub(crate) async fn newer_owner(store: &dyn ObjectStore, prefix: &Path, epoch: u64, timeout: Duration) -> Result<bool, Error> {
+pub(crate) async fn newer_owner(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    epoch: u64,
+    timeout: Duration,
+) -> Result<bool, Error> {
     exists(store, &super::epoch_path(prefix, epoch + 1), timeout).await
 }
 
 /// DELETE, retried; an object already gone counts as deleted.
-pub(crate) async fn delete(store: &dyn ObjectStore, path: &Path, timeout: Duration) -> Result<(), Error> {
+pub(crate) async fn delete(
+    store: &dyn ObjectStore,
+    path: &Path,
+    timeout: Duration,
+) -> Result<(), Error> {
     let mut last = String::new();
     for attempt in 0..GET_ATTEMPTS {
         if attempt > 0 {

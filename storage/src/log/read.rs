@@ -33,17 +33,30 @@ impl ShardLog {
     /// durable high watermark. With `min_one`, the first batch comes back even
     /// when it alone exceeds `max_bytes` (Kafka's KIP-74 rule, which a fetch
     /// grants only to its first non-empty partition).
-    pub async fn read(&self, stream: StreamId, from: i64, max_bytes: usize, min_one: bool) -> Result<Read, Error> {
+    pub async fn read(
+        &self,
+        stream: StreamId,
+        from: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Read, Error> {
         let mut out = Read::default();
         let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
         let mut read_to = from;
         {
             let core = self.inner.lock();
-            let s = core.durable.streams.get(&stream).ok_or(Error::UnknownStream)?;
+            let s = core
+                .durable
+                .streams
+                .get(&stream)
+                .ok_or(Error::UnknownStream)?;
             out.log_start = s.log_start;
             out.high_watermark = s.next_offset;
             if from < s.log_start || from > s.next_offset {
-                return Err(Error::OffsetOutOfRange { log_start: s.log_start, high_watermark: s.next_offset });
+                return Err(Error::OffsetOutOfRange {
+                    log_start: s.log_start,
+                    high_watermark: s.next_offset,
+                });
             }
             let mut total = 0usize;
             for loc in &s.locs[s.find(from)..] {
@@ -72,7 +85,9 @@ impl ShardLog {
         }
         // A reader the store had to serve is likely to continue: warm the
         // cache with the blocks holding what follows, if it can hold them.
-        if went_to_store && self.inner.cfg.read_cache_bytes >= 4 * READ_AHEAD_BLOCKS * self.inner.cfg.block_bytes {
+        if went_to_store
+            && self.inner.cfg.read_cache_bytes >= 4 * READ_AHEAD_BLOCKS * self.inner.cfg.block_bytes
+        {
             self.read_ahead(stream, read_to, max_bytes.max(READ_AHEAD_BYTES));
         }
         Ok(out)
@@ -85,7 +100,9 @@ impl ShardLog {
     fn read_ahead(&self, stream: StreamId, from: i64, bytes: usize) {
         let blocks = {
             let core = self.inner.lock();
-            let Some(s) = core.durable.streams.get(&stream) else { return };
+            let Some(s) = core.durable.streams.get(&stream) else {
+                return;
+            };
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             let max_blocks = READ_AHEAD_BLOCKS.saturating_sub(cache.loading.len());
             if max_blocks == 0 {
@@ -101,7 +118,10 @@ impl ShardLog {
                     continue;
                 }
                 for id in self.blocks_of(loc) {
-                    if !blocks.contains(&id) && !cache.contains(id) && !cache.loading.contains_key(&id) {
+                    if !blocks.contains(&id)
+                        && !cache.contains(id)
+                        && !cache.loading.contains_key(&id)
+                    {
                         blocks.push(id);
                     }
                 }
@@ -140,7 +160,9 @@ impl ShardLog {
             wanted.iter().filter(|&&id| !cache.contains(id)).count()
         };
         let stats = &self.inner.cfg.stats;
-        stats.cache_hits.fetch_add((wanted.len() - misses) as u64, Relaxed);
+        stats
+            .cache_hits
+            .fetch_add((wanted.len() - misses) as u64, Relaxed);
         stats.cache_misses.fetch_add(misses as u64, Relaxed);
         let blocks = self.blocks(wanted).await?;
         let size = self.inner.cfg.block_bytes;
@@ -157,15 +179,19 @@ impl ShardLog {
                 parts.next().flatten()
             } else {
                 // A batch across a block boundary: the one copy on this path.
-                parts.try_fold(BytesMut::with_capacity(l.len as usize), |mut acc, p| {
-                    acc.extend_from_slice(&p?);
-                    Some(acc)
-                })
-                .map(BytesMut::freeze)
+                parts
+                    .try_fold(BytesMut::with_capacity(l.len as usize), |mut acc, p| {
+                        acc.extend_from_slice(&p?);
+                        Some(acc)
+                    })
+                    .map(BytesMut::freeze)
             };
             let Some(b) = whole.filter(|b| b.len() == l.len as usize) else {
                 let path = obj_path(&self.inner.prefix, l.obj).to_string();
-                return Err(Error::Corrupt { path, why: "batch past the object's end".into() });
+                return Err(Error::Corrupt {
+                    path,
+                    why: "batch past the object's end".into(),
+                });
             };
             out.push(with_base_offset(b, l.base_offset));
         }
@@ -194,7 +220,9 @@ impl ShardLog {
                     waits.push((id, l.clone()));
                     continue;
                 }
-                let extends = run.last().is_some_and(|l: &BlockId| l.0 == id.0 && l.1 + 1 == id.1 && run.len() < span);
+                let extends = run
+                    .last()
+                    .is_some_and(|l: &BlockId| l.0 == id.0 && l.1 + 1 == id.1 && run.len() < span);
                 if !extends {
                     self.start_get(&mut cache, std::mem::take(&mut run), &mut waits);
                 }
@@ -202,16 +230,26 @@ impl ShardLog {
             }
             self.start_get(&mut cache, run, &mut waits);
         }
-        let loads: Vec<_> = waits.into_iter().map(|(id, l)| l.map(move |r| r.map(|b| (id, b)))).collect();
-        let loaded =
-            futures::stream::iter(loads).buffer_unordered(READ_CONCURRENCY).try_collect::<Vec<_>>().await?;
+        let loads: Vec<_> = waits
+            .into_iter()
+            .map(|(id, l)| l.map(move |r| r.map(|b| (id, b))))
+            .collect();
+        let loaded = futures::stream::iter(loads)
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
         ready.extend(loaded);
         Ok(ready)
     }
 
     /// Starts one ranged GET for consecutive blocks `run` and registers each
     /// block as loading, so other readers join it.
-    fn start_get(&self, cache: &mut BlockCache, run: Vec<BlockId>, waits: &mut Vec<(BlockId, Loading)>) {
+    fn start_get(
+        &self,
+        cache: &mut BlockCache,
+        run: Vec<BlockId>,
+        waits: &mut Vec<(BlockId, Loading)>,
+    ) {
         if run.is_empty() {
             return;
         }
@@ -220,7 +258,9 @@ impl ShardLog {
         for (i, id) in run.into_iter().enumerate() {
             let block: Loading = whole
                 .clone()
-                .map(move |r| r.map(|b| b.slice((i * size).min(b.len())..((i + 1) * size).min(b.len()))))
+                .map(move |r| {
+                    r.map(|b| b.slice((i * size).min(b.len())..((i + 1) * size).min(b.len())))
+                })
                 .boxed()
                 .shared();
             cache.loading.insert(id, block.clone());
@@ -251,6 +291,8 @@ async fn load_range(inner: Arc<Inner>, run: Vec<BlockId>) -> Result<Bytes, Error
             }
             Ok(b)
         }
-        None => Err(Error::Unavailable(format!("{path} is in the index but not in the store"))),
+        None => Err(Error::Unavailable(format!(
+            "{path} is in the index but not in the store"
+        ))),
     }
 }
