@@ -26,6 +26,7 @@ pub struct Settings {
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub max_request_bytes: u32,
+    pub fetch_max_bytes: u32,
     pub max_connections: usize,
 }
 

@@ -70,6 +70,13 @@ struct DevArgs {
     /// Requests larger than this close the connection (Kafka's socket.request.max.bytes).
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     max_request_bytes: u32,
+    /// A Fetch response holds at most this many record bytes, whatever the
+    /// client asks (Kafka's fetch.max.bytes, 55 MiB there). Smaller
+    /// responses bound what one connection pins, and let clients reuse their
+    /// receive buffers: librdkafka maps and faults in a fresh one for every
+    /// response above 32 MiB.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    fetch_max_bytes: u32,
     /// Open Kafka connections at once; more wait in the accept queue.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -210,6 +217,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         auto_create_topics: a.auto_create_topics,
         default_partitions: a.default_partitions,
         max_request_bytes: a.max_request_bytes,
+        fetch_max_bytes: a.fetch_max_bytes,
         max_connections: a.max_connections,
     };
     let gateway = Arc::new(Gateway::new(worker.clone(), settings, metrics.clone()));

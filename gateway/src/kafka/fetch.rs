@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floe_worker::{Shards, WorkerError};
+use futures::StreamExt;
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
 use kafka_protocol::messages::list_offsets_response::{
@@ -31,6 +32,10 @@ pub use wire::{encode, Partition, Response, Topic};
 
 /// A long-poll never waits longer than this, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Partitions of one request read concurrently: a partition waiting on a
+/// ranged GET must not hold up the ones behind it.
+const READS_AT_ONCE: usize = 16;
 
 pub async fn fetch<W: Shards>(gw: &Gateway<W>, req: FetchRequest) -> Response {
     if req.session_id != 0 {
@@ -81,7 +86,26 @@ struct Pass {
 
 async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
     let tenant = &gw.dev_tenant;
-    let mut budget = req.max_bytes.max(0) as usize;
+    let max_bytes = (req.max_bytes.max(0) as u32).min(gw.settings.fetch_max_bytes) as usize;
+    // Each partition is read up to its own limit, READS_AT_ONCE at a time,
+    // and trimmed to what is left of the request's budget below: a trimmed
+    // read equals the sequential read with the smaller limit.
+    let mut reads = Vec::with_capacity(req.topics.iter().map(|t| t.partitions.len()).sum());
+    for t in &req.topics {
+        for p in &t.partitions {
+            let limit = (p.partition_max_bytes.max(0) as usize).min(max_bytes);
+            reads.push(gw.worker.fetch(
+                tenant,
+                &t.topic.0,
+                p.partition,
+                p.fetch_offset,
+                limit,
+                true,
+            ));
+        }
+    }
+    let mut reads = futures::stream::iter(reads).buffered(READS_AT_ONCE);
+    let mut budget = max_bytes;
     let mut pass = Pass {
         topics: Vec::with_capacity(req.topics.len()),
         bytes: 0,
@@ -90,23 +114,14 @@ async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
     for t in &req.topics {
         let mut parts = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
-            let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
-            // KIP-74: only the first non-empty partition may exceed the limits.
-            let min_one = pass.bytes == 0;
-            let read = gw
-                .worker
-                .fetch(
-                    tenant,
-                    &t.topic.0,
-                    p.partition,
-                    p.fetch_offset,
-                    limit,
-                    min_one,
-                )
-                .await;
+            let Some(read) = reads.next().await else {
+                break;
+            };
             parts.push(match read {
-                Ok(r) => {
-                    let n: usize = r.batches.iter().map(Bytes::len).sum();
+                Ok(mut r) => {
+                    let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
+                    // KIP-74: only the first non-empty partition may exceed the limits.
+                    let n = keep_within(&mut r.batches, limit, pass.bytes == 0);
                     pass.bytes += n;
                     budget = budget.saturating_sub(n);
                     Partition {
@@ -133,6 +148,22 @@ async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
         });
     }
     pass
+}
+
+/// Keeps the batches that fit in `limit` (at least one if `min_one`), as the
+/// log's own read does; returns their size.
+fn keep_within(batches: &mut Vec<Bytes>, limit: usize, min_one: bool) -> usize {
+    let mut total = 0;
+    let mut keep = 0;
+    for b in batches.iter() {
+        if total + b.len() > limit && (keep > 0 || !min_one) {
+            break;
+        }
+        total += b.len();
+        keep += 1;
+    }
+    batches.truncate(keep);
+    total
 }
 
 fn partition_error(index: i32, e: &WorkerError) -> Partition {
@@ -194,4 +225,36 @@ pub async fn list_offsets<W: Shards>(
         );
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(v: &[Bytes]) -> Vec<usize> {
+        v.iter().map(Bytes::len).collect()
+    }
+
+    #[test]
+    fn keep_within_keeps_whole_batches_that_fit() {
+        let batches = || [300, 500, 200].map(|n| Bytes::from(vec![0u8; n])).to_vec();
+        let cases = [
+            (1000, false, vec![300, 500, 200]),
+            (999, false, vec![300, 500]),
+            (799, true, vec![300]),
+        ];
+        for (limit, min_one, want) in cases {
+            let mut b = batches();
+            assert_eq!(
+                keep_within(&mut b, limit, min_one),
+                want.iter().sum::<usize>()
+            );
+            assert_eq!(sizes(&b), want, "limit {limit}");
+        }
+        // The first batch alone goes over: kept only for the first non-empty partition.
+        let mut b = batches();
+        assert_eq!(keep_within(&mut b, 100, true), 300);
+        let mut b = batches();
+        assert_eq!((keep_within(&mut b, 100, false), b.len()), (0, 0));
+    }
 }
