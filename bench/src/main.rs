@@ -34,6 +34,12 @@ enum Scenario {
     E2e,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Payload {
+    Random,
+    Repeated,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "Kafka throughput and latency with librdkafka")]
 struct Args {
@@ -51,6 +57,11 @@ struct Args {
     /// Record value size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Record values: `random` bytes, like records a producer compressed, or
+    /// one `repeated` byte, which the store (SeaweedFS gzips what it finds
+    /// compressible) and any codec squeeze to nothing.
+    #[arg(long, value_enum, default_value = "random")]
+    payload: Payload,
     /// Records per second to offer; 0 means as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -203,6 +214,25 @@ async fn ensure_topic(a: &Args, topic: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The bytes record values are cut from.
+fn payloads(kind: Payload, size: usize) -> Vec<u8> {
+    match kind {
+        Payload::Repeated => vec![b'x'; size],
+        Payload::Random => {
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let words = (4 << 20).max(size) / 8 + 1;
+            (0..words)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()
+                })
+                .collect()
+        }
+    }
+}
+
 /// Offers `a.records` records, paced to `a.rate` when set; each payload starts
 /// with its send time (µs since `base`). Returns when all are delivered.
 fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Histogram<u64>)> {
@@ -213,9 +243,14 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Hi
         failed: AtomicU64::new(0),
     };
     let p = producer(a, ctx)?;
-    let mut value = vec![b'x'; a.size.max(8)];
+    let size = a.size.max(8);
+    let values = payloads(a.payload, size);
+    let mut value = vec![0u8; size];
     let start = Instant::now();
     for i in 0..a.records {
+        // Each record a different window of the pool, so no two are alike.
+        let at = (i as usize * 8191) % (values.len() - size + 1);
+        value.copy_from_slice(&values[at..at + size]);
         if a.rate > 0 {
             let due = start + Duration::from_secs_f64(i as f64 / a.rate as f64);
             let now = Instant::now();
