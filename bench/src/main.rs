@@ -116,6 +116,8 @@ struct Report {
     e2e_latency: Option<Latency>,
     puts_per_gib: Option<f64>,
     puts_per_s_per_shard: Option<f64>,
+    /// Connecting and the first record's acknowledgement, before the run.
+    warmup_ms: Option<f64>,
 }
 
 /// Microsecond histograms up to 60 s, 3 significant figures.
@@ -233,9 +235,39 @@ fn payloads(kind: Payload, size: usize) -> Vec<u8> {
     }
 }
 
+/// Sends one record and waits for its acknowledgement, so the timed run does
+/// not count connecting, metadata and the broker's first write. Returns how
+/// long that took.
+fn warm_up(p: &ThreadedProducer<Delivery>, topic: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    // Empty: consumers skip it (every timed record carries its send time).
+    let rec = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0)
+        .payload(&[][..])
+        .partition(0);
+    p.send(rec)
+        .map_err(|(e, _)| anyhow::anyhow!("warm-up record: {e}"))?;
+    p.flush(Duration::from_secs(60))?;
+    let ctx = p.context();
+    if ctx.failed.load(Relaxed) > 0 {
+        bail!("the warm-up record failed to deliver");
+    }
+    // Its latency is not the run's.
+    ctx.latency
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .reset();
+    ctx.delivered.store(0, Relaxed);
+    Ok(start.elapsed())
+}
+
 /// Offers `a.records` records, paced to `a.rate` when set; each payload starts
 /// with its send time (µs since `base`). Returns when all are delivered.
-fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Histogram<u64>)> {
+/// Returns the run's duration, its latencies and the warm-up's duration.
+fn produce(
+    a: &Args,
+    topic: &str,
+    base: Instant,
+) -> anyhow::Result<(Duration, Histogram<u64>, Duration)> {
     let ctx = Delivery {
         base,
         latency: Mutex::new(histogram()),
@@ -243,6 +275,7 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Hi
         failed: AtomicU64::new(0),
     };
     let p = producer(a, ctx)?;
+    let warmup = warm_up(&p, topic)?;
     let size = a.size.max(8);
     let values = payloads(a.payload, size);
     let mut value = vec![0u8; size];
@@ -286,7 +319,7 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<(Duration, Hi
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    Ok((took, h))
+    Ok((took, h, warmup))
 }
 
 /// How long a consumer may see nothing before the run is declared stuck.
@@ -314,14 +347,16 @@ fn consume(
         last = Instant::now();
         start.get_or_insert(last);
         let m = m.context("consume")?;
-        if let Some(v) = m.payload().filter(|v| v.len() >= 8) {
-            let sent = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-            let _ = h.record(
-                (base.elapsed().as_micros() as u64)
-                    .saturating_sub(sent)
-                    .max(1),
-            );
-        }
+        // A warm-up record has no send time and is not counted.
+        let Some(v) = m.payload().filter(|v| v.len() >= 8) else {
+            continue;
+        };
+        let sent = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        let _ = h.record(
+            (base.elapsed().as_micros() as u64)
+                .saturating_sub(sent)
+                .max(1),
+        );
         n += 1;
     }
     Ok((start.map_or(Duration::ZERO, |s| s.elapsed()), h))
@@ -362,15 +397,15 @@ async fn main() -> anyhow::Result<()> {
     ensure_topic(&a, &topic).await?;
     let before = a.metrics_url.as_deref().map(store_puts).transpose()?;
     let base = Instant::now();
-    let (took, produce_h, e2e_h) = match a.scenario {
+    let (took, produce_h, e2e_h, warmup) = match a.scenario {
         Scenario::Produce => {
-            let (took, h) = produce(&a, &topic, base)?;
-            (took, Some(h), None)
+            let (took, h, warmup) = produce(&a, &topic, base)?;
+            (took, Some(h), None, Some(warmup))
         }
         Scenario::Consume => {
             let c = consumer(&a, &topic, a.partitions)?;
             let (took, _) = consume(&c, a.records, base)?;
-            (took, None, None)
+            (took, None, None, None)
         }
         Scenario::E2e => {
             // Start from the end, and only produce once the consumer is
@@ -378,11 +413,11 @@ async fn main() -> anyhow::Result<()> {
             let c = consumer_at_end(&a, &topic)?;
             let want = a.records;
             let reader = std::thread::spawn(move || consume(&c, want, base));
-            let (took, h) = produce(&a, &topic, base)?;
+            let (took, h, warmup) = produce(&a, &topic, base)?;
             let (_, e2e) = reader
                 .join()
                 .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
-            (took, Some(h), Some(e2e))
+            (took, Some(h), Some(e2e), Some(warmup))
         }
     };
     let after = a.metrics_url.as_deref().map(store_puts).transpose()?;
@@ -409,6 +444,7 @@ async fn main() -> anyhow::Result<()> {
         e2e_latency: e2e_h.as_ref().and_then(Latency::of),
         puts_per_gib,
         puts_per_s_per_shard: puts_per_s,
+        warmup_ms: warmup.map(|w| w.as_secs_f64() * 1000.0),
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

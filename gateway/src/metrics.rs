@@ -21,6 +21,56 @@ pub struct Metrics {
     pub produced_bytes: AtomicU64,
     pub produced_batches: AtomicU64,
     pub fetched_bytes: AtomicU64,
+    /// Produce requests, arrival to every partition durable.
+    pub produce_seconds: Histogram,
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A Prometheus histogram: cumulative only when rendered.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Relaxed);
+            match BUCKETS.get(i) {
+                Some(b) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
 }
 
 impl Metrics {
@@ -35,6 +85,7 @@ impl Metrics {
             produced_bytes: AtomicU64::new(0),
             produced_batches: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
+            produce_seconds: Histogram::new(),
         }
     }
 
@@ -149,6 +200,11 @@ impl Metrics {
             "floe_truncations_total",
             "DeleteRecords log-start moves.",
             &l.truncations,
+        );
+        self.produce_seconds.render(
+            &mut out,
+            "floe_produce_duration_seconds",
+            "Produce requests, from arrival until durable (acks=0 included).",
         );
         let _ = writeln!(
             out,

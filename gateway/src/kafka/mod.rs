@@ -213,10 +213,18 @@ async fn read_frame(
     if len < 0 || len as u32 > max {
         return Err(format!("request size {len} outside 0..={max}"));
     }
-    let mut buf = BytesMut::zeroed(len as usize);
-    rd.read_exact(&mut buf)
-        .await
-        .map_err(|e| format!("truncated frame: {e}"))?;
+    // Read into spare capacity: zeroing a megabyte first costs as much as
+    // reading it.
+    let len = len as usize;
+    let mut buf = BytesMut::with_capacity(len);
+    let mut rest = (&mut *rd).take(len as u64);
+    while buf.len() < len {
+        match rest.read_buf(&mut buf).await {
+            Ok(0) => return Err(format!("truncated frame: {} of {len} bytes", buf.len())),
+            Ok(_) => {}
+            Err(e) => return Err(format!("truncated frame: {e}")),
+        }
+    }
     Ok(Some(buf.freeze()))
 }
 

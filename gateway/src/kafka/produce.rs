@@ -22,6 +22,7 @@ enum Outcome {
 
 /// Returns `None` for acks=0: the client expects no response.
 pub async fn produce<W: Shards>(gw: &Gateway<W>, req: ProduceRequest) -> Option<ProduceResponse> {
+    let started = std::time::Instant::now();
     let acks = req.acks;
     let tenant = &gw.dev_tenant;
     let mut topics = Vec::with_capacity(req.topic_data.len());
@@ -51,6 +52,7 @@ pub async fn produce<W: Shards>(gw: &Gateway<W>, req: ProduceRequest) -> Option<
                 .with_partition_responses(out),
         );
     }
+    gw.metrics.produce_seconds.observe(started.elapsed());
     if acks == 0 {
         return None;
     }

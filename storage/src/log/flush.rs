@@ -16,6 +16,11 @@ use crate::{Entry, Error};
 /// Seals flushes, runs their PUTs and acknowledges them in sequence order.
 pub(super) async fn flusher(inner: Arc<Inner>) {
     let (done_tx, mut done_rx) = mpsc::channel::<(u64, Result<(), Error>)>(FENCE_WINDOW as usize);
+    // The linger paces seals rather than delaying each flush: a flush whose
+    // first entry comes a linger or more after the last seal goes at once,
+    // one that comes sooner waits out the rest. PUTs per second stay at most
+    // 1 / linger under the size trigger, and a quiet shard adds no delay.
+    let mut last_seal: Option<Instant> = None;
     loop {
         let deadline = {
             let mut core = inner.lock();
@@ -27,11 +32,13 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
             let in_flight = core.in_flight.len();
             match core.open.first_at {
                 Some(first) if in_flight < inner.cfg.max_in_flight => {
-                    let due = first + inner.cfg.linger;
+                    let due = last_seal.map_or(first, |l| first.max(l + inner.cfg.linger));
                     let timer_may_seal = in_flight < inner.cfg.timer_in_flight;
                     let full = core.open.bytes >= inner.cfg.flush_bytes;
-                    if core.closing || full || (timer_may_seal && Instant::now() >= due) {
+                    let now = Instant::now();
+                    if core.closing || full || (timer_may_seal && now >= due) {
                         seal(&inner, &mut core, &done_tx);
+                        last_seal = Some(now);
                         continue;
                     }
                     // Otherwise a completion, a kick (size trigger) or the
