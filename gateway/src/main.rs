@@ -80,9 +80,9 @@ struct DevArgs {
     /// Open Kafka connections at once; more wait in the accept queue.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
-    /// Flushes sealed by the timer start at least this far apart, so a flush
-    /// waits at most this long for more records, and not at all on a quiet
-    /// shard. Each flush is one PUT: 5 ms caps a shard at 200 PUTs/s.
+    /// Flushes sealed by the timer go at one per linger (bursts of two), so a
+    /// flush waits at most about this long for more records, and not at all on
+    /// a quiet shard. Each flush is one PUT: 5 ms caps a shard at 200 PUTs/s.
     #[arg(long, default_value_t = 1.0)]
     linger_ms: f64,
     /// A flush is written at once when it holds this many bytes; under load

@@ -1,8 +1,8 @@
 //! [`ShardLog`]: the single writer of one shard.
 //!
 //! Appends take offsets at once under a short lock and join the open flush.
-//! A flusher task seals the open flush on the linger timer (paced: at most one
-//! seal per linger) or the size trigger
+//! A flusher task seals the open flush on the linger timer (paced: one seal
+//! per linger on average, two at once after a quiet spell) or the size trigger
 //! into `wal/{seq}`, keeps up to `max_in_flight` PUTs going, and acknowledges
 //! flushes strictly in sequence order: an entry is acknowledged, and becomes
 //! readable, only when its object and every object before it are durable.
@@ -44,10 +44,10 @@ pub const FENCE_WINDOW: u64 = 8;
 /// `linger` (each flush is one PUT: a 5 ms linger is at most 200 PUTs/s/shard).
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// The least time between two flushes sealed by the timer: the first entry
-    /// of a flush waits at most this long for company, and not at all when
-    /// the last seal is a linger ago. Bounds PUTs per second per shard to
-    /// 1 / linger while under the size trigger.
+    /// The pace of flushes sealed by the timer: one per linger, with a burst
+    /// of two. The first entry of a flush waits at most about this long for
+    /// company, and not at all on a quiet shard. Bounds PUTs per second per
+    /// shard to 1 / linger (plus one) while under the size trigger.
     pub linger: Duration,
     /// Size trigger: a flush is sealed at once when it holds this many bytes.
     pub flush_bytes: usize,

@@ -13,14 +13,19 @@ use super::{ckpt_path, put, wal_path, Core, Inner, Sealed, FENCE_WINDOW};
 use crate::format::{self, WAL_HEADER_LEN};
 use crate::{Entry, Error};
 
+/// Seals the timer may make at once after a quiet spell (see `flusher`).
+const PACE_BURST: u32 = 2;
+
 /// Seals flushes, runs their PUTs and acknowledges them in sequence order.
 pub(super) async fn flusher(inner: Arc<Inner>) {
     let (done_tx, mut done_rx) = mpsc::channel::<(u64, Result<(), Error>)>(FENCE_WINDOW as usize);
-    // The linger paces seals rather than delaying each flush: a flush whose
-    // first entry comes a linger or more after the last seal goes at once,
-    // one that comes sooner waits out the rest. PUTs per second stay at most
-    // 1 / linger under the size trigger, and a quiet shard adds no delay.
-    let mut last_seal: Option<Instant> = None;
+    // The linger paces seals rather than delaying each flush: seals sealed
+    // by the timer conform to one per linger with a burst of PACE_BURST
+    // (GCRA: `tat` is when the next seal would be due at the steady rate).
+    // A flush on a quiet shard goes at once, one behind a burst waits; PUTs
+    // per second stay at 1 / linger under the size trigger, plus the burst.
+    let mut tat: Option<Instant> = None;
+    let slack = inner.cfg.linger * (PACE_BURST - 1);
     loop {
         let deadline = {
             let mut core = inner.lock();
@@ -32,13 +37,13 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
             let in_flight = core.in_flight.len();
             match core.open.first_at {
                 Some(first) if in_flight < inner.cfg.max_in_flight => {
-                    let due = last_seal.map_or(first, |l| first.max(l + inner.cfg.linger));
+                    let due = tat.map_or(first, |t| first.max(t.checked_sub(slack).unwrap_or(t)));
                     let timer_may_seal = in_flight < inner.cfg.timer_in_flight;
                     let full = core.open.bytes >= inner.cfg.flush_bytes;
                     let now = Instant::now();
                     if core.closing || full || (timer_may_seal && now >= due) {
                         seal(&inner, &mut core, &done_tx);
-                        last_seal = Some(now);
+                        tat = Some(tat.map_or(now, |t| t.max(now)) + inner.cfg.linger);
                         continue;
                     }
                     // Otherwise a completion, a kick (size trigger) or the
