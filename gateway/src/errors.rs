@@ -14,6 +14,10 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::MessageTooLarge(_) => E::MessageTooLarge,
         WorkerError::InvalidRecord(_) => E::InvalidRecord,
         WorkerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
+        WorkerError::InvalidGroupId => E::InvalidGroupId,
+        WorkerError::IllegalGeneration => E::IllegalGeneration,
+        WorkerError::UnknownMemberId => E::UnknownMemberId,
+        WorkerError::OffsetMetadataTooLarge(_) => E::OffsetMetadataTooLarge,
         // Retriable: the client refreshes metadata and tries again.
         WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
     }

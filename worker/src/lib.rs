@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`catalog`]: topic metadata, names and configs, as metadata keys of the log.
+//! - [`offsets`]: consumer groups' committed offsets, as metadata keys of the log.
 //! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
 //!
 //! Each tenant has one shard today (shard 0), holding its catalog and every
@@ -12,6 +13,7 @@
 
 pub mod catalog;
 pub mod local;
+pub mod offsets;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 pub use catalog::TopicMeta;
 pub use floe_storage::{Appended, Read};
 pub use local::{LocalWorker, WorkerConfig};
+pub use offsets::Committed;
 
 /// What a caller can act on; the gateway maps these to Kafka error codes and
 /// HTTP statuses in one place.
@@ -45,6 +48,15 @@ pub enum WorkerError {
     InvalidRecord(String),
     #[error("offset out of range (log start {log_start}, high watermark {high_watermark})")]
     OffsetOutOfRange { log_start: i64, high_watermark: i64 },
+    #[error("invalid group id")]
+    InvalidGroupId,
+    /// A commit names a generation of a group that has none.
+    #[error("illegal generation")]
+    IllegalGeneration,
+    #[error("unknown member id")]
+    UnknownMemberId,
+    #[error("offset metadata of {0} bytes is over the limit of 4096")]
+    OffsetMetadataTooLarge(usize),
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
@@ -75,6 +87,16 @@ pub struct NewTopic {
     pub partitions: usize,
     pub configs: BTreeMap<String, String>,
     pub validate_only: bool,
+}
+
+/// One partition's offset in an OffsetCommit.
+#[derive(Debug, Clone)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
 }
 
 /// How to change a topic's configs.
@@ -169,6 +191,26 @@ pub trait Shards: Send + Sync + 'static {
     /// The leader epoch of the tenant's partitions: durable and increasing,
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;
+    /// OffsetCommit for `group`: every accepted offset is durable, all in one
+    /// log object, when this returns. `generation` below 0 commits outside
+    /// group management (a consumer that assigns its own partitions).
+    /// One outcome per offset, in order.
+    fn commit_offsets(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        generation: i32,
+        offsets: Vec<OffsetCommit>,
+    ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
+    /// OffsetFetch for `group`: the committed offset of each of `partitions`
+    /// (`None` where nothing is committed), or of every partition of an
+    /// existing topic the group committed, for `None`.
+    fn committed(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> impl Future<Output = Result<Vec<(String, i32, Option<Committed>)>>> + Send;
     /// Changes whenever more of the tenant's data becomes durable.
     fn subscribe(
         &self,

@@ -14,7 +14,8 @@ use object_store::ObjectStore;
 use tokio::sync::watch;
 
 use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
-use crate::{Accepted, ConfigChange, NewTopic, Result, Shards, WorkerError};
+use crate::offsets::{self, Committed};
+use crate::{Accepted, ConfigChange, NewTopic, OffsetCommit, Result, Shards, WorkerError};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -419,6 +420,100 @@ impl Shards for LocalWorker {
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {
         Ok(self.shard(tenant).await?.log.subscribe())
     }
+
+    async fn commit_offsets(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        generation: i32,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<Vec<Result<()>>> {
+        offsets::validate_group(group)?;
+        let shard = self.shard(tenant).await?;
+        if generation >= 0 {
+            // No member joined through this coordinator (JoinGroup is not
+            // served yet): Kafka's answers for a generation it does not know.
+            let known = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
+            let e = if known {
+                WorkerError::UnknownMemberId
+            } else {
+                WorkerError::IllegalGeneration
+            };
+            return Ok(commits.iter().map(|_| Err(e.clone())).collect());
+        }
+        let commit_ms = now_ms();
+        let mut entries = Vec::with_capacity(commits.len());
+        let outcomes = commits
+            .into_iter()
+            .map(|c| {
+                let (topic, _) = shard.stream(&c.topic, c.partition)?;
+                if c.metadata.len() > offsets::MAX_METADATA_BYTES {
+                    return Err(WorkerError::OffsetMetadataTooLarge(c.metadata.len()));
+                }
+                let value = Committed {
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: c.metadata,
+                    commit_ms,
+                };
+                entries.push(Entry::Put {
+                    key: offsets::key(group, topic.id, c.partition),
+                    value: Some(offsets::encode(&value)),
+                });
+                Ok(())
+            })
+            .collect();
+        if !entries.is_empty() {
+            shard.log.append(entries).await?.durable().await?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn committed(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<(String, i32, Option<Committed>)>> {
+        offsets::validate_group(group)?;
+        let shard = self.shard(tenant).await?;
+        let Some(partitions) = partitions else {
+            let names: HashMap<u128, String> = {
+                let topics = shard.topics.read().unwrap_or_else(|p| p.into_inner());
+                topics.values().map(|t| (t.id, t.name.clone())).collect()
+            };
+            // Keys of deleted topics stay behind, unseen: their ids are gone.
+            return Ok(shard
+                .log
+                .scan(&offsets::group_prefix(group))
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let (id, partition) = offsets::parse_key(group, &k)?;
+                    Some((
+                        names.get(&id)?.clone(),
+                        partition,
+                        Some(offsets::decode(&v)?),
+                    ))
+                })
+                .collect());
+        };
+        Ok(partitions
+            .into_iter()
+            .map(|(topic, partition)| {
+                let c = shard.stream(&topic, partition).ok().and_then(|(t, _)| {
+                    let v = shard.log.get(&offsets::key(group, t.id, partition))?;
+                    offsets::decode(&v)
+                });
+                (topic, partition, c)
+            })
+            .collect())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Applies `retention.ms` and `retention.bytes` to every partition of the

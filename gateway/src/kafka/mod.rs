@@ -13,6 +13,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod metadata;
 mod produce;
 mod versions;
@@ -356,6 +357,15 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
         }
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(admin::delete_records(gw, r).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(gw, r, v))
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(gw, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(gw, r, v).await)
         }
         // `versions::supported` admits only the APIs above.
         _ => return None,

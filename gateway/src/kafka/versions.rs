@@ -3,7 +3,10 @@
 //! Caps, and why: Produce and Fetch stop at v12 and Metadata at v12 because
 //! the next versions address topics by id only (KIP-516); ListOffsets stops at
 //! v7 (v8+ adds tiered-storage offsets); ApiVersions stops at v3.
-//! OffsetForLeaderEpoch and the consumer-group APIs are not advertised yet.
+//! FindCoordinator stops at v4 (v5+ is for KIP-890 and share groups),
+//! OffsetCommit at v8 and OffsetFetch at v8 (v9+ speak KIP-848's member
+//! epochs). OffsetForLeaderEpoch and the group membership APIs (JoinGroup
+//! and the rest) are not advertised yet.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -24,6 +27,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
