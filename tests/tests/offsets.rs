@@ -174,7 +174,11 @@ async fn commits_survive_restart_and_the_group_resumes_after_them() {
             _ => 0,
         })
         .sum();
-    let rest = read(&c, (PARTITIONS as i64 * PER_PARTITION - committed_total) as usize, TIMEOUT);
+    let rest = read(
+        &c,
+        (PARTITIONS as i64 * PER_PARTITION - committed_total) as usize,
+        TIMEOUT,
+    );
     for p in 0..PARTITIONS {
         // A partition the first consumer never read has no commit: it
         // starts over (auto.offset.reset=earliest).
@@ -194,7 +198,10 @@ async fn commits_survive_restart_and_the_group_resumes_after_them() {
             "partition {p} resumes at {from}"
         );
     }
-    assert!(read(&c, 1, Duration::from_secs(2)).is_empty(), "nothing past the end");
+    assert!(
+        read(&c, 1, Duration::from_secs(2)).is_empty(),
+        "nothing past the end"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

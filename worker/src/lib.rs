@@ -6,12 +6,15 @@
 //! # Layout
 //! - [`catalog`]: topic metadata, names and configs, as metadata keys of the log.
 //! - [`offsets`]: consumer groups' committed offsets, as metadata keys of the log.
+//! - [`groups`]: the classic group membership protocol as a state machine
+//!   (not served yet).
 //! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
 //!
 //! Each tenant has one shard today (shard 0), holding its catalog and every
 //! partition; splitting partitions across shards comes with cluster mode.
 
 pub mod catalog;
+pub mod groups;
 pub mod local;
 pub mod offsets;
 
