@@ -1,7 +1,7 @@
 //! The one place worker errors become Kafka error codes.
 
 use floe_common::batch::BatchError;
-use floe_worker::WorkerError;
+use floe_worker::{GroupError, WorkerError};
 use kafka_protocol::ResponseError as E;
 
 pub fn code(e: &WorkerError) -> i16 {
@@ -15,11 +15,24 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::InvalidRecord(_) => E::InvalidRecord,
         WorkerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
         WorkerError::InvalidGroupId => E::InvalidGroupId,
-        WorkerError::IllegalGeneration => E::IllegalGeneration,
-        WorkerError::UnknownMemberId => E::UnknownMemberId,
+        WorkerError::Group(g) => return group_code(g),
         WorkerError::OffsetMetadataTooLarge(_) => E::OffsetMetadataTooLarge,
         // Retriable: the client refreshes metadata and tries again.
         WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
+    }
+    .code()
+}
+
+pub fn group_code(e: &GroupError) -> i16 {
+    match e {
+        GroupError::UnknownMemberId => E::UnknownMemberId,
+        GroupError::IllegalGeneration => E::IllegalGeneration,
+        GroupError::RebalanceInProgress => E::RebalanceInProgress,
+        GroupError::MemberIdRequired(_) => E::MemberIdRequired,
+        GroupError::InconsistentGroupProtocol => E::InconsistentGroupProtocol,
+        GroupError::FencedInstanceId => E::FencedInstanceId,
+        GroupError::InvalidSessionTimeout => E::InvalidSessionTimeout,
+        GroupError::CoordinatorNotAvailable => E::CoordinatorNotAvailable,
     }
     .code()
 }

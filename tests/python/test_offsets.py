@@ -57,3 +57,52 @@ def test_commits_survive_restart_and_consumers_resume_after_them(floe):
     c.close()
     assert sorted(got) == sorted((tp.partition, o) for tp, start in commits.items()
                                  for o in range(start, PER_PARTITION))
+
+
+def test_subscribed_consumers_share_partitions_and_resume(floe):
+    admin = KafkaAdminClient(bootstrap_servers=floe.bootstrap)
+    admin.create_topics([NewTopic("py-group", 6, 1)])
+    admin.close()
+    p = KafkaProducer(bootstrap_servers=floe.bootstrap, enable_idempotence=False)
+    for i in range(600):
+        p.send("py-group", value=b"%d" % i, partition=i % 6)
+    p.flush()
+
+    def member():
+        c = KafkaConsumer(bootstrap_servers=floe.bootstrap, group_id="py-sub", enable_auto_commit=False,
+                          auto_offset_reset="earliest", fetch_max_wait_ms=100, session_timeout_ms=10_000,
+                          heartbeat_interval_ms=500)
+        c.subscribe(["py-group"])
+        return c
+
+    consumers = [member(), member()]
+    seen = {}
+    deadline = time.time() + 60
+    while time.time() < deadline and (len(seen) < 600 or any(not c.assignment() for c in consumers)):
+        for c in consumers:
+            for recs in c.poll(timeout_ms=200).values():
+                for r in recs:
+                    seen[(r.partition, r.offset)] = seen.get((r.partition, r.offset), 0) + 1
+            c.commit()
+    assert len(seen) == 600, "every record consumed"
+    owned = [set(tp.partition for tp in c.assignment()) for c in consumers]
+    assert owned[0] and owned[1] and not (owned[0] & owned[1]), f"the partitions are shared: {owned}"
+    assert owned[0] | owned[1] == set(range(6))
+    for c in consumers:
+        c.close()
+
+    # After a restart the group resumes at its commits: only new records.
+    floe.restart()
+    for i in range(60):
+        p = p if i else KafkaProducer(bootstrap_servers=floe.bootstrap, enable_idempotence=False)
+        p.send("py-group", value=b"new-%d" % i, partition=i % 6)
+    p.flush()
+    p.close()
+    c = member()
+    got = []
+    deadline = time.time() + 60
+    while len(got) < 60 and time.time() < deadline:
+        for recs in c.poll(timeout_ms=200).values():
+            got.extend(r.value for r in recs)
+    c.close()
+    assert sorted(got) == sorted(b"new-%d" % i for i in range(60))

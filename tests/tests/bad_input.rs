@@ -134,9 +134,9 @@ fn unknown_api_key_and_unsupported_versions() {
     c.send_frame(&[0x03, 0xE7, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF])
         .expect("send");
     assert!(c.is_closed());
-    // A known API we do not serve (JoinGroup): closed.
+    // A known API we do not serve (InitProducerId): closed.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 11, 0, 5, 0, 0, 0, 1, 0xFF, 0xFF])
+    c.send_frame(&[0, 22, 0, 1, 0, 0, 0, 1, 0xFF, 0xFF])
         .expect("send");
     assert!(c.is_closed());
     // Metadata v99: closed.
@@ -160,9 +160,15 @@ fn unknown_api_key_and_unsupported_versions() {
         .expect("Produce listed");
     assert_eq!((produce.min_version, produce.max_version), (3, 12));
     assert!(
-        body.api_keys.iter().all(|k| k.api_key != 11),
-        "group APIs are not advertised"
+        body.api_keys.iter().all(|k| k.api_key != 22),
+        "InitProducerId is not advertised"
     );
+    let join = body
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == 11)
+        .expect("JoinGroup listed");
+    assert_eq!((join.min_version, join.max_version), (0, 7));
     assert_alive(&mut f);
 }
 

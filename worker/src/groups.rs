@@ -1,8 +1,8 @@
 //! The classic consumer-group protocol as a state machine, without I/O: a
 //! group takes JoinGroup, SyncGroup, Heartbeat, LeaveGroup and the passing
 //! of time, and says which waiting members get which answer. The caller
-//! (not written yet: issue 5) keeps one per group of the tenant's shard 0,
-//! parks each JoinGroup and SyncGroup until its answer comes out, and writes
+//! (`coordinator.rs`) keeps one per group of the tenant's shard 0, parks
+//! each JoinGroup and SyncGroup until its answer comes out, and writes
 //! [`Group::record`] to the log before answering a SyncGroup.
 //!
 //! States and errors follow Kafka's GroupCoordinator: Empty →
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 pub const MIN_SESSION: Duration = Duration::from_secs(6);
 pub const MAX_SESSION: Duration = Duration::from_secs(1800);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum State {
     Empty,
     PreparingRebalance,
@@ -42,6 +42,8 @@ pub enum GroupError {
     InconsistentGroupProtocol,
     FencedInstanceId,
     InvalidSessionTimeout,
+    /// The group's record could not be written; retry.
+    CoordinatorNotAvailable,
 }
 
 /// One member as the group leader sees it in its JoinGroup answer.
@@ -93,11 +95,11 @@ pub enum Reply {
 }
 
 /// What a request does now: answer at once, or park until a [`Reply`] for
-/// this member comes out of a later call.
+/// this member (named) comes out of this or a later call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Now<T> {
     Answer(Result<T, GroupError>),
-    Wait,
+    Wait(String),
 }
 
 /// What survives a restart: written to the log when the group becomes
@@ -277,7 +279,7 @@ impl Group {
             self.prepare_rebalance(now, out);
         }
         self.maybe_complete_join(now, out);
-        Now::Wait
+        Now::Wait(id)
     }
 
     pub fn sync(
@@ -312,7 +314,7 @@ impl Group {
                         }
                     }
                 }
-                Now::Wait
+                Now::Wait(member_id.to_string())
             }
         }
     }
@@ -614,7 +616,10 @@ mod tests {
         else {
             panic!("an unknown member is asked to rejoin with an id");
         };
-        assert_eq!(g.join(join(&id, None, &["range"]), now, out), Now::Wait);
+        assert_eq!(
+            g.join(join(&id, None, &["range"]), now, out),
+            Now::Wait(id.clone())
+        );
         id
     }
 
@@ -635,10 +640,10 @@ mod tests {
         let mut out = Vec::new();
         let a = new_member(&mut g, now, &mut out);
         assert_eq!(joined(&mut out, &a).generation, 1);
-        assert_eq!(
+        assert!(matches!(
             g.sync(&a, 1, vec![(a.clone(), Bytes::from("p0-3"))], now, &mut out),
-            Now::Wait
-        );
+            Now::Wait(_)
+        ));
         assert_eq!(out, vec![Reply::Sync(a.clone(), Ok(Bytes::from("p0-3")))]);
         out.clear();
         let b = new_member(&mut g, now, &mut out);
@@ -647,7 +652,10 @@ mod tests {
             g.heartbeat(&a, 1, now),
             Err(GroupError::RebalanceInProgress)
         );
-        assert_eq!(g.join(join(&a, None, &["range"]), now, &mut out), Now::Wait);
+        assert!(matches!(
+            g.join(join(&a, None, &["range"]), now, &mut out),
+            Now::Wait(_)
+        ));
         let (ja, jb) = (joined(&mut out, &a), joined(&mut out, &b));
         assert_eq!(
             (ja.generation, jb.generation, ja.leader.as_str()),
@@ -655,12 +663,12 @@ mod tests {
         );
         assert_eq!(ja.members.len(), 2, "the leader sees every member");
         assert!(jb.members.is_empty());
-        assert_eq!(g.sync(&b, 2, vec![], now, &mut out), Now::Wait);
+        assert!(matches!(g.sync(&b, 2, vec![], now, &mut out), Now::Wait(_)));
         let assign = vec![
             (a.clone(), Bytes::from("p0-1")),
             (b.clone(), Bytes::from("p2-3")),
         ];
-        assert_eq!(g.sync(&a, 2, assign, now, &mut out), Now::Wait);
+        assert!(matches!(g.sync(&a, 2, assign, now, &mut out), Now::Wait(_)));
         out.sort_by_key(|r| format!("{r:?}"));
         let mut want = vec![
             Reply::Sync(a.clone(), Ok(Bytes::from("p0-1"))),
@@ -701,7 +709,10 @@ mod tests {
             g.sync(&a, 2, vec![], now, &mut out),
             Now::Answer(Err(GroupError::RebalanceInProgress))
         );
-        assert_eq!(g.join(join(&a, None, &["range"]), now, &mut out), Now::Wait);
+        assert!(matches!(
+            g.join(join(&a, None, &["range"]), now, &mut out),
+            Now::Wait(_)
+        ));
         assert_eq!(joined(&mut out, &a).generation, 3);
         // Another protocol type, or no protocol in common, is refused.
         let mut other = join("", None, &["range"]);
@@ -739,10 +750,10 @@ mod tests {
             g.heartbeat(&a, 2, now + SESSION),
             Err(GroupError::RebalanceInProgress)
         );
-        assert_eq!(
+        assert!(matches!(
             g.join(join(&a, None, &["range"]), now + SESSION, &mut out),
-            Now::Wait
-        );
+            Now::Wait(_)
+        ));
         assert_eq!(joined(&mut out, &a).generation, 3);
 
         // Rebalance timeout: a newcomer waits; a, which never rejoins, is
@@ -768,10 +779,10 @@ mod tests {
         let mut g = Group::new();
         let mut out = Vec::new();
         // Static members get their id at once (no KIP-394 round trip).
-        assert_eq!(
+        assert!(matches!(
             g.join(join("", Some("i1"), &["range"]), now, &mut out),
-            Now::Wait
-        );
+            Now::Wait(_)
+        ));
         let id = g.instances.get("i1").cloned().expect("i1 joined");
         let first = joined(&mut out, &id);
         let leader = first.member_id.clone();
@@ -784,10 +795,10 @@ mod tests {
         );
         out.clear();
         let mut out2 = Vec::new();
-        assert_eq!(
+        assert!(matches!(
             g.join(join("", Some("i2"), &["range"]), now, &mut out2),
-            Now::Wait
-        );
+            Now::Wait(_)
+        ));
         let follower_id = match g.instances.get("i2") {
             Some(id) => id.clone(),
             None => panic!("i2 joined"),

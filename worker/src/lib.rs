@@ -14,6 +14,7 @@
 //! partition; splitting partitions across shards comes with cluster mode.
 
 pub mod catalog;
+pub mod coordinator;
 pub mod groups;
 pub mod local;
 pub mod offsets;
@@ -27,7 +28,9 @@ use floe_common::TenantId;
 use tokio::sync::watch;
 
 pub use catalog::TopicMeta;
+pub use coordinator::Described;
 pub use floe_storage::{Appended, Read};
+pub use groups::{GroupError, Join, Joined, Member, State as GroupState};
 pub use local::{LocalWorker, WorkerConfig};
 pub use offsets::Committed;
 
@@ -53,11 +56,9 @@ pub enum WorkerError {
     OffsetOutOfRange { log_start: i64, high_watermark: i64 },
     #[error("invalid group id")]
     InvalidGroupId,
-    /// A commit names a generation of a group that has none.
-    #[error("illegal generation")]
-    IllegalGeneration,
-    #[error("unknown member id")]
-    UnknownMemberId,
+    /// The group protocol's answer (Kafka's error of the same name).
+    #[error("group: {0:?}")]
+    Group(GroupError),
     #[error("offset metadata of {0} bytes is over the limit of 4096")]
     OffsetMetadataTooLarge(usize),
     /// Storage is failing or the shard is changing owner; retry.
@@ -195,13 +196,15 @@ pub trait Shards: Send + Sync + 'static {
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;
     /// OffsetCommit for `group`: every accepted offset is durable, all in one
-    /// log object, when this returns. `generation` below 0 commits outside
-    /// group management (a consumer that assigns its own partitions).
+    /// log object, when this returns. A member of the current generation may
+    /// commit; so may anyone, with `generation` below 0, to a group without
+    /// members (a consumer that assigns its own partitions).
     /// One outcome per offset, in order.
     fn commit_offsets(
         &self,
         tenant: &TenantId,
         group: &str,
+        member: &str,
         generation: i32,
         offsets: Vec<OffsetCommit>,
     ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
@@ -214,6 +217,48 @@ pub trait Shards: Send + Sync + 'static {
         group: &str,
         partitions: Option<Vec<(String, i32)>>,
     ) -> impl Future<Output = Result<Vec<(String, i32, Option<Committed>)>>> + Send;
+    /// JoinGroup: answers when the group's join phase completes. The outer
+    /// error is the shard's; the inner one the group protocol's.
+    fn join_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        join: Join,
+    ) -> impl Future<Output = Result<Result<Joined, GroupError>>> + Send;
+    /// SyncGroup: the member's assignment, once the leader sent them all and
+    /// the group's record is durable.
+    fn sync_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        member: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> impl Future<Output = Result<Result<Bytes, GroupError>>> + Send;
+    fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        member: &str,
+        generation: i32,
+    ) -> impl Future<Output = Result<Result<(), GroupError>>> + Send;
+    /// LeaveGroup for (member id, instance id)s; one outcome each.
+    fn leave_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        members: Vec<(String, Option<String>)>,
+    ) -> impl Future<Output = Result<Vec<Result<(), GroupError>>>> + Send;
+    /// (group, protocol type, state) of every group with members or a record.
+    fn list_groups(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<(String, String, GroupState)>>> + Send;
+    fn describe_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+    ) -> impl Future<Output = Result<Option<Described>>> + Send;
     /// Changes whenever more of the tenant's data becomes durable.
     fn subscribe(
         &self,

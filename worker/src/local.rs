@@ -14,6 +14,8 @@ use object_store::ObjectStore;
 use tokio::sync::watch;
 
 use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
+use crate::coordinator::{Coordinator, Described};
+use crate::groups::{GroupError, Join, Joined, State as GroupState};
 use crate::offsets::{self, Committed};
 use crate::{Accepted, ConfigChange, NewTopic, OffsetCommit, Result, Shards, WorkerError};
 
@@ -50,6 +52,7 @@ struct Shard {
     topics: RwLock<HashMap<String, Arc<TopicMeta>>>,
     /// Serialises catalog changes so check-then-write is atomic.
     catalog_lock: tokio::sync::Mutex<()>,
+    groups: Coordinator,
 }
 
 impl Shard {
@@ -61,6 +64,7 @@ impl Shard {
             .map(|t| (t.name.clone(), Arc::new(t)))
             .collect();
         Self {
+            groups: Coordinator::load(&log),
             log,
             topics: RwLock::new(topics),
             catalog_lock: tokio::sync::Mutex::new(()),
@@ -156,6 +160,7 @@ impl LocalWorker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(tenant.clone(), shard.clone());
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
+        tokio::spawn(group_timers(Arc::downgrade(&shard)));
         Ok(shard)
     }
 
@@ -425,21 +430,22 @@ impl Shards for LocalWorker {
         &self,
         tenant: &TenantId,
         group: &str,
+        member: &str,
         generation: i32,
         commits: Vec<OffsetCommit>,
     ) -> Result<Vec<Result<()>>> {
         offsets::validate_group(group)?;
         let shard = self.shard(tenant).await?;
-        if generation >= 0 {
-            // No member joined through this coordinator (JoinGroup is not
-            // served yet): Kafka's answers for a generation it does not know.
-            let known = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
-            let e = if known {
-                WorkerError::UnknownMemberId
-            } else {
-                WorkerError::IllegalGeneration
-            };
-            return Ok(commits.iter().map(|_| Err(e.clone())).collect());
+        let has_offsets = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
+        if let Err(e) = shard
+            .groups
+            .may_commit(group, member, generation, has_offsets)
+            .await
+        {
+            return Ok(commits
+                .iter()
+                .map(|_| Err(WorkerError::Group(e.clone())))
+                .collect());
         }
         let commit_ms = now_ms();
         let mut entries = Vec::with_capacity(commits.len());
@@ -467,6 +473,61 @@ impl Shards for LocalWorker {
             shard.log.append(entries).await?.durable().await?;
         }
         Ok(outcomes)
+    }
+
+    async fn join_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        join: Join,
+    ) -> Result<Result<Joined, GroupError>> {
+        let shard = self.group_shard(tenant, group).await?;
+        Ok(shard.groups.join(&shard.log, group, join).await)
+    }
+
+    async fn sync_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        member: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<Result<Bytes, GroupError>> {
+        let shard = self.group_shard(tenant, group).await?;
+        Ok(shard
+            .groups
+            .sync(&shard.log, group, member, generation, assignments)
+            .await)
+    }
+
+    async fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        member: &str,
+        generation: i32,
+    ) -> Result<Result<(), GroupError>> {
+        let shard = self.group_shard(tenant, group).await?;
+        Ok(shard.groups.heartbeat(group, member, generation).await)
+    }
+
+    async fn leave_group(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        members: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<Result<(), GroupError>>> {
+        let shard = self.group_shard(tenant, group).await?;
+        Ok(shard.groups.leave(&shard.log, group, members).await)
+    }
+
+    async fn list_groups(&self, tenant: &TenantId) -> Result<Vec<(String, String, GroupState)>> {
+        Ok(self.shard(tenant).await?.groups.list().await)
+    }
+
+    async fn describe_group(&self, tenant: &TenantId, group: &str) -> Result<Option<Described>> {
+        let shard = self.group_shard(tenant, group).await?;
+        Ok(shard.groups.describe(group).await)
     }
 
     async fn committed(
@@ -510,10 +571,34 @@ impl Shards for LocalWorker {
     }
 }
 
+impl LocalWorker {
+    async fn group_shard(&self, tenant: &TenantId, group: &str) -> Result<Arc<Shard>> {
+        offsets::validate_group(group)?;
+        self.shard(tenant).await
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Expires group members' sessions and ends join phases, for as long as the
+/// shard stays open (the task keeps a closed shard alive one tick at most).
+async fn group_timers(shard: Weak<Shard>) {
+    loop {
+        let Some(s) = shard.upgrade() else { return };
+        let next = s.groups.tick(&s.log).await;
+        let s2 = s.clone();
+        drop(s);
+        let wake = s2.groups.changed();
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = wake => {}
+        }
+        drop(s2);
+    }
 }
 
 /// Applies `retention.ms` and `retention.bytes` to every partition of the

@@ -1,11 +1,19 @@
-//! FindCoordinator, OffsetCommit and OffsetFetch. Every gateway is every
-//! group's coordinator: it routes to the worker that owns the tenant's
-//! shard 0, where committed offsets live. Group membership (JoinGroup and
-//! the rest) is not served yet, so only commits outside group management
-//! (generation -1) are accepted; see COMPATIBILITY.md.
+//! The consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup,
+//! Heartbeat, LeaveGroup, ListGroups, DescribeGroups, OffsetCommit and
+//! OffsetFetch. Every gateway is every group's coordinator: it routes to the
+//! worker that owns the tenant's shard 0, where groups and committed offsets
+//! live. The protocol itself is the worker's (`floe_worker::groups`); here
+//! is only the wire.
 
-use floe_worker::{OffsetCommit, Shards, WorkerError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_worker::{GroupError, GroupState, Join, OffsetCommit, Shards, WorkerError};
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -14,8 +22,11 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -87,6 +98,7 @@ pub async fn offset_commit<W: Shards>(
         .commit_offsets(
             tenant,
             &req.group_id.0,
+            &req.member_id,
             req.generation_id_or_member_epoch,
             commits,
         )
@@ -126,6 +138,275 @@ fn commit_code(e: &WorkerError) -> i16 {
         WorkerError::Unavailable(_) => ResponseError::CoordinatorNotAvailable.code(),
         other => errors::code(other),
     }
+}
+
+/// A shard error or the group protocol's, as one code.
+fn outcome_code<T>(r: &Result<Result<T, GroupError>, WorkerError>) -> i16 {
+    match r {
+        Ok(Ok(_)) => 0,
+        Ok(Err(g)) => errors::group_code(g),
+        Err(e) => commit_code(e),
+    }
+}
+
+fn state_name(s: GroupState) -> &'static str {
+    match s {
+        GroupState::Empty => "Empty",
+        GroupState::PreparingRebalance => "PreparingRebalance",
+        GroupState::CompletingRebalance => "CompletingRebalance",
+        GroupState::Stable => "Stable",
+    }
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub async fn join_group<W: Shards>(
+    gw: &Gateway<W>,
+    req: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let join = Join {
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
+        client_id: String::new(),
+        client_host: String::new(),
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
+        session_timeout: Duration::from_millis(req.session_timeout_ms.max(0) as u64),
+        // v0 has no rebalance timeout: Kafka uses the session timeout.
+        rebalance_timeout: Duration::from_millis(
+            if version >= 1 {
+                req.rebalance_timeout_ms
+            } else {
+                req.session_timeout_ms
+            }
+            .max(0) as u64,
+        ),
+        require_known_member_id: version >= 4,
+    };
+    let r = gw
+        .worker
+        .join_group(&gw.dev_tenant, &req.group_id.0, join)
+        .await;
+    let resp = JoinGroupResponse::default()
+        .with_error_code(outcome_code(&r))
+        .with_generation_id(-1);
+    match r {
+        Ok(Ok(j)) => {
+            let members = j
+                .members
+                .into_iter()
+                .map(|(id, instance, metadata)| {
+                    let m = JoinGroupResponseMember::default()
+                        .with_member_id(str_bytes(&id))
+                        .with_metadata(metadata);
+                    if version >= 5 {
+                        m.with_group_instance_id(instance.as_deref().map(str_bytes))
+                    } else {
+                        m
+                    }
+                })
+                .collect();
+            let resp = resp
+                .with_generation_id(j.generation)
+                .with_protocol_name(Some(str_bytes(&j.protocol)))
+                .with_leader(str_bytes(&j.leader))
+                .with_member_id(str_bytes(&j.member_id))
+                .with_members(members);
+            if version >= 7 {
+                resp.with_protocol_type(Some(str_bytes(&j.protocol_type)))
+            } else {
+                resp
+            }
+        }
+        Ok(Err(GroupError::MemberIdRequired(id))) => resp.with_member_id(str_bytes(&id)),
+        _ => resp.with_member_id(req.member_id),
+    }
+}
+
+pub async fn sync_group<W: Shards>(
+    gw: &Gateway<W>,
+    req: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let assignments = req
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .collect();
+    let r = gw
+        .worker
+        .sync_group(
+            &gw.dev_tenant,
+            &req.group_id.0,
+            &req.member_id,
+            req.generation_id,
+            assignments,
+        )
+        .await;
+    let resp = SyncGroupResponse::default().with_error_code(outcome_code(&r));
+    let resp = match r {
+        Ok(Ok(assignment)) => resp.with_assignment(assignment),
+        _ => resp.with_assignment(Bytes::new()),
+    };
+    if version >= 5 {
+        // The client sent what it expects; Kafka echoes the group's.
+        resp.with_protocol_type(req.protocol_type)
+            .with_protocol_name(req.protocol_name)
+    } else {
+        resp
+    }
+}
+
+pub async fn heartbeat<W: Shards>(gw: &Gateway<W>, req: HeartbeatRequest) -> HeartbeatResponse {
+    let r = gw
+        .worker
+        .heartbeat(
+            &gw.dev_tenant,
+            &req.group_id.0,
+            &req.member_id,
+            req.generation_id,
+        )
+        .await;
+    HeartbeatResponse::default().with_error_code(outcome_code(&r))
+}
+
+pub async fn leave_group<W: Shards>(
+    gw: &Gateway<W>,
+    req: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    let r = gw
+        .worker
+        .leave_group(&gw.dev_tenant, &req.group_id.0, members.clone())
+        .await;
+    let codes: Vec<i16> = match &r {
+        Ok(outcomes) => outcomes
+            .iter()
+            .map(|o| o.as_ref().err().map_or(0, errors::group_code))
+            .collect(),
+        Err(e) => vec![commit_code(e); members.len()],
+    };
+    if version < 3 {
+        return LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(0));
+    }
+    let members = members
+        .into_iter()
+        .zip(codes)
+        .map(|((id, instance), code)| {
+            MemberResponse::default()
+                .with_member_id(str_bytes(&id))
+                .with_group_instance_id(instance.as_deref().map(str_bytes))
+                .with_error_code(code)
+        })
+        .collect();
+    let top = match r {
+        Err(e) => commit_code(&e),
+        Ok(_) => 0,
+    };
+    LeaveGroupResponse::default()
+        .with_error_code(top)
+        .with_members(members)
+}
+
+pub async fn list_groups<W: Shards>(
+    gw: &Gateway<W>,
+    req: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let groups = match gw.worker.list_groups(&gw.dev_tenant).await {
+        Ok(g) => g,
+        Err(e) => return ListGroupsResponse::default().with_error_code(commit_code(&e)),
+    };
+    let wanted = |s: GroupState| {
+        req.states_filter.is_empty()
+            || req
+                .states_filter
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(state_name(s)))
+    };
+    let listed = groups
+        .into_iter()
+        .filter(|(_, _, s)| wanted(*s))
+        .map(|(name, protocol_type, state)| {
+            let g = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(&name)))
+                .with_protocol_type(str_bytes(&protocol_type));
+            if version >= 4 {
+                g.with_group_state(str_bytes(state_name(state)))
+            } else {
+                g
+            }
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(listed)
+}
+
+pub async fn describe_groups<W: Shards>(
+    gw: &Gateway<W>,
+    req: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut out = Vec::with_capacity(req.groups.len());
+    for name in req.groups {
+        let d = DescribedGroup::default().with_group_id(name.clone());
+        out.push(
+            match gw.worker.describe_group(&gw.dev_tenant, &name.0).await {
+                // Kafka describes an unknown group as Dead, without an error.
+                Ok(None) => d.with_group_state(StrBytes::from_static_str("Dead")),
+                Ok(Some(g)) => {
+                    let members = g
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            let metadata = m
+                                .protocols
+                                .iter()
+                                .find(|(p, _)| *p == g.protocol)
+                                .map(|(_, b)| b.clone())
+                                .unwrap_or_default();
+                            let dm = DescribedGroupMember::default()
+                                .with_member_id(str_bytes(&m.id))
+                                .with_client_id(str_bytes(&m.client_id))
+                                .with_client_host(str_bytes(&m.client_host))
+                                .with_member_metadata(metadata)
+                                .with_member_assignment(m.assignment);
+                            if version >= 4 {
+                                dm.with_group_instance_id(m.instance_id.as_deref().map(str_bytes))
+                            } else {
+                                dm
+                            }
+                        })
+                        .collect();
+                    d.with_group_state(str_bytes(state_name(g.state)))
+                        .with_protocol_type(str_bytes(&g.protocol_type))
+                        .with_protocol_data(str_bytes(&g.protocol))
+                        .with_members(members)
+                }
+                Err(e) => d.with_error_code(commit_code(&e)),
+            },
+        );
+    }
+    DescribeGroupsResponse::default().with_groups(out)
 }
 
 pub async fn offset_fetch<W: Shards>(

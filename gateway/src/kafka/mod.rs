@@ -361,6 +361,14 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(gw, r, v))
         }
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join_group(gw, r, v).await),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(gw, r, v).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(gw, r).await),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave_group(gw, r, v).await),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(gw, r, v).await),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(gw, r, v).await)
+        }
         RequestKind::OffsetCommit(r) => {
             ResponseKind::OffsetCommit(groups::offset_commit(gw, r).await)
         }

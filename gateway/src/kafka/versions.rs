@@ -5,8 +5,9 @@
 //! v7 (v8+ adds tiered-storage offsets); ApiVersions stops at v3.
 //! FindCoordinator stops at v4 (v5+ is for KIP-890 and share groups),
 //! OffsetCommit at v8 and OffsetFetch at v8 (v9+ speak KIP-848's member
-//! epochs). OffsetForLeaderEpoch and the group membership APIs (JoinGroup
-//! and the rest) are not advertised yet.
+//! epochs). JoinGroup stops at v7 (v8 adds a reason, v9 KIP-814),
+//! LeaveGroup at v4, ListGroups at v4 (v5 filters by group type).
+//! OffsetForLeaderEpoch is not advertised yet.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -30,6 +31,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {

@@ -1,0 +1,378 @@
+//! Consumer groups with librdkafka against the real binary: three consumers
+//! share 12 partitions while records flow, a fourth joins and one leaves
+//! mid-stream; every record is consumed, and the duplicates (records read
+//! again after a rebalance because their commit had not landed) are counted
+//! and reported. Then the server restarts and the group resumes at its
+//! committed offsets. Run with the eager and the cooperative-sticky assignor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use floe_e2e::{temp_dir, Floe};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 12;
+const RECORDS: usize = 24_000;
+
+type Seen = Arc<Mutex<HashMap<(i32, i64), u32>>>;
+
+fn consumer(bootstrap: &str, group: &str, assignor: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("partition.assignment.strategy", assignor)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+/// A consumer on its own thread until `stop`; records what it reads.
+fn run(
+    bootstrap: &str,
+    group: &str,
+    assignor: &str,
+    topic: &str,
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let c = consumer(bootstrap, group, assignor);
+    c.subscribe(&[topic]).expect("subscribe");
+    std::thread::spawn(move || {
+        let mut last_commit = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                *seen
+                    .lock()
+                    .expect("seen")
+                    .entry((m.partition(), m.offset()))
+                    .or_default() += 1;
+            }
+            // Commit what was read every 200 ms: a rebalance re-delivers
+            // at most what came since.
+            if last_commit.elapsed() > Duration::from_millis(200) {
+                let _ = c.commit_consumer_state(CommitMode::Async);
+                last_commit = Instant::now();
+            }
+        }
+        // Commit everything read, then close (closing polls and drops
+        // messages, so nothing is committed automatically).
+        c.commit_consumer_state(CommitMode::Sync).ok();
+        drop(c);
+    })
+}
+
+fn produce(bootstrap: &str, topic: &str, n: usize, over: Duration) -> HashMap<i32, i64> {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + over.mul_f64(i as f64 / n as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let v = format!("r{i}");
+        let rec = BaseRecord::<(), _>::to(topic)
+            .payload(&v)
+            .partition((i % PARTITIONS as usize) as i32);
+        p.send(rec).map_err(|(e, _)| e).expect("send");
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+    (0..PARTITIONS)
+        .map(|part| (part, (n / PARTITIONS as usize) as i64))
+        .collect()
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<Offset> {
+    let c = consumer(bootstrap, group, "range");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(20))
+        .expect("committed");
+    got.elements().iter().map(|e| e.offset()).collect()
+}
+
+async fn scenario(assignor: &str) {
+    let mut f = Floe::start(temp_dir(&format!("groups-{assignor}")), &[]);
+    let bootstrap = f.bootstrap();
+    let topic = "events";
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    assert!(admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .expect("create")[0]
+        .is_ok());
+
+    let seen: Seen = Arc::default();
+    let stops: Vec<Arc<AtomicBool>> = (0..4).map(|_| Arc::default()).collect();
+    let mut threads: Vec<Option<JoinHandle<()>>> = (0..3)
+        .map(|i| {
+            Some(run(
+                &bootstrap,
+                "g",
+                assignor,
+                topic,
+                seen.clone(),
+                stops[i].clone(),
+            ))
+        })
+        .collect();
+    let producer = {
+        let b = bootstrap.clone();
+        std::thread::spawn(move || produce(&b, topic, RECORDS, Duration::from_secs(8)))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    threads.push(Some(run(
+        &bootstrap,
+        "g",
+        assignor,
+        topic,
+        seen.clone(),
+        stops[3].clone(),
+    )));
+    std::thread::sleep(Duration::from_secs(2));
+    stops[1].store(true, Ordering::Relaxed);
+    if let Some(t) = threads[1].take() {
+        t.join().expect("consumer 1");
+    }
+    let ends = producer.join().expect("producer");
+
+    // Every record is consumed by the group.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let total = |seen: &Seen| seen.lock().expect("seen").len();
+    while total(&seen) < RECORDS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (i, stop) in stops.iter().enumerate() {
+        stop.store(true, Ordering::Relaxed);
+        if let Some(t) = threads[i].take() {
+            t.join().expect("consumer");
+        }
+    }
+    let seen = seen.lock().expect("seen").clone();
+    for (&p, &end) in &ends {
+        for o in 0..end {
+            assert!(
+                seen.contains_key(&(p, o)),
+                "{assignor}: record {p}/{o} never consumed"
+            );
+        }
+    }
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    eprintln!("{assignor}: {RECORDS} records, {duplicates} read twice across 2 rebalances");
+
+    // The closing consumers committed everything they read.
+    let before = committed(&bootstrap, "g", topic);
+    let want: Vec<Offset> = (0..PARTITIONS).map(|p| Offset::Offset(ends[&p])).collect();
+    assert_eq!(before, want, "{assignor}: committed offsets at the end");
+
+    // After a restart the group resumes there: only new records come.
+    f.restart();
+    let bootstrap = f.bootstrap();
+    assert_eq!(
+        committed(&bootstrap, "g", topic),
+        want,
+        "{assignor}: commits survive the restart"
+    );
+    let again: Seen = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = run(
+        &bootstrap,
+        "g",
+        assignor,
+        topic,
+        again.clone(),
+        stop.clone(),
+    );
+    produce(&bootstrap, topic, 1200, Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while total(&again) < 1200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    t.join().expect("consumer after restart");
+    let again = again.lock().expect("again").clone();
+    assert_eq!(again.len(), 1200, "{assignor}: the new records, once each");
+    assert!(
+        again.keys().all(|&(p, o)| o >= ends[&p]),
+        "{assignor}: nothing from before the commits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_group_shares_partitions_through_joins_and_leaves() {
+    scenario("range,roundrobin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_group_shares_partitions_through_joins_and_leaves() {
+    scenario("cooperative-sticky").await;
+}
+
+/// What no real client sends, or sends only when something is wrong: each
+/// gets Kafka's error, and the group carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_group_requests_get_kafkas_errors() {
+    use bytes::Bytes;
+    use floe_e2e::raw::Conn;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::ResponseError as E;
+
+    let f = Floe::start(temp_dir("groups-bad"), &[]);
+    let mut conn = Conn::connect(&f.bootstrap());
+    let s = |x: &str| StrBytes::from_string(x.to_string());
+    let join = |member: &str, session_ms: i32, ptype: &str, protocol: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_session_timeout_ms(session_ms)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(s(member))
+            .with_protocol_type(s(ptype))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s(protocol))
+                .with_metadata(Bytes::from_static(b"sub"))])
+    };
+    // KIP-394: the first join of a v4+ client gets an id to rejoin with.
+    let first = conn.call(7, &join("", 10_000, "consumer", "range"));
+    assert_eq!(first.error_code, E::MemberIdRequired.code());
+    let me = first.member_id.to_string();
+    let joined = conn.call(7, &join(&me, 10_000, "consumer", "range"));
+    assert_eq!(
+        (
+            joined.error_code,
+            joined.generation_id,
+            joined.leader.to_string()
+        ),
+        (0, 1, me.clone())
+    );
+    assert_eq!(joined.members.len(), 1);
+
+    // Joins the group cannot take.
+    assert_eq!(
+        conn.call(7, &join("", 1_000, "consumer", "range"))
+            .error_code,
+        E::InvalidSessionTimeout.code()
+    );
+    assert_eq!(
+        conn.call(7, &join("", 10_000, "connect", "range"))
+            .error_code,
+        E::InconsistentGroupProtocol.code()
+    );
+    assert_eq!(
+        conn.call(7, &join("", 10_000, "consumer", "sticky"))
+            .error_code,
+        E::InconsistentGroupProtocol.code()
+    );
+    let empty = JoinGroupRequest::default()
+        .with_group_id(GroupId(s("")))
+        .with_session_timeout_ms(10_000);
+    assert_eq!(conn.call(7, &empty).error_code, E::InvalidGroupId.code());
+
+    // SyncGroup and Heartbeat from strangers and stale generations.
+    let sync = |member: &str, generation: i32| {
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_generation_id(generation)
+            .with_member_id(s(member))
+    };
+    assert_eq!(
+        conn.call(5, &sync("stranger", 1)).error_code,
+        E::UnknownMemberId.code()
+    );
+    assert_eq!(
+        conn.call(5, &sync(&me, 0)).error_code,
+        E::IllegalGeneration.code()
+    );
+    let assignment = sync_group_request::SyncGroupRequestAssignment::default()
+        .with_member_id(s(&me))
+        .with_assignment(Bytes::from_static(b"all"));
+    let synced = conn.call(5, &sync(&me, 1).with_assignments(vec![assignment]));
+    assert_eq!(
+        (synced.error_code, &synced.assignment[..]),
+        (0, &b"all"[..])
+    );
+    let hb = |member: &str, generation: i32| {
+        HeartbeatRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_generation_id(generation)
+            .with_member_id(s(member))
+    };
+    assert_eq!(conn.call(4, &hb(&me, 1)).error_code, 0);
+    assert_eq!(
+        conn.call(4, &hb(&me, 7)).error_code,
+        E::IllegalGeneration.code()
+    );
+    assert_eq!(
+        conn.call(4, &hb("stranger", 1)).error_code,
+        E::UnknownMemberId.code()
+    );
+    let other_group = HeartbeatRequest::default()
+        .with_group_id(GroupId(s("nope")))
+        .with_member_id(s(&me));
+    assert_eq!(
+        conn.call(4, &other_group).error_code,
+        E::UnknownMemberId.code()
+    );
+
+    // ListGroups and DescribeGroups see it; an unknown group is Dead.
+    let listed = conn.call(4, &ListGroupsRequest::default());
+    let names: Vec<(String, String)> = listed
+        .groups
+        .iter()
+        .map(|g| (g.group_id.to_string(), g.group_state.to_string()))
+        .collect();
+    assert_eq!(names, vec![("g".to_string(), "Stable".to_string())]);
+    let described = conn.call(
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g")), GroupId(s("nope"))]),
+    );
+    assert_eq!(described.groups[0].group_state.to_string(), "Stable");
+    assert_eq!(
+        &described.groups[0].members[0].member_assignment[..],
+        b"all"
+    );
+    assert_eq!(described.groups[1].group_state.to_string(), "Dead");
+
+    // LeaveGroup: a stranger is refused per member, the member leaves.
+    let leave = |member: &str| {
+        LeaveGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_members(vec![MemberIdentity::default().with_member_id(s(member))])
+    };
+    assert_eq!(
+        conn.call(4, &leave("stranger")).members[0].error_code,
+        E::UnknownMemberId.code()
+    );
+    assert_eq!(conn.call(4, &leave(&me)).members[0].error_code, 0);
+    assert_eq!(
+        conn.call(4, &hb(&me, 1)).error_code,
+        E::UnknownMemberId.code()
+    );
+    let listed = conn.call(4, &ListGroupsRequest::default());
+    assert_eq!(listed.groups[0].group_state.to_string(), "Empty");
+}
