@@ -22,8 +22,8 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Slot {
     group: Group,
-    joins: HashMap<String, oneshot::Sender<Result<Joined, GroupError>>>,
-    syncs: HashMap<String, oneshot::Sender<Result<Bytes, GroupError>>>,
+    joins: Waiting<Joined>,
+    syncs: Waiting<Bytes>,
 }
 
 /// One group as DescribeGroups shows it.
@@ -40,6 +40,33 @@ pub struct Coordinator {
     /// their states were reached.
     groups: Mutex<HashMap<String, Slot>>,
     changed: Notify,
+}
+
+type Waiting<T> = HashMap<String, oneshot::Sender<Result<T, GroupError>>>;
+
+/// An answer now, or the receiver its answer will come through.
+type Parked<T> = Result<Result<T, GroupError>, oneshot::Receiver<Result<T, GroupError>>>;
+
+/// Parks a request that waits for its answer among `waiting`. Done before
+/// the replies of the same call go out: they may include its own.
+fn park<T>(now: Now<T>, waiting: &mut Waiting<T>) -> Parked<T> {
+    match now {
+        Now::Answer(r) => Ok(r),
+        Now::Wait(id) => {
+            let (tx, rx) = oneshot::channel();
+            // A member that asks again replaces its earlier request, which
+            // then answers REBALANCE_IN_PROGRESS (its sender is dropped).
+            waiting.insert(id, tx);
+            Err(rx)
+        }
+    }
+}
+
+async fn answer<T>(parked: Parked<T>) -> Result<T, GroupError> {
+    match parked {
+        Ok(r) => r,
+        Err(rx) => rx.await.unwrap_or(Err(GroupError::RebalanceInProgress)),
+    }
 }
 
 impl Coordinator {
@@ -68,27 +95,17 @@ impl Coordinator {
     }
 
     pub async fn join(&self, log: &ShardLog, group: &str, j: Join) -> Result<Joined, GroupError> {
-        let rx = {
+        let (parked, settled) = {
             let mut groups = self.groups.lock().await;
             let slot = groups.entry(group.to_string()).or_default();
             let (was, mut out) = (slot.group.state(), Vec::new());
             let now = slot.group.join(j, Instant::now(), &mut out);
-            let rx = match now {
-                Now::Answer(r) => {
-                    self.settle(log, group, slot, was, out).await;
-                    return r;
-                }
-                Now::Wait(id) => {
-                    let (tx, rx) = oneshot::channel();
-                    slot.joins.insert(id, tx);
-                    rx
-                }
-            };
-            self.settle(log, group, slot, was, out).await;
-            rx
+            let parked = park(now, &mut slot.joins);
+            (parked, self.settle(log, group, slot, was, out).await)
         };
+        settled.send().await;
         self.changed.notify_one();
-        rx.await.unwrap_or(Err(GroupError::RebalanceInProgress))
+        answer(parked).await
     }
 
     pub async fn sync(
@@ -99,31 +116,20 @@ impl Coordinator {
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Bytes, GroupError> {
-        let rx = {
+        let (parked, settled) = {
             let mut groups = self.groups.lock().await;
             let Some(slot) = groups.get_mut(group) else {
                 return Err(GroupError::UnknownMemberId);
             };
             let (was, mut out) = (slot.group.state(), Vec::new());
-            let rx =
-                match slot
-                    .group
-                    .sync(member, generation, assignments, Instant::now(), &mut out)
-                {
-                    Now::Answer(r) => {
-                        self.settle(log, group, slot, was, out).await;
-                        return r;
-                    }
-                    Now::Wait(id) => {
-                        let (tx, rx) = oneshot::channel();
-                        slot.syncs.insert(id, tx);
-                        rx
-                    }
-                };
-            self.settle(log, group, slot, was, out).await;
-            rx
+            let now = slot
+                .group
+                .sync(member, generation, assignments, Instant::now(), &mut out);
+            let parked = park(now, &mut slot.syncs);
+            (parked, self.settle(log, group, slot, was, out).await)
         };
-        rx.await.unwrap_or(Err(GroupError::RebalanceInProgress))
+        settled.send().await;
+        answer(parked).await
     }
 
     pub async fn heartbeat(
@@ -146,19 +152,22 @@ impl Coordinator {
         group: &str,
         members: Vec<(String, Option<String>)>,
     ) -> Vec<Result<(), GroupError>> {
-        let mut groups = self.groups.lock().await;
-        let Some(slot) = groups.get_mut(group) else {
-            return members
+        let (outcomes, settled) = {
+            let mut groups = self.groups.lock().await;
+            let Some(slot) = groups.get_mut(group) else {
+                return members
+                    .iter()
+                    .map(|_| Err(GroupError::UnknownMemberId))
+                    .collect();
+            };
+            let (was, mut out, now) = (slot.group.state(), Vec::new(), Instant::now());
+            let outcomes = members
                 .iter()
-                .map(|_| Err(GroupError::UnknownMemberId))
+                .map(|(id, instance)| slot.group.leave(id, instance.as_deref(), now, &mut out))
                 .collect();
+            (outcomes, self.settle(log, group, slot, was, out).await)
         };
-        let (was, mut out, now) = (slot.group.state(), Vec::new(), Instant::now());
-        let outcomes = members
-            .iter()
-            .map(|(id, instance)| slot.group.leave(id, instance.as_deref(), now, &mut out))
-            .collect();
-        self.settle(log, group, slot, was, out).await;
+        settled.send().await;
         self.changed.notify_one();
         outcomes
     }
@@ -221,28 +230,36 @@ impl Coordinator {
     pub async fn tick(&self, log: &ShardLog) -> Instant {
         let now = Instant::now();
         let mut next = now + IDLE_TICK;
-        let mut groups = self.groups.lock().await;
-        for (name, slot) in groups.iter_mut() {
-            let (was, mut out) = (slot.group.state(), Vec::new());
-            slot.group.tick(now, &mut out);
-            self.settle(log, name, slot, was, out).await;
-            if let Some(d) = slot.group.next_deadline() {
-                next = next.min(d.max(now + Duration::from_millis(10)));
+        let mut settled = Vec::new();
+        {
+            let mut groups = self.groups.lock().await;
+            for (name, slot) in groups.iter_mut() {
+                let (was, mut out) = (slot.group.state(), Vec::new());
+                slot.group.tick(now, &mut out);
+                settled.push(self.settle(log, name, slot, was, out).await);
+                if let Some(d) = slot.group.next_deadline() {
+                    next = next.min(d.max(now + Duration::from_millis(10)));
+                }
             }
+        }
+        for s in settled {
+            s.send().await;
         }
         next
     }
 
-    /// Delivers `out`, after writing the group's record when the answers
-    /// depend on it (a completed SyncGroup, or the group emptied).
+    /// Takes the waiting requests `out` answers, and appends the group's
+    /// record when the answers depend on it (a completed SyncGroup, or the
+    /// group emptied). The caller lets go of the lock, then [`Settled::send`]s:
+    /// the answers go out once the record is durable.
     async fn settle(
         &self,
         log: &ShardLog,
         group: &str,
         slot: &mut Slot,
         was: State,
-        mut out: Vec<Reply>,
-    ) {
+        out: Vec<Reply>,
+    ) -> Settled {
         if slot.group.state() != was {
             let r = slot.group.record();
             let members: Vec<&str> = r.members.iter().map(|m| m.id.as_str()).collect();
@@ -251,39 +268,65 @@ impl Coordinator {
         }
         let synced = out.iter().any(|r| matches!(r, Reply::Sync(_, Ok(_))));
         let emptied = was != State::Empty && slot.group.state() == State::Empty;
-        if synced || emptied {
+        let record = if synced || emptied {
+            let value =
+                serde_json::to_vec(&slot.group.record()).expect("a group record serializes");
             let entry = Entry::Put {
                 key: Bytes::from(format!("{PREFIX}{group}")),
-                value: Some(Bytes::from(
-                    serde_json::to_vec(&slot.group.record()).expect("a group record serializes"),
-                )),
+                value: Some(Bytes::from(value)),
             };
-            let written = match log.append(vec![entry]).await {
-                Ok(appended) => appended.durable().await.is_ok(),
-                Err(_) => false,
-            };
-            if !written {
-                // The members rejoin once the shard is healthy again.
-                for r in out.iter_mut() {
-                    if let Reply::Sync(_, res) = r {
-                        *res = Err(GroupError::CoordinatorNotAvailable);
-                    }
-                }
-            }
-        }
+            // Appended under the lock, so records reach the log in the order
+            // their states were reached; waited for outside it.
+            Some(log.append(vec![entry]).await)
+        } else {
+            None
+        };
+        let mut joins = Vec::new();
+        let mut syncs = Vec::new();
         for r in out {
             match r {
-                Reply::Join(id, res) => {
-                    if let Some(tx) = slot.joins.remove(&id) {
-                        let _ = tx.send(res);
-                    }
-                }
-                Reply::Sync(id, res) => {
-                    if let Some(tx) = slot.syncs.remove(&id) {
-                        let _ = tx.send(res);
-                    }
-                }
+                Reply::Join(id, res) => joins.extend(slot.joins.remove(&id).map(|tx| (tx, res))),
+                Reply::Sync(id, res) => syncs.extend(slot.syncs.remove(&id).map(|tx| (tx, res))),
             }
+        }
+        Settled {
+            record,
+            joins,
+            syncs,
+        }
+    }
+}
+
+/// A parked request's sender and what it will get.
+type Answer<T> = (
+    oneshot::Sender<Result<T, GroupError>>,
+    Result<T, GroupError>,
+);
+
+/// Answers taken from their group, waiting for its record to be durable.
+#[must_use = "answers go out only when sent"]
+struct Settled {
+    record: Option<Result<floe_storage::Appended, floe_storage::Error>>,
+    joins: Vec<Answer<Joined>>,
+    syncs: Vec<Answer<Bytes>>,
+}
+
+impl Settled {
+    async fn send(self) {
+        let written = match self.record {
+            None => true,
+            Some(Ok(appended)) => appended.durable().await.is_ok(),
+            Some(Err(_)) => false,
+        };
+        for (tx, res) in self.joins {
+            let _ = tx.send(res);
+        }
+        for (tx, mut res) in self.syncs {
+            if !written && res.is_ok() {
+                // The members rejoin once the shard is healthy again.
+                res = Err(GroupError::CoordinatorNotAvailable);
+            }
+            let _ = tx.send(res);
         }
     }
 }

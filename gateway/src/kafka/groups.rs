@@ -18,8 +18,7 @@ use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
-    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
     BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
@@ -414,46 +413,6 @@ pub async fn offset_fetch<W: Shards>(
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
-    if version >= 8 {
-        let mut groups = Vec::with_capacity(req.groups.len());
-        for g in req.groups {
-            let wanted = g.topics.map(|ts| {
-                ts.into_iter()
-                    .flat_map(|t| {
-                        t.partition_indexes
-                            .into_iter()
-                            .map(move |p| (t.name.0.to_string(), p))
-                    })
-                    .collect()
-            });
-            let group = match fetch_group(gw, &g.group_id.0, wanted).await {
-                Ok(topics) => {
-                    let topics = topics
-                        .into_iter()
-                        .map(|(name, parts)| {
-                            let parts = parts
-                                .into_iter()
-                                .map(|(p, offset, epoch, metadata)| {
-                                    OffsetFetchResponsePartitions::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(offset)
-                                        .with_committed_leader_epoch(epoch)
-                                        .with_metadata(metadata)
-                                })
-                                .collect();
-                            OffsetFetchResponseTopics::default()
-                                .with_name(name)
-                                .with_partitions(parts)
-                        })
-                        .collect();
-                    OffsetFetchResponseGroup::default().with_topics(topics)
-                }
-                Err(code) => OffsetFetchResponseGroup::default().with_error_code(code),
-            };
-            groups.push(group.with_group_id(g.group_id));
-        }
-        return OffsetFetchResponse::default().with_groups(groups);
-    }
     let wanted = req.topics.map(|ts| {
         ts.into_iter()
             .flat_map(|t| {

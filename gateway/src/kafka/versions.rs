@@ -4,8 +4,8 @@
 //! the next versions address topics by id only (KIP-516); ListOffsets stops at
 //! v7 (v8+ adds tiered-storage offsets); ApiVersions stops at v3.
 //! FindCoordinator stops at v4 (v5+ is for KIP-890 and share groups),
-//! OffsetCommit at v8 and OffsetFetch at v8 (v9+ speak KIP-848's member
-//! epochs). JoinGroup stops at v7 (v8 adds a reason, v9 KIP-814),
+//! OffsetCommit at v8 (v9+ speak KIP-848's member epochs) and OffsetFetch at
+//! v7 (v8 batches groups, KIP-709). JoinGroup stops at v7 (v8 adds a reason, v9 KIP-814),
 //! LeaveGroup at v4, ListGroups at v4 (v5 filters by group type).
 //! OffsetForLeaderEpoch is not advertised yet.
 
@@ -30,7 +30,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::JoinGroup, 0, 7),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
