@@ -33,6 +33,9 @@ pub fn group_code(e: &GroupError) -> i16 {
         GroupError::FencedInstanceId => E::FencedInstanceId,
         GroupError::InvalidSessionTimeout => E::InvalidSessionTimeout,
         GroupError::CoordinatorNotAvailable => E::CoordinatorNotAvailable,
+        GroupError::GroupIdNotFound => E::GroupIdNotFound,
+        GroupError::NonEmptyGroup => E::NonEmptyGroup,
+        GroupError::GroupSubscribedToTopic => E::GroupSubscribedToTopic,
     }
     .code()
 }

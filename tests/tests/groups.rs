@@ -376,3 +376,173 @@ async fn bad_group_requests_get_kafkas_errors() {
     let listed = conn.call(4, &ListGroupsRequest::default());
     assert_eq!(listed.groups[0].group_state.to_string(), "Empty");
 }
+
+/// DeleteGroups and OffsetDelete: only what no member uses goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_groups_and_offsets_spares_what_is_in_use() {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use floe_e2e::raw::{topic_name, Conn};
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::ResponseError as E;
+
+    let f = Floe::start(temp_dir("groups-delete"), &[]);
+    let bootstrap = f.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    for t in ["used", "unused"] {
+        let nt = NewTopic::new(t, 2, TopicReplication::Fixed(1));
+        assert!(admin
+            .create_topics([&nt], &AdminOptions::new())
+            .await
+            .expect("create")[0]
+            .is_ok());
+    }
+    let mut conn = Conn::connect(&bootstrap);
+    let s = |x: &str| StrBytes::from_string(x.to_string());
+    let gid = |g: &str| GroupId(s(g));
+    let commit = |group: &str| {
+        let topics = ["used", "unused"].map(|t| {
+            OffsetCommitRequestTopic::default()
+                .with_name(topic_name(t))
+                .with_partitions(
+                    (0..2)
+                        .map(|p| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(5)
+                        })
+                        .collect(),
+                )
+        });
+        OffsetCommitRequest::default()
+            .with_group_id(gid(group))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(topics.to_vec())
+    };
+    let committed = |conn: &mut Conn, group: &str| -> Vec<(String, i32)> {
+        let r = conn.call(
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(gid(group))
+                .with_topics(None),
+        );
+        // In key order (topic id): sort by name.
+        let mut got: Vec<(String, i32)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.to_string(), p.partition_index))
+            })
+            .collect();
+        got.sort();
+        got
+    };
+    for g in ["idle", "busy"] {
+        assert!(conn
+            .call(8, &commit(g))
+            .topics
+            .iter()
+            .all(|t| t.partitions.iter().all(|p| p.error_code == 0)));
+    }
+
+    // A member of "busy" subscribes to "used" (consumer protocol, v1).
+    let mut sub = BytesMut::new();
+    sub.put_i16(1);
+    ConsumerProtocolSubscription::default()
+        .with_topics(vec![s("used")])
+        .encode(&mut sub, 1)
+        .expect("subscription");
+    let join = |member: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(gid("busy"))
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(s(member))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(Bytes::from(sub.to_vec()))])
+    };
+    let me = conn.call(7, &join("")).member_id.to_string();
+    assert_eq!(conn.call(7, &join(&me)).error_code, 0);
+
+    // OffsetDelete: "used" stays while subscribed; "unused" goes.
+    let delete = |group: &str, topics: &[&str]| {
+        let topics = topics
+            .iter()
+            .map(|t| {
+                OffsetDeleteRequestTopic::default()
+                    .with_name(topic_name(t))
+                    .with_partitions(vec![
+                        OffsetDeleteRequestPartition::default().with_partition_index(0)
+                    ])
+            })
+            .collect();
+        OffsetDeleteRequest::default()
+            .with_group_id(gid(group))
+            .with_topics(topics)
+    };
+    let r = conn.call(0, &delete("busy", &["used", "unused"]));
+    let codes: Vec<i16> = r
+        .topics
+        .iter()
+        .map(|t| t.partitions[0].error_code)
+        .collect();
+    assert_eq!(
+        (r.error_code, codes),
+        (0, vec![E::GroupSubscribedToTopic.code(), 0])
+    );
+    assert_eq!(
+        committed(&mut conn, "busy"),
+        vec![("unused".into(), 1), ("used".into(), 0), ("used".into(), 1)]
+    );
+    assert_eq!(
+        conn.call(0, &delete("nobody", &["used"])).error_code,
+        E::GroupIdNotFound.code()
+    );
+    // An empty group's offsets go whatever the topic.
+    assert_eq!(
+        conn.call(0, &delete("idle", &["used"])).topics[0].partitions[0].error_code,
+        0
+    );
+
+    // DeleteGroups: a group with members stays; unknown ones are not found.
+    let del = |names: &[&str]| {
+        DeleteGroupsRequest::default().with_groups_names(names.iter().map(|n| gid(n)).collect())
+    };
+    let r = conn.call(2, &del(&["idle", "busy", "nobody"]));
+    let codes: Vec<i16> = r.results.iter().map(|g| g.error_code).collect();
+    assert_eq!(
+        codes,
+        vec![0, E::NonEmptyGroup.code(), E::GroupIdNotFound.code()]
+    );
+    assert!(
+        committed(&mut conn, "idle").is_empty(),
+        "a deleted group has no offsets"
+    );
+    // Once its member leaves, "busy" can go too.
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(gid("busy"))
+        .with_members(vec![
+            leave_group_request::MemberIdentity::default().with_member_id(s(&me))
+        ]);
+    assert_eq!(conn.call(4, &leave).members[0].error_code, 0);
+    assert_eq!(conn.call(2, &del(&["busy"])).results[0].error_code, 0);
+    assert!(committed(&mut conn, "busy").is_empty());
+    assert!(conn
+        .call(4, &ListGroupsRequest::default())
+        .groups
+        .is_empty());
+}

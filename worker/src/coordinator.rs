@@ -172,6 +172,52 @@ impl Coordinator {
         outcomes
     }
 
+    /// DeleteGroups: removes an Empty group's record and `offsets` (its
+    /// committed-offset keys), durably.
+    pub async fn delete(
+        &self,
+        log: &ShardLog,
+        group: &str,
+        offsets: Vec<Bytes>,
+    ) -> Result<(), GroupError> {
+        let appended = {
+            let mut groups = self.groups.lock().await;
+            let known = groups.contains_key(group);
+            if !known && offsets.is_empty() {
+                return Err(GroupError::GroupIdNotFound);
+            }
+            if groups
+                .get(group)
+                .is_some_and(|s| s.group.state() != State::Empty)
+            {
+                return Err(GroupError::NonEmptyGroup);
+            }
+            groups.remove(group);
+            let record = Entry::Put {
+                key: Bytes::from(format!("{PREFIX}{group}")),
+                value: None,
+            };
+            let entries = std::iter::once(record).chain(
+                offsets
+                    .into_iter()
+                    .map(|key| Entry::Put { key, value: None }),
+            );
+            log.append(entries.collect()).await
+        };
+        match appended {
+            Ok(a) => a
+                .durable()
+                .await
+                .map_err(|_| GroupError::CoordinatorNotAvailable),
+            Err(_) => Err(GroupError::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Whether the group has a record or members.
+    pub async fn exists(&self, group: &str) -> bool {
+        self.groups.lock().await.contains_key(group)
+    }
+
     /// OffsetCommit's check: `Ok(true)` for a member of the current
     /// generation, `Ok(false)` for a commit outside group management.
     /// `has_offsets`: the group exists through its commits alone (an Empty

@@ -44,6 +44,13 @@ pub enum GroupError {
     InvalidSessionTimeout,
     /// The group's record could not be written; retry.
     CoordinatorNotAvailable,
+    /// DeleteGroups and OffsetDelete name a group with no members, record
+    /// or offsets.
+    GroupIdNotFound,
+    /// DeleteGroups of a group that has members.
+    NonEmptyGroup,
+    /// OffsetDelete of a topic the group's members subscribe to.
+    GroupSubscribedToTopic,
 }
 
 /// One member as the group leader sees it in its JoinGroup answer.

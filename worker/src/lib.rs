@@ -249,6 +249,20 @@ pub trait Shards: Send + Sync + 'static {
         group: &str,
         members: Vec<(String, Option<String>)>,
     ) -> impl Future<Output = Result<Vec<Result<(), GroupError>>>> + Send;
+    /// DeleteGroups: one outcome per group; only groups without members go.
+    fn delete_groups(
+        &self,
+        tenant: &TenantId,
+        groups: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
+    /// OffsetDelete: removes the committed offsets of `partitions`, durably.
+    /// Whether a partition's topic is in use is the caller's to check.
+    fn delete_offsets(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
     /// (group, protocol type, state) of every group with members or a record.
     fn list_groups(
         &self,

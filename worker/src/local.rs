@@ -521,6 +521,66 @@ impl Shards for LocalWorker {
         Ok(shard.groups.leave(&shard.log, group, members).await)
     }
 
+    async fn delete_groups(
+        &self,
+        tenant: &TenantId,
+        groups: Vec<String>,
+    ) -> Result<Vec<Result<()>>> {
+        let shard = self.shard(tenant).await?;
+        let mut outcomes = Vec::with_capacity(groups.len());
+        for g in groups {
+            let keys = match offsets::validate_group(&g) {
+                Ok(()) => shard
+                    .log
+                    .scan(&offsets::group_prefix(&g))
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect(),
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            outcomes.push(
+                shard
+                    .groups
+                    .delete(&shard.log, &g, keys)
+                    .await
+                    .map_err(WorkerError::Group),
+            );
+        }
+        Ok(outcomes)
+    }
+
+    async fn delete_offsets(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<Result<()>>> {
+        let shard = self.group_shard(tenant, group).await?;
+        let has_offsets = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
+        if !has_offsets && !shard.groups.exists(group).await {
+            return Err(WorkerError::Group(GroupError::GroupIdNotFound));
+        }
+        let mut entries = Vec::new();
+        let outcomes = partitions
+            .iter()
+            .map(|(topic, partition)| {
+                let (t, _) = shard.stream(topic, *partition)?;
+                entries.push(Entry::Put {
+                    key: offsets::key(group, t.id, *partition),
+                    value: None,
+                });
+                Ok(())
+            })
+            .collect();
+        if !entries.is_empty() {
+            shard.log.append(entries).await?.durable().await?;
+        }
+        Ok(outcomes)
+    }
+
     async fn list_groups(&self, tenant: &TenantId) -> Result<Vec<(String, String, GroupState)>> {
         Ok(self.shard(tenant).await?.groups.list().await)
     }

@@ -5,10 +5,12 @@
 //! live. The protocol itself is the worker's (`floe_worker::groups`); here
 //! is only the wire.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use floe_worker::{GroupError, GroupState, Join, OffsetCommit, Shards, WorkerError};
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
@@ -17,17 +19,21 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, ConsumerProtocolSubscription, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use crate::{errors, Gateway};
@@ -483,4 +489,113 @@ async fn fetch_group<W: Shards>(
         }
     }
     Ok(topics)
+}
+
+pub async fn delete_groups<W: Shards>(
+    gw: &Gateway<W>,
+    req: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let names: Vec<String> = req.groups_names.iter().map(|g| g.0.to_string()).collect();
+    let codes: Vec<i16> = match gw.worker.delete_groups(&gw.dev_tenant, names).await {
+        Ok(outcomes) => outcomes
+            .iter()
+            .map(|o| o.as_ref().err().map_or(0, commit_code))
+            .collect(),
+        Err(e) => vec![commit_code(&e); req.groups_names.len()],
+    };
+    let results = req
+        .groups_names
+        .into_iter()
+        .zip(codes)
+        .map(|(g, code)| {
+            DeletableGroupResult::default()
+                .with_group_id(g)
+                .with_error_code(code)
+        })
+        .collect();
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+/// OffsetDelete: a topic the group's members subscribe to keeps its
+/// offsets (GROUP_SUBSCRIBED_TO_TOPIC), as in Kafka; the others go.
+pub async fn offset_delete<W: Shards>(
+    gw: &Gateway<W>,
+    req: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let tenant = &gw.dev_tenant;
+    let subscribed = match gw.worker.describe_group(tenant, &req.group_id.0).await {
+        Ok(Some(g)) if g.state != GroupState::Empty && g.protocol_type == "consumer" => {
+            subscriptions(&g)
+        }
+        Ok(_) => HashSet::new(),
+        Err(e) => return OffsetDeleteResponse::default().with_error_code(commit_code(&e)),
+    };
+    let wanted: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .filter(|t| !subscribed.contains(t.name.0.as_str()))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.partition_index))
+        })
+        .collect();
+    let mut outcomes = match gw
+        .worker
+        .delete_offsets(tenant, &req.group_id.0, wanted)
+        .await
+    {
+        Ok(o) => o.into_iter(),
+        Err(e) => return OffsetDeleteResponse::default().with_error_code(commit_code(&e)),
+    };
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let in_use = subscribed.contains(t.name.0.as_str());
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let code = if in_use {
+                        ResponseError::GroupSubscribedToTopic.code()
+                    } else {
+                        match outcomes.next() {
+                            Some(Ok(())) => 0,
+                            Some(Err(e)) => commit_code(&e),
+                            None => ResponseError::UnknownServerError.code(),
+                        }
+                    };
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetDeleteResponse::default().with_topics(topics)
+}
+
+/// The topics a consumer group's members subscribe to, from their
+/// subscriptions (ConsumerProtocolSubscription, version-prefixed). One that
+/// does not decode counts for nothing.
+fn subscriptions(g: &floe_worker::Described) -> HashSet<String> {
+    let mut topics = HashSet::new();
+    for m in &g.members {
+        let Some((_, meta)) = m.protocols.iter().find(|(p, _)| *p == g.protocol) else {
+            continue;
+        };
+        let mut b = meta.clone();
+        if b.len() < 2 {
+            continue;
+        }
+        let version = b.get_i16();
+        if let Ok(s) = ConsumerProtocolSubscription::decode(&mut b, version) {
+            topics.extend(s.topics.iter().map(|t| t.to_string()));
+        }
+    }
+    topics
 }

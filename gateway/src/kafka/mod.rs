@@ -361,6 +361,12 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(gw, r, v))
         }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(gw, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(gw, r).await)
+        }
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join_group(gw, r, v).await),
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(gw, r, v).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(gw, r).await),
