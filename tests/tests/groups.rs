@@ -546,3 +546,98 @@ async fn deleting_groups_and_offsets_spares_what_is_in_use() {
         .groups
         .is_empty());
 }
+
+/// KIP-345: a static member (group.instance.id) that restarts within its
+/// session gets its partitions back without a rebalance of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarts_without_a_rebalance() {
+    use rdkafka::consumer::{ConsumerContext, Rebalance};
+    use rdkafka::ClientContext;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default, Clone)]
+    struct Count(Arc<AtomicUsize>);
+    impl ClientContext for Count {}
+    impl ConsumerContext for Count {
+        fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let f = Floe::start(temp_dir("groups-static"), &[]);
+    let bootstrap = f.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    let t = NewTopic::new("s", 4, TopicReplication::Fixed(1));
+    assert!(admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .expect("create")[0]
+        .is_ok());
+
+    let member = |instance: &str, count: Count| -> BaseConsumer<Count> {
+        let c: BaseConsumer<Count> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "static")
+            .set("group.instance.id", instance)
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "300")
+            .create_with_context(count)
+            .expect("consumer");
+        c.subscribe(&["s"]).expect("subscribe");
+        c
+    };
+    let assigned = |c: &BaseConsumer<Count>| -> Vec<i32> {
+        let mut p: Vec<i32> = c
+            .assignment()
+            .expect("assignment")
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        p.sort_unstable();
+        p
+    };
+    // Poll both until the four partitions are split between them.
+    let settle = |cs: &[&BaseConsumer<Count>]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for c in cs {
+                let _ = c.poll(Duration::from_millis(50));
+            }
+            let n: usize = cs.iter().map(|c| assigned(c).len()).sum();
+            if n == 4 && cs.iter().all(|c| !assigned(c).is_empty()) {
+                return;
+            }
+        }
+        panic!("the group never settled");
+    };
+    // "a" first, so it leads; then "b".
+    let (ca, cb) = (Count::default(), Count::default());
+    let a = member("a", ca.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while assigned(&a).len() < 4 && Instant::now() < deadline {
+        let _ = a.poll(Duration::from_millis(50));
+    }
+    let b = member("b", cb.clone());
+    settle(&[&a, &b]);
+    let (a_had, b_had) = (assigned(&a), assigned(&b));
+    let a_rebalances = ca.0.load(Ordering::Relaxed);
+
+    // "b" goes away (a static member sends no LeaveGroup) and comes back.
+    drop(b);
+    let b = member("b", Count::default());
+    settle(&[&a, &b]);
+    for _ in 0..20 {
+        let _ = a.poll(Duration::from_millis(50));
+        let _ = b.poll(Duration::from_millis(50));
+    }
+    assert_eq!(assigned(&b), b_had, "b gets its partitions back");
+    assert_eq!(assigned(&a), a_had);
+    assert_eq!(
+        ca.0.load(Ordering::Relaxed),
+        a_rebalances,
+        "a saw no rebalance"
+    );
+}
