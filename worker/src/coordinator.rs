@@ -97,9 +97,16 @@ impl Coordinator {
     pub async fn join(&self, log: &ShardLog, group: &str, j: Join) -> Result<Joined, GroupError> {
         let (parked, settled) = {
             let mut groups = self.groups.lock().await;
+            let created = !groups.contains_key(group);
             let slot = groups.entry(group.to_string()).or_default();
             let (was, mut out) = (slot.group.state(), Vec::new());
             let now = slot.group.join(j, Instant::now(), &mut out);
+            // A refused first join leaves no group behind (ListGroups).
+            if let (true, Now::Answer(Err(e))) = (created, &now) {
+                let e = e.clone();
+                groups.remove(group);
+                return Err(e);
+            }
             let parked = park(now, &mut slot.joins);
             (parked, self.settle(log, group, slot, was, out).await)
         };

@@ -376,7 +376,9 @@ impl Group {
             .members
             .values()
             .filter(|l| {
+                // Parked on a Join or Sync counts as heard from (Kafka).
                 !l.awaiting_join
+                    && !l.awaiting_sync
                     && now >= l.last_heard + Duration::from_millis(l.m.session_timeout_ms)
             })
             .map(|l| l.m.id.clone())
@@ -391,13 +393,15 @@ impl Group {
             let late: Vec<String> = self
                 .members
                 .values()
-                .filter(|l| !l.awaiting_join)
+                // Static members keep their place until their session ends
+                // (KIP-345); dynamic ones that did not rejoin are dropped.
+                .filter(|l| !l.awaiting_join && l.m.instance_id.is_none())
                 .map(|l| l.m.id.clone())
                 .collect();
             for id in &late {
                 self.remove(id, out);
             }
-            self.complete_join(out);
+            self.complete_join(now, out);
         }
     }
 
@@ -406,7 +410,7 @@ impl Group {
         let sessions = self
             .members
             .values()
-            .filter(|l| !l.awaiting_join)
+            .filter(|l| !l.awaiting_join && !l.awaiting_sync)
             .map(|l| l.last_heard + Duration::from_millis(l.m.session_timeout_ms));
         sessions.chain(self.join_deadline).min()
     }
@@ -417,10 +421,12 @@ impl Group {
         if generation < 0 && member_id.is_empty() && self.state == State::Empty {
             return Ok(false);
         }
+        // The member first: a stranger or a stale generation is told so,
+        // not asked to wait (Kafka's order).
+        self.check_member(member_id, generation)?;
         if self.state == State::CompletingRebalance {
             return Err(GroupError::RebalanceInProgress);
         }
-        self.check_member(member_id, generation)?;
         Ok(true)
     }
 
@@ -459,14 +465,16 @@ impl Group {
         self.state = State::PreparingRebalance;
     }
 
-    fn maybe_complete_join(&mut self, _now: Instant, out: &mut Vec<Reply>) {
+    fn maybe_complete_join(&mut self, now: Instant, out: &mut Vec<Reply>) {
         if self.state == State::PreparingRebalance && self.members.values().all(|l| l.awaiting_join)
         {
-            self.complete_join(out);
+            self.complete_join(now, out);
         }
     }
 
-    fn complete_join(&mut self, out: &mut Vec<Reply>) {
+    /// Ends the join phase. Every member's session starts over, as in Kafka:
+    /// one that joined early must not expire while others took their time.
+    fn complete_join(&mut self, now: Instant, out: &mut Vec<Reply>) {
         self.join_deadline = None;
         if self.members.is_empty() {
             self.state = State::Empty;
@@ -485,6 +493,7 @@ impl Group {
         for id in ids {
             if let Some(l) = self.members.get_mut(&id) {
                 l.awaiting_join = false;
+                l.last_heard = now;
             }
             out.push(Reply::Join(id.clone(), Ok(self.joined(&id))));
         }
@@ -575,7 +584,7 @@ impl Group {
         match self.state {
             State::Stable | State::CompletingRebalance => {
                 if self.members.is_empty() {
-                    self.complete_join(out);
+                    self.complete_join(now, out);
                 } else {
                     self.prepare_rebalance(now, out);
                 }
@@ -840,6 +849,58 @@ mod tests {
         assert_eq!(
             g.leave("someone-else", Some("i2"), now, &mut out2),
             Err(GroupError::FencedInstanceId)
+        );
+    }
+
+    #[test]
+    fn a_slow_rebalance_expires_nobody_who_waited() {
+        let now = Instant::now();
+        let (mut g, a, b) = stable_pair(now);
+        let mut out = Vec::new();
+        // c joins and waits; b rejoins at once; a takes longer than a
+        // session, within its rebalance timeout.
+        let c = new_member(&mut g, now, &mut out);
+        assert!(matches!(
+            g.join(join(&b, None, &["range"]), now, &mut out),
+            Now::Wait(_)
+        ));
+        let late = now + SESSION * 2;
+        assert!(matches!(
+            g.join(join(&a, None, &["range"]), late, &mut out),
+            Now::Wait(_)
+        ));
+        assert_eq!(joined(&mut out, &c).generation, 3);
+        g.tick(late, &mut out);
+        assert_eq!(
+            g.heartbeat(&c, 3, late),
+            Ok(()),
+            "c's session starts over when the join phase ends"
+        );
+        // A stale generation is told so even while the group completes.
+        assert_eq!(g.may_commit(&b, 2), Err(GroupError::IllegalGeneration));
+        assert_eq!(g.may_commit(&b, 3), Err(GroupError::RebalanceInProgress));
+        // b and c wait on SyncGroup longer than a session: they stay; the
+        // leader, silent, expires, and they are asked to rejoin.
+        out.clear();
+        assert!(matches!(
+            g.sync(&b, 3, vec![], late, &mut out),
+            Now::Wait(_)
+        ));
+        assert!(matches!(
+            g.sync(&c, 3, vec![], late, &mut out),
+            Now::Wait(_)
+        ));
+        g.tick(late + SESSION, &mut out);
+        out.sort_by_key(|r| format!("{r:?}"));
+        let mut want = vec![
+            Reply::Sync(b.clone(), Err(GroupError::RebalanceInProgress)),
+            Reply::Sync(c.clone(), Err(GroupError::RebalanceInProgress)),
+        ];
+        want.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(out, want);
+        assert_eq!(
+            g.heartbeat(&a, 3, late + SESSION),
+            Err(GroupError::UnknownMemberId)
         );
     }
 

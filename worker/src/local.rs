@@ -482,7 +482,8 @@ impl Shards for LocalWorker {
         join: Join,
     ) -> Result<Result<Joined, GroupError>> {
         let shard = self.group_shard(tenant, group).await?;
-        Ok(shard.groups.join(&shard.log, group, join).await)
+        let group = group.to_string();
+        detached(async move { shard.groups.join(&shard.log, &group, join).await }).await
     }
 
     async fn sync_group(
@@ -494,10 +495,14 @@ impl Shards for LocalWorker {
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Result<Bytes, GroupError>> {
         let shard = self.group_shard(tenant, group).await?;
-        Ok(shard
-            .groups
-            .sync(&shard.log, group, member, generation, assignments)
-            .await)
+        let (group, member) = (group.to_string(), member.to_string());
+        detached(async move {
+            shard
+                .groups
+                .sync(&shard.log, &group, &member, generation, assignments)
+                .await
+        })
+        .await
     }
 
     async fn heartbeat(
@@ -518,7 +523,8 @@ impl Shards for LocalWorker {
         members: Vec<(String, Option<String>)>,
     ) -> Result<Vec<Result<(), GroupError>>> {
         let shard = self.group_shard(tenant, group).await?;
-        Ok(shard.groups.leave(&shard.log, group, members).await)
+        let group = group.to_string();
+        detached(async move { shard.groups.leave(&shard.log, &group, members).await }).await
     }
 
     async fn delete_groups(
@@ -636,6 +642,17 @@ impl LocalWorker {
         offsets::validate_group(group)?;
         self.shard(tenant).await
     }
+}
+
+/// Runs a group change in a task of its own: a request dropped mid-way (its
+/// connection closed) must not strand the answers of the group's other
+/// members, which the change settles.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| WorkerError::Unavailable(format!("group task: {e}")))
 }
 
 fn now_ms() -> i64 {
