@@ -225,24 +225,38 @@ impl Coordinator {
         self.groups.lock().await.contains_key(group)
     }
 
-    /// OffsetCommit's check: `Ok(true)` for a member of the current
-    /// generation, `Ok(false)` for a commit outside group management.
-    /// `has_offsets`: the group exists through its commits alone (an Empty
-    /// group, for Kafka).
-    pub async fn may_commit(
+    /// OffsetCommit: checks the committer and appends `entries` under the
+    /// group lock, so a member removed or fenced meanwhile cannot commit;
+    /// durability is awaited outside it. A member of the current generation
+    /// may commit, and anyone with a generation below 0 to a group without
+    /// members; `has_offsets` says the group exists through its commits alone
+    /// (an Empty group, for Kafka).
+    pub async fn commit(
         &self,
+        log: &ShardLog,
         group: &str,
         member: &str,
         generation: i32,
         has_offsets: bool,
-    ) -> Result<bool, GroupError> {
-        let groups = self.groups.lock().await;
-        match groups.get(group) {
-            Some(slot) => slot.group.may_commit(member, generation),
-            None if has_offsets => Group::new().may_commit(member, generation),
-            None if generation < 0 => Ok(false),
-            None => Err(GroupError::IllegalGeneration),
-        }
+        entries: Vec<Entry>,
+    ) -> Result<Result<(), floe_storage::Error>, GroupError> {
+        let appended = {
+            let groups = self.groups.lock().await;
+            match groups.get(group) {
+                Some(slot) => slot.group.may_commit(member, generation)?,
+                None if has_offsets => Group::new().may_commit(member, generation)?,
+                None if generation < 0 => false,
+                None => return Err(GroupError::IllegalGeneration),
+            };
+            if entries.is_empty() {
+                return Ok(Ok(()));
+            }
+            log.append(entries).await
+        };
+        Ok(match appended {
+            Ok(a) => a.durable().await,
+            Err(e) => Err(e),
+        })
     }
 
     pub async fn list(&self) -> Vec<(String, String, State)> {

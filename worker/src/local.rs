@@ -437,19 +437,9 @@ impl Shards for LocalWorker {
         offsets::validate_group(group)?;
         let shard = self.shard(tenant).await?;
         let has_offsets = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
-        if let Err(e) = shard
-            .groups
-            .may_commit(group, member, generation, has_offsets)
-            .await
-        {
-            return Ok(commits
-                .iter()
-                .map(|_| Err(WorkerError::Group(e.clone())))
-                .collect());
-        }
         let commit_ms = now_ms();
         let mut entries = Vec::with_capacity(commits.len());
-        let outcomes = commits
+        let outcomes: Vec<Result<()>> = commits
             .into_iter()
             .map(|c| {
                 let (topic, _) = shard.stream(&c.topic, c.partition)?;
@@ -469,8 +459,19 @@ impl Shards for LocalWorker {
                 Ok(())
             })
             .collect();
-        if !entries.is_empty() {
-            shard.log.append(entries).await?.durable().await?;
+        let committed = shard
+            .groups
+            .commit(&shard.log, group, member, generation, has_offsets, entries)
+            .await;
+        match committed {
+            // A group error is every partition's, whatever else was wrong.
+            Err(e) => {
+                return Ok(outcomes
+                    .iter()
+                    .map(|_| Err(WorkerError::Group(e.clone())))
+                    .collect())
+            }
+            Ok(durable) => durable?,
         }
         Ok(outcomes)
     }
