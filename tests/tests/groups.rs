@@ -261,6 +261,10 @@ async fn bad_group_requests_get_kafkas_errors() {
     let first = conn.call(7, &join("", 10_000, "consumer", "range"));
     assert_eq!(first.error_code, E::MemberIdRequired.code());
     let me = first.member_id.to_string();
+    assert!(
+        me.starts_with("floe-e2e-"),
+        "member ids start with the client id: {me}"
+    );
     let joined = conn.call(7, &join(&me, 10_000, "consumer", "range"));
     assert_eq!(
         (
@@ -355,6 +359,10 @@ async fn bad_group_requests_get_kafkas_errors() {
     assert_eq!(
         &described.groups[0].members[0].member_assignment[..],
         b"all"
+    );
+    assert_eq!(
+        described.groups[0].members[0].client_id.to_string(),
+        "floe-e2e"
     );
     assert_eq!(described.groups[1].group_state.to_string(), "Dead");
 

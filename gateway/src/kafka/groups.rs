@@ -167,15 +167,18 @@ fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// `client_id` is the request header's: member ids start with it, as in
+/// Kafka, and DescribeGroups shows it.
 pub async fn join_group<W: Shards>(
     gw: &Gateway<W>,
     req: JoinGroupRequest,
     version: i16,
+    client_id: &str,
 ) -> JoinGroupResponse {
     let join = Join {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
-        client_id: String::new(),
+        client_id: client_id.to_string(),
         client_host: String::new(),
         protocol_type: req.protocol_type.to_string(),
         protocols: req

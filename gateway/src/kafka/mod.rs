@@ -367,7 +367,10 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(gw, r).await)
         }
-        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join_group(gw, r, v).await),
+        RequestKind::JoinGroup(r) => {
+            let client = h.client_id.as_deref().unwrap_or_default();
+            ResponseKind::JoinGroup(groups::join_group(gw, r, v, client).await)
+        }
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(gw, r, v).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(gw, r).await),
         RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave_group(gw, r, v).await),
