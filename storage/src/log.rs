@@ -246,6 +246,14 @@ pub struct Read {
     pub batches: Vec<Bytes>,
 }
 
+/// Metadata keys from `from` on, in order.
+fn kv_from<'a>(
+    kv: &'a BTreeMap<Bytes, Bytes>,
+    from: &[u8],
+) -> impl Iterator<Item = (&'a Bytes, &'a Bytes)> {
+    kv.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+}
+
 impl ShardLog {
     /// Takes ownership of the shard at `prefix`: a new epoch, the latest valid
     /// checkpoint, replay, and the fence. See `open.rs`.
@@ -482,14 +490,20 @@ impl ShardLog {
     /// Durable metadata keys and values under a prefix.
     pub fn scan(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
         let core = self.inner.lock();
-        let range = core.durable.kv.range::<[u8], _>((
-            std::ops::Bound::Included(prefix),
-            std::ops::Bound::Unbounded,
-        ));
-        range
+        kv_from(&core.durable.kv, prefix)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Whether any durable metadata key starts with `prefix` (one lookup,
+    /// where [`ShardLog::scan`] would copy them all).
+    pub fn has_prefix(&self, prefix: &[u8]) -> bool {
+        let core = self.inner.lock();
+        let found = kv_from(&core.durable.kv, prefix)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(prefix));
+        found
     }
 
     /// Changes whenever more entries become durable.

@@ -192,7 +192,13 @@ async fn read_all(
             }
         }
     }
-    let keys = log.scan(b"k/").into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<Bytes> = log.scan(b"k/").into_iter().map(|(k, _)| k).collect();
+    if log.has_prefix(b"k/") == keys.is_empty() || log.has_prefix(b"j/") {
+        violations.push(format!(
+            "has_prefix disagrees with scan ({} keys)",
+            keys.len()
+        ));
+    }
     Ok((out, keys))
 }
 

@@ -436,7 +436,7 @@ impl Shards for LocalWorker {
     ) -> Result<Vec<Result<()>>> {
         offsets::validate_group(group)?;
         let shard = self.shard(tenant).await?;
-        let has_offsets = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
+        let has_offsets = shard.log.has_prefix(&offsets::group_prefix(group));
         let commit_ms = now_ms();
         let mut entries = Vec::with_capacity(commits.len());
         let outcomes: Vec<Result<()>> = commits
@@ -566,7 +566,7 @@ impl Shards for LocalWorker {
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<Result<()>>> {
         let shard = self.group_shard(tenant, group).await?;
-        let has_offsets = !shard.log.scan(&offsets::group_prefix(group)).is_empty();
+        let has_offsets = shard.log.has_prefix(&offsets::group_prefix(group));
         if !has_offsets && !shard.groups.exists(group).await {
             return Err(WorkerError::Group(GroupError::GroupIdNotFound));
         }
