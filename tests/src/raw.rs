@@ -6,8 +6,12 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, ResponseHeader, TopicName};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ListOffsetsRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 pub struct Conn {
@@ -102,4 +106,27 @@ pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -
         .with_acks(acks)
         .with_timeout_ms(5000)
         .with_topic_data(vec![t])
+}
+
+impl Conn {
+    /// ListOffsets v7 for one partition at `timestamp` (-1 latest, -2
+    /// earliest, -3 max timestamp): the partition's answer.
+    pub fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> ListOffsetsPartitionResponse {
+        let p = ListOffsetsPartition::default()
+            .with_partition_index(partition)
+            .with_timestamp(timestamp);
+        let t = ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![p]);
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![t]);
+        let mut r = self.call(7, &req);
+        r.topics.swap_remove(0).partitions.swap_remove(0)
+    }
 }

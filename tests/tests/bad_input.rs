@@ -8,7 +8,6 @@ use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
@@ -60,19 +59,7 @@ fn produce(c: &mut Conn, topic: &str, records: bytes::Bytes) -> (i16, i64) {
 }
 
 fn latest(c: &mut Conn, topic: &str) -> (i16, i64) {
-    let p = ListOffsetsPartition::default()
-        .with_partition_index(0)
-        .with_timestamp(-1);
-    let t = ListOffsetsTopic::default()
-        .with_name(name(topic))
-        .with_partitions(vec![p]);
-    let r = c.call(
-        7,
-        &ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![t]),
-    );
-    let p = &r.topics[0].partitions[0];
+    let p = c.list_offset(topic, 0, -1);
     (p.error_code, p.offset)
 }
 

@@ -11,7 +11,6 @@ use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
@@ -165,19 +164,7 @@ fn acks_zero_and_one_are_stored_like_all() {
 }
 
 fn list_offset(c: &mut Conn, topic: &str, ts: i64) -> (i64, i64) {
-    let p = ListOffsetsPartition::default()
-        .with_partition_index(0)
-        .with_timestamp(ts);
-    let t = ListOffsetsTopic::default()
-        .with_name(name(topic))
-        .with_partitions(vec![p]);
-    let r = c.call(
-        7,
-        &ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![t]),
-    );
-    let p = &r.topics[0].partitions[0];
+    let p = c.list_offset(topic, 0, ts);
     assert_eq!(p.error_code, 0);
     (p.offset, p.timestamp)
 }

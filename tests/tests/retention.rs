@@ -15,7 +15,6 @@ use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
 };
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -112,19 +111,7 @@ fn fetch_all(c: &mut Conn, topic: &str, partition: i32) -> Vec<Bytes> {
 }
 
 fn earliest(c: &mut Conn, topic: &str, partition: i32) -> i64 {
-    let p = ListOffsetsPartition::default()
-        .with_partition_index(partition)
-        .with_timestamp(-2);
-    let t = ListOffsetsTopic::default()
-        .with_name(name(topic))
-        .with_partitions(vec![p]);
-    let r = c.call(
-        7,
-        &ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![t]),
-    );
-    r.topics[0].partitions[0].offset
+    c.list_offset(topic, partition, -2).offset
 }
 
 fn metric(f: &Floe, name: &str) -> u64 {
