@@ -37,6 +37,8 @@ pub struct BatchHeader {
     pub base_timestamp: i64,
     pub max_timestamp: i64,
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub record_count: i32,
 }
 
@@ -93,6 +95,8 @@ pub fn parse(b: &[u8]) -> Result<BatchHeader, BatchError> {
         base_timestamp: i64_at(b, 27),
         max_timestamp: i64_at(b, 35),
         producer_id: i64_at(b, 43),
+        producer_epoch: i16::from_be_bytes([b[51], b[52]]),
+        base_sequence: i32_at(b, 53),
         record_count: i32_at(b, 57),
     };
     if header.last_offset_delta < 0 || header.record_count < 0 {

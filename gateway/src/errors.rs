@@ -17,6 +17,11 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::InvalidGroupId => E::InvalidGroupId,
         WorkerError::Group(g) => return group_code(g),
         WorkerError::OffsetMetadataTooLarge(_) => E::OffsetMetadataTooLarge,
+        WorkerError::OutOfOrderSequence(_) => E::OutOfOrderSequenceNumber,
+        WorkerError::InvalidProducerEpoch(_) => E::InvalidProducerEpoch,
+        WorkerError::UnknownProducerId(_) => E::UnknownProducerId,
+        // Until transactions exist there is no coordinator for them.
+        WorkerError::TransactionsUnsupported => E::CoordinatorNotAvailable,
         // Retriable: the client refreshes metadata and tries again.
         WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
     }

@@ -173,6 +173,7 @@ async fn append_one(log: &ShardLog, stream: StreamId, tag: u8) -> Result<i64, Er
         base_offset: 0,
         offsets: 2,
         max_timestamp: tag as i64,
+        producer: None,
         data: batch(tag, 100),
     };
     let a = log.append(vec![e]).await?;
@@ -306,6 +307,7 @@ pub async fn log_compaction(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
             base_offset: 0,
             offsets: 1 + i % 3,
             max_timestamp: i as i64,
+            producer: None,
             data,
         };
         log.append(vec![e])

@@ -8,7 +8,8 @@
 //! record batches carry their own CRCs.
 //!
 //! Checkpoint object: `magic(8) epoch(8) nonce(8) seq(8) fence_epoch(8) crc(4)`,
-//! then the encoded [`State`]; the CRC covers all of it.
+//! then the encoded [`State`]; the CRC covers all of it. `FLOECKP3` added
+//! each stream's producers; `FLOECKP2` (without them) is still read.
 //!
 //! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
 //! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
@@ -17,11 +18,13 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::producers::{Producer, ProducerState, SeqBatch, KEPT_BATCHES};
 use crate::state::{BatchLoc, ObjId, State, StreamState};
 use crate::{Entry, Run, StreamId};
 
 const WAL_MAGIC: &[u8; 8] = b"FLOEWAL1";
-const CKPT_MAGIC: &[u8; 8] = b"FLOECKP2";
+const CKPT_MAGIC: &[u8; 8] = b"FLOECKP3";
+const CKPT_MAGIC_V2: &[u8; 8] = b"FLOECKP2";
 const EPOCH_MAGIC: &[u8; 8] = b"FLOEEPO1";
 const DATA_MAGIC: &[u8; 8] = b"FLOEDAT1";
 const DATA_HEADER_LEN: usize = 8 + 8 + 8 + 4 + 4;
@@ -39,6 +42,9 @@ const TAG_PUT: u8 = 4;
 const TAG_TRUNCATE: u8 = 5;
 const TAG_COMPACT: u8 = 6;
 const TAG_SWEEP: u8 = 7;
+/// An `Append` with its producer: `TAG_APPEND`'s fields, then
+/// `id(8) epoch(2) first_seq(4) time_ms(8)`.
+const TAG_APPEND_PRODUCER: u8 = 8;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +81,24 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                 base_offset,
                 offsets,
                 max_timestamp,
+                producer,
                 data,
             } => {
-                meta.put_u8(TAG_APPEND);
+                meta.put_u8(match producer {
+                    Some(_) => TAG_APPEND_PRODUCER,
+                    None => TAG_APPEND,
+                });
                 meta.put_u64(stream.0);
                 meta.put_i64(*base_offset);
                 meta.put_u32(*offsets);
                 meta.put_i64(*max_timestamp);
                 meta.put_u32(data.len() as u32);
+                if let Some(p) = producer {
+                    meta.put_i64(p.id);
+                    meta.put_i16(p.epoch);
+                    meta.put_i32(p.first_seq);
+                    meta.put_i64(p.time_ms);
+                }
                 chunks.push(data.clone());
             }
             Entry::CreateStream { stream } => {
@@ -235,12 +251,22 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
     let mut positions = Vec::new();
     while meta.0.has_remaining() {
         let e = match meta.u8()? {
-            TAG_APPEND => {
+            tag @ (TAG_APPEND | TAG_APPEND_PRODUCER) => {
                 let stream = StreamId(meta.u64()?);
                 let base_offset = meta.i64()?;
                 let offsets = meta.u32()?;
                 let max_timestamp = meta.i64()?;
                 let len = meta.u32()? as usize;
+                let producer = if tag == TAG_APPEND_PRODUCER {
+                    Some(Producer {
+                        id: meta.i64()?,
+                        epoch: meta.i16()?,
+                        first_seq: meta.i32()?,
+                        time_ms: meta.i64()?,
+                    })
+                } else {
+                    None
+                };
                 if base_offset < 0
                     || base_offset.checked_add(offsets as i64).is_none()
                     || offsets == 0
@@ -258,6 +284,7 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                     base_offset,
                     offsets,
                     max_timestamp,
+                    producer,
                     data,
                 }
             }
@@ -378,6 +405,19 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
             b.put_u32(l.pos);
             b.put_u32(l.len);
         }
+        b.put_u32(s.producers.len() as u32);
+        for (&id, p) in &s.producers {
+            b.put_i64(id);
+            b.put_i16(p.epoch);
+            b.put_i64(p.last_timestamp);
+            b.put_i64(p.last_append_ms);
+            b.put_u8(p.batches.len() as u8);
+            for q in &p.batches {
+                b.put_i32(q.first_seq);
+                b.put_u32(q.offsets);
+                b.put_i64(q.base_offset);
+            }
+        }
     }
     b.put_u32(state.kv.len() as u32);
     for (k, v) in &state.kv {
@@ -404,9 +444,10 @@ pub fn is_v1_checkpoint(obj: &[u8]) -> bool {
 }
 
 pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
-    if obj.len() < CKPT_HEADER_LEN || &obj[..8] != CKPT_MAGIC {
+    if obj.len() < CKPT_HEADER_LEN || (&obj[..8] != CKPT_MAGIC && &obj[..8] != CKPT_MAGIC_V2) {
         return Err(Corrupt("bad checkpoint header"));
     }
+    let with_producers = &obj[..8] == CKPT_MAGIC;
     let mut h = &obj[8..CKPT_HEADER_LEN];
     let writer = Writer {
         epoch: h.get_u64(),
@@ -454,6 +495,30 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
             }
             locs.push(l);
         }
+        let mut producers = std::collections::BTreeMap::new();
+        if with_producers {
+            for _ in 0..r.u32()? {
+                let pid = r.i64()?;
+                let mut p = ProducerState {
+                    epoch: r.i16()?,
+                    last_timestamp: r.i64()?,
+                    last_append_ms: r.i64()?,
+                    batches: Default::default(),
+                };
+                let n = r.u8()? as usize;
+                if n > KEPT_BATCHES {
+                    return Err(Corrupt("checkpoint producer out of range"));
+                }
+                for _ in 0..n {
+                    p.batches.push_back(SeqBatch {
+                        first_seq: r.i32()?,
+                        offsets: r.u32()?,
+                        base_offset: r.i64()?,
+                    });
+                }
+                producers.insert(pid, p);
+            }
+        }
         state.streams.insert(
             id,
             StreamState {
@@ -461,6 +526,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                 next_offset,
                 locs,
                 bytes: 0,
+                producers,
             },
         );
     }
@@ -563,6 +629,14 @@ impl Reader {
         self.need(1)?;
         Ok(self.0.get_u8())
     }
+    fn i16(&mut self) -> Result<i16, Corrupt> {
+        self.need(2)?;
+        Ok(self.0.get_i16())
+    }
+    fn i32(&mut self) -> Result<i32, Corrupt> {
+        self.need(4)?;
+        Ok(self.0.get_i32())
+    }
     fn u32(&mut self) -> Result<u32, Corrupt> {
         self.need(4)?;
         Ok(self.0.get_u32())
@@ -605,6 +679,7 @@ mod tests {
                 base_offset: 0,
                 offsets: 2,
                 max_timestamp: 7,
+                producer: None,
                 data: Bytes::from_static(b"abcdefgh"),
             },
             Entry::Put {
@@ -635,6 +710,12 @@ mod tests {
                 base_offset: 2,
                 offsets: 1,
                 max_timestamp: 8,
+                producer: Some(Producer {
+                    id: 41,
+                    epoch: 2,
+                    first_seq: i32::MAX,
+                    time_ms: 1_700_000_000_000,
+                }),
                 data: Bytes::from_static(b"xyz45678"),
             },
         ];
@@ -690,6 +771,28 @@ mod tests {
                     len: 70,
                 }],
                 bytes: 70,
+                producers: [(
+                    9,
+                    ProducerState {
+                        epoch: 3,
+                        batches: [
+                            SeqBatch {
+                                first_seq: 0,
+                                offsets: 2,
+                                base_offset: 0,
+                            },
+                            SeqBatch {
+                                first_seq: 2,
+                                offsets: 3,
+                                base_offset: 2,
+                            },
+                        ]
+                        .into(),
+                        last_timestamp: 44,
+                        last_append_ms: 55,
+                    },
+                )]
+                .into(),
             },
         );
         let w = Writer { epoch: 1, nonce: 2 };
@@ -705,5 +808,31 @@ mod tests {
                 "flip at {i} undetected"
             );
         }
+    }
+
+    #[test]
+    fn reads_checkpoints_written_before_producers() {
+        let mut state = State::default();
+        state.streams.insert(
+            StreamId(1),
+            StreamState {
+                log_start: 2,
+                next_offset: 9,
+                ..StreamState::default()
+            },
+        );
+        let w = Writer { epoch: 4, nonce: 5 };
+        let v3 = encode_checkpoint(w, 3, 4, &state).to_vec();
+        // v2 had no producer count after each stream's batches: here the
+        // four bytes before the (empty) key-value map's count.
+        let mut v2 = v3.clone();
+        let at = v2.len() - 8;
+        v2.drain(at..at + 4);
+        v2[..8].copy_from_slice(CKPT_MAGIC_V2);
+        let crc = checkpoint_crc(&v2);
+        v2[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+        let c = decode_checkpoint(Bytes::from(v2)).expect("v2 decodes");
+        assert_eq!(c.state, state);
+        assert!(decode_checkpoint(Bytes::from(v3)).is_ok());
     }
 }

@@ -12,6 +12,7 @@
 //!   appends with pipelined flushes acked in sequence order, reads.
 //! - `format`: the byte layout of WAL and checkpoint objects.
 //! - `state`: the state entries build: streams, batch index, key-value map.
+//! - [`producers`]: idempotent writers' sequence checks.
 //! - [`store`]: building object stores from URLs, call counters.
 //! - [`faulty`]: a seeded store wrapper that delays, fails and lies, for tests.
 //! - [`latency`]: an S3 latency model, for benchmarks on a local store.
@@ -22,12 +23,14 @@ pub mod faulty;
 mod format;
 pub mod latency;
 pub mod log;
+pub mod producers;
 mod state;
 pub mod store;
 
 use bytes::Bytes;
 
 pub use log::{Appended, LogConfig, LogStats, Read, ShardLog, FENCE_WINDOW};
+pub use producers::{Producer, ProducerState};
 pub use state::{BatchLoc, ObjId};
 
 /// A stream (a Kafka partition, to the layers above) within one shard.
@@ -40,11 +43,14 @@ pub enum Entry {
     /// A batch of `offsets` offsets. `data` must begin with an 8-byte
     /// big-endian slot that the log overwrites with the assigned base offset
     /// (a Kafka batch's `baseOffset`); `base_offset` is ignored on append.
+    /// With a `producer`, the append is checked against that producer's
+    /// sequence: a retry is answered with its first offset, not appended.
     Append {
         stream: StreamId,
         base_offset: i64,
         offsets: u32,
         max_timestamp: i64,
+        producer: Option<Producer>,
         data: Bytes,
     },
     CreateStream {
@@ -92,7 +98,7 @@ pub struct Run {
 }
 
 /// What callers can act on. Detail stays in the message.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Another owner took the shard over; reopen (a new epoch) or give it up.
     #[error("shard fenced by a newer owner")]
@@ -107,6 +113,17 @@ pub enum Error {
     UnknownStream,
     #[error("offset out of range (log start {log_start}, high watermark {high_watermark})")]
     OffsetOutOfRange { log_start: i64, high_watermark: i64 },
+    /// An idempotent append out of its producer's sequence (a gap, or a
+    /// new epoch not starting at 0).
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent append from an epoch older than the producer's newest.
+    #[error("producer {id} epoch {epoch} is older than its current epoch {current}")]
+    InvalidProducerEpoch { id: i64, epoch: i16, current: i16 },
+    /// An idempotent append from a producer the stream does not know (never
+    /// seen, or expired) not starting at sequence 0.
+    #[error("unknown producer {id} at sequence {seq}: start again at 0")]
+    UnknownProducer { id: i64, seq: i32 },
     #[error("corrupt object {path}: {why}")]
     Corrupt { path: String, why: String },
 }

@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::format::Writer;
+use crate::producers::{self, Check, ProducerState};
 use crate::state::State;
 use crate::{Entry, Error, StreamId};
 
@@ -96,6 +97,10 @@ pub struct LogConfig {
     pub checkpoint_interval: Duration,
     /// Block size of the read cache: one ranged GET each.
     pub block_bytes: usize,
+    /// Idempotent producers idle this long are forgotten (Kafka's
+    /// `producer.id.expiration.ms`); one that comes back must start its
+    /// sequence again. `None` keeps them.
+    pub producer_expiry: Option<Duration>,
     /// Counters (cache, compaction, sweeping), shared by every log given them.
     pub stats: Arc<LogStats>,
 }
@@ -110,6 +115,7 @@ pub struct LogStats {
     pub deleted_objects: AtomicU64,
     pub checkpoints: AtomicU64,
     pub truncations: AtomicU64,
+    pub expired_producers: AtomicU64,
 }
 
 impl Default for LogConfig {
@@ -133,6 +139,7 @@ impl Default for LogConfig {
             maintain_every: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(30),
             block_bytes: 4 << 20,
+            producer_expiry: Some(Duration::from_secs(24 * 3600)),
             stats: Arc::default(),
         }
     }
@@ -315,7 +322,7 @@ impl ShardLog {
 
     /// Accepts entries into the open flush, in order, and assigns offsets.
     /// Waits only when `max_pending_bytes` are already waiting to be durable.
-    pub async fn append(&self, mut entries: Vec<Entry>) -> Result<Appended, Error> {
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<Appended, Error> {
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         let kib = ((bytes >> 10).max(1))
             .min(self.inner.cfg.max_pending_bytes >> 10)
@@ -336,25 +343,49 @@ impl ShardLog {
             return Err(Error::Closed);
         }
         check_append(&core.live, &entries)?;
+        let duplicates = check_producers(&core.live, &entries)?;
         let mut base_offsets = Vec::new();
-        for e in &mut entries {
+        let (mut accepted, mut stored) = (0, 0);
+        for (i, mut e) in entries.into_iter().enumerate() {
+            if let Some(&Some(original)) = duplicates.get(i) {
+                base_offsets.push(original);
+                continue;
+            }
             if let Entry::Append {
                 stream,
                 base_offset,
                 data,
                 ..
-            } = e
+            } = &mut e
             {
                 let next = core.live.streams.get(stream).map_or(0, |s| s.next_offset);
                 *base_offset = next;
                 *data = with_base_offset(std::mem::take(data), next);
                 base_offsets.push(next);
             }
-            core.live.apply(e, u64::MAX, 0);
+            core.live.apply(&e, u64::MAX, 0);
+            stored += entry_bytes(&e);
+            core.open.entries.push(e);
+            accepted += 1;
+        }
+        if accepted == 0 {
+            // Only retries: they are durable when the newest flush that may
+            // hold an original is (acks go in order), or already.
+            let core = &mut *core;
+            if !core.open.entries.is_empty() {
+                core.open.acks.push(tx);
+            } else if let Some(mut last) = core.in_flight.last_entry() {
+                last.get_mut().flush.acks.push(tx);
+            } else {
+                let _ = tx.send(Ok(()));
+            }
+            return Ok(Appended {
+                base_offsets,
+                durable: rx,
+            });
         }
         let open = &mut core.open;
-        open.entries.append(&mut entries);
-        open.bytes += bytes;
+        open.bytes += stored;
         open.acks.push(tx);
         open.permits.push(permit);
         let first = open.first_at.is_none();
@@ -370,6 +401,31 @@ impl ShardLog {
             base_offsets,
             durable: rx,
         })
+    }
+
+    /// The producers a stream knows (durable state), by id.
+    pub fn producers(&self, stream: StreamId) -> Result<Vec<(i64, ProducerState)>, Error> {
+        let core = self.inner.lock();
+        let s = core
+            .durable
+            .streams
+            .get(&stream)
+            .ok_or(Error::UnknownStream)?;
+        Ok(s.producers.iter().map(|(&id, p)| (id, p.clone())).collect())
+    }
+
+    /// Forgets producers idle for `producer_expiry`; returns how many.
+    fn expire_producers(&self) -> usize {
+        let Some(ttl) = self.inner.cfg.producer_expiry else {
+            return 0;
+        };
+        let before = now_ms().saturating_sub(ttl.as_millis() as i64);
+        let mut core = self.inner.lock();
+        // Idle in the live state means idle in the durable one too.
+        let idle = core.live.idle_producers(before);
+        core.live.forget_producers(&idle);
+        core.durable.forget_producers(&idle);
+        idle.len()
     }
 
     /// Log start and durable high watermark of a stream.
@@ -582,6 +638,69 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// For each entry, the original base offset when it is a retry of an
+/// idempotent append the stream remembers; empty when no entry names a
+/// producer. Later entries meet the state earlier ones of the call leave.
+fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, Error> {
+    if !entries.iter().any(|e| {
+        matches!(
+            e,
+            Entry::Append {
+                producer: Some(_),
+                ..
+            }
+        )
+    }) {
+        return Ok(Vec::new());
+    }
+    let mut seen: HashMap<(StreamId, i64), ProducerState> = HashMap::new();
+    let mut next: HashMap<StreamId, i64> = HashMap::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Entry::Append {
+            stream,
+            offsets,
+            max_timestamp,
+            producer,
+            ..
+        } = e
+        else {
+            out.push(None);
+            continue;
+        };
+        let next_offset = next
+            .entry(*stream)
+            .or_insert_with(|| live.streams.get(stream).map_or(0, |s| s.next_offset));
+        let Some(p) = producer else {
+            *next_offset += *offsets as i64;
+            out.push(None);
+            continue;
+        };
+        let key = (*stream, p.id);
+        let current = seen
+            .get(&key)
+            .or_else(|| live.streams.get(stream)?.producers.get(&p.id));
+        match producers::check(current, p, *offsets)? {
+            Check::Duplicate(base) => out.push(Some(base)),
+            Check::Append => {
+                let mut st = current.cloned().unwrap_or_else(|| ProducerState::new(p));
+                st.record(p, *next_offset, *offsets, *max_timestamp);
+                seen.insert(key, st);
+                *next_offset += *offsets as i64;
+                out.push(None);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn entry_bytes(e: &Entry) -> usize {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
+use crate::producers::ProducerState;
 use crate::{Entry, Run, StreamId};
 
 /// Names an object batches live in: a WAL object by seq, or a data object
@@ -64,6 +65,9 @@ pub struct StreamState {
     pub locs: Vec<BatchLoc>,
     /// Sum of the batches' lengths (derived).
     pub bytes: u64,
+    /// Idempotent producers by id. Kept when retention drops their batches
+    /// (as Kafka does since KIP-360), until they expire.
+    pub producers: BTreeMap<i64, ProducerState>,
 }
 
 impl StreamState {
@@ -109,11 +113,18 @@ impl State {
                 base_offset,
                 offsets,
                 max_timestamp,
+                producer,
                 data,
             } => {
                 let Some(s) = self.streams.get_mut(stream) else {
                     return;
                 };
+                if let Some(p) = producer {
+                    s.producers
+                        .entry(p.id)
+                        .or_insert_with(|| ProducerState::new(p))
+                        .record(p, *base_offset, *offsets, *max_timestamp);
+                }
                 debug_assert_eq!(*base_offset, s.next_offset, "offsets are contiguous");
                 let obj = ObjId::wal(seq);
                 s.locs.push(BatchLoc {
@@ -235,6 +246,29 @@ impl State {
         }
         self.refs.remove(&obj);
         self.garbage.insert(obj);
+    }
+
+    /// Producers whose newest append was accepted before `before_ms`.
+    pub fn idle_producers(&self, before_ms: i64) -> Vec<(StreamId, i64)> {
+        let mut idle = Vec::new();
+        for (id, s) in &self.streams {
+            for (&p, st) in &s.producers {
+                if st.last_append_ms < before_ms {
+                    idle.push((*id, p));
+                }
+            }
+        }
+        idle
+    }
+
+    /// Forgets producers (expiry). Not an entry: replay may bring one back,
+    /// to be forgotten again, which only keeps it longer.
+    pub fn forget_producers(&mut self, which: &[(StreamId, i64)]) {
+        for (stream, id) in which {
+            if let Some(s) = self.streams.get_mut(stream) {
+                s.producers.remove(id);
+            }
+        }
     }
 
     /// Notes a tombstone of `epoch` at `seq`; the first one of an epoch is

@@ -33,13 +33,14 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_storage::faulty::{Faults, Faulty};
-use floe_storage::{Entry, Error, LogConfig, ShardLog, StreamId};
+use floe_storage::{Entry, Error, LogConfig, Producer, ShardLog, StreamId};
 use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 
 const STREAM: StreamId = StreamId(0);
 
@@ -101,6 +102,7 @@ async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64
             base_offset: 0,
             offsets,
             max_timestamp: id as i64,
+            producer: None,
             data,
         };
         // The key commits with the batch, or neither does.
@@ -123,6 +125,80 @@ async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64
         if rng.random_bool(0.3) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
         }
+    }
+}
+
+/// An idempotent producer that outlives owners: a batch whose outcome it
+/// did not learn goes again, with the same sequence number, to the next
+/// owner, which must answer a retry of a stored batch with its offset
+/// rather than store it twice (the final check finds any id stored twice).
+async fn idempotent(
+    mut owner: watch::Receiver<Option<ShardLog>>,
+    h: Arc<Mutex<History>>,
+    ids: Vec<u64>,
+    seed: u64,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut seq = 0i32;
+    for id in ids {
+        let offsets = rng.random_range(1..5);
+        let filler = rng.random_range(0..300);
+        loop {
+            let log = owner.borrow_and_update().clone();
+            let tried = match log {
+                Some(log) => {
+                    let e = Entry::Append {
+                        stream: STREAM,
+                        base_offset: 0,
+                        offsets,
+                        max_timestamp: id as i64,
+                        producer: Some(Producer {
+                            id: 1,
+                            epoch: 0,
+                            first_seq: seq,
+                            time_ms: floe_storage::log::now_ms(),
+                        }),
+                        data: batch(id, offsets, filler),
+                    };
+                    let put = Entry::Put {
+                        key: key_of(id),
+                        value: Some(Bytes::from(id.to_be_bytes().to_vec())),
+                    };
+                    match log.append(vec![e, put]).await {
+                        Ok(a) => {
+                            let base = a.base_offsets[0];
+                            h.lock()
+                                .expect("history")
+                                .assigned
+                                .insert(id, (base, offsets));
+                            a.durable().await.map(|()| base)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                None => Err(Error::Closed),
+            };
+            match tried {
+                Ok(base) => {
+                    h.lock().expect("history").acked.insert(id, base);
+                    break;
+                }
+                Err(e @ (Error::OutOfOrderSequence(_) | Error::UnknownProducer { .. })) => {
+                    h.lock()
+                        .expect("history")
+                        .violations
+                        .push(format!("idempotent retry of {id} refused: {e}"));
+                    return;
+                }
+                // The owner failed or is stale: wait for the next one.
+                Err(_) => {
+                    if owner.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        seq += offsets as i32;
     }
 }
 
@@ -291,6 +367,17 @@ async fn sim(seed: u64) -> Result<(), String> {
     let history = Arc::new(Mutex::new(History::default()));
     let mut tasks = Vec::new();
     let mut next_id = 0u64;
+    let (owner_tx, owner_rx) = watch::channel(None);
+    if rng.random_bool(0.5) {
+        let n = rng.random_range(5..30);
+        tasks.push(tokio::spawn(idempotent(
+            owner_rx,
+            history.clone(),
+            (next_id..next_id + n).collect(),
+            seed ^ 0x1de,
+        )));
+        next_id += n;
+    }
     let rounds = rng.random_range(2..6);
     for round in 0..rounds {
         if rng.random_bool(0.3) {
@@ -310,6 +397,7 @@ async fn sim(seed: u64) -> Result<(), String> {
         if ensure_stream(&log).await.is_err() {
             continue;
         }
+        owner_tx.send_replace(Some(log.clone()));
         for p in 0..rng.random_range(1..4) {
             let n = rng.random_range(1..12);
             let ids: Vec<u64> = (next_id..next_id + n).collect();
@@ -341,6 +429,8 @@ async fn sim(seed: u64) -> Result<(), String> {
         }
     }
     faulty.set(Faults::NONE);
+    // The idempotent producer gives up on what the last owner left unacked.
+    drop(owner_tx);
     for t in tasks {
         t.await.map_err(|e| format!("task panicked: {e}"))?;
     }

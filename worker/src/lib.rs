@@ -8,6 +8,7 @@
 //! - [`offsets`]: consumer groups' committed offsets, as metadata keys of the log.
 //! - [`groups`]: the classic group membership protocol as a state machine
 //!   (not served yet).
+//! - [`producer_ids`]: idempotent producers' ids, allocated in durable blocks.
 //! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
 //!
 //! Each tenant has one shard today (shard 0), holding its catalog and every
@@ -18,6 +19,7 @@ pub mod coordinator;
 pub mod groups;
 pub mod local;
 pub mod offsets;
+pub mod producer_ids;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -61,6 +63,18 @@ pub enum WorkerError {
     Group(GroupError),
     #[error("offset metadata of {0} bytes is over the limit of 4096")]
     OffsetMetadataTooLarge(usize),
+    /// An idempotent batch out of its producer's sequence.
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent batch from a fenced (older) producer epoch.
+    #[error("{0}")]
+    InvalidProducerEpoch(String),
+    /// An idempotent producer the partition does not know (expired) that
+    /// did not start at sequence 0; it must bump its epoch (KIP-360).
+    #[error("{0}")]
+    UnknownProducerId(String),
+    #[error("transactions are not supported yet")]
+    TransactionsUnsupported,
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
@@ -77,6 +91,15 @@ impl From<floe_storage::Error> for WorkerError {
                 log_start,
                 high_watermark,
             },
+            e @ floe_storage::Error::OutOfOrderSequence(_) => {
+                WorkerError::OutOfOrderSequence(e.to_string())
+            }
+            e @ floe_storage::Error::InvalidProducerEpoch { .. } => {
+                WorkerError::InvalidProducerEpoch(e.to_string())
+            }
+            e @ floe_storage::Error::UnknownProducer { .. } => {
+                WorkerError::UnknownProducerId(e.to_string())
+            }
             other => WorkerError::Unavailable(other.to_string()),
         }
     }
@@ -110,6 +133,17 @@ pub enum ConfigChange {
     Replace(BTreeMap<String, String>),
     /// IncrementalAlterConfigs: set (`Some`) or reset to default (`None`).
     Incremental(Vec<(String, Option<String>)>),
+}
+
+/// One idempotent producer a partition knows (DescribeProducers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub id: i64,
+    pub epoch: i16,
+    /// Sequence number of its newest record; -1 when none.
+    pub last_sequence: i32,
+    /// Largest timestamp of its newest batch.
+    pub last_timestamp: i64,
 }
 
 /// A produce accepted into the open flush: offsets are assigned; the records
@@ -192,6 +226,19 @@ pub trait Shards: Send + Sync + 'static {
         partition: i32,
         offset: i64,
     ) -> impl Future<Output = Result<i64>> + Send;
+    /// InitProducerId: a producer id never handed out before, with epoch 0.
+    fn init_producer_id(
+        &self,
+        tenant: &TenantId,
+        transactional_id: Option<&str>,
+    ) -> impl Future<Output = Result<(i64, i16)>> + Send;
+    /// DescribeProducers: the idempotent producers a partition remembers.
+    fn describe_producers(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+    ) -> impl Future<Output = Result<Vec<ProducerInfo>>> + Send;
     /// The leader epoch of the tenant's partitions: durable and increasing,
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;

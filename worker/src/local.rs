@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use floe_common::batch::BatchHeader;
 use floe_common::{shard_prefix, TenantId};
-use floe_storage::{Entry, LogConfig, Read, ShardLog, StreamId};
+use floe_storage::log::now_ms;
+use floe_storage::{Entry, LogConfig, Producer, Read, ShardLog, StreamId};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::sync::watch;
@@ -17,7 +18,10 @@ use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
 use crate::coordinator::{Coordinator, Described};
 use crate::groups::{GroupError, Join, Joined, State as GroupState};
 use crate::offsets::{self, Committed};
-use crate::{Accepted, ConfigChange, NewTopic, OffsetCommit, Result, Shards, WorkerError};
+use crate::producer_ids::ProducerIds;
+use crate::{
+    Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Result, Shards, WorkerError,
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -53,6 +57,7 @@ struct Shard {
     /// Serialises catalog changes so check-then-write is atomic.
     catalog_lock: tokio::sync::Mutex<()>,
     groups: Coordinator,
+    producer_ids: ProducerIds,
 }
 
 impl Shard {
@@ -65,6 +70,7 @@ impl Shard {
             .collect();
         Self {
             groups: Coordinator::load(&log),
+            producer_ids: ProducerIds::load(&log),
             log,
             topics: RwLock::new(topics),
             catalog_lock: tokio::sync::Mutex::new(()),
@@ -340,11 +346,12 @@ impl Shards for LocalWorker {
                     h.len
                 )));
             }
-            if h.producer_id >= 0 || h.is_transactional() || h.is_control() {
+            if h.is_transactional() || h.is_control() {
                 return Err(WorkerError::InvalidRecord(
-                    "idempotent, transactional and control batches are not accepted yet".into(),
+                    "transactional and control batches are not accepted yet".into(),
                 ));
             }
+            let producer = producer_of(&h)?;
             // The log writes baseOffset when it assigns offsets.
             let data = floe_common::batch::set_leader_epoch(data, epoch);
             let offsets = h.offset_count();
@@ -353,6 +360,7 @@ impl Shards for LocalWorker {
                 base_offset: 0,
                 offsets,
                 max_timestamp: h.max_timestamp,
+                producer,
                 data,
             });
         }
@@ -416,6 +424,41 @@ impl Shards for LocalWorker {
             offset
         };
         Ok(shard.log.truncate(stream, offset).await?)
+    }
+
+    async fn init_producer_id(
+        &self,
+        tenant: &TenantId,
+        transactional_id: Option<&str>,
+    ) -> Result<(i64, i16)> {
+        if transactional_id.is_some() {
+            return Err(WorkerError::TransactionsUnsupported);
+        }
+        let shard = self.shard(tenant).await?;
+        // A producer asking to bump its epoch (KIP-360) gets a new id, as
+        // from Kafka: its sequences start again at 0 on every partition.
+        Ok((shard.producer_ids.allocate(&shard.log).await?, 0))
+    }
+
+    async fn describe_producers(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Vec<ProducerInfo>> {
+        let shard = self.shard(tenant).await?;
+        let (_, stream) = shard.stream(topic, partition)?;
+        Ok(shard
+            .log
+            .producers(stream)?
+            .into_iter()
+            .map(|(id, p)| ProducerInfo {
+                id,
+                epoch: p.epoch,
+                last_sequence: p.last_seq().unwrap_or(-1),
+                last_timestamp: p.last_timestamp,
+            })
+            .collect())
     }
 
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {
@@ -656,10 +699,23 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| WorkerError::Unavailable(format!("group task: {e}")))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// The idempotent producer a batch names, if any (producer id 0 or more).
+fn producer_of(h: &BatchHeader) -> Result<Option<Producer>> {
+    if h.producer_id < 0 {
+        return Ok(None);
+    }
+    if h.producer_epoch < 0 || h.base_sequence < 0 {
+        return Err(WorkerError::InvalidRecord(format!(
+            "producer {} with epoch {} and base sequence {}",
+            h.producer_id, h.producer_epoch, h.base_sequence
+        )));
+    }
+    Ok(Some(Producer {
+        id: h.producer_id,
+        epoch: h.producer_epoch,
+        first_seq: h.base_sequence,
+        time_ms: now_ms(),
+    }))
 }
 
 /// Expires group members' sessions and ends join phases, for as long as the
@@ -690,9 +746,7 @@ async fn retention(shard: Weak<Shard>, every: Duration) {
         if shard.log.failed().is_some() {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
         let topics: Vec<Arc<TopicMeta>> = shard
             .topics
             .read()

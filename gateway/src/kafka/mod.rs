@@ -16,6 +16,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod produce;
+mod producers;
 mod versions;
 
 use std::future::Future;
@@ -383,6 +384,12 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
         }
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(groups::offset_fetch(gw, r, v).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(producers::init_producer_id(gw, r).await)
+        }
+        RequestKind::DescribeProducers(r) => {
+            ResponseKind::DescribeProducers(producers::describe_producers(gw, r).await)
         }
         // `versions::supported` admits only the APIs above.
         _ => return None,
