@@ -132,6 +132,11 @@ struct DevArgs {
     /// How often each shard applies retention.ms and retention.bytes.
     #[arg(long, default_value_t = 5000)]
     retention_every_ms: u64,
+    /// An idempotent producer idle this long is forgotten (Kafka's
+    /// producer.id.expiration.ms); on its return it gets UNKNOWN_PRODUCER_ID
+    /// and starts again under a new id. Checked every --maintain-every-ms.
+    #[arg(long, default_value_t = 86_400_000)]
+    producer_id_expiration_ms: u64,
     /// On Ctrl-C, how long to wait for in-flight requests before giving up.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -169,6 +174,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
             .map(Duration::from_millis),
         checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
         maintain_every: Duration::from_millis(a.maintain_every_ms),
+        producer_expiry: Some(Duration::from_millis(a.producer_id_expiration_ms)),
         ..LogConfig::default()
     };
     log.validate()

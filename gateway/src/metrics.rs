@@ -201,6 +201,16 @@ impl Metrics {
             "DeleteRecords log-start moves.",
             &l.truncations,
         );
+        counter(
+            "floe_idempotent_duplicates_total",
+            "Idempotent batches recognised as retries and answered with their first offset.",
+            &l.duplicates,
+        );
+        counter(
+            "floe_expired_producers_total",
+            "Idempotent producers forgotten after producer.id.expiration.ms.",
+            &l.expired_producers,
+        );
         self.produce_seconds.render(
             &mut out,
             "floe_produce_duration_seconds",

@@ -116,6 +116,7 @@ pub struct LogStats {
     pub checkpoints: AtomicU64,
     pub truncations: AtomicU64,
     pub expired_producers: AtomicU64,
+    pub duplicates: AtomicU64,
 }
 
 impl Default for LogConfig {
@@ -349,6 +350,11 @@ impl ShardLog {
         for (i, mut e) in entries.into_iter().enumerate() {
             if let Some(&Some(original)) = duplicates.get(i) {
                 base_offsets.push(original);
+                self.inner
+                    .cfg
+                    .stats
+                    .duplicates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             if let Entry::Append {

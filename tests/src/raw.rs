@@ -66,8 +66,19 @@ impl Conn {
 
     /// Sends a request and decodes its response.
     pub fn call<R: Request>(&mut self, version: i16, body: &R) -> R::Response {
+        self.send(version, body);
+        self.recv::<R>(version)
+    }
+
+    /// Sends a request without waiting (pipelining); [`Conn::recv`] reads
+    /// the responses in order.
+    pub fn send<R: Request>(&mut self, version: i16, body: &R) {
         let frame = self.encode(version, body);
         self.send_frame(&frame).expect("send");
+    }
+
+    /// Reads and decodes the next response, to a request of type `R`.
+    pub fn recv<R: Request>(&mut self, version: i16) -> R::Response {
         let mut resp = self
             .read_frame()
             .expect("a response, not a closed connection");

@@ -11,20 +11,29 @@ pub fn batch(n: usize, value_len: usize) -> Bytes {
     batch_at(n, value_len, 1_700_000_000_000)
 }
 
-/// [`batch`] with record timestamps from `ts` (ms) on.
+/// [`batch_at`] with record timestamps from `ts` (ms) on.
 pub fn batch_at(n: usize, value_len: usize, ts: i64) -> Bytes {
+    encode(n, value_len, ts, (-1, -1, 0))
+}
+
+/// An idempotent producer's batch: `n` records from sequence `seq` on.
+pub fn idempotent_batch(n: usize, producer_id: i64, epoch: i16, seq: i32) -> Bytes {
+    encode(n, 10, 1_700_000_000_000, (producer_id, epoch, seq))
+}
+
+fn encode(n: usize, value_len: usize, ts: i64, (pid, epoch, seq): (i64, i16, i32)) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder groups records whose offset - sequence is constant.
-            sequence: i as i32,
+            sequence: seq + i as i32,
             timestamp: ts + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(vec![b'v'; value_len])),

@@ -12,6 +12,8 @@ use kafka_protocol::messages::{
     InitProducerIdResponse, ProducerId,
 };
 
+use kafka_protocol::ResponseError;
+
 use crate::{errors, Gateway};
 
 pub async fn init_producer_id<W: Shards>(
@@ -19,6 +21,13 @@ pub async fn init_producer_id<W: Shards>(
     req: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let txn = req.transactional_id.as_ref().map(|t| t.0.as_str());
+    if txn == Some("") {
+        // Kafka's answer: null means "idempotent only", empty is no id.
+        return InitProducerIdResponse::default()
+            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
     match gw.worker.init_producer_id(&gw.dev_tenant, txn).await {
         Ok((id, epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
