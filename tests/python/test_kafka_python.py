@@ -2,8 +2,8 @@
 every codec, byte-identical back (keys, values, headers, timestamps) with
 contiguous offsets, again after a restart, and kill -9 right after acks.
 
-kafka-python 3.x enables the idempotent producer by default, which needs
-InitProducerId (not served yet: issue 5); these tests turn it off."""
+kafka-python 3.x enables the idempotent producer by default (InitProducerId,
+sequence numbers): these tests run with it on."""
 import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -23,8 +23,8 @@ def expected(codec_idx, i):
 
 def producer(bootstrap, codec):
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type=codec,
-                         linger_ms=20, batch_size=256 * 1024, enable_idempotence=False,
-                         max_in_flight_requests_per_connection=5, retries=0)
+                         linger_ms=20, batch_size=256 * 1024,
+                         max_in_flight_requests_per_connection=5)
 
 
 def consume_all(bootstrap, topic, count, partitions=PARTITIONS, timeout=300):

@@ -21,7 +21,7 @@ def test_commits_survive_restart_and_consumers_resume_after_them(floe):
     admin = KafkaAdminClient(bootstrap_servers=floe.bootstrap)
     admin.create_topics([NewTopic("py-offsets", PARTITIONS, 1)])
     admin.close()
-    p = KafkaProducer(bootstrap_servers=floe.bootstrap, enable_idempotence=False)
+    p = KafkaProducer(bootstrap_servers=floe.bootstrap)
     for part in range(PARTITIONS):
         for i in range(PER_PARTITION):
             p.send("py-offsets", value=b"%d-%d" % (part, i), partition=part)
@@ -63,7 +63,7 @@ def test_subscribed_consumers_share_partitions_and_resume(floe):
     admin = KafkaAdminClient(bootstrap_servers=floe.bootstrap)
     admin.create_topics([NewTopic("py-group", 6, 1)])
     admin.close()
-    p = KafkaProducer(bootstrap_servers=floe.bootstrap, enable_idempotence=False)
+    p = KafkaProducer(bootstrap_servers=floe.bootstrap)
     for i in range(600):
         p.send("py-group", value=b"%d" % i, partition=i % 6)
     p.flush()
@@ -94,7 +94,7 @@ def test_subscribed_consumers_share_partitions_and_resume(floe):
     # After a restart the group resumes at its commits: only new records.
     floe.restart()
     for i in range(60):
-        p = p if i else KafkaProducer(bootstrap_servers=floe.bootstrap, enable_idempotence=False)
+        p = p if i else KafkaProducer(bootstrap_servers=floe.bootstrap)
         p.send("py-group", value=b"new-%d" % i, partition=i % 6)
     p.flush()
     p.close()
