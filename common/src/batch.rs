@@ -133,6 +133,35 @@ pub fn set_leader_epoch(batch: Bytes, leader_epoch: i32) -> Bytes {
     b.freeze()
 }
 
+/// A transaction marker: a control batch (transactional and control
+/// attributes) of one record whose key is `(version 0, type)` — 0 abort,
+/// 1 commit — and whose value is `(version 0, coordinator epoch)`, as
+/// Kafka's coordinator writes them. baseOffset is left for the log.
+pub fn control_batch(producer_id: i64, epoch: i16, commit: bool, timestamp: i64) -> Bytes {
+    // length 16, attributes, timestampDelta 0, offsetDelta 0, key length 4,
+    // key, value length 6, value, no headers; varints zigzag-encoded.
+    let mut record = vec![32u8, 0, 0, 0, 8, 0, 0, 0, commit as u8, 12];
+    record.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    record.push(0);
+    let mut b = BytesMut::with_capacity(HEADER_LEN + record.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((HEADER_LEN + record.len() - LOG_OVERHEAD) as i32).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&[2, 0, 0, 0, 0]);
+    b.extend_from_slice(&0x30i16.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&timestamp.to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes());
+    b.extend_from_slice(&record);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -190,5 +219,21 @@ pub(crate) mod tests {
             7
         );
         assert!(parse(&stored).is_ok());
+    }
+
+    #[test]
+    fn control_batches_parse_as_markers() {
+        for commit in [false, true] {
+            let b = control_batch(42, 3, commit, 1000);
+            let h = parse(&b).expect("valid");
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (42, 3, -1)
+            );
+            assert_eq!((h.record_count, h.offset_count(), h.len), (1, 1, b.len()));
+            // The record's key: version 0, type 1 (commit) or 0 (abort).
+            assert_eq!(&b[HEADER_LEN + 5..HEADER_LEN + 9], &[0, 0, 0, commit as u8]);
+        }
     }
 }

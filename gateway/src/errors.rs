@@ -1,7 +1,7 @@
 //! The one place worker errors become Kafka error codes.
 
 use floe_common::batch::BatchError;
-use floe_worker::{GroupError, WorkerError};
+use floe_worker::{GroupError, TxnError, WorkerError};
 use kafka_protocol::ResponseError as E;
 
 pub fn code(e: &WorkerError) -> i16 {
@@ -20,8 +20,14 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::OutOfOrderSequence(_) => E::OutOfOrderSequenceNumber,
         WorkerError::InvalidProducerEpoch(_) => E::InvalidProducerEpoch,
         WorkerError::UnknownProducerId(_) => E::UnknownProducerId,
-        // Until transactions exist there is no coordinator for them.
-        WorkerError::TransactionsUnsupported => E::CoordinatorNotAvailable,
+        WorkerError::OperationNotAttempted => E::OperationNotAttempted,
+        WorkerError::Txn(t) => match t {
+            TxnError::InvalidProducerIdMapping => E::InvalidProducerIdMapping,
+            TxnError::ProducerFenced => E::ProducerFenced,
+            TxnError::InvalidTxnState => E::InvalidTxnState,
+            TxnError::InvalidTransactionTimeout => E::InvalidTransactionTimeout,
+            TxnError::TransactionalIdNotFound => E::TransactionalIdNotFound,
+        },
         // Retriable: the client refreshes metadata and tries again.
         WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
     }

@@ -137,6 +137,10 @@ struct DevArgs {
     /// and starts again under a new id. Checked every --maintain-every-ms.
     #[arg(long, default_value_t = 86_400_000)]
     producer_id_expiration_ms: u64,
+    /// A transactional id without an ongoing transaction is forgotten after
+    /// this long idle (Kafka's transactional.id.expiration.ms).
+    #[arg(long, default_value_t = 604_800_000)]
+    transactional_id_expiration_ms: u64,
     /// On Ctrl-C, how long to wait for in-flight requests before giving up.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -204,6 +208,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         WorkerConfig {
             log,
             retention_every,
+            transactional_id_expiration: Duration::from_millis(a.transactional_id_expiration_ms),
         },
     ));
 

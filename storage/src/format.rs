@@ -9,7 +9,8 @@
 //!
 //! Checkpoint object: `magic(8) epoch(8) nonce(8) seq(8) fence_epoch(8) crc(4)`,
 //! then the encoded [`State`]; the CRC covers all of it. `FLOECKP3` added
-//! each stream's producers; `FLOECKP2` (without them) is still read.
+//! each stream's producers, `FLOECKP4` their open transactions and the
+//! stream's aborted ones; older versions are still read.
 //!
 //! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
 //! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
@@ -18,12 +19,13 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::producers::{Producer, ProducerState, SeqBatch, KEPT_BATCHES};
+use crate::producers::{AbortedTxn, Producer, ProducerState, SeqBatch, Txn, KEPT_BATCHES};
 use crate::state::{BatchLoc, ObjId, State, StreamState};
 use crate::{Entry, Run, StreamId};
 
 const WAL_MAGIC: &[u8; 8] = b"FLOEWAL1";
-const CKPT_MAGIC: &[u8; 8] = b"FLOECKP3";
+const CKPT_MAGIC: &[u8; 8] = b"FLOECKP4";
+const CKPT_MAGIC_V3: &[u8; 8] = b"FLOECKP3";
 const CKPT_MAGIC_V2: &[u8; 8] = b"FLOECKP2";
 const EPOCH_MAGIC: &[u8; 8] = b"FLOEEPO1";
 const DATA_MAGIC: &[u8; 8] = b"FLOEDAT1";
@@ -45,6 +47,9 @@ const TAG_SWEEP: u8 = 7;
 /// An `Append` with its producer: `TAG_APPEND`'s fields, then
 /// `id(8) epoch(2) first_seq(4) time_ms(8)`.
 const TAG_APPEND_PRODUCER: u8 = 8;
+/// `TAG_APPEND_PRODUCER` of a transaction: then `txn(1)`: 1 records,
+/// 2 commit marker, 3 abort marker.
+const TAG_APPEND_TXN: u8 = 9;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,7 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                 data,
             } => {
                 meta.put_u8(match producer {
+                    Some(p) if p.txn != Txn::No => TAG_APPEND_TXN,
                     Some(_) => TAG_APPEND_PRODUCER,
                     None => TAG_APPEND,
                 });
@@ -98,6 +104,12 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                     meta.put_i16(p.epoch);
                     meta.put_i32(p.first_seq);
                     meta.put_i64(p.time_ms);
+                    match p.txn {
+                        Txn::No => {}
+                        Txn::Data => meta.put_u8(1),
+                        Txn::Commit => meta.put_u8(2),
+                        Txn::Abort => meta.put_u8(3),
+                    }
                 }
                 chunks.push(data.clone());
             }
@@ -200,9 +212,16 @@ pub fn wal_writer(b: &[u8]) -> Result<Writer, Corrupt> {
 /// Reads the writer of any log object (WAL, checkpoint or epoch).
 pub fn object_writer(b: &[u8]) -> Result<Writer, Corrupt> {
     if b.len() < 24
-        || ![WAL_MAGIC, CKPT_MAGIC, EPOCH_MAGIC, DATA_MAGIC]
-            .iter()
-            .any(|m| &b[..8] == *m)
+        || ![
+            WAL_MAGIC,
+            CKPT_MAGIC,
+            CKPT_MAGIC_V3,
+            CKPT_MAGIC_V2,
+            EPOCH_MAGIC,
+            DATA_MAGIC,
+        ]
+        .iter()
+        .any(|m| &b[..8] == *m)
     {
         return Err(Corrupt("not a log object"));
     }
@@ -251,21 +270,30 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
     let mut positions = Vec::new();
     while meta.0.has_remaining() {
         let e = match meta.u8()? {
-            tag @ (TAG_APPEND | TAG_APPEND_PRODUCER) => {
+            tag @ (TAG_APPEND | TAG_APPEND_PRODUCER | TAG_APPEND_TXN) => {
                 let stream = StreamId(meta.u64()?);
                 let base_offset = meta.i64()?;
                 let offsets = meta.u32()?;
                 let max_timestamp = meta.i64()?;
                 let len = meta.u32()? as usize;
-                let producer = if tag == TAG_APPEND_PRODUCER {
+                let producer = if tag == TAG_APPEND {
+                    None
+                } else {
                     Some(Producer {
                         id: meta.i64()?,
                         epoch: meta.i16()?,
                         first_seq: meta.i32()?,
                         time_ms: meta.i64()?,
+                        txn: match tag {
+                            TAG_APPEND_PRODUCER => Txn::No,
+                            _ => match meta.u8()? {
+                                1 => Txn::Data,
+                                2 => Txn::Commit,
+                                3 => Txn::Abort,
+                                _ => return Err(Corrupt("wal append txn kind")),
+                            },
+                        },
                     })
-                } else {
-                    None
                 };
                 if base_offset < 0
                     || base_offset.checked_add(offsets as i64).is_none()
@@ -417,6 +445,13 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
                 b.put_u32(q.offsets);
                 b.put_i64(q.base_offset);
             }
+            b.put_i64(p.open_txn.unwrap_or(-1));
+        }
+        b.put_u32(s.aborted.len() as u32);
+        for a in &s.aborted {
+            b.put_i64(a.producer_id);
+            b.put_i64(a.first_offset);
+            b.put_i64(a.last_offset);
         }
     }
     b.put_u32(state.kv.len() as u32);
@@ -444,10 +479,15 @@ pub fn is_v1_checkpoint(obj: &[u8]) -> bool {
 }
 
 pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
-    if obj.len() < CKPT_HEADER_LEN || (&obj[..8] != CKPT_MAGIC && &obj[..8] != CKPT_MAGIC_V2) {
+    let version = match obj.get(..8) {
+        Some(m) if m == CKPT_MAGIC => 4,
+        Some(m) if m == CKPT_MAGIC_V3 => 3,
+        Some(m) if m == CKPT_MAGIC_V2 => 2,
+        _ => 0,
+    };
+    if obj.len() < CKPT_HEADER_LEN || version == 0 {
         return Err(Corrupt("bad checkpoint header"));
     }
-    let with_producers = &obj[..8] == CKPT_MAGIC;
     let mut h = &obj[8..CKPT_HEADER_LEN];
     let writer = Writer {
         epoch: h.get_u64(),
@@ -496,7 +536,8 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
             locs.push(l);
         }
         let mut producers = std::collections::BTreeMap::new();
-        if with_producers {
+        let mut aborted = Vec::new();
+        if version >= 3 {
             for _ in 0..r.u32()? {
                 let pid = r.i64()?;
                 let mut p = ProducerState {
@@ -504,6 +545,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                     last_timestamp: r.i64()?,
                     last_append_ms: r.i64()?,
                     batches: Default::default(),
+                    open_txn: None,
                 };
                 let n = r.u8()? as usize;
                 if n > KEPT_BATCHES {
@@ -516,7 +558,19 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                         base_offset: r.i64()?,
                     });
                 }
+                if version >= 4 {
+                    p.open_txn = Some(r.i64()?).filter(|&o| o >= 0);
+                }
                 producers.insert(pid, p);
+            }
+        }
+        if version >= 4 {
+            for _ in 0..r.u32()? {
+                aborted.push(AbortedTxn {
+                    producer_id: r.i64()?,
+                    first_offset: r.i64()?,
+                    last_offset: r.i64()?,
+                });
             }
         }
         state.streams.insert(
@@ -527,6 +581,8 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                 locs,
                 bytes: 0,
                 producers,
+                aborted,
+                open_txns: Default::default(),
             },
         );
     }
@@ -707,6 +763,20 @@ mod tests {
             },
             Entry::Append {
                 stream: StreamId(1),
+                base_offset: 3,
+                offsets: 1,
+                max_timestamp: 9,
+                producer: Some(Producer {
+                    id: 41,
+                    epoch: 3,
+                    first_seq: -1,
+                    time_ms: 1_700_000_000_001,
+                    txn: Txn::Abort,
+                }),
+                data: Bytes::from_static(b"marker00"),
+            },
+            Entry::Append {
+                stream: StreamId(1),
                 base_offset: 2,
                 offsets: 1,
                 max_timestamp: 8,
@@ -715,6 +785,7 @@ mod tests {
                     epoch: 2,
                     first_seq: i32::MAX,
                     time_ms: 1_700_000_000_000,
+                    txn: Txn::No,
                 }),
                 data: Bytes::from_static(b"xyz45678"),
             },
@@ -723,7 +794,7 @@ mod tests {
         let d = decode_wal(obj.clone()).expect("decodes");
         assert_eq!((d.writer, d.seq, d.tombstone), (w, 12, false));
         assert_eq!(d.entries, entries);
-        let p = d.positions[1] as usize;
+        let p = d.positions[2] as usize;
         assert_eq!(ObjId::data(2, 1).data_parts(), Some((2, 1)));
         assert_eq!(ObjId::wal(9).wal_seq(), Some(9));
         assert_eq!(&obj[p..p + 8], b"xyz45678");
@@ -790,9 +861,16 @@ mod tests {
                         .into(),
                         last_timestamp: 44,
                         last_append_ms: 55,
+                        open_txn: Some(3),
                     },
                 )]
                 .into(),
+                aborted: vec![AbortedTxn {
+                    producer_id: 8,
+                    first_offset: 0,
+                    last_offset: 2,
+                }],
+                open_txns: [(3, 9)].into(),
             },
         );
         let w = Writer { epoch: 1, nonce: 2 };
@@ -822,17 +900,18 @@ mod tests {
             },
         );
         let w = Writer { epoch: 4, nonce: 5 };
-        let v3 = encode_checkpoint(w, 3, 4, &state).to_vec();
-        // v2 had no producer count after each stream's batches: here the
-        // four bytes before the (empty) key-value map's count.
-        let mut v2 = v3.clone();
-        let at = v2.len() - 8;
-        v2.drain(at..at + 4);
+        let v4 = encode_checkpoint(w, 3, 4, &state).to_vec();
+        // v2 had neither producers nor aborted transactions after each
+        // stream's batches: here the eight bytes before the (empty)
+        // key-value map's count.
+        let mut v2 = v4.clone();
+        let at = v2.len() - 12;
+        v2.drain(at..at + 8);
         v2[..8].copy_from_slice(CKPT_MAGIC_V2);
         let crc = checkpoint_crc(&v2);
         v2[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
         let c = decode_checkpoint(Bytes::from(v2)).expect("v2 decodes");
         assert_eq!(c.state, state);
-        assert!(decode_checkpoint(Bytes::from(v3)).is_ok());
+        assert!(decode_checkpoint(Bytes::from(v4)).is_ok());
     }
 }

@@ -30,7 +30,7 @@ pub mod store;
 use bytes::Bytes;
 
 pub use log::{Appended, LogConfig, LogStats, Read, ShardLog, FENCE_WINDOW};
-pub use producers::{Producer, ProducerState};
+pub use producers::{AbortedTxn, Producer, ProducerState, Txn};
 pub use state::{BatchLoc, ObjId};
 
 /// A stream (a Kafka partition, to the layers above) within one shard.

@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::format::Writer;
-use crate::producers::{self, Check, ProducerState};
+use crate::producers::{self, AbortedTxn, Check, ProducerState};
 use crate::state::State;
 use crate::{Entry, Error, StreamId};
 
@@ -250,8 +250,13 @@ impl Appended {
 pub struct Read {
     pub log_start: i64,
     pub high_watermark: i64,
+    /// Below it every transaction has ended.
+    pub last_stable: i64,
     /// Whole batches, first one holding the requested offset; stored bytes.
     pub batches: Vec<Bytes>,
+    /// For a committed read: the aborted transactions with records in
+    /// the batches returned, oldest first.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 /// Metadata keys from `from` on, in order.
@@ -432,6 +437,18 @@ impl ShardLog {
         core.live.forget_producers(&idle);
         core.durable.forget_producers(&idle);
         idle.len()
+    }
+
+    /// The last stable offset of a stream (durable): below it every
+    /// transaction has ended.
+    pub fn last_stable(&self, stream: StreamId) -> Result<i64, Error> {
+        let core = self.inner.lock();
+        let s = core
+            .durable
+            .streams
+            .get(&stream)
+            .ok_or(Error::UnknownStream)?;
+        Ok(s.last_stable())
     }
 
     /// Log start and durable high watermark of a stream.

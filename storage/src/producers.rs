@@ -5,6 +5,12 @@
 //! refuse a gap or a stale epoch. The state is built by the log's entries like
 //! everything else, so a new owner knows every producer the old one did.
 //!
+//! Transactions: an append may be part of its producer's open transaction on
+//! the stream ([`Txn::Data`]; the first one opens it), or a marker that ends
+//! it ([`Txn::Commit`], [`Txn::Abort`]). The stream keeps each open
+//! transaction's first offset (the last stable offset is the lowest) and the
+//! offset ranges of aborted ones, for read-committed readers.
+//!
 //! The rules are Kafka's (ProducerStateManager), except that a producer the
 //! stream does not know must start at sequence 0: one whose state expired gets
 //! [`Error::UnknownProducer`] and restarts its sequence (KIP-360), instead of
@@ -29,6 +35,35 @@ pub struct Producer {
     /// Wall-clock milliseconds when the owner accepted the append, for
     /// expiry. Set by the caller so replay sees the same value.
     pub time_ms: i64,
+    pub txn: Txn,
+}
+
+/// An append's part in its producer's transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Txn {
+    /// Not transactional.
+    No,
+    /// Records of the producer's open transaction (the first opens it).
+    Data,
+    /// Markers ending the open transaction. Not sequence-checked; their
+    /// epoch may be newer than the producer's (a coordinator fencing it).
+    Commit,
+    Abort,
+}
+
+impl Txn {
+    pub fn is_marker(self) -> bool {
+        matches!(self, Txn::Commit | Txn::Abort)
+    }
+}
+
+/// An aborted transaction's records on one stream: offsets
+/// `first_offset..=last_offset` of `producer_id` (the last is its marker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// One remembered append.
@@ -55,6 +90,8 @@ pub struct ProducerState {
     pub last_timestamp: i64,
     /// When the owner accepted the newest append (ms since the epoch).
     pub last_append_ms: i64,
+    /// First offset of the producer's open transaction on this stream.
+    pub open_txn: Option<i64>,
 }
 
 impl ProducerState {
@@ -68,6 +105,17 @@ impl ProducerState {
             self.epoch = p.epoch;
             self.batches.clear();
         }
+        self.last_append_ms = p.time_ms;
+        match p.txn {
+            Txn::Commit | Txn::Abort => {
+                self.open_txn = None;
+                return;
+            }
+            Txn::Data => {
+                self.open_txn.get_or_insert(base_offset);
+            }
+            Txn::No => {}
+        }
         if self.batches.len() == KEPT_BATCHES {
             self.batches.pop_front();
         }
@@ -77,7 +125,6 @@ impl ProducerState {
             base_offset,
         });
         self.last_timestamp = max_timestamp;
-        self.last_append_ms = p.time_ms;
     }
 
     pub fn new(p: &Producer) -> Self {
@@ -86,6 +133,7 @@ impl ProducerState {
             batches: VecDeque::with_capacity(KEPT_BATCHES),
             last_timestamp: -1,
             last_append_ms: p.time_ms,
+            open_txn: None,
         }
     }
 }
@@ -111,6 +159,16 @@ pub enum Check {
 
 /// Checks an append of `offsets` offsets by `p` against the producer's state.
 pub fn check(state: Option<&ProducerState>, p: &Producer, offsets: u32) -> Result<Check, Error> {
+    if p.txn.is_marker() {
+        return match state {
+            Some(s) if p.epoch < s.epoch => Err(Error::InvalidProducerEpoch {
+                id: p.id,
+                epoch: p.epoch,
+                current: s.epoch,
+            }),
+            _ => Ok(Check::Append),
+        };
+    }
     let Some(s) = state else {
         if p.first_seq != 0 {
             return Err(Error::UnknownProducer {
@@ -172,6 +230,7 @@ mod tests {
             epoch,
             first_seq,
             time_ms: 0,
+            txn: Txn::No,
         }
     }
 
@@ -264,5 +323,88 @@ mod tests {
             append(&mut s, p(0, i32::MAX - 1), 4, 9),
             Ok(Check::Duplicate(1))
         );
+    }
+
+    #[test]
+    fn transactions_set_the_last_stable_offset_and_record_aborts() {
+        use crate::state::State;
+        use crate::{Entry, StreamId};
+        let stream = StreamId(0);
+        let mut st = State::default();
+        st.apply(&Entry::CreateStream { stream }, 0, 0);
+        let mut next = 0;
+        let mut append = |st: &mut State, id: i64, txn: Txn, seq: i32, n: u32| {
+            let e = Entry::Append {
+                stream,
+                base_offset: next,
+                offsets: n,
+                max_timestamp: 0,
+                producer: Some(Producer {
+                    id,
+                    epoch: 0,
+                    first_seq: seq,
+                    time_ms: 0,
+                    txn,
+                }),
+                data: bytes::Bytes::from_static(b"12345678"),
+            };
+            next += n as i64;
+            st.apply(&e, 1, 0);
+        };
+        let s = |st: &State| st.streams[&stream].clone();
+        append(&mut st, 1, Txn::No, 0, 2); // 0..2, not transactional
+        assert_eq!(s(&st).last_stable(), 2);
+        append(&mut st, 2, Txn::Data, 0, 3); // 2..5 opens producer 2's
+        append(&mut st, 3, Txn::Data, 0, 1); // 5 opens producer 3's
+        append(&mut st, 2, Txn::Data, 3, 1); // 6
+        assert_eq!(s(&st).last_stable(), 2);
+        append(&mut st, 2, Txn::Abort, -1, 1); // marker at 7
+        assert_eq!(s(&st).last_stable(), 5, "producer 3's is still open");
+        assert_eq!(
+            s(&st).aborted,
+            vec![AbortedTxn {
+                producer_id: 2,
+                first_offset: 2,
+                last_offset: 7
+            }]
+        );
+        append(&mut st, 3, Txn::Commit, -1, 1); // marker at 8
+        assert_eq!(s(&st).last_stable(), 9);
+        assert_eq!(s(&st).aborted.len(), 1, "commits are not recorded");
+        assert_eq!(s(&st).producers[&3].open_txn, None);
+        // The derived index comes back from the producers (checkpoints).
+        let mut open = st.clone();
+        append(&mut open, 1, Txn::Data, 2, 1); // 9 opens producer 1's
+        let want = s(&open).open_txns;
+        open.rebuild_derived();
+        assert_eq!(s(&open).open_txns, want);
+        assert_eq!(s(&open).last_stable(), 9);
+        // Retention forgets aborted transactions wholly below the log start.
+        st.apply(
+            &Entry::Truncate {
+                stream,
+                log_start: 8,
+            },
+            2,
+            0,
+        );
+        assert!(s(&st).aborted.is_empty());
+    }
+
+    #[test]
+    fn markers_are_not_sequence_checked_but_fence_older_epochs() {
+        let mut s = None;
+        append(&mut s, p(1, 0), 2, 0).expect("data");
+        let marker = |epoch| Producer {
+            txn: Txn::Commit,
+            ..p(epoch, -1)
+        };
+        assert_eq!(check(s.as_ref(), &marker(1), 1), Ok(Check::Append));
+        assert_eq!(check(s.as_ref(), &marker(2), 1), Ok(Check::Append));
+        assert!(matches!(
+            check(s.as_ref(), &marker(0), 1),
+            Err(Error::InvalidProducerEpoch { .. })
+        ));
+        assert_eq!(check(None, &marker(0), 1), Ok(Check::Append));
     }
 }

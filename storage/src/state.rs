@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-use crate::producers::ProducerState;
+use crate::producers::{AbortedTxn, ProducerState, Txn};
 use crate::{Entry, Run, StreamId};
 
 /// Names an object batches live in: a WAL object by seq, or a data object
@@ -68,9 +68,22 @@ pub struct StreamState {
     /// Idempotent producers by id. Kept when retention drops their batches
     /// (as Kafka does since KIP-360), until they expire.
     pub producers: BTreeMap<i64, ProducerState>,
+    /// Aborted transactions, in marker order, until retention passes them.
+    pub aborted: Vec<AbortedTxn>,
+    /// Open transactions: first offset → producer (derived).
+    pub open_txns: BTreeMap<i64, i64>,
 }
 
 impl StreamState {
+    /// The last stable offset: below it, every transaction has ended.
+    pub fn last_stable(&self) -> i64 {
+        self.open_txns
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_offset)
+    }
+
     /// Index of the first batch whose last offset is at or after `offset`.
     pub fn find(&self, offset: i64) -> usize {
         self.locs.partition_point(|l| l.end_offset() <= offset)
@@ -120,10 +133,29 @@ impl State {
                     return;
                 };
                 if let Some(p) = producer {
-                    s.producers
+                    let st = s
+                        .producers
                         .entry(p.id)
-                        .or_insert_with(|| ProducerState::new(p))
-                        .record(p, *base_offset, *offsets, *max_timestamp);
+                        .or_insert_with(|| ProducerState::new(p));
+                    let was_open = st.open_txn;
+                    st.record(p, *base_offset, *offsets, *max_timestamp);
+                    match (p.txn, was_open) {
+                        (Txn::Data, None) => {
+                            s.open_txns.insert(*base_offset, p.id);
+                        }
+                        (Txn::Commit, Some(first)) => {
+                            s.open_txns.remove(&first);
+                        }
+                        (Txn::Abort, Some(first)) => {
+                            s.open_txns.remove(&first);
+                            s.aborted.push(AbortedTxn {
+                                producer_id: p.id,
+                                first_offset: first,
+                                last_offset: *base_offset,
+                            });
+                        }
+                        _ => {}
+                    }
                 }
                 debug_assert_eq!(*base_offset, s.next_offset, "offsets are contiguous");
                 let obj = ObjId::wal(seq);
@@ -157,6 +189,8 @@ impl State {
                 s.log_start = s.log_start.max((*log_start).min(s.next_offset));
                 let keep_from = s.find(s.log_start);
                 let dropped: Vec<BatchLoc> = s.locs.drain(..keep_from).collect();
+                let start = s.log_start;
+                s.aborted.retain(|a| a.last_offset >= start);
                 s.bytes -= dropped.iter().map(|l| l.len as u64).sum::<u64>();
                 for l in dropped {
                     self.unref(l.obj);
@@ -253,7 +287,8 @@ impl State {
         let mut idle = Vec::new();
         for (id, s) in &self.streams {
             for (&p, st) in &s.producers {
-                if st.last_append_ms < before_ms {
+                // A producer with an open transaction waits for its marker.
+                if st.last_append_ms < before_ms && st.open_txn.is_none() {
                     idle.push((*id, p));
                 }
             }
@@ -288,6 +323,11 @@ impl State {
         self.refs.clear();
         for s in self.streams.values_mut() {
             s.bytes = s.locs.iter().map(|l| l.len as u64).sum();
+            s.open_txns = s
+                .producers
+                .iter()
+                .filter_map(|(&id, p)| Some((p.open_txn?, id)))
+                .collect();
             for l in &s.locs {
                 *self.refs.entry(l.obj).or_default() += 1;
             }

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_storage::faulty::{Faults, Faulty};
+use floe_storage::producers::Txn;
 use floe_storage::{Entry, Error, LogConfig, Producer, ShardLog, StreamId};
 use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
@@ -157,6 +158,7 @@ async fn idempotent(
                             epoch: 0,
                             first_seq: seq,
                             time_ms: floe_storage::log::now_ms(),
+                            txn: Txn::No,
                         }),
                         data: batch(id, offsets, filler),
                     };

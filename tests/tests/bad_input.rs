@@ -121,9 +121,9 @@ fn unknown_api_key_and_unsupported_versions() {
     c.send_frame(&[0x03, 0xE7, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF])
         .expect("send");
     assert!(c.is_closed());
-    // A known API we do not serve (InitProducerId): closed.
+    // A known API we do not serve (OffsetForLeaderEpoch): closed.
     let mut c = Conn::connect(&f.bootstrap());
-    c.send_frame(&[0, 22, 0, 1, 0, 0, 0, 1, 0xFF, 0xFF])
+    c.send_frame(&[0, 23, 0, 1, 0, 0, 0, 1, 0xFF, 0xFF])
         .expect("send");
     assert!(c.is_closed());
     // Metadata v99: closed.
@@ -147,8 +147,8 @@ fn unknown_api_key_and_unsupported_versions() {
         .expect("Produce listed");
     assert_eq!((produce.min_version, produce.max_version), (3, 12));
     assert!(
-        body.api_keys.iter().all(|k| k.api_key != 22),
-        "InitProducerId is not advertised"
+        body.api_keys.iter().all(|k| k.api_key != 23),
+        "OffsetForLeaderEpoch is not advertised"
     );
     let join = body
         .api_keys

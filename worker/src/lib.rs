@@ -9,6 +9,7 @@
 //! - [`groups`]: the classic group membership protocol as a state machine
 //!   (not served yet).
 //! - [`producer_ids`]: idempotent producers' ids, allocated in durable blocks.
+//! - [`transactions`]: the transaction coordinator's state per transactional id.
 //! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
 //!
 //! Each tenant has one shard today (shard 0), holding its catalog and every
@@ -20,6 +21,7 @@ pub mod groups;
 pub mod local;
 pub mod offsets;
 pub mod producer_ids;
+pub mod transactions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,6 +37,7 @@ pub use floe_storage::{Appended, Read};
 pub use groups::{GroupError, Join, Joined, Member, State as GroupState};
 pub use local::{LocalWorker, WorkerConfig};
 pub use offsets::Committed;
+pub use transactions::{TxnError, TxnMeta, TxnState};
 
 /// What a caller can act on; the gateway maps these to Kafka error codes and
 /// HTTP statuses in one place.
@@ -73,8 +76,12 @@ pub enum WorkerError {
     /// did not start at sequence 0; it must bump its epoch (KIP-360).
     #[error("{0}")]
     UnknownProducerId(String),
-    #[error("transactions are not supported yet")]
-    TransactionsUnsupported,
+    /// Another part of the same request failed, so this one was not tried.
+    #[error("not attempted: another partition of the request failed")]
+    OperationNotAttempted,
+    /// The transaction coordinator's answer (Kafka's error of the same name).
+    #[error("transaction: {0:?}")]
+    Txn(TxnError),
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
@@ -198,7 +205,9 @@ pub trait Shards: Send + Sync + 'static {
         batches: Vec<(BatchHeader, Bytes)>,
     ) -> impl Future<Output = Result<Accepted>> + Send;
     /// Whole batches from `offset` on, up to `max_bytes` (the first even if
-    /// larger, with `min_one`), never past the durable high watermark.
+    /// larger, with `min_one`), never past the durable high watermark, and
+    /// with `committed` (read_committed) not past the last stable offset.
+    #[allow(clippy::too_many_arguments)]
     fn fetch(
         &self,
         tenant: &TenantId,
@@ -207,15 +216,18 @@ pub trait Shards: Send + Sync + 'static {
         offset: i64,
         max_bytes: usize,
         min_one: bool,
+        committed: bool,
     ) -> impl Future<Output = Result<Read>> + Send;
-    /// ListOffsets: -1 latest, -2 earliest, -3 max timestamp, else the first
-    /// batch with a timestamp at or after it. Returns (offset, timestamp).
+    /// ListOffsets: -1 latest (the last stable offset with `committed`),
+    /// -2 earliest, -3 max timestamp, else the first batch with a timestamp
+    /// at or after it. Returns (offset, timestamp).
     fn list_offset(
         &self,
         tenant: &TenantId,
         topic: &str,
         partition: i32,
         timestamp: i64,
+        committed: bool,
     ) -> impl Future<Output = Result<(i64, i64)>> + Send;
     /// DeleteRecords: raises the partition's log start to `offset` (-1: the
     /// high watermark), durably. Returns the new log start.
@@ -226,12 +238,59 @@ pub trait Shards: Send + Sync + 'static {
         partition: i32,
         offset: i64,
     ) -> impl Future<Output = Result<i64>> + Send;
-    /// InitProducerId: a producer id never handed out before, with epoch 0.
+    /// InitProducerId. Without a transactional id: a producer id never
+    /// handed out before, with epoch 0. With one: its producer id and a
+    /// bumped epoch (fencing older instances; an ongoing transaction is
+    /// aborted), after checking `current` (KIP-360) when given.
     fn init_producer_id(
         &self,
         tenant: &TenantId,
         transactional_id: Option<&str>,
+        timeout_ms: i32,
+        current: Option<(i64, i16)>,
     ) -> impl Future<Output = Result<(i64, i16)>> + Send;
+    /// AddPartitionsToTxn: one outcome per partition; none is added unless
+    /// all can be.
+    fn add_partitions_to_txn(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        partitions: Vec<(String, i32)>,
+    ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
+    fn add_offsets_to_txn(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// TxnOffsetCommit: offsets that become committed when the transaction
+    /// commits. One outcome per offset.
+    fn txn_offset_commit(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &str,
+        member: &str,
+        generation: i32,
+        offsets: Vec<OffsetCommit>,
+    ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
+    /// EndTxn: markers on every partition, and on commit the offsets, in one
+    /// log object; answered once durable.
+    fn end_txn(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Every transactional id and its state.
+    fn transactions(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<(String, TxnMeta)>>> + Send;
     /// DescribeProducers: the idempotent producers a partition remembers.
     fn describe_producers(
         &self,

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use floe_common::batch;
 use floe_common::batch::BatchHeader;
 use floe_common::{shard_prefix, TenantId};
 use floe_storage::log::now_ms;
-use floe_storage::{Entry, LogConfig, Producer, Read, ShardLog, StreamId};
+use floe_storage::{Entry, LogConfig, Producer, Read, ShardLog, StreamId, Txn};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ use crate::coordinator::{Coordinator, Described};
 use crate::groups::{GroupError, Join, Joined, State as GroupState};
 use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
+use crate::transactions::{self, PendingOffset, Transactions, TxnError, TxnMeta, TxnState};
 use crate::{
     Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Result, Shards, WorkerError,
 };
@@ -29,6 +31,9 @@ pub struct WorkerConfig {
     /// How often each open shard applies its topics' retention. Costs no
     /// store call unless something expired (then one entry).
     pub retention_every: Duration,
+    /// A transactional id without an ongoing transaction is forgotten after
+    /// this long idle (Kafka's `transactional.id.expiration.ms`).
+    pub transactional_id_expiration: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -36,6 +41,7 @@ impl Default for WorkerConfig {
         Self {
             log: LogConfig::default(),
             retention_every: Duration::from_secs(5),
+            transactional_id_expiration: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -58,6 +64,7 @@ struct Shard {
     catalog_lock: tokio::sync::Mutex<()>,
     groups: Coordinator,
     producer_ids: ProducerIds,
+    txns: Transactions,
 }
 
 impl Shard {
@@ -71,6 +78,7 @@ impl Shard {
         Self {
             groups: Coordinator::load(&log),
             producer_ids: ProducerIds::load(&log),
+            txns: Transactions::load(&log),
             log,
             topics: RwLock::new(topics),
             catalog_lock: tokio::sync::Mutex::new(()),
@@ -112,6 +120,13 @@ impl Shard {
             None => topics.remove(name),
         };
         Ok(())
+    }
+
+    /// The slot of an existing transactional id.
+    fn txn_slot(&self, id: &str) -> Result<transactions::Slot> {
+        self.txns
+            .existing(id)
+            .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))
     }
 
     fn new_streams(&self, n: usize) -> (Vec<u64>, Vec<Entry>) {
@@ -167,6 +182,10 @@ impl LocalWorker {
             .insert(tenant.clone(), shard.clone());
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
         tokio::spawn(group_timers(Arc::downgrade(&shard)));
+        tokio::spawn(txn_timers(
+            Arc::downgrade(&shard),
+            self.cfg.transactional_id_expiration,
+        ));
         Ok(shard)
     }
 
@@ -339,6 +358,8 @@ impl Shards for LocalWorker {
         let max = meta.config().max_message_bytes;
         let epoch = leader_epoch(&shard.log);
         let mut entries = Vec::with_capacity(batches.len());
+        // The transactional producer of the request, if any: (id, epoch).
+        let mut txn_producer = None;
         for (h, data) in batches {
             if h.len as i64 > max {
                 return Err(WorkerError::MessageTooLarge(format!(
@@ -346,12 +367,23 @@ impl Shards for LocalWorker {
                     h.len
                 )));
             }
-            if h.is_transactional() || h.is_control() {
+            if h.is_control() {
                 return Err(WorkerError::InvalidRecord(
-                    "transactional and control batches are not accepted yet".into(),
+                    "control batches are written by the transaction coordinator only".into(),
                 ));
             }
             let producer = producer_of(&h)?;
+            if h.is_transactional() {
+                let p = producer.ok_or_else(|| {
+                    WorkerError::InvalidRecord("a transactional batch without a producer id".into())
+                })?;
+                if txn_producer.is_some_and(|t| t != (p.id, p.epoch)) {
+                    return Err(WorkerError::InvalidRecord(
+                        "transactional batches of different producers in one request".into(),
+                    ));
+                }
+                txn_producer = Some((p.id, p.epoch));
+            }
             // The log writes baseOffset when it assigns offsets.
             let data = floe_common::batch::set_leader_epoch(data, epoch);
             let offsets = h.offset_count();
@@ -364,7 +396,36 @@ impl Shards for LocalWorker {
                 data,
             });
         }
-        let appended = shard.log.append(entries).await?;
+        let appended = match txn_producer {
+            None => shard.log.append(entries).await?,
+            Some(p) => {
+                // Accepted under the transaction's lock, so the batch lands
+                // before the marker that ends its transaction, or not at all.
+                let id = shard
+                    .txns
+                    .of_producer(p.0)
+                    .ok_or(WorkerError::Txn(TxnError::InvalidTxnState))?;
+                let slot = shard.txn_slot(&id)?;
+                let guard = slot.lock().await;
+                let meta = guard
+                    .as_ref()
+                    .ok_or(WorkerError::Txn(TxnError::InvalidTxnState))?;
+                if meta.producer_id != p.0 {
+                    return Err(WorkerError::Txn(TxnError::InvalidTxnState));
+                }
+                if p.1 < meta.epoch {
+                    return Err(WorkerError::InvalidProducerEpoch(format!(
+                        "producer {} epoch {} is fenced by epoch {}",
+                        p.0, p.1, meta.epoch
+                    )));
+                }
+                let added = meta.partitions.contains(&(topic.to_string(), partition));
+                if p.1 != meta.epoch || meta.state != TxnState::Ongoing || !added {
+                    return Err(WorkerError::Txn(TxnError::InvalidTxnState));
+                }
+                shard.log.append(entries).await?
+            }
+        };
         let base_offset = appended.base_offsets.first().copied().unwrap_or(-1);
         let (log_start, _) = shard.log.offsets(stream).unwrap_or((0, 0));
         Ok(Accepted {
@@ -382,10 +443,14 @@ impl Shards for LocalWorker {
         offset: i64,
         max_bytes: usize,
         min_one: bool,
+        committed: bool,
     ) -> Result<Read> {
         let shard = self.shard(tenant).await?;
         let (_, stream) = shard.stream(topic, partition)?;
-        Ok(shard.log.read(stream, offset, max_bytes, min_one).await?)
+        Ok(shard
+            .log
+            .read_isolated(stream, offset, max_bytes, min_one, committed)
+            .await?)
     }
 
     async fn list_offset(
@@ -394,11 +459,13 @@ impl Shards for LocalWorker {
         topic: &str,
         partition: i32,
         timestamp: i64,
+        committed: bool,
     ) -> Result<(i64, i64)> {
         let shard = self.shard(tenant).await?;
         let (_, stream) = shard.stream(topic, partition)?;
         let (start, hw) = shard.log.offsets(stream)?;
         Ok(match timestamp {
+            -1 if committed => (shard.log.last_stable(stream)?, -1),
             -1 => (hw, -1),
             -2 => (start, -1),
             -3 => shard.log.max_timestamp(stream)?.unwrap_or((-1, -1)),
@@ -430,14 +497,208 @@ impl Shards for LocalWorker {
         &self,
         tenant: &TenantId,
         transactional_id: Option<&str>,
+        timeout_ms: i32,
+        current: Option<(i64, i16)>,
     ) -> Result<(i64, i16)> {
-        if transactional_id.is_some() {
-            return Err(WorkerError::TransactionsUnsupported);
-        }
         let shard = self.shard(tenant).await?;
-        // A producer asking to bump its epoch (KIP-360) gets a new id, as
-        // from Kafka: its sequences start again at 0 on every partition.
-        Ok((shard.producer_ids.allocate(&shard.log).await?, 0))
+        let Some(id) = transactional_id else {
+            // A producer asking to bump its epoch (KIP-360) gets a new id, as
+            // from Kafka: its sequences start again at 0 on every partition.
+            return Ok((shard.producer_ids.allocate(&shard.log).await?, 0));
+        };
+        if !(1..=transactions::MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(WorkerError::Txn(TxnError::InvalidTransactionTimeout));
+        }
+        let slot = shard.txns.slot(id);
+        let mut meta = slot.lock().await;
+        let now = now_ms();
+        let next = match meta.as_ref() {
+            None => TxnMeta {
+                producer_id: shard.producer_ids.allocate(&shard.log).await?,
+                epoch: 0,
+                timeout_ms,
+                state: TxnState::Empty,
+                partitions: Default::default(),
+                groups: Default::default(),
+                offsets: Vec::new(),
+                started_ms: now,
+                updated_ms: now,
+            },
+            Some(m) => {
+                if let Some(c) = current.filter(|c| c.0 >= 0) {
+                    if c != (m.producer_id, m.epoch) {
+                        return Err(WorkerError::Txn(TxnError::ProducerFenced));
+                    }
+                }
+                let mut m = m.clone();
+                m.timeout_ms = timeout_ms;
+                m
+            }
+        };
+        // A new epoch fences every older instance; an ongoing transaction
+        // is aborted under it.
+        let next = if meta.is_some() {
+            let fresh = fresh_identity(&shard, &next).await?;
+            fence(&shard, id, next, fresh).await?
+        } else {
+            finish_txn(&shard, id, next, false, None).await?
+        };
+        if let Some(old) = meta.as_ref().filter(|m| m.producer_id != next.producer_id) {
+            shard.txns.forget_producer(old.producer_id);
+        }
+        shard.txns.map_producer(next.producer_id, id);
+        let out = (next.producer_id, next.epoch);
+        *meta = Some(next);
+        Ok(out)
+    }
+
+    async fn add_partitions_to_txn(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<Result<()>>> {
+        let shard = self.shard(tenant).await?;
+        let slot = shard.txn_slot(transactional_id)?;
+        let mut guard = slot.lock().await;
+        let mut next = open_txn(&guard, producer)?;
+        let found: Vec<Result<()>> = partitions
+            .iter()
+            .map(|(t, p)| shard.stream(t, *p).map(|_| ()))
+            .collect();
+        if found.iter().any(|r| r.is_err()) {
+            // Kafka adds none: the others are not attempted.
+            return Ok(found
+                .into_iter()
+                .map(|r| r.and(Err(WorkerError::OperationNotAttempted)))
+                .collect());
+        }
+        next.partitions.extend(partitions);
+        if guard.as_ref() != Some(&next) {
+            *guard = Some(persist(&shard, transactional_id, next).await?);
+        }
+        Ok(found)
+    }
+
+    async fn add_offsets_to_txn(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &str,
+    ) -> Result<()> {
+        offsets::validate_group(group)?;
+        let shard = self.shard(tenant).await?;
+        let slot = shard.txn_slot(transactional_id)?;
+        let mut guard = slot.lock().await;
+        let mut next = open_txn(&guard, producer)?;
+        next.groups.insert(group.to_string());
+        if guard.as_ref() != Some(&next) {
+            *guard = Some(persist(&shard, transactional_id, next).await?);
+        }
+        Ok(())
+    }
+
+    async fn txn_offset_commit(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &str,
+        member: &str,
+        generation: i32,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<Vec<Result<()>>> {
+        offsets::validate_group(group)?;
+        let shard = self.shard(tenant).await?;
+        let slot = shard.txn_slot(transactional_id)?;
+        let mut guard = slot.lock().await;
+        let meta = guard
+            .as_ref()
+            .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
+        transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
+        if meta.state != TxnState::Ongoing || !meta.groups.contains(group) {
+            return Err(WorkerError::Txn(TxnError::InvalidTxnState));
+        }
+        // Older producers send no generation: nothing to check then.
+        if generation >= 0 {
+            let has_offsets = shard.log.has_prefix(&offsets::group_prefix(group));
+            match shard
+                .groups
+                .commit(&shard.log, group, member, generation, has_offsets, vec![])
+                .await
+            {
+                Err(e) => return Err(WorkerError::Group(e)),
+                Ok(r) => r?,
+            }
+        }
+        let commit_ms = now_ms();
+        let mut next = meta.clone();
+        let outcomes: Vec<Result<()>> = commits
+            .into_iter()
+            .map(|c| {
+                shard.stream(&c.topic, c.partition)?;
+                if c.metadata.len() > offsets::MAX_METADATA_BYTES {
+                    return Err(WorkerError::OffsetMetadataTooLarge(c.metadata.len()));
+                }
+                next.offsets.retain(|o| {
+                    !(o.group == group && o.topic == c.topic && o.partition == c.partition)
+                });
+                next.offsets.push(PendingOffset {
+                    group: group.to_string(),
+                    topic: c.topic,
+                    partition: c.partition,
+                    committed: Committed {
+                        offset: c.offset,
+                        leader_epoch: c.leader_epoch,
+                        metadata: c.metadata,
+                        commit_ms,
+                    },
+                });
+                Ok(())
+            })
+            .collect();
+        if guard.as_ref() != Some(&next) {
+            *guard = Some(persist(&shard, transactional_id, next).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn end_txn(
+        &self,
+        tenant: &TenantId,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<()> {
+        let shard = self.shard(tenant).await?;
+        let slot = shard.txn_slot(transactional_id)?;
+        let mut guard = slot.lock().await;
+        let meta = guard
+            .as_ref()
+            .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
+        transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
+        match (meta.state, commit) {
+            (TxnState::Ongoing, _) => {}
+            // A retry of an EndTxn that completed.
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
+            _ => return Err(WorkerError::Txn(TxnError::InvalidTxnState)),
+        }
+        let next = finish_txn(&shard, transactional_id, meta.clone(), commit, None).await?;
+        *guard = Some(next);
+        Ok(())
+    }
+
+    async fn transactions(&self, tenant: &TenantId) -> Result<Vec<(String, TxnMeta)>> {
+        let shard = self.shard(tenant).await?;
+        let mut out = Vec::new();
+        for (id, slot) in shard.txns.all() {
+            if let Some(m) = slot.lock().await.as_ref() {
+                out.push((id, m.clone()));
+            }
+        }
+        Ok(out)
     }
 
     async fn describe_producers(
@@ -699,6 +960,177 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| WorkerError::Unavailable(format!("group task: {e}")))
 }
 
+/// The transaction of a request naming `producer` as it will be once the
+/// request is applied: it exists, is this producer's, and is ongoing
+/// (begun now if it was not). The caller persists it if it changed.
+fn open_txn(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<TxnMeta> {
+    let meta = current
+        .as_ref()
+        .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
+    transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
+    let mut next = meta.clone();
+    if next.state != TxnState::Ongoing {
+        next.state = TxnState::Ongoing;
+        next.partitions.clear();
+        next.groups.clear();
+        next.offsets.clear();
+        next.started_ms = now_ms();
+    }
+    Ok(next)
+}
+
+/// Writes a transactional id's new state, durably.
+async fn persist(shard: &Shard, id: &str, mut next: TxnMeta) -> Result<TxnMeta> {
+    next.updated_ms = now_ms();
+    shard
+        .log
+        .append(vec![Entry::Put {
+            key: TxnMeta::key(id),
+            value: Some(next.encode()),
+        }])
+        .await?
+        .durable()
+        .await?;
+    Ok(next)
+}
+
+/// The (producer id, epoch) that fences `meta`'s: the next epoch, or a new
+/// producer id once epochs run out.
+async fn fresh_identity(shard: &Shard, meta: &TxnMeta) -> Result<(i64, i16)> {
+    if meta.epoch >= i16::MAX - 1 {
+        return Ok((shard.producer_ids.allocate(&shard.log).await?, 0));
+    }
+    Ok((meta.producer_id, meta.epoch + 1))
+}
+
+/// Moves a transactional id to `fresh`, aborting its ongoing transaction
+/// (if any) under the new epoch, so the old one can write nothing more.
+async fn fence(shard: &Shard, id: &str, mut meta: TxnMeta, fresh: (i64, i16)) -> Result<TxnMeta> {
+    if fresh.0 == meta.producer_id {
+        meta.epoch = fresh.1;
+    }
+    finish_txn(shard, id, meta, false, Some(fresh)).await
+}
+
+/// Ends `meta`'s transaction if it is ongoing — markers under its producer
+/// id and epoch on each of its partitions and, on commit, its offsets —
+/// then takes the identity `then` if given and writes the resulting state:
+/// all in one append, durably.
+async fn finish_txn(
+    shard: &Shard,
+    id: &str,
+    mut meta: TxnMeta,
+    commit: bool,
+    then: Option<(i64, i16)>,
+) -> Result<TxnMeta> {
+    let now = now_ms();
+    let mut entries = Vec::new();
+    if meta.state == TxnState::Ongoing {
+        let leader = leader_epoch(&shard.log);
+        for (topic, partition) in &meta.partitions {
+            // A partition of a topic deleted meanwhile has nothing to end.
+            let Ok((_, stream)) = shard.stream(topic, *partition) else {
+                continue;
+            };
+            let marker = batch::control_batch(meta.producer_id, meta.epoch, commit, now);
+            entries.push(Entry::Append {
+                stream,
+                base_offset: 0,
+                offsets: 1,
+                max_timestamp: now,
+                producer: Some(Producer {
+                    id: meta.producer_id,
+                    epoch: meta.epoch,
+                    first_seq: -1,
+                    time_ms: now,
+                    txn: if commit { Txn::Commit } else { Txn::Abort },
+                }),
+                data: batch::set_leader_epoch(marker, leader),
+            });
+        }
+        if commit {
+            for o in &meta.offsets {
+                let Ok(topic) = shard.topic(&o.topic) else {
+                    continue;
+                };
+                entries.push(Entry::Put {
+                    key: offsets::key(&o.group, topic.id, o.partition),
+                    value: Some(offsets::encode(&o.committed)),
+                });
+            }
+        }
+        meta.state = if commit {
+            TxnState::CompleteCommit
+        } else {
+            TxnState::CompleteAbort
+        };
+        meta.partitions.clear();
+        meta.groups.clear();
+        meta.offsets.clear();
+    }
+    if let Some((producer_id, epoch)) = then {
+        meta.producer_id = producer_id;
+        meta.epoch = epoch;
+    }
+    meta.updated_ms = now;
+    entries.push(Entry::Put {
+        key: TxnMeta::key(id),
+        value: Some(meta.encode()),
+    });
+    shard.log.append(entries).await?.durable().await?;
+    Ok(meta)
+}
+
+/// Aborts transactions that ran past their timeout, under a new epoch that
+/// fences their producer (as Kafka's coordinator does), and forgets
+/// transactional ids idle past `expiry`; for as long as the shard is open.
+async fn txn_timers(shard: Weak<Shard>, expiry: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(shard) = shard.upgrade() else { return };
+        if shard.log.failed().is_some() {
+            return;
+        }
+        let now = now_ms();
+        for (id, slot) in shard.txns.all() {
+            let mut guard = slot.lock().await;
+            let Some(meta) = guard.clone() else { continue };
+            let result = if meta.state == TxnState::Ongoing {
+                if now < meta.started_ms + meta.timeout_ms as i64 {
+                    continue;
+                }
+                tracing::info!(transactional_id = %id, "transaction timed out; aborting");
+                match fresh_identity(&shard, &meta).await {
+                    Ok(fresh) => fence(&shard, &id, meta.clone(), fresh).await.map(Some),
+                    Err(e) => Err(e),
+                }
+            } else if now - meta.updated_ms > expiry.as_millis() as i64 {
+                let forgotten = shard
+                    .log
+                    .append(vec![Entry::Put {
+                        key: TxnMeta::key(&id),
+                        value: None,
+                    }])
+                    .await;
+                match forgotten {
+                    Ok(a) => a.durable().await.map_err(WorkerError::from).map(|()| None),
+                    Err(e) => Err(e.into()),
+                }
+            } else {
+                continue;
+            };
+            match result {
+                Ok(Some(next)) => *guard = Some(next),
+                Ok(None) => {
+                    *guard = None;
+                    shard.txns.forget(&id, meta.producer_id);
+                }
+                Err(e) => tracing::warn!(transactional_id = %id, error = %e, "transaction timer"),
+            }
+        }
+    }
+}
+
 /// The idempotent producer a batch names, if any (producer id 0 or more).
 fn producer_of(h: &BatchHeader) -> Result<Option<Producer>> {
     if h.producer_id < 0 {
@@ -715,6 +1147,11 @@ fn producer_of(h: &BatchHeader) -> Result<Option<Producer>> {
         epoch: h.producer_epoch,
         first_seq: h.base_sequence,
         time_ms: now_ms(),
+        txn: if h.is_transactional() {
+            Txn::Data
+        } else {
+            Txn::No
+        },
     }))
 }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
+use floe_common::batch;
 use floe_worker::{Shards, WorkerError};
 use futures::StreamExt;
 use kafka_protocol::messages::fetch_request::FetchRequest;
@@ -101,6 +102,7 @@ async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
                 p.fetch_offset,
                 limit,
                 true,
+                req.isolation_level == 1,
             ));
         }
     }
@@ -128,8 +130,10 @@ async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
                         index: p.partition,
                         error_code: 0,
                         high_watermark: r.high_watermark,
-                        last_stable_offset: r.high_watermark,
+                        last_stable_offset: r.last_stable,
                         log_start_offset: r.log_start,
+                        // Only those among the batches kept.
+                        aborted: aborted_within(&r.aborted, &r.batches),
                         records: Some(r.batches),
                     }
                 }
@@ -166,6 +170,22 @@ fn keep_within(batches: &mut Vec<Bytes>, limit: usize, min_one: bool) -> usize {
     total
 }
 
+/// The aborted transactions (producer id, first offset) that begin before
+/// the end of `batches`.
+fn aborted_within(aborted: &[floe_storage::AbortedTxn], batches: &[Bytes]) -> Vec<(i64, i64)> {
+    let Some(last) = batches.last().filter(|b| b.len() >= batch::HEADER_LEN) else {
+        return Vec::new();
+    };
+    let base = i64::from_be_bytes(last[..8].try_into().unwrap_or_default());
+    let delta = i32::from_be_bytes(last[23..27].try_into().unwrap_or_default());
+    let end = base + delta as i64 + 1;
+    aborted
+        .iter()
+        .filter(|a| a.first_offset < end)
+        .map(|a| (a.producer_id, a.first_offset))
+        .collect()
+}
+
 fn partition_error(index: i32, e: &WorkerError) -> Partition {
     let (log_start, high_watermark) = match e {
         WorkerError::OffsetOutOfRange {
@@ -180,6 +200,7 @@ fn partition_error(index: i32, e: &WorkerError) -> Partition {
         high_watermark,
         last_stable_offset: high_watermark,
         log_start_offset: log_start,
+        aborted: Vec::new(),
         records: None,
     }
 }
@@ -204,7 +225,13 @@ pub async fn list_offsets<W: Shards>(
             parts.push(
                 match gw
                     .worker
-                    .list_offset(tenant, &t.name.0, p.partition_index, p.timestamp)
+                    .list_offset(
+                        tenant,
+                        &t.name.0,
+                        p.partition_index,
+                        p.timestamp,
+                        req.isolation_level == 1,
+                    )
                     .await
                 {
                     Ok((offset, ts)) => resp

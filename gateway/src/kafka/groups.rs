@@ -40,6 +40,7 @@ use crate::{errors, Gateway};
 
 /// FindCoordinator's key types: consumer groups and transactions.
 const KEY_GROUP: i8 = 0;
+const KEY_TRANSACTION: i8 = 1;
 
 pub fn find_coordinator<W>(
     gw: &Gateway<W>,
@@ -48,15 +49,12 @@ pub fn find_coordinator<W>(
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
         let c = Coordinator::default().with_key(key);
-        if req.key_type != KEY_GROUP {
-            // Transactions come with issue 5's coordinator.
+        if !matches!(req.key_type, KEY_GROUP | KEY_TRANSACTION) {
             return c
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                .with_error_message(Some(StrBytes::from_static_str(
-                    "transactions are not supported yet",
-                )));
+                .with_error_code(ResponseError::InvalidRequest.code())
+                .with_error_message(Some(StrBytes::from_static_str("unknown key type")));
         }
         c.with_node_id(BrokerId(0))
             .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))

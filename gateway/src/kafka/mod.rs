@@ -17,6 +17,7 @@ mod groups;
 mod metadata;
 mod produce;
 mod producers;
+mod transactions;
 mod versions;
 
 use std::future::Future;
@@ -386,7 +387,23 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
             ResponseKind::OffsetFetch(groups::offset_fetch(gw, r, v).await)
         }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(producers::init_producer_id(gw, r).await)
+            ResponseKind::InitProducerId(producers::init_producer_id(gw, r, v).await)
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(transactions::add_partitions(gw, r).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(transactions::add_offsets(gw, r).await)
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(transactions::txn_offset_commit(gw, r).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(transactions::end_txn(gw, r).await),
+        RequestKind::ListTransactions(r) => {
+            ResponseKind::ListTransactions(transactions::list(gw, r).await)
+        }
+        RequestKind::DescribeTransactions(r) => {
+            ResponseKind::DescribeTransactions(transactions::describe(gw, r).await)
         }
         RequestKind::DescribeProducers(r) => {
             ResponseKind::DescribeProducers(producers::describe_producers(gw, r).await)

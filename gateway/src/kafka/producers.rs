@@ -19,6 +19,7 @@ use crate::{errors, Gateway};
 pub async fn init_producer_id<W: Shards>(
     gw: &Gateway<W>,
     req: InitProducerIdRequest,
+    version: i16,
 ) -> InitProducerIdResponse {
     let txn = req.transactional_id.as_ref().map(|t| t.0.as_str());
     if txn == Some("") {
@@ -28,7 +29,14 @@ pub async fn init_producer_id<W: Shards>(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    match gw.worker.init_producer_id(&gw.dev_tenant, txn).await {
+    // v3+ (KIP-360): the producer's current id and epoch, when it has them.
+    let current =
+        (version >= 3 && req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+    let initiated = gw
+        .worker
+        .init_producer_id(&gw.dev_tenant, txn, req.transaction_timeout_ms, current)
+        .await;
+    match initiated {
         Ok((id, epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),

@@ -7,6 +7,10 @@
 //! OffsetCommit at v8 (v9+ speak KIP-848's member epochs) and OffsetFetch at
 //! v7 (v8 batches groups, KIP-709). JoinGroup stops at v7 (v8 adds a reason, v9 KIP-814),
 //! LeaveGroup at v4, ListGroups at v4 (v5 filters by group type).
+//! AddPartitionsToTxn stops at v3 (v4+ batches transactions for brokers),
+//! AddOffsetsToTxn, TxnOffsetCommit and EndTxn at v3 (v4 adds
+//! TRANSACTION_ABORTABLE, v5 KIP-890's per-transaction epochs);
+//! ListTransactions at v1 (v2 filters ids by pattern).
 //! OffsetForLeaderEpoch is not advertised yet.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -41,6 +45,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {

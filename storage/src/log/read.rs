@@ -40,6 +40,20 @@ impl ShardLog {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Read, Error> {
+        self.read_isolated(stream, from, max_bytes, min_one, false)
+            .await
+    }
+
+    /// [`ShardLog::read`], and with `committed` only below the last stable
+    /// offset, with the aborted transactions among the batches returned.
+    pub async fn read_isolated(
+        &self,
+        stream: StreamId,
+        from: i64,
+        max_bytes: usize,
+        min_one: bool,
+        committed: bool,
+    ) -> Result<Read, Error> {
         let mut out = Read::default();
         let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
         let mut read_to = from;
@@ -52,6 +66,12 @@ impl ShardLog {
                 .ok_or(Error::UnknownStream)?;
             out.log_start = s.log_start;
             out.high_watermark = s.next_offset;
+            out.last_stable = s.last_stable();
+            let limit = if committed {
+                out.last_stable
+            } else {
+                s.next_offset
+            };
             if from < s.log_start || from > s.next_offset {
                 return Err(Error::OffsetOutOfRange {
                     log_start: s.log_start,
@@ -60,6 +80,9 @@ impl ShardLog {
             }
             let mut total = 0usize;
             for loc in &s.locs[s.find(from)..] {
+                if loc.end_offset() > limit {
+                    break;
+                }
                 let over = total + loc.len as usize > max_bytes;
                 if over && (total > 0 || !min_one) {
                     break;
@@ -73,6 +96,14 @@ impl ShardLog {
                         out.batches.push(Bytes::new());
                     }
                 }
+            }
+            if committed && read_to > from {
+                out.aborted = s
+                    .aborted
+                    .iter()
+                    .filter(|a| a.last_offset >= from && a.first_offset < read_to)
+                    .copied()
+                    .collect();
             }
         }
         if missing.is_empty() {

@@ -22,6 +22,9 @@ pub struct Partition {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// Aborted transactions among the records, as (producer id, first
+    /// offset): read_committed clients drop their records.
+    pub aborted: Vec<(i64, i64)>,
     /// The stored batches, in offset order; `None` is a null record set.
     pub records: Option<Vec<Bytes>>,
 }
@@ -60,7 +63,12 @@ pub fn encode(correlation_id: i32, version: i16, resp: Response) -> Vec<Bytes> {
             if version >= 5 {
                 w.buf.put_i64(p.log_start_offset);
             }
-            array_len(&mut w.buf, flexible, 0); // aborted_transactions
+            array_len(&mut w.buf, flexible, p.aborted.len());
+            for (producer_id, first_offset) in p.aborted {
+                w.buf.put_i64(producer_id);
+                w.buf.put_i64(first_offset);
+                tagged_fields(&mut w.buf, flexible);
+            }
             if version >= 11 {
                 w.buf.put_i32(-1); // preferred_read_replica
             }
@@ -163,8 +171,12 @@ fn put_uvarint(buf: &mut BytesMut, mut v: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-    use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, ResponseHeader, TopicName};
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, FetchableTopicResponse, PartitionData,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, BrokerId, FetchResponse, ProducerId, ResponseHeader, TopicName,
+    };
     use kafka_protocol::protocol::Encodable;
 
     fn batch(len: usize, seed: u8) -> Bytes {
@@ -200,6 +212,13 @@ mod tests {
         ]
     }
 
+    fn aborted(index: i32) -> Vec<(i64, i64)> {
+        match index {
+            7 => vec![(5, 100), (6, 1 << 40)],
+            _ => vec![],
+        }
+    }
+
     fn ours(version: i16, error_code: i16) -> Vec<Bytes> {
         let topics = sample()
             .into_iter()
@@ -213,6 +232,7 @@ mod tests {
                         high_watermark: 1000 + index as i64,
                         last_stable_offset: 900 + index as i64,
                         log_start_offset: 10 + index as i64,
+                        aborted: aborted(index),
                         records,
                     })
                     .collect(),
@@ -233,7 +253,16 @@ mod tests {
                         .with_last_stable_offset(900 + index as i64)
                         .with_log_start_offset(if version >= 5 { 10 + index as i64 } else { -1 })
                         .with_preferred_read_replica(BrokerId(-1))
-                        .with_aborted_transactions(Some(vec![]))
+                        .with_aborted_transactions(Some(
+                            aborted(index)
+                                .into_iter()
+                                .map(|(p, f)| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(p))
+                                        .with_first_offset(f)
+                                })
+                                .collect(),
+                        ))
                         .with_records(records.map(|b| b.concat().into()))
                 });
                 FetchableTopicResponse::default()
@@ -277,6 +306,7 @@ mod tests {
             high_watermark: 1,
             last_stable_offset: 1,
             log_start_offset: 0,
+            aborted: vec![],
             records: Some(vec![big.clone(), small.clone(), big.clone()]),
         };
         let topic = Topic {
