@@ -21,10 +21,25 @@ pub fn idempotent_batch(n: usize, producer_id: i64, epoch: i16, seq: i32) -> Byt
     encode(n, 10, 1_700_000_000_000, (producer_id, epoch, seq))
 }
 
-fn encode(n: usize, value_len: usize, ts: i64, (pid, epoch, seq): (i64, i16, i32)) -> Bytes {
+/// A transactional producer's batch: `n` records from sequence `seq` on.
+pub fn transactional_batch(n: usize, producer_id: i64, epoch: i16, seq: i32) -> Bytes {
+    encode_with(n, 10, 1_700_000_000_000, (producer_id, epoch, seq), true)
+}
+
+fn encode(n: usize, value_len: usize, ts: i64, producer: (i64, i16, i32)) -> Bytes {
+    encode_with(n, value_len, ts, producer, false)
+}
+
+fn encode_with(
+    n: usize,
+    value_len: usize,
+    ts: i64,
+    (pid, epoch, seq): (i64, i16, i32),
+    transactional: bool,
+) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,

@@ -1,0 +1,407 @@
+//! Transactions against the real binary.
+//! - librdkafka: a consume-transform-produce loop commits two transactions
+//!   in three and aborts the third (rewinding its input); a read_committed
+//!   consumer then sees every input record transformed exactly once and
+//!   nothing aborted, while a read_uncommitted one sees the aborted copies
+//!   too; the group's committed offsets end at the input's end.
+//! - Raw protocol: the coordinator's errors, the KIP-890 part 1 check
+//!   (a transactional batch for a partition not in the transaction is
+//!   refused), the last stable offset held by an open transaction across a
+//!   kill -9, and the timeout that aborts a transaction and fences its
+//!   producer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use floe_e2e::raw::{produce_request, topic_name as name, Conn};
+use floe_e2e::records::{batch, transactional_batch};
+use floe_e2e::{temp_dir, Floe};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, CreateTopicsRequest, DescribeTransactionsRequest, EndTxnRequest,
+    FindCoordinatorRequest, InitProducerIdRequest, ListTransactionsRequest, ProducerId,
+    TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const INPUT: usize = 600;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn create(c: &mut Conn, topic: &str, partitions: i32) {
+    let t = CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(partitions)
+        .with_replication_factor(1);
+    let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
+    assert_eq!(r.topics[0].error_code, 0);
+}
+
+fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+fn assign(c: &BaseConsumer, topic: &str, offsets: &HashMap<i32, i64>) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        let o = offsets
+            .get(&p)
+            .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+        tpl.add_partition_offset(topic, p, o).expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+}
+
+/// Values of `topic` as `isolation` shows them, read until `want` came and
+/// nothing more arrives for a second.
+fn read_all(bootstrap: &str, topic: &str, isolation: &str, want: usize) -> Vec<String> {
+    let c = consumer(bootstrap, "verify", isolation);
+    assign(&c, topic, &HashMap::new());
+    let mut got = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut quiet = Instant::now();
+    while Instant::now() < deadline
+        && (got.len() < want || quiet.elapsed() < Duration::from_secs(1))
+    {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
+            quiet = Instant::now();
+        }
+    }
+    got
+}
+
+#[test]
+fn consume_transform_produce_never_shows_aborted_records() {
+    let f = Floe::start(temp_dir("txn-loop"), &[]);
+    let bootstrap = f.bootstrap();
+    let mut raw = Conn::connect(&bootstrap);
+    create(&mut raw, "tx-in", PARTITIONS);
+    create(&mut raw, "tx-out", PARTITIONS);
+    let plain: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for i in 0..INPUT {
+        let v = format!("{i:05}");
+        let p = (i % PARTITIONS as usize) as i32;
+        plain
+            .send(BaseRecord::<(), str>::to("tx-in").partition(p).payload(&v))
+            .expect("queued");
+    }
+    plain.flush(TIMEOUT).expect("flush");
+
+    let input = consumer(&bootstrap, "tx-app", "read_committed");
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", "tx-app-1")
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    // Next offset to read per partition, as of the last commit.
+    let mut committed: HashMap<i32, i64> = HashMap::new();
+    assign(&input, "tx-in", &committed);
+    let (mut commits, mut aborts, mut aborted_records) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed.values().sum::<i64>() < INPUT as i64 {
+        assert!(Instant::now() < deadline, "the loop did not finish");
+        let mut polled = Vec::new();
+        while polled.len() < 50 {
+            match input.poll(Duration::from_millis(200)) {
+                Some(m) => {
+                    let m = m.expect("message");
+                    let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+                    polled.push((m.partition(), m.offset(), v));
+                }
+                None => break,
+            }
+        }
+        if polled.is_empty() {
+            continue;
+        }
+        producer.begin_transaction().expect("begin");
+        let mut next = committed.clone();
+        for (p, offset, v) in &polled {
+            let out = format!("out-{v}");
+            producer
+                .send(
+                    BaseRecord::<(), str>::to("tx-out")
+                        .partition(*p)
+                        .payload(&out),
+                )
+                .expect("queued");
+            next.insert(*p, offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &next {
+            tpl.add_partition_offset("tx-in", p, Offset::Offset(o))
+                .expect("offset");
+        }
+        let cgm = input.group_metadata().expect("group metadata");
+        producer
+            .send_offsets_to_transaction(&tpl, &cgm, TIMEOUT)
+            .expect("send offsets");
+        if (commits + aborts) % 3 == 2 {
+            // Delivered first, so the aborted records are in the log
+            // (librdkafka would otherwise drop what it has not sent).
+            producer.flush(TIMEOUT).expect("flush before abort");
+            producer.abort_transaction(TIMEOUT).expect("abort");
+            aborts += 1;
+            aborted_records += polled.len();
+            // Process the same input again.
+            assign(&input, "tx-in", &committed);
+        } else {
+            producer.commit_transaction(TIMEOUT).expect("commit");
+            commits += 1;
+            committed = next;
+        }
+    }
+    assert!(aborts > 0, "some transactions aborted");
+
+    let seen = read_all(&bootstrap, "tx-out", "read_committed", INPUT);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    let want: Vec<String> = (0..INPUT).map(|i| format!("out-{i:05}")).collect();
+    assert!(
+        sorted == want && seen.len() == INPUT,
+        "read_committed saw {} records, {} distinct, of {INPUT}",
+        seen.len(),
+        sorted.len()
+    );
+    let all = read_all(
+        &bootstrap,
+        "tx-out",
+        "read_uncommitted",
+        INPUT + aborted_records,
+    );
+    println!(
+        "{commits} commits, {aborts} aborts: read_committed saw {}, read_uncommitted {} ({aborted_records} aborted)",
+        seen.len(),
+        all.len()
+    );
+    assert_eq!(
+        all.len(),
+        INPUT + aborted_records,
+        "aborted records are stored"
+    );
+
+    // The offsets committed with the transactions are the group's.
+    let check = consumer(&bootstrap, "tx-app", "read_committed");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("tx-in", p);
+    }
+    let got = check.committed_offsets(tpl, TIMEOUT).expect("committed");
+    for e in got.elements() {
+        let end = (INPUT / PARTITIONS as usize) as i64;
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(end),
+            "partition {}",
+            e.partition()
+        );
+    }
+}
+
+fn init_txn(c: &mut Conn, id: &str, timeout_ms: i32) -> (i64, i16) {
+    let r = c.call(
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(id.into()))))
+            .with_transaction_timeout_ms(timeout_ms),
+    );
+    assert_eq!(r.error_code, 0, "InitProducerId");
+    (r.producer_id.0, r.producer_epoch)
+}
+
+fn add_partition(c: &mut Conn, id: &str, (pid, epoch): (i64, i16), topic: &str) -> i16 {
+    let t = AddPartitionsToTxnTopic::default()
+        .with_name(name(topic))
+        .with_partitions(vec![0]);
+    let r = c.call(
+        3,
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(id.into())))
+            .with_v3_and_below_producer_id(ProducerId(pid))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![t]),
+    );
+    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+fn end_txn(c: &mut Conn, id: &str, (pid, epoch): (i64, i16), commit: bool) -> i16 {
+    c.call(
+        3,
+        &EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(id.into())))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_committed(commit),
+    )
+    .error_code
+}
+
+fn produce(c: &mut Conn, topic: &str, records: Bytes) -> PartitionProduceResponse {
+    let mut r = c.call(9, &produce_request(topic, 0, -1, records));
+    r.responses
+        .swap_remove(0)
+        .partition_responses
+        .swap_remove(0)
+}
+
+/// (latest with read_uncommitted, latest with read_committed).
+fn ends(c: &mut Conn, topic: &str) -> (i64, i64) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{BrokerId, ListOffsetsRequest};
+    let mut at = |isolation: i8| {
+        let p = ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(-1);
+        let t = ListOffsetsTopic::default()
+            .with_name(name(topic))
+            .with_partitions(vec![p]);
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(isolation)
+            .with_topics(vec![t]);
+        c.call(7, &req).topics[0].partitions[0].offset
+    };
+    (at(0), at(1))
+}
+
+fn state(c: &mut Conn, id: &str) -> (String, i16) {
+    let r = c.call(
+        0,
+        &DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![TransactionalId(StrBytes::from_string(id.into()))]),
+    );
+    let s = &r.transaction_states[0];
+    assert_eq!(s.error_code, 0);
+    (s.transaction_state.to_string(), s.producer_epoch)
+}
+
+#[test]
+fn coordinator_errors_open_transactions_and_timeouts() {
+    use ResponseError::*;
+    let mut f = Floe::start(temp_dir("txn-raw"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    create(&mut c, "t", 1);
+    create(&mut c, "u", 1);
+    let r = c.call(
+        3,
+        &FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_static_str("a"))
+            .with_key_type(1),
+    );
+    assert_eq!((r.error_code, r.port), (0, f.kafka_port as i32));
+
+    let a = init_txn(&mut c, "a", 60_000);
+    assert_eq!(a.1, 0);
+    // Not added yet: KIP-890 part 1 refuses the batch.
+    let r = produce(&mut c, "t", transactional_batch(2, a.0, a.1, 0));
+    assert_eq!(r.error_code, InvalidTxnState.code());
+    assert_eq!(
+        end_txn(&mut c, "a", a, true),
+        InvalidTxnState.code(),
+        "nothing to end"
+    );
+    assert_eq!(
+        add_partition(&mut c, "a", (a.0 + 1, a.1), "t"),
+        InvalidProducerIdMapping.code()
+    );
+    assert_eq!(
+        add_partition(&mut c, "a", a, "missing"),
+        UnknownTopicOrPartition.code()
+    );
+    assert_eq!(add_partition(&mut c, "a", a, "t"), 0);
+    assert_eq!(produce(&mut c, "t", batch(1, 10)).error_code, 0); // offset 0, plain
+    let r = produce(&mut c, "t", transactional_batch(2, a.0, a.1, 0)); // 1..3
+    assert_eq!((r.error_code, r.base_offset), (0, 1));
+    assert_eq!(produce(&mut c, "t", batch(1, 10)).error_code, 0); // 3, plain
+    assert_eq!(
+        ends(&mut c, "t"),
+        (4, 1),
+        "the open transaction holds the LSO"
+    );
+    assert_eq!(state(&mut c, "a").0, "Ongoing");
+
+    // kill -9: the transaction is still open, and still ends.
+    drop(c);
+    f.restart_after_kill9();
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(ends(&mut c, "t"), (4, 1));
+    assert_eq!(end_txn(&mut c, "a", a, true), 0);
+    assert_eq!(end_txn(&mut c, "a", a, true), 0, "a retried EndTxn");
+    assert_eq!(end_txn(&mut c, "a", a, false), InvalidTxnState.code());
+    assert_eq!(ends(&mut c, "t"), (5, 5), "the commit marker at 4");
+    assert_eq!(state(&mut c, "a").0, "CompleteCommit");
+
+    // A new instance fences the old one.
+    let a2 = init_txn(&mut c, "a", 60_000);
+    assert_eq!(a2, (a.0, a.1 + 1));
+    assert_eq!(add_partition(&mut c, "a", a, "t"), ProducerFenced.code());
+    let r = produce(&mut c, "t", transactional_batch(1, a.0, a.1, 2));
+    assert_eq!(r.error_code, InvalidProducerEpoch.code());
+
+    // A transaction past its timeout is aborted under a new epoch.
+    let b = init_txn(&mut c, "b", 1000);
+    assert_eq!(add_partition(&mut c, "b", b, "u"), 0);
+    assert_eq!(
+        produce(&mut c, "u", transactional_batch(3, b.0, b.1, 0)).error_code,
+        0
+    );
+    assert_eq!(ends(&mut c, "u"), (3, 0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&mut c, "b").0 != "CompleteAbort" {
+        assert!(Instant::now() < deadline, "the transaction never timed out");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state(&mut c, "b").1, b.1 + 1);
+    assert_eq!(ends(&mut c, "u"), (4, 4), "the abort marker at 3");
+    assert_eq!(end_txn(&mut c, "b", b, true), ProducerFenced.code());
+    let r = produce(&mut c, "u", transactional_batch(1, b.0, b.1, 3));
+    assert_eq!(r.error_code, InvalidProducerEpoch.code());
+
+    let listed = c.call(
+        1,
+        &ListTransactionsRequest::default().with_duration_filter(-1),
+    );
+    let mut ids: Vec<(String, String)> = listed
+        .transaction_states
+        .iter()
+        .map(|t| {
+            (
+                t.transactional_id.0.to_string(),
+                t.transaction_state.to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            ("a".to_string(), "CompleteCommit".to_string()),
+            ("b".to_string(), "CompleteAbort".to_string())
+        ]
+    );
+}
