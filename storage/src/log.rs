@@ -417,11 +417,7 @@ impl ShardLog {
     /// The producers a stream knows (durable state), by id.
     pub fn producers(&self, stream: StreamId) -> Result<Vec<(i64, ProducerState)>, Error> {
         let core = self.inner.lock();
-        let s = core
-            .durable
-            .streams
-            .get(&stream)
-            .ok_or(Error::UnknownStream)?;
+        let s = core.durable_stream(stream)?;
         Ok(s.producers.iter().map(|(&id, p)| (id, p.clone())).collect())
     }
 
@@ -443,22 +439,14 @@ impl ShardLog {
     /// transaction has ended.
     pub fn last_stable(&self, stream: StreamId) -> Result<i64, Error> {
         let core = self.inner.lock();
-        let s = core
-            .durable
-            .streams
-            .get(&stream)
-            .ok_or(Error::UnknownStream)?;
+        let s = core.durable_stream(stream)?;
         Ok(s.last_stable())
     }
 
     /// Log start and durable high watermark of a stream.
     pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
         let core = self.inner.lock();
-        let s = core
-            .durable
-            .streams
-            .get(&stream)
-            .ok_or(Error::UnknownStream)?;
+        let s = core.durable_stream(stream)?;
         Ok((s.log_start, s.next_offset))
     }
 
@@ -470,11 +458,7 @@ impl ShardLog {
         ts: i64,
     ) -> Result<Option<(i64, i64)>, Error> {
         let core = self.inner.lock();
-        let s = core
-            .durable
-            .streams
-            .get(&stream)
-            .ok_or(Error::UnknownStream)?;
+        let s = core.durable_stream(stream)?;
         Ok(s.locs
             .iter()
             .find(|l| l.max_timestamp >= ts)
@@ -484,11 +468,7 @@ impl ShardLog {
     /// The largest timestamp durable in a stream, with its batch's last offset.
     pub fn max_timestamp(&self, stream: StreamId) -> Result<Option<(i64, i64)>, Error> {
         let core = self.inner.lock();
-        let s = core
-            .durable
-            .streams
-            .get(&stream)
-            .ok_or(Error::UnknownStream)?;
+        let s = core.durable_stream(stream)?;
         let best = s
             .locs
             .iter()
@@ -611,6 +591,16 @@ impl ShardLog {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl Core {
+    /// A stream of the durable state: what reads see.
+    fn durable_stream(&self, stream: StreamId) -> Result<&crate::state::StreamState, Error> {
+        self.durable
+            .streams
+            .get(&stream)
+            .ok_or(Error::UnknownStream)
     }
 }
 

@@ -6,11 +6,13 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ListOffsetsRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, ListOffsetsRequest, ProduceRequest, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
@@ -120,6 +122,16 @@ pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -
 }
 
 impl Conn {
+    /// CreateTopics v7 for one topic; panics unless it is created.
+    pub fn create_topic(&mut self, topic: &str, partitions: i32) {
+        let t = CreatableTopic::default()
+            .with_name(topic_name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1);
+        let r = self.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
+        assert_eq!(r.topics[0].error_code, 0, "creating {topic}");
+    }
+
     /// ListOffsets v7 for one partition at `timestamp` (-1 latest, -2
     /// earliest, -3 max timestamp): the partition's answer.
     pub fn list_offset(

@@ -19,13 +19,11 @@ use floe_e2e::proxy::Proxy;
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
 use floe_e2e::records::{batch, idempotent_batch};
 use floe_e2e::{temp_dir, Floe};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::describe_producers_response::ProducerState;
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DescribeProducersRequest, InitProducerIdRequest, ProduceRequest,
-    ProducerId, TransactionalId,
+    DescribeProducersRequest, InitProducerIdRequest, ProduceRequest, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -33,15 +31,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-
-fn create(c: &mut Conn, topic: &str, partitions: i32) {
-    let t = CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1);
-    let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
-    assert_eq!(r.topics[0].error_code, 0);
-}
 
 fn init_producer_id(c: &mut Conn) -> (i64, i16) {
     let r = c.call(
@@ -106,7 +95,7 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
     use ResponseError::*;
     let mut f = Floe::start(temp_dir("idempotent"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "idem", 1);
+    c.create_topic("idem", 1);
     let (pid, epoch) = init_producer_id(&mut c);
     let (other, _) = init_producer_id(&mut c);
     assert_eq!(epoch, 0);
@@ -324,7 +313,7 @@ fn cut_connections_leave_every_record_once_and_in_order() {
     );
     let proxy = Arc::new(Proxy::start_on(port, f.kafka_port));
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "cut", PARTITIONS);
+    c.create_topic("cut", PARTITIONS);
 
     let d = Deliveries::default();
     let p = idempotent_producer(&proxy.address(), &d);
@@ -406,7 +395,7 @@ fn an_expired_producer_bumps_its_epoch_and_carries_on() {
         ],
     );
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "expiry", 1);
+    c.create_topic("expiry", 1);
     let d = Deliveries::default();
     let p = idempotent_producer(&f.bootstrap(), &d);
     let send = |from: usize| {

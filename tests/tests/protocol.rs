@@ -9,20 +9,10 @@ use bytes::Bytes;
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
 use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
-
-fn create(c: &mut Conn, topic: &str, partitions: i32) {
-    let t = CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1);
-    let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
-    assert_eq!(r.topics[0].error_code, 0);
-}
 
 fn fetch_req(
     topic: &str,
@@ -68,7 +58,7 @@ fn batches(b: &[u8]) -> usize {
 fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
     let f = Floe::start(temp_dir("fetch"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "lp", 1);
+    c.create_topic("lp", 1);
     // Nothing there: a short wait comes back empty.
     let r = c.call(12, &fetch_req("lp", 0, 100, 1, 1 << 20, 1 << 20));
     assert_eq!(
@@ -122,7 +112,7 @@ fn fetch_long_polls_until_data_arrives_and_respects_byte_limits() {
 fn pipelined_requests_are_answered_in_order() {
     let f = Floe::start(temp_dir("pipeline"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "pipe", 1);
+    c.create_topic("pipe", 1);
     // Send a burst without reading: slow produces mixed with instant requests.
     let mut ids = Vec::new();
     for i in 0..40 {
@@ -140,7 +130,7 @@ fn pipelined_requests_are_answered_in_order() {
         let mut resp = c.read_frame().expect("response");
         let got = i32::from_be_bytes(resp[..4].try_into().expect("4 bytes"));
         assert_eq!(got, want, "responses come back in request order");
-        let _ = bytes::Buf::advance(&mut resp, 4);
+        bytes::Buf::advance(&mut resp, 4);
     }
 }
 
@@ -148,7 +138,7 @@ fn pipelined_requests_are_answered_in_order() {
 fn acks_zero_and_one_are_stored_like_all() {
     let mut f = Floe::start(temp_dir("acks"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "acks", 1);
+    c.create_topic("acks", 1);
     // acks=0: no response at all, so the next answer is the ApiVersions one.
     let frame = c.encode(9, &produce_request("acks", 0, 0, batch(5, 10)));
     c.send_frame(&frame).expect("send");
@@ -173,7 +163,7 @@ fn list_offset(c: &mut Conn, topic: &str, ts: i64) -> (i64, i64) {
 fn list_offsets_earliest_latest_max_and_by_timestamp() {
     let f = Floe::start(temp_dir("offsets"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "ts", 1);
+    c.create_topic("ts", 1);
     // batch(n, _) stamps records 1_700_000_000_000 + i.
     for _ in 0..3 {
         c.call(9, &produce_request("ts", 0, -1, batch(4, 10)));
@@ -201,7 +191,7 @@ fn leader_epoch(c: &mut Conn, topic: &str) -> i32 {
 fn leader_epochs_grow_across_restarts_and_topic_ids_stay() {
     let mut f = Floe::start(temp_dir("epochs"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "ep", 2);
+    c.create_topic("ep", 2);
     let md = c.call(12, &MetadataRequest::default().with_topics(None));
     let id = md.topics[0].topic_id;
     let mut last = leader_epoch(&mut c, "ep");
@@ -228,7 +218,7 @@ fn sigterm_drains_in_flight_produces() {
     // A long linger keeps flushes open, so SIGTERM lands with requests waiting.
     let mut f = Floe::start(temp_dir("drain"), &["--linger-ms", "400"]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "drain", 1);
+    c.create_topic("drain", 1);
     let mut sent = 0;
     for _ in 0..20 {
         let frame = c.encode(9, &produce_request("drain", 0, -1, batch(1, 10)));
@@ -272,7 +262,7 @@ fn sigterm_drains_in_flight_produces() {
 fn memory_store_serves_and_forgets_on_restart() {
     let mut f = Floe::start(temp_dir("memory"), &["--store", "memory://"]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "mem", 1);
+    c.create_topic("mem", 1);
     assert_eq!(
         c.call(9, &produce_request("mem", 0, -1, batch(3, 10)))
             .responses[0]
@@ -303,7 +293,7 @@ fn memory_store_serves_and_forgets_on_restart() {
 fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
     let f = Floe::start(temp_dir("budget"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "budget", 2);
+    c.create_topic("budget", 2);
     for partition in 0..2 {
         let r = c.call(9, &produce_request("budget", partition, -1, batch(4, 300)));
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);

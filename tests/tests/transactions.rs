@@ -18,12 +18,10 @@ use floe_e2e::raw::{produce_request, topic_name as name, Conn};
 use floe_e2e::records::{batch, transactional_batch};
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, CreateTopicsRequest, DescribeTransactionsRequest, EndTxnRequest,
-    FindCoordinatorRequest, InitProducerIdRequest, ListTransactionsRequest, ProducerId,
-    TransactionalId,
+    AddPartitionsToTxnRequest, DescribeTransactionsRequest, EndTxnRequest, FindCoordinatorRequest,
+    InitProducerIdRequest, ListTransactionsRequest, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -35,15 +33,6 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const PARTITIONS: i32 = 4;
 const INPUT: usize = 600;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn create(c: &mut Conn, topic: &str, partitions: i32) {
-    let t = CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1);
-    let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
-    assert_eq!(r.topics[0].error_code, 0);
-}
 
 fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
     ClientConfig::new()
@@ -92,8 +81,8 @@ fn consume_transform_produce_never_shows_aborted_records() {
     let f = Floe::start(temp_dir("txn-loop"), &[]);
     let bootstrap = f.bootstrap();
     let mut raw = Conn::connect(&bootstrap);
-    create(&mut raw, "tx-in", PARTITIONS);
-    create(&mut raw, "tx-out", PARTITIONS);
+    raw.create_topic("tx-in", PARTITIONS);
+    raw.create_topic("tx-out", PARTITIONS);
     let plain: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()
@@ -305,8 +294,8 @@ fn coordinator_errors_open_transactions_and_timeouts() {
     use ResponseError::*;
     let mut f = Floe::start(temp_dir("txn-raw"), &[]);
     let mut c = Conn::connect(&f.bootstrap());
-    create(&mut c, "t", 1);
-    create(&mut c, "u", 1);
+    c.create_topic("t", 1);
+    c.create_topic("u", 1);
     let r = c.call(
         3,
         &FindCoordinatorRequest::default()

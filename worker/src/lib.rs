@@ -267,6 +267,7 @@ pub trait Shards: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// TxnOffsetCommit: offsets that become committed when the transaction
     /// commits. One outcome per offset.
+    #[allow(clippy::too_many_arguments)]
     fn txn_offset_commit(
         &self,
         tenant: &TenantId,

@@ -28,6 +28,21 @@ fn code<T>(r: &floe_worker::Result<T>) -> i16 {
     r.as_ref().err().map_or(0, errors::code)
 }
 
+/// Each asked partition's error code, in order: a transaction-wide error is
+/// every partition's.
+fn per_partition(
+    outcomes: floe_worker::Result<Vec<floe_worker::Result<()>>>,
+    asked: &[(TopicName, Vec<i32>)],
+) -> std::vec::IntoIter<i16> {
+    match outcomes {
+        Ok(each) => each.iter().map(code).collect::<Vec<_>>().into_iter(),
+        Err(e) => {
+            let n = asked.iter().map(|(_, ps)| ps.len()).sum();
+            vec![errors::code(&e); n].into_iter()
+        }
+    }
+}
+
 /// v0-3: one transaction, named at the top level.
 pub async fn add_partitions<W: Shards>(
     gw: &Gateway<W>,
@@ -51,14 +66,7 @@ pub async fn add_partitions<W: Shards>(
         .worker
         .add_partitions_to_txn(&gw.dev_tenant, id, producer, flat)
         .await;
-    // A transaction-wide error is every partition's.
-    let mut codes = match outcomes {
-        Ok(each) => each.iter().map(code).collect::<Vec<_>>().into_iter(),
-        Err(e) => {
-            let n = asked.iter().map(|(_, ps)| ps.len()).sum();
-            vec![errors::code(&e); n].into_iter()
-        }
-    };
+    let mut codes = per_partition(outcomes, &asked);
     let results = asked
         .into_iter()
         .map(|(name, partitions)| {
@@ -135,13 +143,7 @@ pub async fn txn_offset_commit<W: Shards>(
             commits,
         )
         .await;
-    let mut codes = match outcomes {
-        Ok(each) => each.iter().map(code).collect::<Vec<_>>().into_iter(),
-        Err(e) => {
-            let n = asked.iter().map(|(_, ps)| ps.len()).sum();
-            vec![errors::code(&e); n].into_iter()
-        }
-    };
+    let mut codes = per_partition(outcomes, &asked);
     let topics = asked
         .into_iter()
         .map(|(name, partitions)| {

@@ -59,11 +59,7 @@ impl ShardLog {
         let mut read_to = from;
         {
             let core = self.inner.lock();
-            let s = core
-                .durable
-                .streams
-                .get(&stream)
-                .ok_or(Error::UnknownStream)?;
+            let s = core.durable_stream(stream)?;
             out.log_start = s.log_start;
             out.high_watermark = s.next_offset;
             out.last_stable = s.last_stable();
