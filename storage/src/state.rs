@@ -77,11 +77,13 @@ pub struct StreamState {
 impl StreamState {
     /// The last stable offset: below it, every transaction has ended.
     pub fn last_stable(&self) -> i64 {
+        // Retention may pass an open transaction's start: never below it.
         self.open_txns
             .keys()
             .next()
             .copied()
             .unwrap_or(self.next_offset)
+            .max(self.log_start)
     }
 
     /// Index of the first batch whose last offset is at or after `offset`.
@@ -132,7 +134,12 @@ impl State {
                 let Some(s) = self.streams.get_mut(stream) else {
                     return;
                 };
-                if let Some(p) = producer {
+                // A marker for a producer the stream does not know (it
+                // expired) ends nothing and leaves no state behind.
+                if let Some(p) = producer
+                    .as_ref()
+                    .filter(|p| !(p.txn.is_marker() && !s.producers.contains_key(&p.id)))
+                {
                     let st = s
                         .producers
                         .entry(p.id)

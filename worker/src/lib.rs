@@ -149,6 +149,8 @@ pub struct ProducerInfo {
     pub epoch: i16,
     /// Sequence number of its newest record; -1 when none.
     pub last_sequence: i32,
+    /// First offset of its open transaction on the partition; -1 when none.
+    pub txn_start_offset: i64,
     /// Largest timestamp of its newest batch.
     pub last_timestamp: i64,
 }

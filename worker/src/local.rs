@@ -383,6 +383,10 @@ impl Shards for LocalWorker {
                     ));
                 }
                 txn_producer = Some((p.id, p.epoch));
+            } else if producer.is_some_and(|p| shard.txns.of_producer(p.id).is_some()) {
+                // A transactional producer's epochs are the coordinator's: a
+                // stray batch must not move them and so block its markers.
+                return Err(WorkerError::Txn(TxnError::InvalidTxnState));
             }
             // The log writes baseOffset when it assigns offsets.
             let data = floe_common::batch::set_leader_epoch(data, epoch);
@@ -509,8 +513,14 @@ impl Shards for LocalWorker {
         if !(1..=transactions::MAX_TIMEOUT_MS).contains(&timeout_ms) {
             return Err(WorkerError::Txn(TxnError::InvalidTransactionTimeout));
         }
-        let slot = shard.txns.slot(id);
-        let mut meta = slot.lock().await;
+        // Expiry may drop the slot while we wait for it: take the new one.
+        let mut meta = loop {
+            let slot = shard.txns.slot(id);
+            let meta = slot.clone().lock_owned().await;
+            if shard.txns.is_current(id, &slot) {
+                break meta;
+            }
+        };
         let now = now_ms();
         let next = match meta.as_ref() {
             None => TxnMeta {
@@ -717,6 +727,7 @@ impl Shards for LocalWorker {
                 id,
                 epoch: p.epoch,
                 last_sequence: p.last_seq().unwrap_or(-1),
+                txn_start_offset: p.open_txn.unwrap_or(-1),
                 last_timestamp: p.last_timestamp,
             })
             .collect())
@@ -1093,7 +1104,11 @@ async fn txn_timers(shard: Weak<Shard>, expiry: Duration) {
         }
         let now = now_ms();
         for (id, slot) in shard.txns.all() {
-            let mut guard = slot.lock().await;
+            // A busy id is looked at next round; one stuck request must not
+            // hold up every other id's timeout.
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
             let Some(meta) = guard.clone() else { continue };
             let result = if meta.state == TxnState::Ongoing {
                 if now < meta.started_ms + meta.timeout_ms as i64 {
@@ -1120,10 +1135,16 @@ async fn txn_timers(shard: Weak<Shard>, expiry: Duration) {
                 continue;
             };
             match result {
-                Ok(Some(next)) => *guard = Some(next),
+                Ok(Some(next)) => {
+                    if next.producer_id != meta.producer_id {
+                        shard.txns.forget_producer(meta.producer_id);
+                        shard.txns.map_producer(next.producer_id, &id);
+                    }
+                    *guard = Some(next);
+                }
                 Ok(None) => {
                     *guard = None;
-                    shard.txns.forget(&id, meta.producer_id);
+                    shard.txns.forget(&id, meta.producer_id, &slot);
                 }
                 Err(e) => tracing::warn!(transactional_id = %id, error = %e, "transaction timer"),
             }

@@ -133,6 +133,13 @@ impl Transactions {
         self.lock_ids().entry(id.to_string()).or_default().clone()
     }
 
+    /// Whether `slot` is still the id's (expiry may have dropped it).
+    pub fn is_current(&self, id: &str, slot: &Slot) -> bool {
+        self.lock_ids()
+            .get(id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+
     /// The id's slot if it exists.
     pub fn existing(&self, id: &str) -> Option<Slot> {
         self.lock_ids().get(id).cloned()
@@ -149,8 +156,14 @@ impl Transactions {
     }
 
     /// Drops an expired transactional id.
-    pub fn forget(&self, id: &str, producer_id: i64) {
-        self.lock_ids().remove(id);
+    pub fn forget(&self, id: &str, producer_id: i64, slot: &Slot) {
+        {
+            // Only this slot: one created since belongs to a newer init.
+            let mut ids = self.lock_ids();
+            if ids.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                ids.remove(id);
+            }
+        }
         let mut by = self.by_producer.lock().unwrap_or_else(|p| p.into_inner());
         if by.get(&producer_id).is_some_and(|t| t == id) {
             by.remove(&producer_id);
