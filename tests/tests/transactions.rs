@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
-use floe_e2e::records::{batch, transactional_batch};
+use floe_e2e::records::{batch, idempotent_batch, transactional_batch};
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
@@ -332,6 +332,9 @@ fn coordinator_errors_open_transactions_and_timeouts() {
         (4, 1),
         "the open transaction holds the LSO"
     );
+    // Its producer id cannot write outside the transaction either.
+    let r = produce(&mut c, "t", idempotent_batch(1, a.0, a.1 + 1, 0));
+    assert_eq!(r.error_code, InvalidTxnState.code());
     assert_eq!(state(&mut c, "a").0, "Ongoing");
 
     // kill -9: the transaction is still open, and still ends.
