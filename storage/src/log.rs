@@ -421,10 +421,10 @@ impl ShardLog {
         Ok(s.producers.iter().map(|(&id, p)| (id, p.clone())).collect())
     }
 
-    /// Forgets producers idle for `producer_expiry`; returns how many.
-    fn expire_producers(&self) -> usize {
+    /// Forgets producers idle for `producer_expiry`, and counts them.
+    fn expire_producers(&self) {
         let Some(ttl) = self.inner.cfg.producer_expiry else {
-            return 0;
+            return;
         };
         let before = now_ms().saturating_sub(ttl.as_millis() as i64);
         let mut core = self.inner.lock();
@@ -432,7 +432,11 @@ impl ShardLog {
         let idle = core.live.idle_producers(before);
         core.live.forget_producers(&idle);
         core.durable.forget_producers(&idle);
-        idle.len()
+        self.inner
+            .cfg
+            .stats
+            .expired_producers
+            .fetch_add(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The last stable offset of a stream (durable): below it every
@@ -697,6 +701,11 @@ fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, 
             .or_else(|| live.streams.get(stream)?.producers.get(&p.id));
         match producers::check(current, p, *offsets)? {
             Check::Duplicate(base) => out.push(Some(base)),
+            // As in `State::apply`: it ends nothing and leaves no state.
+            Check::Append if p.txn.is_marker() && current.is_none() => {
+                *next_offset += *offsets as i64;
+                out.push(None);
+            }
             Check::Append => {
                 let mut st = current.cloned().unwrap_or_else(|| ProducerState::new(p));
                 st.record(p, *next_offset, *offsets, *max_timestamp);

@@ -138,7 +138,7 @@ impl State {
                 // expired) ends nothing and leaves no state behind.
                 if let Some(p) = producer
                     .as_ref()
-                    .filter(|p| !(p.txn.is_marker() && !s.producers.contains_key(&p.id)))
+                    .filter(|p| !p.txn.is_marker() || s.producers.contains_key(&p.id))
                 {
                     let st = s
                         .producers

@@ -122,6 +122,25 @@ impl Shard {
         Ok(())
     }
 
+    /// An offset to commit, checked: its topic, partition and value.
+    fn checked_commit(
+        &self,
+        c: OffsetCommit,
+        commit_ms: i64,
+    ) -> Result<(Arc<TopicMeta>, i32, Committed)> {
+        let (topic, _) = self.stream(&c.topic, c.partition)?;
+        if c.metadata.len() > offsets::MAX_METADATA_BYTES {
+            return Err(WorkerError::OffsetMetadataTooLarge(c.metadata.len()));
+        }
+        let value = Committed {
+            offset: c.offset,
+            leader_epoch: c.leader_epoch,
+            metadata: c.metadata,
+            commit_ms,
+        };
+        Ok((topic, c.partition, value))
+    }
+
     /// The slot of an existing transactional id.
     fn txn_slot(&self, id: &str) -> Result<transactions::Slot> {
         self.txns
@@ -389,7 +408,7 @@ impl Shards for LocalWorker {
                 return Err(WorkerError::Txn(TxnError::InvalidTxnState));
             }
             // The log writes baseOffset when it assigns offsets.
-            let data = floe_common::batch::set_leader_epoch(data, epoch);
+            let data = batch::set_leader_epoch(data, epoch);
             let offsets = h.offset_count();
             entries.push(Entry::Append {
                 stream,
@@ -624,10 +643,7 @@ impl Shards for LocalWorker {
         let shard = self.shard(tenant).await?;
         let slot = shard.txn_slot(transactional_id)?;
         let mut guard = slot.lock().await;
-        let meta = guard
-            .as_ref()
-            .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
-        transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
+        let meta = named(&guard, producer)?;
         if meta.state != TxnState::Ongoing || !meta.groups.contains(group) {
             return Err(WorkerError::Txn(TxnError::InvalidTxnState));
         }
@@ -648,23 +664,15 @@ impl Shards for LocalWorker {
         let outcomes: Vec<Result<()>> = commits
             .into_iter()
             .map(|c| {
-                shard.stream(&c.topic, c.partition)?;
-                if c.metadata.len() > offsets::MAX_METADATA_BYTES {
-                    return Err(WorkerError::OffsetMetadataTooLarge(c.metadata.len()));
-                }
+                let (topic, partition, committed) = shard.checked_commit(c, commit_ms)?;
                 next.offsets.retain(|o| {
-                    !(o.group == group && o.topic == c.topic && o.partition == c.partition)
+                    !(o.group == group && o.topic == topic.name && o.partition == partition)
                 });
                 next.offsets.push(PendingOffset {
                     group: group.to_string(),
-                    topic: c.topic,
-                    partition: c.partition,
-                    committed: Committed {
-                        offset: c.offset,
-                        leader_epoch: c.leader_epoch,
-                        metadata: c.metadata,
-                        commit_ms,
-                    },
+                    topic: topic.name.clone(),
+                    partition,
+                    committed,
                 });
                 Ok(())
             })
@@ -685,10 +693,7 @@ impl Shards for LocalWorker {
         let shard = self.shard(tenant).await?;
         let slot = shard.txn_slot(transactional_id)?;
         let mut guard = slot.lock().await;
-        let meta = guard
-            .as_ref()
-            .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
-        transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
+        let meta = named(&guard, producer)?;
         match (meta.state, commit) {
             (TxnState::Ongoing, _) => {}
             // A retry of an EndTxn that completed.
@@ -757,18 +762,9 @@ impl Shards for LocalWorker {
         let outcomes: Vec<Result<()>> = commits
             .into_iter()
             .map(|c| {
-                let (topic, _) = shard.stream(&c.topic, c.partition)?;
-                if c.metadata.len() > offsets::MAX_METADATA_BYTES {
-                    return Err(WorkerError::OffsetMetadataTooLarge(c.metadata.len()));
-                }
-                let value = Committed {
-                    offset: c.offset,
-                    leader_epoch: c.leader_epoch,
-                    metadata: c.metadata,
-                    commit_ms,
-                };
+                let (topic, partition, value) = shard.checked_commit(c, commit_ms)?;
                 entries.push(Entry::Put {
-                    key: offsets::key(group, topic.id, c.partition),
+                    key: offsets::key(group, topic.id, partition),
                     value: Some(offsets::encode(&value)),
                 });
                 Ok(())
@@ -971,15 +967,21 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| WorkerError::Unavailable(format!("group task: {e}")))
 }
 
-/// The transaction of a request naming `producer` as it will be once the
-/// request is applied: it exists, is this producer's, and is ongoing
-/// (begun now if it was not). The caller persists it if it changed.
-fn open_txn(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<TxnMeta> {
+/// The transaction of a request naming `producer`, if it exists and is
+/// that producer's (Kafka's checks).
+fn named(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<&TxnMeta> {
     let meta = current
         .as_ref()
         .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
     transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
-    let mut next = meta.clone();
+    Ok(meta)
+}
+
+/// The transaction of a request naming `producer` as it will be once the
+/// request is applied: it exists, is this producer's, and is ongoing
+/// (begun now if it was not). The caller persists it if it changed.
+fn open_txn(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<TxnMeta> {
+    let mut next = named(current, producer)?.clone();
     if next.state != TxnState::Ongoing {
         next.state = TxnState::Ongoing;
         next.partitions.clear();
@@ -991,17 +993,24 @@ fn open_txn(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<TxnMeta> 
 }
 
 /// Writes a transactional id's new state, durably.
-async fn persist(shard: &Shard, id: &str, mut next: TxnMeta) -> Result<TxnMeta> {
+async fn persist(shard: &Shard, id: &str, next: TxnMeta) -> Result<TxnMeta> {
+    persist_with(shard, id, next, Vec::new()).await
+}
+
+/// Writes a transactional id's new state after `entries`, in one append,
+/// durably.
+async fn persist_with(
+    shard: &Shard,
+    id: &str,
+    mut next: TxnMeta,
+    mut entries: Vec<Entry>,
+) -> Result<TxnMeta> {
     next.updated_ms = now_ms();
-    shard
-        .log
-        .append(vec![Entry::Put {
-            key: TxnMeta::key(id),
-            value: Some(next.encode()),
-        }])
-        .await?
-        .durable()
-        .await?;
+    entries.push(Entry::Put {
+        key: TxnMeta::key(id),
+        value: Some(next.encode()),
+    });
+    shard.log.append(entries).await?.durable().await?;
     Ok(next)
 }
 
@@ -1083,13 +1092,7 @@ async fn finish_txn(
         meta.producer_id = producer_id;
         meta.epoch = epoch;
     }
-    meta.updated_ms = now;
-    entries.push(Entry::Put {
-        key: TxnMeta::key(id),
-        value: Some(meta.encode()),
-    });
-    shard.log.append(entries).await?.durable().await?;
-    Ok(meta)
+    persist_with(shard, id, meta, entries).await
 }
 
 /// Aborts transactions that ran past their timeout, under a new epoch that

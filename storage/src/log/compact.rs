@@ -81,15 +81,7 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
         if let Err(e) = m.sweep().await {
             tracing::warn!(error = %e, "sweep failed");
         }
-        let expired = m.log.expire_producers();
-        if expired > 0 {
-            m.log
-                .inner
-                .cfg
-                .stats
-                .expired_producers
-                .fetch_add(expired as u64, std::sync::atomic::Ordering::Relaxed);
-        }
+        m.log.expire_producers();
     }
 }
 
