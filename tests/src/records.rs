@@ -26,6 +26,32 @@ pub fn transactional_batch(n: usize, producer_id: i64, epoch: i16, seq: i32) -> 
     encode_with(n, 10, 1_700_000_000_000, (producer_id, epoch, seq), true)
 }
 
+/// A commit marker, as only the transaction coordinator may write one.
+pub fn control_batch(producer_id: i64, epoch: i16) -> Bytes {
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch: epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: Some(Bytes::from_static(&[0, 0, 0, 1])),
+        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+        headers: IndexMap::new(),
+    };
+    let mut buf = BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, [record].iter(), &opts).expect("batch encodes");
+    buf.freeze()
+}
+
 fn encode(n: usize, value_len: usize, ts: i64, producer: (i64, i16, i32)) -> Bytes {
     encode_with(n, value_len, ts, producer, false)
 }

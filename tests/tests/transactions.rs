@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
-use floe_e2e::records::{batch, idempotent_batch, transactional_batch};
+use floe_e2e::records::{batch, control_batch, idempotent_batch, transactional_batch};
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
@@ -332,6 +332,21 @@ fn coordinator_errors_open_transactions_and_timeouts() {
         (4, 1),
         "the open transaction holds the LSO"
     );
+    // Batches no client may send: a marker, a transactional batch without a
+    // producer, two producers' transactional batches in one request.
+    let two = [
+        transactional_batch(1, a.0, a.1, 2),
+        transactional_batch(1, a.0 + 7, 0, 0),
+    ]
+    .concat();
+    for bad in [
+        control_batch(a.0, a.1),
+        transactional_batch(1, -1, -1, -1),
+        Bytes::from(two),
+    ] {
+        assert_eq!(produce(&mut c, "t", bad).error_code, InvalidRecord.code());
+    }
+    assert_eq!(ends(&mut c, "t"), (4, 1), "nothing of them stored");
     // Its producer id cannot write outside the transaction either.
     let r = produce(&mut c, "t", idempotent_batch(1, a.0, a.1 + 1, 0));
     assert_eq!(r.error_code, InvalidTxnState.code());
