@@ -21,6 +21,7 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::InvalidProducerEpoch(_) => E::InvalidProducerEpoch,
         WorkerError::UnknownProducerId(_) => E::UnknownProducerId,
         WorkerError::OperationNotAttempted => E::OperationNotAttempted,
+        WorkerError::UnstableOffsetCommit => E::UnstableOffsetCommit,
         WorkerError::Txn(t) => match t {
             TxnError::InvalidProducerIdMapping => E::InvalidProducerIdMapping,
             TxnError::ProducerFenced => E::ProducerFenced,
@@ -32,6 +33,16 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
     }
     .code()
+}
+
+/// PRODUCER_FENCED came with KIP-588 (InitProducerId v4, AddPartitionsToTxn,
+/// AddOffsetsToTxn and EndTxn v2): older versions get INVALID_PRODUCER_EPOCH
+/// for it, as from Kafka.
+pub fn fenced_for(code: i16, version: i16, fenced_since: i16) -> i16 {
+    if code == E::ProducerFenced.code() && version < fenced_since {
+        return E::InvalidProducerEpoch.code();
+    }
+    code
 }
 
 pub fn group_code(e: &GroupError) -> i16 {

@@ -141,6 +141,11 @@ struct DevArgs {
     /// this long idle (Kafka's transactional.id.expiration.ms).
     #[arg(long, default_value_t = 604_800_000)]
     transactional_id_expiration_ms: u64,
+    /// A consumer group formed from empty waits this long for more members
+    /// before its first generation (Kafka's group.initial.rebalance.delay.ms,
+    /// same default): one rebalance while a fleet starts instead of many.
+    #[arg(long, default_value_t = 3000)]
+    group_initial_rebalance_delay_ms: u64,
     /// On Ctrl-C, how long to wait for in-flight requests before giving up.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -209,6 +214,9 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
             log,
             retention_every,
             transactional_id_expiration: Duration::from_millis(a.transactional_id_expiration_ms),
+            group_initial_rebalance_delay: Duration::from_millis(
+                a.group_initial_rebalance_delay_ms,
+            ),
         },
     ));
 

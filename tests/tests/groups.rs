@@ -385,6 +385,147 @@ async fn bad_group_requests_get_kafkas_errors() {
     assert_eq!(listed.groups[0].group_state.to_string(), "Empty");
 }
 
+/// A new group waits `--group-initial-rebalance-delay-ms` for more members;
+/// only ids the coordinator gave out may join; a static member that comes
+/// back gets a new id, keeps its assignment without a rebalance, and its old
+/// id is fenced (KIP-345).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_groups_wait_for_members_and_static_members_fence_their_old_ids() {
+    use bytes::Bytes;
+    use floe_e2e::raw::Conn;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::ResponseError as E;
+
+    let f = Floe::start(
+        temp_dir("groups-static"),
+        &["--group-initial-rebalance-delay-ms", "2000"],
+    );
+    let s = |x: &str| StrBytes::from_string(x.to_string());
+    let join = |group: &str, member: &str, instance: Option<&str>| {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(s(member))
+            .with_group_instance_id(instance.map(s))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(Bytes::from_static(b"sub"))])
+    };
+    let (mut a, mut b) = (Conn::connect(&f.bootstrap()), Conn::connect(&f.bootstrap()));
+    assert_eq!(
+        a.call(7, &join("g", "made-up", None)).error_code,
+        E::UnknownMemberId.code(),
+        "an id the coordinator never gave out"
+    );
+    // Two members a moment apart land in the first generation together.
+    let id_a = a.call(7, &join("g", "", None)).member_id.to_string();
+    let id_b = b.call(7, &join("g", "", None)).member_id.to_string();
+    a.send(7, &join("g", &id_a, None));
+    std::thread::sleep(Duration::from_millis(200));
+    b.send(7, &join("g", &id_b, None));
+    let (ja, jb) = (a.recv::<JoinGroupRequest>(7), b.recv::<JoinGroupRequest>(7));
+    assert_eq!((ja.error_code, jb.error_code), (0, 0));
+    assert_eq!((ja.generation_id, jb.generation_id), (1, 1));
+    assert_eq!(
+        ja.members.len() + jb.members.len(),
+        2,
+        "the leader sees both"
+    );
+
+    // Static members: one leads, the other follows.
+    a.send(7, &join("s", "", Some("i1")));
+    std::thread::sleep(Duration::from_millis(200));
+    b.send(7, &join("s", "", Some("i2")));
+    let (ra, rb) = (a.recv::<JoinGroupRequest>(7), b.recv::<JoinGroupRequest>(7));
+    assert_eq!((ra.generation_id, rb.generation_id), (1, 1));
+    let generation = 1;
+    let (mut lead, mut fol, lead_r, fol_r, lead_i, fol_i) = if ra.leader == ra.member_id {
+        (a, b, ra, rb, "i1", "i2")
+    } else {
+        (b, a, rb, ra, "i2", "i1")
+    };
+    let leader = lead_r.member_id.to_string();
+    let follower = fol_r.member_id.to_string();
+    let sync = |member: &str, instance: &str, assignments: &[(String, Bytes)]| {
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(s("s")))
+            .with_generation_id(generation)
+            .with_member_id(s(member))
+            .with_group_instance_id(Some(s(instance)))
+            .with_assignments(
+                assignments
+                    .iter()
+                    .map(|(m, a)| {
+                        sync_group_request::SyncGroupRequestAssignment::default()
+                            .with_member_id(s(m))
+                            .with_assignment(a.clone())
+                    })
+                    .collect(),
+            )
+    };
+    let given = vec![
+        (leader.clone(), Bytes::from_static(b"p0")),
+        (follower.clone(), Bytes::from_static(b"p1")),
+    ];
+    fol.send(3, &sync(&follower, fol_i, &[]));
+    assert_eq!(lead.call(3, &sync(&leader, lead_i, &given)).error_code, 0);
+    assert_eq!(fol.recv::<SyncGroupRequest>(3).assignment, given[1].1);
+
+    // The follower restarts: a new id, the same generation, no rebalance.
+    let back = fol.call(7, &join("s", "", Some(fol_i)));
+    let renewed = back.member_id.to_string();
+    assert_ne!(renewed, follower);
+    assert_eq!(
+        (back.error_code, back.generation_id, back.leader.to_string()),
+        (0, generation, leader.clone())
+    );
+    let again = fol.call(3, &sync(&renewed, fol_i, &[]));
+    assert_eq!(
+        (again.error_code, again.assignment),
+        (0, given[1].1.clone())
+    );
+    let hb = |member: &str, instance: Option<&str>| {
+        HeartbeatRequest::default()
+            .with_group_id(GroupId(s("s")))
+            .with_generation_id(generation)
+            .with_member_id(s(member))
+            .with_group_instance_id(instance.map(s))
+    };
+    assert_eq!(
+        lead.call(4, &hb(&leader, Some(lead_i))).error_code,
+        0,
+        "no rebalance"
+    );
+    assert_eq!(fol.call(4, &hb(&renewed, Some(fol_i))).error_code, 0);
+    assert_eq!(
+        fol.call(4, &hb(&follower, Some(fol_i))).error_code,
+        E::FencedInstanceId.code(),
+        "the old id, naming its instance"
+    );
+    assert_eq!(
+        fol.call(4, &hb(&follower, None)).error_code,
+        E::UnknownMemberId.code()
+    );
+    assert_eq!(
+        fol.call(7, &join("s", &follower, Some(fol_i))).error_code,
+        E::FencedInstanceId.code()
+    );
+    // The coordinator restarts: the new id is what it remembers.
+    drop((lead, fol));
+    let mut f = f;
+    f.restart();
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(c.call(4, &hb(&renewed, Some(fol_i))).error_code, 0);
+    assert_eq!(
+        c.call(4, &hb(&follower, Some(fol_i))).error_code,
+        E::FencedInstanceId.code()
+    );
+}
+
 /// DeleteGroups and OffsetDelete: only what no member uses goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_groups_and_offsets_spares_what_is_in_use() {

@@ -223,12 +223,36 @@ fn init_txn(c: &mut Conn, id: &str, timeout_ms: i32) -> (i64, i16) {
     (r.producer_id.0, r.producer_epoch)
 }
 
-fn add_partition(c: &mut Conn, id: &str, (pid, epoch): (i64, i16), topic: &str) -> i16 {
+/// InitProducerId naming the producer's current id and epoch (KIP-360):
+/// (error code, (id, epoch)).
+fn init_as(c: &mut Conn, version: i16, id: &str, (pid, epoch): (i64, i16)) -> (i16, (i64, i16)) {
+    let r = c.call(
+        version,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(id.into()))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch),
+    );
+    (r.error_code, (r.producer_id.0, r.producer_epoch))
+}
+
+fn add_partition(c: &mut Conn, id: &str, producer: (i64, i16), topic: &str) -> i16 {
+    add_partition_v(c, 3, id, producer, topic)
+}
+
+fn add_partition_v(
+    c: &mut Conn,
+    version: i16,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    topic: &str,
+) -> i16 {
     let t = AddPartitionsToTxnTopic::default()
         .with_name(name(topic))
         .with_partitions(vec![0]);
     let r = c.call(
-        3,
+        version,
         &AddPartitionsToTxnRequest::default()
             .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(id.into())))
             .with_v3_and_below_producer_id(ProducerId(pid))
@@ -388,6 +412,8 @@ fn coordinator_errors_open_transactions_and_timeouts() {
     assert_eq!(end_txn(&mut c, "b", b, true), ProducerFenced.code());
     let r = produce(&mut c, "u", transactional_batch(1, b.0, b.1, 3));
     assert_eq!(r.error_code, InvalidProducerEpoch.code());
+    // Nor can it re-initialise under its old epoch (Kafka's TV1 as well).
+    assert_eq!(init_as(&mut c, 4, "b", b).0, ProducerFenced.code());
 
     let listed = c.call(
         1,
@@ -407,8 +433,133 @@ fn coordinator_errors_open_transactions_and_timeouts() {
     assert_eq!(
         ids,
         vec![
-            ("a".to_string(), "CompleteCommit".to_string()),
+            // A new InitProducerId leaves its id Empty, as in Kafka.
+            ("a".to_string(), "Empty".to_string()),
             ("b".to_string(), "CompleteAbort".to_string())
         ]
     );
+}
+
+/// OffsetFetch v7 of partition 0 of `topic`: (error code, offset).
+fn fetch_offset(c: &mut Conn, group: &str, topic: &str, require_stable: bool) -> (i16, i64) {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
+    let r = c.call(
+        7,
+        &OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.into())))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(name(topic))
+                .with_partition_indexes(vec![0])]))
+            .with_require_stable(require_stable),
+    );
+    assert_eq!(r.error_code, 0);
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.committed_offset)
+}
+
+/// KIP-588's retried InitProducerId, PRODUCER_FENCED only for the versions
+/// that know it, and KIP-447's UNSTABLE_OFFSET_COMMIT while a transaction
+/// holds a group's offset.
+#[test]
+fn init_retries_fencing_versions_and_unstable_offsets() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        AddOffsetsToTxnRequest, GroupId, OffsetCommitRequest, TxnOffsetCommitRequest,
+    };
+    use ResponseError::*;
+    let f = Floe::start(temp_dir("txn-kip588"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    c.create_topic("t", 1);
+
+    let first = init_txn(&mut c, "x", 60_000);
+    // The producer bumps its epoch; the answer is lost and it asks again
+    // with the epoch it had: it gets the same new epoch, not a third one.
+    let (code, bumped) = init_as(&mut c, 4, "x", first);
+    assert_eq!((code, bumped), (0, (first.0, first.1 + 1)));
+    assert_eq!(init_as(&mut c, 4, "x", first), (0, bumped), "a retry");
+    assert_eq!(state(&mut c, "x"), ("Empty".to_string(), bumped.1));
+    // Anything else it names is fenced; old versions hear it as
+    // INVALID_PRODUCER_EPOCH.
+    let stale = (first.0, first.1 - 1);
+    assert_eq!(init_as(&mut c, 4, "x", stale).0, ProducerFenced.code());
+    assert_eq!(
+        init_as(&mut c, 3, "x", stale).0,
+        InvalidProducerEpoch.code()
+    );
+    let other = (first.0 + 1, bumped.1);
+    assert_eq!(init_as(&mut c, 4, "x", other).0, ProducerFenced.code());
+    assert_eq!(
+        add_partition_v(&mut c, 2, "x", first, "t"),
+        ProducerFenced.code()
+    );
+    assert_eq!(
+        add_partition_v(&mut c, 1, "x", first, "t"),
+        InvalidProducerEpoch.code()
+    );
+    let end_v1 = c.call(
+        1,
+        &EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str("x")))
+            .with_producer_id(ProducerId(first.0))
+            .with_producer_epoch(first.1)
+            .with_committed(false),
+    );
+    assert_eq!(end_v1.error_code, InvalidProducerEpoch.code());
+
+    // Offsets: 5 committed plainly, then 9 inside a transaction.
+    let plain = c.call(
+        8,
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(name("t"))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(5)])]),
+    );
+    assert_eq!(plain.topics[0].partitions[0].error_code, 0);
+    let x = bumped;
+    assert_eq!(add_partition(&mut c, "x", x, "t"), 0);
+    let added = c.call(
+        3,
+        &AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str("x")))
+            .with_producer_id(ProducerId(x.0))
+            .with_producer_epoch(x.1)
+            .with_group_id(GroupId(StrBytes::from_static_str("g"))),
+    );
+    assert_eq!(added.error_code, 0);
+    let txn_commit = c.call(
+        3,
+        &TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str("x")))
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_producer_id(ProducerId(x.0))
+            .with_producer_epoch(x.1)
+            .with_generation_id(-1)
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                .with_name(name("t"))
+                .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(9)])]),
+    );
+    assert_eq!(txn_commit.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        fetch_offset(&mut c, "g", "t", true),
+        (UnstableOffsetCommit.code(), -1),
+        "an open transaction holds the offset"
+    );
+    assert_eq!(fetch_offset(&mut c, "g", "t", false), (0, 5));
+    assert_eq!(fetch_offset(&mut c, "other", "t", true), (0, -1));
+    // While open, a retry naming the previous epoch is no retry: fenced.
+    assert_eq!(init_as(&mut c, 4, "x", first).0, ProducerFenced.code());
+    assert_eq!(end_txn(&mut c, "x", x, true), 0);
+    assert_eq!(fetch_offset(&mut c, "g", "t", true), (0, 9));
 }

@@ -1,8 +1,10 @@
 //! The group coordinator of one shard: runs each group's state machine
 //! ([`crate::groups`]), parks JoinGroup and SyncGroup requests until their
 //! answers come out, expires sessions on a timer, and writes a group's record
-//! (`g/{group}` → JSON) to the log, durably, before the answers that depend
-//! on it go out. A new owner of the shard recovers every group from there.
+//! (`g/{group}` → JSON) to the log when the group asks, telling the group
+//! once it is durable, so the answers that depend on it (assignments, a
+//! static member's new id) go out only then. A new owner of the shard
+//! recovers every group from there.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,18 +14,29 @@ use floe_storage::{Entry, ShardLog};
 use tokio::sync::{oneshot, Mutex, Notify};
 use tokio::time::Instant;
 
-use crate::groups::{Group, GroupError, Join, Joined, Member, Now, Record, Reply, State};
+use crate::groups::{
+    Group, GroupError, Join, Joined, Member, MemberRef, Now, Record, Reply, State,
+};
 
 const PREFIX: &str = "g/";
 
 /// How often the timer looks at sessions when no deadline is nearer.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 struct Slot {
     group: Group,
     joins: Waiting<Joined>,
     syncs: Waiting<Bytes>,
+}
+
+impl Slot {
+    fn new(group: Group) -> Self {
+        Self {
+            group,
+            joins: Waiting::new(),
+            syncs: Waiting::new(),
+        }
+    }
 }
 
 /// One group as DescribeGroups shows it.
@@ -40,6 +53,8 @@ pub struct Coordinator {
     /// their states were reached.
     groups: Mutex<HashMap<String, Slot>>,
     changed: Notify,
+    /// `group.initial.rebalance.delay.ms` of new groups.
+    initial_delay: Duration,
 }
 
 type Waiting<T> = HashMap<String, oneshot::Sender<Result<T, GroupError>>>;
@@ -71,7 +86,7 @@ async fn answer<T>(parked: Parked<T>) -> Result<T, GroupError> {
 
 impl Coordinator {
     /// Every group the log remembers, its members given a session from now.
-    pub fn load(log: &ShardLog) -> Self {
+    pub fn load(log: &ShardLog, initial_delay: Duration) -> Self {
         let now = Instant::now();
         let groups = log
             .scan(PREFIX.as_bytes())
@@ -79,18 +94,13 @@ impl Coordinator {
             .filter_map(|(k, v)| {
                 let name = std::str::from_utf8(&k[PREFIX.len()..]).ok()?.to_string();
                 let record: Record = serde_json::from_slice(&v).ok()?;
-                Some((
-                    name,
-                    Slot {
-                        group: Group::recover(record, now),
-                        ..Slot::default()
-                    },
-                ))
+                Some((name, Slot::new(Group::recover(record, now, initial_delay))))
             })
             .collect();
         Self {
             groups: Mutex::new(groups),
             changed: Notify::new(),
+            initial_delay,
         }
     }
 
@@ -98,11 +108,15 @@ impl Coordinator {
         let (parked, settled) = {
             let mut groups = self.groups.lock().await;
             let created = !groups.contains_key(group);
-            let slot = groups.entry(group.to_string()).or_default();
+            let slot = groups
+                .entry(group.to_string())
+                .or_insert_with(|| Slot::new(Group::new(self.initial_delay)));
             let (was, mut out) = (slot.group.state(), Vec::new());
             let now = slot.group.join(j, Instant::now(), &mut out);
-            // A refused first join leaves no group behind (ListGroups).
-            if let (true, Now::Answer(Err(e))) = (created, &now) {
+            // A refused first join leaves no group behind (ListGroups),
+            // but one asked to come back with an id keeps the promise.
+            let promised = matches!(&now, Now::Answer(Err(GroupError::MemberIdRequired(_))));
+            if let (true, false, Now::Answer(Err(e))) = (created, promised, &now) {
                 let e = e.clone();
                 groups.remove(group);
                 return Err(e);
@@ -110,8 +124,7 @@ impl Coordinator {
             let parked = park(now, &mut slot.joins);
             (parked, self.settle(log, group, slot, was, out).await)
         };
-        settled.send().await;
-        self.changed.notify_one();
+        self.finish(log, group, settled).await;
         answer(parked).await
     }
 
@@ -119,8 +132,7 @@ impl Coordinator {
         &self,
         log: &ShardLog,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Bytes, GroupError> {
         let (parked, settled) = {
@@ -128,26 +140,19 @@ impl Coordinator {
             let Some(slot) = groups.get_mut(group) else {
                 return Err(GroupError::UnknownMemberId);
             };
-            let (was, mut out) = (slot.group.state(), Vec::new());
-            let now = slot
-                .group
-                .sync(member, generation, assignments, Instant::now(), &mut out);
+            let was = slot.group.state();
+            let now = slot.group.sync(member, assignments, Instant::now());
             let parked = park(now, &mut slot.syncs);
-            (parked, self.settle(log, group, slot, was, out).await)
+            (parked, self.settle(log, group, slot, was, Vec::new()).await)
         };
-        settled.send().await;
+        self.finish(log, group, settled).await;
         answer(parked).await
     }
 
-    pub async fn heartbeat(
-        &self,
-        group: &str,
-        member: &str,
-        generation: i32,
-    ) -> Result<(), GroupError> {
+    pub async fn heartbeat(&self, group: &str, member: &MemberRef) -> Result<(), GroupError> {
         let mut groups = self.groups.lock().await;
         match groups.get_mut(group) {
-            Some(slot) => slot.group.heartbeat(member, generation, Instant::now()),
+            Some(slot) => slot.group.heartbeat(member, Instant::now()),
             None => Err(GroupError::UnknownMemberId),
         }
     }
@@ -174,8 +179,7 @@ impl Coordinator {
                 .collect();
             (outcomes, self.settle(log, group, slot, was, out).await)
         };
-        settled.send().await;
-        self.changed.notify_one();
+        self.finish(log, group, settled).await;
         outcomes
     }
 
@@ -235,17 +239,16 @@ impl Coordinator {
         &self,
         log: &ShardLog,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         has_offsets: bool,
         entries: Vec<Entry>,
     ) -> Result<Result<(), floe_storage::Error>, GroupError> {
         let appended = {
             let groups = self.groups.lock().await;
             match groups.get(group) {
-                Some(slot) => slot.group.may_commit(member, generation)?,
-                None if has_offsets => Group::new().may_commit(member, generation)?,
-                None if generation < 0 => false,
+                Some(slot) => slot.group.may_commit(member)?,
+                None if has_offsets => Group::new(self.initial_delay).may_commit(member)?,
+                None if member.generation < 0 => false,
                 None => return Err(GroupError::IllegalGeneration),
             };
             if entries.is_empty() {
@@ -303,22 +306,21 @@ impl Coordinator {
             for (name, slot) in groups.iter_mut() {
                 let (was, mut out) = (slot.group.state(), Vec::new());
                 slot.group.tick(now, &mut out);
-                settled.push(self.settle(log, name, slot, was, out).await);
+                settled.push((name.clone(), self.settle(log, name, slot, was, out).await));
                 if let Some(d) = slot.group.next_deadline() {
                     next = next.min(d.max(now + Duration::from_millis(10)));
                 }
             }
         }
-        for s in settled {
-            s.send().await;
+        for (name, s) in settled {
+            self.finish(log, &name, s).await;
         }
         next
     }
 
     /// Takes the waiting requests `out` answers, and appends the group's
-    /// record when the answers depend on it (a completed SyncGroup, or the
-    /// group emptied). The caller lets go of the lock, then [`Settled::send`]s:
-    /// the answers go out once the record is durable.
+    /// record if the group asks for it. The caller lets go of the lock,
+    /// then [`Coordinator::finish`]es.
     async fn settle(
         &self,
         log: &ShardLog,
@@ -333,20 +335,19 @@ impl Coordinator {
             tracing::info!(group, from = ?was, to = ?slot.group.state(), generation = r.generation,
                 leader = %r.leader, ?members, "group state");
         }
-        let synced = out.iter().any(|r| matches!(r, Reply::Sync(_, Ok(_))));
-        let emptied = was != State::Empty && slot.group.state() == State::Empty;
-        let record = if synced || emptied {
-            let value =
-                serde_json::to_vec(&slot.group.record()).expect("a group record serializes");
-            let entry = Entry::Put {
-                key: Bytes::from(format!("{PREFIX}{group}")),
-                value: Some(Bytes::from(value)),
-            };
-            // Appended under the lock, so records reach the log in the order
-            // their states were reached; waited for outside it.
-            Some(log.append(vec![entry]).await)
-        } else {
-            None
+        let record = match slot.group.take_store() {
+            Some(n) => {
+                let value =
+                    serde_json::to_vec(&slot.group.record()).expect("a group record serializes");
+                let entry = Entry::Put {
+                    key: Bytes::from(format!("{PREFIX}{group}")),
+                    value: Some(Bytes::from(value)),
+                };
+                // Appended under the lock, so records reach the log in the
+                // order their states were reached; waited for outside it.
+                Some((n, log.append(vec![entry]).await))
+            }
+            None => None,
         };
         let mut joins = Vec::new();
         let mut syncs = Vec::new();
@@ -362,6 +363,35 @@ impl Coordinator {
             syncs,
         }
     }
+
+    /// Sends the answers taken, then, once the record written with them is
+    /// durable (or failed), tells the group and sends what that settles.
+    async fn finish(&self, log: &ShardLog, group: &str, mut settled: Settled) {
+        loop {
+            for (tx, res) in settled.joins.drain(..) {
+                let _ = tx.send(res);
+            }
+            for (tx, res) in settled.syncs.drain(..) {
+                let _ = tx.send(res);
+            }
+            let Some((n, appended)) = settled.record.take() else {
+                break;
+            };
+            let ok = match appended {
+                Ok(a) => a.durable().await.is_ok(),
+                Err(_) => false,
+            };
+            let mut groups = self.groups.lock().await;
+            let Some(slot) = groups.get_mut(group) else {
+                break;
+            };
+            let (was, mut out) = (slot.group.state(), Vec::new());
+            slot.group.stored(n, ok, Instant::now(), &mut out);
+            settled = self.settle(log, group, slot, was, out).await;
+        }
+        // A deadline may have moved closer.
+        self.changed.notify_one();
+    }
 }
 
 /// A parked request's sender and what it will get.
@@ -370,30 +400,11 @@ type Answer<T> = (
     Result<T, GroupError>,
 );
 
-/// Answers taken from their group, waiting for its record to be durable.
-#[must_use = "answers go out only when sent"]
+/// Answers taken from their group, and the record write the group asked
+/// for with them.
+#[must_use = "answers go out only when finished"]
 struct Settled {
-    record: Option<Result<floe_storage::Appended, floe_storage::Error>>,
+    record: Option<(u64, Result<floe_storage::Appended, floe_storage::Error>)>,
     joins: Vec<Answer<Joined>>,
     syncs: Vec<Answer<Bytes>>,
-}
-
-impl Settled {
-    async fn send(self) {
-        let written = match self.record {
-            None => true,
-            Some(Ok(appended)) => appended.durable().await.is_ok(),
-            Some(Err(_)) => false,
-        };
-        for (tx, res) in self.joins {
-            let _ = tx.send(res);
-        }
-        for (tx, mut res) in self.syncs {
-            if !written && res.is_ok() {
-                // The members rejoin once the shard is healthy again.
-                res = Err(GroupError::CoordinatorNotAvailable);
-            }
-            let _ = tx.send(res);
-        }
-    }
 }

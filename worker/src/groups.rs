@@ -3,14 +3,20 @@
 //! of time, and says which waiting members get which answer. The caller
 //! (`coordinator.rs`) keeps one per group of the tenant's shard 0, parks
 //! each JoinGroup and SyncGroup until its answer comes out, and writes
-//! [`Group::record`] to the log before answering a SyncGroup.
+//! [`Group::record`] to the log whenever [`Group::take_store`] asks, telling
+//! the group through [`Group::stored`] once it is durable: answers that
+//! depend on the record (the assignment, a static member's new id) wait for
+//! that.
 //!
 //! States and errors follow Kafka's GroupCoordinator: Empty →
 //! PreparingRebalance (waiting for every member to rejoin, at most the
-//! longest rebalance timeout) → CompletingRebalance (waiting for the leader's
-//! assignment) → Stable. The client assigns partitions (eager or
+//! longest rebalance timeout; a group formed from Empty first waits
+//! `group.initial.rebalance.delay.ms` for more members) →
+//! CompletingRebalance (waiting for the leader's assignment, then for its
+//! record to be durable) → Stable. The client assigns partitions (eager or
 //! cooperative-sticky alike: the coordinator only relays); static members
-//! (`group.instance.id`) keep their place across restarts.
+//! (`group.instance.id`) keep their place across restarts, under a new
+//! member id that fences the old one (KIP-345).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -82,6 +88,14 @@ pub struct Join {
     pub require_known_member_id: bool,
 }
 
+/// A member as SyncGroup, Heartbeat and OffsetCommit name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+}
+
 /// A successful JoinGroup answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
@@ -128,6 +142,30 @@ struct Live {
     awaiting_sync: bool,
 }
 
+/// What a record being written settles once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    /// Nothing waits on it (the group emptied).
+    Nothing,
+    /// The leader's assignment: the group turns Stable and every member
+    /// parked on SyncGroup gets its part.
+    Assignment,
+    /// A static member's new id: its JoinGroup is answered, naming the
+    /// leader as it was before (so a replaced leader does not assign again
+    /// in a stable group: Kafka's rule).
+    Replaced { member: String, leader: String },
+}
+
+/// The initial join delay of a group formed from Empty.
+#[derive(Debug, Clone, Copy)]
+struct Initial {
+    /// How much longer the delay may be extended (the longest rebalance
+    /// timeout less what has passed).
+    remaining: Duration,
+    /// A new member joined during this round of the delay.
+    joined: bool,
+}
+
 #[derive(Debug)]
 pub struct Group {
     state: State,
@@ -138,12 +176,25 @@ pub struct Group {
     members: BTreeMap<String, Live>,
     /// Static members: instance id → member id.
     instances: BTreeMap<String, String>,
+    /// Ids given out with MEMBER_ID_REQUIRED, until their session would end
+    /// (Kafka's pending members): only these may join as new members.
+    promised: BTreeMap<String, Instant>,
     /// While PreparingRebalance: when the join phase ends regardless.
     join_deadline: Option<Instant>,
+    /// `group.initial.rebalance.delay.ms`.
+    initial_delay: Duration,
+    initial: Option<Initial>,
+    /// The record write asked for last (a counter) and what it settles.
+    pending: Option<(u64, Pending)>,
+    writes: u64,
+    /// The last write handed to the caller by [`Group::take_store`].
+    taken: u64,
 }
 
 impl Group {
-    pub fn new() -> Self {
+    /// An empty group; a join from Empty waits `initial_delay` for more
+    /// members before the first generation forms.
+    pub fn new(initial_delay: Duration) -> Self {
         Self {
             state: State::Empty,
             generation: 0,
@@ -152,14 +203,20 @@ impl Group {
             leader: String::new(),
             members: BTreeMap::new(),
             instances: BTreeMap::new(),
+            promised: BTreeMap::new(),
             join_deadline: None,
+            initial_delay,
+            initial: None,
+            pending: None,
+            writes: 0,
+            taken: 0,
         }
     }
 
     /// The group as the last owner left it: its members get a session
     /// timeout from `now` to show up again.
-    pub fn recover(r: Record, now: Instant) -> Self {
-        let mut g = Self::new();
+    pub fn recover(r: Record, now: Instant, initial_delay: Duration) -> Self {
+        let mut g = Self::new(initial_delay);
         g.generation = r.generation;
         g.protocol_type = r.protocol_type;
         g.protocol = r.protocol;
@@ -204,6 +261,72 @@ impl Group {
         }
     }
 
+    /// A record write the group needs before some answer can go out, named
+    /// by a number to give back to [`Group::stored`]. The caller writes
+    /// [`Group::record`] as it is now.
+    pub fn take_store(&mut self) -> Option<u64> {
+        let (n, _) = self.pending.as_ref()?;
+        if *n == self.taken {
+            return None;
+        }
+        self.taken = *n;
+        Some(*n)
+    }
+
+    /// Write `n` is durable (`ok`) or failed: what waited on it moves on.
+    pub fn stored(&mut self, n: u64, ok: bool, now: Instant, out: &mut Vec<Reply>) {
+        let Some(pending) = self.pending.take_if(|(w, _)| *w == n).map(|(_, p)| p) else {
+            return;
+        };
+        match pending {
+            Pending::Nothing => {}
+            Pending::Assignment if ok => {
+                self.state = State::Stable;
+                for l in self.members.values_mut() {
+                    if std::mem::take(&mut l.awaiting_sync) {
+                        out.push(Reply::Sync(l.m.id.clone(), Ok(l.m.assignment.clone())));
+                    }
+                }
+            }
+            Pending::Assignment => {
+                for l in self.members.values_mut() {
+                    l.m.assignment = Bytes::new();
+                    if std::mem::take(&mut l.awaiting_sync) {
+                        out.push(Reply::Sync(
+                            l.m.id.clone(),
+                            Err(GroupError::CoordinatorNotAvailable),
+                        ));
+                    }
+                }
+                self.prepare_rebalance(now, out);
+            }
+            Pending::Replaced { member, leader } => {
+                let joined = self.joined(&member);
+                let Some(l) = self.members.get_mut(&member) else {
+                    return;
+                };
+                if !std::mem::take(&mut l.awaiting_join) {
+                    return;
+                }
+                let answer = if ok {
+                    Ok(Joined {
+                        leader,
+                        members: Vec::new(),
+                        ..joined
+                    })
+                } else {
+                    Err(GroupError::CoordinatorNotAvailable)
+                };
+                out.push(Reply::Join(member, answer));
+            }
+        }
+    }
+
+    fn store(&mut self, p: Pending) {
+        self.writes += 1;
+        self.pending = Some((self.writes, p));
+    }
+
     /// JoinGroup. On `Wait`, the answer comes as a [`Reply::Join`] for the
     /// member, possibly already in `out`.
     pub fn join(&mut self, j: Join, now: Instant, out: &mut Vec<Reply>) -> Now<Joined> {
@@ -220,33 +343,41 @@ impl Group {
         if j.protocols.is_empty() || j.protocol_type.is_empty() || !compatible {
             return Now::Answer(Err(GroupError::InconsistentGroupProtocol));
         }
-        let id = match (&j.instance_id, j.member_id.is_empty()) {
-            // A static member coming back replaces its old member id, which
+        let known_instance = j
+            .instance_id
+            .as_ref()
+            .and_then(|i| self.instances.get(i))
+            .cloned();
+        let (id, replaced) = match (known_instance, j.member_id.is_empty()) {
+            // A static member coming back gets a new member id; the old one
             // is fenced from then on.
-            (Some(instance), _) if self.instances.contains_key(instance) => {
-                let old = self.instances[instance].clone();
-                if !j.member_id.is_empty() && j.member_id != old {
-                    return Now::Answer(Err(GroupError::FencedInstanceId));
-                }
-                old
+            (Some(old), true) => (self.new_member_id(&j.client_id), Some(old)),
+            (Some(old), false) if j.member_id != old => {
+                return Now::Answer(Err(GroupError::FencedInstanceId));
             }
-            (_, true) => {
+            (Some(old), false) => (old, None),
+            (None, true) => {
                 let id = self.new_member_id(&j.client_id);
                 if j.require_known_member_id && j.instance_id.is_none() {
+                    self.promised.insert(id.clone(), now + j.session_timeout);
                     return Now::Answer(Err(GroupError::MemberIdRequired(id)));
                 }
-                id
+                (id, None)
             }
-            (_, false) if !self.members.contains_key(&j.member_id) => {
-                // v4+ clients rejoin with the id we gave them; older ones
-                // never send an id we did not assign.
-                if !j.require_known_member_id {
+            (None, false) if !self.members.contains_key(&j.member_id) => {
+                // Only an id we gave out may join as a new member.
+                if self.promised.remove(&j.member_id).is_none() {
                     return Now::Answer(Err(GroupError::UnknownMemberId));
                 }
-                j.member_id.clone()
+                (j.member_id.clone(), None)
             }
-            (_, false) => j.member_id.clone(),
+            (None, false) => (j.member_id.clone(), None),
         };
+        let old_leader = self.leader.clone();
+        if let Some(old) = &replaced {
+            self.replace(old, &id, out);
+        }
+        let new_member = !self.members.contains_key(&id);
         let changed = self
             .members
             .get(&id)
@@ -274,14 +405,35 @@ impl Group {
         live.m.rebalance_timeout_ms = j.rebalance_timeout.as_millis() as u64;
         live.last_heard = now;
         self.protocol_type = j.protocol_type;
-        // A follower rejoining a stable group unchanged gets the current
-        // generation back without a rebalance, as in Kafka.
-        if self.state == State::Stable && !changed && id != self.leader {
-            return Now::Answer(Ok(self.joined(&id)));
+        match self.state {
+            // A static member replaced in a stable group keeps its
+            // assignment, unless its protocols change the group's choice:
+            // it gets the current generation once the new id is durable.
+            State::Stable if replaced.is_some() && self.vote() == self.protocol => {
+                self.park_join(&id);
+                self.store(Pending::Replaced {
+                    member: id.clone(),
+                    leader: old_leader,
+                });
+                return Now::Wait(id);
+            }
+            // A follower rejoining unchanged (it may have missed the
+            // answer) gets the current generation without a rebalance; the
+            // leader always rebalances in a stable group (Kafka's rules).
+            State::Stable if replaced.is_none() && !changed && id != self.leader => {
+                return Now::Answer(Ok(self.joined(&id)));
+            }
+            State::CompletingRebalance if replaced.is_none() && !changed => {
+                return Now::Answer(Ok(self.joined(&id)));
+            }
+            _ => {}
         }
-        if let Some(l) = self.members.get_mut(&id) {
-            l.awaiting_join = true;
+        if new_member && self.generation == 0 {
+            if let Some(i) = self.initial.as_mut() {
+                i.joined = true;
+            }
         }
+        self.park_join(&id);
         if self.state != State::PreparingRebalance {
             self.prepare_rebalance(now, out);
         }
@@ -289,54 +441,78 @@ impl Group {
         Now::Wait(id)
     }
 
+    fn park_join(&mut self, id: &str) {
+        if let Some(l) = self.members.get_mut(id) {
+            l.awaiting_join = true;
+        }
+    }
+
+    /// Moves a static member from its `old` member id to `new`: requests
+    /// parked under the old id are answered FENCED_INSTANCE_ID.
+    fn replace(&mut self, old: &str, new: &str, out: &mut Vec<Reply>) {
+        let Some(mut l) = self.members.remove(old) else {
+            return;
+        };
+        if std::mem::take(&mut l.awaiting_join) {
+            out.push(Reply::Join(
+                old.to_string(),
+                Err(GroupError::FencedInstanceId),
+            ));
+        }
+        if std::mem::take(&mut l.awaiting_sync) {
+            out.push(Reply::Sync(
+                old.to_string(),
+                Err(GroupError::FencedInstanceId),
+            ));
+        }
+        l.m.id = new.to_string();
+        if self.leader == old {
+            self.leader = new.to_string();
+        }
+        self.members.insert(new.to_string(), l);
+    }
+
+    /// SyncGroup. The leader's assignments are answered, to every member
+    /// parked here, once the group's record is durable ([`Group::stored`]).
     pub fn sync(
         &mut self,
-        member_id: &str,
-        generation: i32,
+        member: &MemberRef,
         assignments: Vec<(String, Bytes)>,
         now: Instant,
-        out: &mut Vec<Reply>,
     ) -> Now<Bytes> {
-        if let Err(e) = self.check_member(member_id, generation) {
+        if let Err(e) = self.check_member(member) {
             return Now::Answer(Err(e));
         }
+        let id = member.id.as_str();
         match self.state {
             State::Empty => Now::Answer(Err(GroupError::UnknownMemberId)),
             State::PreparingRebalance => Now::Answer(Err(GroupError::RebalanceInProgress)),
-            State::Stable => Now::Answer(Ok(self.members[member_id].m.assignment.clone())),
+            State::Stable => Now::Answer(Ok(self.members[id].m.assignment.clone())),
             State::CompletingRebalance => {
-                if let Some(l) = self.members.get_mut(member_id) {
+                if let Some(l) = self.members.get_mut(id) {
                     l.awaiting_sync = true;
                     l.last_heard = now;
                 }
-                if member_id == self.leader {
+                // A leader that asks again while its assignment is being
+                // written waits with the others.
+                if id == self.leader && self.pending.is_none() {
                     let mut given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
                     for l in self.members.values_mut() {
                         l.m.assignment = given.remove(&l.m.id).unwrap_or_default();
                     }
-                    self.state = State::Stable;
-                    for l in self.members.values_mut() {
-                        if std::mem::take(&mut l.awaiting_sync) {
-                            out.push(Reply::Sync(l.m.id.clone(), Ok(l.m.assignment.clone())));
-                        }
-                    }
+                    self.store(Pending::Assignment);
                 }
-                Now::Wait(member_id.to_string())
+                Now::Wait(id.to_string())
             }
         }
     }
 
-    pub fn heartbeat(
-        &mut self,
-        member_id: &str,
-        generation: i32,
-        now: Instant,
-    ) -> Result<(), GroupError> {
+    pub fn heartbeat(&mut self, member: &MemberRef, now: Instant) -> Result<(), GroupError> {
         if self.state == State::Empty {
             return Err(GroupError::UnknownMemberId);
         }
-        self.check_member(member_id, generation)?;
-        if let Some(l) = self.members.get_mut(member_id) {
+        self.check_member(member)?;
+        if let Some(l) = self.members.get_mut(&member.id) {
             l.last_heard = now;
         }
         match self.state {
@@ -389,7 +565,21 @@ impl Group {
         if !expired.is_empty() {
             self.rebalance_after_removal(now, out);
         }
+        self.promised.retain(|_, until| now < *until);
         if self.state == State::PreparingRebalance && self.join_deadline.is_some_and(|d| now >= d) {
+            // The initial delay goes on while new members keep coming, up
+            // to the longest rebalance timeout.
+            if let Some(i) = self.initial.take() {
+                if i.joined && !i.remaining.is_zero() {
+                    let delay = self.initial_delay.min(i.remaining);
+                    self.join_deadline = Some(now + delay);
+                    self.initial = Some(Initial {
+                        remaining: i.remaining - delay,
+                        joined: false,
+                    });
+                    return;
+                }
+            }
             let late: Vec<String> = self
                 .members
                 .values()
@@ -412,29 +602,39 @@ impl Group {
             .values()
             .filter(|l| !l.awaiting_join && !l.awaiting_sync)
             .map(|l| l.last_heard + Duration::from_millis(l.m.session_timeout_ms));
-        sessions.chain(self.join_deadline).min()
+        let promised = self.promised.values().copied();
+        sessions.chain(self.join_deadline).chain(promised).min()
     }
 
     /// OffsetCommit's membership check: `Ok(true)` for a member of the
     /// current generation, `Ok(false)` for a commit outside group management.
-    pub fn may_commit(&self, member_id: &str, generation: i32) -> Result<bool, GroupError> {
-        if generation < 0 && member_id.is_empty() && self.state == State::Empty {
+    pub fn may_commit(&self, member: &MemberRef) -> Result<bool, GroupError> {
+        if member.generation < 0 && member.id.is_empty() && self.state == State::Empty {
             return Ok(false);
         }
         // The member first: a stranger or a stale generation is told so,
         // not asked to wait (Kafka's order).
-        self.check_member(member_id, generation)?;
+        self.check_member(member)?;
         if self.state == State::CompletingRebalance {
             return Err(GroupError::RebalanceInProgress);
         }
         Ok(true)
     }
 
-    fn check_member(&self, member_id: &str, generation: i32) -> Result<(), GroupError> {
-        if !self.members.contains_key(member_id) {
+    /// Kafka's order: a static member's old id is fenced, then an unknown id
+    /// or a stale generation is refused.
+    fn check_member(&self, member: &MemberRef) -> Result<(), GroupError> {
+        let current = member
+            .instance_id
+            .as_ref()
+            .and_then(|i| self.instances.get(i));
+        if current.is_some_and(|id| *id != member.id) {
+            return Err(GroupError::FencedInstanceId);
+        }
+        if !self.members.contains_key(&member.id) {
             return Err(GroupError::UnknownMemberId);
         }
-        if generation != self.generation {
+        if member.generation != self.generation {
             return Err(GroupError::IllegalGeneration);
         }
         Ok(())
@@ -455,18 +655,33 @@ impl Group {
                 ));
             }
         }
-        let longest = self
-            .members
-            .values()
-            .map(|l| l.m.rebalance_timeout_ms)
-            .max()
-            .unwrap_or(0);
-        self.join_deadline = Some(now + Duration::from_millis(longest));
+        // A record in flight settles nothing now: its syncs were just
+        // answered, and a replaced static member is parked on its join.
+        self.pending = None;
+        let longest = Duration::from_millis(
+            self.members
+                .values()
+                .map(|l| l.m.rebalance_timeout_ms)
+                .max()
+                .unwrap_or(0),
+        );
+        if self.state == State::Empty && !self.initial_delay.is_zero() {
+            self.initial = Some(Initial {
+                remaining: longest.saturating_sub(self.initial_delay),
+                joined: false,
+            });
+            self.join_deadline = Some(now + self.initial_delay);
+        } else {
+            self.join_deadline = Some(now + longest);
+        }
         self.state = State::PreparingRebalance;
     }
 
     fn maybe_complete_join(&mut self, now: Instant, out: &mut Vec<Reply>) {
-        if self.state == State::PreparingRebalance && self.members.values().all(|l| l.awaiting_join)
+        // The initial delay runs its course even if everyone is in (Kafka).
+        if self.state == State::PreparingRebalance
+            && self.initial.is_none()
+            && self.members.values().all(|l| l.awaiting_join)
         {
             self.complete_join(now, out);
         }
@@ -476,11 +691,13 @@ impl Group {
     /// one that joined early must not expire while others took their time.
     fn complete_join(&mut self, now: Instant, out: &mut Vec<Reply>) {
         self.join_deadline = None;
+        self.initial = None;
         if self.members.is_empty() {
             self.state = State::Empty;
             self.generation += 1;
             self.protocol.clear();
             self.leader.clear();
+            self.store(Pending::Nothing);
             return;
         }
         self.generation += 1;
@@ -595,12 +812,6 @@ impl Group {
     }
 }
 
-impl Default for Group {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,6 +834,30 @@ mod tests {
             rebalance_timeout: REBALANCE,
             require_known_member_id: true,
         }
+    }
+
+    fn m(id: &str, generation: i32) -> MemberRef {
+        MemberRef {
+            id: id.to_string(),
+            instance_id: None,
+            generation,
+        }
+    }
+
+    /// SyncGroup, with the record it asks for written at once.
+    fn sync(
+        g: &mut Group,
+        id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+        out: &mut Vec<Reply>,
+    ) -> Now<Bytes> {
+        let r = g.sync(&m(id, generation), assignments, now);
+        if let Some(n) = g.take_store() {
+            g.stored(n, true, now, out);
+        }
+        r
     }
 
     /// Joins through KIP-394's round trip; returns the member id.
@@ -652,12 +887,19 @@ mod tests {
 
     /// A stable group of two, `a` leading, at generation 2.
     fn stable_pair(now: Instant) -> (Group, String, String) {
-        let mut g = Group::new();
+        let mut g = Group::new(Duration::ZERO);
         let mut out = Vec::new();
         let a = new_member(&mut g, now, &mut out);
         assert_eq!(joined(&mut out, &a).generation, 1);
         assert!(matches!(
-            g.sync(&a, 1, vec![(a.clone(), Bytes::from("p0-3"))], now, &mut out),
+            sync(
+                &mut g,
+                &a,
+                1,
+                vec![(a.clone(), Bytes::from("p0-3"))],
+                now,
+                &mut out
+            ),
             Now::Wait(_)
         ));
         assert_eq!(out, vec![Reply::Sync(a.clone(), Ok(Bytes::from("p0-3")))]);
@@ -665,7 +907,7 @@ mod tests {
         let b = new_member(&mut g, now, &mut out);
         assert!(out.is_empty(), "b waits for a to rejoin");
         assert_eq!(
-            g.heartbeat(&a, 1, now),
+            g.heartbeat(&m(&a, 1), now),
             Err(GroupError::RebalanceInProgress)
         );
         assert!(matches!(
@@ -679,12 +921,18 @@ mod tests {
         );
         assert_eq!(ja.members.len(), 2, "the leader sees every member");
         assert!(jb.members.is_empty());
-        assert!(matches!(g.sync(&b, 2, vec![], now, &mut out), Now::Wait(_)));
+        assert!(matches!(
+            sync(&mut g, &b, 2, vec![], now, &mut out),
+            Now::Wait(_)
+        ));
         let assign = vec![
             (a.clone(), Bytes::from("p0-1")),
             (b.clone(), Bytes::from("p2-3")),
         ];
-        assert!(matches!(g.sync(&a, 2, assign, now, &mut out), Now::Wait(_)));
+        assert!(matches!(
+            sync(&mut g, &a, 2, assign, now, &mut out),
+            Now::Wait(_)
+        ));
         out.sort_by_key(|r| format!("{r:?}"));
         let mut want = vec![
             Reply::Sync(a.clone(), Ok(Bytes::from("p0-1"))),
@@ -706,23 +954,26 @@ mod tests {
         let now = Instant::now();
         let (mut g, a, b) = stable_pair(now);
         let mut out = Vec::new();
-        assert_eq!(g.heartbeat(&a, 1, now), Err(GroupError::IllegalGeneration));
         assert_eq!(
-            g.heartbeat("nobody", 2, now),
+            g.heartbeat(&m(&a, 1), now),
+            Err(GroupError::IllegalGeneration)
+        );
+        assert_eq!(
+            g.heartbeat(&m("nobody", 2), now),
             Err(GroupError::UnknownMemberId)
         );
-        assert_eq!(g.heartbeat(&b, 2, now), Ok(()));
-        assert_eq!(g.may_commit(&b, 2), Ok(true));
-        assert_eq!(g.may_commit(&b, 1), Err(GroupError::IllegalGeneration));
+        assert_eq!(g.heartbeat(&m(&b, 2), now), Ok(()));
+        assert_eq!(g.may_commit(&m(&b, 2)), Ok(true));
+        assert_eq!(g.may_commit(&m(&b, 1)), Err(GroupError::IllegalGeneration));
         assert_eq!(
-            g.may_commit("", -1),
+            g.may_commit(&m("", -1)),
             Err(GroupError::UnknownMemberId),
             "a managed group takes no simple commits"
         );
         // A member leaves: the other must rejoin; syncs meanwhile are refused.
         assert_eq!(g.leave(&b, None, now, &mut out), Ok(()));
         assert_eq!(
-            g.sync(&a, 2, vec![], now, &mut out),
+            sync(&mut g, &a, 2, vec![], now, &mut out),
             Now::Answer(Err(GroupError::RebalanceInProgress))
         );
         assert!(matches!(
@@ -756,14 +1007,14 @@ mod tests {
         let mut out = Vec::new();
         // a heartbeats, b goes silent past its session: b is out.
         let later = now + SESSION / 2;
-        assert_eq!(g.heartbeat(&a, 2, later), Ok(()));
+        assert_eq!(g.heartbeat(&m(&a, 2), later), Ok(()));
         g.tick(now + SESSION, &mut out);
         assert_eq!(
-            g.heartbeat(&b, 2, now + SESSION),
+            g.heartbeat(&m(&b, 2), now + SESSION),
             Err(GroupError::UnknownMemberId)
         );
         assert_eq!(
-            g.heartbeat(&a, 2, now + SESSION),
+            g.heartbeat(&m(&a, 2), now + SESSION),
             Err(GroupError::RebalanceInProgress)
         );
         assert!(matches!(
@@ -784,7 +1035,7 @@ mod tests {
             (4, c.as_str(), 1)
         );
         assert_eq!(
-            g.heartbeat(&a, 3, t + REBALANCE),
+            g.heartbeat(&m(&a, 3), t + REBALANCE),
             Err(GroupError::UnknownMemberId)
         );
     }
@@ -792,7 +1043,7 @@ mod tests {
     #[test]
     fn static_members_keep_their_place_and_fence_their_old_selves() {
         let now = Instant::now();
-        let mut g = Group::new();
+        let mut g = Group::new(Duration::ZERO);
         let mut out = Vec::new();
         // Static members get their id at once (no KIP-394 round trip).
         assert!(matches!(
@@ -802,7 +1053,8 @@ mod tests {
         let id = g.instances.get("i1").cloned().expect("i1 joined");
         let first = joined(&mut out, &id);
         let leader = first.member_id.clone();
-        g.sync(
+        sync(
+            &mut g,
             &leader,
             1,
             vec![(leader.clone(), Bytes::from("all"))],
@@ -821,7 +1073,8 @@ mod tests {
         };
         g.join(join(&leader, Some("i1"), &["range"]), now, &mut out2);
         let j = joined(&mut out2, &follower_id);
-        g.sync(
+        sync(
+            &mut g,
             &leader,
             j.generation,
             vec![(follower_id.clone(), Bytes::from("half"))],
@@ -830,17 +1083,40 @@ mod tests {
         );
         out2.clear();
         assert_eq!(g.state(), State::Stable);
-        // The follower restarts: same instance, no member id: same place,
-        // same generation, no rebalance.
-        let again = g.join(join("", Some("i2"), &["range"]), now, &mut out2);
-        match again {
-            Now::Answer(Ok(j2)) => assert_eq!(
-                (j2.member_id, j2.generation),
-                (follower_id.clone(), j.generation)
-            ),
-            other => panic!("{other:?}"),
-        }
+        let generation = j.generation;
+        // The follower restarts: same instance, no member id. It gets a new
+        // id, the same generation and no rebalance, once the new id is
+        // durable.
+        let Now::Wait(renewed) = g.join(join("", Some("i2"), &["range"]), now, &mut out2) else {
+            panic!("a replaced static member waits for its record");
+        };
+        assert_ne!(renewed, follower_id);
+        assert!(out2.is_empty());
+        let n = g.take_store().expect("the new id is written first");
+        assert_eq!(g.take_store(), None, "one write asked for once");
+        g.stored(n, true, now, &mut out2);
+        let j2 = joined(&mut out2, &renewed);
+        assert_eq!(
+            (j2.generation, j2.leader.as_str(), j2.members.len()),
+            (generation, leader.as_str(), 0)
+        );
         assert_eq!(g.state(), State::Stable);
+        assert_eq!(
+            g.sync(&m(&renewed, generation), vec![], now),
+            Now::Answer(Ok(Bytes::from("half"))),
+            "the new id keeps the old one's assignment"
+        );
+        // The old id is fenced when it names its instance, unknown if not.
+        let old = MemberRef {
+            instance_id: Some("i2".to_string()),
+            ..m(&follower_id, generation)
+        };
+        assert_eq!(g.heartbeat(&old, now), Err(GroupError::FencedInstanceId));
+        assert_eq!(g.may_commit(&old), Err(GroupError::FencedInstanceId));
+        assert_eq!(
+            g.heartbeat(&m(&follower_id, generation), now),
+            Err(GroupError::UnknownMemberId)
+        );
         // A second process claiming i2 with another id is fenced.
         assert_eq!(
             g.join(join("someone-else", Some("i2"), &["range"]), now, &mut out2),
@@ -850,6 +1126,151 @@ mod tests {
             g.leave("someone-else", Some("i2"), now, &mut out2),
             Err(GroupError::FencedInstanceId)
         );
+        // The leader restarts: it is told the old leader id, so it does not
+        // assign again in a stable group, yet leads from now on.
+        let Now::Wait(new_leader) = g.join(join("", Some("i1"), &["range"]), now, &mut out2) else {
+            panic!("a replaced static member waits for its record");
+        };
+        let n = g.take_store().expect("written");
+        g.stored(n, true, now, &mut out2);
+        let j3 = joined(&mut out2, &new_leader);
+        assert_eq!(
+            (j3.generation, j3.leader.as_str()),
+            (generation, leader.as_str())
+        );
+        assert_eq!(g.record().leader, new_leader);
+        assert_eq!(g.state(), State::Stable);
+    }
+
+    #[test]
+    fn a_static_member_replaced_mid_rebalance_rebalances() {
+        let now = Instant::now();
+        let mut g = Group::new(Duration::ZERO);
+        let mut out = Vec::new();
+        g.join(join("", Some("i1"), &["range"]), now, &mut out);
+        let first = g.instances["i1"].clone();
+        assert_eq!(joined(&mut out, &first).generation, 1);
+        assert_eq!(g.state(), State::CompletingRebalance);
+        // The old id is parked on SyncGroup when its successor arrives.
+        assert!(matches!(g.sync(&m(&first, 1), vec![], now), Now::Wait(_)));
+        let Now::Wait(second) = g.join(join("", Some("i1"), &["range"]), now, &mut out) else {
+            panic!("waits for the rebalance");
+        };
+        assert!(out.contains(&Reply::Sync(
+            first.clone(),
+            Err(GroupError::FencedInstanceId)
+        )));
+        assert_eq!(joined(&mut out, &second).generation, 2);
+    }
+
+    #[test]
+    fn only_ids_given_out_may_join_and_unchanged_members_rejoin_in_place() {
+        let now = Instant::now();
+        let mut g = Group::new(Duration::ZERO);
+        let mut out = Vec::new();
+        assert_eq!(
+            g.join(join("made-up", None, &["range"]), now, &mut out),
+            Now::Answer(Err(GroupError::UnknownMemberId))
+        );
+        let a = new_member(&mut g, now, &mut out);
+        joined(&mut out, &a);
+        // A promised id not used within a session is forgotten.
+        let Now::Answer(Err(GroupError::MemberIdRequired(late))) =
+            g.join(join("", None, &["range"]), now, &mut out)
+        else {
+            panic!("asked for an id");
+        };
+        g.tick(now + SESSION, &mut out);
+        assert_eq!(
+            g.join(join(&late, None, &["range"]), now + SESSION, &mut out),
+            Now::Answer(Err(GroupError::UnknownMemberId))
+        );
+        // The leader lost its JoinGroup answer and asks again, unchanged,
+        // while the group completes: the same generation, with the members.
+        let mut g = Group::new(Duration::ZERO);
+        let a = new_member(&mut g, now, &mut out);
+        out.clear();
+        assert_eq!(g.state(), State::CompletingRebalance);
+        match g.join(join(&a, None, &["range"]), now, &mut out) {
+            Now::Answer(Ok(j)) => assert_eq!((j.generation, j.members.len()), (1, 1)),
+            other => panic!("{other:?}"),
+        }
+        // With other protocols it rebalances.
+        assert!(matches!(
+            g.join(join(&a, None, &["range", "sticky"]), now, &mut out),
+            Now::Wait(_)
+        ));
+        assert_eq!(joined(&mut out, &a).generation, 2);
+    }
+
+    #[test]
+    fn the_assignment_is_answered_once_durable() {
+        let now = Instant::now();
+        let mut g = Group::new(Duration::ZERO);
+        let mut out = Vec::new();
+        let a = new_member(&mut g, now, &mut out);
+        joined(&mut out, &a);
+        let b = new_member(&mut g, now, &mut out);
+        assert!(out.is_empty());
+        g.join(join(&a, None, &["range"]), now, &mut out);
+        let generation = joined(&mut out, &a).generation;
+        joined(&mut out, &b);
+        let assign = vec![(a.clone(), Bytes::from("x")), (b.clone(), Bytes::from("y"))];
+        assert!(matches!(
+            g.sync(&m(&a, generation), assign, now),
+            Now::Wait(_)
+        ));
+        let n = g.take_store().expect("the assignment is written");
+        // A follower arriving while it is written waits: not Stable yet.
+        assert_eq!(g.state(), State::CompletingRebalance);
+        assert!(matches!(
+            g.sync(&m(&b, generation), vec![], now),
+            Now::Wait(_)
+        ));
+        g.stored(n, false, now, &mut out);
+        out.sort_by_key(|r| format!("{r:?}"));
+        let mut want = vec![
+            Reply::Sync(a.clone(), Err(GroupError::CoordinatorNotAvailable)),
+            Reply::Sync(b.clone(), Err(GroupError::CoordinatorNotAvailable)),
+        ];
+        want.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(out, want, "a failed write answers nobody's assignment");
+        assert_eq!(g.state(), State::PreparingRebalance);
+        // A write the group no longer waits for settles nothing.
+        out.clear();
+        g.stored(n, true, now, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(g.state(), State::PreparingRebalance);
+    }
+
+    #[test]
+    fn a_new_group_waits_the_initial_delay_for_more_members() {
+        let delay = Duration::from_secs(3);
+        let now = Instant::now();
+        let mut g = Group::new(delay);
+        let mut out = Vec::new();
+        let a = new_member(&mut g, now, &mut out);
+        assert!(out.is_empty(), "everyone is in, yet the delay runs");
+        assert_eq!(g.next_deadline(), Some(now + delay));
+        let t1 = now + Duration::from_secs(1);
+        let b = new_member(&mut g, t1, &mut out);
+        // b came during the delay: one more round of it.
+        g.tick(now + delay, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(g.next_deadline(), Some(now + delay * 2));
+        g.tick(now + delay * 2, &mut out);
+        let (ja, jb) = (joined(&mut out, &a), joined(&mut out, &b));
+        assert_eq!((ja.generation, jb.generation), (1, 1));
+        assert_eq!(ja.members.len() + jb.members.len(), 2);
+        // Later rebalances of the group do not wait.
+        g.tick(now + delay * 2, &mut out);
+        let leader = if ja.members.is_empty() { &b } else { &a };
+        sync(&mut g, leader, 1, vec![], now + delay * 2, &mut out);
+        out.clear();
+        let c = new_member(&mut g, now + delay * 2, &mut out);
+        g.join(join(&a, None, &["range"]), now + delay * 2, &mut out);
+        g.join(join(&b, None, &["range"]), now + delay * 2, &mut out);
+        assert_eq!(joined(&mut out, &c).generation, 2);
     }
 
     #[test]
@@ -872,22 +1293,25 @@ mod tests {
         assert_eq!(joined(&mut out, &c).generation, 3);
         g.tick(late, &mut out);
         assert_eq!(
-            g.heartbeat(&c, 3, late),
+            g.heartbeat(&m(&c, 3), late),
             Ok(()),
             "c's session starts over when the join phase ends"
         );
         // A stale generation is told so even while the group completes.
-        assert_eq!(g.may_commit(&b, 2), Err(GroupError::IllegalGeneration));
-        assert_eq!(g.may_commit(&b, 3), Err(GroupError::RebalanceInProgress));
+        assert_eq!(g.may_commit(&m(&b, 2)), Err(GroupError::IllegalGeneration));
+        assert_eq!(
+            g.may_commit(&m(&b, 3)),
+            Err(GroupError::RebalanceInProgress)
+        );
         // b and c wait on SyncGroup longer than a session: they stay; the
         // leader, silent, expires, and they are asked to rejoin.
         out.clear();
         assert!(matches!(
-            g.sync(&b, 3, vec![], late, &mut out),
+            sync(&mut g, &b, 3, vec![], late, &mut out),
             Now::Wait(_)
         ));
         assert!(matches!(
-            g.sync(&c, 3, vec![], late, &mut out),
+            sync(&mut g, &c, 3, vec![], late, &mut out),
             Now::Wait(_)
         ));
         g.tick(late + SESSION, &mut out);
@@ -899,7 +1323,7 @@ mod tests {
         want.sort_by_key(|r| format!("{r:?}"));
         assert_eq!(out, want);
         assert_eq!(
-            g.heartbeat(&a, 3, late + SESSION),
+            g.heartbeat(&m(&a, 3), late + SESSION),
             Err(GroupError::UnknownMemberId)
         );
     }
@@ -911,18 +1335,18 @@ mod tests {
         let record = g.record();
         let json = serde_json::to_vec(&record).expect("serializes");
         let back: Record = serde_json::from_slice(&json).expect("parses");
-        let mut g = Group::recover(back, now + SESSION);
+        let mut g = Group::recover(back, now + SESSION, Duration::ZERO);
         assert_eq!((g.state(), g.generation()), (State::Stable, 2));
-        assert_eq!(g.heartbeat(&a, 2, now + SESSION), Ok(()));
+        assert_eq!(g.heartbeat(&m(&a, 2), now + SESSION), Ok(()));
         let mut out = Vec::new();
         assert_eq!(
-            g.sync(&b, 2, vec![], now + SESSION, &mut out),
+            sync(&mut g, &b, 2, vec![], now + SESSION, &mut out),
             Now::Answer(Ok(Bytes::from("p2-3")))
         );
         // Members that never come back expire a session after recovery.
         g.tick(now + SESSION * 2, &mut out);
         assert_eq!(
-            g.heartbeat(&b, 2, now + SESSION * 2),
+            g.heartbeat(&m(&b, 2), now + SESSION * 2),
             Err(GroupError::UnknownMemberId)
         );
     }

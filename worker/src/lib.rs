@@ -34,7 +34,7 @@ use tokio::sync::watch;
 pub use catalog::TopicMeta;
 pub use coordinator::Described;
 pub use floe_storage::{Appended, Read};
-pub use groups::{GroupError, Join, Joined, Member, State as GroupState};
+pub use groups::{GroupError, Join, Joined, Member, MemberRef, State as GroupState};
 pub use local::{LocalWorker, WorkerConfig};
 pub use offsets::Committed;
 pub use transactions::{TxnError, TxnMeta, TxnState};
@@ -79,6 +79,10 @@ pub enum WorkerError {
     /// Another part of the same request failed, so this one was not tried.
     #[error("not attempted: another partition of the request failed")]
     OperationNotAttempted,
+    /// OffsetFetch with `require_stable`: an open transaction has an offset
+    /// for this partition; ask again after it ends.
+    #[error("an open transaction has an offset for this partition")]
+    UnstableOffsetCommit,
     /// The transaction coordinator's answer (Kafka's error of the same name).
     #[error("transaction: {0:?}")]
     Txn(TxnError),
@@ -168,6 +172,10 @@ impl Accepted {
         Ok(self.appended.durable().await?)
     }
 }
+
+/// OffsetFetch's answer: (topic, partition, the committed offset if any, or
+/// why it cannot be given).
+pub type CommittedOffsets = Vec<(String, i32, Result<Option<Committed>>)>;
 
 /// The gateway ↔ worker boundary. Every call names its tenant; nothing here
 /// speaks the wire protocol.
@@ -269,15 +277,13 @@ pub trait Shards: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// TxnOffsetCommit: offsets that become committed when the transaction
     /// commits. One outcome per offset.
-    #[allow(clippy::too_many_arguments)]
     fn txn_offset_commit(
         &self,
         tenant: &TenantId,
         transactional_id: &str,
         producer: (i64, i16),
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         offsets: Vec<OffsetCommit>,
     ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
     /// EndTxn: markers on every partition, and on commit the offsets, in one
@@ -306,26 +312,28 @@ pub trait Shards: Send + Sync + 'static {
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;
     /// OffsetCommit for `group`: every accepted offset is durable, all in one
     /// log object, when this returns. A member of the current generation may
-    /// commit; so may anyone, with `generation` below 0, to a group without
+    /// commit; so may anyone, with a generation below 0, to a group without
     /// members (a consumer that assigns its own partitions).
     /// One outcome per offset, in order.
     fn commit_offsets(
         &self,
         tenant: &TenantId,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         offsets: Vec<OffsetCommit>,
     ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
     /// OffsetFetch for `group`: the committed offset of each of `partitions`
     /// (`None` where nothing is committed), or of every partition of an
-    /// existing topic the group committed, for `None`.
+    /// existing topic the group committed, for `None`. With `require_stable`,
+    /// a partition an open transaction has an offset for is
+    /// [`WorkerError::UnstableOffsetCommit`] (KIP-447).
     fn committed(
         &self,
         tenant: &TenantId,
         group: &str,
         partitions: Option<Vec<(String, i32)>>,
-    ) -> impl Future<Output = Result<Vec<(String, i32, Option<Committed>)>>> + Send;
+        require_stable: bool,
+    ) -> impl Future<Output = Result<CommittedOffsets>> + Send;
     /// JoinGroup: answers when the group's join phase completes. The outer
     /// error is the shard's; the inner one the group protocol's.
     fn join_group(
@@ -340,16 +348,14 @@ pub trait Shards: Send + Sync + 'static {
         &self,
         tenant: &TenantId,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         assignments: Vec<(String, Bytes)>,
     ) -> impl Future<Output = Result<Result<Bytes, GroupError>>> + Send;
     fn heartbeat(
         &self,
         tenant: &TenantId,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
     ) -> impl Future<Output = Result<Result<(), GroupError>>> + Send;
     /// LeaveGroup for (member id, instance id)s; one outcome each.
     fn leave_group(

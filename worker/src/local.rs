@@ -17,10 +17,12 @@ use tokio::sync::watch;
 
 use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
 use crate::coordinator::{Coordinator, Described};
-use crate::groups::{GroupError, Join, Joined, State as GroupState};
+use crate::groups::{GroupError, Join, Joined, MemberRef, State as GroupState};
 use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
-use crate::transactions::{self, PendingOffset, Transactions, TxnError, TxnMeta, TxnState};
+use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
+mod txn;
+
 use crate::{
     Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Result, Shards, WorkerError,
 };
@@ -34,6 +36,11 @@ pub struct WorkerConfig {
     /// A transactional id without an ongoing transaction is forgotten after
     /// this long idle (Kafka's `transactional.id.expiration.ms`).
     pub transactional_id_expiration: Duration,
+    /// How long a group formed from Empty waits for more members before
+    /// its first generation (Kafka's `group.initial.rebalance.delay.ms`):
+    /// fewer rebalances while a fleet of consumers starts, at the cost of
+    /// this much latency for the first one.
+    pub group_initial_rebalance_delay: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -42,6 +49,7 @@ impl Default for WorkerConfig {
             log: LogConfig::default(),
             retention_every: Duration::from_secs(5),
             transactional_id_expiration: Duration::from_secs(7 * 24 * 3600),
+            group_initial_rebalance_delay: Duration::from_secs(3),
         }
     }
 }
@@ -68,7 +76,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn load(log: ShardLog) -> Self {
+    fn load(log: ShardLog, cfg: &WorkerConfig) -> Self {
         let topics = log
             .scan(catalog::PREFIX)
             .into_iter()
@@ -76,7 +84,7 @@ impl Shard {
             .map(|t| (t.name.clone(), Arc::new(t)))
             .collect();
         Self {
-            groups: Coordinator::load(&log),
+            groups: Coordinator::load(&log, cfg.group_initial_rebalance_delay),
             producer_ids: ProducerIds::load(&log),
             txns: Transactions::load(&log),
             log,
@@ -141,13 +149,6 @@ impl Shard {
         Ok((topic, c.partition, value))
     }
 
-    /// The slot of an existing transactional id.
-    fn txn_slot(&self, id: &str) -> Result<transactions::Slot> {
-        self.txns
-            .existing(id)
-            .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))
-    }
-
     fn new_streams(&self, n: usize) -> (Vec<u64>, Vec<Entry>) {
         let ids: Vec<u64> = (0..n).map(|_| self.log.allocate_stream().0).collect();
         let entries = ids
@@ -194,14 +195,14 @@ impl LocalWorker {
         }
         let prefix = Path::from(shard_prefix(tenant, 0));
         let log = ShardLog::open(self.store.clone(), prefix, self.cfg.log.clone()).await?;
-        let shard = Arc::new(Shard::load(log));
+        let shard = Arc::new(Shard::load(log, &self.cfg));
         self.open
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(tenant.clone(), shard.clone());
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
         tokio::spawn(group_timers(Arc::downgrade(&shard)));
-        tokio::spawn(txn_timers(
+        tokio::spawn(txn::txn_timers(
             Arc::downgrade(&shard),
             self.cfg.transactional_id_expiration,
         ));
@@ -529,56 +530,8 @@ impl Shards for LocalWorker {
             // from Kafka: its sequences start again at 0 on every partition.
             return Ok((shard.producer_ids.allocate(&shard.log).await?, 0));
         };
-        if !(1..=transactions::MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(WorkerError::Txn(TxnError::InvalidTransactionTimeout));
-        }
-        // Expiry may drop the slot while we wait for it: take the new one.
-        let mut meta = loop {
-            let slot = shard.txns.slot(id);
-            let meta = slot.clone().lock_owned().await;
-            if shard.txns.is_current(id, &slot) {
-                break meta;
-            }
-        };
-        let now = now_ms();
-        let next = match meta.as_ref() {
-            None => TxnMeta {
-                producer_id: shard.producer_ids.allocate(&shard.log).await?,
-                epoch: 0,
-                timeout_ms,
-                state: TxnState::Empty,
-                partitions: Default::default(),
-                groups: Default::default(),
-                offsets: Vec::new(),
-                started_ms: now,
-                updated_ms: now,
-            },
-            Some(m) => {
-                if let Some(c) = current.filter(|c| c.0 >= 0) {
-                    if c != (m.producer_id, m.epoch) {
-                        return Err(WorkerError::Txn(TxnError::ProducerFenced));
-                    }
-                }
-                let mut m = m.clone();
-                m.timeout_ms = timeout_ms;
-                m
-            }
-        };
-        // A new epoch fences every older instance; an ongoing transaction
-        // is aborted under it.
-        let next = if meta.is_some() {
-            let fresh = fresh_identity(&shard, &next).await?;
-            fence(&shard, id, next, fresh).await?
-        } else {
-            finish_txn(&shard, id, next, false, None).await?
-        };
-        if let Some(old) = meta.as_ref().filter(|m| m.producer_id != next.producer_id) {
-            shard.txns.forget_producer(old.producer_id);
-        }
-        shard.txns.map_producer(next.producer_id, id);
-        let out = (next.producer_id, next.epoch);
-        *meta = Some(next);
-        Ok(out)
+        let id = id.to_string();
+        detached(shard.init_transactional(id, timeout_ms, current)).await?
     }
 
     async fn add_partitions_to_txn(
@@ -589,25 +542,8 @@ impl Shards for LocalWorker {
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<Result<()>>> {
         let shard = self.shard(tenant).await?;
-        let slot = shard.txn_slot(transactional_id)?;
-        let mut guard = slot.lock().await;
-        let mut next = open_txn(&guard, producer)?;
-        let found: Vec<Result<()>> = partitions
-            .iter()
-            .map(|(t, p)| shard.stream(t, *p).map(|_| ()))
-            .collect();
-        if found.iter().any(|r| r.is_err()) {
-            // Kafka adds none: the others are not attempted.
-            return Ok(found
-                .into_iter()
-                .map(|r| r.and(Err(WorkerError::OperationNotAttempted)))
-                .collect());
-        }
-        next.partitions.extend(partitions);
-        if guard.as_ref() != Some(&next) {
-            *guard = Some(persist(&shard, transactional_id, next).await?);
-        }
-        Ok(found)
+        let id = transactional_id.to_string();
+        detached(shard.add_partitions_to_txn(id, producer, partitions)).await?
     }
 
     async fn add_offsets_to_txn(
@@ -619,14 +555,8 @@ impl Shards for LocalWorker {
     ) -> Result<()> {
         offsets::validate_group(group)?;
         let shard = self.shard(tenant).await?;
-        let slot = shard.txn_slot(transactional_id)?;
-        let mut guard = slot.lock().await;
-        let mut next = open_txn(&guard, producer)?;
-        next.groups.insert(group.to_string());
-        if guard.as_ref() != Some(&next) {
-            *guard = Some(persist(&shard, transactional_id, next).await?);
-        }
-        Ok(())
+        let (id, group) = (transactional_id.to_string(), group.to_string());
+        detached(shard.add_offsets_to_txn(id, producer, group)).await?
     }
 
     async fn txn_offset_commit(
@@ -635,52 +565,17 @@ impl Shards for LocalWorker {
         transactional_id: &str,
         producer: (i64, i16),
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         commits: Vec<OffsetCommit>,
     ) -> Result<Vec<Result<()>>> {
         offsets::validate_group(group)?;
         let shard = self.shard(tenant).await?;
-        let slot = shard.txn_slot(transactional_id)?;
-        let mut guard = slot.lock().await;
-        let meta = named(&guard, producer)?;
-        if meta.state != TxnState::Ongoing || !meta.groups.contains(group) {
-            return Err(WorkerError::Txn(TxnError::InvalidTxnState));
-        }
-        // Older producers send no generation: nothing to check then.
-        if generation >= 0 {
-            let has_offsets = shard.log.has_prefix(&offsets::group_prefix(group));
-            match shard
-                .groups
-                .commit(&shard.log, group, member, generation, has_offsets, vec![])
-                .await
-            {
-                Err(e) => return Err(WorkerError::Group(e)),
-                Ok(r) => r?,
-            }
-        }
-        let commit_ms = now_ms();
-        let mut next = meta.clone();
-        let outcomes: Vec<Result<()>> = commits
-            .into_iter()
-            .map(|c| {
-                let (topic, partition, committed) = shard.checked_commit(c, commit_ms)?;
-                next.offsets.retain(|o| {
-                    !(o.group == group && o.topic == topic.name && o.partition == partition)
-                });
-                next.offsets.push(PendingOffset {
-                    group: group.to_string(),
-                    topic: topic.name.clone(),
-                    partition,
-                    committed,
-                });
-                Ok(())
-            })
-            .collect();
-        if guard.as_ref() != Some(&next) {
-            *guard = Some(persist(&shard, transactional_id, next).await?);
-        }
-        Ok(outcomes)
+        let (id, group, member) = (
+            transactional_id.to_string(),
+            group.to_string(),
+            member.clone(),
+        );
+        detached(shard.txn_offset_commit(id, producer, group, member, commits)).await?
     }
 
     async fn end_txn(
@@ -691,18 +586,8 @@ impl Shards for LocalWorker {
         commit: bool,
     ) -> Result<()> {
         let shard = self.shard(tenant).await?;
-        let slot = shard.txn_slot(transactional_id)?;
-        let mut guard = slot.lock().await;
-        let meta = named(&guard, producer)?;
-        match (meta.state, commit) {
-            (TxnState::Ongoing, _) => {}
-            // A retry of an EndTxn that completed.
-            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
-            _ => return Err(WorkerError::Txn(TxnError::InvalidTxnState)),
-        }
-        let next = finish_txn(&shard, transactional_id, meta.clone(), commit, None).await?;
-        *guard = Some(next);
-        Ok(())
+        let id = transactional_id.to_string();
+        detached(shard.end_txn(id, producer, commit)).await?
     }
 
     async fn transactions(&self, tenant: &TenantId) -> Result<Vec<(String, TxnMeta)>> {
@@ -750,8 +635,7 @@ impl Shards for LocalWorker {
         &self,
         tenant: &TenantId,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         commits: Vec<OffsetCommit>,
     ) -> Result<Vec<Result<()>>> {
         offsets::validate_group(group)?;
@@ -772,7 +656,7 @@ impl Shards for LocalWorker {
             .collect();
         let committed = shard
             .groups
-            .commit(&shard.log, group, member, generation, has_offsets, entries)
+            .commit(&shard.log, group, member, has_offsets, entries)
             .await;
         match committed {
             // A group error is every partition's, whatever else was wrong.
@@ -802,16 +686,15 @@ impl Shards for LocalWorker {
         &self,
         tenant: &TenantId,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<Result<Bytes, GroupError>> {
         let shard = self.group_shard(tenant, group).await?;
-        let (group, member) = (group.to_string(), member.to_string());
+        let (group, member) = (group.to_string(), member.clone());
         detached(async move {
             shard
                 .groups
-                .sync(&shard.log, &group, &member, generation, assignments)
+                .sync(&shard.log, &group, &member, assignments)
                 .await
         })
         .await
@@ -821,11 +704,10 @@ impl Shards for LocalWorker {
         &self,
         tenant: &TenantId,
         group: &str,
-        member: &str,
-        generation: i32,
+        member: &MemberRef,
     ) -> Result<Result<(), GroupError>> {
         let shard = self.group_shard(tenant, group).await?;
-        Ok(shard.groups.heartbeat(group, member, generation).await)
+        Ok(shard.groups.heartbeat(group, member).await)
     }
 
     async fn leave_group(
@@ -913,9 +795,16 @@ impl Shards for LocalWorker {
         tenant: &TenantId,
         group: &str,
         partitions: Option<Vec<(String, i32)>>,
-    ) -> Result<Vec<(String, i32, Option<Committed>)>> {
+        require_stable: bool,
+    ) -> Result<crate::CommittedOffsets> {
         offsets::validate_group(group)?;
         let shard = self.shard(tenant).await?;
+        let stable = |topic: &str, partition: i32, c: Option<Committed>| {
+            if require_stable && shard.txns.unstable(group, topic, partition) {
+                return Err(WorkerError::UnstableOffsetCommit);
+            }
+            Ok(c)
+        };
         let Some(partitions) = partitions else {
             let names: HashMap<u128, String> = {
                 let topics = shard.topics.read().unwrap_or_else(|p| p.into_inner());
@@ -928,11 +817,9 @@ impl Shards for LocalWorker {
                 .into_iter()
                 .filter_map(|(k, v)| {
                     let (id, partition) = offsets::parse_key(group, &k)?;
-                    Some((
-                        names.get(&id)?.clone(),
-                        partition,
-                        Some(offsets::decode(&v)?),
-                    ))
+                    let name = names.get(&id)?.clone();
+                    let c = stable(&name, partition, Some(offsets::decode(&v)?));
+                    Some((name, partition, c))
                 })
                 .collect());
         };
@@ -943,6 +830,7 @@ impl Shards for LocalWorker {
                     let v = shard.log.get(&offsets::key(group, t.id, partition))?;
                     offsets::decode(&v)
                 });
+                let c = stable(&topic, partition, c);
                 (topic, partition, c)
             })
             .collect())
@@ -956,203 +844,15 @@ impl LocalWorker {
     }
 }
 
-/// Runs a group change in a task of its own: a request dropped mid-way (its
-/// connection closed) must not strand the answers of the group's other
-/// members, which the change settles.
+/// Runs a coordinator change in a task of its own: a request dropped
+/// mid-way (its connection closed) must not strand the answers of a group's
+/// other members, nor leave state in memory behind the log's.
 async fn detached<T: Send + 'static>(
     f: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T> {
     tokio::spawn(f)
         .await
-        .map_err(|e| WorkerError::Unavailable(format!("group task: {e}")))
-}
-
-/// The transaction of a request naming `producer`, if it exists and is
-/// that producer's (Kafka's checks).
-fn named(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<&TxnMeta> {
-    let meta = current
-        .as_ref()
-        .ok_or(WorkerError::Txn(TxnError::InvalidProducerIdMapping))?;
-    transactions::check_producer(meta, producer.0, producer.1).map_err(WorkerError::Txn)?;
-    Ok(meta)
-}
-
-/// The transaction of a request naming `producer` as it will be once the
-/// request is applied: it exists, is this producer's, and is ongoing
-/// (begun now if it was not). The caller persists it if it changed.
-fn open_txn(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<TxnMeta> {
-    let mut next = named(current, producer)?.clone();
-    if next.state != TxnState::Ongoing {
-        next.state = TxnState::Ongoing;
-        next.partitions.clear();
-        next.groups.clear();
-        next.offsets.clear();
-        next.started_ms = now_ms();
-    }
-    Ok(next)
-}
-
-/// Writes a transactional id's new state, durably.
-async fn persist(shard: &Shard, id: &str, next: TxnMeta) -> Result<TxnMeta> {
-    persist_with(shard, id, next, Vec::new()).await
-}
-
-/// Writes a transactional id's new state after `entries`, in one append,
-/// durably.
-async fn persist_with(
-    shard: &Shard,
-    id: &str,
-    mut next: TxnMeta,
-    mut entries: Vec<Entry>,
-) -> Result<TxnMeta> {
-    next.updated_ms = now_ms();
-    entries.push(Entry::Put {
-        key: TxnMeta::key(id),
-        value: Some(next.encode()),
-    });
-    shard.log.append(entries).await?.durable().await?;
-    Ok(next)
-}
-
-/// The (producer id, epoch) that fences `meta`'s: the next epoch, or a new
-/// producer id once epochs run out.
-async fn fresh_identity(shard: &Shard, meta: &TxnMeta) -> Result<(i64, i16)> {
-    if meta.epoch >= i16::MAX - 1 {
-        return Ok((shard.producer_ids.allocate(&shard.log).await?, 0));
-    }
-    Ok((meta.producer_id, meta.epoch + 1))
-}
-
-/// Moves a transactional id to `fresh`, aborting its ongoing transaction
-/// (if any) under the new epoch, so the old one can write nothing more.
-async fn fence(shard: &Shard, id: &str, mut meta: TxnMeta, fresh: (i64, i16)) -> Result<TxnMeta> {
-    if fresh.0 == meta.producer_id {
-        meta.epoch = fresh.1;
-    }
-    finish_txn(shard, id, meta, false, Some(fresh)).await
-}
-
-/// Ends `meta`'s transaction if it is ongoing — markers under its producer
-/// id and epoch on each of its partitions and, on commit, its offsets —
-/// then takes the identity `then` if given and writes the resulting state:
-/// all in one append, durably.
-async fn finish_txn(
-    shard: &Shard,
-    id: &str,
-    mut meta: TxnMeta,
-    commit: bool,
-    then: Option<(i64, i16)>,
-) -> Result<TxnMeta> {
-    let now = now_ms();
-    let mut entries = Vec::new();
-    if meta.state == TxnState::Ongoing {
-        let leader = leader_epoch(&shard.log);
-        for (topic, partition) in &meta.partitions {
-            // A partition of a topic deleted meanwhile has nothing to end.
-            let Ok((_, stream)) = shard.stream(topic, *partition) else {
-                continue;
-            };
-            let marker = batch::control_batch(meta.producer_id, meta.epoch, commit, now);
-            entries.push(Entry::Append {
-                stream,
-                base_offset: 0,
-                offsets: 1,
-                max_timestamp: now,
-                producer: Some(Producer {
-                    id: meta.producer_id,
-                    epoch: meta.epoch,
-                    first_seq: -1,
-                    time_ms: now,
-                    txn: if commit { Txn::Commit } else { Txn::Abort },
-                }),
-                data: batch::set_leader_epoch(marker, leader),
-            });
-        }
-        if commit {
-            for o in &meta.offsets {
-                let Ok(topic) = shard.topic(&o.topic) else {
-                    continue;
-                };
-                entries.push(Entry::Put {
-                    key: offsets::key(&o.group, topic.id, o.partition),
-                    value: Some(offsets::encode(&o.committed)),
-                });
-            }
-        }
-        meta.state = if commit {
-            TxnState::CompleteCommit
-        } else {
-            TxnState::CompleteAbort
-        };
-        meta.partitions.clear();
-        meta.groups.clear();
-        meta.offsets.clear();
-    }
-    if let Some((producer_id, epoch)) = then {
-        meta.producer_id = producer_id;
-        meta.epoch = epoch;
-    }
-    persist_with(shard, id, meta, entries).await
-}
-
-/// Aborts transactions that ran past their timeout, under a new epoch that
-/// fences their producer (as Kafka's coordinator does), and forgets
-/// transactional ids idle past `expiry`; for as long as the shard is open.
-async fn txn_timers(shard: Weak<Shard>, expiry: Duration) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(shard) = shard.upgrade() else { return };
-        if shard.log.failed().is_some() {
-            return;
-        }
-        let now = now_ms();
-        for (id, slot) in shard.txns.all() {
-            // A busy id is looked at next round; one stuck request must not
-            // hold up every other id's timeout.
-            let Ok(mut guard) = slot.try_lock() else {
-                continue;
-            };
-            let Some(meta) = guard.clone() else { continue };
-            let result = if meta.state == TxnState::Ongoing {
-                if now < meta.started_ms + meta.timeout_ms as i64 {
-                    continue;
-                }
-                tracing::info!(transactional_id = %id, "transaction timed out; aborting");
-                match fresh_identity(&shard, &meta).await {
-                    Ok(fresh) => fence(&shard, &id, meta.clone(), fresh).await.map(Some),
-                    Err(e) => Err(e),
-                }
-            } else if now - meta.updated_ms > expiry.as_millis() as i64 {
-                let forgotten = shard
-                    .log
-                    .append(vec![Entry::Put {
-                        key: TxnMeta::key(&id),
-                        value: None,
-                    }])
-                    .await;
-                match forgotten {
-                    Ok(a) => a.durable().await.map_err(WorkerError::from).map(|()| None),
-                    Err(e) => Err(e.into()),
-                }
-            } else {
-                continue;
-            };
-            match result {
-                Ok(Some(next)) => {
-                    if next.producer_id != meta.producer_id {
-                        shard.txns.forget_producer(meta.producer_id);
-                        shard.txns.map_producer(next.producer_id, &id);
-                    }
-                    *guard = Some(next);
-                }
-                Ok(None) => {
-                    *guard = None;
-                    shard.txns.forget(&id, meta.producer_id, &slot);
-                }
-                Err(e) => tracing::warn!(transactional_id = %id, error = %e, "transaction timer"),
-            }
-        }
-    }
+        .map_err(|e| WorkerError::Unavailable(format!("coordinator task: {e}")))
 }
 
 /// The idempotent producer a batch names, if any (producer id 0 or more).

@@ -58,6 +58,11 @@ pub struct PendingOffset {
 pub struct TxnMeta {
     pub producer_id: i64,
     pub epoch: i16,
+    /// The epoch before the last InitProducerId bumped it (-1 if none): a
+    /// retry of that InitProducerId, whose answer was lost, names it and
+    /// gets the current epoch back (KIP-588).
+    #[serde(default = "no_epoch")]
+    pub last_epoch: i16,
     pub timeout_ms: i32,
     pub state: TxnState,
     /// (topic, partition) written in the ongoing transaction.
@@ -67,6 +72,10 @@ pub struct TxnMeta {
     /// When the ongoing transaction began (ms since the epoch).
     pub started_ms: i64,
     pub updated_ms: i64,
+}
+
+fn no_epoch() -> i16 {
+    -1
 }
 
 impl TxnMeta {
@@ -102,6 +111,21 @@ pub struct Transactions {
     ids: Mutex<HashMap<String, Slot>>,
     /// Producer id → transactional id, for transactional produces.
     by_producer: Mutex<HashMap<i64, String>>,
+    /// (group, topic, partition) → how many open transactions hold an
+    /// offset for it: OffsetFetch's `require_stable` answer.
+    unstable: Mutex<HashMap<(String, String, i32), usize>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The offsets an open transaction holds.
+fn held(meta: Option<&TxnMeta>) -> impl Iterator<Item = (String, String, i32)> + '_ {
+    meta.filter(|m| m.state == TxnState::Ongoing)
+        .into_iter()
+        .flat_map(|m| m.offsets.iter())
+        .map(|o| (o.group.clone(), o.topic.clone(), o.partition))
 }
 
 impl Transactions {
@@ -115,17 +139,51 @@ impl Transactions {
                 tracing::warn!(id, "unreadable transaction state; ignored");
                 continue;
             };
-            t.map_producer(meta.producer_id, id);
-            t.lock_ids().insert(
-                id.to_string(),
-                Arc::new(tokio::sync::Mutex::new(Some(meta))),
-            );
+            let mut state = None;
+            t.set(id, &mut state, Some(meta));
+            t.lock_ids()
+                .insert(id.to_string(), Arc::new(tokio::sync::Mutex::new(state)));
         }
         t
     }
 
     fn lock_ids(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.ids)
+    }
+
+    /// The one writer of an id's state in memory (`state` is its locked
+    /// slot): keeps the producer map and the open offsets in step.
+    pub fn set(&self, id: &str, state: &mut Option<TxnMeta>, next: Option<TxnMeta>) {
+        let old = state.take();
+        {
+            let mut unstable = lock(&self.unstable);
+            for k in held(old.as_ref()) {
+                if let Some(n) = unstable.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        unstable.remove(&k);
+                    }
+                }
+            }
+            for k in held(next.as_ref()) {
+                *unstable.entry(k).or_default() += 1;
+            }
+        }
+        let mut by = lock(&self.by_producer);
+        if let Some(o) = &old {
+            if by.get(&o.producer_id).is_some_and(|t| t == id) {
+                by.remove(&o.producer_id);
+            }
+        }
+        if let Some(n) = &next {
+            by.insert(n.producer_id, id.to_string());
+        }
+        *state = next;
+    }
+
+    /// Whether an open transaction holds an offset for the partition.
+    pub fn unstable(&self, group: &str, topic: &str, partition: i32) -> bool {
+        lock(&self.unstable).contains_key(&(group.to_string(), topic.to_string(), partition))
     }
 
     /// The id's slot, created empty on first use.
@@ -155,42 +213,19 @@ impl Transactions {
         all
     }
 
-    /// Drops an expired transactional id.
-    pub fn forget(&self, id: &str, producer_id: i64, slot: &Slot) {
-        {
-            // Only this slot: one created since belongs to a newer init.
-            let mut ids = self.lock_ids();
-            if ids.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-                ids.remove(id);
-            }
+    /// Drops an expired transactional id, whose locked slot is `state`.
+    pub fn forget(&self, id: &str, slot: &Slot, state: &mut Option<TxnMeta>) {
+        self.set(id, state, None);
+        // Only this slot: one created since belongs to a newer init.
+        let mut ids = self.lock_ids();
+        if ids.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            ids.remove(id);
         }
-        let mut by = self.by_producer.lock().unwrap_or_else(|p| p.into_inner());
-        if by.get(&producer_id).is_some_and(|t| t == id) {
-            by.remove(&producer_id);
-        }
-    }
-
-    pub fn forget_producer(&self, producer_id: i64) {
-        self.by_producer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&producer_id);
-    }
-
-    pub fn map_producer(&self, producer_id: i64, id: &str) {
-        self.by_producer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(producer_id, id.to_string());
     }
 
     /// The transactional id a producer id belongs to.
     pub fn of_producer(&self, producer_id: i64) -> Option<String> {
-        self.by_producer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&producer_id)
-            .cloned()
+        lock(&self.by_producer).get(&producer_id).cloned()
     }
 }
 

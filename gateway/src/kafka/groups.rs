@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use floe_worker::{GroupError, GroupState, Join, OffsetCommit, Shards, WorkerError};
+use floe_worker::{GroupError, GroupState, Join, MemberRef, OffsetCommit, Shards, WorkerError};
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -101,8 +101,11 @@ pub async fn offset_commit<W: Shards>(
         .commit_offsets(
             tenant,
             &req.group_id.0,
-            &req.member_id,
-            req.generation_id_or_member_epoch,
+            &member_ref(
+                &req.member_id,
+                req.group_instance_id.as_ref(),
+                req.generation_id_or_member_epoch,
+            ),
             commits,
         )
         .await
@@ -251,8 +254,11 @@ pub async fn sync_group<W: Shards>(
         .sync_group(
             &gw.dev_tenant,
             &req.group_id.0,
-            &req.member_id,
-            req.generation_id,
+            &member_ref(
+                &req.member_id,
+                req.group_instance_id.as_ref(),
+                req.generation_id,
+            ),
             assignments,
         )
         .await;
@@ -276,8 +282,11 @@ pub async fn heartbeat<W: Shards>(gw: &Gateway<W>, req: HeartbeatRequest) -> Hea
         .heartbeat(
             &gw.dev_tenant,
             &req.group_id.0,
-            &req.member_id,
-            req.generation_id,
+            &member_ref(
+                &req.member_id,
+                req.group_instance_id.as_ref(),
+                req.generation_id,
+            ),
         )
         .await;
     HeartbeatResponse::default().with_error_code(outcome_code(&r))
@@ -429,16 +438,21 @@ pub async fn offset_fetch<W: Shards>(
             })
             .collect()
     });
-    match fetch_group(gw, &req.group_id.0, wanted).await {
+    // v7+ (KIP-447): a partition with an open transaction's offset is
+    // UNSTABLE_OFFSET_COMMIT, so the consumer waits instead of reading
+    // from an offset about to move.
+    let require_stable = version >= 7 && req.require_stable;
+    match fetch_group(gw, &req.group_id.0, wanted, require_stable).await {
         Ok(topics) => {
             let topics = topics
                 .into_iter()
                 .map(|(name, parts)| {
                     let parts = parts
                         .into_iter()
-                        .map(|(p, offset, epoch, metadata)| {
+                        .map(|(p, offset, epoch, metadata, code)| {
                             OffsetFetchResponsePartition::default()
                                 .with_partition_index(p)
+                                .with_error_code(code)
                                 .with_committed_offset(offset)
                                 .with_committed_leader_epoch(if version >= 5 { epoch } else { -1 })
                                 .with_metadata(metadata)
@@ -458,8 +472,9 @@ pub async fn offset_fetch<W: Shards>(
     }
 }
 
-/// One partition's answer: (partition, offset or -1, leader epoch, metadata).
-type PartitionOffset = (i32, i64, i32, Option<StrBytes>);
+/// One partition's answer: (partition, offset or -1, leader epoch,
+/// metadata, error code).
+type PartitionOffset = (i32, i64, i32, Option<StrBytes>, i16);
 
 /// A group's committed offsets, grouped by topic in request order, or the
 /// group-level error code.
@@ -467,22 +482,31 @@ async fn fetch_group<W: Shards>(
     gw: &Gateway<W>,
     group: &str,
     wanted: Option<Vec<(String, i32)>>,
+    require_stable: bool,
 ) -> Result<Vec<(TopicName, Vec<PartitionOffset>)>, i16> {
     let found = gw
         .worker
-        .committed(&gw.dev_tenant, group, wanted)
+        .committed(&gw.dev_tenant, group, wanted, require_stable)
         .await
         .map_err(|e| commit_code(&e))?;
     let mut topics: Vec<(TopicName, Vec<PartitionOffset>)> = Vec::new();
     for (topic, partition, c) in found {
         let answer = match c {
-            Some(c) => (
+            Ok(Some(c)) => (
                 partition,
                 c.offset,
                 c.leader_epoch,
                 Some(StrBytes::from_string(c.metadata)),
+                0,
             ),
-            None => (partition, -1, -1, Some(StrBytes::default())),
+            Ok(None) => (partition, -1, -1, Some(StrBytes::default()), 0),
+            Err(e) => (
+                partition,
+                -1,
+                -1,
+                Some(StrBytes::default()),
+                commit_code(&e),
+            ),
         };
         match topics.last_mut() {
             Some((name, parts)) if name.0.as_str() == topic => parts.push(answer),
@@ -599,4 +623,14 @@ fn subscriptions(g: &floe_worker::Described) -> HashSet<String> {
         }
     }
     topics
+}
+
+/// A member as SyncGroup, Heartbeat, OffsetCommit and TxnOffsetCommit name
+/// it (the instance id only in the versions that carry one).
+pub fn member_ref(id: &StrBytes, instance_id: Option<&StrBytes>, generation: i32) -> MemberRef {
+    MemberRef {
+        id: id.to_string(),
+        instance_id: instance_id.map(|i| i.to_string()),
+        generation,
+    }
 }

@@ -390,15 +390,15 @@ async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind)
             ResponseKind::InitProducerId(producers::init_producer_id(gw, r, v).await)
         }
         RequestKind::AddPartitionsToTxn(r) => {
-            ResponseKind::AddPartitionsToTxn(transactions::add_partitions(gw, r).await)
+            ResponseKind::AddPartitionsToTxn(transactions::add_partitions(gw, r, v).await)
         }
         RequestKind::AddOffsetsToTxn(r) => {
-            ResponseKind::AddOffsetsToTxn(transactions::add_offsets(gw, r).await)
+            ResponseKind::AddOffsetsToTxn(transactions::add_offsets(gw, r, v).await)
         }
         RequestKind::TxnOffsetCommit(r) => {
             ResponseKind::TxnOffsetCommit(transactions::txn_offset_commit(gw, r).await)
         }
-        RequestKind::EndTxn(r) => ResponseKind::EndTxn(transactions::end_txn(gw, r).await),
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(transactions::end_txn(gw, r, v).await),
         RequestKind::ListTransactions(r) => {
             ResponseKind::ListTransactions(transactions::list(gw, r).await)
         }

@@ -28,6 +28,10 @@ fn code<T>(r: &floe_worker::Result<T>) -> i16 {
     r.as_ref().err().map_or(0, errors::code)
 }
 
+/// The versions of AddPartitionsToTxn, AddOffsetsToTxn and EndTxn that know
+/// PRODUCER_FENCED (KIP-588).
+const FENCED_SINCE: i16 = 2;
+
 /// Each asked partition's error code, in order: a transaction-wide error is
 /// every partition's.
 fn per_partition(
@@ -47,6 +51,7 @@ fn per_partition(
 pub async fn add_partitions<W: Shards>(
     gw: &Gateway<W>,
     req: AddPartitionsToTxnRequest,
+    version: i16,
 ) -> AddPartitionsToTxnResponse {
     let asked: Vec<(TopicName, Vec<i32>)> = req
         .v3_and_below_topics
@@ -75,7 +80,11 @@ pub async fn add_partitions<W: Shards>(
                 .map(|p| {
                     AddPartitionsToTxnPartitionResult::default()
                         .with_partition_index(p)
-                        .with_partition_error_code(codes.next().unwrap_or(0))
+                        .with_partition_error_code(errors::fenced_for(
+                            codes.next().unwrap_or(0),
+                            version,
+                            FENCED_SINCE,
+                        ))
                 })
                 .collect();
             AddPartitionsToTxnTopicResult::default()
@@ -89,6 +98,7 @@ pub async fn add_partitions<W: Shards>(
 pub async fn add_offsets<W: Shards>(
     gw: &Gateway<W>,
     req: AddOffsetsToTxnRequest,
+    version: i16,
 ) -> AddOffsetsToTxnResponse {
     let r = gw
         .worker
@@ -99,7 +109,11 @@ pub async fn add_offsets<W: Shards>(
             &req.group_id.0,
         )
         .await;
-    AddOffsetsToTxnResponse::default().with_error_code(code(&r))
+    AddOffsetsToTxnResponse::default().with_error_code(errors::fenced_for(
+        code(&r),
+        version,
+        FENCED_SINCE,
+    ))
 }
 
 pub async fn txn_offset_commit<W: Shards>(
@@ -138,8 +152,11 @@ pub async fn txn_offset_commit<W: Shards>(
             &req.transactional_id.0,
             (req.producer_id.0, req.producer_epoch),
             &req.group_id.0,
-            &req.member_id,
-            req.generation_id,
+            &super::groups::member_ref(
+                &req.member_id,
+                req.group_instance_id.as_ref(),
+                req.generation_id,
+            ),
             commits,
         )
         .await;
@@ -163,7 +180,11 @@ pub async fn txn_offset_commit<W: Shards>(
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub async fn end_txn<W: Shards>(gw: &Gateway<W>, req: EndTxnRequest) -> EndTxnResponse {
+pub async fn end_txn<W: Shards>(
+    gw: &Gateway<W>,
+    req: EndTxnRequest,
+    version: i16,
+) -> EndTxnResponse {
     let r = gw
         .worker
         .end_txn(
@@ -174,7 +195,7 @@ pub async fn end_txn<W: Shards>(gw: &Gateway<W>, req: EndTxnRequest) -> EndTxnRe
         )
         .await;
     EndTxnResponse::default()
-        .with_error_code(code(&r))
+        .with_error_code(errors::fenced_for(code(&r), version, FENCED_SINCE))
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1)
 }
