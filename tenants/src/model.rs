@@ -1,0 +1,105 @@
+//! What the registry stores, as JSON values of its log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scram::Credential;
+
+/// Limits of a tenant; `None` is unlimited. Rates are per second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce_bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u64>,
+}
+
+impl Quota {
+    /// `self`'s limits, and `base`'s where `self` sets none.
+    pub fn over(&self, base: &Quota) -> Quota {
+        Quota {
+            produce_bytes_per_sec: self.produce_bytes_per_sec.or(base.produce_bytes_per_sec),
+            fetch_bytes_per_sec: self.fetch_bytes_per_sec.or(base.fetch_bytes_per_sec),
+            requests_per_sec: self.requests_per_sec.or(base.requests_per_sec),
+            storage_bytes: self.storage_bytes.or(base.storage_bytes),
+            partitions: self.partitions.or(base.partitions),
+        }
+    }
+}
+
+/// A plan: a name for a set of default limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    /// 1 MiB/s in, 2 MiB/s out, 100 requests/s, 1 GiB stored, 16 partitions.
+    Free,
+    /// 16 MiB/s in, 32 MiB/s out, 2,000 requests/s, 100 GiB, 1,000 partitions.
+    Standard,
+    /// No limits (the dev mode's `default` tenant).
+    Unlimited,
+}
+
+impl Plan {
+    pub fn limits(self) -> Quota {
+        const MIB: u64 = 1 << 20;
+        match self {
+            Plan::Free => Quota {
+                produce_bytes_per_sec: Some(MIB),
+                fetch_bytes_per_sec: Some(2 * MIB),
+                requests_per_sec: Some(100),
+                storage_bytes: Some(1 << 30),
+                partitions: Some(16),
+            },
+            Plan::Standard => Quota {
+                produce_bytes_per_sec: Some(16 * MIB),
+                fetch_bytes_per_sec: Some(32 * MIB),
+                requests_per_sec: Some(2_000),
+                storage_bytes: Some(100 << 30),
+                partitions: Some(1_000),
+            },
+            Plan::Unlimited => Quota::default(),
+        }
+    }
+}
+
+/// An API key as stored: its SCRAM credentials, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub created_ms: i64,
+    pub scram_sha_256: Credential,
+    pub scram_sha_512: Credential,
+}
+
+/// A key as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub key: String,
+    pub created_ms: i64,
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub plan: Plan,
+    /// Overrides of the plan's limits.
+    #[serde(default)]
+    pub quota: Quota,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub keys: Vec<KeyRecord>,
+}
+
+impl Tenant {
+    /// The limits in force: the overrides over the plan's.
+    pub fn limits(&self) -> Quota {
+        self.quota.over(&self.plan.limits())
+    }
+}
