@@ -18,7 +18,7 @@ work=$(mktemp -d /tmp/floe-compaction-XXXX)
 . bench/lib.sh
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-objects() { find "$1/tenants/dev/shards/0/wal" "$1/tenants/dev/shards/0/data" -type f 2>/dev/null | wc -l; }
+objects() { find "$1/tenants/default/shards/0/wal" "$1/tenants/default/shards/0/data" -type f 2>/dev/null | wc -l; }
 
 # name kafka http dir extra-args...
 start() {

@@ -1,4 +1,5 @@
-//! The HTTP listener: `/healthz` and Prometheus `/metrics` for now.
+//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the admin API
+//! (`/admin/v1`, see `admin.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,9 +12,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::Admin;
 use crate::metrics::Metrics;
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    admin: Arc<Admin>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (socket, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -25,9 +32,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let metrics = metrics.clone();
+        let (metrics, admin) = (metrics.clone(), admin.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(req, metrics.clone()));
+            let svc =
+                hyper::service::service_fn(move |req| route(req, metrics.clone(), admin.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), svc);
             if let Err(e) = conn.await {
@@ -40,7 +48,20 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
 async fn route(
     req: Request<Incoming>,
     metrics: Arc<Metrics>,
+    admin: Arc<Admin>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path().starts_with("/admin/v1/") {
+        let (status, body) = admin.serve(req).await;
+        let mut resp = Response::builder()
+            .status(status)
+            .header("content-type", "application/json");
+        if status == StatusCode::UNAUTHORIZED {
+            resp = resp.header("www-authenticate", "Bearer");
+        }
+        return Ok(resp
+            .body(Full::new(body))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))));
+    }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         (&Method::GET, "/metrics") => (

@@ -4,11 +4,13 @@
 //! # Layout
 //! - [`kafka`]: the Kafka listener: framing, pipelining with in-order
 //!   responses, version negotiation, and one module per group of APIs.
-//! - [`http`]: `/healthz` and Prometheus `/metrics`.
+//! - [`http`]: `/healthz`, Prometheus `/metrics`, and the admin API
+//!   ([`admin`]: tenants, keys, quotas behind a bearer token).
 //! - [`metrics`]: counters, rendered in the Prometheus text format.
 //! - `errors`: the one place worker errors become Kafka error codes.
 //! - `main.rs`: the `floe` binary and its `dev` subcommand.
 
+pub mod admin;
 mod errors;
 pub mod http;
 pub mod kafka;
@@ -17,6 +19,7 @@ pub mod metrics;
 use std::sync::Arc;
 
 use floe_common::TenantId;
+use floe_tenants::Registry;
 
 /// Gateway settings, validated at start-up.
 #[derive(Debug, Clone)]
@@ -30,24 +33,62 @@ pub struct Settings {
     pub max_connections: usize,
 }
 
+/// Who may use the Kafka listener without SASL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Unauthenticated connections are the `default` tenant's; SASL logs in
+    /// as a key's tenant.
+    Optional,
+    /// Every connection must log in with SASL first.
+    Required,
+}
+
 /// Shared by every connection.
 pub struct Gateway<W> {
     pub worker: Arc<W>,
     pub settings: Settings,
     pub metrics: Arc<metrics::Metrics>,
-    /// Until authentication arrives (SASL, API keys), every connection is
-    /// this tenant's.
-    pub dev_tenant: TenantId,
+    pub registry: Arc<Registry>,
+    pub auth: AuthMode,
+    /// The tenant of unauthenticated connections when `auth` is optional.
+    pub default_tenant: TenantId,
 }
 
 impl<W> Gateway<W> {
-    pub fn new(worker: Arc<W>, settings: Settings, metrics: Arc<metrics::Metrics>) -> Self {
-        let dev_tenant = TenantId::new("dev").expect("a valid tenant id");
+    pub fn new(
+        worker: Arc<W>,
+        settings: Settings,
+        metrics: Arc<metrics::Metrics>,
+        registry: Arc<Registry>,
+        auth: AuthMode,
+    ) -> Self {
+        let default_tenant = TenantId::new(DEFAULT_TENANT).expect("a valid tenant id");
         Self {
             worker,
             settings,
             metrics,
-            dev_tenant,
+            registry,
+            auth,
+            default_tenant,
         }
+    }
+}
+
+/// The tenant `floe dev` serves unauthenticated connections as.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// One request's view of the gateway: every handler sees the tenant its
+/// connection is, and only through this (one place scopes names to a
+/// tenant: the worker's shards are per tenant).
+pub struct Cx<W> {
+    pub gw: Arc<Gateway<W>>,
+    pub tenant: TenantId,
+}
+
+impl<W> std::ops::Deref for Cx<W> {
+    type Target = Gateway<W>;
+
+    fn deref(&self) -> &Gateway<W> {
+        &self.gw
     }
 }

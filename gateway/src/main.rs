@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use floe_gateway::{kafka, metrics::Metrics, Gateway, Settings};
+use floe_gateway::admin::Admin;
+use floe_gateway::{kafka, metrics::Metrics, AuthMode, Gateway, Settings, DEFAULT_TENANT};
 use floe_storage::store::{self, Counting};
 use floe_storage::LogConfig;
+use floe_tenants::{Plan, Registry};
 use floe_worker::{LocalWorker, WorkerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -146,6 +148,15 @@ struct DevArgs {
     /// same default): one rebalance while a fleet starts instead of many.
     #[arg(long, default_value_t = 3000)]
     group_initial_rebalance_delay_ms: u64,
+    /// Whether Kafka clients must log in with SASL (PLAIN, SCRAM-SHA-256/512;
+    /// an API key and its secret). With `optional`, unauthenticated
+    /// connections are the `default` tenant's.
+    #[arg(long, value_enum, default_value_t = AuthMode::Optional)]
+    auth: AuthMode,
+    /// Bearer token of the admin API (/admin/v1). When unset, one is made up
+    /// and printed at start.
+    #[arg(long, env = "FLOE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// On Ctrl-C, how long to wait for in-flight requests before giving up.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -202,6 +213,26 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         raw = Arc::new(floe_storage::latency::Latency::new(raw, model, 0x5eed));
     }
     let counted = Arc::new(Counting::new(raw));
+    let registry = Arc::new(
+        Registry::open(counted.clone(), log.clone())
+            .await
+            .context("opening the tenant registry")?,
+    );
+    if a.auth == AuthMode::Optional {
+        registry
+            .ensure(DEFAULT_TENANT, Plan::Unlimited)
+            .await
+            .context("creating the default tenant")?;
+    }
+    let admin_token = match a.admin_token.clone() {
+        Some(t) if !t.is_empty() => t,
+        _ => {
+            let t = uuid::Uuid::new_v4().simple().to_string();
+            // Printed, not logged: it is for the person who started dev.
+            eprintln!("admin token (set FLOE_ADMIN_TOKEN to choose one): {t}");
+            t
+        }
+    };
     let metrics = Arc::new(Metrics::new(counted.stats.clone(), log.stats.clone()));
     let retention_every = Duration::from_millis(a.retention_every_ms);
     anyhow::ensure!(
@@ -240,14 +271,29 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         fetch_max_bytes: a.fetch_max_bytes,
         max_connections: a.max_connections,
     };
-    let gateway = Arc::new(Gateway::new(worker.clone(), settings, metrics.clone()));
+    let gateway = Arc::new(Gateway::new(
+        worker.clone(),
+        settings,
+        metrics.clone(),
+        registry.clone(),
+        a.auth,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let kafka_task = tokio::spawn(kafka::serve(
         gateway.clone(),
         kafka_listener,
         stop_rx.clone(),
     ));
-    let http_task = tokio::spawn(floe_gateway::http::serve(http_listener, metrics, stop_rx));
+    let admin = Arc::new(Admin {
+        registry: registry.clone(),
+        token: admin_token,
+    });
+    let http_task = tokio::spawn(floe_gateway::http::serve(
+        http_listener,
+        metrics,
+        admin,
+        stop_rx,
+    ));
     tracing::info!(kafka = %kafka_addr, http = %a.http_listen, store = %url, "floe dev ready");
 
     shutdown_signal().await;
@@ -258,6 +304,9 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         tracing::warn!("drain timed out; unacknowledged requests fail with the connection");
     }
     worker.close_all().await;
+    if let Err(e) = registry.close().await {
+        tracing::warn!(error = %e, "closing the tenant registry");
+    }
     http_task.abort();
     tracing::info!("stopped");
     Ok(())

@@ -151,13 +151,19 @@ impl Floe {
     }
 
     pub fn http_get(&self, path: &str) -> Option<String> {
+        self.http("GET", path, &[], "")
+    }
+
+    /// One HTTP/1.1 request to the HTTP listener: the whole raw response.
+    pub fn http(&self, method: &str, path: &str, headers: &[&str], body: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(&format!("{h}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes()).ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         Some(out)

@@ -123,7 +123,7 @@ fn metric(f: &Floe, name: &str) -> u64 {
 
 /// (files, bytes) of the shard's WAL and data objects.
 fn objects(data_dir: &Path) -> (usize, u64) {
-    let shard = data_dir.join("tenants/dev/shards/0");
+    let shard = data_dir.join("tenants/default/shards/0");
     let mut n = (0, 0);
     for dir in ["wal", "data"] {
         for e in std::fs::read_dir(shard.join(dir))
@@ -170,7 +170,7 @@ fn fetches_are_byte_identical_through_compaction_and_a_cold_restart() {
     });
     let after: Vec<Vec<Bytes>> = (0..4).map(|p| fetch_all(&mut c, "c", p)).collect();
     assert!(after == before, "fetches after compaction differ");
-    let data = std::fs::read_dir(dir.join("tenants/dev/shards/0/data"))
+    let data = std::fs::read_dir(dir.join("tenants/default/shards/0/data"))
         .map(|d| d.count())
         .unwrap_or(0);
     assert!(data >= 2, "compaction wrote data objects ({data})");

@@ -28,7 +28,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -40,7 +40,7 @@ fn s(v: &str) -> StrBytes {
 }
 
 pub async fn create_topics<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
@@ -73,7 +73,7 @@ pub async fn create_topics<W: Shards>(
             configs,
             validate_only: req.validate_only,
         };
-        results.push(match gw.worker.create_topic(&gw.dev_tenant, topic).await {
+        results.push(match gw.worker.create_topic(&gw.tenant, topic).await {
             Ok(m) => {
                 let res = res
                     .with_topic_id(uuid::Uuid::from_u128(m.id))
@@ -114,7 +114,7 @@ fn value<'a>(m: &'a TopicMeta, key: &str, default: &'a str) -> (&'a str, i8) {
 }
 
 pub async fn delete_topics<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {
     // v0-5 name topics in `topic_names`; v6 in `topics`, by name or by id.
@@ -128,7 +128,7 @@ pub async fn delete_topics<W: Shards>(
             .iter()
             .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
     );
-    let known = gw.worker.topics(&gw.dev_tenant).await.unwrap_or_default();
+    let known = gw.worker.topics(&gw.tenant).await.unwrap_or_default();
     let mut responses = Vec::with_capacity(wanted.len());
     for (name, id) in wanted {
         let name = name.or_else(|| {
@@ -143,7 +143,7 @@ pub async fn delete_topics<W: Shards>(
             continue;
         };
         let res = res.with_name(Some(TopicName(s(&name))));
-        responses.push(match gw.worker.delete_topic(&gw.dev_tenant, &name).await {
+        responses.push(match gw.worker.delete_topic(&gw.tenant, &name).await {
             Ok(m) => res.with_topic_id(uuid::Uuid::from_u128(m.id)),
             Err(e) => res
                 .with_error_code(errors::code(&e))
@@ -154,7 +154,7 @@ pub async fn delete_topics<W: Shards>(
 }
 
 pub async fn create_partitions<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
@@ -163,7 +163,7 @@ pub async fn create_partitions<W: Shards>(
         let total = usize::try_from(t.count).unwrap_or(0);
         let out = gw
             .worker
-            .create_partitions(&gw.dev_tenant, &t.name.0, total, req.validate_only)
+            .create_partitions(&gw.tenant, &t.name.0, total, req.validate_only)
             .await;
         results.push(match out {
             Ok(()) => res,
@@ -179,7 +179,7 @@ pub async fn create_partitions<W: Shards>(
 /// (-1: the high watermark), durably, before the answer; the objects that held
 /// only records below it are deleted later by storage.
 pub async fn delete_records<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -190,7 +190,7 @@ pub async fn delete_records<W: Shards>(
                 DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
             let out = gw
                 .worker
-                .delete_records(&gw.dev_tenant, &t.name.0, p.partition_index, p.offset)
+                .delete_records(&gw.tenant, &t.name.0, p.partition_index, p.offset)
                 .await;
             partitions.push(match out {
                 Ok(low) => res.with_low_watermark(low),
@@ -207,10 +207,10 @@ pub async fn delete_records<W: Shards>(
 }
 
 pub async fn describe_configs<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
-    let known = gw.worker.topics(&gw.dev_tenant).await;
+    let known = gw.worker.topics(&gw.tenant).await;
     let mut results = Vec::with_capacity(req.resources.len());
     for r in req.resources {
         let res = DescribeConfigsResult::default()
@@ -260,7 +260,7 @@ fn describe(m: &TopicMeta, keys: Option<&[StrBytes]>) -> Vec<DescribeConfigsReso
 
 /// Resource-level outcome shared by both alter APIs.
 async fn alter<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     resource_type: i8,
     name: &StrBytes,
     change: Result<ConfigChange, WorkerError>,
@@ -275,7 +275,7 @@ async fn alter<W: Shards>(
     let result = match change {
         Ok(c) => {
             gw.worker
-                .alter_configs(&gw.dev_tenant, name.as_str(), c, validate_only)
+                .alter_configs(&gw.tenant, name.as_str(), c, validate_only)
                 .await
         }
         Err(e) => Err(e),
@@ -287,7 +287,7 @@ async fn alter<W: Shards>(
 }
 
 pub async fn alter_configs<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
@@ -318,7 +318,7 @@ pub async fn alter_configs<W: Shards>(
 }
 
 pub async fn incremental_alter_configs<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;

@@ -27,7 +27,7 @@ use kafka_protocol::messages::ListOffsetsResponse;
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 pub use wire::{encode, Partition, Response, Topic};
 
@@ -38,14 +38,14 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// ranged GET must not hold up the ones behind it.
 const READS_AT_ONCE: usize = 16;
 
-pub async fn fetch<W: Shards>(gw: &Gateway<W>, req: FetchRequest) -> Response {
+pub async fn fetch<W: Shards>(gw: &Cx<W>, req: FetchRequest) -> Response {
     if req.session_id != 0 {
         return Response {
             error_code: ResponseError::FetchSessionIdNotFound.code(),
             topics: Vec::new(),
         };
     }
-    let tenant = &gw.dev_tenant;
+    let tenant = &gw.tenant;
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let mut durable = gw.worker.subscribe(tenant).await.ok();
@@ -85,8 +85,8 @@ struct Pass {
     errored: bool,
 }
 
-async fn fetch_once<W: Shards>(gw: &Gateway<W>, req: &FetchRequest) -> Pass {
-    let tenant = &gw.dev_tenant;
+async fn fetch_once<W: Shards>(gw: &Cx<W>, req: &FetchRequest) -> Pass {
+    let tenant = &gw.tenant;
     let max_bytes = (req.max_bytes.max(0) as u32).min(gw.settings.fetch_max_bytes) as usize;
     // Each partition is read up to its own limit, READS_AT_ONCE at a time,
     // and trimmed to what is left of the request's budget below: a trimmed
@@ -206,11 +206,11 @@ fn partition_error(index: i32, e: &WorkerError) -> Partition {
 }
 
 pub async fn list_offsets<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    let tenant = &gw.dev_tenant;
+    let tenant = &gw.tenant;
     // The field exists from v4 on; the codec refuses it set on older versions.
     let epoch = match version {
         4.. => gw.worker.leader_epoch(tenant).await.unwrap_or(-1),

@@ -36,14 +36,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 /// FindCoordinator's key types: consumer groups and transactions.
 const KEY_GROUP: i8 = 0;
 const KEY_TRANSACTION: i8 = 1;
 
 pub fn find_coordinator<W>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -74,10 +74,10 @@ pub fn find_coordinator<W>(
 }
 
 pub async fn offset_commit<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let tenant = &gw.dev_tenant;
+    let tenant = &gw.tenant;
     let commits: Vec<OffsetCommit> = req
         .topics
         .iter()
@@ -171,7 +171,7 @@ fn str_bytes(s: &str) -> StrBytes {
 /// `client_id` is the request header's: member ids start with it, as in
 /// Kafka, and DescribeGroups shows it.
 pub async fn join_group<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: JoinGroupRequest,
     version: i16,
     client_id: &str,
@@ -201,7 +201,7 @@ pub async fn join_group<W: Shards>(
     };
     let r = gw
         .worker
-        .join_group(&gw.dev_tenant, &req.group_id.0, join)
+        .join_group(&gw.tenant, &req.group_id.0, join)
         .await;
     let resp = JoinGroupResponse::default()
         .with_error_code(outcome_code(&r))
@@ -240,7 +240,7 @@ pub async fn join_group<W: Shards>(
 }
 
 pub async fn sync_group<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
@@ -252,7 +252,7 @@ pub async fn sync_group<W: Shards>(
     let r = gw
         .worker
         .sync_group(
-            &gw.dev_tenant,
+            &gw.tenant,
             &req.group_id.0,
             &member_ref(
                 &req.member_id,
@@ -276,11 +276,11 @@ pub async fn sync_group<W: Shards>(
     }
 }
 
-pub async fn heartbeat<W: Shards>(gw: &Gateway<W>, req: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat<W: Shards>(gw: &Cx<W>, req: HeartbeatRequest) -> HeartbeatResponse {
     let r = gw
         .worker
         .heartbeat(
-            &gw.dev_tenant,
+            &gw.tenant,
             &req.group_id.0,
             &member_ref(
                 &req.member_id,
@@ -293,7 +293,7 @@ pub async fn heartbeat<W: Shards>(gw: &Gateway<W>, req: HeartbeatRequest) -> Hea
 }
 
 pub async fn leave_group<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
@@ -312,7 +312,7 @@ pub async fn leave_group<W: Shards>(
     };
     let r = gw
         .worker
-        .leave_group(&gw.dev_tenant, &req.group_id.0, members.clone())
+        .leave_group(&gw.tenant, &req.group_id.0, members.clone())
         .await;
     let codes: Vec<i16> = match &r {
         Ok(outcomes) => outcomes
@@ -344,11 +344,11 @@ pub async fn leave_group<W: Shards>(
 }
 
 pub async fn list_groups<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: ListGroupsRequest,
     version: i16,
 ) -> ListGroupsResponse {
-    let groups = match gw.worker.list_groups(&gw.dev_tenant).await {
+    let groups = match gw.worker.list_groups(&gw.tenant).await {
         Ok(g) => g,
         Err(e) => return ListGroupsResponse::default().with_error_code(commit_code(&e)),
     };
@@ -377,55 +377,53 @@ pub async fn list_groups<W: Shards>(
 }
 
 pub async fn describe_groups<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
     let mut out = Vec::with_capacity(req.groups.len());
     for name in req.groups {
         let d = DescribedGroup::default().with_group_id(name.clone());
-        out.push(
-            match gw.worker.describe_group(&gw.dev_tenant, &name.0).await {
-                // Kafka describes an unknown group as Dead, without an error.
-                Ok(None) => d.with_group_state(StrBytes::from_static_str("Dead")),
-                Ok(Some(g)) => {
-                    let members = g
-                        .members
-                        .into_iter()
-                        .map(|m| {
-                            let metadata = m
-                                .protocols
-                                .iter()
-                                .find(|(p, _)| *p == g.protocol)
-                                .map(|(_, b)| b.clone())
-                                .unwrap_or_default();
-                            let dm = DescribedGroupMember::default()
-                                .with_member_id(str_bytes(&m.id))
-                                .with_client_id(str_bytes(&m.client_id))
-                                .with_client_host(str_bytes(&m.client_host))
-                                .with_member_metadata(metadata)
-                                .with_member_assignment(m.assignment);
-                            if version >= 4 {
-                                dm.with_group_instance_id(m.instance_id.as_deref().map(str_bytes))
-                            } else {
-                                dm
-                            }
-                        })
-                        .collect();
-                    d.with_group_state(str_bytes(state_name(g.state)))
-                        .with_protocol_type(str_bytes(&g.protocol_type))
-                        .with_protocol_data(str_bytes(&g.protocol))
-                        .with_members(members)
-                }
-                Err(e) => d.with_error_code(commit_code(&e)),
-            },
-        );
+        out.push(match gw.worker.describe_group(&gw.tenant, &name.0).await {
+            // Kafka describes an unknown group as Dead, without an error.
+            Ok(None) => d.with_group_state(StrBytes::from_static_str("Dead")),
+            Ok(Some(g)) => {
+                let members = g
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let metadata = m
+                            .protocols
+                            .iter()
+                            .find(|(p, _)| *p == g.protocol)
+                            .map(|(_, b)| b.clone())
+                            .unwrap_or_default();
+                        let dm = DescribedGroupMember::default()
+                            .with_member_id(str_bytes(&m.id))
+                            .with_client_id(str_bytes(&m.client_id))
+                            .with_client_host(str_bytes(&m.client_host))
+                            .with_member_metadata(metadata)
+                            .with_member_assignment(m.assignment);
+                        if version >= 4 {
+                            dm.with_group_instance_id(m.instance_id.as_deref().map(str_bytes))
+                        } else {
+                            dm
+                        }
+                    })
+                    .collect();
+                d.with_group_state(str_bytes(state_name(g.state)))
+                    .with_protocol_type(str_bytes(&g.protocol_type))
+                    .with_protocol_data(str_bytes(&g.protocol))
+                    .with_members(members)
+            }
+            Err(e) => d.with_error_code(commit_code(&e)),
+        });
     }
     DescribeGroupsResponse::default().with_groups(out)
 }
 
 pub async fn offset_fetch<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -479,14 +477,14 @@ type PartitionOffset = (i32, i64, i32, Option<StrBytes>, i16);
 /// A group's committed offsets, grouped by topic in request order, or the
 /// group-level error code.
 async fn fetch_group<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     group: &str,
     wanted: Option<Vec<(String, i32)>>,
     require_stable: bool,
 ) -> Result<Vec<(TopicName, Vec<PartitionOffset>)>, i16> {
     let found = gw
         .worker
-        .committed(&gw.dev_tenant, group, wanted, require_stable)
+        .committed(&gw.tenant, group, wanted, require_stable)
         .await
         .map_err(|e| commit_code(&e))?;
     let mut topics: Vec<(TopicName, Vec<PartitionOffset>)> = Vec::new();
@@ -517,11 +515,11 @@ async fn fetch_group<W: Shards>(
 }
 
 pub async fn delete_groups<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {
     let names: Vec<String> = req.groups_names.iter().map(|g| g.0.to_string()).collect();
-    let codes: Vec<i16> = match gw.worker.delete_groups(&gw.dev_tenant, names).await {
+    let codes: Vec<i16> = match gw.worker.delete_groups(&gw.tenant, names).await {
         Ok(outcomes) => outcomes
             .iter()
             .map(|o| o.as_ref().err().map_or(0, commit_code))
@@ -544,10 +542,10 @@ pub async fn delete_groups<W: Shards>(
 /// OffsetDelete: a topic the group's members subscribe to keeps its
 /// offsets (GROUP_SUBSCRIBED_TO_TOPIC), as in Kafka; the others go.
 pub async fn offset_delete<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {
-    let tenant = &gw.dev_tenant;
+    let tenant = &gw.tenant;
     let subscribed = match gw.worker.describe_group(tenant, &req.group_id.0).await {
         Ok(Some(g)) if g.state != GroupState::Empty && g.protocol_type == "consumer" => {
             subscriptions(&g)

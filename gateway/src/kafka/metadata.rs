@@ -12,20 +12,20 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterResponse, MetadataRespon
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 pub const NODE_ID: i32 = 0;
 
-pub fn cluster_id<W>(gw: &Gateway<W>) -> StrBytes {
-    StrBytes::from_string(format!("floe-{}", gw.dev_tenant))
+pub fn cluster_id<W>(gw: &Cx<W>) -> StrBytes {
+    StrBytes::from_string(format!("floe-{}", gw.tenant))
 }
 
 pub async fn metadata<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let tenant = &gw.dev_tenant;
+    let tenant = &gw.tenant;
     let epoch = gw.worker.leader_epoch(tenant).await;
     let existing = gw.worker.topics(tenant).await;
     let broker = MetadataResponseBroker::default()
@@ -78,21 +78,17 @@ pub async fn metadata<W: Shards>(
     resp.with_topics(topics)
 }
 
-async fn auto_create<W: Shards>(
-    gw: &Gateway<W>,
-    name: TopicName,
-    epoch: i32,
-) -> MetadataResponseTopic {
+async fn auto_create<W: Shards>(gw: &Cx<W>, name: TopicName, epoch: i32) -> MetadataResponseTopic {
     let topic = NewTopic {
         name: name.0.to_string(),
         partitions: gw.settings.default_partitions as usize,
         configs: Default::default(),
         validate_only: false,
     };
-    match gw.worker.create_topic(&gw.dev_tenant, topic).await {
+    match gw.worker.create_topic(&gw.tenant, topic).await {
         Ok(m) => topic_response(&m, epoch),
         // Another connection created it first.
-        Err(WorkerError::TopicExists(_)) => match gw.worker.topics(&gw.dev_tenant).await {
+        Err(WorkerError::TopicExists(_)) => match gw.worker.topics(&gw.tenant).await {
             Ok(all) => match all.iter().find(|m| m.name.as_str() == name.0.as_str()) {
                 Some(m) => topic_response(m, epoch),
                 None => error_topic(name, &WorkerError::UnknownTopicOrPartition),
@@ -126,7 +122,7 @@ pub fn topic_response(t: &TopicMeta, epoch: i32) -> MetadataResponseTopic {
         .with_partitions(partitions)
 }
 
-pub fn describe_cluster<W>(gw: &Gateway<W>) -> DescribeClusterResponse {
+pub fn describe_cluster<W>(gw: &Cx<W>) -> DescribeClusterResponse {
     let broker = DescribeClusterBroker::default()
         .with_broker_id(BrokerId(NODE_ID))
         .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))

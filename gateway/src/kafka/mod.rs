@@ -17,6 +17,7 @@ mod groups;
 mod metadata;
 mod produce;
 mod producers;
+mod sasl;
 mod transactions;
 mod versions;
 
@@ -39,7 +40,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::Gateway;
+use crate::{AuthMode, Cx, Gateway};
 
 pub use versions::SUPPORTED;
 
@@ -171,11 +172,29 @@ async fn read_requests<W: Shards>(
     tx: mpsc::Sender<Pending>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut session = sasl::Session::default();
+    let mut revoked = gw.registry.revocations();
     loop {
+        // Until a required login, frames are bounded as Kafka bounds SASL
+        // tokens.
+        let max = match (&session.login, gw.auth) {
+            (None, AuthMode::Required) => sasl::MAX_UNAUTHENTICATED_BYTES,
+            _ => gw.settings.max_request_bytes,
+        };
         let frame = tokio::select! {
-            f = read_frame(&mut rd, gw.settings.max_request_bytes) => f,
+            f = read_frame(&mut rd, max) => f,
             // On shutdown, stop taking requests; those in progress finish.
             _ = stop.wait_for(|s| *s) => return,
+            // A revoked key (or deleted tenant) loses its connections.
+            Ok(()) = revoked.changed(), if session.login.is_some() => {
+                if let Some((tenant, key)) = &session.login {
+                    if gw.registry.tenant_of(key).is_none() {
+                        tracing::info!(%tenant, key, "key revoked; closing kafka connection");
+                        return;
+                    }
+                }
+                continue;
+            }
         };
         let frame = match frame {
             Ok(Some(f)) => f,
@@ -186,9 +205,19 @@ async fn read_requests<W: Shards>(
                 return;
             }
         };
-        match decode(frame, &gw) {
-            Ok(p) => {
-                if tx.send(p).await.is_err() {
+        let api = frame.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+        let sasl = [
+            ApiKey::SaslHandshake as i16,
+            ApiKey::SaslAuthenticate as i16,
+        ];
+        let next = match api {
+            _ if session.expects_bare_token() => bare_token(&gw, &mut session, frame),
+            Some(k) if sasl.contains(&k) => login(&gw, &mut session, frame),
+            _ => admit(&gw, &session, api).and_then(|t| decode(frame, &gw, t).map(|p| (p, false))),
+        };
+        match next {
+            Ok((p, close)) => {
+                if tx.send(p).await.is_err() || close {
                     return;
                 }
             }
@@ -199,6 +228,74 @@ async fn read_requests<W: Shards>(
             }
         }
     }
+}
+
+/// The tenant a request runs as, or why the connection must close (Kafka
+/// closes one that skips or interrupts a required SASL exchange).
+fn admit<W>(
+    gw: &Gateway<W>,
+    session: &sasl::Session,
+    api: Option<i16>,
+) -> Result<floe_common::TenantId, String> {
+    if session.in_exchange() {
+        return Err("illegal sasl state: a request in the middle of a sasl exchange".into());
+    }
+    match (&session.login, gw.auth) {
+        (Some((tenant, _)), _) => Ok(tenant.clone()),
+        (None, AuthMode::Optional) => Ok(gw.default_tenant.clone()),
+        // ApiVersions comes before the handshake.
+        (None, AuthMode::Required) if api == Some(ApiKey::ApiVersions as i16) => {
+            Ok(gw.default_tenant.clone())
+        }
+        (None, AuthMode::Required) => Err("illegal sasl state: authentication required".into()),
+    }
+}
+
+/// A bare SASL token after a v0 handshake: the answer is a bare token too,
+/// and a failure closes the connection without one (Kafka's v0).
+fn bare_token<W>(
+    gw: &Gateway<W>,
+    session: &mut sasl::Session,
+    frame: Bytes,
+) -> Result<(Pending, bool), String> {
+    let req = kafka_protocol::messages::SaslAuthenticateRequest::default().with_auth_bytes(frame);
+    let a = session.authenticate(&gw.registry, &req);
+    if a.close {
+        return Err("sasl authentication failed".into());
+    }
+    let mut out = BytesMut::with_capacity(4 + a.body.auth_bytes.len());
+    out.put_i32(a.body.auth_bytes.len() as i32);
+    out.put_slice(&a.body.auth_bytes);
+    Ok((ready(Ok(out.freeze())), false))
+}
+
+/// A SASL request, answered in turn (the next frame is read only after it),
+/// and whether the connection closes after the answer.
+fn login<W: Shards>(
+    gw: &Arc<Gateway<W>>,
+    session: &mut sasl::Session,
+    frame: Bytes,
+) -> Result<(Pending, bool), String> {
+    gw.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
+    let Parsed::Request(api, header, req) = parse_request(frame)? else {
+        return Err("sasl frame".into());
+    };
+    let (id, v) = (header.correlation_id, header.request_api_version);
+    let (body, close) = match req {
+        RequestKind::SaslHandshake(r) => {
+            let a = session.handshake(&r, v);
+            (ResponseKind::SaslHandshake(a.body), a.close)
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            let a = session.authenticate(&gw.registry, &r);
+            (ResponseKind::SaslAuthenticate(a.body), a.close)
+        }
+        _ => return Err("sasl frame".into()),
+    };
+    if let (Some((tenant, key)), false) = (&session.login, close) {
+        tracing::debug!(%tenant, key, "sasl login");
+    }
+    Ok((ready(encode(id, api, v, body)), close))
 }
 
 /// Reads one size-prefixed frame; `Ok(None)` at a clean end of stream.
@@ -288,7 +385,11 @@ pub fn decode_body(
 }
 
 /// Decodes a frame into a pending response, or says why to close.
-fn decode<W: Shards>(frame: Bytes, gw: &Arc<Gateway<W>>) -> Result<Pending, String> {
+fn decode<W: Shards>(
+    frame: Bytes,
+    gw: &Arc<Gateway<W>>,
+    tenant: floe_common::TenantId,
+) -> Result<Pending, String> {
     if frame.len() >= 2 {
         gw.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
     }
@@ -299,10 +400,13 @@ fn decode<W: Shards>(frame: Bytes, gw: &Arc<Gateway<W>>) -> Result<Pending, Stri
             return Ok(ready(encode(correlation_id, ApiKey::ApiVersions, 0, body)));
         }
     };
-    let gw = gw.clone();
+    let cx = Cx {
+        gw: gw.clone(),
+        tenant,
+    };
     Ok(Box::pin(async move {
         let (id, v) = (header.correlation_id, header.request_api_version);
-        match handle(&gw, &header, req).await {
+        match handle(&cx, &header, req).await {
             Some(Reply::Body(resp)) => encode(id, api, v, resp).map(|b| Some(vec![b])),
             Some(Reply::Fetch(resp)) => Ok(Some(fetch::encode(id, v, resp))),
             None => Ok(None),
@@ -322,7 +426,7 @@ enum Reply {
     Fetch(fetch::Response),
 }
 
-async fn handle<W: Shards>(gw: &Gateway<W>, h: &RequestHeader, req: RequestKind) -> Option<Reply> {
+async fn handle<W: Shards>(gw: &Cx<W>, h: &RequestHeader, req: RequestKind) -> Option<Reply> {
     let v = h.request_api_version;
     Some(Reply::Body(match req {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::response()),

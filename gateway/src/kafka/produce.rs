@@ -12,7 +12,7 @@ use kafka_protocol::messages::ProduceResponse;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 /// One partition's outcome so far: accepted with its (bytes, batches), or failed.
 enum Outcome {
@@ -21,10 +21,10 @@ enum Outcome {
 }
 
 /// Returns `None` for acks=0: the client expects no response.
-pub async fn produce<W: Shards>(gw: &Gateway<W>, req: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn produce<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Option<ProduceResponse> {
     let started = std::time::Instant::now();
     let acks = req.acks;
-    let tenant = &gw.dev_tenant;
+    let tenant = &gw.tenant;
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
         let mut parts = Vec::with_capacity(t.partition_data.len());
@@ -60,7 +60,7 @@ pub async fn produce<W: Shards>(gw: &Gateway<W>, req: ProduceRequest) -> Option<
 }
 
 async fn accept<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     tenant: &floe_common::TenantId,
     topic: &str,
     partition: i32,
@@ -78,7 +78,7 @@ async fn accept<W: Shards>(
     }
 }
 
-async fn finish<W>(gw: &Gateway<W>, index: i32, outcome: Outcome) -> PartitionProduceResponse {
+async fn finish<W>(gw: &Cx<W>, index: i32, outcome: Outcome) -> PartitionProduceResponse {
     let resp = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);

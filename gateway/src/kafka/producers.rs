@@ -14,10 +14,10 @@ use kafka_protocol::messages::{
 
 use kafka_protocol::ResponseError;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 pub async fn init_producer_id<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: InitProducerIdRequest,
     version: i16,
 ) -> InitProducerIdResponse {
@@ -34,7 +34,7 @@ pub async fn init_producer_id<W: Shards>(
         (version >= 3 && req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
     let initiated = gw
         .worker
-        .init_producer_id(&gw.dev_tenant, txn, req.transaction_timeout_ms, current)
+        .init_producer_id(&gw.tenant, txn, req.transaction_timeout_ms, current)
         .await;
     match initiated {
         Ok((id, epoch)) => InitProducerIdResponse::default()
@@ -49,7 +49,7 @@ pub async fn init_producer_id<W: Shards>(
 }
 
 pub async fn describe_producers<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DescribeProducersRequest,
 ) -> DescribeProducersResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -57,10 +57,7 @@ pub async fn describe_producers<W: Shards>(
         let mut partitions = Vec::with_capacity(t.partition_indexes.len());
         for p in t.partition_indexes {
             let resp = PartitionResponse::default().with_partition_index(p);
-            let described = gw
-                .worker
-                .describe_producers(&gw.dev_tenant, &t.name.0, p)
-                .await;
+            let described = gw.worker.describe_producers(&gw.tenant, &t.name.0, p).await;
             partitions.push(match described {
                 Ok(producers) => resp.with_active_producers(
                     producers

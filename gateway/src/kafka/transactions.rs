@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::{errors, Gateway};
+use crate::{errors, Cx};
 
 fn code<T>(r: &floe_worker::Result<T>) -> i16 {
     r.as_ref().err().map_or(0, errors::code)
@@ -49,7 +49,7 @@ fn per_partition(
 
 /// v0-3: one transaction, named at the top level.
 pub async fn add_partitions<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: AddPartitionsToTxnRequest,
     version: i16,
 ) -> AddPartitionsToTxnResponse {
@@ -69,7 +69,7 @@ pub async fn add_partitions<W: Shards>(
     let id = req.v3_and_below_transactional_id.0.as_str();
     let outcomes = gw
         .worker
-        .add_partitions_to_txn(&gw.dev_tenant, id, producer, flat)
+        .add_partitions_to_txn(&gw.tenant, id, producer, flat)
         .await;
     let mut codes = per_partition(outcomes, &asked);
     let results = asked
@@ -96,14 +96,14 @@ pub async fn add_partitions<W: Shards>(
 }
 
 pub async fn add_offsets<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
     let r = gw
         .worker
         .add_offsets_to_txn(
-            &gw.dev_tenant,
+            &gw.tenant,
             &req.transactional_id.0,
             (req.producer_id.0, req.producer_epoch),
             &req.group_id.0,
@@ -117,7 +117,7 @@ pub async fn add_offsets<W: Shards>(
 }
 
 pub async fn txn_offset_commit<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
     let asked: Vec<(TopicName, Vec<i32>)> = req
@@ -148,7 +148,7 @@ pub async fn txn_offset_commit<W: Shards>(
     let outcomes = gw
         .worker
         .txn_offset_commit(
-            &gw.dev_tenant,
+            &gw.tenant,
             &req.transactional_id.0,
             (req.producer_id.0, req.producer_epoch),
             &req.group_id.0,
@@ -180,15 +180,11 @@ pub async fn txn_offset_commit<W: Shards>(
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub async fn end_txn<W: Shards>(
-    gw: &Gateway<W>,
-    req: EndTxnRequest,
-    version: i16,
-) -> EndTxnResponse {
+pub async fn end_txn<W: Shards>(gw: &Cx<W>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
     let r = gw
         .worker
         .end_txn(
-            &gw.dev_tenant,
+            &gw.tenant,
             &req.transactional_id.0,
             (req.producer_id.0, req.producer_epoch),
             req.committed,
@@ -200,11 +196,8 @@ pub async fn end_txn<W: Shards>(
         .with_producer_epoch(-1)
 }
 
-pub async fn list<W: Shards>(
-    gw: &Gateway<W>,
-    req: ListTransactionsRequest,
-) -> ListTransactionsResponse {
-    let all = match gw.worker.transactions(&gw.dev_tenant).await {
+pub async fn list<W: Shards>(gw: &Cx<W>, req: ListTransactionsRequest) -> ListTransactionsResponse {
+    let all = match gw.worker.transactions(&gw.tenant).await {
         Ok(all) => all,
         Err(e) => return ListTransactionsResponse::default().with_error_code(errors::code(&e)),
     };
@@ -250,10 +243,10 @@ fn is_kafka_state(s: &str) -> bool {
 }
 
 pub async fn describe<W: Shards>(
-    gw: &Gateway<W>,
+    gw: &Cx<W>,
     req: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
-    let all = gw.worker.transactions(&gw.dev_tenant).await;
+    let all = gw.worker.transactions(&gw.tenant).await;
     let states = req
         .transactional_ids
         .into_iter()

@@ -1,0 +1,194 @@
+//! The operator's admin API, under `/admin/v1`, behind a bearer token:
+//! tenants, their keys and quotas. Secrets appear once, in the answer that
+//! creates a key.
+
+use std::sync::Arc;
+
+use aws_lc_free::constant_eq;
+use bytes::Bytes;
+use floe_tenants::{Plan, Quota, Registry, RegistryError, Tenant};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde::{Deserialize, Serialize};
+
+/// Request bodies are small JSON documents.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub struct Admin {
+    pub registry: Arc<Registry>,
+    pub token: String,
+}
+
+/// An answer: status and JSON body.
+pub type Answer = (StatusCode, Bytes);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    #[serde(default = "free")]
+    plan: Plan,
+}
+
+fn free() -> Plan {
+    Plan::Free
+}
+
+#[derive(Serialize)]
+struct TenantView<'a> {
+    id: &'a str,
+    plan: Plan,
+    quota: &'a Quota,
+    limits: Quota,
+    created_ms: i64,
+    keys: Vec<floe_tenants::KeyInfo>,
+}
+
+fn view(t: &Tenant) -> serde_json::Value {
+    let v = TenantView {
+        id: &t.id,
+        plan: t.plan,
+        quota: &t.quota,
+        limits: t.limits(),
+        created_ms: t.created_ms,
+        keys: t
+            .keys
+            .iter()
+            .map(|k| floe_tenants::KeyInfo {
+                key: k.id.clone(),
+                created_ms: k.created_ms,
+            })
+            .collect(),
+    };
+    serde_json::to_value(v).expect("a tenant view serializes")
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Answer {
+    (status, Bytes::from(v.to_string()))
+}
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Answer {
+    json(
+        status,
+        serde_json::json!({"error_code": code, "message": message.to_string()}),
+    )
+}
+
+fn registry_error(e: RegistryError) -> Answer {
+    match e {
+        RegistryError::NotFound(_) | RegistryError::KeyNotFound(_) => {
+            error(StatusCode::NOT_FOUND, "not_found", e)
+        }
+        RegistryError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
+        RegistryError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
+        RegistryError::Storage(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+impl Admin {
+    /// Serves one `/admin/v1/...` request.
+    pub async fn serve(&self, req: Request<Incoming>) -> Answer {
+        if !self.authorized(&req) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer admin token is required",
+            );
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path
+            .trim_start_matches("/admin/v1/")
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("bodies are at most {MAX_BODY_BYTES} bytes"),
+                )
+            }
+        };
+        let r = &self.registry;
+        match (method, parts.as_slice()) {
+            (Method::POST, ["tenants"]) => {
+                let new: NewTenant = match serde_json::from_slice(&body) {
+                    Ok(n) => n,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e),
+                };
+                match r.create(&new.id, new.plan).await {
+                    Ok(t) => json(StatusCode::CREATED, view(&t)),
+                    Err(e) => registry_error(e),
+                }
+            }
+            (Method::GET, ["tenants"]) => {
+                let all: Vec<_> = r.list().iter().map(view).collect();
+                json(StatusCode::OK, serde_json::json!({ "tenants": all }))
+            }
+            (Method::GET, ["tenants", id]) => match r.get(id) {
+                Some(t) => json(StatusCode::OK, view(&t)),
+                None => registry_error(RegistryError::NotFound(id.to_string())),
+            },
+            (Method::DELETE, ["tenants", id]) => match r.delete(id).await {
+                Ok(()) => (StatusCode::NO_CONTENT, Bytes::new()),
+                Err(e) => registry_error(e),
+            },
+            (Method::POST, ["tenants", id, "keys"]) => match r.create_key(id).await {
+                Ok((key, secret)) => json(
+                    StatusCode::CREATED,
+                    serde_json::json!({"key": key, "secret": secret}),
+                ),
+                Err(e) => registry_error(e),
+            },
+            (Method::DELETE, ["tenants", id, "keys", key]) => match r.revoke_key(id, key).await {
+                Ok(()) => (StatusCode::NO_CONTENT, Bytes::new()),
+                Err(e) => registry_error(e),
+            },
+            (Method::PUT, ["tenants", id, "quota"]) => {
+                let quota: Quota = match serde_json::from_slice(&body) {
+                    Ok(q) => q,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e),
+                };
+                match r.set_quota(id, quota).await {
+                    Ok(t) => json(StatusCode::OK, view(&t)),
+                    Err(e) => registry_error(e),
+                }
+            }
+            (
+                _,
+                ["tenants"]
+                | ["tenants", _]
+                | ["tenants", _, "keys" | "quota"]
+                | ["tenants", _, "keys", _],
+            ) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "see the admin API's verbs",
+            ),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin resource"),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let presented = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        presented.is_some_and(|p| constant_eq(p.as_bytes(), self.token.as_bytes()))
+    }
+}
+
+mod aws_lc_free {
+    /// Compares without stopping at the first difference.
+    pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
