@@ -1,6 +1,8 @@
 //! The `floe` binary. `floe dev` runs gateway and worker in one process, with
 //! state in a local directory (or any store `--store` names).
 
+mod cli;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,27 @@ struct Cli {
 enum Command {
     /// Run gateway and worker in one process.
     Dev(DevArgs),
+    /// Tenants of a running Floe (admin API).
+    Tenant {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        cmd: cli::TenantCmd,
+    },
+    /// API keys of a tenant (admin API).
+    Key {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        cmd: cli::KeyCmd,
+    },
+    /// A tenant's quota (admin API).
+    Quota {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        cmd: cli::QuotaCmd,
+    },
 }
 
 #[derive(Args)]
@@ -175,6 +198,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Dev(args) => rt.block_on(dev(args)),
+        Command::Tenant { target, cmd } => rt.block_on(cli::tenant(target, cmd)),
+        Command::Key { target, cmd } => rt.block_on(cli::key(target, cmd)),
+        Command::Quota { target, cmd } => rt.block_on(cli::quota(target, cmd)),
     }
 }
 

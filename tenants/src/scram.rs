@@ -376,6 +376,7 @@ mod tests {
         password: &[u8],
         client_first_bare: &str,
         server_first: &str,
+        echo: &str,
     ) -> (String, Vec<u8>) {
         let attrs: Vec<&str> = server_first.split(',').collect();
         let nonce = attrs[0].strip_prefix("r=").expect("nonce");
@@ -395,7 +396,7 @@ mod tests {
         let key = hmac::Key::new(mac, &salted);
         let client_key = hmac::sign(&key, b"Client Key");
         let stored = digest::digest(hash, client_key.as_ref());
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c=biws,r={echo}{nonce}");
         let auth = format!("{client_first_bare},{server_first},{without_proof}");
         let sig = hmac::sign(&hmac::Key::new(mac, stored.as_ref()), auth.as_bytes());
         let proof: Vec<u8> = client_key
@@ -413,6 +414,18 @@ mod tests {
     }
 
     fn exchange(mech: Mechanism, stored: &[u8], tried: &[u8], user: &str) -> Step {
+        exchange_echoing(mech, stored, tried, user, "")
+    }
+
+    /// `echo` goes before the combined nonce in client-final (librdkafka
+    /// sends its own nonce there again).
+    fn exchange_echoing(
+        mech: Mechanism,
+        stored: &[u8],
+        tried: &[u8],
+        user: &str,
+        echo: &str,
+    ) -> Step {
         let cred = Credential::new(mech, stored);
         let mut server = ScramServer::new(mech);
         let bare = "n=fk_a=2Cb,r=abcdefgh".to_string();
@@ -424,7 +437,7 @@ mod tests {
         };
         let server_first = String::from_utf8(server_first).expect("utf8");
         assert!(server_first.starts_with("r=abcdefgh"));
-        let (last, expect) = client_final(mech, tried, &bare, &server_first);
+        let (last, expect) = client_final(mech, tried, &bare, &server_first, echo);
         match server.step(last.as_bytes(), |_| None) {
             Step::Done { user, response } => {
                 assert_eq!(response, expect, "the server proves itself");
@@ -444,6 +457,11 @@ mod tests {
             assert!(matches!(
                 exchange(mech, b"s3cret", b"wrong", "fk_a,b"),
                 Step::Failed(_)
+            ));
+            // librdkafka's final nonce: its own, then the combined one.
+            assert!(matches!(
+                exchange_echoing(mech, b"s3cret", b"s3cret", "fk_a,b", "abcdefgh"),
+                Step::Done { .. }
             ));
             // An unknown user fails only at the proof, like a wrong password.
             assert!(matches!(

@@ -161,3 +161,32 @@ def test_admin_api_refuses_without_the_token_and_answers_errors(tenants):
     status, listed = admin(floe, "GET", "/tenants")
     assert [t["id"] for t in listed["tenants"]] == ["acme", "globex"]
     assert all("secret" not in json.dumps(t) for t in listed["tenants"])
+
+
+def test_the_readme_walkthrough_with_the_cli_and_kcat(tenants):
+    """README.md's steps: `floe tenant create`, `floe key create`, kcat."""
+    floe, _ = tenants
+    env = {"FLOE_URL": f"http://127.0.0.1:{floe.http_port}", "FLOE_ADMIN_TOKEN": TOKEN,
+           "PATH": "/usr/bin:/bin"}
+
+    def cli(*args):
+        r = subprocess.run([floe.bin, *args], capture_output=True, env=env, timeout=30)
+        assert r.returncode == 0, r.stderr.decode()
+        return json.loads(r.stdout)
+
+    assert cli("tenant", "create", "initech", "--plan", "standard")["id"] == "initech"
+    k = cli("key", "create", "initech")
+    assert cli("quota", "set", "initech", "--partitions", "4")["limits"]["partitions"] == 4
+    assert "initech" in [t["id"] for t in cli("tenant", "list")["tenants"]]
+    common = ["-b", floe.bootstrap, "-X", "security.protocol=SASL_PLAINTEXT",
+              "-X", "sasl.mechanisms=PLAIN", "-X", f"sasl.username={k['key']}",
+              "-X", f"sasl.password={k['secret']}"]
+    r = subprocess.run(["kcat", *common, "-P", "-t", "hello"], input=b"world\n",
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run(["kcat", *common, "-C", "-t", "hello", "-o", "beginning", "-e", "-q"],
+                       capture_output=True, timeout=60)
+    assert r.stdout == b"world\n", r.stderr.decode()
+    r = subprocess.run([floe.bin, "key", "create", "nobody"], capture_output=True, env=env,
+                       timeout=30)
+    assert r.returncode != 0 and b"404" in r.stderr

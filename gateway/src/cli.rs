@@ -1,0 +1,150 @@
+//! The operator's commands (`floe tenant|key|quota ...`): each is one call
+//! of the admin API (`/admin/v1`) of a running Floe, printed as JSON.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+
+/// Where the admin API is, and the token it takes.
+#[derive(Args)]
+pub struct Target {
+    /// The HTTP listener of a running Floe.
+    #[arg(long, env = "FLOE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token it was started with.
+    #[arg(long, env = "FLOE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        id: String,
+        /// free, standard or unlimited.
+        #[arg(long, default_value = "free")]
+        plan: String,
+    },
+    /// List tenants, their limits and keys (never secrets).
+    List,
+    /// Delete a tenant and its keys; its connections are closed.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create an API key; its secret is printed once and not kept.
+    Create { tenant: String },
+    /// Revoke a key; connections using it are closed within seconds.
+    Revoke { tenant: String, key: String },
+}
+
+#[derive(Subcommand)]
+pub enum QuotaCmd {
+    /// Override a tenant's plan limits (unset ones keep the plan's).
+    Set {
+        tenant: String,
+        #[arg(long)]
+        produce_bytes_per_sec: Option<u64>,
+        #[arg(long)]
+        fetch_bytes_per_sec: Option<u64>,
+        #[arg(long)]
+        requests_per_sec: Option<u64>,
+        #[arg(long)]
+        storage_bytes: Option<u64>,
+        #[arg(long)]
+        partitions: Option<u64>,
+    },
+}
+
+pub async fn tenant(t: Target, cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Create { id, plan } => {
+            let body = serde_json::json!({"id": id, "plan": plan});
+            call(&t, Method::POST, "/tenants", Some(body)).await
+        }
+        TenantCmd::List => call(&t, Method::GET, "/tenants", None).await,
+        TenantCmd::Delete { id } => call(&t, Method::DELETE, &format!("/tenants/{id}"), None).await,
+    }
+}
+
+pub async fn key(t: Target, cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create { tenant } => {
+            call(&t, Method::POST, &format!("/tenants/{tenant}/keys"), None).await
+        }
+        KeyCmd::Revoke { tenant, key } => {
+            let path = format!("/tenants/{tenant}/keys/{key}");
+            call(&t, Method::DELETE, &path, None).await
+        }
+    }
+}
+
+pub async fn quota(t: Target, cmd: QuotaCmd) -> anyhow::Result<()> {
+    let QuotaCmd::Set {
+        tenant,
+        produce_bytes_per_sec,
+        fetch_bytes_per_sec,
+        requests_per_sec,
+        storage_bytes,
+        partitions,
+    } = cmd;
+    let quota = floe_tenants::Quota {
+        produce_bytes_per_sec,
+        fetch_bytes_per_sec,
+        requests_per_sec,
+        storage_bytes,
+        partitions,
+    };
+    let body = serde_json::to_value(quota)?;
+    call(
+        &t,
+        Method::PUT,
+        &format!("/tenants/{tenant}/quota"),
+        Some(body),
+    )
+    .await
+}
+
+/// One request; prints the answer, and fails on an error status.
+async fn call(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let authority = t
+        .url
+        .strip_prefix("http://")
+        .context("--url must be http://HOST:PORT")?
+        .trim_end_matches('/');
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("/admin/v1{path}"))
+        .header("host", authority)
+        .header("authorization", format!("Bearer {}", t.admin_token))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !bytes.is_empty() {
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            Err(_) => println!("{}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+    if !status.is_success() {
+        bail!("{status}");
+    }
+    Ok(())
+}
