@@ -52,6 +52,8 @@ pub struct Gateway<W> {
     pub auth: AuthMode,
     /// The tenant of unauthenticated connections when `auth` is optional.
     pub default_tenant: TenantId,
+    /// When set, the Kafka listener speaks TLS only.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<W> Gateway<W> {
@@ -70,8 +72,33 @@ impl<W> Gateway<W> {
             registry,
             auth,
             default_tenant,
+            tls: None,
         }
     }
+
+    pub fn with_tls(mut self, tls: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// A TLS acceptor for a PEM certificate chain and private key.
+pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {cert}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {cert}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {key}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not fit")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 /// The tenant `floe dev` serves unauthenticated connections as.

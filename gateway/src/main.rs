@@ -171,6 +171,13 @@ struct DevArgs {
     /// same default): one rebalance while a fleet starts instead of many.
     #[arg(long, default_value_t = 3000)]
     group_initial_rebalance_delay_ms: u64,
+    /// PEM certificate chain: with --tls-key, the Kafka listener speaks TLS
+    /// only (SASL_SSL for clients).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<String>,
     /// Whether Kafka clients must log in with SASL (PLAIN, SCRAM-SHA-256/512;
     /// an API key and its secret). With `optional`, unauthenticated
     /// connections are the `default` tenant's.
@@ -297,13 +304,17 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         fetch_max_bytes: a.fetch_max_bytes,
         max_connections: a.max_connections,
     };
-    let gateway = Arc::new(Gateway::new(
+    let mut gateway = Gateway::new(
         worker.clone(),
         settings,
         metrics.clone(),
         registry.clone(),
         a.auth,
-    ));
+    );
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        gateway = gateway.with_tls(floe_gateway::tls_acceptor(cert, key)?);
+    }
+    let gateway = Arc::new(gateway);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let kafka_task = tokio::spawn(kafka::serve(
         gateway.clone(),

@@ -190,3 +190,58 @@ def test_the_readme_walkthrough_with_the_cli_and_kcat(tenants):
     r = subprocess.run([floe.bin, "key", "create", "nobody"], capture_output=True, env=env,
                        timeout=30)
     assert r.returncode != 0 and b"404" in r.stderr
+
+
+@pytest.fixture
+def tls_floe():
+    """`--auth required` behind TLS, with a self-signed certificate for
+    127.0.0.1 that the clients trust as their CA."""
+    with tempfile.TemporaryDirectory(prefix="floe-py-") as d:
+        cert, key = f"{d}/cert.pem", f"{d}/key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+             "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True, capture_output=True, timeout=60)
+        f = Floe(d, ["--admin-token", TOKEN, "--auth", "required",
+                     "--tls-cert", cert, "--tls-key", key])
+        try:
+            assert admin(f, "POST", "/tenants", {"id": "acme"})[0] == 201
+            status, k = admin(f, "POST", "/tenants/acme/keys")
+            assert status == 201
+            yield f, cert, (k["key"], k["secret"])
+        finally:
+            f.close()
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_kafka_python_over_tls(tls_floe, mechanism):
+    floe, cert, key = tls_floe
+    conf = dict(sasl(floe, key, mechanism), security_protocol="SASL_SSL", ssl_cafile=cert)
+    p = KafkaProducer(**conf, acks="all")
+    for i in range(20):
+        p.send("secure", f"r{i}".encode(), partition=0)
+    p.flush()
+    p.close()
+    assert read_all(conf, "secure", 20)[-20:] == [f"r{i}".encode() for i in range(20)]
+
+
+def test_kcat_over_tls_and_plaintext_refused(tls_floe):
+    floe, cert, (key, secret) = tls_floe
+    common = ["-b", floe.bootstrap, "-X", "security.protocol=SASL_SSL",
+              "-X", f"ssl.ca.location={cert}", "-X", "sasl.mechanisms=SCRAM-SHA-256",
+              "-X", f"sasl.username={key}", "-X", f"sasl.password={secret}"]
+    r = subprocess.run(["kcat", *common, "-P", "-t", "tls-kc"], input=b"sealed\n",
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run(["kcat", *common, "-C", "-t", "tls-kc", "-o", "beginning", "-e", "-q"],
+                       capture_output=True, timeout=60)
+    assert r.stdout == b"sealed\n", r.stderr.decode()
+    # A client speaking plaintext to the TLS listener gets nothing back.
+    import socket
+    s = socket.create_connection(("127.0.0.1", floe.kafka_port), timeout=10)
+    s.sendall(bytes.fromhex("0000000e0012000300000001000466000000"))
+    data = s.recv(4096)
+    s.close()
+    assert not data.startswith(b"\x00\x00"), "no Kafka response over plaintext"

@@ -35,8 +35,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -94,13 +93,41 @@ pub async fn serve<W: Shards>(
     let _ = slots.acquire_many(max as u32).await;
 }
 
+/// A TLS handshake that takes longer than this closes the connection.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn connection<W: Shards>(
     gw: Arc<Gateway<W>>,
     socket: TcpStream,
     stop: watch::Receiver<bool>,
 ) {
     let peer = socket.peer_addr().ok();
-    let (rd, mut wr) = socket.into_split();
+    match gw.tls.clone() {
+        None => {
+            let (rd, wr) = socket.into_split();
+            serve_connection(gw, rd, wr, stop).await;
+        }
+        Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(socket)).await {
+            Ok(Ok(stream)) => {
+                let (rd, wr) = tokio::io::split(stream);
+                serve_connection(gw, rd, wr, stop).await;
+            }
+            Ok(Err(e)) => tracing::info!(?peer, error = %e, "tls handshake failed"),
+            Err(_) => tracing::info!(?peer, "tls handshake timed out"),
+        },
+    }
+    tracing::debug!(?peer, "kafka connection closed");
+}
+
+async fn serve_connection<W: Shards, R, Wr>(
+    gw: Arc<Gateway<W>>,
+    rd: R,
+    mut wr: Wr,
+    stop: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    Wr: AsyncWrite + Unpin,
+{
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_PIPELINED);
     let reader = tokio::spawn(read_requests(gw.clone(), rd, tx, stop));
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -121,13 +148,12 @@ async fn connection<W: Shards>(
         }
     }
     reader.abort();
-    tracing::debug!(?peer, "kafka connection closed");
 }
 
 /// Writes `first` and every response already complete behind it, in vectored
 /// writes: record batches go from the read cache to the socket uncopied.
 async fn write_ready(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut (impl AsyncWrite + Unpin),
     first: Result<Option<Vec<Bytes>>, ()>,
     pending: &mut FuturesOrdered<Pending>,
 ) -> std::io::Result<()> {
@@ -139,7 +165,10 @@ async fn write_ready(
     write_chunks(wr, chunks).await
 }
 
-async fn write_chunks(wr: &mut OwnedWriteHalf, mut chunks: Vec<Bytes>) -> std::io::Result<()> {
+async fn write_chunks(
+    wr: &mut (impl AsyncWrite + Unpin),
+    mut chunks: Vec<Bytes>,
+) -> std::io::Result<()> {
     chunks.retain(|c| !c.is_empty());
     let mut at = 0;
     while at < chunks.len() {
@@ -168,7 +197,7 @@ async fn write_chunks(wr: &mut OwnedWriteHalf, mut chunks: Vec<Bytes>) -> std::i
 
 async fn read_requests<W: Shards>(
     gw: Arc<Gateway<W>>,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: impl AsyncRead + Unpin,
     tx: mpsc::Sender<Pending>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -299,10 +328,7 @@ fn login<W: Shards>(
 }
 
 /// Reads one size-prefixed frame; `Ok(None)` at a clean end of stream.
-async fn read_frame(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    max: u32,
-) -> Result<Option<Bytes>, String> {
+async fn read_frame(rd: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Option<Bytes>, String> {
     let mut len = [0u8; 4];
     match rd.read_exact(&mut len).await {
         Ok(_) => {}
