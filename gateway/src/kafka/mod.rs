@@ -356,6 +356,7 @@ async fn read_frame(rd: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Optio
 
 /// What a frame asks for, once past the version gate.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per frame, moved once
 pub enum Parsed {
     Request(ApiKey, RequestHeader, RequestKind),
     /// An ApiVersions request newer than we serve: answer with v0 and the list.
