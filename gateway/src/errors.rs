@@ -22,6 +22,7 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::UnknownProducerId(_) => E::UnknownProducerId,
         WorkerError::OperationNotAttempted => E::OperationNotAttempted,
         WorkerError::UnstableOffsetCommit => E::UnstableOffsetCommit,
+        WorkerError::PolicyViolation(_) => E::PolicyViolation,
         WorkerError::Txn(t) => match t {
             TxnError::InvalidProducerIdMapping => E::InvalidProducerIdMapping,
             TxnError::ProducerFenced => E::ProducerFenced,

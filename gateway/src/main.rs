@@ -273,17 +273,34 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         !retention_every.is_zero(),
         "--retention-every-ms must be positive"
     );
-    let worker = Arc::new(LocalWorker::new(
-        counted,
-        WorkerConfig {
-            log,
-            retention_every,
-            transactional_id_expiration: Duration::from_millis(a.transactional_id_expiration_ms),
-            group_initial_rebalance_delay: Duration::from_millis(
-                a.group_initial_rebalance_delay_ms,
-            ),
-        },
-    ));
+    let limits_of = registry.clone();
+    let limits: floe_worker::quota::LimitsFn = Arc::new(move |t: &floe_common::TenantId| {
+        limits_of
+            .limits(t.as_str())
+            .map_or_else(Default::default, |q| floe_worker::quota::Limits {
+                produce_bytes_per_sec: q.produce_bytes_per_sec,
+                fetch_bytes_per_sec: q.fetch_bytes_per_sec,
+                requests_per_sec: q.requests_per_sec,
+                partitions: q.partitions,
+                storage_bytes: q.storage_bytes,
+            })
+    });
+    let worker = Arc::new(
+        LocalWorker::new(
+            counted,
+            WorkerConfig {
+                log,
+                retention_every,
+                transactional_id_expiration: Duration::from_millis(
+                    a.transactional_id_expiration_ms,
+                ),
+                group_initial_rebalance_delay: Duration::from_millis(
+                    a.group_initial_rebalance_delay_ms,
+                ),
+            },
+        )
+        .with_limits(limits),
+    );
 
     let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen)
         .await

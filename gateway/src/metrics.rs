@@ -21,6 +21,9 @@ pub struct Metrics {
     pub produced_bytes: AtomicU64,
     pub produced_batches: AtomicU64,
     pub fetched_bytes: AtomicU64,
+    /// Requests answered with a throttle, and its total in milliseconds.
+    pub throttled_requests: AtomicU64,
+    pub throttle_ms: AtomicU64,
     /// Produce requests, arrival to every partition durable.
     pub produce_seconds: Histogram,
 }
@@ -85,6 +88,8 @@ impl Metrics {
             produced_bytes: AtomicU64::new(0),
             produced_batches: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
+            throttled_requests: AtomicU64::new(0),
+            throttle_ms: AtomicU64::new(0),
             produce_seconds: Histogram::new(),
         }
     }
@@ -96,6 +101,11 @@ impl Metrics {
         {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn throttled(&self, d: std::time::Duration) {
+        self.throttled_requests.fetch_add(1, Relaxed);
+        self.throttle_ms.fetch_add(d.as_millis() as u64, Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -136,6 +146,16 @@ impl Metrics {
             "floe_fetched_bytes_total",
             "Record-batch bytes served.",
             &self.fetched_bytes,
+        );
+        counter(
+            "floe_throttled_requests_total",
+            "Requests answered with a quota throttle (KIP-219).",
+            &self.throttled_requests,
+        );
+        counter(
+            "floe_throttle_milliseconds_total",
+            "Milliseconds of throttle given to connections.",
+            &self.throttle_ms,
         );
         let s = &self.store;
         counter(

@@ -109,6 +109,12 @@ impl Registry {
         self.read().tenants.get(id).cloned()
     }
 
+    /// The limits in force for a tenant, without copying its keys: asked
+    /// on every request that is metered.
+    pub fn limits(&self, id: &str) -> Option<Quota> {
+        self.read().tenants.get(id).map(Tenant::limits)
+    }
+
     pub fn list(&self) -> Vec<Tenant> {
         self.read().tenants.values().cloned().collect()
     }

@@ -245,3 +245,46 @@ def test_kcat_over_tls_and_plaintext_refused(tls_floe):
     data = s.recv(4096)
     s.close()
     assert not data.startswith(b"\x00\x00"), "no Kafka response over plaintext"
+
+
+def test_a_produce_quota_holds_a_burst_with_throttle_hints(tenants):
+    """1 MB/s: a 5 MB burst takes 4.25-5.75 s, and the client is told."""
+    floe, keys = tenants
+    status, _ = admin(floe, "PUT", "/tenants/acme/quota", {"produce_bytes_per_sec": 1_000_000})
+    assert status == 200
+    p = KafkaProducer(**sasl(floe, keys["acme"], "PLAIN"), acks="all", linger_ms=5,
+                      batch_size=64 * 1024, max_request_size=1 << 20)
+    p.send("burst", b"warm-up", partition=0).get(timeout=10)
+    value = b"v" * 1000
+    n = 4900  # with record overhead, about 5.0 MB of batches
+    start = time.time()
+    for i in range(n):
+        p.send("burst", value, partition=0)
+    p.flush(timeout=60)
+    took = time.time() - start
+    throttle = [v for group in p.metrics().values() for k, v in group.items()
+                if k == "throttle-time-max" and v and v > 0]
+    p.close()
+    print(f"5 MB burst at 1 MB/s took {took:.2f} s")
+    assert 4.25 <= took <= 5.75, f"the burst took {took:.2f} s"
+    assert throttle and throttle[0] > 0, "the client saw throttle_time_ms"
+    # The other tenant is not held back by it.
+    q = KafkaProducer(**sasl(floe, keys["globex"], "PLAIN"), acks="all")
+    start = time.time()
+    for i in range(n):
+        q.send("burst", value, partition=0)
+    q.flush(timeout=60)
+    assert time.time() - start < 4.25
+    q.close()
+
+
+def test_a_partition_quota_refuses_topics_beyond_it(tenants):
+    floe, keys = tenants
+    assert admin(floe, "PUT", "/tenants/globex/quota", {"partitions": 3})[0] == 200
+    from kafka.admin import NewTopic
+    from kafka.errors import PolicyViolationError
+    a = KafkaAdminClient(**sasl(floe, keys["globex"], "PLAIN"))
+    a.create_topics([NewTopic("two", 2, 1)])
+    with pytest.raises(PolicyViolationError):
+        a.create_topics([NewTopic("two-more", 2, 1)])
+    a.close()

@@ -10,6 +10,7 @@
 //!   (not served yet).
 //! - [`producer_ids`]: idempotent producers' ids, allocated in durable blocks.
 //! - [`transactions`]: the transaction coordinator's state per transactional id.
+//! - [`quota`]: rate quotas per tenant, metered at the shard owner.
 //! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
 //!
 //! Each tenant has one shard today (shard 0), holding its catalog and every
@@ -21,6 +22,7 @@ pub mod groups;
 pub mod local;
 pub mod offsets;
 pub mod producer_ids;
+pub mod quota;
 pub mod transactions;
 
 use std::collections::BTreeMap;
@@ -79,6 +81,10 @@ pub enum WorkerError {
     /// Another part of the same request failed, so this one was not tried.
     #[error("not attempted: another partition of the request failed")]
     OperationNotAttempted,
+    /// A request would take the tenant beyond a limit of its plan
+    /// (partitions, storage).
+    #[error("{0}")]
+    PolicyViolation(String),
     /// OffsetFetch with `require_stable`: an open transaction has an offset
     /// for this partition; ask again after it ends.
     #[error("an open transaction has an offset for this partition")]
@@ -307,6 +313,13 @@ pub trait Shards: Send + Sync + 'static {
         topic: &str,
         partition: i32,
     ) -> impl Future<Output = Result<Vec<ProducerInfo>>> + Send;
+    /// Charges what a request used to its tenant's rate quotas: how long
+    /// the tenant must wait before its next request (zero within quota).
+    fn charge(
+        &self,
+        tenant: &TenantId,
+        usage: quota::Usage,
+    ) -> impl Future<Output = Result<std::time::Duration>> + Send;
     /// The leader epoch of the tenant's partitions: durable and increasing,
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;

@@ -20,6 +20,7 @@ use crate::coordinator::{Coordinator, Described};
 use crate::groups::{GroupError, Join, Joined, MemberRef, State as GroupState};
 use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
+use crate::quota::{Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
 mod txn;
 
@@ -58,6 +59,8 @@ impl Default for WorkerConfig {
 pub struct LocalWorker {
     store: Arc<dyn ObjectStore>,
     cfg: WorkerConfig,
+    /// Each tenant's limits (unlimited unless given).
+    limits: LimitsFn,
     /// Open shards: every request's fast path is one read lock here.
     open: RwLock<HashMap<TenantId, Arc<Shard>>>,
     /// One opener per tenant at a time.
@@ -73,6 +76,7 @@ struct Shard {
     groups: Coordinator,
     producer_ids: ProducerIds,
     txns: Transactions,
+    meters: Mutex<Meters>,
 }
 
 impl Shard {
@@ -87,6 +91,7 @@ impl Shard {
             groups: Coordinator::load(&log, cfg.group_initial_rebalance_delay),
             producer_ids: ProducerIds::load(&log),
             txns: Transactions::load(&log),
+            meters: Mutex::new(Meters::default()),
             log,
             topics: RwLock::new(topics),
             catalog_lock: tokio::sync::Mutex::new(()),
@@ -166,9 +171,34 @@ impl LocalWorker {
         Self {
             store,
             cfg,
+            limits: Arc::new(|_: &TenantId| Limits::default()),
             open: RwLock::new(HashMap::new()),
             opening: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes each tenant's limits from `limits` (asked on every charge and
+    /// topic change, so it should be a cheap look-up).
+    pub fn with_limits(mut self, limits: LimitsFn) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A tenant may hold at most its plan's partitions.
+    fn check_partitions(&self, tenant: &TenantId, shard: &Shard, more: usize) -> Result<()> {
+        let Some(max) = (self.limits)(tenant).partitions else {
+            return Ok(());
+        };
+        let have: usize = {
+            let topics = shard.topics.read().unwrap_or_else(|p| p.into_inner());
+            topics.values().map(|t| t.streams.len()).sum()
+        };
+        if (have + more) as u64 > max {
+            return Err(WorkerError::PolicyViolation(format!(
+                "the tenant has {have} partitions; its quota is {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// The tenant's shard, opened on first use and reopened under a new
@@ -263,6 +293,7 @@ impl Shards for LocalWorker {
         if shard.topic(&topic.name).is_ok() {
             return Err(WorkerError::TopicExists(topic.name));
         }
+        self.check_partitions(tenant, &shard, topic.partitions)?;
         let (streams, entries) = if topic.validate_only {
             (vec![], vec![])
         } else {
@@ -320,6 +351,7 @@ impl Shards for LocalWorker {
                 "at most {MAX_PARTITIONS} partitions"
             )));
         }
+        self.check_partitions(tenant, &shard, total - have)?;
         if validate_only {
             return Ok(());
         }
@@ -621,6 +653,16 @@ impl Shards for LocalWorker {
                 last_timestamp: p.last_timestamp,
             })
             .collect())
+    }
+
+    async fn charge(&self, tenant: &TenantId, usage: Usage) -> Result<Duration> {
+        let limits = (self.limits)(tenant);
+        if limits == Limits::default() {
+            return Ok(Duration::ZERO);
+        }
+        let shard = self.shard(tenant).await?;
+        let mut meters = shard.meters.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(meters.charge(&limits, usage, tokio::time::Instant::now()))
     }
 
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {

@@ -41,6 +41,7 @@ const READS_AT_ONCE: usize = 16;
 pub async fn fetch<W: Shards>(gw: &Cx<W>, req: FetchRequest) -> Response {
     if req.session_id != 0 {
         return Response {
+            throttle_time_ms: 0,
             error_code: ResponseError::FetchSessionIdNotFound.code(),
             topics: Vec::new(),
         };
@@ -65,6 +66,7 @@ pub async fn fetch<W: Shards>(gw: &Cx<W>, req: FetchRequest) -> Response {
                     .fetched_bytes
                     .fetch_add(pass.bytes as u64, Relaxed);
                 return Response {
+                    throttle_time_ms: 0,
                     error_code: 0,
                     topics: pass.topics,
                 };
@@ -284,4 +286,15 @@ mod tests {
         let mut b = batches();
         assert_eq!((keep_within(&mut b, 100, false), b.len()), (0, 0));
     }
+}
+
+/// The record-batch bytes a Fetch response serves: what its tenant's fetch
+/// quota is charged.
+pub fn record_bytes(r: &Response) -> u64 {
+    r.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .flat_map(|p| p.records.iter().flatten())
+        .map(|b| b.len() as u64)
+        .sum()
 }

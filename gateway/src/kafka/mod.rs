@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use floe_worker::quota::Usage;
 use floe_worker::Shards;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -203,7 +204,16 @@ async fn read_requests<W: Shards>(
 ) {
     let mut session = sasl::Session::default();
     let mut revoked = gw.registry.revocations();
+    let mute = Arc::new(Mute::default());
     loop {
+        // A throttled tenant's connection is not read until it may go on:
+        // a client that ignores the throttle is delayed, not served.
+        if let Some(until) = mute.until() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
         // Until a required login, frames are bounded as Kafka bounds SASL
         // tokens.
         let max = match (&session.login, gw.auth) {
@@ -242,7 +252,8 @@ async fn read_requests<W: Shards>(
         let next = match api {
             _ if session.expects_bare_token() => bare_token(&gw, &mut session, frame),
             Some(k) if sasl.contains(&k) => login(&gw, &mut session, frame),
-            _ => admit(&gw, &session, api).and_then(|t| decode(frame, &gw, t).map(|p| (p, false))),
+            _ => admit(&gw, &session, api)
+                .and_then(|t| decode(frame, &gw, t, &mute).map(|p| (p, false))),
         };
         match next {
             Ok((p, close)) => {
@@ -416,6 +427,7 @@ fn decode<W: Shards>(
     frame: Bytes,
     gw: &Arc<Gateway<W>>,
     tenant: floe_common::TenantId,
+    mute: &Arc<Mute>,
 ) -> Result<Pending, String> {
     if frame.len() >= 2 {
         gw.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
@@ -431,14 +443,66 @@ fn decode<W: Shards>(
         gw: gw.clone(),
         tenant,
     };
+    let mute = mute.clone();
     Ok(Box::pin(async move {
         let (id, v) = (header.correlation_id, header.request_api_version);
-        match handle(&cx, &header, req).await {
-            Some(Reply::Body(resp)) => encode(id, api, v, resp).map(|b| Some(vec![b])),
-            Some(Reply::Fetch(resp)) => Ok(Some(fetch::encode(id, v, resp))),
+        let produced = match &req {
+            RequestKind::Produce(r) => produce::record_bytes(r),
+            _ => 0,
+        };
+        let reply = handle(&cx, &header, req).await;
+        let usage = Usage {
+            produce_bytes: produced,
+            fetch_bytes: match &reply {
+                Some(Reply::Fetch(r)) => fetch::record_bytes(r),
+                _ => 0,
+            },
+            requests: 1,
+        };
+        // KIP-219: answered at once, with the throttle; the connection
+        // reads nothing more until it has passed.
+        let throttle = cx
+            .worker
+            .charge(&cx.tenant, usage)
+            .await
+            .unwrap_or_default();
+        let throttle_ms = throttle.as_millis().min(i32::MAX as u128) as i32;
+        if throttle_ms > 0 {
+            mute.extend(throttle);
+            cx.metrics.throttled(throttle);
+        }
+        match reply {
+            Some(Reply::Body(mut resp)) => {
+                if let ResponseKind::Produce(p) = &mut resp {
+                    p.throttle_time_ms = throttle_ms;
+                }
+                encode(id, api, v, resp).map(|b| Some(vec![b]))
+            }
+            Some(Reply::Fetch(mut resp)) => {
+                resp.throttle_time_ms = throttle_ms;
+                Ok(Some(fetch::encode(id, v, resp)))
+            }
             None => Ok(None),
         }
     }))
+}
+
+/// When a connection may be read again: its tenant's quota mutes it.
+#[derive(Default)]
+pub struct Mute {
+    until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Mute {
+    fn extend(&self, by: std::time::Duration) {
+        let until = tokio::time::Instant::now() + by;
+        let mut u = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        *u = Some(u.map_or(until, |t| t.max(until)));
+    }
+
+    fn until(&self) -> Option<tokio::time::Instant> {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn ready(b: Result<Bytes, ()>) -> Pending {

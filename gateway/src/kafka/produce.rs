@@ -106,3 +106,13 @@ fn failed(resp: PartitionProduceResponse, e: &WorkerError) -> PartitionProduceRe
         .with_base_offset(-1)
         .with_error_message(errors::message(e))
 }
+
+/// The record-batch bytes a Produce request carries, as sent: what its
+/// tenant's produce quota is charged.
+pub fn record_bytes(req: &ProduceRequest) -> u64 {
+    req.topic_data
+        .iter()
+        .flat_map(|t| t.partition_data.iter())
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
+        .sum()
+}

@@ -7,6 +7,8 @@ use kafka_protocol::protocol::StrBytes;
 
 /// A Fetch response before encoding.
 pub struct Response {
+    /// KIP-219: how long the client's connection is muted for its quota.
+    pub throttle_time_ms: i32,
     pub error_code: i16,
     pub topics: Vec<Topic>,
 }
@@ -41,7 +43,7 @@ pub fn encode(correlation_id: i32, version: i16, resp: Response) -> Vec<Bytes> {
     w.buf.put_i32(0); // the size, set below
     w.buf.put_i32(correlation_id);
     tagged_fields(&mut w.buf, flexible);
-    w.buf.put_i32(0); // throttle_time_ms
+    w.buf.put_i32(resp.throttle_time_ms);
     if version >= 7 {
         w.buf.put_i16(resp.error_code);
         w.buf.put_i32(0); // session_id: sessions are declined
@@ -317,6 +319,7 @@ mod tests {
             1,
             12,
             Response {
+                throttle_time_ms: 0,
                 error_code: 0,
                 topics: vec![topic],
             },
@@ -334,6 +337,7 @@ mod tests {
     #[test]
     fn a_response_without_shared_batches_is_one_chunk() {
         let r = Response {
+            throttle_time_ms: 0,
             error_code: 0,
             topics: vec![],
         };

@@ -1,0 +1,126 @@
+//! Rate quotas per tenant, metered where the tenant's shard is owned (one
+//! owner per shard, so the count is exact). Each rate is a virtual clock
+//! (GCRA): a request's cost pushes the tenant's "theoretical arrival time"
+//! forward by cost / rate; whatever lies beyond now plus a small tolerance
+//! is the throttle the request's answer carries (KIP-219) and the time its
+//! connection is muted. So a tenant within its rate is never throttled, and
+//! one beyond it is held to it, burst or not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_common::TenantId;
+use tokio::time::Instant;
+
+/// How far ahead of its rate a tenant may run before it is throttled: a
+/// request or two of a client within its quota.
+pub const TOLERANCE: Duration = Duration::from_millis(100);
+
+/// A tenant's limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub produce_bytes_per_sec: Option<u64>,
+    pub fetch_bytes_per_sec: Option<u64>,
+    pub requests_per_sec: Option<u64>,
+    pub partitions: Option<u64>,
+    pub storage_bytes: Option<u64>,
+}
+
+/// Where a worker learns each tenant's limits.
+pub type LimitsFn = Arc<dyn Fn(&TenantId) -> Limits + Send + Sync>;
+
+/// What one request used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Record-batch bytes as sent.
+    pub produce_bytes: u64,
+    /// Record-batch bytes served.
+    pub fetch_bytes: u64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct Rate {
+    /// When the tenant will have paid for everything so far.
+    paid_until: Option<Instant>,
+}
+
+impl Rate {
+    fn charge(&mut self, amount: u64, per_sec: Option<u64>, now: Instant) -> Duration {
+        let Some(per_sec) = per_sec.filter(|r| *r > 0) else {
+            return Duration::ZERO;
+        };
+        if amount == 0 {
+            return Duration::ZERO;
+        }
+        let cost = Duration::from_secs_f64(amount as f64 / per_sec as f64);
+        let from = self.paid_until.map_or(now, |t| t.max(now));
+        let until = from + cost;
+        self.paid_until = Some(until);
+        until.saturating_duration_since(now + TOLERANCE)
+    }
+}
+
+/// One tenant's meters.
+#[derive(Debug, Default)]
+pub struct Meters {
+    produce: Rate,
+    fetch: Rate,
+    requests: Rate,
+}
+
+impl Meters {
+    /// Charges `u` and says how long the tenant must now wait: the longest
+    /// of its rates' throttles.
+    pub fn charge(&mut self, limits: &Limits, u: Usage, now: Instant) -> Duration {
+        let p = self
+            .produce
+            .charge(u.produce_bytes, limits.produce_bytes_per_sec, now);
+        let f = self
+            .fetch
+            .charge(u.fetch_bytes, limits.fetch_bytes_per_sec, now);
+        let r = self
+            .requests
+            .charge(u.requests, limits.requests_per_sec, now);
+        p.max(f).max(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn within_the_rate_nothing_waits_and_beyond_it_the_rate_holds() {
+        let limits = Limits {
+            produce_bytes_per_sec: Some(1_000_000),
+            ..Limits::default()
+        };
+        let start = Instant::now();
+        let mut m = Meters::default();
+        let produce = |b| Usage {
+            produce_bytes: b,
+            requests: 1,
+            ..Usage::default()
+        };
+        // 10 KB every 20 ms is half the rate: never throttled.
+        for i in 0..100 {
+            let now = start + Duration::from_millis(20 * i);
+            assert_eq!(m.charge(&limits, produce(10_000), now), Duration::ZERO);
+        }
+        // A 5 MB burst at once: the last of it waits about 5 s less the
+        // tolerance, so the burst takes 5 s.
+        let now = start + Duration::from_secs(10);
+        let mut last = Duration::ZERO;
+        for _ in 0..50 {
+            last = m.charge(&limits, produce(100_000), now);
+        }
+        assert_eq!(last, Duration::from_secs(5) - TOLERANCE);
+        // Unlimited tenants are never throttled.
+        let mut free = Meters::default();
+        assert_eq!(
+            free.charge(&Limits::default(), produce(u64::MAX / 2), now),
+            Duration::ZERO
+        );
+    }
+}
