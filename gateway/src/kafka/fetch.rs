@@ -256,6 +256,17 @@ pub async fn list_offsets<W: Shards>(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
+/// The record-batch bytes a Fetch response serves: what its tenant's fetch
+/// quota is charged.
+pub fn record_bytes(r: &Response) -> u64 {
+    r.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .flat_map(|p| p.records.iter().flatten())
+        .map(|b| b.len() as u64)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,15 +297,4 @@ mod tests {
         let mut b = batches();
         assert_eq!((keep_within(&mut b, 100, false), b.len()), (0, 0));
     }
-}
-
-/// The record-batch bytes a Fetch response serves: what its tenant's fetch
-/// quota is charged.
-pub fn record_bytes(r: &Response) -> u64 {
-    r.topics
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .flat_map(|p| p.records.iter().flatten())
-        .map(|b| b.len() as u64)
-        .sum()
 }

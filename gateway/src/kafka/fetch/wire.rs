@@ -240,7 +240,15 @@ mod tests {
                     .collect(),
             })
             .collect();
-        encode(42, version, Response { error_code, topics })
+        encode(
+            42,
+            version,
+            Response {
+                throttle_time_ms: 0,
+                error_code,
+                topics,
+            },
+        )
     }
 
     fn codec(version: i16, error_code: i16) -> Vec<u8> {
