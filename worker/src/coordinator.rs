@@ -112,7 +112,9 @@ impl Coordinator {
                 .entry(group.to_string())
                 .or_insert_with(|| Slot::new(Group::new(self.initial_delay)));
             let (was, mut out) = (slot.group.state(), Vec::new());
+            let (who, was_state) = (j.member_id.clone(), slot.group.state());
             let now = slot.group.join(j, Instant::now(), &mut out);
+            tracing::debug!(group, member = %who, state = ?was_state, outcome = ?now, "join");
             // A refused first join leaves no group behind (ListGroups),
             // but one asked to come back with an id keeps the promise.
             let promised = matches!(&now, Now::Answer(Err(GroupError::MemberIdRequired(_))));
@@ -142,6 +144,7 @@ impl Coordinator {
             };
             let was = slot.group.state();
             let now = slot.group.sync(member, assignments, Instant::now());
+            tracing::debug!(group, member = %member.id, state = ?was, outcome = ?now, "sync");
             let parked = park(now, &mut slot.syncs);
             (parked, self.settle(log, group, slot, was, Vec::new()).await)
         };
@@ -246,7 +249,11 @@ impl Coordinator {
         let appended = {
             let groups = self.groups.lock().await;
             match groups.get(group) {
-                Some(slot) => slot.group.may_commit(member)?,
+                Some(slot) => {
+                    let r = slot.group.may_commit(member);
+                    tracing::debug!(group, member = %member.id, state = ?slot.group.state(), outcome = ?r, "commit");
+                    r?
+                }
                 None if has_offsets => Group::new(self.initial_delay).may_commit(member)?,
                 None if member.generation < 0 => false,
                 None => return Err(GroupError::IllegalGeneration),
