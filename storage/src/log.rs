@@ -448,6 +448,13 @@ impl ShardLog {
     }
 
     /// Log start and durable high watermark of a stream.
+    /// Bytes of record batches the shard holds, including appends not yet
+    /// durable: what a storage quota counts. O(streams).
+    pub fn stored_bytes(&self) -> u64 {
+        let core = self.inner.lock();
+        core.live.streams.values().map(|s| s.bytes).sum()
+    }
+
     pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
         let core = self.inner.lock();
         let s = core.durable_stream(stream)?;

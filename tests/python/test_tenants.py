@@ -288,3 +288,28 @@ def test_a_partition_quota_refuses_topics_beyond_it(tenants):
     with pytest.raises(PolicyViolationError):
         a.create_topics([NewTopic("two-more", 2, 1)])
     a.close()
+
+
+def test_a_storage_quota_refuses_produce_beyond_it(tenants):
+    floe, keys = tenants
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"storage_bytes": 50_000})[0] == 200
+    from kafka.errors import PolicyViolationError
+    p = KafkaProducer(**sasl(floe, keys["acme"], "PLAIN"), acks="all", linger_ms=0,
+                      retries=0)
+    stored, refused = 0, 0
+    for i in range(100):
+        try:
+            p.send("full", b"x" * 1000, partition=0).get(timeout=10)
+            stored += 1
+        except PolicyViolationError:
+            refused += 1
+    # Each batch is about 1,070 bytes: about 47 fit, the rest are refused.
+    assert 40 <= stored <= 55 and stored + refused == 100, (stored, refused)
+    # The other tenant is not limited by it; raising the quota lets acme on.
+    q = KafkaProducer(**sasl(floe, keys["globex"], "PLAIN"), acks="all")
+    q.send("full", b"y" * 1000, partition=0).get(timeout=10)
+    q.close()
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"storage_bytes": 10_000_000})[0] == 200
+    p.send("full", b"z" * 1000, partition=0).get(timeout=10)
+    p.close()
+    assert len(read_all(sasl(floe, keys["acme"], "PLAIN"), "full", stored + 1)) == stored + 1

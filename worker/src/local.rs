@@ -407,6 +407,14 @@ impl Shards for LocalWorker {
     ) -> Result<Accepted> {
         let shard = self.shard(tenant).await?;
         let (meta, stream) = shard.stream(topic, partition)?;
+        if let Some(quota) = (self.limits)(tenant).storage_bytes {
+            let stored = shard.log.stored_bytes();
+            if stored >= quota {
+                return Err(WorkerError::PolicyViolation(format!(
+                    "the tenant stores {stored} bytes; its storage quota is {quota}"
+                )));
+            }
+        }
         let max = meta.config().max_message_bytes;
         let epoch = leader_epoch(&shard.log);
         let mut entries = Vec::with_capacity(batches.len());
