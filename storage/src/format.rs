@@ -828,6 +828,7 @@ mod tests {
         assert_eq!(state.fences.len(), 2);
         state.refs.insert(ObjId::data(3, 4), 1);
         state.data_sizes.insert(ObjId::data(3, 4), 4000);
+        state.bytes = 70;
         state.streams.insert(
             StreamId(2),
             StreamState {

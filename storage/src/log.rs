@@ -449,10 +449,9 @@ impl ShardLog {
 
     /// Log start and durable high watermark of a stream.
     /// Bytes of record batches the shard holds, including appends not yet
-    /// durable: what a storage quota counts. O(streams).
+    /// durable: what a storage quota counts.
     pub fn stored_bytes(&self) -> u64 {
-        let core = self.inner.lock();
-        core.live.streams.values().map(|s| s.bytes).sum()
+        self.inner.lock().live.bytes
     }
 
     pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
