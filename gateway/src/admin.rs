@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use aws_lc_free::constant_eq;
 use bytes::Bytes;
+use floe_tenants::scram::same_secret;
 use floe_tenants::{Plan, Quota, Registry, RegistryError, Tenant};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -52,14 +52,7 @@ fn view(t: &Tenant) -> serde_json::Value {
         quota: &t.quota,
         limits: t.limits(),
         created_ms: t.created_ms,
-        keys: t
-            .keys
-            .iter()
-            .map(|k| floe_tenants::KeyInfo {
-                key: k.id.clone(),
-                created_ms: k.created_ms,
-            })
-            .collect(),
+        keys: t.keys.iter().map(|k| k.info()).collect(),
     };
     serde_json::to_value(v).expect("a tenant view serializes")
 }
@@ -182,13 +175,6 @@ impl Admin {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "));
-        presented.is_some_and(|p| constant_eq(p.as_bytes(), self.token.as_bytes()))
-    }
-}
-
-mod aws_lc_free {
-    /// Compares without stopping at the first difference.
-    pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        presented.is_some_and(|p| same_secret(p.as_bytes(), self.token.as_bytes()))
     }
 }

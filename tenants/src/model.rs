@@ -77,6 +77,16 @@ pub struct KeyRecord {
     pub scram_sha_512: Credential,
 }
 
+impl KeyRecord {
+    /// What may be shown of the key.
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            key: self.id.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
 /// A key as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
-use aws_lc_rs::{constant_time, digest};
+use aws_lc_rs::digest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::sync::watch;
 
-use crate::model::{KeyInfo, KeyRecord, Plan, Quota, Tenant};
+use crate::model::{KeyRecord, Plan, Quota, Tenant};
 use crate::scram::{self, Credential, Mechanism};
 
 const PREFIX: &str = "t/";
@@ -217,19 +217,6 @@ impl Registry {
         Ok(t)
     }
 
-    pub fn keys(&self, tenant: &str) -> Option<Vec<KeyInfo>> {
-        let t = self.get(tenant)?;
-        Some(
-            t.keys
-                .iter()
-                .map(|k| KeyInfo {
-                    key: k.id.clone(),
-                    created_ms: k.created_ms,
-                })
-                .collect(),
-        )
-    }
-
     /// The tenant a key belongs to, while the key exists.
     pub fn tenant_of(&self, key: &str) -> Option<TenantId> {
         let index = self.read();
@@ -255,9 +242,7 @@ impl Registry {
         let presented = digest::digest(&digest::SHA256, secret);
         let cached = self.lock_verified().get(key).map(|d| d.as_ref().to_vec());
         if let Some(known) = cached {
-            return constant_time::verify_slices_are_equal(&known, presented.as_ref())
-                .is_ok()
-                .then_some(tenant);
+            return scram::same_secret(&known, presented.as_ref()).then_some(tenant);
         }
         let cred = self.credential(key, Mechanism::ScramSha256)?;
         if !cred.verify(Mechanism::ScramSha256, secret) {

@@ -102,7 +102,7 @@ impl Credential {
     /// key derivation.
     pub fn verify(&self, mech: Mechanism, password: &[u8]) -> bool {
         let again = Self::derive(mech, password, self.salt.clone(), self.iterations);
-        constant_time::verify_slices_are_equal(&again.stored_key, &self.stored_key).is_ok()
+        same_secret(&again.stored_key, &self.stored_key)
     }
 }
 
@@ -126,6 +126,12 @@ pub fn random(n: usize) -> Vec<u8> {
         .fill(&mut b)
         .expect("the system random source works");
     b
+}
+
+/// Whether two secrets are equal, in time that does not depend on where
+/// they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// PLAIN's one message: `authzid NUL authcid NUL password`. The authzid
@@ -303,7 +309,7 @@ impl ScramServer {
             .map(|(p, s)| p ^ s)
             .collect();
         let stored = digest::digest(hash, &client_key);
-        if constant_time::verify_slices_are_equal(stored.as_ref(), &cred.stored_key).is_err() {
+        if !same_secret(stored.as_ref(), &cred.stored_key) {
             return Err("invalid proof".into());
         }
         let server_sig = hmac::sign(

@@ -55,6 +55,28 @@ def sasl(floe, key, mechanism):
                 sasl_plain_password=key[1])
 
 
+def kcat_login(floe, key, mechanism, cafile=None):
+    """kcat's arguments to log in with `key` (id, secret), over TLS when a
+    CA file is given."""
+    protocol = "SASL_SSL" if cafile else "SASL_PLAINTEXT"
+    args = ["-b", floe.bootstrap, "-X", f"security.protocol={protocol}",
+            "-X", f"sasl.mechanisms={mechanism}", "-X", f"sasl.username={key[0]}",
+            "-X", f"sasl.password={key[1]}"]
+    return args + (["-X", f"ssl.ca.location={cafile}"] if cafile else [])
+
+
+def kcat_produce(login, topic, lines, *more):
+    r = subprocess.run(["kcat", *login, "-P", "-t", topic, *more], input=lines,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def kcat_read(login, topic):
+    """Everything in `topic`, read from the beginning: the finished process."""
+    return subprocess.run(["kcat", *login, "-C", "-t", topic, "-o", "beginning", "-e", "-q"],
+                          capture_output=True, timeout=60)
+
+
 def read_all(conf, topic, n, timeout_s=20):
     c = KafkaConsumer(**conf, auto_offset_reset="earliest", enable_auto_commit=False,
                       consumer_timeout_ms=1000)
@@ -128,23 +150,14 @@ def test_a_revoked_key_is_cut_off(tenants):
 
 def test_kcat_logs_in_with_scram(tenants):
     floe, keys = tenants
-    key, secret = keys["globex"]
-    common = ["-b", floe.bootstrap, "-X", "security.protocol=SASL_PLAINTEXT",
-              "-X", "sasl.mechanisms=SCRAM-SHA-512", "-X", f"sasl.username={key}",
-              "-X", f"sasl.password={secret}"]
-    r = subprocess.run(["kcat", *common, "-P", "-t", "kc", "-p", "0"],
-                       input=b"one\ntwo\n", capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr.decode()
-    r = subprocess.run(["kcat", *common, "-C", "-t", "kc", "-o", "beginning", "-e", "-q"],
-                       capture_output=True, timeout=60)
+    common = kcat_login(floe, keys["globex"], "SCRAM-SHA-512")
+    kcat_produce(common, "kc", b"one\ntwo\n", "-p", "0")
+    r = kcat_read(common, "kc")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.splitlines() == [b"one", b"two"]
     # The other tenant's key sees no such records.
-    other, other_secret = keys["acme"]
-    bad = [c.replace(key, other).replace(secret, other_secret) for c in common]
-    r = subprocess.run(["kcat", *bad, "-C", "-t", "kc", "-o", "beginning", "-e", "-q"],
-                       capture_output=True, timeout=60)
-    assert r.stdout == b""
+    other = kcat_login(floe, keys["acme"], "SCRAM-SHA-512")
+    assert kcat_read(other, "kc").stdout == b""
 
 
 def test_admin_api_refuses_without_the_token_and_answers_errors(tenants):
@@ -178,14 +191,9 @@ def test_the_readme_walkthrough_with_the_cli_and_kcat(tenants):
     k = cli("key", "create", "initech")
     assert cli("quota", "set", "initech", "--partitions", "4")["limits"]["partitions"] == 4
     assert "initech" in [t["id"] for t in cli("tenant", "list")["tenants"]]
-    common = ["-b", floe.bootstrap, "-X", "security.protocol=SASL_PLAINTEXT",
-              "-X", "sasl.mechanisms=PLAIN", "-X", f"sasl.username={k['key']}",
-              "-X", f"sasl.password={k['secret']}"]
-    r = subprocess.run(["kcat", *common, "-P", "-t", "hello"], input=b"world\n",
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr.decode()
-    r = subprocess.run(["kcat", *common, "-C", "-t", "hello", "-o", "beginning", "-e", "-q"],
-                       capture_output=True, timeout=60)
+    common = kcat_login(floe, (k["key"], k["secret"]), "PLAIN")
+    kcat_produce(common, "hello", b"world\n")
+    r = kcat_read(common, "hello")
     assert r.stdout == b"world\n", r.stderr.decode()
     r = subprocess.run([floe.bin, "key", "create", "nobody"], capture_output=True, env=env,
                        timeout=30)
@@ -228,15 +236,10 @@ def test_kafka_python_over_tls(tls_floe, mechanism):
 
 
 def test_kcat_over_tls_and_plaintext_refused(tls_floe):
-    floe, cert, (key, secret) = tls_floe
-    common = ["-b", floe.bootstrap, "-X", "security.protocol=SASL_SSL",
-              "-X", f"ssl.ca.location={cert}", "-X", "sasl.mechanisms=SCRAM-SHA-256",
-              "-X", f"sasl.username={key}", "-X", f"sasl.password={secret}"]
-    r = subprocess.run(["kcat", *common, "-P", "-t", "tls-kc"], input=b"sealed\n",
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr.decode()
-    r = subprocess.run(["kcat", *common, "-C", "-t", "tls-kc", "-o", "beginning", "-e", "-q"],
-                       capture_output=True, timeout=60)
+    floe, cert, key = tls_floe
+    common = kcat_login(floe, key, "SCRAM-SHA-256", cafile=cert)
+    kcat_produce(common, "tls-kc", b"sealed\n")
+    r = kcat_read(common, "tls-kc")
     assert r.stdout == b"sealed\n", r.stderr.decode()
     # A client speaking plaintext to the TLS listener gets nothing back.
     import socket

@@ -112,9 +112,9 @@ impl Coordinator {
                 .entry(group.to_string())
                 .or_insert_with(|| Slot::new(Group::new(self.initial_delay)));
             let (was, mut out) = (slot.group.state(), Vec::new());
-            let (who, was_state) = (j.member_id.clone(), slot.group.state());
+            let who = j.member_id.clone();
             let now = slot.group.join(j, Instant::now(), &mut out);
-            tracing::debug!(group, member = %who, state = ?was_state, outcome = ?now, "join");
+            tracing::debug!(group, member = %who, state = ?was, outcome = ?now, "join");
             // A refused first join leaves no group behind (ListGroups),
             // but one asked to come back with an id keeps the promise.
             let promised = matches!(&now, Now::Answer(Err(GroupError::MemberIdRequired(_))));

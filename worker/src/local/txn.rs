@@ -107,10 +107,7 @@ impl Shard {
                 .collect());
         }
         next.partitions.extend(partitions);
-        if state.as_ref() != Some(&next) {
-            let next = persist(&self, &id, next).await?;
-            self.txns.set(&id, &mut state, Some(next));
-        }
+        save_changed(&self, &id, &mut state, next).await?;
         Ok(found)
     }
 
@@ -124,10 +121,7 @@ impl Shard {
         let mut state = slot.lock().await;
         let mut next = open_txn(&state, producer)?;
         next.groups.insert(group);
-        if state.as_ref() != Some(&next) {
-            let next = persist(&self, &id, next).await?;
-            self.txns.set(&id, &mut state, Some(next));
-        }
+        save_changed(&self, &id, &mut state, next).await?;
         Ok(())
     }
 
@@ -175,10 +169,7 @@ impl Shard {
                 Ok(())
             })
             .collect();
-        if state.as_ref() != Some(&next) {
-            let next = persist(&self, &id, next).await?;
-            self.txns.set(&id, &mut state, Some(next));
-        }
+        save_changed(&self, &id, &mut state, next).await?;
         Ok(outcomes)
     }
 
@@ -234,6 +225,21 @@ fn open_txn(current: &Option<TxnMeta>, producer: (i64, i16)) -> Result<TxnMeta> 
         next.started_ms = now_ms();
     }
     Ok(next)
+}
+
+/// Makes `next` the id's state, durably then in memory, unless it is what
+/// `state` already holds.
+async fn save_changed(
+    shard: &Shard,
+    id: &str,
+    state: &mut Option<TxnMeta>,
+    next: TxnMeta,
+) -> Result<()> {
+    if state.as_ref() != Some(&next) {
+        let next = persist(shard, id, next).await?;
+        shard.txns.set(id, state, Some(next));
+    }
+    Ok(())
 }
 
 /// Writes a transactional id's new state, durably.
