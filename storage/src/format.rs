@@ -10,7 +10,8 @@
 //! Checkpoint object: `magic(8) epoch(8) nonce(8) seq(8) fence_epoch(8) crc(4)`,
 //! then the encoded [`State`]; the CRC covers all of it. `FLOECKP3` added
 //! each stream's producers, `FLOECKP4` their open transactions and the
-//! stream's aborted ones; older versions are still read.
+//! stream's aborted ones, `FLOECKP5` the meter windows after the keys;
+//! older versions are still read.
 //!
 //! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
 //! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
@@ -24,7 +25,8 @@ use crate::state::{BatchLoc, ObjId, State, StreamState};
 use crate::{Entry, Run, StreamId};
 
 const WAL_MAGIC: &[u8; 8] = b"FLOEWAL1";
-const CKPT_MAGIC: &[u8; 8] = b"FLOECKP4";
+const CKPT_MAGIC: &[u8; 8] = b"FLOECKP5";
+const CKPT_MAGIC_V4: &[u8; 8] = b"FLOECKP4";
 const CKPT_MAGIC_V3: &[u8; 8] = b"FLOECKP3";
 const CKPT_MAGIC_V2: &[u8; 8] = b"FLOECKP2";
 const EPOCH_MAGIC: &[u8; 8] = b"FLOEEPO1";
@@ -50,6 +52,10 @@ const TAG_APPEND_PRODUCER: u8 = 8;
 /// `TAG_APPEND_PRODUCER` of a transaction: then `txn(1)`: 1 records,
 /// 2 commit marker, 3 abort marker.
 const TAG_APPEND_TXN: u8 = 9;
+/// `window(8) n(4)` then `n` counts of 8 bytes.
+const TAG_METER: u8 = 10;
+const TAG_METER_CLOSE: u8 = 11;
+const TAG_METER_DONE: u8 = 12;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +172,18 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                     meta.put_u64(o.0);
                 }
             }
+            Entry::Meter { window, counts } => {
+                meta.put_u8(TAG_METER);
+                put_counts(&mut meta, *window, counts);
+            }
+            Entry::MeterClose { end } => {
+                meta.put_u8(TAG_METER_CLOSE);
+                meta.put_i64(*end);
+            }
+            Entry::MeterDone { window } => {
+                meta.put_u8(TAG_METER_DONE);
+                meta.put_i64(*window);
+            }
         }
     }
     let kind = KIND_DATA;
@@ -190,6 +208,14 @@ fn header(writer: Writer, seq: u64, kind: u8, meta: Bytes) -> Bytes {
     h.put_u32(crc);
     h.put_slice(&meta);
     h.freeze()
+}
+
+fn put_counts(b: &mut BytesMut, window: i64, counts: &[u64]) {
+    b.put_i64(window);
+    b.put_u32(counts.len() as u32);
+    for &c in counts {
+        b.put_u64(c);
+    }
 }
 
 fn put_bytes(b: &mut BytesMut, v: &[u8]) {
@@ -373,6 +399,14 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                     .collect::<Result<_, _>>()?;
                 Entry::Sweep { wal_below, forget }
             }
+            TAG_METER => {
+                let (window, counts) = meta.counts()?;
+                Entry::Meter { window, counts }
+            }
+            TAG_METER_CLOSE => Entry::MeterClose { end: meta.i64()? },
+            TAG_METER_DONE => Entry::MeterDone {
+                window: meta.i64()?,
+            },
             _ => return Err(Corrupt("wal entry tag")),
         };
         entries.push(e);
@@ -459,6 +493,11 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
         put_bytes(&mut b, k);
         put_bytes(&mut b, v);
     }
+    b.put_i64(state.meter_from);
+    b.put_u32(state.meters.len() as u32);
+    for (&window, counts) in &state.meters {
+        put_counts(&mut b, window, counts);
+    }
     let crc = checkpoint_crc(&b);
     b[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     b.freeze()
@@ -480,7 +519,8 @@ pub fn is_v1_checkpoint(obj: &[u8]) -> bool {
 
 pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
     let version = match obj.get(..8) {
-        Some(m) if m == CKPT_MAGIC => 4,
+        Some(m) if m == CKPT_MAGIC => 5,
+        Some(m) if m == CKPT_MAGIC_V4 => 4,
         Some(m) if m == CKPT_MAGIC_V3 => 3,
         Some(m) if m == CKPT_MAGIC_V2 => 2,
         _ => 0,
@@ -589,6 +629,13 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
     for _ in 0..r.u32()? {
         let k = r.bytes()?;
         state.kv.insert(k, r.bytes()?);
+    }
+    if version >= 5 {
+        state.meter_from = r.i64()?;
+        for _ in 0..r.u32()? {
+            let (window, counts) = r.counts()?;
+            state.meters.insert(window, counts);
+        }
     }
     state.rebuild_derived();
     Ok(Checkpoint {
@@ -710,6 +757,14 @@ impl Reader {
         self.need(n)?;
         Ok(self.0.split_to(n))
     }
+    /// A meter window: `window(8) n(4)` and `n` counts.
+    fn counts(&mut self) -> Result<(i64, Vec<u64>), Corrupt> {
+        let window = self.i64()?;
+        let n = self.u32()? as usize;
+        self.need(n.saturating_mul(8))?;
+        let counts = (0..n).map(|_| self.u64()).collect::<Result<_, _>>()?;
+        Ok((window, counts))
+    }
 }
 
 #[cfg(test)]
@@ -761,6 +816,12 @@ mod tests {
                 wal_below: 3,
                 forget: vec![ObjId::wal(1), ObjId::data(1, 0)],
             },
+            Entry::Meter {
+                window: 3_600_000,
+                counts: vec![1, u64::MAX, 0],
+            },
+            Entry::MeterClose { end: 7_200_000 },
+            Entry::MeterDone { window: 3_600_000 },
             Entry::Append {
                 stream: StreamId(1),
                 base_offset: 3,
@@ -829,6 +890,9 @@ mod tests {
         state.refs.insert(ObjId::data(3, 4), 1);
         state.data_sizes.insert(ObjId::data(3, 4), 4000);
         state.bytes = 70;
+        state.meter_from = 60_000;
+        state.meters.insert(0, vec![5, 6]);
+        state.meters.insert(60_000, vec![7]);
         state.streams.insert(
             StreamId(2),
             StreamState {

@@ -85,6 +85,24 @@ pub enum Entry {
         wal_below: u64,
         forget: Vec<ObjId>,
     },
+    /// Adds `counts` (opaque to the log: a caller's usage meters) to the
+    /// window starting at `window`. Windows are keyed by the caller; one
+    /// already closed passes its count to the first open one. Appended
+    /// meters are summed per window into one entry per flush, so they cost
+    /// nothing per request and are durable with what they count.
+    Meter {
+        window: i64,
+        counts: Vec<u64>,
+    },
+    /// Closes every window before `end`: no count joins it any more, and
+    /// it waits, fixed, to be written out and then forgotten (`MeterDone`).
+    MeterClose {
+        end: i64,
+    },
+    /// Forgets a closed window (it has been written out).
+    MeterDone {
+        window: i64,
+    },
 }
 
 /// Batches `from..to` of one stream, back to back in a data object, the last

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::format::Writer;
 use crate::producers::{self, AbortedTxn, Check, ProducerState};
-use crate::state::State;
+use crate::state::{add_counts, State};
 use crate::{Entry, Error, StreamId};
 
 mod cache;
@@ -219,6 +219,10 @@ struct Core {
 #[derive(Default)]
 struct Flush {
     entries: Vec<Entry>,
+    /// `Meter` entries appended, summed per window; they lead the flush's
+    /// entries when it is sealed (so a `MeterClose` after them in the same
+    /// flush closes their windows with them counted).
+    meter: BTreeMap<i64, Vec<u64>>,
     bytes: usize,
     acks: Vec<oneshot::Sender<Result<(), Error>>>,
     permits: Vec<OwnedSemaphorePermit>,
@@ -353,6 +357,17 @@ impl ShardLog {
         let mut base_offsets = Vec::new();
         let (mut accepted, mut stored) = (0, 0);
         for (i, mut e) in entries.into_iter().enumerate() {
+            if let Entry::Meter { window, counts } = &e {
+                let window = core.live.meter_window(*window);
+                let folded = Entry::Meter {
+                    window,
+                    counts: counts.clone(),
+                };
+                core.live.apply(&folded, u64::MAX, 0);
+                add_counts(core.open.meter.entry(window).or_default(), counts);
+                accepted += 1;
+                continue;
+            }
             if let Some(&Some(original)) = duplicates.get(i) {
                 base_offsets.push(original);
                 self.inner
@@ -452,6 +467,15 @@ impl ShardLog {
     /// durable: what a storage quota counts.
     pub fn stored_bytes(&self) -> u64 {
         self.inner.lock().live.bytes
+    }
+
+    /// The durable meter windows (start, counts), oldest first, and the
+    /// start of the first open one: those before it are closed and fixed.
+    pub fn meters(&self) -> (i64, Vec<(i64, Vec<u64>)>) {
+        let core = self.inner.lock();
+        let d = &core.durable;
+        let windows = d.meters.iter().map(|(&w, c)| (w, c.clone())).collect();
+        (d.meter_from, windows)
     }
 
     pub fn offsets(&self, stream: StreamId) -> Result<(i64, i64), Error> {
@@ -657,7 +681,10 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
             Entry::Truncate { .. }
             | Entry::Put { .. }
             | Entry::Compact { .. }
-            | Entry::Sweep { .. } => {}
+            | Entry::Sweep { .. }
+            | Entry::Meter { .. }
+            | Entry::MeterClose { .. }
+            | Entry::MeterDone { .. } => {}
         }
     }
     Ok(())
@@ -737,6 +764,7 @@ fn entry_bytes(e: &Entry) -> usize {
         Entry::Put { key, value } => key.len() + value.as_ref().map_or(0, |v| v.len()) + 16,
         Entry::Compact { runs, .. } => 24 + runs.len() * 28,
         Entry::Sweep { forget, .. } => 16 + forget.len() * 8,
+        Entry::Meter { counts, .. } => 16 + counts.len() * 8,
         _ => 16,
     }
 }
@@ -817,5 +845,61 @@ impl Tail {
 
     fn get(&self, stream: StreamId, base: i64) -> Option<Bytes> {
         self.map.get(&(stream, base)).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn meter(window: i64, n: u64) -> Entry {
+        Entry::Meter {
+            window,
+            counts: vec![n],
+        }
+    }
+
+    #[tokio::test]
+    async fn meters_fold_per_window_and_a_closed_window_stays_fixed() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig {
+            linger: Duration::from_millis(50),
+            ..LogConfig::default()
+        };
+        let log = ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
+            .await
+            .expect("open");
+        // One flush: two counts for window 0, then its close, then a late
+        // count for window 0, which must land in the open window 10.
+        let a = log.append(vec![meter(0, 1)]).await.expect("append");
+        let b = log.append(vec![meter(0, 2), Entry::MeterClose { end: 10 }]);
+        let b = b.await.expect("append");
+        let c = log
+            .append(vec![meter(0, 4), meter(20, 8)])
+            .await
+            .expect("append");
+        for x in [a, b, c] {
+            x.durable().await.expect("durable");
+        }
+        let want = (10, vec![(0, vec![3]), (10, vec![4]), (20, vec![8])]);
+        assert_eq!(log.meters(), want);
+        log.append(vec![
+            Entry::MeterDone { window: 0 },
+            Entry::MeterDone { window: 10 },
+        ])
+        .await
+        .expect("append")
+        .durable()
+        .await
+        .expect("durable");
+        // An open window is not forgotten; replay agrees.
+        let want = (10, vec![(10, vec![4]), (20, vec![8])]);
+        assert_eq!(log.meters(), want);
+        log.close().await.expect("close");
+        let again = ShardLog::open(store, Path::from("s"), cfg)
+            .await
+            .expect("reopen");
+        assert_eq!(again.meters(), want);
     }
 }

@@ -92,7 +92,7 @@ impl StreamState {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     pub next_stream: u64,
     pub streams: BTreeMap<StreamId, StreamState>,
@@ -117,6 +117,30 @@ pub struct State {
     /// succeed and could acknowledge it outside the valid log. The rest of a
     /// fence window may go: nothing can be acknowledged past F without F.
     pub fences: BTreeMap<u64, u64>,
+    /// Meter windows before this are closed (see `Entry::MeterClose`).
+    pub meter_from: i64,
+    /// Meter counts by window start: closed ones until written out, then
+    /// the open ones.
+    pub meters: BTreeMap<i64, Vec<u64>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            next_stream: 0,
+            streams: BTreeMap::new(),
+            kv: BTreeMap::new(),
+            compacted_below: 0,
+            swept_below: 0,
+            garbage: BTreeSet::new(),
+            refs: HashMap::new(),
+            bytes: 0,
+            data_sizes: BTreeMap::new(),
+            fences: BTreeMap::new(),
+            meter_from: i64::MIN,
+            meters: BTreeMap::new(),
+        }
+    }
 }
 
 impl State {
@@ -242,7 +266,23 @@ impl State {
                     self.data_sizes.remove(o);
                 }
             }
+            Entry::Meter { window, counts } => {
+                let sum = self.meters.entry(self.meter_window(*window)).or_default();
+                add_counts(sum, counts);
+            }
+            Entry::MeterClose { end } => self.meter_from = self.meter_from.max(*end),
+            Entry::MeterDone { window } => {
+                if *window < self.meter_from {
+                    self.meters.remove(window);
+                }
+            }
         }
+    }
+
+    /// The window a count for `window` joins: a closed one's goes to the
+    /// first open window, so a closed window never changes.
+    pub fn meter_window(&self, window: i64) -> i64 {
+        window.max(self.meter_from)
     }
 
     /// Points the batches of `run` (in WAL objects below `wal_below` or in
@@ -347,6 +387,16 @@ impl State {
                 *self.refs.entry(l.obj).or_default() += 1;
             }
         }
+    }
+}
+
+/// Adds `more` to `sum` element by element, growing it as needed.
+pub fn add_counts(sum: &mut Vec<u64>, more: &[u64]) {
+    if sum.len() < more.len() {
+        sum.resize(more.len(), 0);
+    }
+    for (s, m) in sum.iter_mut().zip(more) {
+        *s = s.saturating_add(*m);
     }
 }
 

@@ -10,6 +10,9 @@
 //! - offsets are contiguous from 0 to the high watermark;
 //! - every batch any reader ever saw has the same bytes at the same offset;
 //! - the metadata key written with each batch exists exactly when the batch does;
+//! - so do the meter counts appended with it: the log's meter totals are
+//!   exactly those of the batches whose keys exist (windows closing now and
+//!   then on the way), never a count dropped or counted twice;
 //! - replaying from seq 0 (checkpoints deleted) gives the same log as replaying
 //!   from the newest checkpoint.
 //!
@@ -53,6 +56,8 @@ struct History {
     assigned: HashMap<u64, (i64, u32)>,
     /// Every batch any read returned: base offset → bytes.
     seen: HashMap<i64, Bytes>,
+    /// Bytes metered with each appended batch: id → bytes.
+    metered: HashMap<u64, u64>,
     violations: Vec<String>,
 }
 
@@ -111,7 +116,23 @@ async fn produce(log: ShardLog, h: Arc<Mutex<History>>, ids: Vec<u64>, seed: u64
             key: key_of(id),
             value: Some(Bytes::from(id.to_be_bytes().to_vec())),
         };
-        let Ok(appended) = log.append(vec![e, put]).await else {
+        // So do the meters counting it.
+        let counted = offsets as u64 * 1000 + id;
+        let mut entries = vec![
+            e,
+            put,
+            Entry::Meter {
+                window: id as i64 * 10,
+                counts: vec![counted, 1],
+            },
+        ];
+        if id % 5 == 0 {
+            entries.push(Entry::MeterClose {
+                end: id as i64 * 10,
+            });
+        }
+        h.lock().expect("history").metered.insert(id, counted);
+        let Ok(appended) = log.append(entries).await else {
             return;
         };
         let base = appended.base_offsets[0];
@@ -445,7 +466,25 @@ async fn sim(seed: u64) -> Result<(), String> {
     let mut h = history.lock().expect("history");
     let (final_bytes, keys) = read_all(&log, &mut h.violations).await?;
     let (log_start, hw) = log.offsets(STREAM).unwrap_or((0, 0));
+    let meters = log.meters();
     drop(log);
+    let (mut counted, mut batches) = (0, 0);
+    for (_, c) in &meters.1 {
+        counted += c[0];
+        batches += c[1];
+    }
+    let (want, want_batches) = h.metered.iter().fold((0, 0), |(sum, n), (&id, &c)| {
+        if keys.contains(&key_of(id)) {
+            (sum + c, n + 1)
+        } else {
+            (sum, n)
+        }
+    });
+    if (counted, batches) != (want, want_batches) {
+        h.violations.push(format!(
+            "meters count {counted} over {batches} appends; the batches stored hold {want} over {want_batches}"
+        ));
+    }
     if !sweeps {
         // Replaying the whole log, without checkpoints, must agree.
         let ckpts: Vec<_> = mem
@@ -459,6 +498,10 @@ async fn sim(seed: u64) -> Result<(), String> {
         }
         let scratch = open(store, &cfg).await.ok_or("scratch open failed")?;
         let (scratch_bytes, scratch_keys) = read_all(&scratch, &mut h.violations).await?;
+        if scratch.meters() != meters {
+            h.violations
+                .push("replay from seq 0 meters differently from the checkpoint".into());
+        }
         if scratch_bytes != final_bytes || scratch_keys != keys {
             h.violations.push(format!(
                 "replay from seq 0 differs from replay from the checkpoint ({} vs {} batches, {} vs {} keys)",

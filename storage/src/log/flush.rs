@@ -30,7 +30,7 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
         let deadline = {
             let mut core = inner.lock();
             if core.failed.is_some()
-                || (core.closing && core.open.entries.is_empty() && core.in_flight.is_empty())
+                || (core.closing && core.open.first_at.is_none() && core.in_flight.is_empty())
             {
                 break;
             }
@@ -78,7 +78,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn seal(inner: &Arc<Inner>, core: &mut Core, done_tx: &mpsc::Sender<(u64, Result<(), Error>)>) {
-    let flush = std::mem::take(&mut core.open);
+    let mut flush = std::mem::take(&mut core.open);
+    if !flush.meter.is_empty() {
+        let meters = std::mem::take(&mut flush.meter)
+            .into_iter()
+            .map(|(window, counts)| Entry::Meter { window, counts });
+        flush.entries.splice(0..0, meters);
+    }
     let seq = core.next_seq;
     core.next_seq += 1;
     let chunks = format::encode_wal(inner.writer, seq, &flush.entries);
