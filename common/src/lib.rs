@@ -1,8 +1,8 @@
 //! Types every part of Floe shares, so the parts need not depend on each other.
 //!
 //! # Layout
-//! - [`TenantId`] and [`shard_prefix`]: the one function that turns a tenant into
-//!   a storage path (DESIGN.md invariant 4).
+//! - [`TenantId`], [`shard_prefix`] and [`usage_prefix`]: the functions that
+//!   turn a tenant into a storage path (DESIGN.md invariant 4).
 //! - [`batch`]: a read-only view of a Kafka record batch v2 header, plus CRC-32C
 //!   validation and the two fields the owner rewrites.
 
@@ -48,6 +48,12 @@ impl fmt::Display for TenantId {
 /// an object path.
 pub fn shard_prefix(tenant: &TenantId, shard: u32) -> String {
     format!("tenants/{}/shards/{shard}", tenant.as_str())
+}
+
+/// Where a tenant's usage records live: beside its shards, one per window
+/// and shard.
+pub fn usage_prefix(tenant: &TenantId) -> String {
+    format!("tenants/{}/usage", tenant.as_str())
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! The operator's admin API, under `/admin/v1`, behind a bearer token:
-//! tenants, their keys and quotas. Secrets appear once, in the answer that
-//! creates a key.
+//! tenants, their keys, quotas and metered usage. Secrets appear once, in
+//! the answer that creates a key.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use floe_common::TenantId;
 use floe_tenants::scram::same_secret;
+use floe_tenants::usage::Counts;
 use floe_tenants::{Plan, Quota, Registry, RegistryError, Tenant};
+use floe_worker::{Shards, UsageWindow};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -15,9 +18,11 @@ use serde::{Deserialize, Serialize};
 /// Request bodies are small JSON documents.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub struct Admin {
+pub struct Admin<W> {
     pub registry: Arc<Registry>,
     pub token: String,
+    /// Where usage is read: records, and the owners' open windows.
+    pub worker: Arc<W>,
 }
 
 /// An answer: status and JSON body.
@@ -57,6 +62,28 @@ fn view(t: &Tenant) -> serde_json::Value {
     serde_json::to_value(v).expect("a tenant view serializes")
 }
 
+/// Usage counts as shown: raw counts, and the derived units bills use.
+fn counts_view(c: &Counts) -> serde_json::Value {
+    serde_json::json!({
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+        "requests": c.requests,
+        "connection_seconds": c.connection_ms as f64 / 1e3,
+        "stored_byte_hours": c.stored_byte_seconds as f64 / 3600.0,
+        "partition_hours": c.partition_ms as f64 / 3.6e6,
+    })
+}
+
+fn usage_view(w: &UsageWindow) -> serde_json::Value {
+    let r = &w.record;
+    let mut v = counts_view(&r.usage);
+    v["start_ms"] = r.start_ms.into();
+    v["end_ms"] = r.end_ms.into();
+    v["shard"] = r.shard.into();
+    v["final"] = w.closed.into();
+    v
+}
+
 fn json(status: StatusCode, v: serde_json::Value) -> Answer {
     (status, Bytes::from(v.to_string()))
 }
@@ -79,9 +106,10 @@ fn registry_error(e: RegistryError) -> Answer {
     }
 }
 
-impl Admin {
+impl<W: Shards> Admin<W> {
     /// Serves one `/admin/v1/...` request.
     pub async fn serve(&self, req: Request<Incoming>) -> Answer {
+        let query = req.uri().query().unwrap_or("").to_string();
         if !self.authorized(&req) {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -154,11 +182,12 @@ impl Admin {
                     Err(e) => registry_error(e),
                 }
             }
+            (Method::GET, ["tenants", id, "usage"]) => self.usage(id, &query).await,
             (
                 _,
                 ["tenants"]
                 | ["tenants", _]
-                | ["tenants", _, "keys" | "quota"]
+                | ["tenants", _, "keys" | "quota" | "usage"]
                 | ["tenants", _, "keys", _],
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -167,6 +196,61 @@ impl Admin {
             ),
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin resource"),
         }
+    }
+
+    /// `GET /admin/v1/tenants/{id}/usage?from=&to=` (milliseconds since the
+    /// epoch; the last 24 hours by default): each window's usage per shard,
+    /// `final` once the window is closed, and the sum.
+    async fn usage(&self, id: &str, query: &str) -> Answer {
+        // A deleted tenant's usage stays readable: it is billed too.
+        let Ok(tenant) = TenantId::new(id) else {
+            return registry_error(RegistryError::NotFound(id.to_string()));
+        };
+        let now = floe_storage::log::now_ms();
+        let (mut from, mut to) = (now - 24 * 3600 * 1000, now);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match k {
+                "from" => &mut from,
+                "to" => &mut to,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("unknown parameter {k}"),
+                    )
+                }
+            };
+            match v.parse::<i64>() {
+                Ok(ms) if ms >= 0 => *slot = ms,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("{k} must be milliseconds since the epoch, got {v:?}"),
+                    )
+                }
+            }
+        }
+        if from >= to {
+            return error(StatusCode::BAD_REQUEST, "invalid", "from must be before to");
+        }
+        let windows = match self.worker.usage(&tenant, from, to).await {
+            Ok(w) => w,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        };
+        let mut total = Counts::default();
+        for w in &windows {
+            total.add(&w.record.usage);
+        }
+        let windows: Vec<_> = windows.iter().map(usage_view).collect();
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "tenant": id, "from_ms": from, "to_ms": to,
+                "windows": windows, "total": counts_view(&total),
+            }),
+        )
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {

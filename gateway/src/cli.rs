@@ -1,4 +1,4 @@
-//! The operator's commands (`floe tenant|key|quota ...`): each is one call
+//! The operator's commands (`floe tenant|key|quota|usage ...`): each is one call
 //! of the admin API (`/admin/v1`) of a running Floe, printed as JSON.
 
 use anyhow::{bail, Context};
@@ -107,6 +107,30 @@ pub async fn quota(t: Target, cmd: QuotaCmd) -> anyhow::Result<()> {
         Some(body),
     )
     .await
+}
+
+/// A tenant's metered usage in windows starting in `from..to`.
+#[derive(Args)]
+pub struct UsageCmd {
+    tenant: String,
+    /// Milliseconds since the epoch (default: 24 hours ago).
+    #[arg(long)]
+    from: Option<i64>,
+    /// Milliseconds since the epoch (default: now).
+    #[arg(long)]
+    to: Option<i64>,
+}
+
+pub async fn usage(t: Target, cmd: UsageCmd) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(f) = cmd.from {
+        query.push(format!("from={f}"));
+    }
+    if let Some(to) = cmd.to {
+        query.push(format!("to={to}"));
+    }
+    let path = format!("/tenants/{}/usage?{}", cmd.tenant, query.join("&"));
+    call(&t, Method::GET, &path, None).await
 }
 
 /// One request; prints the answer, and fails on an error status.

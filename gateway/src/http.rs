@@ -14,11 +14,12 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::metrics::Metrics;
+use floe_worker::Shards;
 
-pub async fn serve(
+pub async fn serve<W: Shards>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    admin: Arc<Admin>,
+    admin: Arc<Admin<W>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -45,10 +46,10 @@ pub async fn serve(
     }
 }
 
-async fn route(
+async fn route<W: Shards>(
     req: Request<Incoming>,
     metrics: Arc<Metrics>,
-    admin: Arc<Admin>,
+    admin: Arc<Admin<W>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path().starts_with("/admin/v1/") {
         let (status, body) = admin.serve(req).await;

@@ -60,6 +60,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::QuotaCmd,
     },
+    /// A tenant's metered usage per window (admin API).
+    Usage {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        cmd: cli::UsageCmd,
+    },
 }
 
 #[derive(Args)]
@@ -172,6 +179,14 @@ struct DevArgs {
     /// same default): one rebalance while a fleet starts instead of many.
     #[arg(long, default_value_t = 3000)]
     group_initial_rebalance_delay_ms: u64,
+    /// Usage is metered in windows of this length; each window's record
+    /// (per tenant and shard) is written once it is over.
+    #[arg(long, default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    usage_window_ms: u64,
+    /// How often each open shard makes metered usage durable (one log
+    /// append) and accrues stored bytes, partitions and connection time.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    usage_every_ms: u64,
     /// PEM certificate chain: with --tls-key, the Kafka listener speaks TLS
     /// only (SASL_SSL for clients).
     #[arg(long, requires = "tls_key")]
@@ -209,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tenant { target, cmd } => rt.block_on(cli::tenant(target, cmd)),
         Command::Key { target, cmd } => rt.block_on(cli::key(target, cmd)),
         Command::Quota { target, cmd } => rt.block_on(cli::quota(target, cmd)),
+        Command::Usage { target, cmd } => rt.block_on(cli::usage(target, cmd)),
     }
 }
 
@@ -267,24 +283,15 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
             t
         }
     };
-    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log.stats.clone()));
+    let (store_stats, log_stats) = (counted.stats.clone(), log.stats.clone());
     let retention_every = Duration::from_millis(a.retention_every_ms);
     anyhow::ensure!(
         !retention_every.is_zero(),
         "--retention-every-ms must be positive"
     );
     let limits_of = registry.clone();
-    let limits: floe_worker::quota::LimitsFn = Arc::new(move |t: &floe_common::TenantId| {
-        limits_of
-            .limits(t.as_str())
-            .map_or_else(Default::default, |q| floe_worker::quota::Limits {
-                produce_bytes_per_sec: q.produce_bytes_per_sec,
-                fetch_bytes_per_sec: q.fetch_bytes_per_sec,
-                requests_per_sec: q.requests_per_sec,
-                partitions: q.partitions,
-                storage_bytes: q.storage_bytes,
-            })
-    });
+    let limits: floe_worker::quota::LimitsFn =
+        Arc::new(move |t: &floe_common::TenantId| limits_of.limits(t.as_str()).unwrap_or_default());
     let worker = Arc::new(
         LocalWorker::new(
             counted,
@@ -297,10 +304,13 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
                 group_initial_rebalance_delay: Duration::from_millis(
                     a.group_initial_rebalance_delay_ms,
                 ),
+                usage_window: Duration::from_millis(a.usage_window_ms),
+                usage_every: Duration::from_millis(a.usage_every_ms),
             },
         )
         .with_limits(limits),
     );
+    let metrics = Arc::new(Metrics::new(store_stats, log_stats, worker.totals()));
 
     let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen)
         .await
@@ -342,6 +352,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     let admin = Arc::new(Admin {
         registry: registry.clone(),
         token: admin_token,
+        worker: worker.clone(),
     });
     let http_task = tokio::spawn(floe_gateway::http::serve(
         http_listener,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use floe_storage::store::StoreStats;
 use floe_storage::LogStats;
+use floe_tenants::usage::{Counts, Totals};
 
 /// Kafka API keys are below this; requests are counted per key.
 const API_KEYS: usize = 96;
@@ -14,6 +15,8 @@ const API_KEYS: usize = 96;
 pub struct Metrics {
     pub store: Arc<StoreStats>,
     pub log: Arc<LogStats>,
+    /// Each tenant's metered usage.
+    pub tenants: Arc<Totals>,
     requests: [AtomicU64; API_KEYS],
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
@@ -27,6 +30,9 @@ pub struct Metrics {
     /// Produce requests, arrival to every partition durable.
     pub produce_seconds: Histogram,
 }
+
+/// A per-tenant series: name, help, and its value from a tenant's counts.
+type Series = (&'static str, &'static str, fn(&Counts) -> f64);
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -77,10 +83,11 @@ impl Histogram {
 }
 
 impl Metrics {
-    pub fn new(store: Arc<StoreStats>, log: Arc<LogStats>) -> Self {
+    pub fn new(store: Arc<StoreStats>, log: Arc<LogStats>, tenants: Arc<Totals>) -> Self {
         Self {
             store,
             log,
+            tenants,
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
@@ -247,6 +254,48 @@ impl Metrics {
                 let _ = writeln!(out, "floe_kafka_requests_total{{api_key=\"{key}\"}} {n}");
             }
         }
+        self.render_tenants(&mut out);
         out
+    }
+
+    /// Metered usage by tenant (tenant ids are path-safe, so label-safe).
+    fn render_tenants(&self, out: &mut String) {
+        let tenants = self.tenants.snapshot();
+        let series: [Series; 6] = [
+            (
+                "floe_tenant_bytes_in_total",
+                "Record-batch bytes produced, as sent.",
+                |c| c.bytes_in as f64,
+            ),
+            (
+                "floe_tenant_bytes_out_total",
+                "Record-batch bytes fetched.",
+                |c| c.bytes_out as f64,
+            ),
+            ("floe_tenant_requests_total", "Requests answered.", |c| {
+                c.requests as f64
+            }),
+            (
+                "floe_tenant_connection_seconds_total",
+                "Connection time.",
+                |c| c.connection_ms as f64 / 1e3,
+            ),
+            (
+                "floe_tenant_stored_byte_hours_total",
+                "Record bytes held, over time.",
+                |c| c.stored_byte_seconds as f64 / 3600.0,
+            ),
+            (
+                "floe_tenant_partition_hours_total",
+                "Partitions held, over time.",
+                |c| c.partition_ms as f64 / 3.6e6,
+            ),
+        ];
+        for (name, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (t, c) in &tenants {
+                let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {}", value(c));
+            }
+        }
     }
 }

@@ -15,10 +15,13 @@
 //! - [`registry`]: the registry, a fenced log in the object store
 //!   (`system/registry/`) with an in-memory index; revocations are announced
 //!   so open connections using a key can be closed.
+//! - [`usage`]: metering: usage counts, the records of closed windows
+//!   (`tenants/{id}/usage/`), and per-tenant totals for `/metrics`.
 
 pub mod model;
 pub mod registry;
 pub mod scram;
+pub mod usage;
 
 pub use model::{KeyInfo, Plan, Quota, Tenant};
 pub use registry::{Registry, RegistryError};

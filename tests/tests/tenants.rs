@@ -4,13 +4,25 @@
 //! token, an old client's v0 handshake with bare tokens, and a login that
 //! sees only its own tenant's topics. Real clients (kafka-python, kcat) log
 //! in in `tests/python/test_tenants.py`.
+//!
+//! Metering: bytes in equal the record-batch bytes the log holds, exactly,
+//! across a kill -9 in the middle of writing, and every window's record is
+//! written once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use floe_e2e::raw::Conn;
+use floe_e2e::raw::{produce_request, topic_name, Conn};
+use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, MetadataRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+    ApiVersionsRequest, BrokerId, FetchRequest, MetadataRequest, ProduceResponse, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
+use kafka_protocol::protocol::Decodable;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
 
@@ -157,4 +169,208 @@ fn logins_that_fail_get_kafkas_errors_and_a_closed_connection() {
     assert!(metadata(&mut c).is_empty(), "globex has no topics");
     let mut f = f;
     assert!(f.is_running(), "the server carried on");
+}
+
+/// The admin API's JSON answer to a GET.
+fn admin_get(f: &Floe, path: &str) -> serde_json::Value {
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let r = f.http("GET", path, &[&auth], "").expect("admin api");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    serde_json::from_str(&r[r.find("\r\n\r\n").expect("a body") + 4..]).expect("json")
+}
+
+/// Record-batch bytes a partition holds, read from offset 0.
+fn stored_bytes(c: &mut Conn, topic: &str, partition: i32) -> u64 {
+    let end = c.list_offset(topic, partition, -1).offset;
+    let (mut at, mut total) = (0i64, 0u64);
+    while at < end {
+        let p = FetchPartition::default()
+            .with_partition(partition)
+            .with_fetch_offset(at)
+            .with_partition_max_bytes(1 << 20);
+        let t = FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![p]);
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![t]);
+        let r = c.call(12, &req);
+        let b = r.responses[0].partitions[0]
+            .records
+            .clone()
+            .unwrap_or_default();
+        let mut pos = 0;
+        while pos + 61 <= b.len() {
+            let len = 12 + i32::from_be_bytes(b[pos + 8..pos + 12].try_into().expect("4")) as usize;
+            let base = i64::from_be_bytes(b[pos..pos + 8].try_into().expect("8"));
+            let last_delta = i32::from_be_bytes(b[pos + 23..pos + 27].try_into().expect("4"));
+            total += len as u64;
+            at = base + last_delta as i64 + 1;
+            pos += len;
+        }
+    }
+    total
+}
+
+#[test]
+fn usage_counts_exactly_the_bytes_stored_across_a_kill_9() {
+    let dir = temp_dir("usage");
+    let args = [
+        "--admin-token",
+        TOKEN,
+        "--usage-window-ms",
+        "1000",
+        "--usage-every-ms",
+        "100",
+    ];
+    let mut f = Floe::start(dir.clone(), &args);
+    let mut c = Conn::connect(&f.bootstrap());
+    c.create_topic("metered", 2);
+    // Producers write until the process dies under them.
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|partition| {
+            let (bootstrap, acked, stop) = (f.bootstrap(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(&bootstrap);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let records = batch(1 + i % 7, 100 + 37 * (i % 11));
+                    let len = records.len() as u64;
+                    let frame = c.encode(9, &produce_request("metered", partition, -1, records));
+                    if c.send_frame(&frame).is_err() {
+                        return;
+                    }
+                    let Some(mut frame) = c.read_frame() else {
+                        return;
+                    };
+                    ResponseHeader::decode(&mut frame, 1).expect("header");
+                    let r = ProduceResponse::decode(&mut frame, 9).expect("produce response");
+                    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+                    acked.fetch_add(len, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    f.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let acked_before = acked.load(Ordering::Relaxed);
+    assert!(
+        acked_before > 0,
+        "something was acknowledged before the kill"
+    );
+
+    f.restart_after_kill9();
+    let mut c = Conn::connect(&f.bootstrap());
+    let mut after = 0;
+    for i in 0..20 {
+        let records = batch(3, 200 + i);
+        after += records.len() as u64;
+        let r = c.call(9, &produce_request("metered", (i % 2) as i32, -1, records));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let stored = stored_bytes(&mut c, "metered", 0) + stored_bytes(&mut c, "metered", 1);
+    assert!(
+        stored >= acked_before + after,
+        "nothing acknowledged is lost"
+    );
+    // Bytes in count the log at once (they are durable with the batches)...
+    let usage = admin_get(&f, "/admin/v1/tenants/default/usage?from=0");
+    assert_eq!(usage["total"]["bytes_in"], stored, "{usage}");
+    // ... and once the windows have closed, every one has its record,
+    // written once, with the same sum.
+    std::thread::sleep(Duration::from_millis(2500));
+    let usage = admin_get(&f, "/admin/v1/tenants/default/usage?from=0");
+    let windows = usage["windows"].as_array().expect("windows");
+    let finals: Vec<_> = windows.iter().filter(|w| w["final"] == true).collect();
+    assert!(finals.len() >= 2, "{usage}");
+    // The current window, and the last one if its tick has not come yet.
+    assert!(windows.iter().filter(|w| w["final"] == false).count() <= 2);
+    assert_eq!(usage["total"]["bytes_in"], stored, "{usage}");
+    assert!(usage["total"]["requests"].as_u64() > Some(20), "{usage}");
+    assert!(usage["total"]["partition_hours"].as_f64() > Some(0.0));
+    assert!(usage["total"]["stored_byte_hours"].as_f64() > Some(0.0));
+    let mut on_disk = 0;
+    for w in std::fs::read_dir(dir.join("tenants/default/usage")).expect("records") {
+        let w = w.expect("entry").path();
+        let names: Vec<_> = std::fs::read_dir(&w).expect("window").collect();
+        assert_eq!(names.len(), 1, "one record per window and shard in {w:?}");
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.join("0")).expect("record")).expect("json");
+        let shown = finals
+            .iter()
+            .find(|f| f["start_ms"] == rec["start_ms"])
+            .unwrap_or_else(|| panic!("record {rec} is a final window"));
+        assert_eq!(shown["bytes_in"], rec["bytes_in"]);
+        on_disk += 1;
+    }
+    // At most the newest closed window may still be on its way to disk.
+    assert!(on_disk + 1 >= finals.len(), "{on_disk} records, {usage}");
+    // The Prometheus series of this process (restarted) count what it saw.
+    let metrics = f.http_get("/metrics").expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "floe_tenant_bytes_in_total{{tenant=\"default\"}} {after}"
+        )),
+        "{metrics}"
+    );
+    // Bad ranges get 400, another tenant's usage is its own.
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    for bad in ["?from=x", "?from=5&to=1", "?until=3"] {
+        let r = f
+            .http(
+                "GET",
+                &format!("/admin/v1/tenants/default/usage{bad}"),
+                &[&auth],
+                "",
+            )
+            .expect("admin api");
+        assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
+    }
+    let other = admin_get(&f, "/admin/v1/tenants/nobody/usage?from=0");
+    assert_eq!(other["total"]["bytes_in"], 0);
+}
+
+/// A revocation (of any key) arrives while a logged-in connection is in
+/// the middle of reading a frame: the frame is read on, not lost.
+#[test]
+fn a_revocation_does_not_cut_a_frame_in_half() {
+    let f = Floe::start(
+        temp_dir("sasl-midframe"),
+        &["--auth", "required", "--admin-token", TOKEN],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let (other, _) = tenant_with_key(&f, "globex");
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(handshake(&mut c, "PLAIN"), 0);
+    assert_eq!(plain(&mut c, &key, &secret), 0);
+    c.create_topic("halves", 1);
+    let body = c.encode(9, &produce_request("halves", 0, -1, batch(5, 100)));
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.put_slice(&body);
+    let (first, rest) = frame.split_at(frame.len() / 2);
+    c.send_raw(first).expect("first half");
+    std::thread::sleep(Duration::from_millis(200));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let revoked = f
+        .http(
+            "DELETE",
+            &format!("/admin/v1/tenants/globex/keys/{other}"),
+            &[&auth],
+            "",
+        )
+        .expect("admin api");
+    assert!(revoked.starts_with("HTTP/1.1 204"), "{revoked}");
+    std::thread::sleep(Duration::from_millis(200));
+    c.send_raw(rest).expect("second half");
+    let r = c.recv::<kafka_protocol::messages::ProduceRequest>(9);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
 }

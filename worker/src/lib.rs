@@ -27,16 +27,19 @@ pub mod transactions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
+use floe_tenants::usage::{Counts, Totals};
 use tokio::sync::watch;
 
 pub use catalog::TopicMeta;
 pub use coordinator::Described;
 pub use floe_storage::{Appended, Read};
 pub use groups::{GroupError, Join, Joined, Member, MemberRef, State as GroupState};
+pub use local::usage::Window as UsageWindow;
 pub use local::{LocalWorker, WorkerConfig};
 pub use offsets::Committed;
 pub use transactions::{TxnError, TxnMeta, TxnState};
@@ -171,11 +174,17 @@ pub struct Accepted {
     pub base_offset: i64,
     pub log_start: i64,
     appended: Appended,
+    /// Bytes in, for the tenant's totals once durable.
+    counted: Option<(Arc<Totals>, TenantId, Counts)>,
 }
 
 impl Accepted {
     pub async fn durable(self) -> Result<()> {
-        Ok(self.appended.durable().await?)
+        self.appended.durable().await?;
+        if let Some((totals, tenant, c)) = self.counted {
+            totals.add(&tenant, &c);
+        }
+        Ok(())
     }
 }
 
@@ -320,6 +329,15 @@ pub trait Shards: Send + Sync + 'static {
         tenant: &TenantId,
         usage: quota::Usage,
     ) -> impl Future<Output = Result<std::time::Duration>> + Send;
+    /// The tenant's metered usage in windows starting in `from..to` (ms):
+    /// the records of closed windows, then the durable counts of windows
+    /// its open shard has not closed yet.
+    fn usage(
+        &self,
+        tenant: &TenantId,
+        from: i64,
+        to: i64,
+    ) -> impl Future<Output = Result<Vec<UsageWindow>>> + Send;
     /// The leader epoch of the tenant's partitions: durable and increasing,
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;

@@ -22,10 +22,13 @@ use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
 use crate::quota::{Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
+use floe_tenants::usage::{Counts, Totals};
 mod txn;
+pub mod usage;
 
 use crate::{
-    Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Result, Shards, WorkerError,
+    Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Result, Shards, UsageWindow,
+    WorkerError,
 };
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,12 @@ pub struct WorkerConfig {
     /// fewer rebalances while a fleet of consumers starts, at the cost of
     /// this much latency for the first one.
     pub group_initial_rebalance_delay: Duration,
+    /// Usage is metered in windows of this length; a window's record is
+    /// written once it is over.
+    pub usage_window: Duration,
+    /// How often each open shard makes its metered charges durable and
+    /// accrues stored bytes and partitions (one log append each time).
+    pub usage_every: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +60,8 @@ impl Default for WorkerConfig {
             retention_every: Duration::from_secs(5),
             transactional_id_expiration: Duration::from_secs(7 * 24 * 3600),
             group_initial_rebalance_delay: Duration::from_secs(3),
+            usage_window: Duration::from_secs(3600),
+            usage_every: Duration::from_secs(10),
         }
     }
 }
@@ -65,10 +76,13 @@ pub struct LocalWorker {
     open: RwLock<HashMap<TenantId, Arc<Shard>>>,
     /// One opener per tenant at a time.
     opening: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every tenant's usage since start, for `/metrics`.
+    totals: Arc<Totals>,
 }
 
 /// One open shard: its log and the catalog cached from it.
 struct Shard {
+    tenant: TenantId,
     log: ShardLog,
     topics: RwLock<HashMap<String, Arc<TopicMeta>>>,
     /// Serialises catalog changes so check-then-write is atomic.
@@ -77,10 +91,17 @@ struct Shard {
     producer_ids: ProducerIds,
     txns: Transactions,
     meters: Mutex<Meters>,
+    /// Charges not yet in the log: the next usage tick appends them.
+    pending: Mutex<Counts>,
+    /// Closed windows whose records are written: the next tick's append
+    /// lets the log forget them.
+    written: Mutex<Vec<i64>>,
+    usage_window_ms: i64,
+    totals: Arc<Totals>,
 }
 
 impl Shard {
-    fn load(log: ShardLog, cfg: &WorkerConfig) -> Self {
+    fn load(tenant: TenantId, log: ShardLog, cfg: &WorkerConfig, totals: Arc<Totals>) -> Self {
         let topics = log
             .scan(catalog::PREFIX)
             .into_iter()
@@ -92,10 +113,29 @@ impl Shard {
             producer_ids: ProducerIds::load(&log),
             txns: Transactions::load(&log),
             meters: Mutex::new(Meters::default()),
+            pending: Mutex::new(Counts::default()),
+            written: Mutex::new(Vec::new()),
+            usage_window_ms: (cfg.usage_window.as_millis() as i64).max(1),
+            totals,
+            tenant,
             log,
             topics: RwLock::new(topics),
             catalog_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Partitions of every topic.
+    fn partitions(&self) -> usize {
+        let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        topics.values().map(|t| t.streams.len()).sum()
     }
 
     fn topic(&self, name: &str) -> Result<Arc<TopicMeta>> {
@@ -174,7 +214,13 @@ impl LocalWorker {
             limits: Arc::new(|_: &TenantId| Limits::default()),
             open: RwLock::new(HashMap::new()),
             opening: Mutex::new(HashMap::new()),
+            totals: Arc::default(),
         }
+    }
+
+    /// Every tenant's usage metered by this process since it started.
+    pub fn totals(&self) -> Arc<Totals> {
+        self.totals.clone()
     }
 
     /// Takes each tenant's limits from `limits` (asked on every charge and
@@ -189,10 +235,7 @@ impl LocalWorker {
         let Some(max) = (self.limits)(tenant).partitions else {
             return Ok(());
         };
-        let have: usize = {
-            let topics = shard.topics.read().unwrap_or_else(|p| p.into_inner());
-            topics.values().map(|t| t.streams.len()).sum()
-        };
+        let have = shard.partitions();
         if (have + more) as u64 > max {
             return Err(WorkerError::PolicyViolation(format!(
                 "the tenant has {have} partitions; its quota is {max}"
@@ -225,12 +268,22 @@ impl LocalWorker {
         }
         let prefix = Path::from(shard_prefix(tenant, 0));
         let log = ShardLog::open(self.store.clone(), prefix, self.cfg.log.clone()).await?;
-        let shard = Arc::new(Shard::load(log, &self.cfg));
+        let shard = Arc::new(Shard::load(
+            tenant.clone(),
+            log,
+            &self.cfg,
+            self.totals.clone(),
+        ));
         self.open
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(tenant.clone(), shard.clone());
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
+        tokio::spawn(usage::ticks(
+            Arc::downgrade(&shard),
+            self.store.clone(),
+            self.cfg.usage_every,
+        ));
         tokio::spawn(group_timers(Arc::downgrade(&shard)));
         tokio::spawn(txn::txn_timers(
             Arc::downgrade(&shard),
@@ -417,7 +470,11 @@ impl Shards for LocalWorker {
         }
         let max = meta.config().max_message_bytes;
         let epoch = leader_epoch(&shard.log);
-        let mut entries = Vec::with_capacity(batches.len());
+        let mut entries = Vec::with_capacity(batches.len() + 1);
+        let bytes_in = Counts {
+            bytes_in: batches.iter().map(|(_, d)| d.len() as u64).sum(),
+            ..Counts::default()
+        };
         // The transactional producer of the request, if any: (id, epoch).
         let mut txn_producer = None;
         for (h, data) in batches {
@@ -460,6 +517,8 @@ impl Shards for LocalWorker {
                 data,
             });
         }
+        // Bytes in are durable in the same flush as the batches they count.
+        entries.push(usage::meter(&bytes_in, shard.usage_window_ms));
         let appended = match txn_producer {
             None => shard.log.append(entries).await?,
             Some(p) => {
@@ -496,6 +555,7 @@ impl Shards for LocalWorker {
             base_offset,
             log_start,
             appended,
+            counted: Some((self.totals.clone(), tenant.clone(), bytes_in)),
         })
     }
 
@@ -664,13 +724,42 @@ impl Shards for LocalWorker {
     }
 
     async fn charge(&self, tenant: &TenantId, usage: Usage) -> Result<Duration> {
+        let shard = self.shard(tenant).await?;
+        shard.lock_pending().add(&Counts {
+            bytes_out: usage.fetch_bytes,
+            requests: usage.requests,
+            connection_ms: usage.connection_ms,
+            ..Counts::default()
+        });
         let limits = (self.limits)(tenant);
         if limits == Limits::default() {
             return Ok(Duration::ZERO);
         }
-        let shard = self.shard(tenant).await?;
         let mut meters = shard.meters.lock().unwrap_or_else(|p| p.into_inner());
         Ok(meters.charge(&limits, usage, tokio::time::Instant::now()))
+    }
+
+    async fn usage(&self, tenant: &TenantId, from: i64, to: i64) -> Result<Vec<UsageWindow>> {
+        let records = floe_tenants::usage::read_records(&*self.store, tenant, from, to)
+            .await
+            .map_err(|e| WorkerError::Unavailable(format!("reading usage: {e}")))?;
+        let mut out: Vec<UsageWindow> = records
+            .into_iter()
+            .map(|record| UsageWindow {
+                record,
+                closed: true,
+            })
+            .collect();
+        // The open shard's windows not written yet; a shard without an
+        // owner is not opened for this (its usage waits in its log).
+        if let Some(shard) = self.healthy(tenant) {
+            let written: std::collections::HashSet<i64> =
+                out.iter().map(|w| w.record.start_ms).collect();
+            out.extend(usage::windows(&shard).into_iter().filter(|w| {
+                (from..to).contains(&w.record.start_ms) && !written.contains(&w.record.start_ms)
+            }));
+        }
+        Ok(out)
     }
 
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {

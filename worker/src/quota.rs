@@ -16,15 +16,8 @@ use tokio::time::Instant;
 /// request or two of a client within its quota.
 pub const TOLERANCE: Duration = Duration::from_millis(100);
 
-/// A tenant's limits; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub produce_bytes_per_sec: Option<u64>,
-    pub fetch_bytes_per_sec: Option<u64>,
-    pub requests_per_sec: Option<u64>,
-    pub partitions: Option<u64>,
-    pub storage_bytes: Option<u64>,
-}
+/// A tenant's limits (its plan's, overridden); `None` is unlimited.
+pub use floe_tenants::Quota as Limits;
 
 /// Where a worker learns each tenant's limits.
 pub type LimitsFn = Arc<dyn Fn(&TenantId) -> Limits + Send + Sync>;
@@ -37,6 +30,8 @@ pub struct Usage {
     /// Record-batch bytes served.
     pub fetch_bytes: u64,
     pub requests: u64,
+    /// Connection time since the connection's last charge.
+    pub connection_ms: u64,
 }
 
 #[derive(Debug, Default)]

@@ -196,6 +196,10 @@ async fn write_chunks(
     Ok(())
 }
 
+/// How often an idle connection's time is charged to its tenant, so it
+/// lands in the window it was spent in.
+const CONNECTION_TICK: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn read_requests<W: Shards>(
     gw: Arc<Gateway<W>>,
     mut rd: impl AsyncRead + Unpin,
@@ -203,12 +207,27 @@ async fn read_requests<W: Shards>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut session = sasl::Session::default();
+    let conn = Arc::new(Conn::new());
+    read_loop(&gw, &mut rd, &tx, &mut stop, &mut session, &conn).await;
+    // The connection's last stretch of time.
+    if let Some(tenant) = metered_tenant(&gw, &session) {
+        charge_time(&gw, &tenant, &conn).await;
+    }
+}
+
+async fn read_loop<W: Shards>(
+    gw: &Arc<Gateway<W>>,
+    rd: &mut (impl AsyncRead + Unpin),
+    tx: &mpsc::Sender<Pending>,
+    stop: &mut watch::Receiver<bool>,
+    session: &mut sasl::Session,
+    conn: &Arc<Conn>,
+) {
     let mut revoked = gw.registry.revocations();
-    let mute = Arc::new(Mute::default());
     loop {
         // A throttled tenant's connection is not read until it may go on:
         // a client that ignores the throttle is delayed, not served.
-        if let Some(until) = mute.until() {
+        if let Some(until) = conn.muted_until() {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => {}
                 _ = stop.wait_for(|s| *s) => return,
@@ -220,19 +239,29 @@ async fn read_requests<W: Shards>(
             (None, AuthMode::Required) => sasl::MAX_UNAUTHENTICATED_BYTES,
             _ => gw.settings.max_request_bytes,
         };
-        let frame = tokio::select! {
-            f = read_frame(&mut rd, max) => f,
-            // On shutdown, stop taking requests; those in progress finish.
-            _ = stop.wait_for(|s| *s) => return,
-            // A revoked key (or deleted tenant) loses its connections.
-            Ok(()) = revoked.changed(), if session.login.is_some() => {
-                if let Some((tenant, key)) = &session.login {
-                    if gw.registry.tenant_of(key).is_none() {
-                        tracing::info!(%tenant, key, "key revoked; closing kafka connection");
-                        return;
+        // One read per frame, polled across the other events: dropping it
+        // part-way would lose the bytes it had read.
+        let read = read_frame(rd, max);
+        tokio::pin!(read);
+        let frame = loop {
+            let tick = tokio::select! {
+                f = &mut read => break f,
+                // On shutdown, stop taking requests; those in progress finish.
+                _ = stop.wait_for(|s| *s) => return,
+                // A revoked key (or deleted tenant) loses its connections.
+                Ok(()) = revoked.changed(), if session.login.is_some() => {
+                    if let Some((tenant, key)) = &session.login {
+                        if gw.registry.tenant_of(key).is_none() {
+                            tracing::info!(%tenant, key, "key revoked; closing kafka connection");
+                            return;
+                        }
                     }
+                    false
                 }
-                continue;
+                _ = tokio::time::sleep(CONNECTION_TICK) => true,
+            };
+            if let Some(tenant) = metered_tenant(gw, session).filter(|_| tick) {
+                charge_time(gw, &tenant, conn).await;
             }
         };
         let frame = match frame {
@@ -249,12 +278,19 @@ async fn read_requests<W: Shards>(
             ApiKey::SaslHandshake as i16,
             ApiKey::SaslAuthenticate as i16,
         ];
+        let anonymous = session.login.is_none();
         let next = match api {
-            _ if session.expects_bare_token() => bare_token(&gw, &mut session, frame),
-            Some(k) if sasl.contains(&k) => login(&gw, &mut session, frame),
-            _ => admit(&gw, &session, api)
-                .and_then(|t| decode(frame, &gw, t, &mute).map(|p| (p, false))),
+            _ if session.expects_bare_token() => bare_token(gw, session, frame),
+            Some(k) if sasl.contains(&k) => login(gw, session, frame),
+            _ => admit(gw, session, api).and_then(|t| {
+                let metered = metered_tenant(gw, session).is_some();
+                decode(frame, gw, t, metered, conn).map(|p| (p, false))
+            }),
         };
+        if anonymous && session.login.is_some() {
+            // The tenant's connection time starts at its login.
+            conn.restart_clock();
+        }
         match next {
             Ok((p, close)) => {
                 if tx.send(p).await.is_err() || close {
@@ -267,6 +303,26 @@ async fn read_requests<W: Shards>(
                 return;
             }
         }
+    }
+}
+
+/// The tenant a connection's usage is metered to: its login's, or the open
+/// default tenant's. Nobody's before a required login.
+fn metered_tenant<W>(gw: &Gateway<W>, session: &sasl::Session) -> Option<floe_common::TenantId> {
+    match (&session.login, gw.auth) {
+        (Some((tenant, _)), _) => Some(tenant.clone()),
+        (None, AuthMode::Optional) => Some(gw.default_tenant.clone()),
+        (None, AuthMode::Required) => None,
+    }
+}
+
+async fn charge_time<W: Shards>(gw: &Gateway<W>, tenant: &floe_common::TenantId, conn: &Conn) {
+    let usage = Usage {
+        connection_ms: conn.connection_ms(),
+        ..Usage::default()
+    };
+    if let Err(e) = gw.worker.charge(tenant, usage).await {
+        tracing::debug!(%tenant, error = %e, "charging connection time");
     }
 }
 
@@ -427,7 +483,8 @@ fn decode<W: Shards>(
     frame: Bytes,
     gw: &Arc<Gateway<W>>,
     tenant: floe_common::TenantId,
-    mute: &Arc<Mute>,
+    metered: bool,
+    conn: &Arc<Conn>,
 ) -> Result<Pending, String> {
     if frame.len() >= 2 {
         gw.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
@@ -443,7 +500,7 @@ fn decode<W: Shards>(
         gw: gw.clone(),
         tenant,
     };
-    let mute = mute.clone();
+    let conn = conn.clone();
     Ok(Box::pin(async move {
         let (id, v) = (header.correlation_id, header.request_api_version);
         let produced = match &req {
@@ -458,17 +515,21 @@ fn decode<W: Shards>(
                 _ => 0,
             },
             requests: 1,
+            connection_ms: conn.connection_ms(),
         };
         // KIP-219: answered at once, with the throttle; the connection
         // reads nothing more until it has passed.
-        let throttle = cx
-            .worker
-            .charge(&cx.tenant, usage)
-            .await
-            .unwrap_or_default();
+        let throttle = if metered {
+            cx.worker
+                .charge(&cx.tenant, usage)
+                .await
+                .unwrap_or_default()
+        } else {
+            std::time::Duration::ZERO
+        };
         let throttle_ms = throttle.as_millis().min(i32::MAX as u128) as i32;
         if throttle_ms > 0 {
-            mute.extend(throttle);
+            conn.mute(throttle);
             cx.metrics.throttled(throttle);
         }
         match reply {
@@ -487,21 +548,45 @@ fn decode<W: Shards>(
     }))
 }
 
-/// When a connection may be read again: its tenant's quota mutes it.
-#[derive(Default)]
-pub struct Mute {
+/// What a connection's requests share: when it may be read again (its
+/// tenant's quota mutes it), and since when its time is not yet charged.
+pub struct Conn {
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    charged_to: std::sync::Mutex<tokio::time::Instant>,
 }
 
-impl Mute {
-    fn extend(&self, by: std::time::Duration) {
+impl Conn {
+    fn new() -> Self {
+        Self {
+            until: std::sync::Mutex::new(None),
+            charged_to: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn mute(&self, by: std::time::Duration) {
         let until = tokio::time::Instant::now() + by;
         let mut u = self.until.lock().unwrap_or_else(|p| p.into_inner());
         *u = Some(u.map_or(until, |t| t.max(until)));
     }
 
-    fn until(&self) -> Option<tokio::time::Instant> {
+    fn muted_until(&self) -> Option<tokio::time::Instant> {
         *self.until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connection time since the last call (or the connection's start),
+    /// in milliseconds.
+    fn connection_ms(&self) -> u64 {
+        let now = tokio::time::Instant::now();
+        let mut since = self.charged_to.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = now.saturating_duration_since(*since).as_millis() as u64;
+        // Whole milliseconds only: the remainder waits for the next call.
+        *since += std::time::Duration::from_millis(ms);
+        ms
+    }
+
+    /// A login starts the clock of the tenant it logs in as.
+    fn restart_clock(&self) {
+        *self.charged_to.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     }
 }
 
