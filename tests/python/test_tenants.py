@@ -3,6 +3,7 @@ SCRAM-SHA-256/512 logins with kafka-python and kcat, two tenants using the
 same topic name without seeing each other, a revoked key cut off, and
 wrong secrets refused."""
 import json
+import random
 import subprocess
 import tempfile
 import time
@@ -213,7 +214,8 @@ def tls_floe():
              "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
             check=True, capture_output=True, timeout=60)
         f = Floe(d, ["--admin-token", TOKEN, "--auth", "required",
-                     "--tls-cert", cert, "--tls-key", key])
+                     "--tls-cert", cert, "--tls-key", key,
+                     "--usage-window-ms", "2000", "--usage-every-ms", "200"])
         try:
             assert admin(f, "POST", "/tenants", {"id": "acme"})[0] == 201
             status, k = admin(f, "POST", "/tenants/acme/keys")
@@ -233,6 +235,49 @@ def test_kafka_python_over_tls(tls_floe, mechanism):
     p.flush()
     p.close()
     assert read_all(conf, "secure", 20)[-20:] == [f"r{i}".encode() for i in range(20)]
+
+
+def test_usage_matches_what_the_client_sent(tls_floe, monkeypatch):
+    """Bytes in are the record-batch bytes kafka-python sent (its own count
+    of every batch it put in a request), over SCRAM and TLS; bytes out,
+    requests and connection time follow, in the API and /metrics."""
+    from kafka.producer.sender import SenderMetrics as Sender
+    floe, cert, key = tls_floe
+    sent = []
+    counted = Sender.update_produce_request_metrics
+
+    def count(self, batches):
+        sent.extend(b.records.size_in_bytes() for node in batches.values() for b in node)
+        return counted(self, batches)
+
+    monkeypatch.setattr(Sender, "update_produce_request_metrics", count)
+    conf = dict(sasl(floe, key, "SCRAM-SHA-512"), security_protocol="SASL_SSL", ssl_cafile=cert)
+    p = KafkaProducer(**conf, acks="all", linger_ms=2)
+    rng = random.Random(7)
+    n = 3000
+    for i in range(n):
+        p.send("metered", rng.randbytes(rng.randrange(1, 2000)), partition=0)
+    p.flush()
+    p.close()
+    sent_bytes = sum(sent)
+    assert sent_bytes > 2_000_000
+    print(f"kafka-python sent {sent_bytes} bytes of batches")
+    status, usage = admin(floe, "GET", "/tenants/acme/usage?from=0")
+    assert status == 200
+    print(f"metered bytes in: {usage['total']['bytes_in']}")
+    assert abs(usage["total"]["bytes_in"] - sent_bytes) <= sent_bytes * 0.001, (usage, sent_bytes)
+    assert len(read_all(conf, "metered", n)) == n
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        total = admin(floe, "GET", "/tenants/acme/usage?from=0")[1]["total"]
+        if total["bytes_out"] >= total["bytes_in"] and total["connection_seconds"] > 0:
+            break
+        time.sleep(0.2)
+    assert total["bytes_out"] >= total["bytes_in"], total
+    assert total["requests"] > 2 and total["connection_seconds"] > 0, total
+    with urllib.request.urlopen(f"http://127.0.0.1:{floe.http_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert f'floe_tenant_bytes_in_total{{tenant="acme"}} {usage["total"]["bytes_in"]}' in metrics
 
 
 def test_kcat_over_tls_and_plaintext_refused(tls_floe):
