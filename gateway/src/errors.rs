@@ -31,6 +31,8 @@ pub fn code(e: &WorkerError) -> i16 {
             TxnError::TransactionalIdNotFound => E::TransactionalIdNotFound,
         },
         // Retriable: the client refreshes metadata and tries again.
+        WorkerError::TopicAuthorizationFailed => E::TopicAuthorizationFailed,
+        WorkerError::GroupAuthorizationFailed => E::GroupAuthorizationFailed,
         WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
     }
     .code()

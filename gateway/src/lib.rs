@@ -11,6 +11,7 @@
 //! - `main.rs`: the `floe` binary and its `dev` subcommand.
 
 pub mod admin;
+pub mod authz;
 mod errors;
 pub mod http;
 pub mod kafka;
@@ -106,10 +107,13 @@ pub const DEFAULT_TENANT: &str = "default";
 
 /// One request's view of the gateway: every handler sees the tenant its
 /// connection is, and only through this (one place scopes names to a
-/// tenant: the worker's shards are per tenant).
+/// tenant: the worker's shards are per tenant), and reaches the worker only
+/// as its key's ACLs allow (`cx.worker` is the guarded worker, see
+/// `authz.rs`).
 pub struct Cx<W> {
     pub gw: Arc<Gateway<W>>,
     pub tenant: TenantId,
+    pub worker: authz::Guarded<W>,
 }
 
 impl<W> std::ops::Deref for Cx<W> {

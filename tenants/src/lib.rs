@@ -9,6 +9,7 @@
 //! key-derivation function once per key and process, not per connection.
 //!
 //! # Layout
+//! - [`acl`]: per-key ACL bindings and their evaluation.
 //! - [`model`]: tenants, plans, quotas and key records, as stored.
 //! - [`scram`]: credential derivation and the server side of the SCRAM and
 //!   PLAIN exchanges.
@@ -18,6 +19,7 @@
 //! - [`usage`]: metering: usage counts, the records of closed windows
 //!   (`tenants/{id}/usage/`), and per-tenant totals for `/metrics`.
 
+pub mod acl;
 pub mod model;
 pub mod registry;
 pub mod scram;

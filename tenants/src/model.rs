@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::Acl;
 use crate::scram::Credential;
 
 /// Limits of a tenant; `None` is unlimited. Rates are per second.
@@ -105,6 +106,9 @@ pub struct Tenant {
     pub created_ms: i64,
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
+    /// Bindings restricting some of the keys (`acl.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<Acl>,
 }
 
 impl Tenant {

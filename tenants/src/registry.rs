@@ -17,6 +17,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::sync::watch;
 
+use crate::acl::{self, Acl, AclFilter};
 use crate::model::{KeyRecord, Plan, Quota, Tenant};
 use crate::scram::{self, Credential, Mechanism};
 
@@ -25,6 +26,8 @@ const PREFIX: &str = "t/";
 pub const LOG_PREFIX: &str = "system/registry";
 /// Keys per tenant; an admin mistake in a loop stops here.
 pub const MAX_KEYS: usize = 100;
+/// ACL bindings per tenant.
+pub const MAX_ACLS: usize = 1000;
 /// Verified PLAIN logins remembered; the cache starts over when full.
 const MAX_VERIFIED: usize = 100_000;
 
@@ -131,6 +134,7 @@ impl Registry {
             quota: Quota::default(),
             created_ms: now_ms(),
             keys: Vec::new(),
+            acls: Vec::new(),
         };
         self.write(t.clone()).await?;
         Ok(t)
@@ -215,6 +219,62 @@ impl Registry {
         t.quota = quota;
         self.write(t.clone()).await?;
         Ok(t)
+    }
+
+    /// The bindings restricting `key` of `tenant`: `None` when none names
+    /// it (the key is unrestricted).
+    pub fn restrictions(&self, tenant: &str, key: &str) -> Option<Vec<Acl>> {
+        let index = self.read();
+        let t = index.tenants.get(tenant)?;
+        let me = acl::principal(key);
+        let mine: Vec<Acl> = t
+            .acls
+            .iter()
+            .filter(|a| a.principal == me)
+            .cloned()
+            .collect();
+        (!mine.is_empty()).then_some(mine)
+    }
+
+    /// A tenant's bindings.
+    pub fn acls(&self, tenant: &str) -> Vec<Acl> {
+        self.get(tenant).map(|t| t.acls).unwrap_or_default()
+    }
+
+    /// Adds bindings (one already there is not added twice).
+    pub async fn create_acls(&self, tenant: &str, new: Vec<Acl>) -> Result<()> {
+        let _w = self.writer.lock().await;
+        let mut t = self
+            .get(tenant)
+            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
+        for a in new {
+            if !t.acls.contains(&a) {
+                t.acls.push(a);
+            }
+        }
+        if t.acls.len() > MAX_ACLS {
+            return Err(RegistryError::Invalid(format!(
+                "a tenant has at most {MAX_ACLS} ACL bindings"
+            )));
+        }
+        self.write(t).await
+    }
+
+    /// Removes the bindings each filter matches: what each one removed.
+    pub async fn delete_acls(&self, tenant: &str, filters: &[AclFilter]) -> Result<Vec<Vec<Acl>>> {
+        let _w = self.writer.lock().await;
+        let mut t = self
+            .get(tenant)
+            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
+        let removed: Vec<Vec<Acl>> = filters
+            .iter()
+            .map(|f| t.acls.iter().filter(|a| f.matches(a)).cloned().collect())
+            .collect();
+        t.acls.retain(|a| !filters.iter().any(|f| f.matches(a)));
+        if removed.iter().any(|r| !r.is_empty()) {
+            self.write(t).await?;
+        }
+        Ok(removed)
     }
 
     /// The tenant a key belongs to, while the key exists.

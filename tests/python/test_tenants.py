@@ -361,3 +361,81 @@ def test_a_storage_quota_refuses_produce_beyond_it(tenants):
     p.send("full", b"z" * 1000, partition=0).get(timeout=10)
     p.close()
     assert len(read_all(sasl(floe, keys["acme"], "PLAIN"), "full", stored + 1)) == stored + 1
+
+
+def test_acls_restrict_a_key_within_its_tenant(tenants):
+    """kafka-python's admin client binds a second key of acme to reading
+    topics prefixed orders- with any group: it reads those, and can do
+    nothing else (TOPIC/GROUP_AUTHORIZATION_FAILED), nor touch the ACLs;
+    the tenant's first key, unrestricted, manages them and sees them."""
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType,
+                             ACLResourcePatternType, ResourcePattern,
+                             ResourcePatternFilter, ResourceType)
+    from kafka.errors import (ClusterAuthorizationFailedError,
+                              GroupAuthorizationFailedError,
+                              TopicAuthorizationFailedError)
+    floe, keys = tenants
+    owner = sasl(floe, keys["acme"], "SCRAM-SHA-256")
+    status, k = admin(floe, "POST", "/tenants/acme/keys")
+    assert status == 201
+    reader = sasl(floe, (k["key"], k["secret"]), "SCRAM-SHA-256")
+    who = f"User:{k['key']}"
+    p = KafkaProducer(**owner, acks="all")
+    for t in ["orders-eu", "secret"]:
+        p.send(t, b"for " + t.encode(), partition=0)
+    p.flush()
+    p.close()
+
+    a = KafkaAdminClient(**owner)
+    made = a.create_acls([
+        ACL(who, "*", ACLOperation.READ, ACLPermissionType.ALLOW,
+            ResourcePattern(ResourceType.TOPIC, "orders-", ACLResourcePatternType.PREFIXED)),
+        ACL(who, "*", ACLOperation.READ, ACLPermissionType.ALLOW,
+            ResourcePattern(ResourceType.GROUP, "readers")),
+    ])
+    assert len(made["succeeded"]) == 2 and not made["failed"], made
+    bad = a.create_acls([ACL(who, "10.0.0.1", ACLOperation.READ, ACLPermissionType.ALLOW,
+                             ResourcePattern(ResourceType.TOPIC, "x"))])
+    assert len(bad["failed"]) == 1, bad
+    any_topic = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                          ResourcePatternFilter(ResourceType.TOPIC, None,
+                                                ACLResourcePatternType.ANY))
+    listed, _ = a.describe_acls(any_topic)
+    assert [(x.principal, x.resource_pattern.resource_name) for x in listed] == [(who, "orders-")]
+
+    # The reader reads orders-eu in its group, and nothing else.
+    c = KafkaConsumer("orders-eu", **reader, group_id="readers", auto_offset_reset="earliest",
+                      consumer_timeout_ms=8000)
+    assert [m.value for m in c] == [b"for orders-eu"]
+    c.commit()
+    c.close()
+    ra = KafkaAdminClient(**reader)
+    assert set(ra.list_topics()) == {"orders-eu"}
+    with pytest.raises(ClusterAuthorizationFailedError):
+        ra.describe_acls(any_topic)
+    q = KafkaProducer(**reader, acks="all", retries=0, max_block_ms=5000)
+    with pytest.raises(TopicAuthorizationFailedError):
+        q.send("orders-eu", b"no", partition=0).get(timeout=10)
+    q.close()
+    r = kcat_read(kcat_login(floe, (k["key"], k["secret"]), "SCRAM-SHA-256"), "secret")
+    assert r.returncode != 0 and b"for secret" not in r.stdout, r
+    assert b"authoriz" in r.stderr.lower(), r.stderr
+    c = KafkaConsumer("orders-eu", **reader, group_id="others", consumer_timeout_ms=3000)
+    with pytest.raises(GroupAuthorizationFailedError):
+        list(c)
+    c.close()
+    ra.close()
+
+    # Removing the bindings lifts the restriction.
+    removed = a.delete_acls([ACLFilter(who, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                                       ResourcePatternFilter(ResourceType.ANY, None,
+                                                             ACLResourcePatternType.ANY))])
+    assert len(removed[0][1]) == 2, removed
+    a.close()
+    q = KafkaProducer(**reader, acks="all")
+    q.send("secret", b"now allowed", partition=0).get(timeout=10)
+    q.close()
+    # The other tenant has ACLs of its own: none.
+    g = KafkaAdminClient(**sasl(floe, keys["globex"], "PLAIN"))
+    assert g.describe_acls(any_topic)[0] == []
+    g.close()

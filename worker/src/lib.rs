@@ -95,6 +95,12 @@ pub enum WorkerError {
     /// The transaction coordinator's answer (Kafka's error of the same name).
     #[error("transaction: {0:?}")]
     Txn(TxnError),
+    /// The key's ACLs do not allow this on the topic.
+    #[error("not authorized for this topic")]
+    TopicAuthorizationFailed,
+    /// The key's ACLs do not allow this on the group.
+    #[error("not authorized for this group")]
+    GroupAuthorizationFailed,
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),

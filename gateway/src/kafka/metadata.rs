@@ -13,6 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::{errors, Cx};
+use floe_tenants::acl::Operation;
 
 pub const NODE_ID: i32 = 0;
 
@@ -67,7 +68,12 @@ pub async fn metadata<W: Shards>(
             out.push(match (found, t.name) {
                 (Some(m), _) => topic_response(m, epoch),
                 (None, Some(name)) if auto => auto_create(gw, name, epoch).await,
-                (None, Some(name)) => error_topic(name, &WorkerError::UnknownTopicOrPartition),
+                // As Kafka: a topic the key may not describe is not
+                // authorized, whether it exists or not.
+                (None, Some(name)) => match gw.worker.topic(&name.0, Operation::Describe) {
+                    Ok(()) => error_topic(name, &WorkerError::UnknownTopicOrPartition),
+                    Err(e) => error_topic(name, &e),
+                },
                 (None, None) => MetadataResponseTopic::default()
                     .with_topic_id(t.topic_id)
                     .with_error_code(ResponseError::UnknownTopicId.code()),

@@ -11,6 +11,7 @@
 //! ApiVersions request newer than we know, which gets a v0 body with
 //! UNSUPPORTED_VERSION and the supported list.
 
+mod acls;
 mod admin;
 mod fetch;
 mod groups;
@@ -40,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::authz::Guarded;
 use crate::{AuthMode, Cx, Gateway};
 
 pub use versions::SUPPORTED;
@@ -284,7 +286,17 @@ async fn read_loop<W: Shards>(
             Some(k) if sasl.contains(&k) => login(gw, session, frame),
             _ => admit(gw, session, api).and_then(|t| {
                 let metered = metered_tenant(gw, session).is_some();
-                decode(frame, gw, t, metered, conn).map(|p| (p, false))
+                let only = session
+                    .login
+                    .as_ref()
+                    .and_then(|(t, key)| gw.registry.restrictions(t.as_str(), key))
+                    .map(Arc::from);
+                let cx = Cx {
+                    gw: gw.clone(),
+                    worker: Guarded::new(gw.worker.clone(), only),
+                    tenant: t,
+                };
+                decode(frame, cx, metered, conn).map(|p| (p, false))
             }),
         };
         if anonymous && session.login.is_some() {
@@ -481,13 +493,12 @@ pub fn decode_body(
 /// Decodes a frame into a pending response, or says why to close.
 fn decode<W: Shards>(
     frame: Bytes,
-    gw: &Arc<Gateway<W>>,
-    tenant: floe_common::TenantId,
+    cx: Cx<W>,
     metered: bool,
     conn: &Arc<Conn>,
 ) -> Result<Pending, String> {
     if frame.len() >= 2 {
-        gw.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
+        cx.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
     }
     let (api, header, req) = match parse_request(frame)? {
         Parsed::Request(api, h, r) => (api, h, r),
@@ -495,10 +506,6 @@ fn decode<W: Shards>(
             let body = versions::unsupported_version_response();
             return Ok(ready(encode(correlation_id, ApiKey::ApiVersions, 0, body)));
         }
-    };
-    let cx = Cx {
-        gw: gw.clone(),
-        tenant,
     };
     let conn = conn.clone();
     Ok(Box::pin(async move {
@@ -688,6 +695,9 @@ async fn handle<W: Shards>(gw: &Cx<W>, h: &RequestHeader, req: RequestKind) -> O
         RequestKind::DescribeProducers(r) => {
             ResponseKind::DescribeProducers(producers::describe_producers(gw, r).await)
         }
+        RequestKind::DescribeAcls(r) => ResponseKind::DescribeAcls(acls::describe(gw, r).await),
+        RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(acls::create(gw, r).await),
+        RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(acls::delete(gw, r).await),
         // `versions::supported` admits only the APIs above.
         _ => return None,
     }))
