@@ -374,3 +374,37 @@ fn a_revocation_does_not_cut_a_frame_in_half() {
     let r = c.recv::<kafka_protocol::messages::ProduceRequest>(9);
     assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
 }
+
+/// A request-rate quota throttles every kind of answer (KIP-219), not only
+/// Produce and Fetch: Metadata answers beyond the rate carry the throttle.
+#[test]
+fn a_request_quota_throttles_any_answer() {
+    let f = Floe::start(
+        temp_dir("sasl-rate"),
+        &["--auth", "required", "--admin-token", TOKEN],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let set = f
+        .http(
+            "PUT",
+            "/admin/v1/tenants/acme/quota",
+            &[&auth],
+            r#"{"requests_per_sec": 10}"#,
+        )
+        .expect("admin api");
+    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(handshake(&mut c, "PLAIN"), 0);
+    assert_eq!(plain(&mut c, &key, &secret), 0);
+    let throttles: Vec<i32> = (0..6)
+        .map(|_| {
+            c.call(12, &MetadataRequest::default().with_topics(None))
+                .throttle_time_ms
+        })
+        .collect();
+    // 10 per second with 100 ms of tolerance: the second request is
+    // already ahead of the rate.
+    assert_eq!(throttles[0], 0, "{throttles:?}");
+    assert!(throttles[5] > 0, "{throttles:?}");
+}

@@ -541,9 +541,7 @@ fn decode<W: Shards>(
         }
         match reply {
             Some(Reply::Body(mut resp)) => {
-                if let ResponseKind::Produce(p) = &mut resp {
-                    p.throttle_time_ms = throttle_ms;
-                }
+                set_throttle(&mut resp, throttle_ms);
                 encode(id, api, v, resp).map(|b| Some(vec![b]))
             }
             Some(Reply::Fetch(mut resp)) => {
@@ -553,6 +551,56 @@ fn decode<W: Shards>(
             None => Ok(None),
         }
     }))
+}
+
+/// KIP-219: every answer carries the throttle (the codec leaves the field
+/// out of versions that lack it). SASL answers are the reader's and never
+/// throttled: a login is not charged.
+fn set_throttle(resp: &mut ResponseKind, ms: i32) {
+    macro_rules! each {
+        ($($v:ident),* $(,)?) => {
+            match resp {
+                $(ResponseKind::$v(r) => r.throttle_time_ms = ms,)*
+                _ => {}
+            }
+        };
+    }
+    each!(
+        Produce,
+        Metadata,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DescribeConfigs,
+        AlterConfigs,
+        CreatePartitions,
+        IncrementalAlterConfigs,
+        DescribeCluster,
+        DeleteRecords,
+        FindCoordinator,
+        OffsetCommit,
+        OffsetFetch,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        ListGroups,
+        DescribeGroups,
+        DeleteGroups,
+        OffsetDelete,
+        InitProducerId,
+        DescribeProducers,
+        AddPartitionsToTxn,
+        AddOffsetsToTxn,
+        TxnOffsetCommit,
+        EndTxn,
+        ListTransactions,
+        DescribeTransactions,
+        ListOffsets,
+        DescribeAcls,
+        CreateAcls,
+        DeleteAcls,
+    );
 }
 
 /// What a connection's requests share: when it may be read again (its
