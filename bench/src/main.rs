@@ -80,6 +80,25 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// librdkafka settings for every client, as KEY=VALUE (repeatable):
+    /// e.g. `-X security.protocol=SASL_PLAINTEXT`.
+    #[arg(short = 'X', value_parser = key_value)]
+    config: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// A client config: the bootstrap address and every `-X` setting.
+fn client(a: &Args) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &a.bootstrap);
+    for (k, v) in &a.config {
+        c.set(k, v);
+    }
+    c
 }
 
 #[derive(Serialize, Default)]
@@ -155,8 +174,7 @@ impl ProducerContext for Delivery {
 }
 
 fn producer(a: &Args, ctx: Delivery) -> anyhow::Result<ThreadedProducer<Delivery>> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &a.bootstrap)
+    Ok(client(a)
         .set("acks", &a.acks)
         .set("linger.ms", a.linger_ms.to_string())
         .set("compression.type", &a.compression)
@@ -168,8 +186,7 @@ fn producer(a: &Args, ctx: Delivery) -> anyhow::Result<ThreadedProducer<Delivery
 }
 
 fn consumer(a: &Args, topic: &str, partitions: i32) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &a.bootstrap)
+    let c: BaseConsumer = client(a)
         .set("group.id", "floe-bench")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
@@ -204,9 +221,7 @@ fn consumer_at_end(a: &Args, topic: &str) -> anyhow::Result<BaseConsumer> {
 }
 
 async fn ensure_topic(a: &Args, topic: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &a.bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client(a).create()?;
     let t = NewTopic::new(topic, a.partitions, TopicReplication::Fixed(1));
     let r = admin.create_topics([&t], &AdminOptions::new()).await?;
     match &r[0] {

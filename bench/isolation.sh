@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Tenant isolation under throttling (issue 6): tenant `calm` produces at a
+# steady rate and its produce latency is measured alone, then while tenant
+# `noisy` floods produce far beyond its 1 MB/s quota (and is throttled),
+# alternately, ROUNDS times. Not part of CI. Prints JSON lines, then a table
+# of calm's p50/p99 alone and beside the flood, and their ratio.
+#
+#   bench/isolation.sh [ROUNDS] [CALM_RECORDS_PER_SEC]
+#
+# Needs target/release/floe and target/release/floe-bench (cargo build
+# --release -p floe-gateway -p floe-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+rate=${2:-2000}
+work=$(mktemp -d /tmp/floe-iso-XXXX)
+. bench/lib.sh
+
+fk=$(port); fh=$(port)
+token=bench-token
+target/release/floe dev --data-dir "$work/data" --kafka-listen "127.0.0.1:$fk" \
+    --http-listen "127.0.0.1:$fh" --auth required --admin-token "$token" \
+    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
+wait_port "$fk"; wait_port "$fh"
+api() { # method path [json]
+    curl -sf -X "$1" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+        "http://127.0.0.1:$fh/admin/v1$2" ${3:+-d "$3"}
+}
+for t in calm noisy; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
+api PUT /tenants/noisy/quota '{"produce_bytes_per_sec":1000000}' > /dev/null
+key() { api POST "/tenants/$1/keys" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], d["secret"])'; }
+read -r ck cs < <(key calm)
+read -r nk ns < <(key noisy)
+login() { echo "-X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN -X sasl.username=$1 -X sasl.password=$2"; }
+bench() { # topic login extra...
+    local topic=$1 login=$2; shift 2
+    # shellcheck disable=SC2086
+    target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --scenario produce \
+        --topic "$topic" $login "$@"
+}
+# calm: 10 s at the given rate of 1 KiB records.
+calm() { bench calm "$(login "$ck" "$cs")" --rate "$rate" --records $((rate * 10)); }
+
+out="$work/results.jsonl"
+bench calm "$(login "$ck" "$cs")" --records 2000 > /dev/null   # creates the topic, warms up
+for r in $(seq 1 "$rounds"); do
+    echo "{\"round\":$r,\"noisy\":false,\"result\":$(calm)}" | tee -a "$out"
+    bench noisy "$(login "$nk" "$ns")" --records 1000000 > "$work/noisy.json" 2>&1 & flood=$!
+    sleep 2   # the flood reaches its throttle
+    echo "{\"round\":$r,\"noisy\":true,\"result\":$(calm)}" | tee -a "$out"
+    kill "$flood" 2>/dev/null || true
+    wait "$flood" 2>/dev/null || true
+done
+throttled=$(curl -s "http://127.0.0.1:$fh/metrics" | awk '/^floe_throttled_requests_total/ {print $2}')
+echo "throttled requests: $throttled"
+python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("round  calm p50/p99 alone (ms)  beside the flood (ms)  p99 ratio")
+for r in sorted({x["round"] for x in rows}):
+    a = next(x["result"] for x in rows if x["round"] == r and not x["noisy"])["produce_latency"]
+    b = next(x["result"] for x in rows if x["round"] == r and x["noisy"])["produce_latency"]
+    print(f"{r:5}  {a['p50_us']/1e3:8.2f} / {a['p99_us']/1e3:7.2f}  {b['p50_us']/1e3:10.2f} / {b['p99_us']/1e3:7.2f}  {b['p99_us']/a['p99_us']:9.2f}")
+PY
