@@ -47,7 +47,12 @@ impl fmt::Display for TenantId {
 /// lives below it; no user-chosen string (topic name, group id) is ever part of
 /// an object path.
 pub fn shard_prefix(tenant: &TenantId, shard: u32) -> String {
-    format!("tenants/{}/shards/{shard}", tenant.as_str())
+    format!("{}/{shard}", shards_prefix(tenant))
+}
+
+/// Where every shard of a tenant lives.
+pub fn shards_prefix(tenant: &TenantId) -> String {
+    format!("tenants/{}/shards", tenant.as_str())
 }
 
 /// Where a tenant's usage records live: beside its shards, one per window

@@ -101,6 +101,7 @@ fn registry_error(e: RegistryError) -> Answer {
             error(StatusCode::NOT_FOUND, "not_found", e)
         }
         RegistryError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
+        RegistryError::Retired(_) => error(StatusCode::CONFLICT, "retired", e),
         RegistryError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
         RegistryError::Storage(_) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }
@@ -157,10 +158,7 @@ impl<W: Shards> Admin<W> {
                 Some(t) => json(StatusCode::OK, view(&t)),
                 None => registry_error(RegistryError::NotFound(id.to_string())),
             },
-            (Method::DELETE, ["tenants", id]) => match r.delete(id).await {
-                Ok(()) => (StatusCode::NO_CONTENT, Bytes::new()),
-                Err(e) => registry_error(e),
-            },
+            (Method::DELETE, ["tenants", id]) => self.delete_tenant(id).await,
             (Method::POST, ["tenants", id, "keys"]) => match r.create_key(id).await {
                 Ok((key, secret)) => json(
                     StatusCode::CREATED,
@@ -195,6 +193,24 @@ impl<W: Shards> Admin<W> {
                 "see the admin API's verbs",
             ),
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin resource"),
+        }
+    }
+
+    /// Deletes the tenant (its keys go and its connections close at once),
+    /// then its data; usage records stay, for billing. Deleting a deleted
+    /// tenant again finishes removing its data, should that have failed.
+    async fn delete_tenant(&self, id: &str) -> Answer {
+        match self.registry.delete(id).await {
+            Ok(()) => {}
+            Err(RegistryError::NotFound(_)) if self.registry.is_retired(id) => {}
+            Err(e) => return registry_error(e),
+        }
+        let Ok(tenant) = TenantId::new(id) else {
+            return registry_error(RegistryError::NotFound(id.to_string()));
+        };
+        match self.worker.delete_tenant(&tenant).await {
+            Ok(()) => (StatusCode::NO_CONTENT, Bytes::new()),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
         }
     }
 

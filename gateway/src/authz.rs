@@ -313,6 +313,10 @@ impl<W: Shards> Shards for Guarded<W> {
         self.worker.usage(tenant, from, to).await
     }
 
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
+        self.worker.delete_tenant(tenant).await
+    }
+
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {
         self.worker.leader_epoch(tenant).await
     }

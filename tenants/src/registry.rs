@@ -22,6 +22,8 @@ use crate::model::{KeyRecord, Plan, Quota, Tenant};
 use crate::scram::{self, Credential, Mechanism};
 
 const PREFIX: &str = "t/";
+/// Deleted tenants' ids, with when they were deleted.
+const RETIRED: &str = "d/";
 /// Where the registry's log lives: beside `tenants/`, never inside one.
 pub const LOG_PREFIX: &str = "system/registry";
 /// Keys per tenant; an admin mistake in a loop stops here.
@@ -39,6 +41,10 @@ pub enum RegistryError {
     KeyNotFound(String),
     #[error("tenant {0} exists")]
     Exists(String),
+    /// Ids of deleted tenants are not given out again: a new owner of the
+    /// name must never meet anything of the old one's.
+    #[error("tenant {0} was deleted; its id is not used again")]
+    Retired(String),
     #[error("{0}")]
     Invalid(String),
     #[error("storage: {0}")]
@@ -50,6 +56,7 @@ type Result<T> = std::result::Result<T, RegistryError>;
 #[derive(Default)]
 struct Index {
     tenants: BTreeMap<String, Tenant>,
+    retired: std::collections::HashSet<String>,
     /// Key id → tenant id.
     keys: HashMap<String, String>,
 }
@@ -95,6 +102,10 @@ impl Registry {
                 Err(e) => tracing::warn!(error = %e, "unreadable tenant record; ignored"),
             }
         }
+        for (k, _) in log.scan(RETIRED.as_bytes()) {
+            let id = String::from_utf8_lossy(&k[RETIRED.len()..]).into_owned();
+            index.retired.insert(id);
+        }
         Ok(Self {
             log,
             index: RwLock::new(index),
@@ -106,6 +117,11 @@ impl Registry {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id` belonged to a tenant since deleted.
+    pub fn is_retired(&self, id: &str) -> bool {
+        self.read().retired.contains(id)
     }
 
     pub fn get(&self, id: &str) -> Option<Tenant> {
@@ -127,6 +143,9 @@ impl Registry {
         let _w = self.writer.lock().await;
         if self.get(id).is_some() {
             return Err(RegistryError::Exists(id.to_string()));
+        }
+        if self.is_retired(id) {
+            return Err(RegistryError::Retired(id.to_string()));
         }
         let t = Tenant {
             id: id.to_string(),
@@ -157,15 +176,20 @@ impl Registry {
         let old = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        let entry = Entry::Put {
+        let gone = Entry::Put {
             key: key_of(id),
             value: None,
         };
-        self.log.append(vec![entry]).await?.durable().await?;
-        self.index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let retired = Entry::Put {
+            key: Bytes::from(format!("{RETIRED}{id}")),
+            value: Some(Bytes::from(now_ms().to_string())),
+        };
+        self.log.append(vec![gone, retired]).await?.durable().await?;
+        {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            index.remove(id);
+            index.retired.insert(id.to_string());
+        }
         self.forget_verified(old.keys.iter().map(|k| k.id.as_str()));
         self.revoked.send_modify(|n| *n += 1);
         Ok(())

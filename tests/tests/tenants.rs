@@ -408,3 +408,57 @@ fn a_request_quota_throttles_any_answer() {
     assert_eq!(throttles[0], 0, "{throttles:?}");
     assert!(throttles[5] > 0, "{throttles:?}");
 }
+
+/// Deleting a tenant closes its connections, deletes its data but not its
+/// usage records (its last window is closed and written first), and its id
+/// is never given to a new tenant, who could otherwise meet the old data.
+#[test]
+fn a_deleted_tenants_data_goes_and_its_id_is_not_reused() {
+    let dir = temp_dir("tenant-delete");
+    let f = Floe::start(dir.clone(), &["--auth", "required", "--admin-token", TOKEN]);
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(handshake(&mut c, "PLAIN"), 0);
+    assert_eq!(plain(&mut c, &key, &secret), 0);
+    c.create_topic("doomed", 1);
+    let records = batch(10, 100);
+    let sent = records.len() as u64;
+    let r = c.call(9, &produce_request("doomed", 0, -1, records));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let files = |p: &std::path::Path| -> usize {
+        fn walk(p: &std::path::Path) -> usize {
+            std::fs::read_dir(p).map_or(0, |d| {
+                d.map(|e| e.expect("entry").path())
+                    .map(|p| if p.is_dir() { walk(&p) } else { 1 })
+                    .sum()
+            })
+        }
+        walk(p)
+    };
+    assert!(files(&dir.join("tenants/acme/shards")) > 0);
+
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let deleted = f
+        .http("DELETE", "/admin/v1/tenants/acme", &[&auth], "")
+        .expect("admin api");
+    assert!(deleted.starts_with("HTTP/1.1 204"), "{deleted}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.is_closed(), "the tenant's connection is closed");
+    assert_eq!(files(&dir.join("tenants/acme/shards")), 0, "its data is gone");
+    // The usage is billed: the record of the last window holds the bytes.
+    let usage = admin_get(&f, "/admin/v1/tenants/acme/usage?from=0");
+    assert_eq!(usage["total"]["bytes_in"], sent, "{usage}");
+    assert!(usage["windows"].as_array().expect("windows").iter().all(|w| w["final"] == true));
+    assert!(files(&dir.join("tenants/acme/usage")) > 0);
+    // The id stays retired, across a restart too.
+    let again = f
+        .http("POST", "/admin/v1/tenants", &[&auth], r#"{"id": "acme"}"#)
+        .expect("admin api");
+    assert!(again.starts_with("HTTP/1.1 409"), "{again}");
+    let mut f = f;
+    f.restart();
+    let again = f
+        .http("POST", "/admin/v1/tenants", &[&auth], r#"{"id": "acme"}"#)
+        .expect("admin api");
+    assert!(again.starts_with("HTTP/1.1 409") && again.contains("retired"), "{again}");
+}

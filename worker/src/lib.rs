@@ -344,6 +344,9 @@ pub trait Shards: Send + Sync + 'static {
         from: i64,
         to: i64,
     ) -> impl Future<Output = Result<Vec<UsageWindow>>> + Send;
+    /// Removes a deleted tenant's data: its shards close and their objects
+    /// go (usage records stay); the tenant's shards do not open again.
+    fn delete_tenant(&self, tenant: &TenantId) -> impl Future<Output = Result<()>> + Send;
     /// The leader epoch of the tenant's partitions: durable and increasing,
     /// bumped whenever the shard changes owner.
     fn leader_epoch(&self, tenant: &TenantId) -> impl Future<Output = Result<i32>> + Send;

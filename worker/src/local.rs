@@ -78,6 +78,8 @@ pub struct LocalWorker {
     opening: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     /// Every tenant's usage since start, for `/metrics`.
     totals: Arc<Totals>,
+    /// Deleted tenants: their shards never open again here.
+    deleted: Mutex<std::collections::HashSet<TenantId>>,
 }
 
 /// One open shard: its log and the catalog cached from it.
@@ -215,6 +217,7 @@ impl LocalWorker {
             open: RwLock::new(HashMap::new()),
             opening: Mutex::new(HashMap::new()),
             totals: Arc::default(),
+            deleted: Mutex::default(),
         }
     }
 
@@ -257,6 +260,14 @@ impl LocalWorker {
         let _one_opener = gate.lock().await;
         if let Some(shard) = self.healthy(tenant) {
             return Ok(shard);
+        }
+        if self
+            .deleted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant)
+        {
+            return Err(WorkerError::Unavailable(format!("tenant {tenant} was deleted")));
         }
         if self
             .open
@@ -760,6 +771,54 @@ impl Shards for LocalWorker {
             }));
         }
         Ok(out)
+    }
+
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
+        let gate = {
+            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+            opening.entry(tenant.clone()).or_default().clone()
+        };
+        // Under the opener's lock, so no request opens the shard meanwhile.
+        let _one_opener = gate.lock().await;
+        self.deleted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone());
+        let open = self.healthy(tenant);
+        if let Some(shard) = open {
+            // The usage so far is billed first: every window closes and is
+            // written (on failure the shard stays, and a retry bills it).
+            usage::tick(&shard, &*self.store, true).await?;
+        }
+        let open = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+        if let Some(shard) = open {
+            // What was accepted settles (and is then deleted).
+            let _ = shard.log.close().await;
+        }
+        let prefix = Path::from(floe_common::shards_prefix(tenant));
+        let doomed: Vec<_> = {
+            use futures::TryStreamExt;
+            self.store
+                .list(Some(&prefix))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await
+                .map_err(|e| WorkerError::Unavailable(format!("listing {prefix}: {e}")))?
+        };
+        for path in &doomed {
+            match object_store::ObjectStoreExt::delete(&*self.store, path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(WorkerError::Unavailable(format!("deleting {path}: {e}")));
+                }
+            }
+        }
+        tracing::info!(%tenant, objects = doomed.len(), "deleted tenant's data");
+        Ok(())
     }
 
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {

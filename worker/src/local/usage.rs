@@ -51,7 +51,7 @@ pub(super) async fn ticks(shard: Weak<Shard>, store: Arc<dyn ObjectStore>, every
         if s.log.failed().is_some() {
             return;
         }
-        if let Err(e) = tick(&s, &*store).await {
+        if let Err(e) = tick(&s, &*store, false).await {
             tracing::warn!(tenant = %s.tenant, error = %e, "metering");
         }
         drop(s);
@@ -63,11 +63,12 @@ pub(super) async fn ticks(shard: Weak<Shard>, store: Arc<dyn ObjectStore>, every
 /// and writes the records of closed windows. Costs an append only when
 /// there were charges or a window ended: stored bytes and partitions accrue
 /// from the recorded time whenever the next append comes, so an idle
-/// shard writes once per window.
-pub(super) async fn tick(shard: &Shard, store: &dyn ObjectStore) -> Result<()> {
+/// shard writes once per window. `last` closes the current window too (the
+/// shard's data is about to go).
+pub(super) async fn tick(shard: &Shard, store: &dyn ObjectStore, last: bool) -> Result<()> {
     let len = shard.usage_window_ms;
     let now = now_ms();
-    let over = window_of(now, len);
+    let over = window_of(now, len) + if last { len } else { 0 };
     let close = over > shard.log.meters().0;
     let charged = std::mem::take(&mut *shard.lock_pending());
     let done = std::mem::take(&mut *shard.lock_written());
