@@ -9,6 +9,7 @@ use floe_common::TenantId;
 use floe_tenants::scram::same_secret;
 use floe_tenants::usage::Counts;
 use floe_tenants::{Plan, Quota, Registry, RegistryError, Tenant};
+use floe_worker::quota::Usage;
 use floe_worker::{Shards, UsageWindow};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -196,6 +197,60 @@ impl<W: Shards> Admin<W> {
         }
     }
 
+    /// A tenant's own API, with HTTP basic auth (key and secret), under its
+    /// request quota: `GET /v1/usage?from=&to=`, its usage as the admin API
+    /// shows it. Over quota the answer is 429 with the seconds to wait.
+    pub async fn serve_tenant(&self, req: Request<Incoming>) -> (Answer, Option<u64>) {
+        let presented = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(floe_tenants::scram::parse_basic);
+        let tenant = presented.and_then(|(key, secret)| self.registry.verify_secret(&key, &secret));
+        let Some(tenant) = tenant else {
+            let e = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "basic auth with an API key and its secret",
+            );
+            return (e, None);
+        };
+        let charge = Usage {
+            requests: 1,
+            ..Usage::default()
+        };
+        let wait = self
+            .worker
+            .charge(&tenant, charge)
+            .await
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            let secs = wait.as_secs_f64().ceil() as u64;
+            let e = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format!("over the request quota; retry in {secs} s"),
+            );
+            return (e, Some(secs));
+        }
+        let query = req.uri().query().unwrap_or("").to_string();
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/v1/usage") => (self.usage(tenant.as_str(), &query).await, None),
+            (_, "/v1/usage") => (
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "GET only",
+                ),
+                None,
+            ),
+            _ => (
+                error(StatusCode::NOT_FOUND, "not_found", "no such resource"),
+                None,
+            ),
+        }
+    }
+
     /// Deletes the tenant (its keys go and its connections close at once),
     /// then its data; usage records stay, for billing. Deleting a deleted
     /// tenant again finishes removing its data, should that have failed.
@@ -217,7 +272,7 @@ impl<W: Shards> Admin<W> {
     /// `GET /admin/v1/tenants/{id}/usage?from=&to=` (milliseconds since the
     /// epoch; the last 24 hours by default): each window's usage per shard,
     /// `final` once the window is closed, and the sum.
-    async fn usage(&self, id: &str, query: &str) -> Answer {
+    pub(crate) async fn usage(&self, id: &str, query: &str) -> Answer {
         // A deleted tenant's usage stays readable: it is billed too.
         let Ok(tenant) = TenantId::new(id) else {
             return registry_error(RegistryError::NotFound(id.to_string()));

@@ -1,5 +1,5 @@
-//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the admin API
-//! (`/admin/v1`, see `admin.rs`).
+//! The HTTP listener: `/healthz`, Prometheus `/metrics`, the admin API
+//! (`/admin/v1`, see `admin.rs`) and the tenants' own (`/v1`, basic auth).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,17 +51,27 @@ async fn route<W: Shards>(
     metrics: Arc<Metrics>,
     admin: Arc<Admin<W>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path().starts_with("/admin/v1/") {
-        let (status, body) = admin.serve(req).await;
-        let mut resp = Response::builder()
-            .status(status)
-            .header("content-type", "application/json");
+    let path = req.uri().path();
+    if path.starts_with("/v1/") {
+        let ((status, body), retry_after) = admin.serve_tenant(req).await;
+        let mut headers = Vec::new();
         if status == StatusCode::UNAUTHORIZED {
-            resp = resp.header("www-authenticate", "Bearer");
+            headers.push(("www-authenticate", "Basic realm=\"floe\"".to_string()));
         }
-        return Ok(resp
-            .body(Full::new(body))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))));
+        if let Some(secs) = retry_after {
+            headers.push(("retry-after", secs.to_string()));
+        }
+        return Ok(json_response(status, body, &headers));
+    }
+    if path.starts_with("/admin/v1/") {
+        let (status, body) = admin.serve(req).await;
+        let auth = [("www-authenticate", "Bearer".to_string())];
+        let headers = if status == StatusCode::UNAUTHORIZED {
+            &auth[..]
+        } else {
+            &[]
+        };
+        return Ok(json_response(status, body, headers));
     }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
@@ -86,4 +96,19 @@ async fn route<W: Shards>(
         .header("content-type", ctype)
         .body(Full::new(body));
     Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+fn json_response(
+    status: StatusCode,
+    body: Bytes,
+    headers: &[(&str, String)],
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        resp = resp.header(*k, v);
+    }
+    resp.body(Full::new(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }

@@ -184,7 +184,11 @@ impl Registry {
             key: Bytes::from(format!("{RETIRED}{id}")),
             value: Some(Bytes::from(now_ms().to_string())),
         };
-        self.log.append(vec![gone, retired]).await?.durable().await?;
+        self.log
+            .append(vec![gone, retired])
+            .await?
+            .durable()
+            .await?;
         {
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             index.remove(id);

@@ -136,6 +136,18 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// PLAIN's one message: `authzid NUL authcid NUL password`. The authzid
 /// must be empty or the authcid (no acting for another user).
+/// An HTTP basic `Authorization` header's (key, secret) (RFC 7617).
+pub fn parse_basic(header: &str) -> Option<(String, Vec<u8>)> {
+    let (scheme, creds) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = B64.decode(creds.trim()).ok()?;
+    let at = raw.iter().position(|&b| b == b':')?;
+    let key = String::from_utf8(raw[..at].to_vec()).ok()?;
+    Some((key, raw[at + 1..].to_vec()))
+}
+
 pub fn parse_plain(msg: &[u8]) -> Result<(String, Vec<u8>), String> {
     let mut parts = msg.splitn(3, |&b| b == 0);
     let (Some(authz), Some(user), Some(pass)) = (parts.next(), parts.next(), parts.next()) else {
@@ -503,6 +515,18 @@ mod tests {
             Step::Failed(_)
         ));
         assert!(matches!(s.step(b"again", |_| None), Step::Failed(_)));
+    }
+
+    #[test]
+    fn basic_headers() {
+        let h = format!("Basic {}", B64.encode("fk_a:s3:cret"));
+        assert_eq!(parse_basic(&h), Some(("fk_a".into(), b"s3:cret".to_vec())));
+        assert_eq!(parse_basic("Bearer abc"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+        assert_eq!(
+            parse_basic(&format!("Basic {}", B64.encode("nocolon"))),
+            None
+        );
     }
 
     #[test]

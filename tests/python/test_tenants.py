@@ -439,3 +439,32 @@ def test_acls_restrict_a_key_within_its_tenant(tenants):
     g = KafkaAdminClient(**sasl(floe, keys["globex"], "PLAIN"))
     assert g.describe_acls(any_topic)[0] == []
     g.close()
+
+
+def test_http_basic_auth_and_429_over_the_request_quota(tenants):
+    """The tenant's own HTTP API takes the same key and secret as basic
+    auth; over its request quota it answers 429 with Retry-After, and the
+    other tenant is served all the while."""
+    import base64
+    floe, keys = tenants
+
+    def get(key, path="/v1/usage?from=0"):
+        token = base64.b64encode(f"{key[0]}:{key[1]}".encode()).decode()
+        req = urllib.request.Request(f"http://127.0.0.1:{floe.http_port}{path}",
+                                     headers={"Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, dict(r.headers), json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), json.loads(e.read() or b"null")
+
+    status, headers, body = get((keys["acme"][0], "wrong"))
+    assert status == 401 and headers.get("www-authenticate", "").startswith("Basic"), body
+    status, _, body = get(keys["acme"])
+    assert status == 200 and body["tenant"] == "acme", body
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"requests_per_sec": 2})[0] == 200
+    answers = [get(keys["acme"]) for _ in range(8)]
+    throttled = [h for s, h, _ in answers if s == 429]
+    assert throttled, [s for s, _, _ in answers]
+    assert all(int(h["retry-after"]) >= 1 for h in throttled), throttled
+    assert get(keys["globex"])[0] == 200

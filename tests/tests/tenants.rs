@@ -444,11 +444,19 @@ fn a_deleted_tenants_data_goes_and_its_id_is_not_reused() {
     assert!(deleted.starts_with("HTTP/1.1 204"), "{deleted}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(c.is_closed(), "the tenant's connection is closed");
-    assert_eq!(files(&dir.join("tenants/acme/shards")), 0, "its data is gone");
+    assert_eq!(
+        files(&dir.join("tenants/acme/shards")),
+        0,
+        "its data is gone"
+    );
     // The usage is billed: the record of the last window holds the bytes.
     let usage = admin_get(&f, "/admin/v1/tenants/acme/usage?from=0");
     assert_eq!(usage["total"]["bytes_in"], sent, "{usage}");
-    assert!(usage["windows"].as_array().expect("windows").iter().all(|w| w["final"] == true));
+    assert!(usage["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .all(|w| w["final"] == true));
     assert!(files(&dir.join("tenants/acme/usage")) > 0);
     // The id stays retired, across a restart too.
     let again = f
@@ -460,5 +468,8 @@ fn a_deleted_tenants_data_goes_and_its_id_is_not_reused() {
     let again = f
         .http("POST", "/admin/v1/tenants", &[&auth], r#"{"id": "acme"}"#)
         .expect("admin api");
-    assert!(again.starts_with("HTTP/1.1 409") && again.contains("retired"), "{again}");
+    assert!(
+        again.starts_with("HTTP/1.1 409") && again.contains("retired"),
+        "{again}"
+    );
 }

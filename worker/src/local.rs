@@ -267,7 +267,9 @@ impl LocalWorker {
             .unwrap_or_else(|p| p.into_inner())
             .contains(tenant)
         {
-            return Err(WorkerError::Unavailable(format!("tenant {tenant} was deleted")));
+            return Err(WorkerError::Unavailable(format!(
+                "tenant {tenant} was deleted"
+            )));
         }
         if self
             .open
