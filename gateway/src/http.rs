@@ -13,13 +13,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::kafka::TLS_HANDSHAKE;
 use crate::metrics::Metrics;
 use floe_worker::Shards;
 
+/// Serves HTTP/1.1 on `listener`, over TLS when given an acceptor.
 pub async fn serve<W: Shards>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     admin: Arc<Admin<W>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -33,13 +36,20 @@ pub async fn serve<W: Shards>(
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let (metrics, admin) = (metrics.clone(), admin.clone());
+        let (metrics, admin, tls) = (metrics.clone(), admin.clone(), tls.clone());
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req| route(req, metrics.clone(), admin.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(socket), svc);
-            if let Err(e) = conn.await {
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = match tls {
+                None => http.serve_connection(TokioIo::new(socket), svc).await,
+                Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(socket)).await {
+                    Ok(Ok(s)) => http.serve_connection(TokioIo::new(s), svc).await,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "https handshake failed"),
+                    Err(_) => return tracing::debug!("https handshake timed out"),
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "http connection");
             }
         });

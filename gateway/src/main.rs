@@ -194,6 +194,10 @@ struct DevArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<String>,
+    /// The HTTP listener speaks HTTPS too, with --tls-cert and --tls-key
+    /// (basic auth carries secrets).
+    #[arg(long, requires = "tls_cert")]
+    http_tls: bool,
     /// Whether Kafka clients must log in with SASL (PLAIN, SCRAM-SHA-256/512;
     /// an API key and its secret). With `optional`, unauthenticated
     /// connections are the `default` tenant's.
@@ -339,8 +343,11 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         registry.clone(),
         a.auth,
     );
+    let mut http_tls = None;
     if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
-        gateway = gateway.with_tls(floe_gateway::tls_acceptor(cert, key)?);
+        let tls = floe_gateway::tls_acceptor(cert, key)?;
+        http_tls = a.http_tls.then(|| tls.clone());
+        gateway = gateway.with_tls(tls);
     }
     let gateway = Arc::new(gateway);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -358,6 +365,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         http_listener,
         metrics,
         admin,
+        http_tls,
         stop_rx,
     ));
     tracing::info!(kafka = %kafka_addr, http = %a.http_listen, store = %url, "floe dev ready");

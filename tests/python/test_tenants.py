@@ -201,18 +201,24 @@ def test_the_readme_walkthrough_with_the_cli_and_kcat(tenants):
     assert r.returncode != 0 and b"404" in r.stderr
 
 
+def self_signed(d):
+    """A certificate for 127.0.0.1 and its key, in `d`."""
+    cert, key = f"{d}/cert.pem", f"{d}/key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 @pytest.fixture
 def tls_floe():
     """`--auth required` behind TLS, with a self-signed certificate for
     127.0.0.1 that the clients trust as their CA."""
     with tempfile.TemporaryDirectory(prefix="floe-py-") as d:
-        cert, key = f"{d}/cert.pem", f"{d}/key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-             "-days", "2", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-            check=True, capture_output=True, timeout=60)
+        cert, key = self_signed(d)
         f = Floe(d, ["--admin-token", TOKEN, "--auth", "required",
                      "--tls-cert", cert, "--tls-key", key,
                      "--usage-window-ms", "2000", "--usage-every-ms", "200"])
@@ -468,3 +474,35 @@ def test_http_basic_auth_and_429_over_the_request_quota(tenants):
     assert throttled, [s for s, _, _ in answers]
     assert all(int(h["retry-after"]) >= 1 for h in throttled), throttled
     assert get(keys["globex"])[0] == 200
+
+
+def test_https_with_http_tls():
+    """With --http-tls the HTTP listener speaks HTTPS with the Kafka
+    listener's certificate: basic auth travels encrypted."""
+    import base64
+    import ssl
+    with tempfile.TemporaryDirectory(prefix="floe-py-") as d:
+        cert, key = self_signed(d)
+        f = Floe(d, ["--admin-token", TOKEN, "--tls-cert", cert, "--tls-key", key,
+                     "--http-tls"])
+        try:
+            ctx = ssl.create_default_context(cafile=cert)
+
+            def call(method, path, body=None, auth=f"Bearer {TOKEN}"):
+                req = urllib.request.Request(
+                    f"https://127.0.0.1:{f.http_port}{path}", method=method,
+                    data=None if body is None else json.dumps(body).encode(),
+                    headers={"Authorization": auth, "Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+                    return r.status, json.loads(r.read() or b"null")
+
+            assert call("POST", "/admin/v1/tenants", {"id": "acme"})[0] == 201
+            k = call("POST", "/admin/v1/tenants/acme/keys")[1]
+            basic = base64.b64encode(f"{k['key']}:{k['secret']}".encode()).decode()
+            status, body = call("GET", "/v1/usage", auth=f"Basic {basic}")
+            assert status == 200 and body["tenant"] == "acme"
+            # Plain HTTP gets no HTTP answer.
+            with pytest.raises(Exception):
+                urllib.request.urlopen(f"http://127.0.0.1:{f.http_port}/healthz", timeout=5)
+        finally:
+            f.close()

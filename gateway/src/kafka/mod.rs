@@ -97,7 +97,7 @@ pub async fn serve<W: Shards>(
 }
 
 /// A TLS handshake that takes longer than this closes the connection.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn connection<W: Shards>(
     gw: Arc<Gateway<W>>,
