@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, ListOffsetsRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
@@ -130,6 +131,30 @@ impl Conn {
             .with_replication_factor(1);
         let r = self.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
         assert_eq!(r.topics[0].error_code, 0, "creating {topic}");
+    }
+
+    /// Fetch v12 of one partition from `offset`, without waiting, up to
+    /// 1 MiB: (error code, high watermark, record bytes).
+    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64) -> (i16, i64, Bytes) {
+        let p = FetchPartition::default()
+            .with_partition(partition)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(1 << 20);
+        let t = FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![p]);
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![t]);
+        let r = self.call(12, &req);
+        let p = &r.responses[0].partitions[0];
+        (
+            p.error_code,
+            p.high_watermark,
+            p.records.clone().unwrap_or_default(),
+        )
     }
 
     /// ListOffsets v7 for one partition at `timestamp` (-1 latest, -2

@@ -68,24 +68,7 @@ fn produce(c: &mut Conn, topic: &str, partition: i32, records: Bytes) -> i64 {
 }
 
 fn fetch(c: &mut Conn, topic: &str, partition: i32, offset: i64) -> (i16, i64, Bytes) {
-    let p = FetchPartition::default()
-        .with_partition(partition)
-        .with_fetch_offset(offset)
-        .with_partition_max_bytes(1 << 20);
-    let t = FetchTopic::default()
-        .with_topic(name(topic))
-        .with_partitions(vec![p]);
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_bytes(4 << 20)
-        .with_topics(vec![t]);
-    let r = c.call(12, &req);
-    let p = &r.responses[0].partitions[0];
-    (
-        p.error_code,
-        p.high_watermark,
-        p.records.clone().unwrap_or_default(),
-    )
+    c.fetch(topic, partition, offset)
 }
 
 /// Every stored byte of a partition, fetched from its log start.

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use floe_e2e::raw::{produce_request, topic_name, Conn};
+use floe_e2e::raw::{produce_request, Conn};
 use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, BrokerId, FetchRequest, MetadataRequest, ProduceResponse, ResponseHeader,
-    SaslAuthenticateRequest, SaslHandshakeRequest,
+    ApiVersionsRequest, MetadataRequest, ProduceResponse, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::protocol::StrBytes;
@@ -184,22 +183,7 @@ fn stored_bytes(c: &mut Conn, topic: &str, partition: i32) -> u64 {
     let end = c.list_offset(topic, partition, -1).offset;
     let (mut at, mut total) = (0i64, 0u64);
     while at < end {
-        let p = FetchPartition::default()
-            .with_partition(partition)
-            .with_fetch_offset(at)
-            .with_partition_max_bytes(1 << 20);
-        let t = FetchTopic::default()
-            .with_topic(topic_name(topic))
-            .with_partitions(vec![p]);
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![t]);
-        let r = c.call(12, &req);
-        let b = r.responses[0].partitions[0]
-            .records
-            .clone()
-            .unwrap_or_default();
+        let (_, _, b) = c.fetch(topic, partition, at);
         let mut pos = 0;
         while pos + 61 <= b.len() {
             let len = 12 + i32::from_be_bytes(b[pos + 8..pos + 12].try_into().expect("4")) as usize;
