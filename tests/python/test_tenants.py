@@ -196,6 +196,8 @@ def test_the_readme_walkthrough_with_the_cli_and_kcat(tenants):
     kcat_produce(common, "hello", b"world\n")
     r = kcat_read(common, "hello")
     assert r.stdout == b"world\n", r.stderr.decode()
+    usage = cli("usage", "initech", "--from", "0")
+    assert usage["tenant"] == "initech" and usage["total"]["bytes_in"] > 0, usage
     r = subprocess.run([floe.bin, "key", "create", "nobody"], capture_output=True, env=env,
                        timeout=30)
     assert r.returncode != 0 and b"404" in r.stderr
