@@ -42,12 +42,21 @@ bench() { # topic login extra...
 calm() { bench calm "$(login "$ck" "$cs")" --rate "$rate" --records $((rate * 10)); }
 
 out="$work/results.jsonl"
+# The broker's background work during a run: compactions, deleted objects,
+# checkpoints (counters from /metrics).
+work_done() {
+    curl -s "http://127.0.0.1:$fh/metrics" | awk '
+        /^floe_compactions_total/ {c=$2} /^floe_deleted_objects_total/ {d=$2}
+        /^floe_checkpoints_total/ {k=$2} END {printf "[%d,%d,%d]", c, d, k}'
+}
 bench calm "$(login "$ck" "$cs")" --records 2000 > /dev/null   # creates the topic, warms up
 for r in $(seq 1 "$rounds"); do
-    echo "{\"round\":$r,\"noisy\":false,\"result\":$(calm)}" | tee -a "$out"
+    before=$(work_done)
+    echo "{\"round\":$r,\"noisy\":false,\"result\":$(calm),\"work\":[$before,$(work_done)]}" | tee -a "$out"
     bench noisy "$(login "$nk" "$ns")" --records 1000000 > "$work/noisy.json" 2>&1 & flood=$!
     sleep 2   # the flood reaches its throttle
-    echo "{\"round\":$r,\"noisy\":true,\"result\":$(calm)}" | tee -a "$out"
+    before=$(work_done)
+    echo "{\"round\":$r,\"noisy\":true,\"result\":$(calm),\"work\":[$before,$(work_done)]}" | tee -a "$out"
     kill "$flood" 2>/dev/null || true
     wait "$flood" 2>/dev/null || true
 done
@@ -56,9 +65,13 @@ echo "throttled requests: $throttled"
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("round  calm p50/p99 alone (ms)  beside the flood (ms)  p99 ratio")
+def work(x):  # compactions, deleted objects, checkpoints during the run
+    (c0, d0, k0), (c1, d1, k1) = x["work"]
+    return f"{c1-c0}/{d1-d0}/{k1-k0}"
+print("round  calm p50/p99 alone (ms)  beside the flood (ms)  p99 ratio  compactions/deletes/checkpoints alone, beside")
 for r in sorted({x["round"] for x in rows}):
-    a = next(x["result"] for x in rows if x["round"] == r and not x["noisy"])["produce_latency"]
-    b = next(x["result"] for x in rows if x["round"] == r and x["noisy"])["produce_latency"]
-    print(f"{r:5}  {a['p50_us']/1e3:8.2f} / {a['p99_us']/1e3:7.2f}  {b['p50_us']/1e3:10.2f} / {b['p99_us']/1e3:7.2f}  {b['p99_us']/a['p99_us']:9.2f}")
+    xa = next(x for x in rows if x["round"] == r and not x["noisy"])
+    xb = next(x for x in rows if x["round"] == r and x["noisy"])
+    a, b = xa["result"]["produce_latency"], xb["result"]["produce_latency"]
+    print(f"{r:5}  {a['p50_us']/1e3:8.2f} / {a['p99_us']/1e3:7.2f}  {b['p50_us']/1e3:10.2f} / {b['p99_us']/1e3:7.2f}  {b['p99_us']/a['p99_us']:9.2f}  {work(xa)}, {work(xb)}")
 PY
