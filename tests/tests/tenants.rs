@@ -457,3 +457,45 @@ fn a_deleted_tenants_data_goes_and_its_id_is_not_reused() {
         "{again}"
     );
 }
+
+/// A client that ignores throttle_time_ms and keeps sending is delayed,
+/// not served: its connection is not read while its tenant is over quota,
+/// so 3 MB sent at once at 1 MB/s are answered over about 3 s. (A lower
+/// bound only: the server must hold the client back.)
+#[test]
+fn a_client_ignoring_the_throttle_is_delayed() {
+    let f = Floe::start(
+        temp_dir("sasl-ignore"),
+        &["--auth", "required", "--admin-token", TOKEN],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let set = f
+        .http(
+            "PUT",
+            "/admin/v1/tenants/acme/quota",
+            &[&auth],
+            r#"{"produce_bytes_per_sec": 1000000}"#,
+        )
+        .expect("admin api");
+    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(handshake(&mut c, "PLAIN"), 0);
+    assert_eq!(plain(&mut c, &key, &secret), 0);
+    c.create_topic("greedy", 1);
+    let start = std::time::Instant::now();
+    let n = 30;
+    for _ in 0..n {
+        // About 100 KB each, all sent before any answer is read.
+        c.send(9, &produce_request("greedy", 0, -1, batch(100, 1000)));
+    }
+    let mut throttled = 0;
+    for _ in 0..n {
+        let r = c.recv::<kafka_protocol::messages::ProduceRequest>(9);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        throttled += (r.throttle_time_ms > 0) as usize;
+    }
+    let took = start.elapsed();
+    assert!(throttled > 0, "the answers carry the throttle");
+    assert!(took >= Duration::from_secs(2), "3 MB at 1 MB/s answered in {took:?}");
+}
