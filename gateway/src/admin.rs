@@ -11,6 +11,9 @@ use floe_tenants::usage::Counts;
 use floe_tenants::{Plan, Quota, Registry, RegistryError, Tenant};
 use floe_worker::quota::Usage;
 use floe_worker::{Shards, UsageWindow};
+
+use crate::authz::Guarded;
+use crate::rest;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -206,8 +209,11 @@ impl<W: Shards> Admin<W> {
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(floe_tenants::scram::parse_basic);
-        let tenant = presented.and_then(|(key, secret)| self.registry.verify_secret(&key, &secret));
-        let Some(tenant) = tenant else {
+        let login = presented.and_then(|(key, secret)| {
+            let tenant = self.registry.verify_secret(&key, &secret)?;
+            Some((tenant, key))
+        });
+        let Some((tenant, key)) = login else {
             let e = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -233,14 +239,73 @@ impl<W: Shards> Admin<W> {
             );
             return (e, Some(secs));
         }
+        let only = self
+            .registry
+            .restrictions(tenant.as_str(), &key)
+            .map(std::sync::Arc::from);
+        let worker = Guarded::new(self.worker.clone(), only);
         let query = req.uri().query().unwrap_or("").to_string();
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/v1/usage") => (self.usage(tenant.as_str(), &query).await, None),
-            (_, "/v1/usage") => (
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let json_body = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/json"));
+        match (&method, parts.as_slice()) {
+            (&Method::GET, ["v1", "usage"]) => (self.usage(tenant.as_str(), &query).await, None),
+            (&Method::POST, ["v3", "clusters", cluster, "topics", topic, "records"]) => {
+                if *cluster != format!("floe-{tenant}") {
+                    let e = rest::error(
+                        StatusCode::NOT_FOUND,
+                        None,
+                        format!("cluster {cluster} not found"),
+                    );
+                    return (e, None);
+                }
+                if !json_body {
+                    let e = rest::error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        None,
+                        "records are application/json",
+                    );
+                    return (e, None);
+                }
+                let body = match Limited::new(req.into_body(), rest::MAX_BODY_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        let m = format!("bodies are at most {} bytes", rest::MAX_BODY_BYTES);
+                        return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
+                    }
+                };
+                let answer = rest::produce(&worker, &tenant, topic, &body).await;
+                let produced = Usage {
+                    produce_bytes: body.len() as u64,
+                    ..Usage::default()
+                };
+                let _ = self.worker.charge(&tenant, produced).await;
+                (answer, None)
+            }
+            (&Method::GET, ["v1", "topics", topic, "partitions", p, "records"]) => {
+                let (answer, served) = rest::read(&worker, &tenant, topic, p, &query).await;
+                let fetched = Usage {
+                    fetch_bytes: served,
+                    ..Usage::default()
+                };
+                let _ = self.worker.charge(&tenant, fetched).await;
+                (answer, None)
+            }
+            (_, ["v1", "usage"])
+            | (_, ["v3", "clusters", _, "topics", _, "records"])
+            | (_, ["v1", "topics", _, "partitions", _, "records"]) => (
                 error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
-                    "GET only",
+                    "see the API's verbs",
                 ),
                 None,
             ),

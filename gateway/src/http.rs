@@ -62,7 +62,7 @@ async fn route<W: Shards>(
     admin: Arc<Admin<W>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
-    if path.starts_with("/v1/") {
+    if path.starts_with("/v1/") || path.starts_with("/v3/") {
         let ((status, body), retry_after) = admin.serve_tenant(req).await;
         let mut headers = Vec::new();
         if status == StatusCode::UNAUTHORIZED {

@@ -16,6 +16,7 @@ mod errors;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod rest;
 
 use std::sync::Arc;
 

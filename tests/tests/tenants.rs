@@ -497,5 +497,8 @@ fn a_client_ignoring_the_throttle_is_delayed() {
     }
     let took = start.elapsed();
     assert!(throttled > 0, "the answers carry the throttle");
-    assert!(took >= Duration::from_secs(2), "3 MB at 1 MB/s answered in {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "3 MB at 1 MB/s answered in {took:?}"
+    );
 }

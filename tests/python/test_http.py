@@ -1,0 +1,136 @@
+"""The HTTP data API's first part (issue 9) over the real binary: v3
+produce, single and streamed, read back by kafka-python byte for byte;
+kafka-python's records read over HTTP; keys partitioned as Kafka's default
+partitioner does; and each bad input with its status."""
+import base64
+import json
+import tempfile
+import urllib.error
+import urllib.request
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from conftest import Floe
+from test_tenants import TOKEN, admin, sasl
+
+
+@pytest.fixture
+def http_floe():
+    with tempfile.TemporaryDirectory(prefix="floe-py-") as d:
+        f = Floe(d, ["--admin-token", TOKEN, "--auth", "required"])
+        try:
+            assert admin(f, "POST", "/tenants", {"id": "acme", "plan": "standard"})[0] == 201
+            k = admin(f, "POST", "/tenants/acme/keys")[1]
+            yield f, (k["key"], k["secret"])
+        finally:
+            f.close()
+
+
+def call(floe, key, method, path, body=None, ctype="application/json"):
+    token = base64.b64encode(f"{key[0]}:{key[1]}".encode()).decode()
+    data = body if isinstance(body, (bytes, type(None))) else body.encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{floe.http_port}{path}", method=method,
+                                 data=data, headers={"Authorization": f"Basic {token}",
+                                                     "Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+def test_http_and_kafka_records_are_the_same_bytes(http_floe):
+    floe, key = http_floe
+    conf = sasl(floe, key, "PLAIN")
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic("web", 4, 1)])
+    a.close()
+    records = "/v3/clusters/floe-acme/topics/web/records"
+    raw = bytes(range(256))
+    status, body = call(floe, key, "POST", records, json.dumps(
+        {"partition_id": 0, "key": {"type": "STRING", "data": "k0"},
+         "value": {"type": "BINARY", "data": b64(raw)},
+         "headers": [{"name": "h", "value": b64(b"hv")}]}))
+    assert status == 200, body
+    first = json.loads(body)
+    assert (first["partition_id"], first["offset"], first["value"]["size"]) == (0, 0, 256)
+    # Streaming mode: three records in one body, three answers in order.
+    stream = "".join(json.dumps(r) for r in [
+        {"partition_id": 0, "value": {"type": "JSON", "data": {"n": 1}}},
+        {"partition_id": 0, "value": {"type": "STRING", "data": "two"}},
+        {"partition_id": 0, "value": {"data": [3]}}])
+    status, body = call(floe, key, "POST", records, stream)
+    lines = [json.loads(l) for l in body.splitlines()]
+    assert status == 200 and [l["offset"] for l in lines] == [1, 2, 3], body
+    # kafka-python reads the same bytes.
+    c = KafkaConsumer(**conf, auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    c.assign([TopicPartition("web", 0)])
+    got = [m for m in c]
+    c.close()
+    assert [m.value for m in got] == [raw, b'{"n":1}', b"two", b"[3]"]
+    assert got[0].key == b"k0" and got[0].headers == [("h", b"hv")]
+
+    # And the other way: kafka-python's records over HTTP.
+    p = KafkaProducer(**conf, acks="all")
+    p.send("web", b"\x00\xffbinary", key=b"kk", partition=1, headers=[("x", b"\x01")]).get(10)
+    p.close()
+    status, body = call(floe, key, "GET", "/v1/topics/web/partitions/1/records?offset=0")
+    read = json.loads(body)
+    assert status == 200 and len(read["records"]) == 1, body
+    r = read["records"][0]
+    assert base64.b64decode(r["value"]) == b"\x00\xffbinary"
+    assert base64.b64decode(r["key"]) == b"kk"
+    assert r["headers"] == [{"name": "x", "value": b64(b"\x01")}]
+    assert read["next_offset"] == 1 and r["timestamp"] > 0
+
+    # A keyed record lands where kafka-python's default partitioner puts it.
+    status, body = call(floe, key, "POST", records,
+                        json.dumps({"key": {"type": "STRING", "data": "user-7"},
+                                    "value": {"type": "STRING", "data": "v"}}))
+    p = KafkaProducer(**conf, acks="all")
+    meta = p.send("web", b"v", key=b"user-7").get(10)
+    p.close()
+    assert json.loads(body)["partition_id"] == meta.partition
+
+
+def test_bad_http_input_gets_its_status_and_appends_nothing(http_floe):
+    floe, key = http_floe
+    conf = sasl(floe, key, "PLAIN")
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic("strict", 1, 1)])
+    a.close()
+    records = "/v3/clusters/floe-acme/topics/strict/records"
+    cases = [
+        ("POST", records, "{not json", "application/json", 400),
+        ("POST", records, json.dumps({"value": {"type": "BINARY", "data": "@@@"}}),
+         "application/json", 400),
+        ("POST", records, json.dumps({"value": {"type": "NOPE", "data": "x"}}),
+         "application/json", 400),
+        ("POST", records, json.dumps({"velue": {"data": 1}}), "application/json", 400),
+        ("POST", records, json.dumps({"value": {"data": 1}}), "text/plain", 415),
+        ("POST", records, "x" * (9 << 20), "application/json", 413),
+        ("POST", "/v3/clusters/floe-acme/topics/nope/records", json.dumps({"value": {"data": 1}}),
+         "application/json", 404),
+        ("POST", "/v3/clusters/other/topics/strict/records", json.dumps({"value": {"data": 1}}),
+         "application/json", 404),
+        ("GET", "/v1/topics/strict/partitions/x/records", None, "application/json", 400),
+        ("GET", "/v1/topics/strict/partitions/0/records?offset=-1", None, "application/json", 400),
+        ("GET", "/v1/topics/nope/partitions/0/records", None, "application/json", 404),
+        ("DELETE", records, None, "application/json", 405),
+    ]
+    for method, path, body, ctype, want in cases:
+        status, text = call(floe, key, method, path, body, ctype)
+        assert status == want, (method, path, status, text)
+    status, text = call(floe, key, "POST", "/v3/clusters/floe-acme/topics/nope/records",
+                        json.dumps({"value": {"data": 1}}))
+    assert json.loads(text)["kafka_error_code"] == 3
+    # Nothing of any of it was appended; a long-poll read waits, then says so.
+    status, text = call(floe, key, "GET", "/v1/topics/strict/partitions/0/records?timeout_ms=300")
+    assert status == 200 and json.loads(text)["records"] == [] and \
+        json.loads(text)["high_watermark"] == 0, text
