@@ -284,20 +284,23 @@ async fn read_loop<W: Shards>(
         let next = match api {
             _ if session.expects_bare_token() => bare_token(gw, session, frame),
             Some(k) if sasl.contains(&k) => login(gw, session, frame),
-            _ => admit(gw, session, api).and_then(|t| {
-                let metered = metered_tenant(gw, session).is_some();
-                let only = session
-                    .login
-                    .as_ref()
-                    .and_then(|(t, key)| gw.registry.restrictions(t.as_str(), key))
-                    .map(Arc::from);
-                let cx = Cx {
-                    gw: gw.clone(),
-                    worker: Guarded::new(gw.worker.clone(), only),
-                    tenant: t,
-                };
-                decode(frame, cx, metered, conn).map(|p| (p, false))
-            }),
+            _ => match admit(gw, session, api) {
+                Ok(t) => {
+                    let metered = metered_tenant(gw, session).is_some();
+                    let only = session
+                        .login
+                        .as_ref()
+                        .and_then(|(t, key)| gw.registry.restrictions(t.as_str(), key))
+                        .map(Arc::from);
+                    let cx = Cx {
+                        gw: gw.clone(),
+                        worker: Guarded::new(gw.worker.clone(), only),
+                        tenant: t,
+                    };
+                    decode(frame, cx, metered, conn).await.map(|p| (p, false))
+                }
+                Err(e) => Err(e),
+            },
         };
         if anonymous && session.login.is_some() {
             // The tenant's connection time starts at its login.
@@ -491,7 +494,11 @@ pub fn decode_body(
 }
 
 /// Decodes a frame into a pending response, or says why to close.
-fn decode<W: Shards>(
+/// Decodes a frame into a pending response, or says why to close. What a
+/// request costs up front (itself, its record bytes) is charged here,
+/// before the reader reads on: a client pipelining past its quota is muted
+/// at once, not after the requests it already sent are served.
+async fn decode<W: Shards>(
     frame: Bytes,
     cx: Cx<W>,
     metered: bool,
@@ -507,38 +514,36 @@ fn decode<W: Shards>(
             return Ok(ready(encode(correlation_id, ApiKey::ApiVersions, 0, body)));
         }
     };
+    let up_front = Usage {
+        produce_bytes: match &req {
+            RequestKind::Produce(r) => produce::record_bytes(r),
+            _ => 0,
+        },
+        requests: 1,
+        connection_ms: conn.connection_ms(),
+        ..Usage::default()
+    };
+    // KIP-219: answered at once, with the throttle; the connection
+    // reads nothing more until it has passed.
+    let before = charge(&cx, conn, metered, up_front).await;
     let conn = conn.clone();
     Ok(Box::pin(async move {
         let (id, v) = (header.correlation_id, header.request_api_version);
-        let produced = match &req {
-            RequestKind::Produce(r) => produce::record_bytes(r),
-            _ => 0,
-        };
         let reply = handle(&cx, &header, req).await;
-        let usage = Usage {
-            produce_bytes: produced,
+        // What it served is known only now.
+        let served = Usage {
             fetch_bytes: match &reply {
                 Some(Reply::Fetch(r)) => fetch::record_bytes(r),
                 _ => 0,
             },
-            requests: 1,
-            connection_ms: conn.connection_ms(),
+            ..Usage::default()
         };
-        // KIP-219: answered at once, with the throttle; the connection
-        // reads nothing more until it has passed.
-        let throttle = if metered {
-            cx.worker
-                .charge(&cx.tenant, usage)
-                .await
-                .unwrap_or_default()
+        let after = if served.fetch_bytes > 0 {
+            charge(&cx, &conn, metered, served).await
         } else {
             std::time::Duration::ZERO
         };
-        let throttle_ms = throttle.as_millis().min(i32::MAX as u128) as i32;
-        if throttle_ms > 0 {
-            conn.mute(throttle);
-            cx.metrics.throttled(throttle);
-        }
+        let throttle_ms = before.max(after).as_millis().min(i32::MAX as u128) as i32;
         match reply {
             Some(Reply::Body(mut resp)) => {
                 set_throttle(&mut resp, throttle_ms);
@@ -551,6 +556,29 @@ fn decode<W: Shards>(
             None => Ok(None),
         }
     }))
+}
+
+/// Charges `usage` to the request's tenant (when metered) and mutes the
+/// connection for the throttle it earns.
+async fn charge<W: Shards>(
+    cx: &Cx<W>,
+    conn: &Conn,
+    metered: bool,
+    usage: Usage,
+) -> std::time::Duration {
+    if !metered {
+        return std::time::Duration::ZERO;
+    }
+    let throttle = cx
+        .worker
+        .charge(&cx.tenant, usage)
+        .await
+        .unwrap_or_default();
+    if !throttle.is_zero() {
+        conn.mute(throttle);
+        cx.metrics.throttled(throttle);
+    }
+    throttle
 }
 
 /// KIP-219: every answer carries the throttle (the codec leaves the field
