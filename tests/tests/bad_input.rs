@@ -7,7 +7,6 @@ use floe_e2e::records::batch;
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
@@ -64,21 +63,8 @@ fn latest(c: &mut Conn, topic: &str) -> (i16, i64) {
 }
 
 fn fetch(c: &mut Conn, topic: &str, offset: i64) -> (i16, usize) {
-    let p = FetchPartition::default()
-        .with_partition(0)
-        .with_fetch_offset(offset)
-        .with_partition_max_bytes(1 << 20);
-    let t = FetchTopic::default()
-        .with_topic(name(topic))
-        .with_partitions(vec![p]);
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![t]);
-    let r = c.call(12, &req);
-    let p = &r.responses[0].partitions[0];
-    (p.error_code, p.records.as_ref().map_or(0, |b| b.len()))
+    let (code, _, records) = c.fetch(topic, 0, offset);
+    (code, records.len())
 }
 
 #[test]

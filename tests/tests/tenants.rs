@@ -74,6 +74,22 @@ fn plain(c: &mut Conn, key: &str, secret: &str) -> i16 {
     .error_code
 }
 
+/// A connection logged in with PLAIN as `key`.
+fn login(f: &Floe, key: &str, secret: &str) -> Conn {
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(handshake(&mut c, "PLAIN"), 0);
+    assert_eq!(plain(&mut c, key, secret), 0);
+    c
+}
+
+/// Sets a tenant's quota overrides through the admin API.
+fn set_quota(f: &Floe, tenant: &str, quota: &str) {
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let path = format!("/admin/v1/tenants/{tenant}/quota");
+    let set = f.http("PUT", &path, &[&auth], quota).expect("admin api");
+    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
+}
+
 fn metadata(c: &mut Conn) -> Vec<String> {
     let r = c.call(12, &MetadataRequest::default().with_topics(None));
     r.topics
@@ -368,19 +384,8 @@ fn a_request_quota_throttles_any_answer() {
         &["--auth", "required", "--admin-token", TOKEN],
     );
     let (key, secret) = tenant_with_key(&f, "acme");
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let set = f
-        .http(
-            "PUT",
-            "/admin/v1/tenants/acme/quota",
-            &[&auth],
-            r#"{"requests_per_sec": 10}"#,
-        )
-        .expect("admin api");
-    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
-    let mut c = Conn::connect(&f.bootstrap());
-    assert_eq!(handshake(&mut c, "PLAIN"), 0);
-    assert_eq!(plain(&mut c, &key, &secret), 0);
+    set_quota(&f, "acme", r#"{"requests_per_sec": 10}"#);
+    let mut c = login(&f, &key, &secret);
     let throttles: Vec<i32> = (0..6)
         .map(|_| {
             c.call(12, &MetadataRequest::default().with_topics(None))
@@ -469,19 +474,8 @@ fn a_client_ignoring_the_throttle_is_delayed() {
         &["--auth", "required", "--admin-token", TOKEN],
     );
     let (key, secret) = tenant_with_key(&f, "acme");
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let set = f
-        .http(
-            "PUT",
-            "/admin/v1/tenants/acme/quota",
-            &[&auth],
-            r#"{"produce_bytes_per_sec": 1000000}"#,
-        )
-        .expect("admin api");
-    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
-    let mut c = Conn::connect(&f.bootstrap());
-    assert_eq!(handshake(&mut c, "PLAIN"), 0);
-    assert_eq!(plain(&mut c, &key, &secret), 0);
+    set_quota(&f, "acme", r#"{"produce_bytes_per_sec": 1000000}"#);
+    let mut c = login(&f, &key, &secret);
     c.create_topic("greedy", 1);
     let start = std::time::Instant::now();
     let n = 30;
