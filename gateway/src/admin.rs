@@ -253,8 +253,55 @@ impl<W: Shards> Admin<W> {
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|h| h.to_str().ok())
             .is_some_and(|c| c.starts_with("application/json"));
+        let ours = format!("floe-{tenant}");
+        if let ["v3", "clusters", cluster, ..] = parts.as_slice() {
+            if *cluster != ours {
+                let e = rest::error(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    format!("cluster {cluster} not found"),
+                );
+                return (e, None);
+            }
+        }
         match (&method, parts.as_slice()) {
             (&Method::GET, ["v1", "usage"]) => (self.usage(tenant.as_str(), &query).await, None),
+            (&Method::GET, ["v3", "clusters"]) => (rest::clusters(&ours), None),
+            (&Method::GET, ["v3", "clusters", _]) => (rest::cluster(&ours), None),
+            (&Method::GET, ["v3", "clusters", _, "topics"]) => {
+                (rest::topics(&worker, &tenant, &ours, None).await, None)
+            }
+            (&Method::GET, ["v3", "clusters", _, "topics", topic]) => (
+                rest::topics(&worker, &tenant, &ours, Some(topic)).await,
+                None,
+            ),
+            (&Method::DELETE, ["v3", "clusters", _, "topics", topic]) => {
+                (rest::delete_topic(&worker, &tenant, topic).await, None)
+            }
+            (&Method::POST, ["v3", "clusters", _, "topics"]) => {
+                if !json_body {
+                    let e = rest::error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        None,
+                        "topics are application/json",
+                    );
+                    return (e, None);
+                }
+                let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        let m = format!("bodies are at most {MAX_BODY_BYTES} bytes");
+                        return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
+                    }
+                };
+                (
+                    rest::create_topic(&worker, &tenant, &ours, &body).await,
+                    None,
+                )
+            }
             (&Method::POST, ["v3", "clusters", cluster, "topics", topic, "records"]) => {
                 if *cluster != format!("floe-{tenant}") {
                     let e = rest::error(
@@ -300,6 +347,10 @@ impl<W: Shards> Admin<W> {
                 (answer, None)
             }
             (_, ["v1", "usage"])
+            | (_, ["v3", "clusters"])
+            | (_, ["v3", "clusters", _])
+            | (_, ["v3", "clusters", _, "topics"])
+            | (_, ["v3", "clusters", _, "topics", _])
             | (_, ["v3", "clusters", _, "topics", _, "records"])
             | (_, ["v1", "topics", _, "partitions", _, "records"]) => (
                 error(

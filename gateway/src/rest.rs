@@ -9,6 +9,9 @@
 //!   `{"type": "BINARY"|"JSON"|"STRING", "data": ...}` (BINARY is base64).
 //!   A record without a partition goes where Kafka's default partitioner
 //!   puts it: murmur2 of the key, or round-robin without one.
+//! - `GET /v3/clusters[/{cluster}]`, and under it `GET|POST topics`,
+//!   `GET|DELETE topics/{topic}`: the tenant's one cluster and its topics,
+//!   in v3's shapes.
 //! - `GET /v1/topics/{topic}/partitions/{p}/records?offset=&max_bytes=&timeout_ms=`:
 //!   records from `offset` (long-polling up to `timeout_ms` for the first),
 //!   with offset, timestamp, key, value and headers (base64).
@@ -131,6 +134,127 @@ fn timestamp_ms(v: &Option<Value>) -> Result<i64, String> {
 fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     let h = murmur2::murmur2(key, 0x9747_b28c) & 0x7fff_ffff;
     (h % partitions as u32) as i32
+}
+
+fn cluster_view(cluster: &str) -> Value {
+    json!({"kind": "KafkaCluster", "cluster_id": cluster})
+}
+
+fn topic_view(cluster: &str, t: &floe_worker::TopicMeta) -> Value {
+    json!({
+        "kind": "KafkaTopic", "cluster_id": cluster, "topic_name": t.name,
+        "is_internal": false, "replication_factor": 1,
+        "partitions_count": t.streams.len(),
+    })
+}
+
+/// `GET /v3/clusters`.
+pub fn clusters(cluster: &str) -> Answer {
+    let body = json!({"kind": "KafkaClusterList", "data": [cluster_view(cluster)]});
+    (StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+/// `GET /v3/clusters/{cluster}`.
+pub fn cluster(cluster: &str) -> Answer {
+    (
+        StatusCode::OK,
+        Bytes::from(cluster_view(cluster).to_string()),
+    )
+}
+
+/// `GET /v3/clusters/{cluster}/topics[/{topic}]`.
+pub async fn topics<W: Shards>(
+    worker: &Guarded<W>,
+    tenant: &TenantId,
+    cluster: &str,
+    one: Option<&str>,
+) -> Answer {
+    let all = match worker.topics(tenant).await {
+        Ok(all) => all,
+        Err(e) => return worker_error(&e),
+    };
+    let body = match one {
+        None => {
+            let data: Vec<Value> = all.iter().map(|t| topic_view(cluster, t)).collect();
+            json!({"kind": "KafkaTopicList", "data": data})
+        }
+        Some(name) => match all.iter().find(|t| t.name == name) {
+            Some(t) => topic_view(cluster, t),
+            None => return worker_error(&WorkerError::UnknownTopicOrPartition),
+        },
+    };
+    (StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopic {
+    topic_name: String,
+    #[serde(default = "one")]
+    partitions_count: usize,
+    /// Accepted for v3 clients; every partition has one replica here.
+    #[serde(default)]
+    replication_factor: Option<i32>,
+    #[serde(default)]
+    configs: Vec<ConfigEntry>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigEntry {
+    name: String,
+    value: String,
+}
+
+/// `POST /v3/clusters/{cluster}/topics`.
+pub async fn create_topic<W: Shards>(
+    worker: &Guarded<W>,
+    tenant: &TenantId,
+    cluster: &str,
+    body: &[u8],
+) -> Answer {
+    let new: CreateTopic = match serde_json::from_slice(body) {
+        Ok(n) => n,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("malformed topic: {e}"),
+            )
+        }
+    };
+    if new.replication_factor.is_some_and(|r| r != 1 && r != -1) {
+        let m = "replication is the object store's: replication_factor is 1";
+        return error(StatusCode::BAD_REQUEST, None, m);
+    }
+    let topic = floe_worker::NewTopic {
+        name: new.topic_name,
+        partitions: new.partitions_count,
+        configs: new.configs.into_iter().map(|c| (c.name, c.value)).collect(),
+        validate_only: false,
+    };
+    match worker.create_topic(tenant, topic).await {
+        Ok(t) => (
+            StatusCode::CREATED,
+            Bytes::from(topic_view(cluster, &t).to_string()),
+        ),
+        Err(e @ WorkerError::TopicExists(_)) => {
+            error(StatusCode::CONFLICT, Some(errors::code(&e)), e)
+        }
+        Err(e) => worker_error(&e),
+    }
+}
+
+/// `DELETE /v3/clusters/{cluster}/topics/{topic}`.
+pub async fn delete_topic<W: Shards>(worker: &Guarded<W>, tenant: &TenantId, name: &str) -> Answer {
+    match worker.delete_topic(tenant, name).await {
+        Ok(_) => (StatusCode::NO_CONTENT, Bytes::new()),
+        Err(e) => worker_error(&e),
+    }
 }
 
 /// `POST /v3/clusters/{cluster}/topics/{topic}/records`.

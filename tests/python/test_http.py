@@ -134,3 +134,30 @@ def test_bad_http_input_gets_its_status_and_appends_nothing(http_floe):
     status, text = call(floe, key, "GET", "/v1/topics/strict/partitions/0/records?timeout_ms=300")
     assert status == 200 and json.loads(text)["records"] == [] and \
         json.loads(text)["high_watermark"] == 0, text
+
+
+def test_v3_clusters_and_topics(http_floe):
+    floe, key = http_floe
+    base = "/v3/clusters/floe-acme"
+    status, body = call(floe, key, "GET", "/v3/clusters")
+    assert status == 200 and [c["cluster_id"] for c in json.loads(body)["data"]] == ["floe-acme"]
+    assert call(floe, key, "GET", base)[0] == 200
+    assert call(floe, key, "GET", "/v3/clusters/floe-other")[0] == 404
+    new = json.dumps({"topic_name": "made", "partitions_count": 3,
+                      "configs": [{"name": "retention.ms", "value": "60000"}]})
+    status, body = call(floe, key, "POST", f"{base}/topics", new)
+    assert status == 201 and json.loads(body)["partitions_count"] == 3, body
+    assert call(floe, key, "POST", f"{base}/topics", new)[0] == 409
+    for bad in ['{"topic_name": "r3", "replication_factor": 3}', '{"topic_name": "p0", "partitions_count": 0}',
+                '{"topic_name": "c", "configs": [{"name": "no.such", "value": "1"}]}', "{oops"]:
+        assert call(floe, key, "POST", f"{base}/topics", bad)[0] == 400, bad
+    status, body = call(floe, key, "GET", f"{base}/topics")
+    assert [t["topic_name"] for t in json.loads(body)["data"]] == ["made"], body
+    assert json.loads(call(floe, key, "GET", f"{base}/topics/made")[1])["partitions_count"] == 3
+    # Kafka clients see the same topic.
+    a = KafkaAdminClient(**sasl(floe, key, "PLAIN"))
+    assert "made" in a.list_topics()
+    a.close()
+    assert call(floe, key, "DELETE", f"{base}/topics/made")[0] == 204
+    assert call(floe, key, "GET", f"{base}/topics/made")[0] == 404
+    assert call(floe, key, "DELETE", f"{base}/topics/made")[0] == 404
