@@ -13,8 +13,7 @@ use floe_worker::quota::Usage;
 use floe_worker::{Shards, UsageWindow};
 
 use crate::authz::Guarded;
-use crate::rest;
-use http_body_util::{BodyExt, Limited};
+use crate::{read_body, rest};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -129,18 +128,12 @@ impl<W: Shards> Admin<W> {
             .split('/')
             .filter(|p| !p.is_empty())
             .collect();
-        let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("bodies are at most {MAX_BODY_BYTES} bytes"),
-                )
-            }
+        let Some(body) = read_body(req.into_body(), MAX_BODY_BYTES).await else {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("bodies are at most {MAX_BODY_BYTES} bytes"),
+            );
         };
         let r = &self.registry;
         match (method, parts.as_slice()) {
@@ -239,11 +232,7 @@ impl<W: Shards> Admin<W> {
             );
             return (e, Some(secs));
         }
-        let only = self
-            .registry
-            .restrictions(tenant.as_str(), &key)
-            .map(std::sync::Arc::from);
-        let worker = Guarded::new(self.worker.clone(), only);
+        let worker = Guarded::for_key(self.worker.clone(), &self.registry, &tenant, Some(&key));
         let query = req.uri().query().unwrap_or("").to_string();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -253,7 +242,7 @@ impl<W: Shards> Admin<W> {
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|h| h.to_str().ok())
             .is_some_and(|c| c.starts_with("application/json"));
-        let ours = format!("floe-{tenant}");
+        let ours = crate::cluster_id(&tenant);
         if let ["v3", "clusters", cluster, ..] = parts.as_slice() {
             if *cluster != ours {
                 let e = rest::error(
@@ -287,30 +276,16 @@ impl<W: Shards> Admin<W> {
                     );
                     return (e, None);
                 }
-                let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        let m = format!("bodies are at most {MAX_BODY_BYTES} bytes");
-                        return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
-                    }
+                let Some(body) = read_body(req.into_body(), MAX_BODY_BYTES).await else {
+                    let m = format!("bodies are at most {MAX_BODY_BYTES} bytes");
+                    return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
                 };
                 (
                     rest::create_topic(&worker, &tenant, &ours, &body).await,
                     None,
                 )
             }
-            (&Method::POST, ["v3", "clusters", cluster, "topics", topic, "records"]) => {
-                if *cluster != format!("floe-{tenant}") {
-                    let e = rest::error(
-                        StatusCode::NOT_FOUND,
-                        None,
-                        format!("cluster {cluster} not found"),
-                    );
-                    return (e, None);
-                }
+            (&Method::POST, ["v3", "clusters", _, "topics", topic, "records"]) => {
                 if !json_body {
                     let e = rest::error(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -319,15 +294,9 @@ impl<W: Shards> Admin<W> {
                     );
                     return (e, None);
                 }
-                let body = match Limited::new(req.into_body(), rest::MAX_BODY_BYTES)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        let m = format!("bodies are at most {} bytes", rest::MAX_BODY_BYTES);
-                        return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
-                    }
+                let Some(body) = read_body(req.into_body(), rest::MAX_BODY_BYTES).await else {
+                    let m = format!("bodies are at most {} bytes", rest::MAX_BODY_BYTES);
+                    return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
                 };
                 let answer = rest::produce(&worker, &tenant, topic, &body).await;
                 let produced = Usage {
@@ -395,29 +364,15 @@ impl<W: Shards> Admin<W> {
         };
         let now = floe_storage::log::now_ms();
         let (mut from, mut to) = (now - 24 * 3600 * 1000, now);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match k {
-                "from" => &mut from,
-                "to" => &mut to,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        format!("unknown parameter {k}"),
-                    )
-                }
-            };
-            match v.parse::<i64>() {
-                Ok(ms) if ms >= 0 => *slot = ms,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        format!("{k} must be milliseconds since the epoch, got {v:?}"),
-                    )
-                }
-            }
+        let m = match rest::numbers(query, &mut [("from", &mut from), ("to", &mut to)]) {
+            Ok(()) => None,
+            Err(rest::BadParam::Unknown(k)) => Some(format!("unknown parameter {k}")),
+            Err(rest::BadParam::Value(k, v)) => Some(format!(
+                "{k} must be milliseconds since the epoch, got {v:?}"
+            )),
+        };
+        if let Some(m) = m {
+            return error(StatusCode::BAD_REQUEST, "invalid", m);
         }
         if from >= to {
             return error(StatusCode::BAD_REQUEST, "invalid", "from must be before to");

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
 use floe_tenants::acl::{self, Acl, Operation, Resource};
+use floe_tenants::Registry;
 use floe_worker::quota::Usage;
 use floe_worker::{
     Accepted, CommittedOffsets, ConfigChange, Described, GroupError, GroupState, Join, Joined,
@@ -32,6 +33,20 @@ pub struct Guarded<W> {
 impl<W> Guarded<W> {
     pub fn new(worker: Arc<W>, only: Option<Arc<[Acl]>>) -> Self {
         Self { worker, only }
+    }
+
+    /// The worker as a request of `tenant` logged in with `key` may use it
+    /// (`None`: no login, the open default tenant).
+    pub fn for_key(
+        worker: Arc<W>,
+        registry: &Registry,
+        tenant: &TenantId,
+        key: Option<&str>,
+    ) -> Self {
+        let only = key
+            .and_then(|k| registry.restrictions(tenant.as_str(), k))
+            .map(Arc::from);
+        Self::new(worker, only)
     }
 
     /// Whether the key may read and change ACLs (no binding restricts it).

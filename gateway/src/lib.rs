@@ -103,6 +103,19 @@ pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAc
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// The cluster id a tenant sees, over Kafka (Metadata, DescribeCluster) and
+/// HTTP (v3 paths): each tenant is a cluster of its own.
+pub fn cluster_id(tenant: &TenantId) -> String {
+    format!("floe-{tenant}")
+}
+
+/// An HTTP request's body, or `None` when it is over `max` bytes.
+pub async fn read_body(body: hyper::body::Incoming, max: usize) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let collected = http_body_util::Limited::new(body, max).collect().await;
+    collected.ok().map(|b| b.to_bytes())
+}
+
 /// The tenant `floe dev` serves unauthenticated connections as.
 pub const DEFAULT_TENANT: &str = "default";
 

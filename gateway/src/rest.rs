@@ -47,6 +47,29 @@ const MAX_READ_BYTES: usize = 8 << 20;
 /// Round-robin position for records without key or partition.
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Why a query string was refused: an unknown parameter, or a value that
+/// is not a number of at least 0.
+pub enum BadParam<'a> {
+    Unknown(&'a str),
+    Value(&'a str, &'a str),
+}
+
+/// Reads `k=v&...` into the named slots: each value a number of at least 0.
+pub fn numbers<'a>(query: &'a str, slots: &mut [(&str, &mut i64)]) -> Result<(), BadParam<'a>> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = slots
+            .iter_mut()
+            .find(|(name, _)| *name == k)
+            .ok_or(BadParam::Unknown(k))?;
+        match v.parse::<i64>() {
+            Ok(n) if n >= 0 => *slot.1 = n,
+            _ => return Err(BadParam::Value(k, v)),
+        }
+    }
+    Ok(())
+}
+
 /// An error answer: HTTP status, and Kafka's error code where there is one.
 pub fn error(
     status: StatusCode,
@@ -308,7 +331,7 @@ pub async fn produce<W: Shards>(
         return stopped
             .unwrap_or_else(|| error(StatusCode::BAD_REQUEST, None, "no record in the body"));
     }
-    let cluster = format!("floe-{tenant}");
+    let cluster = crate::cluster_id(tenant);
     let mut lines = Vec::with_capacity(pending.len());
     for (accepted, partition, ts, key_len, value_len) in pending {
         let offset = accepted.base_offset;
@@ -426,36 +449,18 @@ pub async fn read<W: Shards>(
         );
     };
     let (mut offset, mut max_bytes, mut wait_ms) = (0i64, READ_BYTES as i64, 0i64);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match k {
-            "offset" => &mut offset,
-            "max_bytes" => &mut max_bytes,
-            "timeout_ms" => &mut wait_ms,
-            _ => {
-                return (
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        format!("unknown parameter {k}"),
-                    ),
-                    0,
-                )
-            }
-        };
-        match v.parse::<i64>() {
-            Ok(n) if n >= 0 => *slot = n,
-            _ => {
-                return (
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        format!("{k} must be a number of at least 0"),
-                    ),
-                    0,
-                )
-            }
-        }
+    let slots = &mut [
+        ("offset", &mut offset),
+        ("max_bytes", &mut max_bytes),
+        ("timeout_ms", &mut wait_ms),
+    ];
+    let m = match numbers(query, slots) {
+        Ok(()) => None,
+        Err(BadParam::Unknown(k)) => Some(format!("unknown parameter {k}")),
+        Err(BadParam::Value(k, _)) => Some(format!("{k} must be a number of at least 0")),
+    };
+    if let Some(m) = m {
+        return (error(StatusCode::BAD_REQUEST, None, m), 0);
     }
     let max_bytes = (max_bytes as usize).clamp(1, MAX_READ_BYTES);
     let deadline =

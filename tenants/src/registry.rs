@@ -254,6 +254,9 @@ impl Registry {
     pub fn restrictions(&self, tenant: &str, key: &str) -> Option<Vec<Acl>> {
         let index = self.read();
         let t = index.tenants.get(tenant)?;
+        if t.acls.is_empty() {
+            return None;
+        }
         let me = acl::principal(key);
         let mine: Vec<Acl> = t
             .acls

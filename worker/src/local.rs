@@ -253,10 +253,7 @@ impl LocalWorker {
         if let Some(shard) = self.healthy(tenant) {
             return Ok(shard);
         }
-        let gate = {
-            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
-            opening.entry(tenant.clone()).or_default().clone()
-        };
+        let gate = self.opener(tenant);
         let _one_opener = gate.lock().await;
         if let Some(shard) = self.healthy(tenant) {
             return Ok(shard);
@@ -303,6 +300,12 @@ impl LocalWorker {
             self.cfg.transactional_id_expiration,
         ));
         Ok(shard)
+    }
+
+    /// The lock held while a tenant's shard opens (or is deleted).
+    fn opener(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        opening.entry(tenant.clone()).or_default().clone()
     }
 
     fn healthy(&self, tenant: &TenantId) -> Option<Arc<Shard>> {
@@ -776,10 +779,7 @@ impl Shards for LocalWorker {
     }
 
     async fn delete_tenant(&self, tenant: &TenantId) -> Result<()> {
-        let gate = {
-            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
-            opening.entry(tenant.clone()).or_default().clone()
-        };
+        let gate = self.opener(tenant);
         // Under the opener's lock, so no request opens the shard meanwhile.
         let _one_opener = gate.lock().await;
         self.deleted

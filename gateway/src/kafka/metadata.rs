@@ -18,7 +18,7 @@ use floe_tenants::acl::Operation;
 pub const NODE_ID: i32 = 0;
 
 pub fn cluster_id<W>(gw: &Cx<W>) -> StrBytes {
-    StrBytes::from_string(format!("floe-{}", gw.tenant))
+    StrBytes::from_string(crate::cluster_id(&gw.tenant))
 }
 
 pub async fn metadata<W: Shards>(

@@ -285,17 +285,13 @@ async fn read_loop<W: Shards>(
             _ if session.expects_bare_token() => bare_token(gw, session, frame),
             Some(k) if sasl.contains(&k) => login(gw, session, frame),
             _ => match admit(gw, session, api) {
-                Ok(t) => {
-                    let metered = metered_tenant(gw, session).is_some();
-                    let only = session
-                        .login
-                        .as_ref()
-                        .and_then(|(t, key)| gw.registry.restrictions(t.as_str(), key))
-                        .map(Arc::from);
+                Ok((tenant, metered)) => {
+                    let key = session.login.as_ref().map(|(_, k)| k.as_str());
+                    let worker = Guarded::for_key(gw.worker.clone(), &gw.registry, &tenant, key);
                     let cx = Cx {
                         gw: gw.clone(),
-                        worker: Guarded::new(gw.worker.clone(), only),
-                        tenant: t,
+                        worker,
+                        tenant,
                     };
                     decode(frame, cx, metered, conn).await.map(|p| (p, false))
                 }
@@ -341,24 +337,22 @@ async fn charge_time<W: Shards>(gw: &Gateway<W>, tenant: &floe_common::TenantId,
     }
 }
 
-/// The tenant a request runs as, or why the connection must close (Kafka
-/// closes one that skips or interrupts a required SASL exchange).
+/// The tenant a request runs as and whether it is metered to it, or why
+/// the connection must close (Kafka closes one that skips or interrupts a
+/// required SASL exchange).
 fn admit<W>(
     gw: &Gateway<W>,
     session: &sasl::Session,
     api: Option<i16>,
-) -> Result<floe_common::TenantId, String> {
+) -> Result<(floe_common::TenantId, bool), String> {
     if session.in_exchange() {
         return Err("illegal sasl state: a request in the middle of a sasl exchange".into());
     }
-    match (&session.login, gw.auth) {
-        (Some((tenant, _)), _) => Ok(tenant.clone()),
-        (None, AuthMode::Optional) => Ok(gw.default_tenant.clone()),
-        // ApiVersions comes before the handshake.
-        (None, AuthMode::Required) if api == Some(ApiKey::ApiVersions as i16) => {
-            Ok(gw.default_tenant.clone())
-        }
-        (None, AuthMode::Required) => Err("illegal sasl state: authentication required".into()),
+    match metered_tenant(gw, session) {
+        Some(tenant) => Ok((tenant, true)),
+        // ApiVersions comes before the handshake, and is nobody's.
+        None if api == Some(ApiKey::ApiVersions as i16) => Ok((gw.default_tenant.clone(), false)),
+        None => Err("illegal sasl state: authentication required".into()),
     }
 }
 
