@@ -13,6 +13,7 @@ use floe_worker::quota::Usage;
 use floe_worker::{Shards, UsageWindow};
 
 use crate::authz::Guarded;
+use crate::http::Reply;
 use crate::{read_body, rest};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -26,6 +27,10 @@ pub struct Admin<W> {
     pub token: String,
     /// Where usage is read: records, and the owners' open windows.
     pub worker: Arc<W>,
+    /// How long a request body may take to arrive.
+    pub http_timeout: std::time::Duration,
+    /// Whether the listener is HTTPS (for the URLs answers give).
+    pub https: bool,
 }
 
 /// An answer: status and JSON body.
@@ -128,12 +133,15 @@ impl<W: Shards> Admin<W> {
             .split('/')
             .filter(|p| !p.is_empty())
             .collect();
-        let Some(body) = read_body(req.into_body(), MAX_BODY_BYTES).await else {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("bodies are at most {MAX_BODY_BYTES} bytes"),
-            );
+        let body = match read_body(req.into_body(), MAX_BODY_BYTES, self.http_timeout).await {
+            Ok(b) => b,
+            Err(e @ crate::BodyError::TooLarge) => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e)
+            }
+            Err(e @ crate::BodyError::TimedOut) => {
+                return error(StatusCode::REQUEST_TIMEOUT, "timed_out", e)
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", e),
         };
         let r = &self.registry;
         match (method, parts.as_slice()) {
@@ -196,7 +204,7 @@ impl<W: Shards> Admin<W> {
     /// A tenant's own API, with HTTP basic auth (key and secret), under its
     /// request quota: `GET /v1/usage?from=&to=`, its usage as the admin API
     /// shows it. Over quota the answer is 429 with the seconds to wait.
-    pub async fn serve_tenant(&self, req: Request<Incoming>) -> (Answer, Option<u64>) {
+    pub async fn serve_tenant(&self, req: Request<Incoming>) -> Reply {
         let presented = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -207,12 +215,17 @@ impl<W: Shards> Admin<W> {
             Some((tenant, key))
         });
         let Some((tenant, key)) = login else {
-            let e = error(
+            let e = rest::error(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                None,
                 "basic auth with an API key and its secret",
             );
-            return (e, None);
+            let mut r = rest::json_reply(e);
+            r.headers_mut().insert(
+                "www-authenticate",
+                "Basic realm=\"floe\"".parse().expect("valid"),
+            );
+            return r;
         };
         let charge = Usage {
             requests: 1,
@@ -225,115 +238,40 @@ impl<W: Shards> Admin<W> {
             .unwrap_or_default();
         if !wait.is_zero() {
             let secs = wait.as_secs_f64().ceil() as u64;
-            let e = error(
+            let e = rest::error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
+                None,
                 format!("over the request quota; retry in {secs} s"),
             );
-            return (e, Some(secs));
+            let mut r = rest::json_reply(e);
+            r.headers_mut().insert("retry-after", secs.into());
+            return r;
         }
-        let worker = Guarded::for_key(self.worker.clone(), &self.registry, &tenant, Some(&key));
-        let query = req.uri().query().unwrap_or("").to_string();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        let json_body = req
+        if req.method() == Method::GET && req.uri().path() == "/v1/usage" {
+            let query = req.uri().query().unwrap_or("");
+            let (status, body) = self.usage(tenant.as_str(), query).await;
+            if status != StatusCode::OK {
+                // The tenant API's errors carry numeric codes.
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let m = v["message"].as_str().unwrap_or("bad request").to_string();
+                return rest::json_reply(rest::error(status, None, m));
+            }
+            return rest::json_reply((status, body));
+        }
+        let scheme = if self.https { "https" } else { "http" };
+        let host = req
             .headers()
-            .get(hyper::header::CONTENT_TYPE)
+            .get(hyper::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/json"));
-        let ours = crate::cluster_id(&tenant);
-        if let ["v3", "clusters", cluster, ..] = parts.as_slice() {
-            if *cluster != ours {
-                let e = rest::error(
-                    StatusCode::NOT_FOUND,
-                    None,
-                    format!("cluster {cluster} not found"),
-                );
-                return (e, None);
-            }
-        }
-        match (&method, parts.as_slice()) {
-            (&Method::GET, ["v1", "usage"]) => (self.usage(tenant.as_str(), &query).await, None),
-            (&Method::GET, ["v3", "clusters"]) => (rest::clusters(&ours), None),
-            (&Method::GET, ["v3", "clusters", _]) => (rest::cluster(&ours), None),
-            (&Method::GET, ["v3", "clusters", _, "topics"]) => {
-                (rest::topics(&worker, &tenant, &ours, None).await, None)
-            }
-            (&Method::GET, ["v3", "clusters", _, "topics", topic]) => (
-                rest::topics(&worker, &tenant, &ours, Some(topic)).await,
-                None,
-            ),
-            (&Method::DELETE, ["v3", "clusters", _, "topics", topic]) => {
-                (rest::delete_topic(&worker, &tenant, topic).await, None)
-            }
-            (&Method::POST, ["v3", "clusters", _, "topics"]) => {
-                if !json_body {
-                    let e = rest::error(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        None,
-                        "topics are application/json",
-                    );
-                    return (e, None);
-                }
-                let Some(body) = read_body(req.into_body(), MAX_BODY_BYTES).await else {
-                    let m = format!("bodies are at most {MAX_BODY_BYTES} bytes");
-                    return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
-                };
-                (
-                    rest::create_topic(&worker, &tenant, &ours, &body).await,
-                    None,
-                )
-            }
-            (&Method::POST, ["v3", "clusters", _, "topics", topic, "records"]) => {
-                if !json_body {
-                    let e = rest::error(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        None,
-                        "records are application/json",
-                    );
-                    return (e, None);
-                }
-                let Some(body) = read_body(req.into_body(), rest::MAX_BODY_BYTES).await else {
-                    let m = format!("bodies are at most {} bytes", rest::MAX_BODY_BYTES);
-                    return (rest::error(StatusCode::PAYLOAD_TOO_LARGE, None, m), None);
-                };
-                let answer = rest::produce(&worker, &tenant, topic, &body).await;
-                let produced = Usage {
-                    produce_bytes: body.len() as u64,
-                    ..Usage::default()
-                };
-                let _ = self.worker.charge(&tenant, produced).await;
-                (answer, None)
-            }
-            (&Method::GET, ["v1", "topics", topic, "partitions", p, "records"]) => {
-                let (answer, served) = rest::read(&worker, &tenant, topic, p, &query).await;
-                let fetched = Usage {
-                    fetch_bytes: served,
-                    ..Usage::default()
-                };
-                let _ = self.worker.charge(&tenant, fetched).await;
-                (answer, None)
-            }
-            (_, ["v1", "usage"])
-            | (_, ["v3", "clusters"])
-            | (_, ["v3", "clusters", _])
-            | (_, ["v3", "clusters", _, "topics"])
-            | (_, ["v3", "clusters", _, "topics", _])
-            | (_, ["v3", "clusters", _, "topics", _, "records"])
-            | (_, ["v1", "topics", _, "partitions", _, "records"]) => (
-                error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "see the API's verbs",
-                ),
-                None,
-            ),
-            _ => (
-                error(StatusCode::NOT_FOUND, "not_found", "no such resource"),
-                None,
-            ),
-        }
+            .unwrap_or("localhost");
+        let caller = rest::Caller {
+            worker: Guarded::for_key(self.worker.clone(), &self.registry, &tenant, Some(&key)),
+            meter: self.worker.clone(),
+            body_timeout: self.http_timeout,
+            base: format!("{scheme}://{host}"),
+            tenant,
+        };
+        rest::route(&caller, req).await
     }
 
     /// Deletes the tenant (its keys go and its connections close at once),

@@ -30,6 +30,15 @@ pub struct Guarded<W> {
     only: Option<Arc<[Acl]>>,
 }
 
+impl<W> Clone for Guarded<W> {
+    fn clone(&self) -> Self {
+        Self {
+            worker: self.worker.clone(),
+            only: self.only.clone(),
+        }
+    }
+}
+
 impl<W> Guarded<W> {
     pub fn new(worker: Arc<W>, only: Option<Arc<[Acl]>>) -> Self {
         Self { worker, only }
@@ -471,6 +480,25 @@ impl<W: Shards> Shards for Guarded<W> {
     async fn describe_group(&self, tenant: &TenantId, group: &str) -> Result<Option<Described>> {
         self.group(group, Operation::Describe)?;
         self.worker.describe_group(tenant, group).await
+    }
+
+    async fn instances(&self, tenant: &TenantId, group: &str) -> Result<Vec<(String, Bytes)>> {
+        self.group(group, Operation::Describe)?;
+        self.worker.instances(tenant, group).await
+    }
+
+    async fn swap_instance(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        name: &str,
+        expect: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<bool> {
+        self.group(group, Operation::Read)?;
+        self.worker
+            .swap_instance(tenant, group, name, expect, new)
+            .await
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {

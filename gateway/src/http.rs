@@ -1,14 +1,17 @@
 //! The HTTP listener: `/healthz`, Prometheus `/metrics`, the admin API
-//! (`/admin/v1`, see `admin.rs`) and the tenants' own (`/v1`, basic auth).
+//! (`/admin/v1`, see `admin.rs`), the tenants' own (`/v1`, `/v3` and
+//! `/consumers`, basic auth; see `rest/`) and `/openapi.json`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -17,12 +20,23 @@ use crate::kafka::TLS_HANDSHAKE;
 use crate::metrics::Metrics;
 use floe_worker::Shards;
 
-/// Serves HTTP/1.1 on `listener`, over TLS when given an acceptor.
+/// A response body: whole, or streamed (Server-Sent Events).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Reply = Response<Body>;
+
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).boxed_unsync()
+}
+
+/// Serves HTTP/1.1 on `listener`, over TLS when given an acceptor. A
+/// client gets `timeout` to send a request's headers (and, in `rest`, its
+/// body), so a slow one cannot hold a connection open for nothing.
 pub async fn serve<W: Shards>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     admin: Arc<Admin<W>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -40,7 +54,8 @@ pub async fn serve<W: Shards>(
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req| route(req, metrics.clone(), admin.clone()));
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(timeout);
             let served = match tls {
                 None => http.serve_connection(TokioIo::new(socket), svc).await,
                 Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(socket)).await {
@@ -60,28 +75,22 @@ async fn route<W: Shards>(
     req: Request<Incoming>,
     metrics: Arc<Metrics>,
     admin: Arc<Admin<W>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Reply, Infallible> {
     let path = req.uri().path();
-    if path.starts_with("/v1/") || path.starts_with("/v3/") {
-        let ((status, body), retry_after) = admin.serve_tenant(req).await;
-        let mut headers = Vec::new();
-        if status == StatusCode::UNAUTHORIZED {
-            headers.push(("www-authenticate", "Basic realm=\"floe\"".to_string()));
-        }
-        if let Some(secs) = retry_after {
-            headers.push(("retry-after", secs.to_string()));
-        }
-        return Ok(json_response(status, body, &headers));
+    if ["/v1/", "/v3/", "/consumers/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+    {
+        return Ok(admin.serve_tenant(req).await);
     }
     if path.starts_with("/admin/v1/") {
         let (status, body) = admin.serve(req).await;
-        let auth = [("www-authenticate", "Bearer".to_string())];
-        let headers = if status == StatusCode::UNAUTHORIZED {
-            &auth[..]
-        } else {
-            &[]
-        };
-        return Ok(json_response(status, body, headers));
+        let mut r = crate::rest::json_reply((status, body));
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert("www-authenticate", "Bearer".parse().expect("valid"));
+        }
+        return Ok(r);
     }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
@@ -90,7 +99,12 @@ async fn route<W: Shards>(
             "text/plain; version=0.0.4",
             Bytes::from(metrics.render()),
         ),
-        (_, "/healthz" | "/metrics") => (
+        (&Method::GET, "/openapi.json") => (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from_static(crate::rest::OPENAPI.as_bytes()),
+        ),
+        (_, "/healthz" | "/metrics" | "/openapi.json") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"GET only\n"),
@@ -101,24 +115,5 @@ async fn route<W: Shards>(
             Bytes::from_static(b"not found\n"),
         ),
     };
-    let resp = Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .body(Full::new(body));
-    Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
-}
-
-fn json_response(
-    status: StatusCode,
-    body: Bytes,
-    headers: &[(&str, String)],
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::builder()
-        .status(status)
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        resp = resp.header(*k, v);
-    }
-    resp.body(Full::new(body))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    Ok(crate::rest::reply((status, body), ctype))
 }

@@ -109,11 +109,31 @@ pub fn cluster_id(tenant: &TenantId) -> String {
     format!("floe-{tenant}")
 }
 
-/// An HTTP request's body, or `None` when it is over `max` bytes.
-pub async fn read_body(body: hyper::body::Incoming, max: usize) -> Option<bytes::Bytes> {
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is over the limit of this resource")]
+    TooLarge,
+    #[error("the body did not arrive in time")]
+    TimedOut,
+    #[error("the body was cut off")]
+    Broken,
+}
+
+/// An HTTP request's body, at most `max` bytes, arriving within `timeout`.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
-    let collected = http_body_util::Limited::new(body, max).collect().await;
-    collected.ok().map(|b| b.to_bytes())
+    let collect = http_body_util::Limited::new(body, max).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Broken),
+    }
 }
 
 /// The tenant `floe dev` serves unauthenticated connections as.

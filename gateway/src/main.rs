@@ -198,6 +198,10 @@ struct DevArgs {
     /// (basic auth carries secrets).
     #[arg(long, requires = "tls_cert")]
     http_tls: bool,
+    /// How long an HTTP client has to send a request's headers, and then
+    /// its body (slow clients are cut off: 408 or a closed connection).
+    #[arg(long, default_value_t = 30_000)]
+    http_timeout_ms: u64,
     /// Whether Kafka clients must log in with SASL (PLAIN, SCRAM-SHA-256/512;
     /// an API key and its secret). With `optional`, unauthenticated
     /// connections are the `default` tenant's.
@@ -356,16 +360,20 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         kafka_listener,
         stop_rx.clone(),
     ));
+    let http_timeout = Duration::from_millis(a.http_timeout_ms);
     let admin = Arc::new(Admin {
         registry: registry.clone(),
         token: admin_token,
         worker: worker.clone(),
+        http_timeout,
+        https: http_tls.is_some(),
     });
     let http_task = tokio::spawn(floe_gateway::http::serve(
         http_listener,
         metrics,
         admin,
         http_tls,
+        http_timeout,
         stop_rx,
     ));
     tracing::info!(kafka = %kafka_addr, http = %a.http_listen, store = %url, "floe dev ready");

@@ -609,6 +609,45 @@ impl ShardLog {
         self.inner.lock().failed.clone()
     }
 
+    /// DESIGN's re-check of ownership, for a read that must not answer from
+    /// a stale owner's state: whether `wal/{next}` exists. A newer owner's
+    /// fence tombstones cover every seq this owner could write next, so an
+    /// object there that this owner did not seal means it is fenced: the log
+    /// is poisoned with [`Error::Fenced`] (reopen the shard). One HEAD.
+    pub async fn check_owner(&self) -> Result<(), Error> {
+        let seq = {
+            let core = self.inner.lock();
+            if let Some(e) = &core.failed {
+                return Err(e.clone());
+            }
+            core.next_seq
+        };
+        let path = wal_path(&self.inner.prefix, seq);
+        match object_store::ObjectStoreExt::head(&self.inner.store, &path).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Unavailable(format!("checking ownership: {e}"))),
+            Ok(_) => {
+                let mut core = self.inner.lock();
+                // Sealed meanwhile: the object may be ours, and that flush's
+                // own create finds out whether we are fenced.
+                if core.next_seq != seq || core.failed.is_some() {
+                    return self.pending_failure_locked(&core);
+                }
+                flush::fence(&mut core);
+                drop(core);
+                self.inner.kick.notify_one();
+                Err(Error::Fenced)
+            }
+        }
+    }
+
+    fn pending_failure_locked(&self, core: &Core) -> Result<(), Error> {
+        match &core.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Stops accepting appends, makes everything accepted durable (or failed),
     /// writes a checkpoint and stops the flusher.
     pub async fn close(&self) -> Result<(), Error> {
@@ -901,5 +940,49 @@ mod tests {
             .await
             .expect("reopen");
         assert_eq!(again.meters(), want);
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn put(key: &str) -> Entry {
+        Entry::Put {
+            key: Bytes::from(key.to_string()),
+            value: Some(Bytes::from_static(b"v")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_owner_learns_it_is_fenced_without_writing() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig::default();
+        let a = ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
+            .await
+            .expect("open a");
+        let appended = a.append(vec![put("k1")]).await.expect("append");
+        appended.durable().await.expect("durable");
+        a.check_owner().await.expect("a owns the shard");
+        assert!(a.failed().is_none(), "the check does not disturb an owner");
+
+        let b = ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
+            .await
+            .expect("open b");
+        b.append(vec![put("k2")])
+            .await
+            .expect("append")
+            .durable()
+            .await
+            .expect("durable");
+        // A has not written since: only the check tells it that its state
+        // (no k2) is stale.
+        assert!(a.get(b"k2").is_none());
+        assert_eq!(a.check_owner().await, Err(Error::Fenced));
+        assert_eq!(a.failed(), Some(Error::Fenced));
+        assert!(a.append(vec![put("k3")]).await.is_err());
+        b.check_owner().await.expect("b owns the shard");
+        assert_eq!(b.get(b"k1"), Some(Bytes::from_static(b"v")));
     }
 }

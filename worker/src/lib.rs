@@ -8,6 +8,7 @@
 //! - [`offsets`]: consumer groups' committed offsets, as metadata keys of the log.
 //! - [`groups`]: the classic group membership protocol as a state machine
 //!   (not served yet).
+//! - [`instances`]: the HTTP API's v2 consumer instances, as metadata keys.
 //! - [`producer_ids`]: idempotent producers' ids, allocated in durable blocks.
 //! - [`transactions`]: the transaction coordinator's state per transactional id.
 //! - [`quota`]: rate quotas per tenant, metered at the shard owner.
@@ -19,6 +20,7 @@
 pub mod catalog;
 pub mod coordinator;
 pub mod groups;
+pub mod instances;
 pub mod local;
 pub mod offsets;
 pub mod producer_ids;
@@ -428,6 +430,25 @@ pub trait Shards: Send + Sync + 'static {
         tenant: &TenantId,
         group: &str,
     ) -> impl Future<Output = Result<Option<Described>>> + Send;
+    /// The HTTP API's consumer instances of `group`: (name, state). Read
+    /// after re-checking that this worker still owns the shard (one HEAD),
+    /// so that a gateway never answers from a stale owner's state.
+    fn instances(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Bytes)>>> + Send;
+    /// Replaces instance `name`'s state if it is still `expect` (`None`:
+    /// absent); `new` of `None` deletes it. True once the change is
+    /// durable; false if the state was not `expect`.
+    fn swap_instance(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        name: &str,
+        expect: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Changes whenever more of the tenant's data becomes durable.
     fn subscribe(
         &self,

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::catalog::{self, TopicMeta, MAX_PARTITIONS};
 use crate::coordinator::{Coordinator, Described};
 use crate::groups::{GroupError, Join, Joined, MemberRef, State as GroupState};
+use crate::instances;
 use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
 use crate::quota::{Limits, LimitsFn, Meters, Usage};
@@ -89,6 +90,8 @@ struct Shard {
     topics: RwLock<HashMap<String, Arc<TopicMeta>>>,
     /// Serialises catalog changes so check-then-write is atomic.
     catalog_lock: tokio::sync::Mutex<()>,
+    /// Serialises HTTP consumer instances' swaps (compare, then write).
+    instances_lock: tokio::sync::Mutex<()>,
     groups: Coordinator,
     producer_ids: ProducerIds,
     txns: Transactions,
@@ -123,6 +126,7 @@ impl Shard {
             log,
             topics: RwLock::new(topics),
             catalog_lock: tokio::sync::Mutex::new(()),
+            instances_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -829,6 +833,43 @@ impl Shards for LocalWorker {
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {
         Ok(self.shard(tenant).await?.log.subscribe())
+    }
+
+    async fn instances(&self, tenant: &TenantId, group: &str) -> Result<Vec<(String, Bytes)>> {
+        offsets::validate_group(group)?;
+        let mut shard = self.shard(tenant).await?;
+        if let Err(e) = shard.log.check_owner().await {
+            if e != floe_storage::Error::Fenced {
+                return Err(e.into());
+            }
+            // Another owner wrote since: reopening replays its log.
+            shard = self.shard(tenant).await?;
+        }
+        let found = shard.log.scan(&instances::group_prefix(group));
+        Ok(found
+            .into_iter()
+            .filter_map(|(k, v)| Some((instances::parse_name(group, &k)?, v)))
+            .collect())
+    }
+
+    async fn swap_instance(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        name: &str,
+        expect: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<bool> {
+        offsets::validate_group(group)?;
+        let shard = self.shard(tenant).await?;
+        let key = instances::key(group, name);
+        let _one_swap = shard.instances_lock.lock().await;
+        if shard.log.get(&key) != expect {
+            return Ok(false);
+        }
+        let put = Entry::Put { key, value: new };
+        shard.log.append(vec![put]).await?.durable().await?;
+        Ok(true)
     }
 
     async fn commit_offsets(

@@ -198,6 +198,20 @@ fn poison(core: &mut Core, sealed: Sealed, e: Error) {
     core.failed = Some(e);
 }
 
+/// Poisons the log found fenced outside a flush (`ShardLog::check_owner`):
+/// nothing in flight or open is acknowledged (what was written before the
+/// fence may be durable; unacknowledged is allowed, the reverse is not).
+pub(super) fn fence(core: &mut Core) {
+    let in_flight = std::mem::take(&mut core.in_flight).into_values();
+    let open = std::mem::take(&mut core.open);
+    for flush in in_flight.map(|s| s.flush).chain(std::iter::once(open)) {
+        for ack in flush.acks {
+            let _ = ack.send(Err(Error::Fenced));
+        }
+    }
+    core.failed = Some(Error::Fenced);
+}
+
 /// Writes `ckpt/{seq}` for the newest durable flush this owner wrote. The
 /// checkpoint counts only while `wal/{seq}` carries the same epoch.
 pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {

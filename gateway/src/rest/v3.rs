@@ -1,33 +1,22 @@
-//! The HTTP data API's first part (issue 9): produce in Confluent's v3
-//! shape, and a stateless read of a partition. Requests run as the tenant
-//! of the basic-auth key, through its ACLs (`authz::Guarded`), so they are
-//! metered and isolated exactly as Kafka requests are.
-//!
-//! - `POST /v3/clusters/{cluster}/topics/{topic}/records`: one JSON record,
-//!   or a stream of them in one body (v3's streaming mode), each answered
-//!   with its own JSON result line, in order. Keys and values are
-//!   `{"type": "BINARY"|"JSON"|"STRING", "data": ...}` (BINARY is base64).
-//!   A record without a partition goes where Kafka's default partitioner
-//!   puts it: murmur2 of the key, or round-robin without one.
-//! - `GET /v3/clusters[/{cluster}]`, and under it `GET|POST topics`,
-//!   `GET|DELETE topics/{topic}`: the tenant's one cluster and its topics,
-//!   in v3's shapes.
-//! - `GET /v1/topics/{topic}/partitions/{p}/records?offset=&max_bytes=&timeout_ms=`:
-//!   records from `offset` (long-polling up to `timeout_ms` for the first),
-//!   with offset, timestamp, key, value and headers (base64).
+//! Confluent v3's shapes: produce (`POST /v3/clusters/{c}/topics/{t}/records`:
+//! one JSON record, or a stream of them in one body, each answered with its
+//! own JSON result line, in order), and the tenant's one cluster and its
+//! topics. Keys and values are `{"type": "BINARY"|"JSON"|"STRING", "data": ...}`
+//! (BINARY is base64). A record without a partition goes where Kafka's
+//! default partitioner puts it: murmur2 of the key, or round-robin.
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use floe_common::{batch, TenantId};
 use floe_worker::{Shards, WorkerError};
-use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -35,67 +24,10 @@ use serde_json::{json, Value};
 use crate::admin::Answer;
 use crate::authz::Guarded;
 use crate::errors;
-
-/// A produce body's limit; larger ones get 413.
-pub const MAX_BODY_BYTES: usize = 8 << 20;
-/// The longest a read waits for its first record.
-const MAX_WAIT: Duration = Duration::from_secs(30);
-/// A read's default and largest byte budget.
-const READ_BYTES: usize = 1 << 20;
-const MAX_READ_BYTES: usize = 8 << 20;
+use crate::rest::{error, not_allowed, worker_error, Caller};
 
 /// Round-robin position for records without key or partition.
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// Why a query string was refused: an unknown parameter, or a value that
-/// is not a number of at least 0.
-pub enum BadParam<'a> {
-    Unknown(&'a str),
-    Value(&'a str, &'a str),
-}
-
-/// Reads `k=v&...` into the named slots: each value a number of at least 0.
-pub fn numbers<'a>(query: &'a str, slots: &mut [(&str, &mut i64)]) -> Result<(), BadParam<'a>> {
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = slots
-            .iter_mut()
-            .find(|(name, _)| *name == k)
-            .ok_or(BadParam::Unknown(k))?;
-        match v.parse::<i64>() {
-            Ok(n) if n >= 0 => *slot.1 = n,
-            _ => return Err(BadParam::Value(k, v)),
-        }
-    }
-    Ok(())
-}
-
-/// An error answer: HTTP status, and Kafka's error code where there is one.
-pub fn error(
-    status: StatusCode,
-    kafka_code: Option<i16>,
-    message: impl std::fmt::Display,
-) -> Answer {
-    let mut v = json!({"error_code": status.as_u16(), "message": message.to_string()});
-    if let Some(c) = kafka_code {
-        v["kafka_error_code"] = c.into();
-    }
-    (status, Bytes::from(v.to_string()))
-}
-
-fn worker_error(e: &WorkerError) -> Answer {
-    let status = match e {
-        WorkerError::UnknownTopicOrPartition => StatusCode::NOT_FOUND,
-        WorkerError::TopicAuthorizationFailed | WorkerError::GroupAuthorizationFailed => {
-            StatusCode::FORBIDDEN
-        }
-        WorkerError::PolicyViolation(_) => StatusCode::FORBIDDEN,
-        WorkerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        WorkerError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    error(status, Some(errors::code(e)), e)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +89,55 @@ fn timestamp_ms(v: &Option<Value>) -> Result<i64, String> {
 fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     let h = murmur2::murmur2(key, 0x9747_b28c) & 0x7fff_ffff;
     (h % partitions as u32) as i32
+}
+
+/// Routes `/v3/...` (`parts` after `v3`).
+pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&str]) -> Answer {
+    let ours = crate::cluster_id(&c.tenant);
+    if let ["clusters", cluster, ..] = parts {
+        if *cluster != ours {
+            return error(
+                StatusCode::NOT_FOUND,
+                None,
+                format!("cluster {cluster} not found"),
+            );
+        }
+    }
+    let (worker, tenant) = (&c.worker, &c.tenant);
+    let method = req.method().clone();
+    match (&method, parts) {
+        (&Method::GET, ["clusters"]) => clusters(&ours),
+        (&Method::GET, ["clusters", _]) => cluster(&ours),
+        (&Method::GET, ["clusters", _, "topics"]) => topics(worker, tenant, &ours, None).await,
+        (&Method::GET, ["clusters", _, "topics", topic]) => {
+            topics(worker, tenant, &ours, Some(topic)).await
+        }
+        (&Method::DELETE, ["clusters", _, "topics", topic]) => {
+            delete_topic(worker, tenant, topic).await
+        }
+        (&Method::POST, ["clusters", _, "topics"]) => match c.json_body(req).await {
+            Ok(body) => create_topic(worker, tenant, &ours, &body).await,
+            Err(a) => a,
+        },
+        (&Method::POST, ["clusters", _, "topics", topic, "records"]) => {
+            let body = match c.json_body(req).await {
+                Ok(b) => b,
+                Err(a) => return a,
+            };
+            let answer = produce(worker, tenant, topic, &body).await;
+            let produced = floe_worker::quota::Usage {
+                produce_bytes: body.len() as u64,
+                ..Default::default()
+            };
+            let _ = c.meter.charge(tenant, produced).await;
+            answer
+        }
+        (_, ["clusters"] | ["clusters", _] | ["clusters", _, "topics"])
+        | (_, ["clusters", _, "topics", _] | ["clusters", _, "topics", _, "records"]) => {
+            not_allowed()
+        }
+        _ => error(StatusCode::NOT_FOUND, None, "no such resource"),
+    }
 }
 
 fn cluster_view(cluster: &str) -> Value {
@@ -431,104 +412,6 @@ async fn append<W: Shards>(
         .await
         .map_err(|e| worker_error(&e))?;
     Ok((accepted, partition, ts, key_len, value_len))
-}
-
-/// `GET /v1/topics/{topic}/partitions/{p}/records?offset=&max_bytes=&timeout_ms=`:
-/// the answer, and the record-batch bytes it served (for the tenant's meter).
-pub async fn read<W: Shards>(
-    worker: &Guarded<W>,
-    tenant: &TenantId,
-    topic: &str,
-    partition: &str,
-    query: &str,
-) -> (Answer, u64) {
-    let Ok(partition) = partition.parse::<i32>() else {
-        return (
-            error(StatusCode::BAD_REQUEST, None, "partition must be a number"),
-            0,
-        );
-    };
-    let (mut offset, mut max_bytes, mut wait_ms) = (0i64, READ_BYTES as i64, 0i64);
-    let slots = &mut [
-        ("offset", &mut offset),
-        ("max_bytes", &mut max_bytes),
-        ("timeout_ms", &mut wait_ms),
-    ];
-    let m = match numbers(query, slots) {
-        Ok(()) => None,
-        Err(BadParam::Unknown(k)) => Some(format!("unknown parameter {k}")),
-        Err(BadParam::Value(k, _)) => Some(format!("{k} must be a number of at least 0")),
-    };
-    if let Some(m) = m {
-        return (error(StatusCode::BAD_REQUEST, None, m), 0);
-    }
-    let max_bytes = (max_bytes as usize).clamp(1, MAX_READ_BYTES);
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_WAIT);
-    let mut durable = worker.subscribe(tenant).await.ok();
-    let read = loop {
-        if let Some(rx) = durable.as_mut() {
-            rx.borrow_and_update();
-        }
-        let read = match worker
-            .fetch(tenant, topic, partition, offset, max_bytes, true, false)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return (worker_error(&e), 0),
-        };
-        let Some(rx) = durable.as_mut().filter(|_| read.batches.is_empty()) else {
-            break read;
-        };
-        if tokio::time::Instant::now() >= deadline {
-            break read;
-        }
-        if let Ok(Err(_)) = tokio::time::timeout_at(deadline, rx.changed()).await {
-            durable = None;
-        }
-    };
-    let served: u64 = read.batches.iter().map(|b| b.len() as u64).sum();
-    let mut records = Vec::new();
-    for b in &read.batches {
-        let mut buf = b.clone();
-        let set = match RecordBatchDecoder::decode(&mut buf) {
-            Ok(s) => s,
-            Err(e) => {
-                let base = b
-                    .get(..8)
-                    .map_or(-1, |o| i64::from_be_bytes(o.try_into().unwrap_or_default()));
-                let m = format!("the batch at offset {base} does not decode here (compressed batches are not served over HTTP yet): {e}");
-                return (error(StatusCode::NOT_IMPLEMENTED, None, m), served);
-            }
-        };
-        for r in set
-            .records
-            .into_iter()
-            .filter(|r| !r.control && r.offset >= offset)
-        {
-            let headers: Vec<Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| json!({"name": k.to_string(), "value": v.as_ref().map(|v| B64.encode(v))}))
-                .collect();
-            records.push(json!({
-                "offset": r.offset, "timestamp": r.timestamp,
-                "key": r.key.as_ref().map(|k| B64.encode(k)),
-                "value": r.value.as_ref().map(|v| B64.encode(v)),
-                "headers": headers,
-            }));
-        }
-    }
-    let next = records
-        .last()
-        .and_then(|r| r["offset"].as_i64())
-        .map_or(offset, |o| o + 1);
-    let body = json!({
-        "topic_name": topic, "partition_id": partition,
-        "high_watermark": read.high_watermark, "log_start_offset": read.log_start,
-        "next_offset": next, "records": records,
-    });
-    ((StatusCode::OK, Bytes::from(body.to_string())), served)
 }
 
 #[cfg(test)]
