@@ -7,8 +7,9 @@
 //!   per record. Each batch of events ends with an `id:` naming every
 //!   partition's next offset (`0:12,1:40`), so a reconnecting `EventSource`
 //!   resumes exactly there (`Last-Event-ID`). With `group`, it starts at the
-//!   group's committed offsets and commits as it goes (what was sent before
-//!   the current batch, at most once a second): at least once, like a
+//!   group's committed offsets and commits as it goes, at most once a
+//!   second, what was sent before the last batch (the stream is asked for
+//!   its next batch once the last one is written): at least once, like a
 //!   Kafka consumer's auto-commit.
 
 use std::convert::Infallible;
@@ -195,6 +196,7 @@ pub async fn stream<W: Shards>(
     let tail = Tail {
         c: c.clone(),
         committed: wants.iter().map(|w| w.offset).collect(),
+        sent: wants.iter().map(|w| w.offset).collect(),
         wants,
         group: s.group,
         last_commit: Instant::now(),
@@ -217,6 +219,8 @@ struct Tail<W> {
     wants: Vec<Want>,
     /// Offsets last committed for the group.
     committed: Vec<i64>,
+    /// Offsets before the batch last sent: what the group may commit.
+    sent: Vec<i64>,
     group: Option<String>,
     last_commit: Instant,
     done: bool,
@@ -231,6 +235,7 @@ impl<W: Shards> Tail<W> {
         if let Err(a) = self.commit().await {
             return Some(self.fail(&a));
         }
+        self.sent = self.wants.iter().map(|w| w.offset).collect();
         let reads = poll(&self.c, &self.wants, READ_BYTES, 1, KEEPALIVE).await;
         let mut out = String::new();
         let mut served = 0u64;
@@ -292,12 +297,12 @@ impl<W: Shards> Tail<W> {
         let changed: Vec<(String, i32, i64)> = self
             .wants
             .iter()
-            .zip(&self.committed)
-            .filter(|(w, c)| w.offset != **c)
-            .map(|(w, _)| (w.topic.clone(), w.partition, w.offset))
+            .zip(self.sent.iter().zip(&self.committed))
+            .filter(|(_, (sent, done))| sent != done)
+            .map(|(w, (sent, _))| (w.topic.clone(), w.partition, *sent))
             .collect();
         crate::rest::commit(&self.c, group, changed).await?;
-        self.committed = self.wants.iter().map(|w| w.offset).collect();
+        self.committed.clone_from(&self.sent);
         self.last_commit = Instant::now();
         Ok(())
     }
