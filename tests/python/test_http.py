@@ -161,3 +161,19 @@ def test_v3_clusters_and_topics(http_floe):
     assert call(floe, key, "DELETE", f"{base}/topics/made")[0] == 204
     assert call(floe, key, "GET", f"{base}/topics/made")[0] == 404
     assert call(floe, key, "DELETE", f"{base}/topics/made")[0] == 404
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_read_over_http(http_floe, codec):
+    floe, key = http_floe
+    conf = sasl(floe, key, "PLAIN")
+    p = KafkaProducer(**conf, acks="all", compression_type=codec, linger_ms=50)
+    values = [f"{codec}-{i}".encode() * 20 for i in range(10)]
+    futures = [p.send("packed", v, partition=0) for v in values]
+    [f.get(10) for f in futures]
+    p.close()
+    status, body = call(floe, key, "GET", "/v1/topics/packed/partitions/0/records?offset=3")
+    assert status == 200, body
+    read = json.loads(body)
+    assert [base64.b64decode(r["value"]) for r in read["records"]] == values[3:]
+    assert [r["offset"] for r in read["records"]] == list(range(3, 10))
