@@ -10,11 +10,7 @@ const PREFIX: &[u8] = b"h/";
 
 /// Every instance key of one group starts with this.
 pub fn group_prefix(group: &str) -> Bytes {
-    let mut b = BytesMut::with_capacity(PREFIX.len() + 2 + group.len());
-    b.put_slice(PREFIX);
-    b.put_u16(group.len() as u16);
-    b.put_slice(group.as_bytes());
-    b.freeze()
+    crate::offsets::keyed_by_group(PREFIX, group)
 }
 
 pub fn key(group: &str, name: &str) -> Bytes {

@@ -38,8 +38,14 @@ pub fn validate_group(group: &str) -> Result<(), WorkerError> {
 
 /// Every key of one group starts with this.
 pub fn group_prefix(group: &str) -> Bytes {
-    let mut b = BytesMut::with_capacity(PREFIX.len() + 2 + group.len());
-    b.put_slice(PREFIX);
+    keyed_by_group(PREFIX, group)
+}
+
+/// `kind`, then the group's length (u16 BE) and name: the group's keys of
+/// that kind, never sharing a prefix with a group whose name extends it.
+pub fn keyed_by_group(kind: &[u8], group: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(kind.len() + 2 + group.len());
+    b.put_slice(kind);
     b.put_u16(group.len() as u16);
     b.put_slice(group.as_bytes());
     b.freeze()

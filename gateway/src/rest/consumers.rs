@@ -234,6 +234,22 @@ async fn store<W: Shards>(
     }
 }
 
+/// The named instance (404 if there is none): its stored bytes, its
+/// state, and all of its group.
+async fn loaded<W: Shards>(
+    c: &Caller<W>,
+    group: &str,
+    name: &str,
+) -> Result<(Bytes, Instance, Vec<(String, Instance)>), Answer> {
+    let (me, all) = load(c, group, name).await?;
+    let (raw, inst) = me.ok_or_else(|| not_found(name))?;
+    Ok((raw, inst, all))
+}
+
+fn answer(r: Result<Answer, Answer>) -> Answer {
+    r.unwrap_or_else(|a| a)
+}
+
 /// Routes `/consumers/...` (`parts` after `consumers`).
 pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&str]) -> Reply {
     let method = req.method().clone();
@@ -436,32 +452,28 @@ async fn create<W: Shards>(c: &Caller<W>, group: &str, body: &Value) -> Answer {
     }
 }
 
-/// Reads, changes with `f`, and swaps back the instance: 204, or `f`'s error.
+/// Reads, changes with `f`, and swaps back the instance: 204, or `f`'s
+/// error. A lost swap runs again on the new state.
 async fn edit<W: Shards>(
     c: &Caller<W>,
     group: &str,
     name: &str,
     mut f: impl FnMut(&mut Instance) -> Result<(), Answer>,
 ) -> Answer {
-    for _ in 0..ATTEMPTS {
-        let (me, _) = match load(c, group, name).await {
-            Ok(l) => l,
-            Err(a) => return a,
-        };
-        let Some((raw, mut inst)) = me else {
-            return not_found(name);
-        };
-        if let Err(a) = f(&mut inst) {
-            return a;
+    answer(
+        async {
+            for _ in 0..ATTEMPTS {
+                let (raw, mut inst, _) = loaded(c, group, name).await?;
+                f(&mut inst)?;
+                inst.used_ms = now_ms();
+                if store(c, group, name, Some(raw), Some(&inst)).await? {
+                    return Ok(no_content());
+                }
+            }
+            Err(busy())
         }
-        inst.used_ms = now_ms();
-        match store(c, group, name, Some(raw), Some(&inst)).await {
-            Ok(true) => return no_content(),
-            Ok(false) => continue,
-            Err(a) => return a,
-        }
-    }
-    busy()
+        .await,
+    )
 }
 
 fn busy() -> Answer {
@@ -474,26 +486,21 @@ fn busy() -> Answer {
 /// `DELETE /consumers/{group}/instances/{name}`: commits its positions
 /// first when it auto-commits, as a closing Kafka consumer does.
 async fn delete<W: Shards>(c: &Caller<W>, group: &str, name: &str) -> Answer {
-    for _ in 0..ATTEMPTS {
-        let (me, _) = match load(c, group, name).await {
-            Ok(l) => l,
-            Err(a) => return a,
-        };
-        let Some((raw, inst)) = me else {
-            return not_found(name);
-        };
-        if inst.auto_commit {
-            if let Err(a) = auto_commit(c, group, &inst.positions, &inst.committed).await {
-                return a;
+    answer(
+        async {
+            for _ in 0..ATTEMPTS {
+                let (raw, inst, _) = loaded(c, group, name).await?;
+                if inst.auto_commit {
+                    auto_commit(c, group, &inst.positions, &inst.committed).await?;
+                }
+                if store(c, group, name, Some(raw), None).await? {
+                    return Ok(no_content());
+                }
             }
+            Err(busy())
         }
-        match store(c, group, name, Some(raw), None).await {
-            Ok(true) => return no_content(),
-            Ok(false) => continue,
-            Err(a) => return a,
-        }
-    }
-    busy()
+        .await,
+    )
 }
 
 async fn auto_commit<W: Shards>(
@@ -552,12 +559,9 @@ async fn subscribe<W: Shards>(c: &Caller<W>, group: &str, name: &str, body: &Val
 }
 
 async fn subscription<W: Shards>(c: &Caller<W>, group: &str, name: &str) -> Answer {
-    let (me, _) = match load(c, group, name).await {
+    let (_, inst, _) = match loaded(c, group, name).await {
         Ok(l) => l,
         Err(a) => return a,
-    };
-    let Some((_, inst)) = me else {
-        return not_found(name);
     };
     let mut topics = inst.topics.clone();
     if inst.pattern.is_some() {
@@ -574,12 +578,9 @@ async fn subscription<W: Shards>(c: &Caller<W>, group: &str, name: &str) -> Answ
 }
 
 async fn assignments<W: Shards>(c: &Caller<W>, group: &str, name: &str) -> Answer {
-    let (me, all) = match load(c, group, name).await {
+    let (_, inst, all) = match loaded(c, group, name).await {
         Ok(l) => l,
         Err(a) => return a,
-    };
-    let Some((_, inst)) = me else {
-        return not_found(name);
     };
     let topics = match c.worker.topics(&c.tenant).await {
         Ok(t) => t,
@@ -639,36 +640,27 @@ fn unassigned(topic: &str, partition: i32) -> Answer {
 
 /// `POST .../positions`: the next offsets to read (Kafka's seek).
 async fn seek<W: Shards>(c: &Caller<W>, group: &str, name: &str, body: &Value) -> Answer {
-    let wanted = match offsets_of(body) {
-        Ok(o) => o,
-        Err(a) => return a,
-    };
-    for _ in 0..ATTEMPTS {
-        let (me, all) = match load(c, group, name).await {
-            Ok(l) => l,
-            Err(a) => return a,
-        };
-        let Some((raw, mut inst)) = me else {
-            return not_found(name);
-        };
-        let mine = match current(c, name, &inst, &all).await {
-            Ok(m) => m,
-            Err(a) => return a,
-        };
-        for p in &wanted {
-            if !mine.iter().any(|(t, q)| *t == p.topic && *q == p.partition) {
-                return unassigned(&p.topic, p.partition);
+    answer(
+        async {
+            let wanted = offsets_of(body)?;
+            for _ in 0..ATTEMPTS {
+                let (raw, mut inst, all) = loaded(c, group, name).await?;
+                let mine = current(c, name, &inst, &all).await?;
+                for p in &wanted {
+                    if !mine.iter().any(|(t, q)| *t == p.topic && *q == p.partition) {
+                        return Err(unassigned(&p.topic, p.partition));
+                    }
+                    inst.set_position(&p.topic, p.partition, p.offset);
+                }
+                inst.used_ms = now_ms();
+                if store(c, group, name, Some(raw), Some(&inst)).await? {
+                    return Ok(no_content());
+                }
             }
-            inst.set_position(&p.topic, p.partition, p.offset);
+            Err(busy())
         }
-        inst.used_ms = now_ms();
-        match store(c, group, name, Some(raw), Some(&inst)).await {
-            Ok(true) => return no_content(),
-            Ok(false) => continue,
-            Err(a) => return a,
-        }
-    }
-    busy()
+        .await,
+    )
 }
 
 /// `POST .../positions/beginning|end`.
@@ -709,12 +701,9 @@ async fn seek_to<W: Shards>(
 /// processed, so the group resumes after it, as Confluent's proxy does),
 /// or with no body every position the instance has read to.
 async fn commit_offsets<W: Shards>(c: &Caller<W>, group: &str, name: &str, body: &Value) -> Answer {
-    let (me, _) = match load(c, group, name).await {
+    let (_, inst, _) = match loaded(c, group, name).await {
         Ok(l) => l,
         Err(a) => return a,
-    };
-    let Some((_, inst)) = me else {
-        return not_found(name);
     };
     let next: Vec<(String, i32, i64)> = if body.is_null() {
         inst.positions
@@ -739,12 +728,9 @@ async fn commit_offsets<W: Shards>(c: &Caller<W>, group: &str, name: &str, body:
 /// `GET .../offsets`: the group's committed offsets of the named
 /// partitions (or of the instance's own).
 async fn committed<W: Shards>(c: &Caller<W>, group: &str, name: &str, body: &Value) -> Answer {
-    let (me, all) = match load(c, group, name).await {
+    let (_, inst, all) = match loaded(c, group, name).await {
         Ok(l) => l,
         Err(a) => return a,
-    };
-    let Some((_, inst)) = me else {
-        return not_found(name);
     };
     let parts: Vec<(String, i32)> = if body.is_null() {
         match current(c, name, &inst, &all).await {
@@ -798,51 +784,38 @@ async fn records_of<W: Shards>(
         return reply(a, V2);
     }
     let max_bytes = (max_bytes as usize).clamp(1, MAX_READ_BYTES);
-    for _ in 0..ATTEMPTS {
-        let (me, all) = match load(c, group, name).await {
-            Ok(l) => l,
-            Err(a) => return reply(a, V2),
-        };
-        let Some((raw, mut inst)) = me else {
-            return reply(not_found(name), V2);
-        };
-        let ctype = match (inst.format, accepts(accept)) {
-            (Format::Binary, Some(None | Some(Format::Binary))) => BINARY,
-            (Format::Json, Some(None | Some(Format::Json))) => JSON,
-            _ => {
-                let m = format!(
-                    "this instance's records are {}; Accept that type",
-                    if inst.format == Format::Json {
-                        JSON
-                    } else {
-                        BINARY
-                    }
-                );
-                return reply(coded(StatusCode::NOT_ACCEPTABLE, 40601, None, m), V2);
-            }
-        };
-        let wait = if timeout < 0 {
-            inst.request_timeout_ms
-        } else {
-            timeout as u64
-        };
-        match fetch(c, group, name, &mut inst, &all, max_bytes, wait).await {
-            Ok((list, served)) => {
-                inst.used_ms = now_ms();
-                match store(c, group, name, Some(raw), Some(&inst)).await {
-                    Ok(true) => {
-                        c.served(served).await;
-                        let body = Bytes::from(Value::Array(list).to_string());
-                        return reply((StatusCode::OK, body), ctype);
-                    }
-                    Ok(false) => continue,
-                    Err(a) => return reply(a, V2),
+    let read = async {
+        for _ in 0..ATTEMPTS {
+            let (raw, mut inst, all) = loaded(c, group, name).await?;
+            let ctype = match (inst.format, accepts(accept)) {
+                (Format::Binary, Some(None | Some(Format::Binary))) => BINARY,
+                (Format::Json, Some(None | Some(Format::Json))) => JSON,
+                _ => {
+                    let m = format!(
+                        "this instance's records are {}; Accept that type",
+                        if inst.format == Format::Json {
+                            JSON
+                        } else {
+                            BINARY
+                        }
+                    );
+                    return Err(coded(StatusCode::NOT_ACCEPTABLE, 40601, None, m));
                 }
+            };
+            let wait = u64::try_from(timeout).unwrap_or(inst.request_timeout_ms);
+            let (list, served) = fetch(c, group, name, &mut inst, &all, max_bytes, wait).await?;
+            inst.used_ms = now_ms();
+            if store(c, group, name, Some(raw), Some(&inst)).await? {
+                c.served(served).await;
+                return Ok((ctype, Bytes::from(Value::Array(list).to_string())));
             }
-            Err(a) => return reply(a, V2),
         }
+        Err(busy())
+    };
+    match read.await {
+        Ok((ctype, body)) => reply((StatusCode::OK, body), ctype),
+        Err(a) => reply(a, V2),
     }
-    reply(busy(), V2)
 }
 
 /// What an Accept header asks for: `Some(None)` for any format, `None`
