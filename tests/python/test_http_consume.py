@@ -413,3 +413,61 @@ def test_concurrent_requests_for_one_instance_deliver_each_record_once(store_dir
         assert sorted(seen) == sorted(sent), "each record exactly once"
     finally:
         floe.close()
+
+
+def test_the_readmes_curl_examples(store_dir):
+    """curl, as the README shows it: produce, then consume in a group; the
+    record curl produced is what kafka-python reads, and kafka-python's
+    record is what curl's consumer gets, byte for byte."""
+    floe = start(store_dir)
+    try:
+        key = tenant(floe)
+        user = f"{key[0]}:{key[1]}"
+        url = f"127.0.0.1:{floe.http_port}"
+
+        def curl(*args):
+            run = subprocess.run(["curl", "-sS", "-u", user, "-w", "\n%{http_code}", *args],
+                                 capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, run.stderr
+            body, status = run.stdout.rsplit("\n", 1)
+            return int(status), body
+
+        status, body = curl("-H", "content-type: application/json", "-d",
+                            '{"topic_name": "demo", "partitions_count": 1}',
+                            f"{url}/v3/clusters/floe-acme/topics")
+        assert status == 201, body
+        status, body = curl("-H", "content-type: application/json", "-d",
+                            '{"value": {"type": "STRING", "data": "hello over http"}}',
+                            f"{url}/v3/clusters/floe-acme/topics/demo/records")
+        assert status == 200 and json.loads(body)["offset"] == 0, body
+        p = KafkaProducer(**sasl(floe, key, "PLAIN"), acks="all")
+        p.send("demo", b"\x00from kafka\xff", key=b"k").get(10)
+        p.close()
+        c = KafkaConsumer(**sasl(floe, key, "PLAIN"), auto_offset_reset="earliest",
+                          consumer_timeout_ms=5000)
+        c.assign([TopicPartition("demo", 0)])
+        assert [m.value for m in c] == [b"hello over http", b"\x00from kafka\xff"]
+        c.close()
+
+        v2type = "content-type: application/vnd.kafka.v2+json"
+        status, body = curl("-H", v2type, "-d", '{"name": "c1", "auto.offset.reset": "earliest"}',
+                            f"{url}/consumers/my-group")
+        assert status == 200 and json.loads(body)["instance_id"] == "c1", body
+        status, body = curl("-H", v2type, "-d", '{"topics": ["demo"]}',
+                            f"{url}/consumers/my-group/instances/c1/subscription")
+        assert status == 204, body
+        status, body = curl("-H", f"accept: {BINARY}",
+                            f"{url}/consumers/my-group/instances/c1/records")
+        assert status == 200, body
+        got = [(base64.b64decode(r["value"]), r["offset"]) for r in json.loads(body)]
+        assert got == [(b"hello over http", 0), (b"\x00from kafka\xff", 1)], body
+        status, body = curl("-X", "POST", "-H", v2type,
+                            f"{url}/consumers/my-group/instances/c1/offsets")
+        assert status == 204, body
+        status, body = curl("-X", "DELETE", f"{url}/consumers/my-group/instances/c1")
+        assert status == 204, body
+        c = KafkaConsumer(**sasl(floe, key, "PLAIN"), group_id="my-group", enable_auto_commit=False)
+        assert c.committed(TopicPartition("demo", 0)) == 2
+        c.close()
+    finally:
+        floe.close()
