@@ -67,6 +67,11 @@ fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(x)
 }
 
+/// The base offset a stored batch carries (its first 8 bytes).
+pub fn base_offset(b: &[u8]) -> Option<i64> {
+    (b.len() >= 8).then(|| i64_at(b, 0))
+}
+
 /// Parses and checks the batch at the start of `b` (magic, length, CRC-32C).
 pub fn parse(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if b.len() < HEADER_LEN {

@@ -177,3 +177,25 @@ def test_compressed_batches_read_over_http(http_floe, codec):
     read = json.loads(body)
     assert [base64.b64decode(r["value"]) for r in read["records"]] == values[3:]
     assert [r["offset"] for r in read["records"]] == list(range(3, 10))
+
+
+def test_reads_step_past_transaction_markers(http_floe):
+    """A committed transaction ends in a control batch: reads return its
+    record, then resume after the marker instead of reading it again."""
+    floe, key = http_floe
+    conf = sasl(floe, key, "PLAIN")
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic("txn", 1, 1)])
+    a.close()
+    p = KafkaProducer(**conf, transactional_id="http-txn")
+    p.init_transactions()
+    p.begin_transaction()
+    p.send("txn", b"in a transaction", partition=0)
+    p.commit_transaction()
+    p.close()
+    status, body = call(floe, key, "GET", "/v1/topics/txn/partitions/0/records?offset=0&timeout_ms=1000")
+    read = json.loads(body)
+    assert status == 200 and [base64.b64decode(r["value"]) for r in read["records"]] == \
+        [b"in a transaction"], body
+    # Offset 1 is the commit marker; the next read starts after it.
+    assert read["next_offset"] == read["high_watermark"] == 2, body

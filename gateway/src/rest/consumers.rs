@@ -28,8 +28,8 @@ use serde_json::{json, Map, Value};
 use crate::admin::Answer;
 use crate::http::Reply;
 use crate::rest::{
-    coded, commit, error, is_json, not_allowed, poll, query_numbers, record_json, records, reply,
-    start_offsets, worker_error, Caller, Reset, Want, MAX_READ_BYTES,
+    coded, commit, decode, error, is_json, not_allowed, poll, query_numbers, record_json, reply,
+    served_bytes, start_offsets, worker_error, Caller, Reset, Want, MAX_READ_BYTES,
 };
 
 /// An instance unused this long leaves its group's split (Confluent's
@@ -895,19 +895,17 @@ async fn fetch<W: Shards>(
             }
             Err(e) => return Err(worker_error(&e)),
         };
-        served += read.batches.iter().map(|b| b.len() as u64).sum::<u64>();
-        let list = records(&read, w.offset)
+        served += served_bytes(&read);
+        let decoded = decode(&read, w.offset)
             .map_err(|m| error(StatusCode::INTERNAL_SERVER_ERROR, None, m))?;
         let json_data = inst.format == Format::Json;
-        let mut next = w.offset;
-        for r in &list {
+        for r in &decoded.records {
             let mut v = record_json(r, json_data).map_err(unprocessable)?;
             v["topic"] = w.topic.clone().into();
             v["partition"] = w.partition.into();
             out.push(v);
-            next = r.offset + 1;
         }
-        inst.set_position(&w.topic, w.partition, next);
+        inst.set_position(&w.topic, w.partition, decoded.next);
     }
     Ok((out, served))
 }

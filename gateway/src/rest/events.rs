@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use crate::admin::Answer;
 use crate::http::Reply;
 use crate::rest::{
-    error, json_reply, poll, query_numbers, query_pairs, record_json, records, start_offsets,
-    worker_error, Caller, Reset, Want, MAX_READ_BYTES,
+    decode, error, json_reply, poll, query_numbers, query_pairs, record_json, served_bytes,
+    start_offsets, worker_error, Caller, Reset, Want, MAX_READ_BYTES,
 };
 
 /// A read's default byte budget.
@@ -64,24 +64,22 @@ pub async fn read<W: Shards>(c: &Caller<W>, topic: &str, partition: &str, query:
         Some(Err(e)) => return worker_error(&e),
         None => return worker_error(&WorkerError::UnknownTopicOrPartition),
     };
-    c.served(read.batches.iter().map(|b| b.len() as u64).sum())
-        .await;
-    let list = match records(&read, offset) {
-        Ok(l) => l,
+    c.served(served_bytes(&read)).await;
+    let decoded = match decode(&read, offset) {
+        Ok(d) => d,
         Err(m) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, m),
     };
-    let mut out = Vec::with_capacity(list.len());
-    for r in &list {
+    let mut out = Vec::with_capacity(decoded.records.len());
+    for r in &decoded.records {
         match record_json(r, false) {
             Ok(v) => out.push(v),
             Err(m) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, m),
         }
     }
-    let next = list.last().map_or(offset, |r| r.offset + 1);
     let body = json!({
         "topic_name": topic, "partition_id": partition,
         "high_watermark": read.high_watermark, "log_start_offset": read.log_start,
-        "next_offset": next, "records": out,
+        "next_offset": decoded.next, "records": out,
     });
     (StatusCode::OK, Bytes::from(body.to_string()))
 }
@@ -246,14 +244,14 @@ impl<W: Shards> Tail<W> {
                 // decides where to go on.
                 Err(e) => return Some(self.fail(&worker_error(&e))),
             };
-            served += read.batches.iter().map(|b| b.len() as u64).sum::<u64>();
-            let list = match records(&read, w.offset) {
-                Ok(l) => l,
+            served += served_bytes(&read);
+            let decoded = match decode(&read, w.offset) {
+                Ok(d) => d,
                 Err(m) => {
                     return Some(self.fail(&error(StatusCode::INTERNAL_SERVER_ERROR, None, m)))
                 }
             };
-            for r in &list {
+            for r in &decoded.records {
                 let Ok(mut v) = record_json(r, false) else {
                     continue;
                 };
@@ -262,12 +260,8 @@ impl<W: Shards> Tail<W> {
                 out.push_str("event: record\ndata: ");
                 out.push_str(&v.to_string());
                 out.push_str("\n\n");
-                w.offset = r.offset + 1;
             }
-            // Past control records and aborted data too.
-            if let Some(next) = read.batches.last().and_then(batch_end) {
-                w.offset = w.offset.max(next.min(read.high_watermark));
-            }
+            w.offset = decoded.next;
         }
         if served > 0 {
             self.c.served(served).await;
@@ -313,13 +307,6 @@ impl<W: Shards> Tail<W> {
         let data = String::from_utf8_lossy(&a.1);
         Bytes::from(format!("event: error\ndata: {data}\n\n"))
     }
-}
-
-/// The offset after a stored batch.
-fn batch_end(b: &Bytes) -> Option<i64> {
-    let header = floe_common::batch::parse(b).ok()?;
-    let base = i64::from_be_bytes(b.get(0..8)?.try_into().ok()?);
-    Some(base + header.last_offset_delta as i64 + 1)
 }
 
 #[cfg(test)]

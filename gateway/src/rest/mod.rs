@@ -22,7 +22,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use floe_common::TenantId;
+use floe_common::{batch, TenantId};
 use floe_worker::quota::Usage;
 use floe_worker::MemberRef;
 use floe_worker::{Read, Shards, WorkerError};
@@ -315,16 +315,28 @@ pub async fn poll<W: Shards>(
     }
 }
 
-/// The records of a read from `from` on: control records and those of
-/// aborted transactions left out.
-pub fn records(read: &Read, from: i64) -> Result<Vec<Record>, String> {
-    let mut out = Vec::new();
+/// A read, decoded.
+pub struct Decoded {
+    /// Its records from the offset asked for on: control records and those
+    /// of aborted transactions left out.
+    pub records: Vec<Record>,
+    /// Where the next read starts: past every batch read, control markers
+    /// and aborted data included (the offset asked for, if none).
+    pub next: i64,
+}
+
+/// Record-batch bytes a read served, as the meter counts them.
+pub fn served_bytes(read: &Read) -> u64 {
+    read.batches.iter().map(|b| b.len() as u64).sum()
+}
+
+/// Decodes a read from `from` (batches of any codec).
+pub fn decode(read: &Read, from: i64) -> Result<Decoded, String> {
+    let mut records = Vec::new();
     for b in &read.batches {
         let mut buf = b.clone();
         let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
-            let base = b
-                .get(..8)
-                .map_or(-1, |o| i64::from_be_bytes(o.try_into().unwrap_or_default()));
+            let base = batch::base_offset(b).unwrap_or(-1);
             format!("the batch at offset {base} does not decode: {e}")
         })?;
         let aborted = |r: &Record| {
@@ -334,13 +346,20 @@ pub fn records(read: &Read, from: i64) -> Result<Vec<Record>, String> {
                         && (a.first_offset..=a.last_offset).contains(&r.offset)
                 })
         };
-        out.extend(
+        records.extend(
             set.records
                 .into_iter()
                 .filter(|r| !r.control && r.offset >= from && !aborted(r)),
         );
     }
-    Ok(out)
+    let end = read.batches.last().and_then(|b| {
+        let header = batch::parse(b).ok()?;
+        Some(batch::base_offset(b)? + i64::from(header.offset_count()))
+    });
+    Ok(Decoded {
+        records,
+        next: end.map_or(from, |e| e.min(read.high_watermark).max(from)),
+    })
 }
 
 pub fn b64(b: &Option<Bytes>) -> Value {
