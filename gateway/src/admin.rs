@@ -36,6 +36,10 @@ pub struct Admin<W> {
 /// An answer: status and JSON body.
 pub type Answer = (StatusCode, Bytes);
 
+/// Why usage could not be read: status, the admin API's error name, and
+/// the message (each API renders it in its own error shape).
+pub type UsageError = (StatusCode, &'static str, String);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
@@ -185,7 +189,10 @@ impl<W: Shards> Admin<W> {
                     Err(e) => registry_error(e),
                 }
             }
-            (Method::GET, ["tenants", id, "usage"]) => self.usage(id, &query).await,
+            (Method::GET, ["tenants", id, "usage"]) => match self.usage(id, &query).await {
+                Ok(a) => a,
+                Err((status, code, m)) => error(status, code, m),
+            },
             (
                 _,
                 ["tenants"]
@@ -249,14 +256,12 @@ impl<W: Shards> Admin<W> {
         }
         if req.method() == Method::GET && req.uri().path() == "/v1/usage" {
             let query = req.uri().query().unwrap_or("");
-            let (status, body) = self.usage(tenant.as_str(), query).await;
-            if status != StatusCode::OK {
-                // The tenant API's errors carry numeric codes.
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let m = v["message"].as_str().unwrap_or("bad request").to_string();
-                return rest::json_reply(rest::error(status, None, m));
-            }
-            return rest::json_reply((status, body));
+            // The tenant API's errors carry numeric codes, the admin API's names.
+            let answer = match self.usage(tenant.as_str(), query).await {
+                Ok(a) => a,
+                Err((status, _, m)) => rest::error(status, None, m),
+            };
+            return rest::json_reply(answer);
         }
         let scheme = if self.https { "https" } else { "http" };
         let host = req
@@ -295,42 +300,49 @@ impl<W: Shards> Admin<W> {
     /// `GET /admin/v1/tenants/{id}/usage?from=&to=` (milliseconds since the
     /// epoch; the last 24 hours by default): each window's usage per shard,
     /// `final` once the window is closed, and the sum.
-    pub(crate) async fn usage(&self, id: &str, query: &str) -> Answer {
+    pub(crate) async fn usage(&self, id: &str, query: &str) -> Result<Answer, UsageError> {
+        let bad = |m: String| (StatusCode::BAD_REQUEST, "invalid", m);
         // A deleted tenant's usage stays readable: it is billed too.
         let Ok(tenant) = TenantId::new(id) else {
-            return registry_error(RegistryError::NotFound(id.to_string()));
+            let e = RegistryError::NotFound(id.to_string());
+            return Err((StatusCode::NOT_FOUND, "not_found", e.to_string()));
         };
         let now = floe_storage::log::now_ms();
         let (mut from, mut to) = (now - 24 * 3600 * 1000, now);
-        let m = match rest::numbers(query, &mut [("from", &mut from), ("to", &mut to)]) {
-            Ok(()) => None,
-            Err(rest::BadParam::Unknown(k)) => Some(format!("unknown parameter {k}")),
-            Err(rest::BadParam::Value(k, v)) => Some(format!(
-                "{k} must be milliseconds since the epoch, got {v:?}"
-            )),
-        };
-        if let Some(m) = m {
-            return error(StatusCode::BAD_REQUEST, "invalid", m);
+        match rest::numbers(query, &mut [("from", &mut from), ("to", &mut to)]) {
+            Ok(()) => {}
+            Err(rest::BadParam::Unknown(k)) => return Err(bad(format!("unknown parameter {k}"))),
+            Err(rest::BadParam::Value(k, v)) => {
+                return Err(bad(format!(
+                    "{k} must be milliseconds since the epoch, got {v:?}"
+                )))
+            }
         }
         if from >= to {
-            return error(StatusCode::BAD_REQUEST, "invalid", "from must be before to");
+            return Err(bad("from must be before to".into()));
         }
         let windows = match self.worker.usage(&tenant, from, to).await {
             Ok(w) => w,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+            Err(e) => {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                ))
+            }
         };
         let mut total = Counts::default();
         for w in &windows {
             total.add(&w.record.usage);
         }
         let windows: Vec<_> = windows.iter().map(usage_view).collect();
-        json(
+        Ok(json(
             StatusCode::OK,
             serde_json::json!({
                 "tenant": id, "from_ms": from, "to_ms": to,
                 "windows": windows, "total": counts_view(&total),
             }),
-        )
+        ))
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
