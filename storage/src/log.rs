@@ -631,20 +631,13 @@ impl ShardLog {
                 // Sealed meanwhile: the object may be ours, and that flush's
                 // own create finds out whether we are fenced.
                 if core.next_seq != seq || core.failed.is_some() {
-                    return self.pending_failure_locked(&core);
+                    return core.failed.clone().map_or(Ok(()), Err);
                 }
                 flush::fence(&mut core);
                 drop(core);
                 self.inner.kick.notify_one();
                 Err(Error::Fenced)
             }
-        }
-    }
-
-    fn pending_failure_locked(&self, core: &Core) -> Result<(), Error> {
-        match &core.failed {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
         }
     }
 

@@ -9,7 +9,7 @@ use object_store::PutPayload;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{ckpt_path, put, wal_path, Core, Inner, Sealed, FENCE_WINDOW};
+use super::{ckpt_path, put, wal_path, Core, Flush, Inner, Sealed, FENCE_WINDOW};
 use crate::format::{self, WAL_HEADER_LEN};
 use crate::{Entry, Error};
 
@@ -183,14 +183,17 @@ fn poison(core: &mut Core, sealed: Sealed, e: Error) {
         Error::Fenced => Error::Fenced,
         other => Error::Unavailable(other.to_string()),
     };
+    fail_pending(core, Some(sealed.flush), e);
+}
+
+/// Fails `first`, every flush in flight and the open one, in that order,
+/// and poisons the log with `e`.
+fn fail_pending(core: &mut Core, first: Option<Flush>, e: Error) {
     let later = std::mem::take(&mut core.in_flight)
         .into_values()
         .map(|s| s.flush);
     let open = std::mem::take(&mut core.open);
-    for flush in std::iter::once(sealed.flush)
-        .chain(later)
-        .chain(std::iter::once(open))
-    {
+    for flush in first.into_iter().chain(later).chain(std::iter::once(open)) {
         for ack in flush.acks {
             let _ = ack.send(Err(e.clone()));
         }
@@ -202,14 +205,7 @@ fn poison(core: &mut Core, sealed: Sealed, e: Error) {
 /// nothing in flight or open is acknowledged (what was written before the
 /// fence may be durable; unacknowledged is allowed, the reverse is not).
 pub(super) fn fence(core: &mut Core) {
-    let in_flight = std::mem::take(&mut core.in_flight).into_values();
-    let open = std::mem::take(&mut core.open);
-    for flush in in_flight.map(|s| s.flush).chain(std::iter::once(open)) {
-        for ack in flush.acks {
-            let _ = ack.send(Err(Error::Fenced));
-        }
-    }
-    core.failed = Some(Error::Fenced);
+    fail_pending(core, None, Error::Fenced);
 }
 
 /// Writes `ckpt/{seq}` for the newest durable flush this owner wrote. The
