@@ -29,7 +29,7 @@ pub enum BatchError {
 }
 
 /// Header fields of one validated batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BatchHeader {
     pub len: usize,
     pub attributes: i16,

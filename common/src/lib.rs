@@ -12,8 +12,23 @@ use std::fmt;
 
 /// A tenant, resolved once at authentication. Only ASCII alphanumerics, `-` and
 /// `_` are accepted, so the id is always safe inside an object path.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Deserialising checks the id too, so a peer cannot smuggle a path in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
+
+impl TryFrom<String> for TenantId {
+    type Error = InvalidTenantId;
+    fn try_from(s: String) -> Result<Self, InvalidTenantId> {
+        Self::new(&s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(t: TenantId) -> String {
+        t.0
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid tenant id {0:?}: 1-64 ASCII letters, digits, '-' or '_'")]

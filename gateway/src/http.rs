@@ -34,7 +34,7 @@ pub fn full(b: Bytes) -> Body {
 pub async fn serve<W: Shards>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    admin: Arc<Admin<W>>,
+    admin: Option<Arc<Admin<W>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     timeout: Duration,
     mut stop: watch::Receiver<bool>,
@@ -74,9 +74,13 @@ pub async fn serve<W: Shards>(
 async fn route<W: Shards>(
     req: Request<Incoming>,
     metrics: Arc<Metrics>,
-    admin: Arc<Admin<W>>,
+    admin: Option<Arc<Admin<W>>>,
 ) -> Result<Reply, Infallible> {
     let path = req.uri().path();
+    // A worker serves /healthz and /metrics only.
+    let Some(admin) = admin.filter(|_| path != "/healthz" && path != "/metrics") else {
+        return Ok(health_and_metrics(&req, &metrics));
+    };
     if ["/v1/", "/v3/", "/consumers/"]
         .iter()
         .any(|p| path.starts_with(p))
@@ -92,6 +96,22 @@ async fn route<W: Shards>(
         }
         return Ok(r);
     }
+    if path == "/openapi.json" {
+        if req.method() != Method::GET {
+            return Ok(crate::rest::reply(
+                (StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(b"GET only\n")),
+                "text/plain",
+            ));
+        }
+        return Ok(crate::rest::reply(
+            (StatusCode::OK, Bytes::from_static(crate::rest::OPENAPI.as_bytes())),
+            "application/json",
+        ));
+    }
+    Ok(health_and_metrics(&req, &metrics))
+}
+
+fn health_and_metrics(req: &Request<Incoming>, metrics: &Metrics) -> Reply {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         (&Method::GET, "/metrics") => (
@@ -99,12 +119,7 @@ async fn route<W: Shards>(
             "text/plain; version=0.0.4",
             Bytes::from(metrics.render()),
         ),
-        (&Method::GET, "/openapi.json") => (
-            StatusCode::OK,
-            "application/json",
-            Bytes::from_static(crate::rest::OPENAPI.as_bytes()),
-        ),
-        (_, "/healthz" | "/metrics" | "/openapi.json") => (
+        (_, "/healthz" | "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"GET only\n"),
@@ -115,5 +130,5 @@ async fn route<W: Shards>(
             Bytes::from_static(b"not found\n"),
         ),
     };
-    Ok(crate::rest::reply((status, body), ctype))
+    crate::rest::reply((status, body), ctype)
 }

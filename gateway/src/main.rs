@@ -39,6 +39,15 @@ struct Cli {
 enum Command {
     /// Run gateway and worker in one process.
     Dev(DevArgs),
+    /// Cluster mode: a stateless gateway (Kafka and HTTP) in front of workers.
+    Gateway(GatewayArgs),
+    /// Cluster mode: a worker owning the shards gateways send it.
+    Worker(WorkerArgs),
+    /// Cluster certificates and status.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Tenants of a running Floe (admin API).
     Tenant {
         #[command(flatten)]
@@ -69,17 +78,9 @@ enum Command {
     },
 }
 
+/// Where state lives: every role of a cluster names the same store.
 #[derive(Args)]
-struct DevArgs {
-    /// Kafka protocol listener.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka_listen: SocketAddr,
-    /// Host:port given to Kafka clients in metadata; defaults to the listener's.
-    #[arg(long)]
-    advertised_kafka: Option<String>,
-    /// HTTP listener: /healthz and Prometheus /metrics.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http_listen: SocketAddr,
+struct StoreArgs {
     /// State directory, used when --store is not given.
     #[arg(long, default_value = "./floe-data")]
     data_dir: String,
@@ -94,25 +95,11 @@ struct DevArgs {
     /// 30 ms / p99 150 ms, GET 15 / 60 ms) or `PUT_P50,PUT_P99,GET_P50,GET_P99` in ms.
     #[arg(long)]
     store_latency: Option<floe_storage::latency::Model>,
-    /// Create unknown topics when a client's Metadata request allows it.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    auto_create_topics: bool,
-    /// Partitions of an auto-created topic (Kafka's num.partitions).
-    #[arg(long, default_value_t = 1)]
-    default_partitions: u32,
-    /// Requests larger than this close the connection (Kafka's socket.request.max.bytes).
-    #[arg(long, default_value_t = 100 * 1024 * 1024)]
-    max_request_bytes: u32,
-    /// A Fetch response holds at most this many record bytes, whatever the
-    /// client asks (Kafka's fetch.max.bytes, 55 MiB there). Smaller
-    /// responses bound what one connection pins, and let clients reuse their
-    /// receive buffers: librdkafka maps and faults in a fresh one for every
-    /// response above 32 MiB.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
-    fetch_max_bytes: u32,
-    /// Open Kafka connections at once; more wait in the accept queue.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
+}
+
+/// How shard owners write and keep their logs.
+#[derive(Args)]
+struct LogArgs {
     /// Flushes sealed by the timer go at one per linger (bursts of two), so a
     /// flush waits at most about this long for more records, and not at all on
     /// a quiet shard. Each flush is one PUT: 5 ms caps a shard at 200 PUTs/s.
@@ -187,6 +174,39 @@ struct DevArgs {
     /// append) and accrues stored bytes, partitions and connection time.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     usage_every_ms: u64,
+}
+
+/// What clients meet: the Kafka and HTTP listeners.
+#[derive(Args)]
+struct FrontArgs {
+    /// Kafka protocol listener.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_listen: SocketAddr,
+    /// Host:port given to Kafka clients in metadata; defaults to the listener's.
+    #[arg(long)]
+    advertised_kafka: Option<String>,
+    /// HTTP listener: /healthz and Prometheus /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Create unknown topics when a client's Metadata request allows it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of an auto-created topic (Kafka's num.partitions).
+    #[arg(long, default_value_t = 1)]
+    default_partitions: u32,
+    /// Requests larger than this close the connection (Kafka's socket.request.max.bytes).
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    max_request_bytes: u32,
+    /// A Fetch response holds at most this many record bytes, whatever the
+    /// client asks (Kafka's fetch.max.bytes, 55 MiB there). Smaller
+    /// responses bound what one connection pins, and let clients reuse their
+    /// receive buffers: librdkafka maps and faults in a fresh one for every
+    /// response above 32 MiB.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    fetch_max_bytes: u32,
+    /// Open Kafka connections at once; more wait in the accept queue.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
     /// PEM certificate chain: with --tls-key, the Kafka listener speaks TLS
     /// only (SASL_SSL for clients).
     #[arg(long, requires = "tls_key")]
@@ -216,6 +236,90 @@ struct DevArgs {
     drain_timeout_s: u64,
 }
 
+/// Cluster membership and the QUIC RPC between gateways and workers.
+#[derive(Args)]
+struct ClusterArgs {
+    /// Directory holding `ca.pem`, `node.pem` and `node.key` (written by
+    /// `floe cluster init`): mutual TLS between gateways and workers.
+    #[arg(long)]
+    cluster_certs: std::path::PathBuf,
+    /// A worker rewrites its beat (one PUT) this often; everyone LISTs the
+    /// beats this often too.
+    #[arg(long, default_value_t = 1000)]
+    beat_ms: u64,
+    /// A worker whose beat has not changed for this long has lost its
+    /// shards' leases; failover takes about this plus --beat-ms.
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
+    /// Local UDP address a gateway dials workers from.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    quic_bind: SocketAddr,
+}
+
+impl ClusterArgs {
+    fn timing(&self) -> floe_cluster::Timing {
+        floe_cluster::Timing {
+            beat: Duration::from_millis(self.beat_ms.max(1)),
+            lease: Duration::from_millis(self.lease_ms.max(2 * self.beat_ms)),
+            refresh: Duration::from_millis(self.beat_ms.max(1)),
+        }
+    }
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    front: FrontArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// UDP address of the QUIC RPC gateways call.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    rpc_listen: SocketAddr,
+    /// The RPC address written in this worker's beat, for gateways to dial;
+    /// defaults to the bound --rpc-listen.
+    #[arg(long)]
+    advertised_rpc: Option<SocketAddr>,
+    /// HTTP listener: /healthz and Prometheus /metrics.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    http_listen: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Writes a new cluster CA and node certificate into a directory.
+    Init {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Prints the workers, their leases, and where each claimed shard is.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    front: FrontArgs,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -229,6 +333,18 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Dev(args) => rt.block_on(dev(args)),
+        Command::Gateway(args) => rt.block_on(gateway(args)),
+        Command::Worker(args) => rt.block_on(worker(args)),
+        Command::Cluster {
+            cmd: ClusterCmd::Init { out },
+        } => {
+            floe_cluster::tls::init(&out)?;
+            println!("wrote {}/{{ca.pem,ca.key,node.pem,node.key}}; give every gateway and worker --cluster-certs with the last three", out.display());
+            Ok(())
+        }
+        Command::Cluster {
+            cmd: ClusterCmd::Status { store },
+        } => rt.block_on(cluster_status(store)),
         Command::Tenant { target, cmd } => rt.block_on(cli::tenant(target, cmd)),
         Command::Key { target, cmd } => rt.block_on(cli::key(target, cmd)),
         Command::Quota { target, cmd } => rt.block_on(cli::quota(target, cmd)),
@@ -237,6 +353,110 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn dev(a: DevArgs) -> anyhow::Result<()> {
+    let log = log_config(&a.log)?;
+    let (counted, url) = open_store(&a.store)?;
+    let registry = open_registry(&counted, &log, a.front.auth).await?;
+    let log_stats = log.stats.clone();
+    let worker = Arc::new(local_worker(&a.log, log, counted.clone(), &registry)?);
+    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log_stats, worker.totals()));
+    let front = Front::start(a.front, worker.clone(), registry.clone(), metrics).await?;
+    tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe dev ready");
+    shutdown_signal().await;
+    front.drain().await;
+    worker.close_all().await;
+    close_registry(&registry).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `floe gateway`: the listeners, forwarding every call to the worker that
+/// owns its tenant's shard.
+async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
+    let (counted, url) = open_store(&a.store)?;
+    // The registry's log is written by the gateways (admin API); shard logs
+    // only by workers.
+    let log = LogConfig::default();
+    let registry = open_registry(&counted, &log, a.front.auth).await?;
+    let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
+    let endpoint = floe_cluster::endpoint(a.cluster.quic_bind, None, identity.client()?)?;
+    let view = floe_cluster::View::new(counted.clone(), a.cluster.timing());
+    view.refresh().await.context("listing the cluster's workers")?;
+    view.spawn_refresh();
+    let remote = Arc::new(floe_cluster::RemoteShards::new(endpoint, view.clone()));
+    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log.stats.clone(), Arc::default()));
+    let (stats, shown) = (remote.stats(), view.clone());
+    let _ = metrics.extra.set(Box::new(move |out: &mut String| {
+        floe_cluster::client::render(&stats, &shown, out)
+    }));
+    let front = Front::start(a.front, remote, registry.clone(), metrics).await?;
+    tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe gateway ready");
+    shutdown_signal().await;
+    front.drain().await;
+    close_registry(&registry).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `floe worker`: owns shards the gateways send it, while it holds their
+/// leases; serves /healthz and /metrics.
+async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let log = log_config(&a.log)?;
+    let (counted, url) = open_store(&a.store)?;
+    let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
+    let endpoint = floe_cluster::endpoint(a.rpc_listen, Some(identity.server()?), identity.client()?)?;
+    let bound = endpoint.local_addr()?;
+    let advertised = match a.advertised_rpc {
+        Some(a) => a,
+        None if bound.ip().is_unspecified() => {
+            anyhow::bail!("--rpc-listen is a wildcard address: give --advertised-rpc")
+        }
+        None => bound,
+    };
+    let log_stats = log.stats.clone();
+    // Quotas are the gateways' registry's; a worker meters unlimited
+    // until the registry has a read path for workers.
+    let local = Arc::new(
+        LocalWorker::new(counted.clone(), worker_config(&a.log, log)?),
+    );
+    let node = floe_cluster::Node::start(
+        local.clone(),
+        counted.clone(),
+        a.cluster.timing(),
+        endpoint.clone(),
+        advertised,
+    )
+    .await
+    .context("joining the cluster")?;
+    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log_stats, local.totals()));
+    let shown = node.clone();
+    let _ = metrics.extra.set(Box::new(move |out: &mut String| {
+        floe_cluster::server::render(&shown, out)
+    }));
+    let http = tokio::net::TcpListener::bind(a.http_listen)
+        .await
+        .context("binding the HTTP listener")?;
+    let http_addr = http.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = tokio::spawn(floe_gateway::http::serve::<LocalWorker>(
+        http,
+        metrics,
+        None,
+        None,
+        Duration::from_secs(30),
+        stop_rx,
+    ));
+    tracing::info!(id = node.id(), rpc = %advertised, http = %http_addr, store = %url, "floe worker ready");
+    shutdown_signal().await;
+    tracing::info!("draining: handing every shard over");
+    node.drain().await;
+    endpoint.close(0u32.into(), b"leaving");
+    stop_tx.send_replace(true);
+    http_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn log_config(a: &LogArgs) -> anyhow::Result<LogConfig> {
     let log = LogConfig {
         linger: Duration::from_secs_f64(a.linger_ms / 1000.0),
         flush_bytes: a.flush_bytes,
@@ -258,10 +478,38 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     log.validate()
         .map_err(anyhow::Error::msg)
         .context("invalid log settings")?;
+    Ok(log)
+}
+
+fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
+    let retention_every = Duration::from_millis(a.retention_every_ms);
     anyhow::ensure!(
-        a.default_partitions >= 1,
-        "--default-partitions must be at least 1"
+        !retention_every.is_zero(),
+        "--retention-every-ms must be positive"
     );
+    Ok(WorkerConfig {
+        log,
+        retention_every,
+        transactional_id_expiration: Duration::from_millis(a.transactional_id_expiration_ms),
+        group_initial_rebalance_delay: Duration::from_millis(a.group_initial_rebalance_delay_ms),
+        usage_window: Duration::from_millis(a.usage_window_ms),
+        usage_every: Duration::from_millis(a.usage_every_ms),
+    })
+}
+
+fn local_worker(
+    a: &LogArgs,
+    log: LogConfig,
+    store: Arc<Counting>,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<LocalWorker> {
+    let limits_of = registry.clone();
+    let limits: floe_worker::quota::LimitsFn =
+        Arc::new(move |t: &floe_common::TenantId| limits_of.limits(t.as_str()).unwrap_or_default());
+    Ok(LocalWorker::new(store, worker_config(a, log)?).with_limits(limits))
+}
+
+fn open_store(a: &StoreArgs) -> anyhow::Result<(Arc<Counting>, String)> {
     let url = a.store.clone().unwrap_or_else(|| a.data_dir.clone());
     let mut raw = store::from_url(&url, a.fsync)
         .map_err(anyhow::Error::msg)
@@ -270,127 +518,156 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         tracing::warn!(?model, "object-store calls are delayed by a latency model");
         raw = Arc::new(floe_storage::latency::Latency::new(raw, model, 0x5eed));
     }
-    let counted = Arc::new(Counting::new(raw));
+    Ok((Arc::new(Counting::new(raw)), url))
+}
+
+async fn open_registry(
+    store: &Arc<Counting>,
+    log: &LogConfig,
+    auth: AuthMode,
+) -> anyhow::Result<Arc<Registry>> {
     let registry = Arc::new(
-        Registry::open(counted.clone(), log.clone())
+        Registry::open(store.clone(), log.clone())
             .await
             .context("opening the tenant registry")?,
     );
-    if a.auth == AuthMode::Optional {
+    if auth == AuthMode::Optional {
         registry
             .ensure(DEFAULT_TENANT, Plan::Unlimited)
             .await
             .context("creating the default tenant")?;
     }
-    let admin_token = match a.admin_token.clone() {
-        Some(t) if !t.is_empty() => t,
-        _ => {
-            let t = uuid::Uuid::new_v4().simple().to_string();
-            // Printed, not logged: it is for the person who started dev.
-            eprintln!("admin token (set FLOE_ADMIN_TOKEN to choose one): {t}");
-            t
-        }
-    };
-    let (store_stats, log_stats) = (counted.stats.clone(), log.stats.clone());
-    let retention_every = Duration::from_millis(a.retention_every_ms);
-    anyhow::ensure!(
-        !retention_every.is_zero(),
-        "--retention-every-ms must be positive"
-    );
-    let limits_of = registry.clone();
-    let limits: floe_worker::quota::LimitsFn =
-        Arc::new(move |t: &floe_common::TenantId| limits_of.limits(t.as_str()).unwrap_or_default());
-    let worker = Arc::new(
-        LocalWorker::new(
-            counted,
-            WorkerConfig {
-                log,
-                retention_every,
-                transactional_id_expiration: Duration::from_millis(
-                    a.transactional_id_expiration_ms,
-                ),
-                group_initial_rebalance_delay: Duration::from_millis(
-                    a.group_initial_rebalance_delay_ms,
-                ),
-                usage_window: Duration::from_millis(a.usage_window_ms),
-                usage_every: Duration::from_millis(a.usage_every_ms),
-            },
-        )
-        .with_limits(limits),
-    );
-    let metrics = Arc::new(Metrics::new(store_stats, log_stats, worker.totals()));
+    Ok(registry)
+}
 
-    let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen)
-        .await
-        .context("binding the Kafka listener")?;
-    let http_listener = tokio::net::TcpListener::bind(a.http_listen)
-        .await
-        .context("binding the HTTP listener")?;
-    let kafka_addr = kafka_listener.local_addr()?;
-    let advertised = a.advertised_kafka.unwrap_or_else(|| kafka_addr.to_string());
-    let (host, port) = advertised
-        .rsplit_once(':')
-        .context("--advertised-kafka is host:port")?;
-    let settings = Settings {
-        advertised_host: host.to_string(),
-        advertised_port: port.parse().context("advertised port")?,
-        auto_create_topics: a.auto_create_topics,
-        default_partitions: a.default_partitions,
-        max_request_bytes: a.max_request_bytes,
-        fetch_max_bytes: a.fetch_max_bytes,
-        max_connections: a.max_connections,
-    };
-    let mut gateway = Gateway::new(
-        worker.clone(),
-        settings,
-        metrics.clone(),
-        registry.clone(),
-        a.auth,
-    );
-    let mut http_tls = None;
-    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
-        let tls = floe_gateway::tls_acceptor(cert, key)?;
-        http_tls = a.http_tls.then(|| tls.clone());
-        gateway = gateway.with_tls(tls);
-    }
-    let gateway = Arc::new(gateway);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let kafka_task = tokio::spawn(kafka::serve(
-        gateway.clone(),
-        kafka_listener,
-        stop_rx.clone(),
-    ));
-    let http_timeout = Duration::from_millis(a.http_timeout_ms);
-    let admin = Arc::new(Admin {
-        registry: registry.clone(),
-        token: admin_token,
-        worker: worker.clone(),
-        http_timeout,
-        https: http_tls.is_some(),
-    });
-    let http_task = tokio::spawn(floe_gateway::http::serve(
-        http_listener,
-        metrics,
-        admin,
-        http_tls,
-        http_timeout,
-        stop_rx,
-    ));
-    tracing::info!(kafka = %kafka_addr, http = %a.http_listen, store = %url, "floe dev ready");
-
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    stop_tx.send_replace(true);
-    let drained = tokio::time::timeout(Duration::from_secs(a.drain_timeout_s), kafka_task).await;
-    if drained.is_err() {
-        tracing::warn!("drain timed out; unacknowledged requests fail with the connection");
-    }
-    worker.close_all().await;
+async fn close_registry(registry: &Registry) {
     if let Err(e) = registry.close().await {
         tracing::warn!(error = %e, "closing the tenant registry");
     }
-    http_task.abort();
-    tracing::info!("stopped");
+}
+
+/// The Kafka and HTTP listeners over some `Shards`.
+struct Front {
+    kafka: SocketAddr,
+    http: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    kafka_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
+    drain_timeout: Duration,
+}
+
+impl Front {
+    async fn start<W: floe_worker::Shards>(
+        a: FrontArgs,
+        worker: Arc<W>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            a.default_partitions >= 1,
+            "--default-partitions must be at least 1"
+        );
+        let admin_token = match a.admin_token.clone() {
+            Some(t) if !t.is_empty() => t,
+            _ => {
+                let t = uuid::Uuid::new_v4().simple().to_string();
+                // Printed, not logged: it is for the person who started it.
+                eprintln!("admin token (set FLOE_ADMIN_TOKEN to choose one): {t}");
+                t
+            }
+        };
+        let kafka_listener = tokio::net::TcpListener::bind(a.kafka_listen)
+            .await
+            .context("binding the Kafka listener")?;
+        let http_listener = tokio::net::TcpListener::bind(a.http_listen)
+            .await
+            .context("binding the HTTP listener")?;
+        let kafka = kafka_listener.local_addr()?;
+        let http = http_listener.local_addr()?;
+        let advertised = a.advertised_kafka.unwrap_or_else(|| kafka.to_string());
+        let (host, port) = advertised
+            .rsplit_once(':')
+            .context("--advertised-kafka is host:port")?;
+        let settings = Settings {
+            advertised_host: host.to_string(),
+            advertised_port: port.parse().context("advertised port")?,
+            auto_create_topics: a.auto_create_topics,
+            default_partitions: a.default_partitions,
+            max_request_bytes: a.max_request_bytes,
+            fetch_max_bytes: a.fetch_max_bytes,
+            max_connections: a.max_connections,
+        };
+        let mut gateway = Gateway::new(
+            worker.clone(),
+            settings,
+            metrics.clone(),
+            registry.clone(),
+            a.auth,
+        );
+        let mut http_tls = None;
+        if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+            let tls = floe_gateway::tls_acceptor(cert, key)?;
+            http_tls = a.http_tls.then(|| tls.clone());
+            gateway = gateway.with_tls(tls);
+        }
+        let gateway = Arc::new(gateway);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let kafka_task = tokio::spawn(kafka::serve(
+            gateway.clone(),
+            kafka_listener,
+            stop_rx.clone(),
+        ));
+        let http_timeout = Duration::from_millis(a.http_timeout_ms);
+        let admin = Arc::new(Admin {
+            registry,
+            token: admin_token,
+            worker,
+            http_timeout,
+            https: http_tls.is_some(),
+        });
+        let http_task = tokio::spawn(floe_gateway::http::serve(
+            http_listener,
+            metrics,
+            Some(admin),
+            http_tls,
+            http_timeout,
+            stop_rx,
+        ));
+        Ok(Self {
+            kafka,
+            http,
+            stop,
+            kafka_task,
+            http_task,
+            drain_timeout: Duration::from_secs(a.drain_timeout_s),
+        })
+    }
+
+    /// Stops accepting, and waits (up to the drain timeout) for requests
+    /// in flight.
+    async fn drain(self) {
+        tracing::info!("shutting down: draining in-flight requests");
+        self.stop.send_replace(true);
+        if tokio::time::timeout(self.drain_timeout, self.kafka_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timed out; unacknowledged requests fail with the connection");
+        }
+        self.http_task.abort();
+    }
+}
+
+/// One look at the beats: who is live, what each claims.
+async fn cluster_status(a: StoreArgs) -> anyhow::Result<()> {
+    let (counted, _) = open_store(&a)?;
+    let timing = floe_cluster::Timing::default();
+    let view = floe_cluster::View::new(counted, timing);
+    view.refresh().await.context("listing the cluster's workers")?;
+    // A beat's age is unknown from one look; look again a lease later.
+    tokio::time::sleep(timing.lease / 2).await;
+    view.refresh().await?;
+    print!("{}", floe_cluster::members::status(&view));
     Ok(())
 }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub throttle_ms: AtomicU64,
     /// Produce requests, arrival to every partition durable.
     pub produce_seconds: Histogram,
+    /// Series of the process's role in a cluster, rendered last.
+    pub extra: std::sync::OnceLock<Box<dyn Fn(&mut String) + Send + Sync>>,
 }
 
 /// A per-tenant series: name, help, and its value from a tenant's counts.
@@ -98,6 +100,7 @@ impl Metrics {
             throttled_requests: AtomicU64::new(0),
             throttle_ms: AtomicU64::new(0),
             produce_seconds: Histogram::new(),
+            extra: std::sync::OnceLock::new(),
         }
     }
 
@@ -255,6 +258,9 @@ impl Metrics {
             }
         }
         self.render_tenants(&mut out);
+        if let Some(extra) = self.extra.get() {
+            extra(&mut out);
+        }
         out
     }
 

@@ -250,7 +250,7 @@ impl Appended {
 }
 
 /// Batches read from one stream.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Read {
     pub log_start: i64,
     pub high_watermark: i64,
@@ -639,6 +639,19 @@ impl ShardLog {
                 Err(Error::Fenced)
             }
         }
+    }
+
+    /// Gives the shard up without writing: another owner has it or may
+    /// take it (this owner's lease lapsed). Poisons the log as a fence
+    /// found by [`ShardLog::check_owner`] does: nothing not yet
+    /// acknowledged is acknowledged.
+    pub fn abandon(&self) {
+        let mut core = self.inner.lock();
+        if core.failed.is_none() {
+            flush::fence(&mut core);
+        }
+        drop(core);
+        self.inner.kick.notify_one();
     }
 
     /// Stops accepting appends, makes everything accepted durable (or failed),

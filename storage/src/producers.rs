@@ -59,7 +59,7 @@ impl Txn {
 
 /// An aborted transaction's records on one stream: offsets
 /// `first_offset..=last_offset` of `producer_id` (the last is its marker).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AbortedTxn {
     pub producer_id: i64,
     pub first_offset: i64,

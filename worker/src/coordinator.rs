@@ -40,6 +40,7 @@ impl Slot {
 }
 
 /// One group as DescribeGroups shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Described {
     pub state: State,
     pub protocol_type: String,

@@ -38,7 +38,7 @@ pub enum State {
 }
 
 /// What a request gets instead of its answer; each is a Kafka error code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupError {
     UnknownMemberId,
     IllegalGeneration,
@@ -74,7 +74,7 @@ pub struct Member {
 }
 
 /// A JoinGroup request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Join {
     pub member_id: String,
     pub instance_id: Option<String>,
@@ -89,7 +89,7 @@ pub struct Join {
 }
 
 /// A member as SyncGroup, Heartbeat and OffsetCommit name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRef {
     pub id: String,
     pub instance_id: Option<String>,
@@ -97,7 +97,7 @@ pub struct MemberRef {
 }
 
 /// A successful JoinGroup answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {
     pub generation: i32,
     pub protocol_type: String,

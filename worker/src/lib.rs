@@ -42,13 +42,13 @@ pub use coordinator::Described;
 pub use floe_storage::{Appended, Read};
 pub use groups::{GroupError, Join, Joined, Member, MemberRef, State as GroupState};
 pub use local::usage::Window as UsageWindow;
-pub use local::{LocalWorker, WorkerConfig};
+pub use local::{Held, LocalWorker, WorkerConfig};
 pub use offsets::Committed;
 pub use transactions::{TxnError, TxnMeta, TxnState};
 
 /// What a caller can act on; the gateway maps these to Kafka error codes and
 /// HTTP statuses in one place.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WorkerError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
@@ -136,7 +136,7 @@ impl From<floe_storage::Error> for WorkerError {
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 /// A topic to create.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewTopic {
     pub name: String,
     pub partitions: usize,
@@ -145,7 +145,7 @@ pub struct NewTopic {
 }
 
 /// One partition's offset in an OffsetCommit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OffsetCommit {
     pub topic: String,
     pub partition: i32,
@@ -155,7 +155,7 @@ pub struct OffsetCommit {
 }
 
 /// How to change a topic's configs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum ConfigChange {
     /// AlterConfigs: the given set replaces all non-default values.
     Replace(BTreeMap<String, String>),
@@ -164,7 +164,7 @@ pub enum ConfigChange {
 }
 
 /// One idempotent producer a partition knows (DescribeProducers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProducerInfo {
     pub id: i64,
     pub epoch: i16,
@@ -176,23 +176,62 @@ pub struct ProducerInfo {
     pub last_timestamp: i64,
 }
 
-/// A produce accepted into the open flush: offsets are assigned; the records
-/// are acknowledged when [`Accepted::durable`] resolves.
-pub struct Accepted {
+/// A produce accepted in the order it was asked: its records are
+/// acknowledged when [`Accepted::durable`] resolves.
+pub struct Accepted(Pending);
+
+enum Pending {
+    /// In this process's open flush, offsets assigned.
+    Local {
+        produced: Produced,
+        appended: Appended,
+        /// Bytes in, for the tenant's totals once durable.
+        counted: Option<(Arc<Totals>, TenantId, Counts)>,
+    },
+    /// Sent to the shard's owner, which answers once durable.
+    Remote(tokio::sync::oneshot::Receiver<Result<Produced>>),
+}
+
+/// Where a durable produce's records landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Produced {
     pub base_offset: i64,
     pub log_start: i64,
-    appended: Appended,
-    /// Bytes in, for the tenant's totals once durable.
-    counted: Option<(Arc<Totals>, TenantId, Counts)>,
 }
 
 impl Accepted {
-    pub async fn durable(self) -> Result<()> {
-        self.appended.durable().await?;
-        if let Some((totals, tenant, c)) = self.counted {
-            totals.add(&tenant, &c);
+    fn local(produced: Produced, appended: Appended, counted: (Arc<Totals>, TenantId, Counts)) -> Self {
+        Self(Pending::Local {
+            produced,
+            appended,
+            counted: Some(counted),
+        })
+    }
+
+    /// A produce another process accepted: `answer` is its outcome once durable.
+    pub fn remote(answer: tokio::sync::oneshot::Receiver<Result<Produced>>) -> Self {
+        Self(Pending::Remote(answer))
+    }
+
+    pub async fn durable(self) -> Result<Produced> {
+        match self.0 {
+            Pending::Local {
+                produced,
+                appended,
+                counted,
+            } => {
+                appended.durable().await?;
+                if let Some((totals, tenant, c)) = counted {
+                    totals.add(&tenant, &c);
+                }
+                Ok(produced)
+            }
+            Pending::Remote(answer) => answer.await.unwrap_or_else(|_| {
+                Err(WorkerError::Unavailable(
+                    "the shard's owner went away before answering".into(),
+                ))
+            }),
         }
-        Ok(())
     }
 }
 

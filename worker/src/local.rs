@@ -28,7 +28,8 @@ mod txn;
 pub mod usage;
 
 use crate::{
-    Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Result, Shards, UsageWindow,
+    Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Produced, Result, Shards,
+    UsageWindow,
     WorkerError,
 };
 
@@ -65,6 +66,15 @@ impl Default for WorkerConfig {
             usage_every: Duration::from_secs(10),
         }
     }
+}
+
+/// Whether a process holds a tenant's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    No,
+    Healthy,
+    /// Open, but its log failed (fenced, or a write it could not make).
+    Failed,
 }
 
 /// The shards this process owns.
@@ -319,6 +329,54 @@ impl LocalWorker {
             .cloned()
     }
 
+    /// Whether this process has the tenant's shard open, and its log is
+    /// still usable.
+    pub fn held(&self, tenant: &TenantId) -> Held {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        match open.get(tenant) {
+            None => Held::No,
+            Some(s) if s.log.failed().is_none() => Held::Healthy,
+            Some(_) => Held::Failed,
+        }
+    }
+
+    /// Tenants whose shard is open here.
+    pub fn held_tenants(&self) -> Vec<TenantId> {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        open.keys().cloned().collect()
+    }
+
+    /// Drops a shard without writing anything: another owner has it (its
+    /// log is fenced, or this process's lease lapsed). What was accepted
+    /// and not yet durable fails with the log.
+    pub fn forget(&self, tenant: &TenantId) {
+        let gone = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+        if let Some(shard) = gone {
+            shard.log.abandon();
+        }
+    }
+
+    /// Hands a shard over: accepted appends become durable, a checkpoint
+    /// is written (so the next owner replays nothing), and the shard is
+    /// dropped. Requests after this open it again.
+    pub async fn release(&self, tenant: &TenantId) -> Result<()> {
+        let gate = self.opener(tenant);
+        let _one_opener = gate.lock().await;
+        let gone = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+        match gone {
+            Some(shard) => Ok(shard.log.close().await?),
+            None => Ok(()),
+        }
+    }
+
     /// Drains every shard: accepted appends become durable (or fail), then a
     /// checkpoint is written. Used on shutdown.
     pub async fn close_all(&self) {
@@ -571,12 +629,14 @@ impl Shards for LocalWorker {
         };
         let base_offset = appended.base_offsets.first().copied().unwrap_or(-1);
         let (log_start, _) = shard.log.offsets(stream).unwrap_or((0, 0));
-        Ok(Accepted {
-            base_offset,
-            log_start,
+        Ok(Accepted::local(
+            Produced {
+                base_offset,
+                log_start,
+            },
             appended,
-            counted: Some((self.totals.clone(), tenant.clone(), bytes_in)),
-        })
+            (self.totals.clone(), tenant.clone(), bytes_in),
+        ))
     }
 
     async fn fetch(

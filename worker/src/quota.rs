@@ -23,7 +23,7 @@ pub use floe_tenants::Quota as Limits;
 pub type LimitsFn = Arc<dyn Fn(&TenantId) -> Limits + Send + Sync>;
 
 /// What one request used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Record-batch bytes as sent.
     pub produce_bytes: u64,

@@ -89,7 +89,7 @@ impl TxnMeta {
 }
 
 /// Kafka's transaction errors, as the coordinator answers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnError {
     /// The producer id is not the one this transactional id has.
     InvalidProducerIdMapping,

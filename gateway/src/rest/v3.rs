@@ -315,11 +315,10 @@ pub async fn produce<W: Shards>(
     let cluster = crate::cluster_id(tenant);
     let mut lines = Vec::with_capacity(pending.len());
     for (accepted, partition, ts, key_len, value_len) in pending {
-        let offset = accepted.base_offset;
         let line = match accepted.durable().await {
-            Ok(()) => json!({
+            Ok(p) => json!({
                 "error_code": 200, "cluster_id": cluster, "topic_name": topic,
-                "partition_id": partition, "offset": offset, "timestamp": ts,
+                "partition_id": partition, "offset": p.base_offset, "timestamp": ts,
                 "key": key_len.map(|n| json!({"size": n})),
                 "value": value_len.map(|n| json!({"size": n})),
             }),

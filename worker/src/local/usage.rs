@@ -25,7 +25,7 @@ const ACCRUED: &[u8] = b"u/accrued";
 
 /// A shard's usage in one window, and whether the window is closed (its
 /// counts are final; its record is written or about to be).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     pub record: Record,
     pub closed: bool,

@@ -1,0 +1,595 @@
+//! A worker in cluster mode: the QUIC server gateways call, and the leases
+//! (claims in its beat) that say which shards it may serve.
+//!
+//! Before serving a request for a shard it does not hold, a worker takes
+//! it only when no live worker claims it and it is the rendezvous pick in
+//! its own view; it then writes its beat with the claim before opening the
+//! shard (which fences any stale owner through the log). Otherwise it
+//! answers [`rpc::MOVED`] naming where to ask. A worker whose own beat
+//! could not be written for 3/4 of the lease drops every shard, before
+//! anyone may consider its lease expired.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_common::TenantId;
+use floe_worker::{Held, LocalWorker, Produced, Shards, WorkerError};
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+use crate::members::{self, Beat, View};
+use crate::rpc::{self, Call, Moved, Request};
+
+/// Request bytes one gateway connection may have in flight at a worker;
+/// beyond, the worker stops reading and QUIC's flow control pushes back.
+const CONNECTION_BYTES: usize = 64 * 1024 * 1024;
+/// A shard is handed to a newly preferred worker only after the view has
+/// said so this many beats running, so a brief disagreement moves nothing.
+const SETTLE_BEATS: u32 = 3;
+
+/// Load figures for `/metrics` and the autoscaler.
+#[derive(Default)]
+pub struct NodeStats {
+    pub requests: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub moved: AtomicU64,
+    pub acquired: AtomicU64,
+    pub released: AtomicU64,
+}
+
+pub struct Node {
+    pub worker: Arc<LocalWorker>,
+    pub view: Arc<View>,
+    pub stats: NodeStats,
+    id: String,
+    addr: String,
+    store: Arc<dyn ObjectStore>,
+    claims: Mutex<BTreeMap<String, ()>>,
+    /// One acquisition or release per tenant at a time.
+    changing: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    /// When the last beat was written.
+    beat_ok: Mutex<Option<Instant>>,
+    beat_n: AtomicU64,
+    /// Beats running in which each claimed tenant had another pick.
+    unsettled: Mutex<HashMap<String, u32>>,
+    draining: AtomicBool,
+}
+
+impl Node {
+    /// Registers the worker (its first beat) and serves `endpoint`.
+    pub async fn start(
+        worker: Arc<LocalWorker>,
+        store: Arc<dyn ObjectStore>,
+        timing: members::Timing,
+        endpoint: quinn::Endpoint,
+        advertised: SocketAddr,
+    ) -> anyhow::Result<Arc<Self>> {
+        let id = format!("w-{}", uuid::Uuid::new_v4().simple());
+        let node = Arc::new(Self {
+            worker,
+            view: View::new(store.clone(), timing),
+            stats: NodeStats::default(),
+            id,
+            addr: advertised.to_string(),
+            store,
+            claims: Mutex::new(BTreeMap::new()),
+            changing: Mutex::new(HashMap::new()),
+            beat_ok: Mutex::new(None),
+            beat_n: AtomicU64::new(0),
+            unsettled: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+        });
+        node.beat().await?;
+        node.view.refresh().await?;
+        tokio::spawn(beats(Arc::downgrade(&node)));
+        tokio::spawn(accept(node.clone(), endpoint));
+        tracing::info!(id = %node.id, addr = %node.addr, "worker registered");
+        Ok(node)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn owned(&self) -> usize {
+        lock(&self.claims).len()
+    }
+
+    /// Writes this worker's beat now: address, claims, draining.
+    async fn beat(&self) -> object_store::Result<()> {
+        let beat = Beat {
+            id: self.id.clone(),
+            addr: self.addr.clone(),
+            n: self.beat_n.fetch_add(1, Relaxed) + 1,
+            claims: members::claims_of(&lock(&self.claims)),
+            draining: self.draining.load(Relaxed),
+        };
+        let started = Instant::now();
+        members::put_beat(&*self.store, &beat).await?;
+        // The lease runs from when the write began, not when it ended.
+        *lock(&self.beat_ok) = Some(started);
+        Ok(())
+    }
+
+    /// Whether this worker's lease still holds by its own clock.
+    fn lease_holds(&self) -> bool {
+        let lease = self.view.timing().lease;
+        lock(&self.beat_ok).is_some_and(|at| at.elapsed() < lease * 3 / 4)
+    }
+
+    fn gate(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.changing).entry(tenant.clone()).or_default().clone()
+    }
+
+    /// Whether this worker may serve `tenant` now; if not, where to ask.
+    async fn admit(&self, tenant: &TenantId) -> Result<(), Admit> {
+        if !self.lease_holds() {
+            return Err(Admit::Failed(WorkerError::Unavailable(
+                "this worker's lease lapsed; retry".into(),
+            )));
+        }
+        let name = tenant.as_str();
+        let claimed = lock(&self.claims).contains_key(name);
+        if claimed && self.worker.held(tenant) == Held::Healthy {
+            return Ok(());
+        }
+        let gate = self.gate(tenant);
+        let _one = gate.lock().await;
+        let claimed = lock(&self.claims).contains_key(name);
+        let held = self.worker.held(tenant);
+        if claimed && held == Held::Healthy {
+            return Ok(());
+        }
+        if held == Held::Failed || !claimed {
+            // Fenced, or about to take the shard: ask the store who has it.
+            self.view
+                .refresh_within(Duration::from_millis(100))
+                .await
+                .map_err(|e| Admit::Failed(WorkerError::Unavailable(e.to_string())))?;
+        }
+        if let Some(other) = self.view.claimant(name, &self.id) {
+            if claimed {
+                tracing::info!(%tenant, owner = %other.id, "another worker took the shard");
+                self.worker.forget(tenant);
+                lock(&self.claims).remove(name);
+                let _ = self.beat().await;
+            }
+            return Err(Admit::Moved(Some(other.addr)));
+        }
+        if claimed {
+            // Our log failed for another reason: the worker reopens it.
+            return Ok(());
+        }
+        let pick = self.view.route(name, Some(&self.id));
+        let mine = !self.draining.load(Relaxed) && {
+            let mut live = self.view.live();
+            live.retain(|b| !b.draining && b.id != self.id);
+            live.push(self.own_beat());
+            members::pick(name, live.iter()).is_some_and(|b| b.id == self.id)
+        };
+        if !mine {
+            return Err(Admit::Moved(pick.map(|b| b.addr)));
+        }
+        lock(&self.claims).insert(name.to_string(), ());
+        if let Err(e) = self.beat().await {
+            lock(&self.claims).remove(name);
+            return Err(Admit::Failed(WorkerError::Unavailable(format!(
+                "writing the claim: {e}"
+            ))));
+        }
+        self.stats.acquired.fetch_add(1, Relaxed);
+        tracing::info!(%tenant, "claimed shard");
+        Ok(())
+    }
+
+    fn own_beat(&self) -> Beat {
+        Beat {
+            id: self.id.clone(),
+            addr: self.addr.clone(),
+            n: 0,
+            claims: vec![],
+            draining: false,
+        }
+    }
+
+    /// Hands a shard over: flush, checkpoint, drop the claim.
+    async fn release(&self, tenant: &TenantId) {
+        let gate = self.gate(tenant);
+        let _one = gate.lock().await;
+        if let Err(e) = self.worker.release(tenant).await {
+            tracing::warn!(%tenant, error = %e, "releasing shard");
+        }
+        lock(&self.claims).remove(tenant.as_str());
+        self.stats.released.fetch_add(1, Relaxed);
+        tracing::info!(%tenant, "released shard");
+    }
+
+    /// Leaving (SIGTERM): take nothing new, hand every shard over, and
+    /// remove the beat, so the next owners replay nothing and need not
+    /// wait for a lease to expire.
+    pub async fn drain(&self) {
+        self.draining.store(true, Relaxed);
+        let _ = self.beat().await;
+        let held: Vec<String> = lock(&self.claims).keys().cloned().collect();
+        for t in held {
+            if let Ok(t) = TenantId::new(&t) {
+                self.release(&t).await;
+            }
+        }
+        let _ = self.beat().await;
+        if let Err(e) = self.store.delete(&members::beat_path(&self.id)).await {
+            tracing::warn!(error = %e, "removing the beat");
+        }
+    }
+
+    /// One beat's work besides the beat: drop everything if the lease
+    /// lapsed, and hand over shards another worker is now the pick for.
+    async fn tend(&self) {
+        if !self.lease_holds() && self.owned() > 0 {
+            tracing::warn!("lease lapsed: dropping every shard");
+            let held: Vec<String> = std::mem::take(&mut *lock(&self.claims)).into_keys().collect();
+            for t in held {
+                if let Ok(t) = TenantId::new(&t) {
+                    self.worker.forget(&t);
+                }
+            }
+        }
+        if let Err(e) = self.beat().await {
+            tracing::warn!(error = %e, "writing the beat");
+            return;
+        }
+        if let Err(e) = self.view.refresh().await {
+            tracing::warn!(error = %e, "listing cluster members");
+            return;
+        }
+        if self.draining.load(Relaxed) {
+            return;
+        }
+        let mut live = self.view.live();
+        live.retain(|b| !b.draining && b.id != self.id);
+        live.push(self.own_beat());
+        let claims: Vec<String> = lock(&self.claims).keys().cloned().collect();
+        let mut moving = Vec::new();
+        {
+            let mut unsettled = lock(&self.unsettled);
+            unsettled.retain(|t, _| claims.contains(t));
+            for t in claims {
+                let elsewhere = members::pick(&t, live.iter()).is_some_and(|b| b.id != self.id);
+                if !elsewhere {
+                    unsettled.remove(&t);
+                    continue;
+                }
+                let n = unsettled.entry(t.clone()).or_default();
+                *n += 1;
+                if *n >= SETTLE_BEATS {
+                    moving.push(t);
+                }
+            }
+        }
+        for t in moving {
+            lock(&self.unsettled).remove(&t);
+            if let Ok(t) = TenantId::new(&t) {
+                self.release(&t).await;
+            }
+        }
+    }
+}
+
+enum Admit {
+    Moved(Option<String>),
+    Failed(WorkerError),
+}
+
+async fn beats(node: std::sync::Weak<Node>) {
+    let every = match node.upgrade() {
+        Some(n) => n.view.timing().beat,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        node.tend().await;
+    }
+}
+
+async fn accept(node: Arc<Node>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a QUIC handshake failed");
+                    return;
+                }
+            };
+            let budget = Arc::new(Semaphore::new(CONNECTION_BYTES));
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        tokio::spawn(lane(node.clone(), send, recv, budget.clone()));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+/// One gateway's stream for one shard: requests in order, answers as they
+/// are ready.
+async fn lane(
+    node: Arc<Node>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    budget: Arc<Semaphore>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if send.write_chunk(frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    loop {
+        let body = match rpc::read_frame(&mut recv).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading a lane");
+                break;
+            }
+        };
+        let size = body.len();
+        let permit = match budget
+            .clone()
+            .acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX))
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        let (id, Request { tenant, call }) = match rpc::parse_request(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "an undecodable RPC request; closing the lane");
+                break;
+            }
+        };
+        node.stats.requests.fetch_add(1, Relaxed);
+        node.stats.bytes_in.fetch_add(size as u64, Relaxed);
+        match node.admit(&tenant).await {
+            Ok(()) => {}
+            Err(Admit::Moved(addr)) => {
+                node.stats.moved.fetch_add(1, Relaxed);
+                let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr }));
+                continue;
+            }
+            Err(Admit::Failed(e)) => {
+                let _ = tx.send(rpc::answer(id, rpc::FAILED, &e));
+                continue;
+            }
+        }
+        let worker = node.worker.clone();
+        let tx = tx.clone();
+        match call {
+            // Accepted in line, so the lane's order is the log's order.
+            Call::Produce {
+                topic,
+                partition,
+                batches,
+            } => match worker.produce(&tenant, &topic, partition, batches).await {
+                Ok(accepted) => {
+                    tokio::spawn(async move {
+                        let r = accepted.durable().await;
+                        let _ = tx.send(rpc::outcome::<Produced>(id, &r));
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(rpc::outcome::<Produced>(id, &Err(e)));
+                }
+            },
+            Call::Subscribe => {
+                tokio::spawn(subscription(worker, tenant, id, tx));
+            }
+            call => {
+                tokio::spawn(async move {
+                    let frame = dispatch(&*worker, &tenant, id, call).await;
+                    let _ = tx.send(frame);
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Sends the shard's durable counter whenever it moves; when the shard
+/// goes from this worker, says so, and the gateway subscribes anew.
+async fn subscription(
+    worker: Arc<LocalWorker>,
+    tenant: TenantId,
+    id: u64,
+    tx: mpsc::UnboundedSender<Bytes>,
+) {
+    let mut rx = match worker.subscribe(&tenant).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            let _ = tx.send(rpc::answer(id, rpc::FAILED, &e));
+            return;
+        }
+    };
+    loop {
+        let n = *rx.borrow_and_update();
+        if tx.send(rpc::answer(id, rpc::CHANGED, &n)).is_err() {
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            _ = tx.closed() => return,
+        }
+    }
+    let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr: None }));
+}
+
+/// Runs one call that may go out of order, as its answer frame.
+async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes {
+    use rpc::outcome as o;
+    match call {
+        Call::Topics => o(id, &w.topics(t).await),
+        Call::CreateTopic(new) => o(id, &w.create_topic(t, new).await),
+        Call::DeleteTopic(name) => o(id, &w.delete_topic(t, &name).await),
+        Call::CreatePartitions {
+            name,
+            total,
+            validate_only,
+        } => o(id, &w.create_partitions(t, &name, total, validate_only).await),
+        Call::AlterConfigs {
+            name,
+            change,
+            validate_only,
+        } => o(id, &w.alter_configs(t, &name, change, validate_only).await),
+        Call::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            min_one,
+            committed,
+        } => o(
+            id,
+            &w.fetch(t, &topic, partition, offset, max_bytes, min_one, committed)
+                .await,
+        ),
+        Call::ListOffset {
+            topic,
+            partition,
+            timestamp,
+            committed,
+        } => o(
+            id,
+            &w.list_offset(t, &topic, partition, timestamp, committed).await,
+        ),
+        Call::DeleteRecords {
+            topic,
+            partition,
+            offset,
+        } => o(id, &w.delete_records(t, &topic, partition, offset).await),
+        Call::InitProducerId {
+            transactional_id,
+            timeout_ms,
+            current,
+        } => o(
+            id,
+            &w.init_producer_id(t, transactional_id.as_deref(), timeout_ms, current)
+                .await,
+        ),
+        Call::AddPartitionsToTxn {
+            transactional_id,
+            producer,
+            partitions,
+        } => o(
+            id,
+            &w.add_partitions_to_txn(t, &transactional_id, producer, partitions)
+                .await,
+        ),
+        Call::AddOffsetsToTxn {
+            transactional_id,
+            producer,
+            group,
+        } => o(
+            id,
+            &w.add_offsets_to_txn(t, &transactional_id, producer, &group).await,
+        ),
+        Call::TxnOffsetCommit {
+            transactional_id,
+            producer,
+            group,
+            member,
+            offsets,
+        } => o(
+            id,
+            &w.txn_offset_commit(t, &transactional_id, producer, &group, &member, offsets)
+                .await,
+        ),
+        Call::EndTxn {
+            transactional_id,
+            producer,
+            commit,
+        } => o(id, &w.end_txn(t, &transactional_id, producer, commit).await),
+        Call::Transactions => o(id, &w.transactions(t).await),
+        Call::DescribeProducers { topic, partition } => {
+            o(id, &w.describe_producers(t, &topic, partition).await)
+        }
+        Call::Charge(usage) => o(id, &w.charge(t, usage).await),
+        Call::Usage { from, to } => o(id, &w.usage(t, from, to).await),
+        Call::DeleteTenant => o(id, &w.delete_tenant(t).await),
+        Call::LeaderEpoch => o(id, &w.leader_epoch(t).await),
+        Call::CommitOffsets {
+            group,
+            member,
+            offsets,
+        } => o(id, &w.commit_offsets(t, &group, &member, offsets).await),
+        Call::Committed {
+            group,
+            partitions,
+            require_stable,
+        } => o(id, &w.committed(t, &group, partitions, require_stable).await),
+        Call::JoinGroup { group, join } => o(id, &w.join_group(t, &group, join).await),
+        Call::SyncGroup {
+            group,
+            member,
+            assignments,
+        } => o(id, &w.sync_group(t, &group, &member, assignments).await),
+        Call::Heartbeat { group, member } => o(id, &w.heartbeat(t, &group, &member).await),
+        Call::LeaveGroup { group, members } => o(id, &w.leave_group(t, &group, members).await),
+        Call::DeleteGroups(groups) => o(id, &w.delete_groups(t, groups).await),
+        Call::DeleteOffsets { group, partitions } => {
+            o(id, &w.delete_offsets(t, &group, partitions).await)
+        }
+        Call::ListGroups => o(id, &w.list_groups(t).await),
+        Call::DescribeGroup(group) => o(id, &w.describe_group(t, &group).await),
+        Call::Instances(group) => o(id, &w.instances(t, &group).await),
+        Call::SwapInstance {
+            group,
+            name,
+            expect,
+            new,
+        } => o(id, &w.swap_instance(t, &group, &name, expect, new).await),
+        Call::Produce { .. } | Call::Subscribe => {
+            rpc::answer(id, rpc::FAILED, &WorkerError::Unavailable("misrouted call".into()))
+        }
+    }
+}
+
+/// The worker's series for `/metrics`: what an autoscaler needs.
+pub fn render(node: &Node, out: &mut String) {
+    use std::fmt::Write;
+    let s = &node.stats;
+    let series: [(&str, &str, &str, u64); 6] = [
+        ("floe_worker_shards_owned", "gauge", "Shards this worker holds the lease of (0: idle, can be scaled away).", node.owned() as u64),
+        ("floe_worker_rpc_requests_total", "counter", "Calls received from gateways.", s.requests.load(Relaxed)),
+        ("floe_worker_rpc_bytes_in_total", "counter", "Request bytes received from gateways.", s.bytes_in.load(Relaxed)),
+        ("floe_worker_rpc_moved_total", "counter", "Calls answered with where the shard is instead.", s.moved.load(Relaxed)),
+        ("floe_worker_shards_acquired_total", "counter", "Shards this worker took.", s.acquired.load(Relaxed)),
+        ("floe_worker_shards_released_total", "counter", "Shards this worker handed over.", s.released.load(Relaxed)),
+    ];
+    for (name, kind, help, v) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
