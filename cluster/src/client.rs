@@ -224,8 +224,9 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
             }
         };
         let stats = me.stats.clone();
+        let view = me.view.clone();
         drop(me);
-        let moved_to = pump(stream, &mut queue, &mut rx, &stats, &mut hops).await;
+        let moved_to = pump(stream, &mut queue, &mut rx, &stats, &mut hops, (&view, &target)).await;
         if let Some(to) = moved_to {
             hops += 1;
             if hops > MAX_HOPS {
@@ -321,7 +322,11 @@ async fn pump(
     rx: &mut mpsc::UnboundedReceiver<Out>,
     stats: &ClientStats,
     hops: &mut u32,
+    (view, target): (&View, &str),
 ) -> Option<Option<String>> {
+    // A killed worker sends nothing: its lease expiring in the view ends the
+    // stream well before QUIC's idle timeout would.
+    let mut members = view.watch();
     let (ev_tx, mut events) = mpsc::unbounded_channel::<Option<Bytes>>();
     let reader = tokio::spawn(async move {
         loop {
@@ -356,6 +361,12 @@ async fn pump(
             break;
         }
         tokio::select! {
+            _ = members.changed() => {
+                if !view.live().iter().any(|b| b.addr == target) {
+                    ended = true;
+                    break;
+                }
+            }
             o = rx.recv(), if moved_to.is_none() => match o {
                 Some(o) => queue.push_back(o),
                 None => {

@@ -32,6 +32,14 @@ pub fn floe_bin() -> PathBuf {
     dir.join("floe")
 }
 
+/// A UDP port nobody uses right now (a worker's QUIC listener).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
 /// Waits until something accepts connections on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let start = Instant::now();
@@ -44,9 +52,13 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// A running `floe dev`. Dropping it kills the process.
+/// A running `floe dev`, `floe gateway` or `floe worker`. Dropping it
+/// kills the process.
 pub struct Floe {
     child: Option<Child>,
+    role: &'static str,
+    /// A worker's RPC (UDP) port; 0 for the other roles.
+    pub rpc_port: u16,
     pub kafka_port: u16,
     pub http_port: u16,
     pub data_dir: PathBuf,
@@ -62,8 +74,22 @@ impl Floe {
     }
 
     pub fn start_with_env(data_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_role("dev", data_dir, extra, env)
+    }
+
+    /// Starts `floe {role}` (`dev`, `gateway` or `worker`); `data_dir` also
+    /// names its log file.
+    pub fn start_role(
+        role: &'static str,
+        data_dir: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let rpc_port = if role == "worker" { free_udp_port() } else { 0 };
         let mut f = Floe {
             child: None,
+            role,
+            rpc_port,
             kafka_port: free_port(),
             http_port: free_port(),
             log: data_dir.with_extension("log"),
@@ -89,10 +115,15 @@ impl Floe {
             .open(&self.log)
             .expect("log file");
         let mut cmd = Command::new(floe_bin());
-        cmd.arg("dev")
-            .arg("--kafka-listen")
-            .arg(format!("127.0.0.1:{}", self.kafka_port))
-            .arg("--http-listen")
+        cmd.arg(self.role);
+        if self.role == "worker" {
+            cmd.arg("--rpc-listen")
+                .arg(format!("127.0.0.1:{}", self.rpc_port));
+        } else {
+            cmd.arg("--kafka-listen")
+                .arg(format!("127.0.0.1:{}", self.kafka_port));
+        }
+        cmd.arg("--http-listen")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -105,8 +136,13 @@ impl Floe {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {:?}: {e}", floe_bin()));
         self.child = Some(child);
+        let port = if self.role == "worker" {
+            self.http_port
+        } else {
+            self.kafka_port
+        };
         assert!(
-            wait_for_port(self.kafka_port, Duration::from_secs(20)),
+            wait_for_port(port, Duration::from_secs(20)),
             "floe did not start; see {:?}",
             self.log
         );
