@@ -76,11 +76,12 @@ struct Out {
     frame: Bytes,
     reply: Reply,
     queued: Instant,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
 }
 
 enum Reply {
-    Once(oneshot::Sender<(u8, Bytes)>),
+    /// The answer's kind and encoded value, or why none came.
+    Once(oneshot::Sender<Result<(u8, Bytes)>>),
     Produced(oneshot::Sender<Result<Produced>>),
     /// A subscription: stays due, and follows the shard when it moves.
     Watch(watch::Sender<u64>),
@@ -90,7 +91,7 @@ impl Out {
     fn fail(self, e: WorkerError) {
         match self.reply {
             Reply::Once(tx) => {
-                let _ = tx.send((rpc::FAILED, failed_body(&e)));
+                let _ = tx.send(Err(e));
             }
             Reply::Produced(tx) => {
                 let _ = tx.send(Err(e));
@@ -102,11 +103,6 @@ impl Out {
     fn is_watch(&self) -> bool {
         matches!(self.reply, Reply::Watch(_))
     }
-}
-
-fn failed_body(e: &WorkerError) -> Bytes {
-    // The frame without its length, id and kind: the encoded error.
-    rpc::answer(0, rpc::FAILED, e).slice(13..)
 }
 
 impl RemoteShards {
@@ -176,7 +172,7 @@ impl RemoteShards {
             frame,
             reply,
             queued: Instant::now(),
-            _permit: Some(permit),
+            _permit: permit,
         };
         lane.tx
             .send(out)
@@ -188,7 +184,7 @@ impl RemoteShards {
         self.send(tenant, call, Reply::Once(tx)).await?;
         let (kind, body) = rx
             .await
-            .map_err(|_| WorkerError::Unavailable("the lane closed".into()))?;
+            .map_err(|_| WorkerError::Unavailable("the lane closed".into()))??;
         rpc::value(kind, &body)
     }
 }
@@ -347,6 +343,8 @@ async fn pump(
     let mut moved: Vec<Out> = Vec::new();
     let mut moved_to: Option<Option<String>> = None;
     let mut ended = false;
+    // The lane's sender goes only with the gateway; then finish what is due.
+    let mut open = true;
     'pump: loop {
         if moved_to.is_none() {
             while let Some(o) = queue.pop_front() {
@@ -360,6 +358,9 @@ async fn pump(
         } else if due.values().all(Out::is_watch) {
             break;
         }
+        if !open && due.is_empty() {
+            break;
+        }
         tokio::select! {
             _ = members.changed() => {
                 if !view.live().iter().any(|b| b.addr == target) {
@@ -367,11 +368,9 @@ async fn pump(
                     break;
                 }
             }
-            o = rx.recv(), if moved_to.is_none() => match o {
+            o = rx.recv(), if open && moved_to.is_none() => match o {
                 Some(o) => queue.push_back(o),
-                None => {
-                    if due.is_empty() { break }
-                }
+                None => open = false,
             },
             ev = events.recv() => {
                 let Some(Some(body)) = ev else { ended = true; break };
@@ -399,7 +398,7 @@ async fn pump(
                         let Some(o) = due.remove(&id) else { continue };
                         *hops = 0;
                         match o.reply {
-                            Reply::Once(tx) => { let _ = tx.send((kind, value)); }
+                            Reply::Once(tx) => { let _ = tx.send(Ok((kind, value))); }
                             Reply::Produced(tx) => { let _ = tx.send(rpc::value(kind, &value)); }
                             // A subscription the worker refused: the next
                             // subscribe starts another.

@@ -15,7 +15,7 @@
 //! [`Timing::refresh`], plus one GET per beat that changed; per worker one
 //! PUT per [`Timing::beat`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -312,11 +312,6 @@ pub fn status(view: &View) -> String {
         );
     }
     out
-}
-
-/// Claims as a sorted list, for a beat.
-pub fn claims_of(set: &BTreeMap<String, ()>) -> Vec<String> {
-    set.keys().cloned().collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -9,7 +9,7 @@
 //! could not be written for 3/4 of the lease drops every shard, before
 //! anyone may consider its lease expired.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -49,7 +49,7 @@ pub struct Node {
     id: String,
     addr: String,
     store: Arc<dyn ObjectStore>,
-    claims: Mutex<BTreeMap<String, ()>>,
+    claims: Mutex<BTreeSet<String>>,
     /// One acquisition or release per tenant at a time.
     changing: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     /// When the last beat was written.
@@ -77,7 +77,7 @@ impl Node {
             id,
             addr: advertised.to_string(),
             store,
-            claims: Mutex::new(BTreeMap::new()),
+            claims: Mutex::new(BTreeSet::new()),
             changing: Mutex::new(HashMap::new()),
             beat_ok: Mutex::new(None),
             beat_n: AtomicU64::new(0),
@@ -106,7 +106,7 @@ impl Node {
             id: self.id.clone(),
             addr: self.addr.clone(),
             n: self.beat_n.fetch_add(1, Relaxed) + 1,
-            claims: members::claims_of(&lock(&self.claims)),
+            claims: lock(&self.claims).iter().cloned().collect(),
             draining: self.draining.load(Relaxed),
         };
         let started = Instant::now();
@@ -134,13 +134,13 @@ impl Node {
             )));
         }
         let name = tenant.as_str();
-        let claimed = lock(&self.claims).contains_key(name);
+        let claimed = lock(&self.claims).contains(name);
         if claimed && self.worker.held(tenant) == Held::Healthy {
             return Ok(());
         }
         let gate = self.gate(tenant);
         let _one = gate.lock().await;
-        let claimed = lock(&self.claims).contains_key(name);
+        let claimed = lock(&self.claims).contains(name);
         let held = self.worker.held(tenant);
         if claimed && held == Held::Healthy {
             return Ok(());
@@ -165,17 +165,13 @@ impl Node {
             // Our log failed for another reason: the worker reopens it.
             return Ok(());
         }
-        let pick = self.view.route(name, Some(&self.id));
-        let mine = !self.draining.load(Relaxed) && {
-            let mut live = self.view.live();
-            live.retain(|b| !b.draining && b.id != self.id);
-            live.push(self.own_beat());
-            members::pick(name, live.iter()).is_some_and(|b| b.id == self.id)
-        };
+        let mine = !self.draining.load(Relaxed)
+            && members::pick(name, self.candidates().iter()).is_some_and(|b| b.id == self.id);
         if !mine {
-            return Err(Admit::Moved(pick.map(|b| b.addr)));
+            let elsewhere = self.view.route(name, Some(&self.id));
+            return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
         }
-        lock(&self.claims).insert(name.to_string(), ());
+        lock(&self.claims).insert(name.to_string());
         if let Err(e) = self.beat().await {
             lock(&self.claims).remove(name);
             return Err(Admit::Failed(WorkerError::Unavailable(format!(
@@ -187,14 +183,19 @@ impl Node {
         Ok(())
     }
 
-    fn own_beat(&self) -> Beat {
-        Beat {
+    /// The workers a shard may be placed on, by this worker's view: the
+    /// live ones not draining, and this one (live by its own word).
+    fn candidates(&self) -> Vec<Beat> {
+        let mut live = self.view.live();
+        live.retain(|b| !b.draining && b.id != self.id);
+        live.push(Beat {
             id: self.id.clone(),
             addr: self.addr.clone(),
             n: 0,
             claims: vec![],
             draining: false,
-        }
+        });
+        live
     }
 
     /// Hands a shard over: flush, checkpoint, drop the claim.
@@ -215,7 +216,7 @@ impl Node {
     pub async fn drain(&self) {
         self.draining.store(true, Relaxed);
         let _ = self.beat().await;
-        let held: Vec<String> = lock(&self.claims).keys().cloned().collect();
+        let held: Vec<String> = lock(&self.claims).iter().cloned().collect();
         for t in held {
             if let Ok(t) = TenantId::new(&t) {
                 self.release(&t).await;
@@ -232,7 +233,7 @@ impl Node {
     async fn tend(&self) {
         if !self.lease_holds() && self.owned() > 0 {
             tracing::warn!("lease lapsed: dropping every shard");
-            let held: Vec<String> = std::mem::take(&mut *lock(&self.claims)).into_keys().collect();
+            let held: Vec<String> = std::mem::take(&mut *lock(&self.claims)).into_iter().collect();
             for t in held {
                 if let Ok(t) = TenantId::new(&t) {
                     self.worker.forget(&t);
@@ -250,10 +251,8 @@ impl Node {
         if self.draining.load(Relaxed) {
             return;
         }
-        let mut live = self.view.live();
-        live.retain(|b| !b.draining && b.id != self.id);
-        live.push(self.own_beat());
-        let claims: Vec<String> = lock(&self.claims).keys().cloned().collect();
+        let live = self.candidates();
+        let claims: Vec<String> = lock(&self.claims).iter().cloned().collect();
         let mut moving = Vec::new();
         {
             let mut unsettled = lock(&self.unsettled);

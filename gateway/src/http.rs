@@ -77,41 +77,29 @@ async fn route<W: Shards>(
     admin: Option<Arc<Admin<W>>>,
 ) -> Result<Reply, Infallible> {
     let path = req.uri().path();
-    // A worker serves /healthz and /metrics only.
-    let Some(admin) = admin.filter(|_| path != "/healthz" && path != "/metrics") else {
-        return Ok(health_and_metrics(&req, &metrics));
-    };
-    if ["/v1/", "/v3/", "/consumers/"]
-        .iter()
-        .any(|p| path.starts_with(p))
-    {
-        return Ok(admin.serve_tenant(req).await);
-    }
-    if path.starts_with("/admin/v1/") {
-        let (status, body) = admin.serve(req).await;
-        let mut r = crate::rest::json_reply((status, body));
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert("www-authenticate", "Bearer".parse().expect("valid"));
+    // A worker has no admin: it serves /healthz and /metrics only.
+    if let Some(admin) = &admin {
+        if ["/v1/", "/v3/", "/consumers/"]
+            .iter()
+            .any(|p| path.starts_with(p))
+        {
+            return Ok(admin.serve_tenant(req).await);
         }
-        return Ok(r);
-    }
-    if path == "/openapi.json" {
-        if req.method() != Method::GET {
-            return Ok(crate::rest::reply(
-                (StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(b"GET only\n")),
-                "text/plain",
-            ));
+        if path.starts_with("/admin/v1/") {
+            let (status, body) = admin.serve(req).await;
+            let mut r = crate::rest::json_reply((status, body));
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert("www-authenticate", "Bearer".parse().expect("valid"));
+            }
+            return Ok(r);
         }
-        return Ok(crate::rest::reply(
-            (StatusCode::OK, Bytes::from_static(crate::rest::OPENAPI.as_bytes())),
-            "application/json",
-        ));
     }
-    Ok(health_and_metrics(&req, &metrics))
+    Ok(static_page(&req, &metrics, admin.is_some()))
 }
 
-fn health_and_metrics(req: &Request<Incoming>, metrics: &Metrics) -> Reply {
+/// `/healthz`, `/metrics`, and with the data API `/openapi.json`: GET only.
+fn static_page(req: &Request<Incoming>, metrics: &Metrics, openapi: bool) -> Reply {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         (&Method::GET, "/metrics") => (
@@ -119,7 +107,17 @@ fn health_and_metrics(req: &Request<Incoming>, metrics: &Metrics) -> Reply {
             "text/plain; version=0.0.4",
             Bytes::from(metrics.render()),
         ),
+        (&Method::GET, "/openapi.json") if openapi => (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from_static(crate::rest::OPENAPI.as_bytes()),
+        ),
         (_, "/healthz" | "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"GET only\n"),
+        ),
+        (_, "/openapi.json") if openapi => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"GET only\n"),

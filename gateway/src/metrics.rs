@@ -30,8 +30,11 @@ pub struct Metrics {
     /// Produce requests, arrival to every partition durable.
     pub produce_seconds: Histogram,
     /// Series of the process's role in a cluster, rendered last.
-    pub extra: std::sync::OnceLock<Box<dyn Fn(&mut String) + Send + Sync>>,
+    pub extra: std::sync::OnceLock<Render>,
 }
+
+/// Appends series to a `/metrics` page.
+pub type Render = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// A per-tenant series: name, help, and its value from a tenant's counts.
 type Series = (&'static str, &'static str, fn(&Counts) -> f64);
