@@ -22,7 +22,7 @@ use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
 use floe_worker::{
     quota, Accepted, CommittedOffsets, ConfigChange, Described, GroupError, GroupState, Join,
-    Joined, MemberRef, NewTopic, OffsetCommit, ProducerInfo, Produced, Read, Result, Shards,
+    Joined, MemberRef, NewTopic, OffsetCommit, Produced, ProducerInfo, Read, Result, Shards,
     TopicMeta, TxnMeta, UsageWindow, WorkerError,
 };
 use serde::de::DeserializeOwned;
@@ -213,7 +213,10 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%tenant, %target, error = %e, "no stream to the worker");
-                fail_calls(&mut queue, &format!("the shard's worker at {target} is unreachable: {e}"));
+                fail_calls(
+                    &mut queue,
+                    &format!("the shard's worker at {target} is unreachable: {e}"),
+                );
                 drop(me);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -222,7 +225,15 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
         let stats = me.stats.clone();
         let view = me.view.clone();
         drop(me);
-        let moved_to = pump(stream, &mut queue, &mut rx, &stats, &mut hops, (&view, &target)).await;
+        let moved_to = pump(
+            stream,
+            &mut queue,
+            &mut rx,
+            &stats,
+            &mut hops,
+            (&view, &target),
+        )
+        .await;
         if let Some(to) = moved_to {
             hops += 1;
             if hops > MAX_HOPS {
@@ -743,7 +754,11 @@ impl Shards for RemoteShards {
         self.call(tenant, call).await
     }
 
-    async fn delete_groups(&self, tenant: &TenantId, groups: Vec<String>) -> Result<Vec<Result<()>>> {
+    async fn delete_groups(
+        &self,
+        tenant: &TenantId,
+        groups: Vec<String>,
+    ) -> Result<Vec<Result<()>>> {
         self.call(tenant, Call::DeleteGroups(groups)).await
     }
 
@@ -803,7 +818,8 @@ impl Shards for RemoteShards {
             }
         };
         let rx = fresh.subscribe();
-        self.send(tenant, Call::Subscribe, Reply::Watch(fresh)).await?;
+        self.send(tenant, Call::Subscribe, Reply::Watch(fresh))
+            .await?;
         Ok(rx)
     }
 }
@@ -813,14 +829,42 @@ pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
     use std::fmt::Write;
     let live = view.live();
     let series: [(&str, &str, &str, i64); 5] = [
-        ("floe_gateway_unplaced_requests", "gauge", "Calls queued for a shard no worker holds yet.", stats.unplaced.load(Relaxed)),
-        ("floe_gateway_rpc_calls_total", "counter", "Calls sent to workers.", stats.calls.load(Relaxed) as i64),
-        ("floe_gateway_rpc_moved_total", "counter", "Calls a worker redirected (the shard was elsewhere).", stats.moved.load(Relaxed) as i64),
-        ("floe_gateway_rpc_bytes_total", "counter", "Request bytes sent to workers.", stats.bytes_out.load(Relaxed) as i64),
-        ("floe_cluster_live_workers", "gauge", "Workers whose beat is live in this gateway's view.", live.len() as i64),
+        (
+            "floe_gateway_unplaced_requests",
+            "gauge",
+            "Calls queued for a shard no worker holds yet.",
+            stats.unplaced.load(Relaxed),
+        ),
+        (
+            "floe_gateway_rpc_calls_total",
+            "counter",
+            "Calls sent to workers.",
+            stats.calls.load(Relaxed) as i64,
+        ),
+        (
+            "floe_gateway_rpc_moved_total",
+            "counter",
+            "Calls a worker redirected (the shard was elsewhere).",
+            stats.moved.load(Relaxed) as i64,
+        ),
+        (
+            "floe_gateway_rpc_bytes_total",
+            "counter",
+            "Request bytes sent to workers.",
+            stats.bytes_out.load(Relaxed) as i64,
+        ),
+        (
+            "floe_cluster_live_workers",
+            "gauge",
+            "Workers whose beat is live in this gateway's view.",
+            live.len() as i64,
+        ),
     ];
     for (name, kind, help, v) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
 }
 

@@ -308,7 +308,11 @@ pub fn status(view: &View) -> String {
             b.addr,
             state,
             age.as_secs_f64(),
-            if b.claims.is_empty() { "-".to_string() } else { b.claims.join(",") }
+            if b.claims.is_empty() {
+                "-".to_string()
+            } else {
+                b.claims.join(",")
+            }
         );
     }
     out

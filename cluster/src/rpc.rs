@@ -13,9 +13,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
-use floe_worker::{
-    quota, ConfigChange, Join, MemberRef, NewTopic, OffsetCommit, WorkerError,
-};
+use floe_worker::{quota, ConfigChange, Join, MemberRef, NewTopic, OffsetCommit, WorkerError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -281,11 +279,16 @@ mod tests {
             },
         };
         let frame = request(7, &req);
-        assert_eq!(u32::from_be_bytes(frame[..4].try_into().expect("4")) as usize, frame.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes(frame[..4].try_into().expect("4")) as usize,
+            frame.len() - 4
+        );
         let (id, back) = parse_request(frame.slice(4..)).expect("parses");
         assert_eq!(id, 7);
         assert_eq!(back.tenant, tenant);
-        assert!(matches!(back.call, Call::SwapInstance { new: Some(ref b), .. } if &b[..] == b"{}"));
+        assert!(
+            matches!(back.call, Call::SwapInstance { new: Some(ref b), .. } if &b[..] == b"{}")
+        );
 
         let ok: Result<(i64, i16), WorkerError> = Ok((5, 1));
         let (id, kind, body) = parse_answer(outcome(9, &ok).slice(4..)).expect("parses");
@@ -308,10 +311,13 @@ mod tests {
         }
         let mut frame = BytesMut::new();
         frame.put_u64(1);
-        encode(&mut frame, &Forged {
-            tenant: "../other",
-            call: "Topics",
-        });
+        encode(
+            &mut frame,
+            &Forged {
+                tenant: "../other",
+                call: "Topics",
+            },
+        );
         assert!(parse_request(frame.freeze()).is_err());
     }
 }

@@ -123,7 +123,10 @@ impl Node {
     }
 
     fn gate(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.changing).entry(tenant.clone()).or_default().clone()
+        lock(&self.changing)
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
     }
 
     /// Whether this worker may serve `tenant` now; if not, where to ask.
@@ -233,7 +236,9 @@ impl Node {
     async fn tend(&self) {
         if !self.lease_holds() && self.owned() > 0 {
             tracing::warn!("lease lapsed: dropping every shard");
-            let held: Vec<String> = std::mem::take(&mut *lock(&self.claims)).into_iter().collect();
+            let held: Vec<String> = std::mem::take(&mut *lock(&self.claims))
+                .into_iter()
+                .collect();
             for t in held {
                 if let Ok(t) = TenantId::new(&t) {
                     self.worker.forget(&t);
@@ -453,7 +458,10 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
             name,
             total,
             validate_only,
-        } => o(id, &w.create_partitions(t, &name, total, validate_only).await),
+        } => o(
+            id,
+            &w.create_partitions(t, &name, total, validate_only).await,
+        ),
         Call::AlterConfigs {
             name,
             change,
@@ -478,7 +486,8 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
             committed,
         } => o(
             id,
-            &w.list_offset(t, &topic, partition, timestamp, committed).await,
+            &w.list_offset(t, &topic, partition, timestamp, committed)
+                .await,
         ),
         Call::DeleteRecords {
             topic,
@@ -509,7 +518,8 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
             group,
         } => o(
             id,
-            &w.add_offsets_to_txn(t, &transactional_id, producer, &group).await,
+            &w.add_offsets_to_txn(t, &transactional_id, producer, &group)
+                .await,
         ),
         Call::TxnOffsetCommit {
             transactional_id,
@@ -544,7 +554,10 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
             group,
             partitions,
             require_stable,
-        } => o(id, &w.committed(t, &group, partitions, require_stable).await),
+        } => o(
+            id,
+            &w.committed(t, &group, partitions, require_stable).await,
+        ),
         Call::JoinGroup { group, join } => o(id, &w.join_group(t, &group, join).await),
         Call::SyncGroup {
             group,
@@ -566,9 +579,11 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
             expect,
             new,
         } => o(id, &w.swap_instance(t, &group, &name, expect, new).await),
-        Call::Produce { .. } | Call::Subscribe => {
-            rpc::answer(id, rpc::FAILED, &WorkerError::Unavailable("misrouted call".into()))
-        }
+        Call::Produce { .. } | Call::Subscribe => rpc::answer(
+            id,
+            rpc::FAILED,
+            &WorkerError::Unavailable("misrouted call".into()),
+        ),
     }
 }
 
@@ -577,15 +592,48 @@ pub fn render(node: &Node, out: &mut String) {
     use std::fmt::Write;
     let s = &node.stats;
     let series: [(&str, &str, &str, u64); 6] = [
-        ("floe_worker_shards_owned", "gauge", "Shards this worker holds the lease of (0: idle, can be scaled away).", node.owned() as u64),
-        ("floe_worker_rpc_requests_total", "counter", "Calls received from gateways.", s.requests.load(Relaxed)),
-        ("floe_worker_rpc_bytes_in_total", "counter", "Request bytes received from gateways.", s.bytes_in.load(Relaxed)),
-        ("floe_worker_rpc_moved_total", "counter", "Calls answered with where the shard is instead.", s.moved.load(Relaxed)),
-        ("floe_worker_shards_acquired_total", "counter", "Shards this worker took.", s.acquired.load(Relaxed)),
-        ("floe_worker_shards_released_total", "counter", "Shards this worker handed over.", s.released.load(Relaxed)),
+        (
+            "floe_worker_shards_owned",
+            "gauge",
+            "Shards this worker holds the lease of (0: idle, can be scaled away).",
+            node.owned() as u64,
+        ),
+        (
+            "floe_worker_rpc_requests_total",
+            "counter",
+            "Calls received from gateways.",
+            s.requests.load(Relaxed),
+        ),
+        (
+            "floe_worker_rpc_bytes_in_total",
+            "counter",
+            "Request bytes received from gateways.",
+            s.bytes_in.load(Relaxed),
+        ),
+        (
+            "floe_worker_rpc_moved_total",
+            "counter",
+            "Calls answered with where the shard is instead.",
+            s.moved.load(Relaxed),
+        ),
+        (
+            "floe_worker_shards_acquired_total",
+            "counter",
+            "Shards this worker took.",
+            s.acquired.load(Relaxed),
+        ),
+        (
+            "floe_worker_shards_released_total",
+            "counter",
+            "Shards this worker handed over.",
+            s.released.load(Relaxed),
+        ),
     ];
     for (name, kind, help, v) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
 }
 

@@ -13,7 +13,9 @@ use std::fmt;
 /// A tenant, resolved once at authentication. Only ASCII alphanumerics, `-` and
 /// `_` are accepted, so the id is always safe inside an object path.
 /// Deserialising checks the id too, so a peer cannot smuggle a path in.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 

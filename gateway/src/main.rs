@@ -358,7 +358,11 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     let registry = open_registry(&counted, &log, a.front.auth).await?;
     let log_stats = log.stats.clone();
     let worker = Arc::new(local_worker(&a.log, log, counted.clone(), &registry)?);
-    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log_stats, worker.totals()));
+    let metrics = Arc::new(Metrics::new(
+        counted.stats.clone(),
+        log_stats,
+        worker.totals(),
+    ));
     let front = Front::start(a.front, worker.clone(), registry.clone(), metrics).await?;
     tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe dev ready");
     shutdown_signal().await;
@@ -373,17 +377,24 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
 /// owns its tenant's shard.
 async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
     let (counted, url) = open_store(&a.store)?;
-    // The registry's log is written by the gateways (admin API); shard logs
-    // only by workers.
+    // The registry's log is written by whichever gateway changes it (admin
+    // API; they take turns through its fence) and followed by all.
     let log = LogConfig::default();
     let registry = open_registry(&counted, &log, a.front.auth).await?;
+    registry.follow(a.cluster.timing().refresh);
     let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
     let endpoint = floe_cluster::endpoint(a.cluster.quic_bind, None, identity.client()?)?;
     let view = floe_cluster::View::new(counted.clone(), a.cluster.timing());
-    view.refresh().await.context("listing the cluster's workers")?;
+    view.refresh()
+        .await
+        .context("listing the cluster's workers")?;
     view.spawn_refresh();
     let remote = Arc::new(floe_cluster::RemoteShards::new(endpoint, view.clone()));
-    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log.stats.clone(), Arc::default()));
+    let metrics = Arc::new(Metrics::new(
+        counted.stats.clone(),
+        log.stats.clone(),
+        Arc::default(),
+    ));
     let (stats, shown) = (remote.stats(), view.clone());
     let _ = metrics.extra.set(Box::new(move |out: &mut String| {
         floe_cluster::client::render(&stats, &shown, out)
@@ -403,7 +414,8 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let log = log_config(&a.log)?;
     let (counted, url) = open_store(&a.store)?;
     let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
-    let endpoint = floe_cluster::endpoint(a.rpc_listen, Some(identity.server()?), identity.client()?)?;
+    let endpoint =
+        floe_cluster::endpoint(a.rpc_listen, Some(identity.server()?), identity.client()?)?;
     let bound = endpoint.local_addr()?;
     let advertised = match a.advertised_rpc {
         Some(a) => a,
@@ -413,11 +425,14 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         None => bound,
     };
     let log_stats = log.stats.clone();
-    // Quotas are the gateways' registry's; a worker meters unlimited
-    // until the registry has a read path for workers.
-    let local = Arc::new(
-        LocalWorker::new(counted.clone(), worker_config(&a.log, log)?),
+    // Quotas come from the registry the gateways write.
+    let registry = Arc::new(
+        Registry::open(counted.clone(), log.clone())
+            .await
+            .context("reading the tenant registry")?,
     );
+    registry.follow(a.cluster.timing().refresh);
+    let local = Arc::new(local_worker(&a.log, log, counted.clone(), &registry)?);
     let node = floe_cluster::Node::start(
         local.clone(),
         counted.clone(),
@@ -427,7 +442,11 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     )
     .await
     .context("joining the cluster")?;
-    let metrics = Arc::new(Metrics::new(counted.stats.clone(), log_stats, local.totals()));
+    let metrics = Arc::new(Metrics::new(
+        counted.stats.clone(),
+        log_stats,
+        local.totals(),
+    ));
     let shown = node.clone();
     let _ = metrics.extra.set(Box::new(move |out: &mut String| {
         floe_cluster::server::render(&shown, out)
@@ -663,7 +682,9 @@ async fn cluster_status(a: StoreArgs) -> anyhow::Result<()> {
     let (counted, _) = open_store(&a)?;
     let timing = floe_cluster::Timing::default();
     let view = floe_cluster::View::new(counted, timing);
-    view.refresh().await.context("listing the cluster's workers")?;
+    view.refresh()
+        .await
+        .context("listing the cluster's workers")?;
     // A beat's age is unknown from one look; look again a lease later.
     tokio::time::sleep(timing.lease / 2).await;
     view.refresh().await?;

@@ -29,7 +29,7 @@ pub mod store;
 
 use bytes::Bytes;
 
-pub use log::{Appended, LogConfig, LogStats, Read, ShardLog, FENCE_WINDOW};
+pub use log::{Appended, Follower, LogConfig, LogStats, Read, ShardLog, FENCE_WINDOW};
 pub use producers::{AbortedTxn, Producer, ProducerState, Txn};
 pub use state::{BatchLoc, ObjId};
 

@@ -32,6 +32,8 @@ use crate::{Entry, Error, StreamId};
 mod cache;
 mod compact;
 mod flush;
+mod follow;
+pub use follow::Follower;
 mod open;
 mod put;
 mod read;

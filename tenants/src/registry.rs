@@ -12,7 +12,7 @@ use base64::Engine;
 use bytes::Bytes;
 use floe_common::TenantId;
 use floe_storage::log::now_ms;
-use floe_storage::{Entry, LogConfig, ShardLog};
+use floe_storage::{Entry, Follower, LogConfig, ShardLog};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::sync::watch;
@@ -62,6 +62,21 @@ struct Index {
 }
 
 impl Index {
+    fn of(log: &Follower) -> Self {
+        let mut index = Index::default();
+        for (_, v) in log.scan(PREFIX.as_bytes()) {
+            match serde_json::from_slice::<Tenant>(&v) {
+                Ok(t) => index.put(t),
+                Err(e) => tracing::warn!(error = %e, "unreadable tenant record; ignored"),
+            }
+        }
+        for (k, _) in log.scan(RETIRED.as_bytes()) {
+            let id = String::from_utf8_lossy(&k[RETIRED.len()..]).into_owned();
+            index.retired.insert(id);
+        }
+        index
+    }
+
     fn put(&mut self, t: Tenant) {
         self.remove(&t.id);
         for k in &t.keys {
@@ -80,10 +95,16 @@ impl Index {
 }
 
 pub struct Registry {
-    log: ShardLog,
+    store: Arc<dyn ObjectStore>,
+    cfg: LogConfig,
+    /// Changes go through the log, opened on the first one (fencing any other
+    /// writer: gateways take turns) and again after another process fenced
+    /// it. One change at a time: each reads the log's state, then appends.
+    writer: tokio::sync::Mutex<Option<ShardLog>>,
+    /// Reads come from the index, which follows the log's objects whoever
+    /// wrote them.
+    follower: tokio::sync::Mutex<Follower>,
     index: RwLock<Index>,
-    /// One change at a time: each reads a tenant, changes it, writes it.
-    writer: tokio::sync::Mutex<()>,
     /// Key → SHA-256 of a secret that verified, for PLAIN and HTTP basic.
     verified: Mutex<HashMap<String, digest::Digest>>,
     /// Bumped whenever a key or tenant goes: connections check theirs.
@@ -91,28 +112,61 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Opens the registry's log (fencing any other writer) and reads every
-    /// tenant back.
+    /// Reads every tenant back. Opening writes nothing: the log is opened
+    /// for writing only when something changes.
     pub async fn open(store: Arc<dyn ObjectStore>, cfg: LogConfig) -> Result<Self> {
-        let log = ShardLog::open(store, Path::from(LOG_PREFIX), cfg).await?;
-        let mut index = Index::default();
-        for (_, v) in log.scan(PREFIX.as_bytes()) {
-            match serde_json::from_slice::<Tenant>(&v) {
-                Ok(t) => index.put(t),
-                Err(e) => tracing::warn!(error = %e, "unreadable tenant record; ignored"),
-            }
-        }
-        for (k, _) in log.scan(RETIRED.as_bytes()) {
-            let id = String::from_utf8_lossy(&k[RETIRED.len()..]).into_owned();
-            index.retired.insert(id);
-        }
+        let follower = Follower::open(store.clone(), Path::from(LOG_PREFIX), cfg.clone()).await?;
+        let index = Index::of(&follower);
         Ok(Self {
-            log,
+            store,
+            cfg,
+            writer: tokio::sync::Mutex::new(None),
+            follower: tokio::sync::Mutex::new(follower),
             index: RwLock::new(index),
-            writer: tokio::sync::Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
             revoked: watch::Sender::new(0),
         })
+    }
+
+    /// Reads what other processes changed, every `every`, for as long as
+    /// the registry is in use.
+    pub fn follow(self: &Arc<Self>, every: std::time::Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(r) = me.upgrade() else { return };
+                if let Err(e) = r.refresh().await {
+                    tracing::warn!(error = %e, "reading the tenant registry");
+                }
+            }
+        });
+    }
+
+    /// Catches the index up with the log. Keys that are gone are forgotten
+    /// and connections told.
+    pub async fn refresh(&self) -> Result<()> {
+        let mut f = self.follower.lock().await;
+        if !f.poll().await? {
+            return Ok(());
+        }
+        let new = Index::of(&f);
+        let gone: Vec<String> = {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let gone = index
+                .keys
+                .keys()
+                .filter(|k| !new.keys.contains_key(*k))
+                .cloned()
+                .collect();
+            *index = new;
+            gone
+        };
+        if !gone.is_empty() {
+            self.forget_verified(gone.iter().map(String::as_str));
+            self.revoked.send_modify(|n| *n += 1);
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -140,23 +194,24 @@ impl Registry {
 
     pub async fn create(&self, id: &str, plan: Plan) -> Result<Tenant> {
         TenantId::new(id).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let _w = self.writer.lock().await;
-        if self.get(id).is_some() {
-            return Err(RegistryError::Exists(id.to_string()));
-        }
-        if self.is_retired(id) {
-            return Err(RegistryError::Retired(id.to_string()));
-        }
-        let t = Tenant {
-            id: id.to_string(),
-            plan,
-            quota: Quota::default(),
-            created_ms: now_ms(),
-            keys: Vec::new(),
-            acls: Vec::new(),
-        };
-        self.write(t.clone()).await?;
-        Ok(t)
+        self.change(|log| {
+            if tenant_in(log, id).is_some() {
+                return Err(RegistryError::Exists(id.to_string()));
+            }
+            if log.get(retired_key(id).as_ref()).is_some() {
+                return Err(RegistryError::Retired(id.to_string()));
+            }
+            let t = Tenant {
+                id: id.to_string(),
+                plan,
+                quota: Quota::default(),
+                created_ms: now_ms(),
+                keys: Vec::new(),
+                acls: Vec::new(),
+            };
+            Ok((vec![put_tenant(&t)], t))
+        })
+        .await
     }
 
     /// The tenant, created with `plan` if it does not exist.
@@ -165,88 +220,72 @@ impl Registry {
             return Ok(t);
         }
         match self.create(id, plan).await {
-            Err(RegistryError::Exists(_)) => self.get(id).ok_or(RegistryError::NotFound(id.into())),
+            Err(RegistryError::Exists(_)) => {
+                // Another process created it; this one's index may lag.
+                self.refresh().await?;
+                self.get(id).ok_or(RegistryError::NotFound(id.into()))
+            }
             other => other,
         }
     }
 
     /// Removes the tenant and its keys; connections using them are told.
     pub async fn delete(&self, id: &str) -> Result<()> {
-        let _w = self.writer.lock().await;
-        let old = self
-            .get(id)
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
-        let gone = Entry::Put {
-            key: key_of(id),
-            value: None,
-        };
-        let retired = Entry::Put {
-            key: Bytes::from(format!("{RETIRED}{id}")),
-            value: Some(Bytes::from(now_ms().to_string())),
-        };
-        self.log
-            .append(vec![gone, retired])
-            .await?
-            .durable()
-            .await?;
-        {
-            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-            index.remove(id);
-            index.retired.insert(id.to_string());
-        }
-        self.forget_verified(old.keys.iter().map(|k| k.id.as_str()));
-        self.revoked.send_modify(|n| *n += 1);
-        Ok(())
+        self.change(|log| {
+            tenant_in(log, id).ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+            let gone = Entry::Put {
+                key: key_of(id),
+                value: None,
+            };
+            let retired = Entry::Put {
+                key: retired_key(id),
+                value: Some(Bytes::from(now_ms().to_string())),
+            };
+            Ok((vec![gone, retired], ()))
+        })
+        .await
     }
 
     /// A new key: its id and secret, which is not kept and cannot be shown
     /// again.
     pub async fn create_key(&self, tenant: &str) -> Result<(String, String)> {
-        let _w = self.writer.lock().await;
-        let mut t = self
-            .get(tenant)
-            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
-        if t.keys.len() >= MAX_KEYS {
-            return Err(RegistryError::Invalid(format!(
-                "a tenant has at most {MAX_KEYS} keys"
-            )));
-        }
-        let id = format!("fk_{}", hex(&scram::random(12)));
-        let secret = URL_SAFE_NO_PAD.encode(scram::random(32));
-        t.keys.push(KeyRecord {
-            id: id.clone(),
-            created_ms: now_ms(),
-            scram_sha_256: Credential::new(Mechanism::ScramSha256, secret.as_bytes()),
-            scram_sha_512: Credential::new(Mechanism::ScramSha512, secret.as_bytes()),
-        });
-        self.write(t).await?;
-        Ok((id, secret))
+        self.update(tenant, |t| {
+            if t.keys.len() >= MAX_KEYS {
+                return Err(RegistryError::Invalid(format!(
+                    "a tenant has at most {MAX_KEYS} keys"
+                )));
+            }
+            let id = format!("fk_{}", hex(&scram::random(12)));
+            let secret = URL_SAFE_NO_PAD.encode(scram::random(32));
+            t.keys.push(KeyRecord {
+                id: id.clone(),
+                created_ms: now_ms(),
+                scram_sha_256: Credential::new(Mechanism::ScramSha256, secret.as_bytes()),
+                scram_sha_512: Credential::new(Mechanism::ScramSha512, secret.as_bytes()),
+            });
+            Ok((true, (id, secret)))
+        })
+        .await
     }
 
     pub async fn revoke_key(&self, tenant: &str, key: &str) -> Result<()> {
-        let _w = self.writer.lock().await;
-        let mut t = self
-            .get(tenant)
-            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
-        let before = t.keys.len();
-        t.keys.retain(|k| k.id != key);
-        if t.keys.len() == before {
-            return Err(RegistryError::KeyNotFound(key.to_string()));
-        }
-        self.write(t).await?;
-        self.forget_verified([key]);
-        self.revoked.send_modify(|n| *n += 1);
-        Ok(())
+        self.update(tenant, |t| {
+            let before = t.keys.len();
+            t.keys.retain(|k| k.id != key);
+            if t.keys.len() == before {
+                return Err(RegistryError::KeyNotFound(key.to_string()));
+            }
+            Ok((true, ()))
+        })
+        .await
     }
 
     pub async fn set_quota(&self, tenant: &str, quota: Quota) -> Result<Tenant> {
-        let _w = self.writer.lock().await;
-        let mut t = self
-            .get(tenant)
-            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
-        t.quota = quota;
-        self.write(t.clone()).await?;
-        Ok(t)
+        self.update(tenant, |t| {
+            t.quota = quota.clone();
+            Ok((true, t.clone()))
+        })
+        .await
     }
 
     /// The bindings restricting `key` of `tenant`: `None` when none names
@@ -274,38 +313,33 @@ impl Registry {
 
     /// Adds bindings (one already there is not added twice).
     pub async fn create_acls(&self, tenant: &str, new: Vec<Acl>) -> Result<()> {
-        let _w = self.writer.lock().await;
-        let mut t = self
-            .get(tenant)
-            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
-        for a in new {
-            if !t.acls.contains(&a) {
-                t.acls.push(a);
+        self.update(tenant, |t| {
+            for a in &new {
+                if !t.acls.contains(a) {
+                    t.acls.push(a.clone());
+                }
             }
-        }
-        if t.acls.len() > MAX_ACLS {
-            return Err(RegistryError::Invalid(format!(
-                "a tenant has at most {MAX_ACLS} ACL bindings"
-            )));
-        }
-        self.write(t).await
+            if t.acls.len() > MAX_ACLS {
+                return Err(RegistryError::Invalid(format!(
+                    "a tenant has at most {MAX_ACLS} ACL bindings"
+                )));
+            }
+            Ok((true, ()))
+        })
+        .await
     }
 
     /// Removes the bindings each filter matches: what each one removed.
     pub async fn delete_acls(&self, tenant: &str, filters: &[AclFilter]) -> Result<Vec<Vec<Acl>>> {
-        let _w = self.writer.lock().await;
-        let mut t = self
-            .get(tenant)
-            .ok_or_else(|| RegistryError::NotFound(tenant.to_string()))?;
-        let removed: Vec<Vec<Acl>> = filters
-            .iter()
-            .map(|f| t.acls.iter().filter(|a| f.matches(a)).cloned().collect())
-            .collect();
-        t.acls.retain(|a| !filters.iter().any(|f| f.matches(a)));
-        if removed.iter().any(|r| !r.is_empty()) {
-            self.write(t).await?;
-        }
-        Ok(removed)
+        self.update(tenant, |t| {
+            let removed: Vec<Vec<Acl>> = filters
+                .iter()
+                .map(|f| t.acls.iter().filter(|a| f.matches(a)).cloned().collect())
+                .collect();
+            t.acls.retain(|a| !filters.iter().any(|f| f.matches(a)));
+            Ok((removed.iter().any(|r| !r.is_empty()), removed))
+        })
+        .await
     }
 
     /// The tenant a key belongs to, while the key exists.
@@ -357,18 +391,88 @@ impl Registry {
     }
 
     pub async fn close(&self) -> Result<()> {
-        Ok(self.log.close().await?)
+        let Some(log) = self.writer.lock().await.take() else {
+            return Ok(());
+        };
+        match log.close().await {
+            // Another process writes it now: nothing of ours is pending.
+            Err(floe_storage::Error::Fenced) => Ok(()),
+            res => Ok(res?),
+        }
     }
 
-    async fn write(&self, t: Tenant) -> Result<()> {
-        let value = serde_json::to_vec(&t).expect("a tenant serializes");
-        let entry = Entry::Put {
-            key: key_of(&t.id),
-            value: Some(Bytes::from(value)),
-        };
-        self.log.append(vec![entry]).await?.durable().await?;
-        self.index.write().unwrap_or_else(|p| p.into_inner()).put(t);
-        Ok(())
+    /// Changes one tenant: `f` edits it as the log has it, and says
+    /// whether it changed anything and what to return.
+    async fn update<T>(
+        &self,
+        id: &str,
+        mut f: impl FnMut(&mut Tenant) -> Result<(bool, T)>,
+    ) -> Result<T> {
+        self.change(|log| {
+            let mut t =
+                tenant_in(log, id).ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+            let (changed, out) = f(&mut t)?;
+            let entries = if changed {
+                vec![put_tenant(&t)]
+            } else {
+                Vec::new()
+            };
+            Ok((entries, out))
+        })
+        .await
+    }
+
+    /// One change: `f` reads the log's state (never the index, which may
+    /// lag) and returns the entries to append. A change another process
+    /// fenced is tried again on the log reopened, so it never commits on a
+    /// stale read; once durable, the index is caught up (read your writes).
+    async fn change<T>(
+        &self,
+        mut f: impl FnMut(&ShardLog) -> Result<(Vec<Entry>, T)>,
+    ) -> Result<T> {
+        let mut writer = self.writer.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let log = match writer.as_ref() {
+                Some(log) if log.failed().is_none() => log.clone(),
+                _ => {
+                    let log = ShardLog::open(
+                        self.store.clone(),
+                        Path::from(LOG_PREFIX),
+                        self.cfg.clone(),
+                    )
+                    .await?;
+                    *writer = Some(log.clone());
+                    log
+                }
+            };
+            let res = async {
+                // Another gateway may have written since this one did.
+                log.check_owner().await?;
+                let (entries, out) = f(&log)?;
+                if !entries.is_empty() {
+                    log.append(entries).await?.durable().await?;
+                }
+                Ok(out)
+            }
+            .await;
+            match res {
+                // Abandoned, the log is reopened on the next turn.
+                Err(RegistryError::Storage(floe_storage::Error::Fenced)) if attempt < 3 => {
+                    log.abandon()
+                }
+                res => {
+                    // The log may have shown more than the index has: catch up
+                    // whatever the outcome.
+                    drop(writer);
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(error = %e, "reading the tenant registry back");
+                    }
+                    return res;
+                }
+            }
+        }
     }
 
     fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, digest::Digest>> {
@@ -385,6 +489,30 @@ impl Registry {
 
 fn key_of(id: &str) -> Bytes {
     Bytes::from(format!("{PREFIX}{id}"))
+}
+
+fn retired_key(id: &str) -> Bytes {
+    Bytes::from(format!("{RETIRED}{id}"))
+}
+
+/// A tenant as the log has it.
+fn tenant_in(log: &ShardLog, id: &str) -> Option<Tenant> {
+    let v = log.get(&key_of(id))?;
+    match serde_json::from_slice(&v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, tenant = id, "unreadable tenant record");
+            None
+        }
+    }
+}
+
+fn put_tenant(t: &Tenant) -> Entry {
+    let value = serde_json::to_vec(t).expect("a tenant serializes");
+    Entry::Put {
+        key: key_of(&t.id),
+        value: Some(Bytes::from(value)),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -448,5 +576,55 @@ mod tests {
         ));
         r.delete("acme").await.expect("deleted");
         assert!(r.get("acme").is_none());
+    }
+
+    #[tokio::test]
+    async fn processes_sharing_a_registry_take_turns_writing_and_see_each_other() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let a = open(store.clone()).await;
+        let b = open(store.clone()).await;
+        a.create("acme", Plan::Free).await.expect("created by a");
+        assert!(b.get("acme").is_none(), "b has not looked yet");
+        b.refresh().await.expect("b reads");
+        assert!(b.get("acme").is_some());
+
+        // b writes next, fencing a's log; a's next change reads the log
+        // afresh, so b's change is kept, not overwritten from a stale read.
+        let (key, secret) = b.create_key("acme").await.expect("key by b");
+        let quota = Quota {
+            produce_bytes_per_sec: Some(7),
+            ..Quota::default()
+        };
+        a.set_quota("acme", quota).await.expect("quota by a");
+        b.refresh().await.expect("b reads");
+        let t = b.get("acme").expect("there");
+        assert_eq!(t.quota.produce_bytes_per_sec, Some(7));
+        assert_eq!(t.keys.len(), 1, "b's key survived a's change");
+        assert!(
+            a.verify_secret(&key, secret.as_bytes()).is_some(),
+            "a read it back"
+        );
+
+        // A revocation elsewhere reaches a's connections at its next read.
+        let revoked = a.revocations();
+        b.revoke_key("acme", &key).await.expect("revoked by b");
+        a.refresh().await.expect("a reads");
+        assert!(revoked.has_changed().expect("open"));
+        assert!(
+            a.verify_secret(&key, secret.as_bytes()).is_none(),
+            "a forgot the cached secret"
+        );
+        assert!(matches!(
+            a.create("acme", Plan::Free).await,
+            Err(RegistryError::Exists(_))
+        ));
+        b.delete("acme").await.expect("deleted by b");
+        assert!(matches!(
+            a.create("acme", Plan::Free).await,
+            Err(RegistryError::Retired(_))
+        ));
+        assert!(a.get("acme").is_none() && a.is_retired("acme"));
+        a.close().await.expect("closed");
+        b.close().await.expect("closed");
     }
 }

@@ -81,7 +81,11 @@ fn producer(bootstrap: &str) -> FutureProducer {
         .expect("producer")
 }
 
-async fn send(p: &FutureProducer, value: String, out: &mut Vec<(String, tokio::task::JoinHandle<(i32, i64)>)>) {
+async fn send(
+    p: &FutureProducer,
+    value: String,
+    out: &mut Vec<(String, tokio::task::JoinHandle<(i32, i64)>)>,
+) {
     let p = p.clone();
     let v = value.clone();
     out.push((
@@ -185,7 +189,10 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     c.add_worker();
     let (v, h) = cold.remove(0);
     let at = h.await.expect("delivery task");
-    eprintln!("cold start (worker start to first ack): {:?}", started.elapsed());
+    eprintln!(
+        "cold start (worker start to first ack): {:?}",
+        started.elapsed()
+    );
     acked.insert(v, at);
     drop(p);
 
@@ -209,7 +216,8 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
             assert!(
-                seen.insert((m.partition(), m.offset()), v.clone()).is_none(),
+                seen.insert((m.partition(), m.offset()), v.clone())
+                    .is_none(),
                 "offset {}/{} read twice",
                 m.partition(),
                 m.offset()
@@ -221,7 +229,11 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
         assert_eq!(seen.get(at), Some(v), "acked {v} at {at:?}");
         assert_eq!(copies.get(v), Some(&1), "{v} is present once");
     }
-    assert_eq!(seen.len(), acked.len(), "nothing unacked or duplicated shows up");
+    assert_eq!(
+        seen.len(),
+        acked.len(),
+        "nothing unacked or duplicated shows up"
+    );
     drop(a);
     drop(b);
 }

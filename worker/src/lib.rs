@@ -200,7 +200,11 @@ pub struct Produced {
 }
 
 impl Accepted {
-    fn local(produced: Produced, appended: Appended, counted: (Arc<Totals>, TenantId, Counts)) -> Self {
+    fn local(
+        produced: Produced,
+        appended: Appended,
+        counted: (Arc<Totals>, TenantId, Counts),
+    ) -> Self {
         Self(Pending::Local {
             produced,
             appended,

@@ -28,9 +28,8 @@ mod txn;
 pub mod usage;
 
 use crate::{
-    Accepted, ConfigChange, NewTopic, OffsetCommit, ProducerInfo, Produced, Result, Shards,
-    UsageWindow,
-    WorkerError,
+    Accepted, ConfigChange, NewTopic, OffsetCommit, Produced, ProducerInfo, Result, Shards,
+    UsageWindow, WorkerError,
 };
 
 #[derive(Debug, Clone)]

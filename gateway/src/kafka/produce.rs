@@ -87,17 +87,15 @@ async fn finish<W>(gw: &Cx<W>, index: i32, outcome: Outcome) -> PartitionProduce
             .with_error_code(code)
             .with_base_offset(-1)
             .with_error_message(msg),
-        Outcome::Accepted(a, bytes, count) => {
-            match a.durable().await {
-                Ok(p) => {
-                    gw.metrics.produced_bytes.fetch_add(bytes, Relaxed);
-                    gw.metrics.produced_batches.fetch_add(count, Relaxed);
-                    resp.with_base_offset(p.base_offset)
-                        .with_log_start_offset(p.log_start)
-                }
-                Err(e) => failed(resp, &e),
+        Outcome::Accepted(a, bytes, count) => match a.durable().await {
+            Ok(p) => {
+                gw.metrics.produced_bytes.fetch_add(bytes, Relaxed);
+                gw.metrics.produced_batches.fetch_add(count, Relaxed);
+                resp.with_base_offset(p.base_offset)
+                    .with_log_start_offset(p.log_start)
             }
-        }
+            Err(e) => failed(resp, &e),
+        },
     }
 }
 

@@ -124,7 +124,7 @@ pub(super) async fn open(
 
 /// Applies a valid WAL object. Entries were checked when appended; replay
 /// re-checks what would corrupt the state if an object were damaged.
-fn replay(
+pub(super) fn replay(
     state: &mut State,
     tail: &mut Vec<(StreamId, i64, Bytes)>,
     obj: &format::WalObject,
@@ -187,7 +187,7 @@ async fn claim_epoch(
 /// an older checkpoint could replay into a hole. (LIST must show every
 /// completed checkpoint, as S3, GCS, Azure and file systems do; sweeping
 /// relies on it, see `compact.rs`.)
-async fn latest_checkpoint(
+pub(super) async fn latest_checkpoint(
     store: &dyn ObjectStore,
     prefix: &Path,
     cfg: &LogConfig,
@@ -259,7 +259,7 @@ fn unavailable(e: object_store::Error) -> Error {
     Error::Unavailable(e.to_string())
 }
 
-fn corrupt(path: &Path, e: format::Corrupt) -> Error {
+pub(super) fn corrupt(path: &Path, e: format::Corrupt) -> Error {
     Error::Corrupt {
         path: path.to_string(),
         why: e.to_string(),
