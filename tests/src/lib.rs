@@ -166,6 +166,17 @@ impl Floe {
         c.wait().expect("wait for floe")
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(c.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{sig}");
+    }
+
     pub fn restart(&mut self) {
         if self.child.is_some() {
             self.stop();

@@ -1,9 +1,13 @@
 //! Cluster mode on a real S3-compatible server (SeaweedFS): two gateways,
-//! three workers, each its own process. The shard's owner is killed with
-//! kill -9 twenty times under an idempotent producer's load, then every
-//! worker is stopped and the cluster scales back from zero. Checked on the
-//! history: every acknowledged record is present exactly once, at its
-//! acknowledged offset, read through the other gateway.
+//! three workers, each its own process.
+//! - The shard's owner is killed with kill -9 twenty times under an
+//!   idempotent producer's load, then every worker is stopped and the
+//!   cluster scales back from zero.
+//! - The owner is paused (SIGSTOP) under load until another worker has taken
+//!   the shard, then resumed: the zombie must change nothing.
+//! Checked on the history: every acknowledged record is present exactly
+//! once, at its acknowledged offset, read through the other gateway; in the
+//! zombie test each offset also reads as the same bytes through both.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -103,10 +107,10 @@ async fn send(
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
+/// The S3 server, three workers, and gateways a and b.
+fn launch(name: &str) -> (S3Server, Cluster, Floe, Floe) {
     let s3 = S3Server::start("floe").unwrap_or_else(|e| panic!("S3 server: {e}"));
-    let dir = temp_dir("cluster");
+    let dir = temp_dir(name);
     let certs = dir.join("certs");
     init_certs(&certs);
     let mut c = Cluster {
@@ -131,7 +135,80 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     let gw_args = ["--default-partitions", "4", "--admin-token", "t"];
     let a = c.start("gateway", "gateway-a", &gw_args);
     let b = c.start("gateway", "gateway-b", &gw_args);
+    (s3, c, a, b)
+}
 
+/// Every record of `orders` through `bootstrap`, by (partition, offset),
+/// once at least `want` are in; no offset may be read twice.
+fn read_all(bootstrap: &str, want: usize) -> HashMap<(i32, i64), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "checker")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..PARTITIONS {
+        tpl.add_partition_offset("orders", part, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut seen: HashMap<(i32, i64), String> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    // Past `want`, read on until a second passes with nothing new: a
+    // duplicate or unacked record at the end must show too.
+    let mut quiet_since = None::<Instant>;
+    while Instant::now() < deadline {
+        if seen.len() >= want
+            && quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
+        {
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            quiet_since = None;
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+            assert!(
+                seen.insert((m.partition(), m.offset()), v).is_none(),
+                "offset {}/{} read twice",
+                m.partition(),
+                m.offset()
+            );
+        }
+    }
+    seen
+}
+
+/// Every acked record present once, at its acked offset, and nothing else.
+fn check_history(acked: &HashMap<String, (i32, i64)>, seen: &HashMap<(i32, i64), String>) {
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for v in seen.values() {
+        *copies.entry(v.as_str()).or_default() += 1;
+    }
+    for (v, at) in acked {
+        assert_eq!(seen.get(at), Some(v), "acked {v} at {at:?}");
+        assert_eq!(copies.get(v.as_str()), Some(&1), "{v} is present once");
+    }
+    assert_eq!(
+        seen.len(),
+        acked.len(),
+        "nothing unacked or duplicated shows up"
+    );
+}
+
+/// Waits for the acks of `sent`: value → (partition, offset).
+async fn acks(
+    sent: Vec<(String, tokio::task::JoinHandle<(i32, i64)>)>,
+    acked: &mut HashMap<String, (i32, i64)>,
+) {
+    for (v, h) in sent {
+        let at = h.await.expect("delivery task");
+        assert!(acked.insert(v, at).is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
+    let (_s3, mut c, a, b) = launch("cluster");
     let p = producer(&a.bootstrap());
     let mut sent = Vec::new();
     let mut failovers = Vec::new();
@@ -164,10 +241,7 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
         sent.extend(after);
     }
     let mut acked: HashMap<String, (i32, i64)> = firsts.into_iter().collect();
-    for (v, h) in sent {
-        let at = h.await.expect("delivery task");
-        assert!(acked.insert(v, at).is_none());
-    }
+    acks(sent, &mut acked).await;
     failovers.sort();
     eprintln!(
         "failover (kill -9 to first ack), {ROUNDS} rounds: median {:?}, max {:?}",
@@ -197,43 +271,66 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     drop(p);
 
     // Everything, through the other gateway.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", "checker")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..PARTITIONS {
-        tpl.add_partition_offset("orders", part, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut seen: HashMap<(i32, i64), String> = HashMap::new();
-    let mut copies: HashMap<String, usize> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while seen.len() < acked.len() && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
-            assert!(
-                seen.insert((m.partition(), m.offset()), v.clone())
-                    .is_none(),
-                "offset {}/{} read twice",
-                m.partition(),
-                m.offset()
-            );
-            *copies.entry(v).or_default() += 1;
-        }
-    }
-    for (v, at) in &acked {
-        assert_eq!(seen.get(at), Some(v), "acked {v} at {at:?}");
-        assert_eq!(copies.get(v), Some(&1), "{v} is present once");
-    }
-    assert_eq!(
-        seen.len(),
-        acked.len(),
-        "nothing unacked or duplicated shows up"
-    );
+    check_history(&acked, &read_all(&b.bootstrap(), acked.len()));
     drop(a);
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_that_wakes_after_losing_its_lease_changes_nothing() {
+    let (_s3, mut c, a, b) = launch("zombie");
+    let p = producer(&a.bootstrap());
+    let mut acked = HashMap::new();
+    let mut sent = Vec::new();
+    for i in 0..PER_ROUND {
+        send(&p, format!("before-{i}"), &mut sent).await;
+    }
+    acks(std::mem::take(&mut sent), &mut acked).await;
+    let owner = c.owner().expect("a worker owns the shard");
+
+    // Pause the owner under load; the records keep coming and another
+    // worker takes the shard once the lease is gone.
+    let mut paused = c.workers.remove(owner);
+    for i in 0..PER_ROUND {
+        send(&p, format!("during-{i}"), &mut sent).await;
+        if i == PER_ROUND / 4 {
+            paused.signal("STOP");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    acks(std::mem::take(&mut sent), &mut acked).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.owner().is_none() {
+        assert!(Instant::now() < deadline, "no worker took the shard over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Wake the zombie while the new owner writes: whatever it had pending
+    // fails at its next create; it gives the shard up and keeps running.
+    paused.signal("CONT");
+    for i in 0..PER_ROUND {
+        send(&p, format!("after-{i}"), &mut sent).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    acks(sent, &mut acked).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = paused.http_get("/metrics").unwrap_or_default();
+        if m.contains("\nfloe_worker_shards_owned 0\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the zombie still owns the shard:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(paused.is_running(), "the zombie carried on");
+    drop(p);
+
+    // The same history, and the same bytes at every offset, through both.
+    let via_a = read_all(&a.bootstrap(), acked.len());
+    let via_b = read_all(&b.bootstrap(), acked.len());
+    check_history(&acked, &via_a);
+    assert_eq!(via_a, via_b, "each offset is one set of bytes across reads");
 }
