@@ -185,7 +185,12 @@ fn check_history(acked: &HashMap<String, (i32, i64)>, seen: &HashMap<(i32, i64),
         *copies.entry(v.as_str()).or_default() += 1;
     }
     for (v, at) in acked {
-        assert_eq!(seen.get(at), Some(v), "acked {v} at {at:?}");
+        // librdkafka acks a batch whose answer was lost with no offset
+        // (-1001) when a later batch of its idempotent producer succeeds:
+        // such a record must still be present exactly once.
+        if at.1 >= 0 {
+            assert_eq!(seen.get(at), Some(v), "acked {v} at {at:?}");
+        }
         assert_eq!(copies.get(v.as_str()), Some(&1), "{v} is present once");
     }
     assert_eq!(
