@@ -265,6 +265,14 @@ pub struct Read {
     pub aborted: Vec<AbortedTxn>,
 }
 
+/// Copies of the metadata keys and values under `prefix`.
+fn scan_kv(kv: &BTreeMap<Bytes, Bytes>, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
+    kv_from(kv, prefix)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Metadata keys from `from` on, in order.
 fn kv_from<'a>(
     kv: &'a BTreeMap<Bytes, Bytes>,
@@ -584,11 +592,7 @@ impl ShardLog {
 
     /// Durable metadata keys and values under a prefix.
     pub fn scan(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
-        let core = self.inner.lock();
-        kv_from(&core.durable.kv, prefix)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        scan_kv(&self.inner.lock().durable.kv, prefix)
     }
 
     /// Whether any durable metadata key starts with `prefix` (one lookup,

@@ -22,8 +22,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::time::Instant;
 
-use super::{kv_from, open, put, wal_path, LogConfig};
-use crate::format;
+use super::{open, put, scan_kv, wal_path, LogConfig};
 use crate::state::State;
 use crate::Error;
 
@@ -84,10 +83,7 @@ impl Follower {
 
     /// The key-value entries under `prefix`, as of the last poll.
     pub fn scan(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
-        kv_from(&self.state.kv, prefix)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        scan_kv(&self.state.kv, prefix)
     }
 
     /// The next seq this follower reads: everything below it is applied.
@@ -117,21 +113,15 @@ impl Follower {
             let Some(bytes) = put::get(&*self.store, &path, self.cfg.put_timeout).await? else {
                 return Ok(changed);
             };
-            let obj = format::decode_wal(bytes).map_err(|e| open::corrupt(&path, e))?;
-            if obj.seq != self.next {
-                return Err(open::corrupt(
-                    &path,
-                    format::Corrupt("object names another seq"),
-                ));
-            }
-            if obj.tombstone {
-                self.fence_epoch = self.fence_epoch.max(obj.writer.epoch);
-                self.state.note_tombstone(obj.writer.epoch, obj.seq);
-            } else if obj.writer.epoch >= self.fence_epoch {
-                open::replay(&mut self.state, &mut Vec::new(), &obj, 0)
-                    .map_err(|e| open::corrupt(&path, e))?;
-                changed = true;
-            }
+            let obj = open::decode_at(&path, bytes, self.next)?;
+            changed |= open::apply(
+                &mut self.state,
+                &mut self.fence_epoch,
+                &mut Vec::new(),
+                &obj,
+                0,
+            )
+            .map_err(|e| open::corrupt(&path, e))?;
             self.next += 1;
         }
     }
@@ -140,7 +130,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Entry, ShardLog};
+    use crate::{format, Entry, ShardLog};
     use object_store::ObjectStoreExt;
 
     fn put(k: &str, v: &str) -> Entry {

@@ -64,20 +64,18 @@ pub(super) async fn open(
         match put::create_or_read(&**store, &path, tomb, writer, cfg).await? {
             Created::Ours => break,
             Created::Theirs(bytes) => {
-                let obj = format::decode_wal(bytes).map_err(|e| corrupt(&path, e))?;
-                if obj.seq != seq {
-                    return Err(corrupt(&path, format::Corrupt("object names another seq")));
-                }
+                let obj = decode_at(&path, bytes, seq)?;
                 if obj.writer.epoch > writer.epoch {
                     return Err(Error::Fenced);
                 }
-                if obj.tombstone {
-                    fence_epoch = fence_epoch.max(obj.writer.epoch);
-                    state.note_tombstone(obj.writer.epoch, seq);
-                } else if obj.writer.epoch >= fence_epoch {
-                    replay(&mut state, &mut tail, &obj, cfg.tail_bytes)
-                        .map_err(|e| corrupt(&path, e))?;
-                }
+                apply(
+                    &mut state,
+                    &mut fence_epoch,
+                    &mut tail,
+                    &obj,
+                    cfg.tail_bytes,
+                )
+                .map_err(|e| corrupt(&path, e))?;
                 seq += 1;
             }
         }
@@ -122,9 +120,40 @@ pub(super) async fn open(
     })
 }
 
+/// The WAL object read at `seq`.
+pub(super) fn decode_at(path: &Path, bytes: Bytes, seq: u64) -> Result<format::WalObject, Error> {
+    let obj = format::decode_wal(bytes).map_err(|e| corrupt(path, e))?;
+    if obj.seq != seq {
+        return Err(corrupt(path, format::Corrupt("object names another seq")));
+    }
+    Ok(obj)
+}
+
+/// Applies the next WAL object by the validity rules: a tombstone raises
+/// the fence epoch; a data object counts only if its epoch is at least the
+/// fence epoch so far. Whether it was data that counted.
+pub(super) fn apply(
+    state: &mut State,
+    fence_epoch: &mut u64,
+    tail: &mut Vec<(StreamId, i64, Bytes)>,
+    obj: &format::WalObject,
+    tail_bytes: usize,
+) -> Result<bool, format::Corrupt> {
+    if obj.tombstone {
+        *fence_epoch = (*fence_epoch).max(obj.writer.epoch);
+        state.note_tombstone(obj.writer.epoch, obj.seq);
+        return Ok(false);
+    }
+    if obj.writer.epoch < *fence_epoch {
+        return Ok(false);
+    }
+    replay(state, tail, obj, tail_bytes)?;
+    Ok(true)
+}
+
 /// Applies a valid WAL object. Entries were checked when appended; replay
 /// re-checks what would corrupt the state if an object were damaged.
-pub(super) fn replay(
+fn replay(
     state: &mut State,
     tail: &mut Vec<(StreamId, i64, Bytes)>,
     obj: &format::WalObject,
