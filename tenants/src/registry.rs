@@ -65,9 +65,8 @@ impl Index {
     fn of(log: &Follower) -> Self {
         let mut index = Index::default();
         for (_, v) in log.scan(PREFIX.as_bytes()) {
-            match serde_json::from_slice::<Tenant>(&v) {
-                Ok(t) => index.put(t),
-                Err(e) => tracing::warn!(error = %e, "unreadable tenant record; ignored"),
+            if let Some(t) = decode(&v) {
+                index.put(t);
             }
         }
         for (k, _) in log.scan(RETIRED.as_bytes()) {
@@ -78,19 +77,10 @@ impl Index {
     }
 
     fn put(&mut self, t: Tenant) {
-        self.remove(&t.id);
         for k in &t.keys {
             self.keys.insert(k.id.clone(), t.id.clone());
         }
         self.tenants.insert(t.id.clone(), t);
-    }
-
-    fn remove(&mut self, id: &str) -> Option<Tenant> {
-        let old = self.tenants.remove(id)?;
-        for k in &old.keys {
-            self.keys.remove(&k.id);
-        }
-        Some(old)
     }
 }
 
@@ -497,14 +487,13 @@ fn retired_key(id: &str) -> Bytes {
 
 /// A tenant as the log has it.
 fn tenant_in(log: &ShardLog, id: &str) -> Option<Tenant> {
-    let v = log.get(&key_of(id))?;
-    match serde_json::from_slice(&v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!(error = %e, tenant = id, "unreadable tenant record");
-            None
-        }
-    }
+    decode(&log.get(&key_of(id))?)
+}
+
+fn decode(v: &[u8]) -> Option<Tenant> {
+    serde_json::from_slice(v)
+        .map_err(|e| tracing::warn!(error = %e, "unreadable tenant record; ignored"))
+        .ok()
 }
 
 fn put_tenant(t: &Tenant) -> Entry {
