@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::lock;
 use crate::members::View;
 use crate::rpc::{self, Call, Moved, Request};
 use crate::tls::SERVER_NAME;
@@ -826,7 +827,6 @@ impl Shards for RemoteShards {
 
 /// The gateway's cluster series for `/metrics`.
 pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
-    use std::fmt::Write;
     let live = view.live();
     let series: [(&str, &str, &str, i64); 5] = [
         (
@@ -861,13 +861,6 @@ pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
         ),
     ];
     for (name, kind, help, v) in series {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-        );
+        crate::series(out, name, kind, help, v);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -22,6 +22,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::lock;
 use crate::members::{self, Beat, View};
 use crate::rpc::{self, Call, Moved, Request};
 
@@ -589,7 +590,6 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
 
 /// The worker's series for `/metrics`: what an autoscaler needs.
 pub fn render(node: &Node, out: &mut String) {
-    use std::fmt::Write;
     let s = &node.stats;
     let series: [(&str, &str, &str, u64); 6] = [
         (
@@ -630,13 +630,6 @@ pub fn render(node: &Node, out: &mut String) {
         ),
     ];
     for (name, kind, help, v) in series {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-        );
+        crate::series(out, name, kind, help, v);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
