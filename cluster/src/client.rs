@@ -25,10 +25,12 @@ use floe_worker::{
     Joined, MemberRef, NewTopic, OffsetCommit, Produced, ProducerInfo, Read, Result, Shards,
     TopicMeta, TxnMeta, UsageWindow, WorkerError,
 };
+use object_store::ObjectStore;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::idle::Idle;
 use crate::lock;
 use crate::members::View;
 use crate::rpc::{self, Call, Moved, Request};
@@ -49,10 +51,13 @@ pub struct ClientStats {
     pub calls: AtomicU64,
     pub moved: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Calls answered from what an idle shard published, without loading it.
+    pub idle_answers: AtomicU64,
 }
 
 pub struct RemoteShards {
     inner: Arc<Inner>,
+    idle: Arc<Idle>,
 }
 
 struct Inner {
@@ -107,8 +112,11 @@ impl Out {
 }
 
 impl RemoteShards {
-    pub fn new(endpoint: quinn::Endpoint, view: Arc<View>) -> Self {
+    /// `store` holds what idle shards published.
+    pub fn new(endpoint: quinn::Endpoint, view: Arc<View>, store: Arc<dyn ObjectStore>) -> Self {
+        let stats = Arc::<ClientStats>::default();
         Self {
+            idle: Idle::new(store, view.clone(), stats.clone()),
             inner: Arc::new(Inner {
                 endpoint,
                 view,
@@ -116,7 +124,7 @@ impl RemoteShards {
                 lanes: Mutex::new(HashMap::new()),
                 watches: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                stats: Arc::default(),
+                stats,
             }),
         }
     }
@@ -147,6 +155,7 @@ impl RemoteShards {
     /// Queues a call on its tenant's lane. Callers are served in the order
     /// they first poll this (the lane's byte budget is a fair semaphore).
     async fn send(&self, tenant: &TenantId, call: Call, reply: Reply) -> Result<()> {
+        self.idle.forget(tenant);
         let id = self.inner.next_id.fetch_add(1, Relaxed);
         let frame = rpc::request(
             id,
@@ -395,6 +404,14 @@ async fn pump(
                         if let Some(o) = due.remove(&id) {
                             stats.moved.fetch_add(1, Relaxed);
                             let to = rmp_serde::from_slice::<Moved>(&value).ok().and_then(|m| m.addr);
+                            // The worker let the shard go: a subscription ends
+                            // (its long-polls wake and read again; the next
+                            // subscribe starts another) rather than load the
+                            // shard elsewhere: it may have gone idle.
+                            if let (None, Reply::Watch(w)) = (&to, &o.reply) {
+                                w.send_modify(|n| *n += 1);
+                                continue;
+                            }
                             moved_to.get_or_insert(to);
                             moved.push(o);
                         }
@@ -448,6 +465,9 @@ async fn pump(
 
 impl Shards for RemoteShards {
     async fn topics(&self, tenant: &TenantId) -> Result<Vec<TopicMeta>> {
+        if let Some(p) = self.idle.published(tenant).await {
+            return Ok(p.topics.clone());
+        }
         self.call(tenant, Call::Topics).await
     }
 
@@ -516,6 +536,12 @@ impl Shards for RemoteShards {
         min_one: bool,
         committed: bool,
     ) -> Result<Read> {
+        // At the end of an idle partition: nothing to read, no need to load.
+        if let Some(p) = self.idle.published(tenant).await {
+            if let Some(r) = p.fetch_at_end(topic, partition, offset, committed) {
+                return Ok(r);
+            }
+        }
         let call = Call::Fetch {
             topic: topic.into(),
             partition,
@@ -535,6 +561,11 @@ impl Shards for RemoteShards {
         timestamp: i64,
         committed: bool,
     ) -> Result<(i64, i64)> {
+        if let Some(p) = self.idle.published(tenant).await {
+            if let Some(r) = p.list_offset(topic, partition, timestamp, committed) {
+                return Ok(r);
+            }
+        }
         let call = Call::ListOffset {
             topic: topic.into(),
             partition,
@@ -656,6 +687,10 @@ impl Shards for RemoteShards {
     }
 
     async fn charge(&self, tenant: &TenantId, usage: quota::Usage) -> Result<Duration> {
+        if self.idle.defer(tenant, &usage) {
+            return Ok(Duration::ZERO);
+        }
+        let usage = self.idle.with_deferred(tenant, usage);
         self.call(tenant, Call::Charge(usage)).await
     }
 
@@ -668,6 +703,9 @@ impl Shards for RemoteShards {
     }
 
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {
+        if let Some(p) = self.idle.published(tenant).await {
+            return Ok(p.leader_epoch);
+        }
         self.call(tenant, Call::LeaderEpoch).await
     }
 
@@ -735,6 +773,12 @@ impl Shards for RemoteShards {
         group: &str,
         member: &MemberRef,
     ) -> Result<Result<(), GroupError>> {
+        // A member of a group that was stable when the shard unloaded.
+        if let Some(p) = self.idle.published(tenant).await {
+            if p.heartbeat_ok(group, member) {
+                return Ok(Ok(()));
+            }
+        }
         let call = Call::Heartbeat {
             group: group.into(),
             member: member.clone(),
@@ -806,6 +850,9 @@ impl Shards for RemoteShards {
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {
+        if self.idle.published(tenant).await.is_some() {
+            return Ok(self.idle.subscribe(tenant));
+        }
         let fresh = {
             let mut watches = lock(&self.inner.watches);
             match watches.get(tenant) {
@@ -828,7 +875,13 @@ impl Shards for RemoteShards {
 /// The gateway's cluster series for `/metrics`.
 pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
     let live = view.live();
-    let series: [(&str, &str, &str, i64); 5] = [
+    let series: [(&str, &str, &str, i64); 6] = [
+        (
+            "floe_gateway_idle_answers_total",
+            "counter",
+            "Calls answered from what an unloaded shard published.",
+            stats.idle_answers.load(Relaxed) as i64,
+        ),
         (
             "floe_gateway_unplaced_requests",
             "gauge",

@@ -8,11 +8,14 @@
 //!   shard, following the shard when it moves.
 //! - [`server`]: [`Node`], the worker's side: the QUIC server, its beat and
 //!   the leases (claims) that say which shards it serves.
+//! - `idle`: the gateway's answers for unloaded shards, from what they
+//!   published.
 //! - [`members`]: beats in the object store, the live view, rendezvous
 //!   placement.
 //! - [`tls`]: the cluster CA and node certificates; mutual TLS.
 
 pub mod client;
+mod idle;
 pub mod members;
 pub mod rpc;
 pub mod server;

@@ -219,6 +219,15 @@ impl View {
         out
     }
 
+    /// Whether a live worker claims `tenant`'s shard. Asked per request:
+    /// looks without copying.
+    pub fn claimed(&self, tenant: &str) -> bool {
+        let lease = self.timing.lease;
+        lock(&self.seen)
+            .values()
+            .any(|s| s.changed.elapsed() < lease && s.beat.claims.iter().any(|c| c == tenant))
+    }
+
     /// Workers whose beat changed within the lease, in id order.
     pub fn live(&self) -> Vec<Beat> {
         let lease = self.timing.lease;

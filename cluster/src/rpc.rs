@@ -165,6 +165,32 @@ pub enum Call {
 }
 
 impl Call {
+    /// Whether the call is work that keeps a shard loaded: anything that
+    /// writes (produce, commits, groups joining, transactions, catalog
+    /// changes). Reads, heartbeats and metering are not: idle consumers
+    /// must not keep a shard loaded (DESIGN.md invariant 6).
+    pub fn is_work(&self) -> bool {
+        !matches!(
+            self,
+            Call::Topics
+                | Call::Fetch { .. }
+                | Call::ListOffset { .. }
+                | Call::Transactions
+                | Call::DescribeProducers { .. }
+                | Call::Charge(_)
+                | Call::Usage { .. }
+                | Call::LeaderEpoch
+                | Call::Committed { .. }
+                | Call::Heartbeat { .. }
+                | Call::ListGroups
+                | Call::DescribeGroup(_)
+                | Call::Instances(_)
+                | Call::Subscribe
+        )
+    }
+}
+
+impl Call {
     /// Calls whose order on a lane matters are served in line by the
     /// worker; every other call runs on its own (a JoinGroup may wait
     /// seconds, and must not hold up the heartbeats behind it).

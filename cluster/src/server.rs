@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floe_common::TenantId;
+use floe_worker::published::Published;
 use floe_worker::{Held, LocalWorker, Produced, Shards, WorkerError};
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -41,6 +42,8 @@ pub struct NodeStats {
     pub moved: AtomicU64,
     pub acquired: AtomicU64,
     pub released: AtomicU64,
+    /// Releases of idle shards.
+    pub unloaded: AtomicU64,
 }
 
 pub struct Node {
@@ -59,6 +62,17 @@ pub struct Node {
     /// Beats running in which each claimed tenant had another pick.
     unsettled: Mutex<HashMap<String, u32>>,
     draining: AtomicBool,
+    /// A shard with no work this long is unloaded; `None` keeps shards.
+    idle_after: Option<Duration>,
+    /// When each claimed shard last had work (see [`Call::is_work`]).
+    worked: Mutex<HashMap<String, Instant>>,
+    /// Shards this worker unloaded, until every gateway's view has seen the
+    /// claim go: idle calls sent on a stale view are answered from here
+    /// rather than load the shard again.
+    unloaded: Mutex<HashMap<String, (Instant, Arc<Published>)>>,
+    /// Calls under way per tenant: an idle unload waits until there are
+    /// none, so no call reopens a shard this worker no longer claims.
+    busy: Mutex<HashMap<String, usize>>,
 }
 
 impl Node {
@@ -69,6 +83,7 @@ impl Node {
         timing: members::Timing,
         endpoint: quinn::Endpoint,
         advertised: SocketAddr,
+        idle_after: Option<Duration>,
     ) -> anyhow::Result<Arc<Self>> {
         let id = format!("w-{}", uuid::Uuid::new_v4().simple());
         let node = Arc::new(Self {
@@ -84,6 +99,10 @@ impl Node {
             beat_n: AtomicU64::new(0),
             unsettled: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            idle_after,
+            worked: Mutex::new(HashMap::new()),
+            unloaded: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
         });
         node.beat().await?;
         node.view.refresh().await?;
@@ -183,8 +202,17 @@ impl Node {
             ))));
         }
         self.stats.acquired.fetch_add(1, Relaxed);
+        lock(&self.unloaded).remove(name);
+        self.worked(tenant);
         tracing::info!(%tenant, "claimed shard");
         Ok(())
+    }
+
+    fn worked(&self, tenant: &TenantId) {
+        if !lock(&self.claims).contains(tenant.as_str()) {
+            return; // Released meanwhile: nothing to keep loaded.
+        }
+        lock(&self.worked).insert(tenant.as_str().to_string(), Instant::now());
     }
 
     /// The workers a shard may be placed on, by this worker's view: the
@@ -202,16 +230,55 @@ impl Node {
         live
     }
 
-    /// Hands a shard over: flush, checkpoint, drop the claim.
-    async fn release(&self, tenant: &TenantId) {
+    /// Counts a call under way for `tenant` until the guard drops. Taken
+    /// before `admit`, so an unload either sees it or the call sees the
+    /// claim gone (and claims the shard anew).
+    fn busy(self: &Arc<Self>, tenant: &TenantId) -> Busy {
+        *lock(&self.busy)
+            .entry(tenant.as_str().to_string())
+            .or_default() += 1;
+        Busy {
+            node: self.clone(),
+            tenant: tenant.as_str().to_string(),
+        }
+    }
+
+    /// Hands a shard over: flush, checkpoint, drop the claim. An idle one
+    /// also publishes its offsets for gateways (`unload`), unless a call
+    /// is under way, and then it stays (for the next beat to try again).
+    async fn release(&self, tenant: &TenantId, idle: bool) {
         let gate = self.gate(tenant);
         let _one = gate.lock().await;
-        if let Err(e) = self.worker.release(tenant).await {
+        let name = tenant.as_str();
+        if idle {
+            // The claim goes first, then the count is read: a call counted
+            // after this read finds no claim and waits at the gate.
+            lock(&self.claims).remove(name);
+            if lock(&self.busy).get(name).is_some_and(|n| *n > 0) {
+                lock(&self.claims).insert(name.to_string());
+                return;
+            }
+        }
+        let done = if idle {
+            self.worker.unload(tenant).await.map(|p| {
+                if let Some(p) = p {
+                    let entry = (Instant::now(), Arc::new(p));
+                    lock(&self.unloaded).insert(tenant.as_str().to_string(), entry);
+                }
+            })
+        } else {
+            self.worker.release(tenant).await
+        };
+        if let Err(e) = done {
             tracing::warn!(%tenant, error = %e, "releasing shard");
         }
         lock(&self.claims).remove(tenant.as_str());
+        lock(&self.worked).remove(tenant.as_str());
         self.stats.released.fetch_add(1, Relaxed);
-        tracing::info!(%tenant, "released shard");
+        if idle {
+            self.stats.unloaded.fetch_add(1, Relaxed);
+        }
+        tracing::info!(%tenant, idle, "released shard");
     }
 
     /// Leaving (SIGTERM): take nothing new, hand every shard over, and
@@ -223,7 +290,7 @@ impl Node {
         let held: Vec<String> = lock(&self.claims).iter().cloned().collect();
         for t in held {
             if let Ok(t) = TenantId::new(&t) {
-                self.release(&t).await;
+                self.release(&t, false).await;
             }
         }
         let _ = self.beat().await;
@@ -279,7 +346,117 @@ impl Node {
         for t in moving {
             lock(&self.unsettled).remove(&t);
             if let Ok(t) = TenantId::new(&t) {
-                self.release(&t).await;
+                self.release(&t, false).await;
+            }
+        }
+        // Past a lease and two refreshes every view has seen the claim go.
+        let t = self.view.timing();
+        let stale_views = t.lease + t.refresh * 2;
+        lock(&self.unloaded).retain(|_, (at, _)| at.elapsed() < stale_views);
+        let Some(idle_after) = self.idle_after else {
+            return;
+        };
+        let idle: Vec<String> = lock(&self.worked)
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= idle_after)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in idle {
+            if let Ok(t) = TenantId::new(&t) {
+                if !self.worker.settling(&t).await {
+                    self.release(&t, true).await;
+                }
+            }
+        }
+        if !self.claims_empty() {
+            return;
+        }
+        // Written now, not at the next beat: an autoscaler may stop this
+        // worker as soon as the claims are gone.
+        let _ = self.beat().await;
+    }
+
+    /// Answers a call that needs no shard, for a shard this worker just
+    /// unloaded and nobody has taken since (a gateway's view still shows
+    /// our claim). Gives the call back when the shard must answer it.
+    fn answer_unloaded(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        id: u64,
+        call: Call,
+        tx: &mpsc::UnboundedSender<Bytes>,
+    ) -> Option<Call> {
+        let name = tenant.as_str();
+        let p = match lock(&self.unloaded).get(name) {
+            Some((_, p)) if !call.is_work() => p.clone(),
+            _ => return Some(call),
+        };
+        if lock(&self.claims).contains(name) || self.view.claimant(name, &self.id).is_some() {
+            return Some(call);
+        }
+        let frame = match &call {
+            Call::Topics => rpc::answer(id, rpc::DONE, &p.topics),
+            Call::LeaderEpoch => rpc::answer(id, rpc::DONE, &p.leader_epoch),
+            Call::Fetch {
+                topic,
+                partition,
+                offset,
+                committed,
+                ..
+            } => match p.fetch_at_end(topic, *partition, *offset, *committed) {
+                Some(r) => rpc::answer(id, rpc::DONE, &r),
+                None => return Some(call),
+            },
+            Call::ListOffset {
+                topic,
+                partition,
+                timestamp,
+                committed,
+            } => match p.list_offset(topic, *partition, *timestamp, *committed) {
+                Some(r) => rpc::answer(id, rpc::DONE, &r),
+                None => return Some(call),
+            },
+            Call::Heartbeat { group, member } if p.heartbeat_ok(group, member) => {
+                rpc::answer(id, rpc::DONE, &Ok::<(), floe_worker::GroupError>(()))
+            }
+            // Usage of idle calls is not metered: the meters are the shard's.
+            Call::Charge(_) => rpc::answer(id, rpc::DONE, &Duration::ZERO),
+            // A long-poll: ends (the gateway subscribes anew, by then on a
+            // fresh view) once the view has had time to change.
+            Call::Subscribe => {
+                let (tx, wait) = (tx.clone(), self.view.timing().refresh * 2);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = tx.closed() => return,
+                    }
+                    let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr: None }));
+                });
+                return None;
+            }
+            _ => return Some(call),
+        };
+        let _ = tx.send(frame);
+        None
+    }
+
+    fn claims_empty(&self) -> bool {
+        lock(&self.claims).is_empty()
+    }
+}
+
+struct Busy {
+    node: Arc<Node>,
+    tenant: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.node.busy);
+        if let Some(n) = busy.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.tenant);
             }
         }
     }
@@ -372,6 +549,10 @@ async fn lane(
         };
         node.stats.requests.fetch_add(1, Relaxed);
         node.stats.bytes_in.fetch_add(size as u64, Relaxed);
+        let Some(call) = node.answer_unloaded(&tenant, id, call, &tx) else {
+            continue;
+        };
+        let busy = node.busy(&tenant);
         match node.admit(&tenant).await {
             Ok(()) => {}
             Err(Admit::Moved(addr)) => {
@@ -384,6 +565,10 @@ async fn lane(
                 continue;
             }
         }
+        let work = call.is_work();
+        if work {
+            node.worked(&tenant);
+        }
         let worker = node.worker.clone();
         let tx = tx.clone();
         match call {
@@ -394,24 +579,33 @@ async fn lane(
                 batches,
             } => match worker.produce(&tenant, &topic, partition, batches).await {
                 Ok(accepted) => {
+                    let node = node.clone();
                     tokio::spawn(async move {
                         let r = accepted.durable().await;
                         let _ = tx.send(rpc::outcome::<Produced>(id, &r));
-                        drop(permit);
+                        node.worked(&tenant);
+                        drop((permit, busy));
                     });
                 }
                 Err(e) => {
                     let _ = tx.send(rpc::outcome::<Produced>(id, &Err(e)));
                 }
             },
+            // Not counted: it follows the shard and ends when it goes.
             Call::Subscribe => {
+                drop(busy);
                 tokio::spawn(subscription(worker, tenant, id, tx));
             }
             call => {
+                let node = node.clone();
                 tokio::spawn(async move {
                     let frame = dispatch(&*worker, &tenant, id, call).await;
                     let _ = tx.send(frame);
-                    drop(permit);
+                    // A parked call (a join phase) is work until it ends.
+                    if work {
+                        node.worked(&tenant);
+                    }
+                    drop((permit, busy));
                 });
             }
         }
@@ -591,7 +785,19 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
 /// The worker's series for `/metrics`: what an autoscaler needs.
 pub fn render(node: &Node, out: &mut String) {
     let s = &node.stats;
-    let series: [(&str, &str, &str, u64); 6] = [
+    let series: [(&str, &str, &str, u64); 8] = [
+        (
+            "floe_worker_idle",
+            "gauge",
+            "1 when this worker holds no shard: it can be scaled away.",
+            u64::from(node.owned() == 0),
+        ),
+        (
+            "floe_worker_shards_unloaded_total",
+            "counter",
+            "Shards released after --idle-timeout-ms without work.",
+            s.unloaded.load(Relaxed),
+        ),
         (
             "floe_worker_shards_owned",
             "gauge",

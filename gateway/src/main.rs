@@ -294,6 +294,11 @@ struct WorkerArgs {
     /// HTTP listener: /healthz and Prometheus /metrics.
     #[arg(long, default_value = "127.0.0.1:8081")]
     http_listen: SocketAddr,
+    /// A shard with no produce, commit, group or transaction work this long
+    /// checkpoints, publishes its offsets and is released; gateways answer
+    /// idle consumers from what it published. 0 keeps shards loaded.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -389,7 +394,11 @@ async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("listing the cluster's workers")?;
     view.spawn_refresh();
-    let remote = Arc::new(floe_cluster::RemoteShards::new(endpoint, view.clone()));
+    let remote = Arc::new(floe_cluster::RemoteShards::new(
+        endpoint,
+        view.clone(),
+        counted.clone(),
+    ));
     let metrics = Arc::new(Metrics::new(
         counted.stats.clone(),
         log.stats.clone(),
@@ -439,6 +448,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         a.cluster.timing(),
         endpoint.clone(),
         advertised,
+        (a.idle_timeout_ms > 0).then(|| Duration::from_millis(a.idle_timeout_ms)),
     )
     .await
     .context("joining the cluster")?;

@@ -327,6 +327,18 @@ impl ShardLog {
         Ok(Self { inner })
     }
 
+    /// Whether an owner newer than `epoch` has claimed the shard at
+    /// `prefix`: what an owner of `epoch` published is then out of date.
+    /// One GET of the next epoch's object.
+    pub async fn superseded(
+        store: &dyn ObjectStore,
+        prefix: &Path,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<bool, Error> {
+        put::newer_owner(store, prefix, epoch, timeout).await
+    }
+
     /// This owner's epoch: unique and increasing across owners of the shard.
     pub fn epoch(&self) -> u64 {
         self.inner.writer.epoch

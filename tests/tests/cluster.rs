@@ -29,6 +29,7 @@ struct Cluster {
     dir: std::path::PathBuf,
     common: Vec<String>,
     env: Vec<(&'static str, String)>,
+    worker_args: Vec<String>,
     workers: Vec<Floe>,
     started: usize,
 }
@@ -50,7 +51,8 @@ impl Cluster {
 
     fn add_worker(&mut self) {
         self.started += 1;
-        let w = self.start("worker", &format!("worker{}", self.started), &[]);
+        let extra: Vec<&str> = self.worker_args.iter().map(String::as_str).collect();
+        let w = self.start("worker", &format!("worker{}", self.started), &extra);
         self.workers.push(w);
     }
 
@@ -107,8 +109,8 @@ async fn send(
     ));
 }
 
-/// The S3 server, three workers, and gateways a and b.
-fn launch(name: &str) -> (S3Server, Cluster, Floe, Floe) {
+/// The S3 server, three workers (with `worker_args`), and gateways a and b.
+fn launch(name: &str, worker_args: &[&str]) -> (S3Server, Cluster, Floe, Floe) {
     let s3 = S3Server::start("floe").unwrap_or_else(|e| panic!("S3 server: {e}"));
     let dir = temp_dir(name);
     let certs = dir.join("certs");
@@ -126,6 +128,7 @@ fn launch(name: &str) -> (S3Server, Cluster, Floe, Floe) {
         ],
         env: s3.env(),
         dir,
+        worker_args: worker_args.iter().map(|a| a.to_string()).collect(),
         workers: Vec::new(),
         started: 0,
     };
@@ -213,7 +216,7 @@ async fn acks(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
-    let (_s3, mut c, a, b) = launch("cluster");
+    let (_s3, mut c, a, b) = launch("cluster", &[]);
     let p = producer(&a.bootstrap());
     let mut sent = Vec::new();
     let mut failovers = Vec::new();
@@ -283,7 +286,7 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_that_wakes_after_losing_its_lease_changes_nothing() {
-    let (_s3, mut c, a, b) = launch("zombie");
+    let (_s3, mut c, a, b) = launch("zombie", &[]);
     let p = producer(&a.bootstrap());
     let mut acked = HashMap::new();
     let mut sent = Vec::new();
@@ -338,4 +341,109 @@ async fn a_paused_owner_that_wakes_after_losing_its_lease_changes_nothing() {
     let via_b = read_all(&b.bootstrap(), acked.len());
     check_history(&acked, &via_a);
     assert_eq!(via_a, via_b, "each offset is one set of bytes across reads");
+}
+
+/// A `/metrics` series' value, if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn owned_anywhere(c: &Cluster) -> bool {
+    c.workers.iter().any(|w| {
+        w.http_get("/metrics")
+            .and_then(|m| metric(&m, "floe_worker_shards_owned"))
+            .is_none_or(|n| n > 0.0)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_shard_unloads_and_idle_consumers_do_not_load_it() {
+    let (_s3, c, a, b) = launch("idle", &["--idle-timeout-ms", "1500"]);
+    let p = producer(&a.bootstrap());
+    let mut acked = HashMap::new();
+    let mut sent = Vec::new();
+    for i in 0..PER_ROUND {
+        send(&p, format!("first-{i}"), &mut sent).await;
+    }
+    acks(std::mem::take(&mut sent), &mut acked).await;
+
+    // A group member through the other gateway reads everything, commits,
+    // then sits at the end: fetches, heartbeats, metadata refreshes.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", "idlers")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("heartbeat.interval.ms", "300")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "200")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["orders"]).expect("subscribe");
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < PER_ROUND {
+        assert!(Instant::now() < deadline, "read {got} of {PER_ROUND}");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m.expect("a record");
+            got += 1;
+        }
+    }
+    consumer
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+
+    // The shard unloads though the consumer keeps polling, and stays
+    // unloaded for several idle timeouts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned_anywhere(&c) {
+        assert!(Instant::now() < deadline, "the idle shard stayed loaded");
+        assert!(
+            consumer.poll(Duration::from_millis(100)).is_none(),
+            "nothing new"
+        );
+    }
+    let idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(5) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            panic!("nothing new was produced: {:?}", m.map(|m| m.offset()));
+        }
+        assert!(!owned_anywhere(&c), "an idle consumer loaded the shard");
+    }
+    for w in &c.workers {
+        let m = w.http_get("/metrics").unwrap_or_default();
+        assert_eq!(metric(&m, "floe_worker_idle"), Some(1.0), "{m}");
+    }
+    let answers = metric(
+        &b.http_get("/metrics").unwrap_or_default(),
+        "floe_gateway_idle_answers_total",
+    )
+    .unwrap_or(0.0);
+    assert!(answers > 0.0, "gateway b answered the idle consumer");
+
+    // A produce loads it again; the waiting consumer gets the records.
+    let started = Instant::now();
+    let mut cold = Vec::new();
+    send(&p, "second-0".into(), &mut cold).await;
+    acks(cold, &mut acked).await;
+    eprintln!(
+        "cold start on S3 (idle shard to first produce acked): {:?}",
+        started.elapsed()
+    );
+    for i in 1..10 {
+        send(&p, format!("second-{i}"), &mut sent).await;
+    }
+    acks(sent, &mut acked).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got < PER_ROUND + 10 {
+        assert!(Instant::now() < deadline, "read {got} after the reload");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m.expect("a record");
+            got += 1;
+        }
+    }
+    drop(consumer);
+    drop(p);
+    check_history(&acked, &read_all(&a.bootstrap(), acked.len()));
 }

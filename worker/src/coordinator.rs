@@ -298,6 +298,35 @@ impl Coordinator {
         })
     }
 
+    /// Whether a group is between generations (members joining or
+    /// syncing): its state is not all durable yet.
+    pub async fn settling(&self) -> bool {
+        let groups = self.groups.lock().await;
+        groups.values().any(|s| {
+            matches!(
+                s.group.state(),
+                State::PreparingRebalance | State::CompletingRebalance
+            )
+        })
+    }
+
+    /// Groups in the stable state: (name, generation, member ids).
+    pub async fn stable(&self) -> Vec<crate::published::StableGroup> {
+        let groups = self.groups.lock().await;
+        groups
+            .iter()
+            .filter(|(_, s)| s.group.state() == State::Stable)
+            .map(|(name, s)| {
+                let r = s.group.record();
+                crate::published::StableGroup {
+                    name: name.clone(),
+                    generation: r.generation,
+                    members: r.members.into_iter().map(|m| m.id).collect(),
+                }
+            })
+            .collect()
+    }
+
     /// Wakes the timer loop when a deadline may have moved closer.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()

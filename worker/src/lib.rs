@@ -24,6 +24,7 @@ pub mod instances;
 pub mod local;
 pub mod offsets;
 pub mod producer_ids;
+pub mod published;
 pub mod quota;
 pub mod transactions;
 

@@ -21,6 +21,7 @@ use crate::groups::{GroupError, Join, Joined, MemberRef, State as GroupState};
 use crate::instances;
 use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
+use crate::published;
 use crate::quota::{Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
 use floe_tenants::usage::{Counts, Totals};
@@ -374,6 +375,77 @@ impl LocalWorker {
             Some(shard) => Ok(shard.log.close().await?),
             None => Ok(()),
         }
+    }
+
+    /// Whether the tenant's open shard has a group between generations or
+    /// an ongoing transaction (whose timeout the shard enforces): it is not
+    /// idle then, whatever the time since its last request.
+    pub async fn settling(&self, tenant: &TenantId) -> bool {
+        let Some(shard) = self.healthy(tenant) else {
+            return false;
+        };
+        if shard.groups.settling().await {
+            return true;
+        }
+        for (_, slot) in shard.txns.all() {
+            if slot
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|m| m.state == TxnState::Ongoing)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Unloads an idle shard: released as by [`LocalWorker::release`], then
+    /// its offsets, catalog and stable groups are published for gateways
+    /// to answer idle clients from (see `published.rs`).
+    pub async fn unload(&self, tenant: &TenantId) -> Result<Option<published::Published>> {
+        let gate = self.opener(tenant);
+        let _one_opener = gate.lock().await;
+        let gone = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+        let Some(shard) = gone else { return Ok(None) };
+        shard.log.close().await?;
+        let topics: Vec<TopicMeta> = shard
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|t| (**t).clone())
+            .collect();
+        let mut partitions = Vec::new();
+        for t in &topics {
+            for (i, &stream) in t.streams.iter().enumerate() {
+                let stream = floe_storage::StreamId(stream);
+                let (log_start, high_watermark) = shard.log.offsets(stream)?;
+                partitions.push(published::PartitionOffsets {
+                    topic: t.name.clone(),
+                    partition: i as i32,
+                    log_start,
+                    high_watermark,
+                    last_stable: shard.log.last_stable(stream)?,
+                });
+            }
+        }
+        let snapshot = published::Published {
+            epoch: shard.log.epoch(),
+            leader_epoch: leader_epoch(&shard.log),
+            topics,
+            partitions,
+            groups: shard.groups.stable().await,
+        };
+        let body = serde_json::to_vec(&snapshot).expect("serializes");
+        object_store::ObjectStoreExt::put(&self.store, &published::path(tenant), body.into())
+            .await
+            .map_err(|e| WorkerError::Unavailable(format!("publishing offsets: {e}")))?;
+        Ok(Some(snapshot))
     }
 
     /// Drains every shard: accepted appends become durable (or fail), then a
@@ -874,7 +946,7 @@ impl Shards for LocalWorker {
                 .await
                 .map_err(|e| WorkerError::Unavailable(format!("listing {prefix}: {e}")))?
         };
-        for path in &doomed {
+        for path in doomed.iter().chain([&published::path(tenant)]) {
             match object_store::ObjectStoreExt::delete(&*self.store, path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
