@@ -24,6 +24,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::watch;
 
 use crate::client::ClientStats;
+use crate::lock;
 use crate::members::View;
 
 /// One check of the published object's store calls.
@@ -143,8 +144,4 @@ async fn watch_claims(idle: Weak<Idle>) {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -12,9 +12,11 @@
 //!   published.
 //! - [`members`]: beats in the object store, the live view, rendezvous
 //!   placement.
+//! - [`gateways`]: gateways' own beats, so Metadata advertises them all.
 //! - [`tls`]: the cluster CA and node certificates; mutual TLS.
 
 pub mod client;
+pub mod gateways;
 mod idle;
 pub mod members;
 pub mod rpc;
@@ -22,6 +24,7 @@ pub mod server;
 pub mod tls;
 
 pub use client::RemoteShards;
+pub use gateways::Gateways;
 pub use members::{Timing, View};
 pub use server::Node;
 

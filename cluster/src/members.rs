@@ -27,8 +27,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Where beats live.
-pub const DIR: &str = "cluster/workers";
+/// Where workers' beats live.
+pub const WORKERS: &str = "cluster/workers";
+/// Where gateways' beats live (`gateways.rs`).
+pub const GATEWAYS: &str = "cluster/gateways";
 
 /// How often things happen. Failover takes about `lease + refresh`.
 #[derive(Debug, Clone, Copy)]
@@ -68,15 +70,15 @@ pub struct Beat {
     pub draining: bool,
 }
 
-pub fn beat_path(id: &str) -> Path {
-    Path::from(format!("{DIR}/{id}"))
+pub fn beat_path(dir: &str, id: &str) -> Path {
+    Path::from(format!("{dir}/{id}"))
 }
 
-/// Writes a beat (one PUT).
-pub async fn put_beat(store: &dyn ObjectStore, beat: &Beat) -> object_store::Result<()> {
+/// Writes a beat under `dir` (one PUT).
+pub async fn put_beat(store: &dyn ObjectStore, dir: &str, beat: &Beat) -> object_store::Result<()> {
     let body = serde_json::to_vec(beat).expect("a beat serialises");
     store
-        .put(&beat_path(&beat.id), PutPayload::from(body))
+        .put(&beat_path(dir, &beat.id), PutPayload::from(body))
         .await
         .map(|_| ())
 }
@@ -89,10 +91,11 @@ struct Seen {
     changed: Instant,
 }
 
-/// One process's view of the workers, refreshed by LIST.
+/// One process's view of the workers (or the gateways), refreshed by LIST.
 pub struct View {
     store: Arc<dyn ObjectStore>,
     timing: Timing,
+    dir: &'static str,
     seen: Mutex<HashMap<String, Seen>>,
     refreshed: Mutex<Option<Instant>>,
     /// Bumped on every refresh that changed who is live or what is claimed.
@@ -100,10 +103,17 @@ pub struct View {
 }
 
 impl View {
+    /// A view of the workers.
     pub fn new(store: Arc<dyn ObjectStore>, timing: Timing) -> Arc<Self> {
+        Self::of(store, timing, WORKERS)
+    }
+
+    /// A view of the beats under `dir`.
+    pub fn of(store: Arc<dyn ObjectStore>, timing: Timing, dir: &'static str) -> Arc<Self> {
         Arc::new(Self {
             store,
             timing,
+            dir,
             seen: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(None),
             changed: watch::Sender::new(0),
@@ -150,7 +160,7 @@ impl View {
         let before = self.summary();
         let listed: Vec<_> = self
             .store
-            .list(Some(&Path::from(DIR)))
+            .list(Some(&Path::from(self.dir)))
             .try_collect()
             .await?;
         let now = Instant::now();
@@ -284,7 +294,7 @@ pub fn pick<'a>(tenant: &str, workers: impl Iterator<Item = &'a Beat>) -> Option
 
 /// FNV-1a over `worker \0 tenant`, then a SplitMix64 finaliser so that
 /// similar names spread. Stable across processes and releases.
-fn weight(worker: &str, tenant: &str) -> u64 {
+pub(crate) fn weight(worker: &str, tenant: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in worker.bytes().chain([0]).chain(tenant.bytes()) {
         h ^= u64::from(b);
@@ -376,8 +386,8 @@ mod tests {
         let view = View::new(store.clone(), timing);
         let mut w1 = beat("w1");
         w1.claims = vec!["acme".into()];
-        put_beat(&*store, &w1).await.expect("put");
-        put_beat(&*store, &beat("w2")).await.expect("put");
+        put_beat(&*store, WORKERS, &w1).await.expect("put");
+        put_beat(&*store, WORKERS, &beat("w2")).await.expect("put");
         view.refresh().await.expect("refresh");
         assert_eq!(view.route("acme", None).expect("routed").id, "w1");
         assert_eq!(view.claimant("acme", "w2").expect("claimed").id, "w1");
@@ -386,7 +396,7 @@ mod tests {
         while start.elapsed() < Duration::from_millis(300) {
             let mut w2 = beat("w2");
             w2.n = start.elapsed().as_millis() as u64 + 1;
-            put_beat(&*store, &w2).await.expect("put");
+            put_beat(&*store, WORKERS, &w2).await.expect("put");
             tokio::time::sleep(Duration::from_millis(20)).await;
             view.refresh().await.expect("refresh");
         }
@@ -395,7 +405,10 @@ mod tests {
         assert!(view.claimant("acme", "w2").is_none());
         assert_eq!(view.route("acme", None).expect("routed").id, "w2");
         // Deleted beats are gone from the view.
-        store.delete(&beat_path("w1")).await.expect("delete");
+        store
+            .delete(&beat_path(WORKERS, "w1"))
+            .await
+            .expect("delete");
         view.refresh().await.expect("refresh");
         assert_eq!(view.all().len(), 1);
     }

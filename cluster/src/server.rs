@@ -130,7 +130,7 @@ impl Node {
             draining: self.draining.load(Relaxed),
         };
         let started = Instant::now();
-        members::put_beat(&*self.store, &beat).await?;
+        members::put_beat(&*self.store, members::WORKERS, &beat).await?;
         // The lease runs from when the write began, not when it ended.
         *lock(&self.beat_ok) = Some(started);
         Ok(())
@@ -294,7 +294,11 @@ impl Node {
             }
         }
         let _ = self.beat().await;
-        if let Err(e) = self.store.delete(&members::beat_path(&self.id)).await {
+        if let Err(e) = self
+            .store
+            .delete(&members::beat_path(members::WORKERS, &self.id))
+            .await
+        {
             tracing::warn!(error = %e, "removing the beat");
         }
     }

@@ -56,6 +56,8 @@ pub struct Gateway<W> {
     pub default_tenant: TenantId,
     /// When set, the Kafka listener speaks TLS only.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// In cluster mode, the other gateways, advertised in Metadata.
+    pub peers: Option<Arc<floe_cluster::Gateways>>,
 }
 
 impl<W> Gateway<W> {
@@ -75,7 +77,37 @@ impl<W> Gateway<W> {
             auth,
             default_tenant,
             tls: None,
+            peers: None,
         }
+    }
+
+    pub fn with_peers(mut self, peers: Arc<floe_cluster::Gateways>) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The brokers Metadata lists: every live gateway in cluster mode,
+    /// else this one as node 0.
+    pub fn brokers(&self) -> Vec<floe_cluster::gateways::Broker> {
+        match &self.peers {
+            Some(p) => p.brokers(),
+            None => vec![floe_cluster::gateways::Broker {
+                node_id: 0,
+                host: self.settings.advertised_host.clone(),
+                port: self.settings.advertised_port,
+            }],
+        }
+    }
+
+    /// This gateway's node id.
+    pub fn node_id(&self) -> i32 {
+        self.peers.as_ref().map_or(0, |p| p.node_id())
+    }
+
+    /// The broker that leads `key` (a tenant's partition or group): spread
+    /// over the gateways in cluster mode.
+    pub fn leader(&self, key: &str) -> i32 {
+        self.peers.as_ref().map_or(0, |p| p.leader(key))
     }
 
     pub fn with_tls(mut self, tls: tokio_rustls::TlsAcceptor) -> Self {

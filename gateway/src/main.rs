@@ -368,7 +368,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         log_stats,
         worker.totals(),
     ));
-    let front = Front::start(a.front, worker.clone(), registry.clone(), metrics).await?;
+    let front = Front::start(a.front, worker.clone(), registry.clone(), metrics, None).await?;
     tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe dev ready");
     shutdown_signal().await;
     front.drain().await;
@@ -408,7 +408,11 @@ async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
     let _ = metrics.extra.set(Box::new(move |out: &mut String| {
         floe_cluster::client::render(&stats, &shown, out)
     }));
-    let front = Front::start(a.front, remote, registry.clone(), metrics).await?;
+    let peers = Some((
+        counted.clone() as Arc<dyn object_store::ObjectStore>,
+        a.cluster.timing(),
+    ));
+    let front = Front::start(a.front, remote, registry.clone(), metrics, peers).await?;
     tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe gateway ready");
     shutdown_signal().await;
     front.drain().await;
@@ -583,6 +587,7 @@ struct Front {
     kafka_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
+    peers: Option<Arc<floe_cluster::Gateways>>,
 }
 
 impl Front {
@@ -591,6 +596,8 @@ impl Front {
         worker: Arc<W>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        // Cluster mode: the store the gateways beat in, and how often.
+        cluster: Option<(Arc<dyn object_store::ObjectStore>, floe_cluster::Timing)>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             a.default_partitions >= 1,
@@ -633,6 +640,14 @@ impl Front {
             registry.clone(),
             a.auth,
         );
+        let mut peers = None;
+        if let Some((store, timing)) = cluster {
+            let p = floe_cluster::Gateways::start(store, timing, advertised.clone())
+                .await
+                .context("registering the gateway")?;
+            gateway = gateway.with_peers(p.clone());
+            peers = Some(p);
+        }
         let mut http_tls = None;
         if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
             let tls = floe_gateway::tls_acceptor(cert, key)?;
@@ -669,6 +684,7 @@ impl Front {
             kafka_task,
             http_task,
             drain_timeout: Duration::from_secs(a.drain_timeout_s),
+            peers,
         })
     }
 
@@ -676,6 +692,9 @@ impl Front {
     /// in flight.
     async fn drain(self) {
         tracing::info!("shutting down: draining in-flight requests");
+        if let Some(p) = &self.peers {
+            p.leave().await;
+        }
         self.stop.send_replace(true);
         if tokio::time::timeout(self.drain_timeout, self.kafka_task)
             .await

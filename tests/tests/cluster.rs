@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use floe_e2e::s3::S3Server;
 use floe_e2e::{floe_bin, temp_dir, Floe};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -214,9 +216,72 @@ async fn acks(
     }
 }
 
+/// Metadata through either gateway lists both, the same way, with a
+/// topic's partitions led by both.
+async fn one_cluster_through_either_gateway(a: &Floe, b: &Floe) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", a.bootstrap())
+        .create()
+        .expect("admin client");
+    let t = NewTopic::new("spread", 16, TopicReplication::Fixed(1));
+    let made = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .expect("create topics");
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    let look = |bootstrap: String| {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("consumer");
+        let m = c
+            .fetch_metadata(Some("spread"), Duration::from_secs(10))
+            .expect("metadata");
+        let mut brokers: Vec<(i32, String)> = m
+            .brokers()
+            .iter()
+            .map(|b| (b.id(), format!("{}:{}", b.host(), b.port())))
+            .collect();
+        brokers.sort();
+        let leaders: Vec<i32> = m.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.leader())
+            .collect();
+        (brokers, leaders)
+    };
+    // Each gateway sees the other within a refresh or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (through_a, through_b) = loop {
+        let (x, y) = (look(a.bootstrap()), look(b.bootstrap()));
+        if x.0.len() == 2 && y.0.len() == 2 {
+            break (x, y);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "brokers: {:?} and {:?}",
+            x.0,
+            y.0
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(through_a, through_b, "one cluster through either gateway");
+    let (brokers, leaders) = through_a;
+    let addrs: Vec<&str> = brokers.iter().map(|b| b.1.as_str()).collect();
+    assert!(addrs.contains(&a.bootstrap().as_str()) && addrs.contains(&b.bootstrap().as_str()));
+    assert_eq!(leaders.len(), 16);
+    for (id, _) in &brokers {
+        assert!(
+            leaders.contains(id),
+            "gateway {id} leads no partition: {leaders:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     let (_s3, mut c, a, b) = launch("cluster", &[]);
+    one_cluster_through_either_gateway(&a, &b).await;
     let p = producer(&a.bootstrap());
     let mut sent = Vec::new();
     let mut failovers = Vec::new();
@@ -250,6 +315,7 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     }
     let mut acked: HashMap<String, (i32, i64)> = firsts.into_iter().collect();
     acks(sent, &mut acked).await;
+    eprintln!("failovers in round order: {failovers:?}");
     failovers.sort();
     eprintln!(
         "failover (kill -9 to first ack), {ROUNDS} rounds: median {:?}, max {:?}",

@@ -48,7 +48,7 @@ pub fn find_coordinator<W>(
     version: i16,
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
-        let c = Coordinator::default().with_key(key);
+        let c = Coordinator::default().with_key(key.clone());
         if !matches!(req.key_type, KEY_GROUP | KEY_TRANSACTION) {
             return c
                 .with_node_id(BrokerId(-1))
@@ -56,9 +56,24 @@ pub fn find_coordinator<W>(
                 .with_error_code(ResponseError::InvalidRequest.code())
                 .with_error_message(Some(StrBytes::from_static_str("unknown key type")));
         }
-        c.with_node_id(BrokerId(0))
-            .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))
-            .with_port(gw.settings.advertised_port)
+        // Spread over the gateways like partitions; any of them serves it.
+        let kind = if req.key_type == KEY_GROUP {
+            "group"
+        } else {
+            "txn"
+        };
+        let leader = gw.leader(&format!("{}/{kind}/{key}", gw.tenant));
+        let brokers = gw.brokers();
+        match brokers.into_iter().find(|b| b.node_id == leader) {
+            Some(b) => c
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port),
+            None => c
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+        }
     };
     if version >= 4 {
         let coordinators = req.coordinator_keys.iter().cloned().map(answer).collect();

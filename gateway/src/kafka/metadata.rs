@@ -1,6 +1,9 @@
-//! Metadata and DescribeCluster. Every partition's leader is this gateway
-//! (node 0); its leader epoch is the shard owner's epoch, which is durable and
-//! only grows, so clients never see it go backwards.
+//! Metadata and DescribeCluster. The brokers are the gateways: this one as
+//! node 0 in dev mode, every live gateway in cluster mode, with partition
+//! leadership spread among them (`floe_cluster::gateways`). Any gateway
+//! serves any partition. A partition's leader epoch is the shard owner's
+//! epoch, which is durable and only grows, so clients never see it go
+//! backwards.
 
 use floe_worker::{NewTopic, Shards, TopicMeta, WorkerError};
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -15,8 +18,6 @@ use kafka_protocol::ResponseError;
 use crate::{errors, Cx};
 use floe_tenants::acl::Operation;
 
-pub const NODE_ID: i32 = 0;
-
 pub fn cluster_id<W>(gw: &Cx<W>) -> StrBytes {
     StrBytes::from_string(crate::cluster_id(&gw.tenant))
 }
@@ -29,14 +30,20 @@ pub async fn metadata<W: Shards>(
     let tenant = &gw.tenant;
     let epoch = gw.worker.leader_epoch(tenant).await;
     let existing = gw.worker.topics(tenant).await;
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(NODE_ID))
-        .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))
-        .with_port(gw.settings.advertised_port);
+    let brokers = gw
+        .brokers()
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port)
+        })
+        .collect();
     let resp = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id(Some(cluster_id(gw)))
-        .with_controller_id(BrokerId(NODE_ID));
+        .with_controller_id(BrokerId(gw.node_id()));
     let (epoch, existing) = match (epoch, existing) {
         (Ok(e), Ok(t)) => (e, t),
         (Err(e), _) | (_, Err(e)) => {
@@ -56,7 +63,10 @@ pub async fn metadata<W: Shards>(
         Some(t) => t.is_empty() && version == 0,
     };
     let topics = if all {
-        existing.iter().map(|t| topic_response(t, epoch)).collect()
+        existing
+            .iter()
+            .map(|t| topic_response(gw, t, epoch))
+            .collect()
     } else {
         let auto = gw.settings.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
         let mut out = Vec::new();
@@ -66,7 +76,7 @@ pub async fn metadata<W: Shards>(
                 None => existing.iter().find(|m| m.id == t.topic_id.as_u128()),
             };
             out.push(match (found, t.name) {
-                (Some(m), _) => topic_response(m, epoch),
+                (Some(m), _) => topic_response(gw, m, epoch),
                 (None, Some(name)) if auto => auto_create(gw, name, epoch).await,
                 // As Kafka: a topic the key may not describe is not
                 // authorized, whether it exists or not.
@@ -92,11 +102,11 @@ async fn auto_create<W: Shards>(gw: &Cx<W>, name: TopicName, epoch: i32) -> Meta
         validate_only: false,
     };
     match gw.worker.create_topic(&gw.tenant, topic).await {
-        Ok(m) => topic_response(&m, epoch),
+        Ok(m) => topic_response(gw, &m, epoch),
         // Another connection created it first.
         Err(WorkerError::TopicExists(_)) => match gw.worker.topics(&gw.tenant).await {
             Ok(all) => match all.iter().find(|m| m.name.as_str() == name.0.as_str()) {
-                Some(m) => topic_response(m, epoch),
+                Some(m) => topic_response(gw, m, epoch),
                 None => error_topic(name, &WorkerError::UnknownTopicOrPartition),
             },
             Err(e) => error_topic(name, &e),
@@ -111,15 +121,16 @@ fn error_topic(name: TopicName, e: &WorkerError) -> MetadataResponseTopic {
         .with_error_code(errors::code(e))
 }
 
-pub fn topic_response(t: &TopicMeta, epoch: i32) -> MetadataResponseTopic {
+fn topic_response<W>(gw: &Cx<W>, t: &TopicMeta, epoch: i32) -> MetadataResponseTopic {
     let partitions = (0..t.streams.len() as i32)
         .map(|p| {
+            let leader = BrokerId(gw.leader(&format!("{}/{}/{p}", gw.tenant, t.name)));
             MetadataResponsePartition::default()
                 .with_partition_index(p)
-                .with_leader_id(BrokerId(NODE_ID))
+                .with_leader_id(leader)
                 .with_leader_epoch(epoch)
-                .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                .with_replica_nodes(vec![leader])
+                .with_isr_nodes(vec![leader])
         })
         .collect();
     MetadataResponseTopic::default()
@@ -129,12 +140,18 @@ pub fn topic_response(t: &TopicMeta, epoch: i32) -> MetadataResponseTopic {
 }
 
 pub fn describe_cluster<W>(gw: &Cx<W>) -> DescribeClusterResponse {
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(NODE_ID))
-        .with_host(StrBytes::from_string(gw.settings.advertised_host.clone()))
-        .with_port(gw.settings.advertised_port);
+    let brokers = gw
+        .brokers()
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port)
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(cluster_id(gw))
-        .with_controller_id(BrokerId(NODE_ID))
-        .with_brokers(vec![broker])
+        .with_controller_id(BrokerId(gw.node_id()))
+        .with_brokers(brokers)
 }
