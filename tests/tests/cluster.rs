@@ -113,6 +113,14 @@ async fn send(
 
 /// The S3 server, three workers (with `worker_args`), and gateways a and b.
 fn launch(name: &str, worker_args: &[&str]) -> (S3Server, Cluster, Floe, Floe) {
+    launch_with(name, 3, worker_args)
+}
+
+fn launch_with(
+    name: &str,
+    workers: usize,
+    worker_args: &[&str],
+) -> (S3Server, Cluster, Floe, Floe) {
     let s3 = S3Server::start("floe").unwrap_or_else(|e| panic!("S3 server: {e}"));
     let dir = temp_dir(name);
     let certs = dir.join("certs");
@@ -134,7 +142,7 @@ fn launch(name: &str, worker_args: &[&str]) -> (S3Server, Cluster, Floe, Floe) {
         workers: Vec::new(),
         started: 0,
     };
-    for _ in 0..3 {
+    for _ in 0..workers {
         c.add_worker();
     }
     let gw_args = ["--default-partitions", "4", "--admin-token", "t"];
@@ -512,4 +520,198 @@ async fn an_idle_shard_unloads_and_idle_consumers_do_not_load_it() {
     drop(consumer);
     drop(p);
     check_history(&acked, &read_all(&a.bootstrap(), acked.len()));
+}
+
+const TENANTS: usize = 24;
+
+/// `floe cluster status`'s output: one line per worker.
+fn status(c: &Cluster) -> String {
+    let out = std::process::Command::new(floe_bin())
+        .args(["cluster", "status", "--store", "s3://floe/cluster"])
+        .envs(c.env())
+        .output()
+        .expect("floe cluster status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Shards owned per worker, by their `/metrics`.
+fn owned(c: &Cluster) -> Vec<usize> {
+    c.workers
+        .iter()
+        .map(|w| {
+            let m = w.http_get("/metrics").unwrap_or_default();
+            metric(&m, "floe_worker_shards_owned").unwrap_or(-1.0) as usize
+        })
+        .collect()
+}
+
+/// An HTTP call as a tenant's key; the status and the body.
+fn call(gw: &Floe, auth: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = gw
+        .http(
+            method,
+            path,
+            &[auth, "Content-Type: application/json"],
+            body,
+        )
+        .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+    let status = r[9..12].parse().expect("a status");
+    let text = &r[r.find("\r\n\r\n").expect("a body") + 4..];
+    (
+        status,
+        serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// One record to each tenant over HTTP, through gateways a and b in turn;
+/// each acked offset must be the tenant's next.
+fn produce_round(tenants: &[(String, String)], gws: [&Floe; 2], acked: &mut [Vec<i64>]) {
+    for (i, (t, auth)) in tenants.iter().enumerate() {
+        let path = format!("/v3/clusters/floe-{t}/topics/t/records");
+        let body = r#"{"partition_id": 0, "value": {"type": "STRING", "data": "x"}}"#;
+        let (status, v) = call(gws[i % 2], auth, "POST", &path, body);
+        assert_eq!(status, 200, "{t}: {v}");
+        let offset = v["offset"].as_i64().expect("an offset");
+        assert_eq!(offset, acked[i].len() as i64, "{t}: offsets run on");
+        acked[i].push(offset);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_worker_takes_its_share_of_the_shards() {
+    let (_s3, mut c, a, b) = launch_with("spread", 2, &[]);
+    let admin = "Authorization: Bearer t";
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        let t = format!("t{i:02}");
+        let body = format!(r#"{{"id": "{t}", "plan": "standard"}}"#);
+        let (status, v) = call(&a, admin, "POST", "/admin/v1/tenants", &body);
+        assert_eq!(status, 201, "{v}");
+        let (status, v) = call(
+            &a,
+            admin,
+            "POST",
+            &format!("/admin/v1/tenants/{t}/keys"),
+            "",
+        );
+        assert_eq!(status, 201, "{v}");
+        let basic = b64(&format!(
+            "{}:{}",
+            v["key"].as_str().unwrap(),
+            v["secret"].as_str().unwrap()
+        ));
+        tenants.push((t, format!("Authorization: Basic {basic}")));
+    }
+    // Gateway b follows the registry: it knows the keys within a refresh.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (t, auth) in &tenants {
+        let path = format!("/v3/clusters/floe-{t}/topics");
+        loop {
+            let (status, v) = call(&b, auth, "POST", &path, r#"{"topic_name": "t"}"#);
+            if status == 201 {
+                break;
+            }
+            assert!(
+                status == 401 && Instant::now() < deadline,
+                "{t}: {status} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut acked = vec![Vec::new(); TENANTS];
+    produce_round(&tenants, [&a, &b], &mut acked);
+    let before = owned(&c);
+    assert_eq!(
+        before.iter().sum::<usize>(),
+        TENANTS,
+        "{before:?} {}",
+        status(&c)
+    );
+    assert!(
+        before.iter().all(|n| *n > 0),
+        "both workers own shards: {before:?}"
+    );
+
+    // A third worker: the shards it wins move to it as they are used,
+    // and nothing else moves.
+    c.add_worker();
+    // Settled: every shard owned, the same way for five rounds running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let after = loop {
+        produce_round(&tenants, [&b, &a], &mut acked);
+        seen.push(owned(&c));
+        let last = &seen[seen.len().saturating_sub(5)..];
+        let now = seen[seen.len() - 1].clone();
+        let settled = last.len() == 5 && last.iter().all(|o| *o == now);
+        if settled && now[2] > 0 && now.iter().sum::<usize>() == TENANTS {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "not spread: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!("shards per worker: {before:?} with two workers, {after:?} with three");
+    // `floe cluster status` shows the same: three live workers, each
+    // tenant's shard on one of them.
+    let shown = status(&c);
+    assert!(shown.starts_with("3 worker(s) listed\n"), "{shown}");
+    let lines: Vec<&str> = shown.lines().skip(1).collect();
+    assert!(lines.iter().all(|l| l.contains("  live  ")), "{shown}");
+    for (t, _) in &tenants {
+        let holders = lines
+            .iter()
+            .filter(|l| {
+                l.rsplit("shards: ")
+                    .next()
+                    .is_some_and(|s| s.split(',').any(|x| x == t))
+            })
+            .count();
+        assert_eq!(holders, 1, "{t}: {shown}");
+    }
+    for i in 0..2 {
+        assert!(
+            after[i] <= before[i],
+            "a shard moved between old workers: {before:?} -> {after:?}"
+        );
+    }
+
+    // Every acked record is there once, at its offset, through either gateway.
+    for (i, (t, auth)) in tenants.iter().enumerate() {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let path = "/v1/topics/t/partitions/0/records?offset=0";
+        let (status, v) = call(gw, auth, "GET", path, "");
+        assert_eq!(status, 200, "{t}: {v}");
+        let offsets: Vec<i64> = v["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|r| r["offset"].as_i64().expect("an offset"))
+            .collect();
+        assert_eq!(offsets, acked[i], "{t}");
+    }
+}
+
+/// Base64 (standard alphabet, padded) for a Basic credential.
+fn b64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -267,7 +267,10 @@ async fn read_loop<W: Shards>(
             }
         };
         let frame = match frame {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                conn.spoke.store(true, Relaxed);
+                f
+            }
             Ok(None) => return,
             Err(why) => {
                 gw.metrics.bad_requests.fetch_add(1, Relaxed);
@@ -328,6 +331,9 @@ fn metered_tenant<W>(gw: &Gateway<W>, session: &sasl::Session) -> Option<floe_co
 }
 
 async fn charge_time<W: Shards>(gw: &Gateway<W>, tenant: &floe_common::TenantId, conn: &Conn) {
+    if !conn.spoke.load(Relaxed) {
+        return;
+    }
     let usage = Usage {
         connection_ms: conn.connection_ms(),
         ..Usage::default()
@@ -630,6 +636,9 @@ fn set_throttle(resp: &mut ResponseKind, ms: i32) {
 pub struct Conn {
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
     charged_to: std::sync::Mutex<tokio::time::Instant>,
+    /// Whether a request arrived: a connection that sends none (a TCP
+    /// health probe) is nobody's usage, and loads no shard to say so.
+    spoke: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -637,6 +646,7 @@ impl Conn {
         Self {
             until: std::sync::Mutex::new(None),
             charged_to: std::sync::Mutex::new(tokio::time::Instant::now()),
+            spoke: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
