@@ -38,6 +38,17 @@ pub fn code(e: &WorkerError) -> i16 {
     .code()
 }
 
+/// For the transaction coordinator's requests (InitProducerId, the txn
+/// calls): a shard that is loading or moving is COORDINATOR_LOAD_IN_PROGRESS,
+/// which clients retry at the same coordinator; NOT_LEADER_OR_FOLLOWER is
+/// not among those requests' errors, and Java's producer treats it as fatal.
+pub fn coordinator_code(e: &WorkerError) -> i16 {
+    match e {
+        WorkerError::Unavailable(_) => E::CoordinatorLoadInProgress.code(),
+        other => code(other),
+    }
+}
+
 /// PRODUCER_FENCED came with KIP-588 (InitProducerId v4, AddPartitionsToTxn,
 /// AddOffsetsToTxn and EndTxn v2): older versions get INVALID_PRODUCER_EPOCH
 /// for it, as from Kafka.

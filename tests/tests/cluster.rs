@@ -13,7 +13,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use floe_e2e::raw::{produce_request, Conn};
+use floe_e2e::records::batch;
 use floe_e2e::s3::S3Server;
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError as E;
 use floe_e2e::{floe_bin, temp_dir, Floe};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -286,6 +291,25 @@ async fn one_cluster_through_either_gateway(a: &Floe, b: &Floe) {
     }
 }
 
+/// With no worker at all, calls wait at the gateway and then get the
+/// retriable errors their clients expect, before a client's 30 s request
+/// timeout (the connection's read timeout is 20 s).
+fn no_worker_answers(gw: &Floe) {
+    let mut raw = Conn::connect(&gw.bootstrap());
+    raw.send(
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+            .with_transaction_timeout_ms(60_000),
+    );
+    raw.send(9, &produce_request("elsewhere", 0, -1, batch(1, 10)));
+    let init = raw.recv::<InitProducerIdRequest>(4);
+    assert_eq!(init.error_code, E::CoordinatorLoadInProgress.code());
+    let produced = raw.recv::<ProduceRequest>(9);
+    let code = produced.responses[0].partition_responses[0].error_code;
+    assert_eq!(code, E::NotLeaderOrFollower.code());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     let (_s3, mut c, a, b) = launch("cluster", &[]);
@@ -338,6 +362,7 @@ async fn cluster_loses_nothing_acked_across_worker_kills_and_scale_from_zero() {
     }
     c.workers.clear();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    no_worker_answers(&b);
     let mut cold = Vec::new();
     send(&p, "from-zero".into(), &mut cold).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

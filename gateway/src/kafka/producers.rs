@@ -42,7 +42,7 @@ pub async fn init_producer_id<W: Shards>(
             .with_producer_epoch(epoch),
         // PRODUCER_FENCED is v4+ (KIP-588).
         Err(e) => InitProducerIdResponse::default()
-            .with_error_code(errors::fenced_for(errors::code(&e), version, 4))
+            .with_error_code(errors::fenced_for(errors::coordinator_code(&e), version, 4))
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1),
     }

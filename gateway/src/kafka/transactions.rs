@@ -25,7 +25,7 @@ use kafka_protocol::ResponseError;
 use crate::{errors, Cx};
 
 fn code<T>(r: &floe_worker::Result<T>) -> i16 {
-    r.as_ref().err().map_or(0, errors::code)
+    r.as_ref().err().map_or(0, errors::coordinator_code)
 }
 
 /// The versions of AddPartitionsToTxn, AddOffsetsToTxn and EndTxn that know
@@ -42,7 +42,7 @@ fn per_partition(
         Ok(each) => each.iter().map(code).collect::<Vec<_>>().into_iter(),
         Err(e) => {
             let n = asked.iter().map(|(_, ps)| ps.len()).sum();
-            vec![errors::code(&e); n].into_iter()
+            vec![errors::coordinator_code(&e); n].into_iter()
         }
     }
 }
@@ -199,7 +199,7 @@ pub async fn end_txn<W: Shards>(gw: &Cx<W>, req: EndTxnRequest, version: i16) ->
 pub async fn list<W: Shards>(gw: &Cx<W>, req: ListTransactionsRequest) -> ListTransactionsResponse {
     let all = match gw.worker.transactions(&gw.tenant).await {
         Ok(all) => all,
-        Err(e) => return ListTransactionsResponse::default().with_error_code(errors::code(&e)),
+        Err(e) => return ListTransactionsResponse::default().with_error_code(errors::coordinator_code(&e)),
     };
     const STATES: [&str; 4] = ["Empty", "Ongoing", "CompleteCommit", "CompleteAbort"];
     let (known, unknown): (Vec<StrBytes>, Vec<StrBytes>) = req
@@ -256,7 +256,7 @@ pub async fn describe<W: Shards>(
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1);
             match &all {
-                Err(e) => out.with_error_code(errors::code(e)),
+                Err(e) => out.with_error_code(errors::coordinator_code(e)),
                 Ok(all) => match all.iter().find(|(k, _)| k.as_str() == id.0.as_str()) {
                     None => out.with_error_code(ResponseError::TransactionalIdNotFound.code()),
                     Some((_, m)) => described(out, m),
