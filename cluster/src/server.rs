@@ -843,3 +843,102 @@ pub fn render(node: &Node, out: &mut String) {
         crate::series(out, name, kind, help, v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{self, Identity, SERVER_NAME};
+    use object_store::memory::InMemory;
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().expect("an address")
+    }
+
+    /// An answer to `call`, or why there was none.
+    async fn ask(conn: &quinn::Connection, id: u64, call: Call) -> anyhow::Result<(u64, u8)> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let tenant = TenantId::new("acme").expect("valid");
+        send.write_all(&rpc::request(id, &Request { tenant, call }))
+            .await?;
+        let body = rpc::read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended unanswered"))?;
+        let (id, kind, _) = rpc::parse_answer(body).map_err(anyhow::Error::msg)?;
+        Ok((id, kind))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_frames_close_only_their_stream_and_strangers_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        tls::init(dir.path()).expect("cluster init");
+        let id = Identity::load(dir.path()).expect("identity");
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let server = crate::endpoint(
+            local(),
+            Some(id.server().expect("server")),
+            id.client().expect("client"),
+        )
+        .expect("endpoint");
+        let addr = server.local_addr().expect("bound");
+        let worker = Arc::new(LocalWorker::new(
+            store.clone(),
+            floe_worker::WorkerConfig::default(),
+        ));
+        let _node = Node::start(
+            worker,
+            store,
+            members::Timing::default(),
+            server,
+            addr,
+            None,
+        )
+        .await
+        .expect("node");
+        let client =
+            crate::endpoint(local(), None, id.client().expect("client")).expect("endpoint");
+        let conn = client
+            .connect(addr, SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+
+        let mut garbage = 16u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xc1; 16]); // 0xc1: never valid MessagePack
+        let bad: [(&str, Vec<u8>); 3] = [
+            ("a frame shorter than its id", 3u32.to_be_bytes().to_vec()),
+            (
+                "a frame over the limit",
+                (rpc::MAX_FRAME as u32 + 1).to_be_bytes().to_vec(),
+            ),
+            ("an undecodable request", garbage),
+        ];
+        for (what, frame) in bad {
+            let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+            send.write_all(&frame).await.expect("sent");
+            let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: the stream stayed open"));
+            assert!(
+                answer.as_ref().map_or(true, |b| b.is_empty()),
+                "{what}: answered {answer:?}"
+            );
+        }
+        // The connection and the worker carry on.
+        assert_eq!(
+            ask(&conn, 7, Call::Topics).await.expect("an answer"),
+            (7, rpc::DONE)
+        );
+
+        // Another cluster's certificate gets nothing.
+        let other = tempfile::tempdir().expect("temp dir");
+        tls::init(other.path()).expect("cluster init");
+        let stranger = Identity::load(other.path()).expect("identity");
+        let ep =
+            crate::endpoint(local(), None, stranger.client().expect("client")).expect("endpoint");
+        let refused = match ep.connect(addr, SERVER_NAME).expect("connect").await {
+            Err(_) => true,
+            Ok(c) => ask(&c, 8, Call::Topics).await.is_err(),
+        };
+        assert!(refused, "a stranger was served");
+    }
+}

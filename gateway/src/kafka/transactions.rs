@@ -199,7 +199,10 @@ pub async fn end_txn<W: Shards>(gw: &Cx<W>, req: EndTxnRequest, version: i16) ->
 pub async fn list<W: Shards>(gw: &Cx<W>, req: ListTransactionsRequest) -> ListTransactionsResponse {
     let all = match gw.worker.transactions(&gw.tenant).await {
         Ok(all) => all,
-        Err(e) => return ListTransactionsResponse::default().with_error_code(errors::coordinator_code(&e)),
+        Err(e) => {
+            return ListTransactionsResponse::default()
+                .with_error_code(errors::coordinator_code(&e))
+        }
     };
     const STATES: [&str; 4] = ["Empty", "Ongoing", "CompleteCommit", "CompleteAbort"];
     let (known, unknown): (Vec<StrBytes>, Vec<StrBytes>) = req
