@@ -117,23 +117,29 @@ async fn send(
 }
 
 /// The S3 server, three workers (with `worker_args`), and gateways a and b.
-fn launch(name: &str, worker_args: &[&str]) -> (S3Server, Cluster, Floe, Floe) {
-    launch_with(name, 3, worker_args)
+fn launch(name: &str, worker_args: &[&str]) -> (Option<S3Server>, Cluster, Floe, Floe) {
+    launch_with(name, 3, worker_args, true)
 }
 
 fn launch_with(
     name: &str,
     workers: usize,
     worker_args: &[&str],
-) -> (S3Server, Cluster, Floe, Floe) {
-    let s3 = S3Server::start("floe").unwrap_or_else(|e| panic!("S3 server: {e}"));
+    on_s3: bool,
+) -> (Option<S3Server>, Cluster, Floe, Floe) {
+    let s3 = on_s3.then(|| S3Server::start("floe").unwrap_or_else(|e| panic!("S3 server: {e}")));
     let dir = temp_dir(name);
     let certs = dir.join("certs");
     init_certs(&certs);
+    // Or a local directory every process shares, as on one machine.
+    let store = match s3 {
+        Some(_) => "s3://floe/cluster".to_string(),
+        None => dir.join("store").display().to_string(),
+    };
     let mut c = Cluster {
         common: vec![
             "--store".into(),
-            "s3://floe/cluster".into(),
+            store,
             "--cluster-certs".into(),
             certs.display().to_string(),
             "--beat-ms".into(),
@@ -141,7 +147,7 @@ fn launch_with(
             "--lease-ms".into(),
             "1500".into(),
         ],
-        env: s3.env(),
+        env: s3.as_ref().map(S3Server::env).unwrap_or_default(),
         dir,
         worker_args: worker_args.iter().map(|a| a.to_string()).collect(),
         workers: Vec::new(),
@@ -458,7 +464,17 @@ fn owned_anywhere(c: &Cluster) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_shard_unloads_and_idle_consumers_do_not_load_it() {
-    let (_s3, c, a, b) = launch("idle", &["--idle-timeout-ms", "1500"]);
+    idle_shard(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_shard_on_a_local_directory_unloads_and_loads_again() {
+    idle_shard(false).await;
+}
+
+async fn idle_shard(on_s3: bool) {
+    let store = if on_s3 { "S3" } else { "a local directory" };
+    let (_s3, c, a, b) = launch_with("idle", 3, &["--idle-timeout-ms", "1500"], on_s3);
     let p = producer(&a.bootstrap());
     let mut acked = HashMap::new();
     let mut sent = Vec::new();
@@ -527,7 +543,7 @@ async fn an_idle_shard_unloads_and_idle_consumers_do_not_load_it() {
     send(&p, "second-0".into(), &mut cold).await;
     acks(cold, &mut acked).await;
     eprintln!(
-        "cold start on S3 (idle shard to first produce acked): {:?}",
+        "cold start on {store} (idle shard to first produce acked): {:?}",
         started.elapsed()
     );
     for i in 1..10 {
@@ -609,7 +625,7 @@ fn produce_round(tenants: &[(String, String)], gws: [&Floe; 2], acked: &mut [Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_worker_takes_its_share_of_the_shards() {
-    let (_s3, mut c, a, b) = launch_with("spread", 2, &[]);
+    let (_s3, mut c, a, b) = launch_with("spread", 2, &[], true);
     let admin = "Authorization: Bearer t";
     let mut tenants = Vec::new();
     for i in 0..TENANTS {
