@@ -39,6 +39,7 @@ const SETTLE_BEATS: u32 = 3;
 pub struct NodeStats {
     pub requests: AtomicU64,
     pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
     pub moved: AtomicU64,
     pub acquired: AtomicU64,
     pub released: AtomicU64,
@@ -518,8 +519,10 @@ async fn lane(
     budget: Arc<Semaphore>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let out = node.clone();
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
+            out.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
             if send.write_chunk(frame).await.is_err() {
                 return;
             }
@@ -789,7 +792,7 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
 /// The worker's series for `/metrics`: what an autoscaler needs.
 pub fn render(node: &Node, out: &mut String) {
     let s = &node.stats;
-    let series: [(&str, &str, &str, u64); 8] = [
+    let series: [(&str, &str, &str, u64); 9] = [
         (
             "floe_worker_idle",
             "gauge",
@@ -819,6 +822,12 @@ pub fn render(node: &Node, out: &mut String) {
             "counter",
             "Request bytes received from gateways.",
             s.bytes_in.load(Relaxed),
+        ),
+        (
+            "floe_worker_rpc_bytes_out_total",
+            "counter",
+            "Answer bytes sent to gateways.",
+            s.bytes_out.load(Relaxed),
         ),
         (
             "floe_worker_rpc_moved_total",

@@ -260,6 +260,13 @@ impl Metrics {
                 let _ = writeln!(out, "floe_kafka_requests_total{{api_key=\"{key}\"}} {n}");
             }
         }
+        if let Some(cpu) = cpu_seconds() {
+            let name = "process_cpu_seconds_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} User and system CPU time of this process.\n# TYPE {name} counter\n{name} {cpu:.2}"
+            );
+        }
         self.render_tenants(&mut out);
         if let Some(extra) = self.extra.get() {
             extra(&mut out);
@@ -307,4 +314,18 @@ impl Metrics {
             }
         }
     }
+}
+
+/// This process's CPU time from `/proc/self/stat` (Linux; `None` elsewhere):
+/// an autoscaler's load signal.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // anything: state is field 3, utime and stime fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // In clock ticks: USER_HZ, which Linux fixes at 100 for user space.
+    Some((utime + stime) as f64 / 100.0)
 }

@@ -529,6 +529,15 @@ async fn idle_shard(on_s3: bool) {
     for w in &c.workers {
         let m = w.http_get("/metrics").unwrap_or_default();
         assert_eq!(metric(&m, "floe_worker_idle"), Some(1.0), "{m}");
+        // The rest of an autoscaler's signal: CPU and bytes moved.
+        assert!(
+            metric(&m, "process_cpu_seconds_total").is_some_and(|s| s > 0.0),
+            "{m}"
+        );
+        assert!(
+            metric(&m, "floe_worker_rpc_bytes_out_total").is_some(),
+            "{m}"
+        );
     }
     let answers = metric(
         &b.http_get("/metrics").unwrap_or_default(),

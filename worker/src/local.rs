@@ -364,17 +364,21 @@ impl LocalWorker {
     /// is written (so the next owner replays nothing), and the shard is
     /// dropped. Requests after this open it again.
     pub async fn release(&self, tenant: &TenantId) -> Result<()> {
-        let gate = self.opener(tenant);
-        let _one_opener = gate.lock().await;
+        self.close(tenant).await.map(drop)
+    }
+
+    /// Takes the shard out of the open set and closes its log (flush and
+    /// checkpoint), with no opener racing it: the closed shard, if any.
+    async fn close(&self, tenant: &TenantId) -> Result<Option<Arc<Shard>>> {
+        let _one_opener = self.opener(tenant).lock_owned().await;
         let gone = self
             .open
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(tenant);
-        match gone {
-            Some(shard) => Ok(shard.log.close().await?),
-            None => Ok(()),
-        }
+        let Some(shard) = gone else { return Ok(None) };
+        shard.log.close().await?;
+        Ok(Some(shard))
     }
 
     /// Whether the tenant's open shard has a group between generations or
@@ -404,15 +408,9 @@ impl LocalWorker {
     /// its offsets, catalog and stable groups are published for gateways
     /// to answer idle clients from (see `published.rs`).
     pub async fn unload(&self, tenant: &TenantId) -> Result<Option<published::Published>> {
-        let gate = self.opener(tenant);
-        let _one_opener = gate.lock().await;
-        let gone = self
-            .open
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tenant);
-        let Some(shard) = gone else { return Ok(None) };
-        shard.log.close().await?;
+        let Some(shard) = self.close(tenant).await? else {
+            return Ok(None);
+        };
         let topics: Vec<TopicMeta> = shard
             .topics
             .read()
