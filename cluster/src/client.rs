@@ -246,12 +246,15 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
         .await;
         if let Some(to) = moved_to {
             hops += 1;
+            // A worker whose view is older than ours may name one whose
+            // lease we have seen expire: route by our view instead.
+            let to = to.filter(|addr| !view.expired(addr));
             if hops > MAX_HOPS {
                 fail_calls(&mut queue, "the shard is moving between workers; retry");
                 hops = 0;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             } else if to.is_none() {
-                // Route again once the view has had a chance to change.
+                // Route again once the views have had a chance to change.
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(hops))).await;
             }
             hint = to;
@@ -342,8 +345,10 @@ async fn pump(
     (view, target): (&View, &str),
 ) -> Option<Option<String>> {
     // A killed worker sends nothing: its lease expiring in the view ends the
-    // stream well before QUIC's idle timeout would.
+    // stream well before QUIC's idle timeout would. It may have expired
+    // already (a MOVED from a worker with an older view named it).
     let mut members = view.watch();
+    let mut ended = view.expired(target);
     let (ev_tx, mut events) = mpsc::unbounded_channel::<Option<Bytes>>();
     let reader = tokio::spawn(async move {
         loop {
@@ -363,10 +368,9 @@ async fn pump(
     let mut due: BTreeMap<u64, Out> = BTreeMap::new();
     let mut moved: Vec<Out> = Vec::new();
     let mut moved_to: Option<Option<String>> = None;
-    let mut ended = false;
     // The lane's sender goes only with the gateway; then finish what is due.
     let mut open = true;
-    'pump: loop {
+    'pump: while !ended {
         if moved_to.is_none() {
             while let Some(o) = queue.pop_front() {
                 if send.write_chunk(o.frame.clone()).await.is_err() {

@@ -277,6 +277,16 @@ impl View {
         pick(tenant, live.iter().filter(|b| !b.draining)).cloned()
     }
 
+    /// Whether the worker at `addr` is listed with its lease expired (and
+    /// no live beat at that address). An address not listed is not known
+    /// to be gone: it may be a worker newer than this view.
+    pub fn expired(&self, addr: &str) -> bool {
+        let lease = self.timing.lease;
+        let seen = lock(&self.seen);
+        let mut listed = seen.values().filter(|s| s.beat.addr == addr).peekable();
+        listed.peek().is_some() && listed.all(|s| s.changed.elapsed() >= lease)
+    }
+
     /// The live claimant of `tenant` other than `me`.
     pub fn claimant(&self, tenant: &str, me: &str) -> Option<Beat> {
         self.live()
