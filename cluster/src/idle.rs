@@ -108,22 +108,17 @@ impl Idle {
         if !lock(&self.known).contains_key(tenant) {
             return false;
         }
-        let mut deferred = lock(&self.deferred);
-        let d = deferred.entry(tenant.clone()).or_default();
-        d.produce_bytes += usage.produce_bytes;
-        d.fetch_bytes += usage.fetch_bytes;
-        d.requests += usage.requests;
-        d.connection_ms += usage.connection_ms;
+        lock(&self.deferred)
+            .entry(tenant.clone())
+            .or_default()
+            .add(usage);
         true
     }
 
     /// `usage` plus what was kept while the tenant was idle.
     pub fn with_deferred(&self, tenant: &TenantId, mut usage: Usage) -> Usage {
         if let Some(d) = lock(&self.deferred).remove(tenant) {
-            usage.produce_bytes += d.produce_bytes;
-            usage.fetch_bytes += d.fetch_bytes;
-            usage.requests += d.requests;
-            usage.connection_ms += d.connection_ms;
+            usage.add(&d);
         }
         usage
     }

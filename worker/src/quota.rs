@@ -34,6 +34,16 @@ pub struct Usage {
     pub connection_ms: u64,
 }
 
+impl Usage {
+    /// Adds `o` to this usage, field by field.
+    pub fn add(&mut self, o: &Usage) {
+        self.produce_bytes += o.produce_bytes;
+        self.fetch_bytes += o.fetch_bytes;
+        self.requests += o.requests;
+        self.connection_ms += o.connection_ms;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Rate {
     /// When the tenant will have paid for everything so far.
