@@ -34,6 +34,10 @@ pub(crate) struct Idle {
     store: Arc<dyn ObjectStore>,
     view: Arc<View>,
     known: Mutex<HashMap<TenantId, Arc<Published>>>,
+    /// When a look found nothing to trust (no object, or a newer owner):
+    /// calls for a shard being placed or moved do not repeat the GETs
+    /// within a refresh.
+    missed: Mutex<HashMap<TenantId, std::time::Instant>>,
     /// Long-polls on idle shards: the sender drops when the shard loads.
     watches: Mutex<HashMap<TenantId, watch::Sender<u64>>>,
     deferred: Mutex<HashMap<TenantId, Usage>>,
@@ -46,6 +50,7 @@ impl Idle {
             store,
             view,
             known: Mutex::default(),
+            missed: Mutex::default(),
             watches: Mutex::default(),
             deferred: Mutex::default(),
             stats,
@@ -65,6 +70,27 @@ impl Idle {
             self.stats.idle_answers.fetch_add(1, Relaxed);
             return Some(p.clone());
         }
+        let refresh = self.view.timing().refresh;
+        if lock(&self.missed)
+            .get(tenant)
+            .is_some_and(|at| at.elapsed() < refresh)
+        {
+            return None;
+        }
+        let Some(p) = self.look(tenant).await else {
+            lock(&self.missed).insert(tenant.clone(), std::time::Instant::now());
+            return None;
+        };
+        lock(&self.missed).remove(tenant);
+        let p = Arc::new(p);
+        lock(&self.known).insert(tenant.clone(), p.clone());
+        self.stats.idle_answers.fetch_add(1, Relaxed);
+        Some(p)
+    }
+
+    /// The tenant's published object, if it exists and no newer owner has
+    /// claimed the shard since it was written.
+    async fn look(&self, tenant: &TenantId) -> Option<Published> {
         let body =
             match tokio::time::timeout(STORE_TIMEOUT, self.store.get(&published::path(tenant)))
                 .await
@@ -78,13 +104,9 @@ impl Idle {
         let p: Published = serde_json::from_slice(&body).ok()?;
         let prefix = object_store::path::Path::from(floe_common::shard_prefix(tenant, 0));
         match ShardLog::superseded(&*self.store, &prefix, p.epoch, STORE_TIMEOUT).await {
-            Ok(false) => {}
-            _ => return None,
+            Ok(false) => Some(p),
+            _ => None,
         }
-        let p = Arc::new(p);
-        lock(&self.known).insert(tenant.clone(), p.clone());
-        self.stats.idle_answers.fetch_add(1, Relaxed);
-        Some(p)
     }
 
     /// The shard is (being) loaded: nothing published holds any more.
@@ -132,6 +154,8 @@ async fn watch_claims(idle: Weak<Idle>) {
     };
     while changed.changed().await.is_ok() {
         let Some(idle) = idle.upgrade() else { return };
+        // A claim that went may be an unload: look again at once.
+        lock(&idle.missed).clear();
         let known: Vec<TenantId> = lock(&idle.known).keys().cloned().collect();
         for t in known {
             if idle.view.claimed(t.as_str()) {
