@@ -251,7 +251,7 @@ impl Node {
         let gate = self.gate(tenant);
         let _one = gate.lock().await;
         let name = tenant.as_str();
-        if idle {
+        let done = if idle {
             // The claim goes first, then the count is read: a call counted
             // after this read finds no claim and waits at the gate.
             lock(&self.claims).remove(name);
@@ -259,12 +259,10 @@ impl Node {
                 lock(&self.claims).insert(name.to_string());
                 return;
             }
-        }
-        let done = if idle {
             self.worker.unload(tenant).await.map(|p| {
                 if let Some(p) = p {
                     let entry = (Instant::now(), Arc::new(p));
-                    lock(&self.unloaded).insert(tenant.as_str().to_string(), entry);
+                    lock(&self.unloaded).insert(name.to_string(), entry);
                 }
             })
         } else {
@@ -273,8 +271,8 @@ impl Node {
         if let Err(e) = done {
             tracing::warn!(%tenant, error = %e, "releasing shard");
         }
-        lock(&self.claims).remove(tenant.as_str());
-        lock(&self.worked).remove(tenant.as_str());
+        lock(&self.claims).remove(name);
+        lock(&self.worked).remove(name);
         self.stats.released.fetch_add(1, Relaxed);
         if idle {
             self.stats.unloaded.fetch_add(1, Relaxed);
