@@ -83,6 +83,7 @@ fn counts_view(c: &Counts) -> serde_json::Value {
         "connection_seconds": c.connection_ms as f64 / 1e3,
         "stored_byte_hours": c.stored_byte_seconds as f64 / 3600.0,
         "partition_hours": c.partition_ms as f64 / 3.6e6,
+        "wasm_fuel": c.wasm_fuel,
     })
 }
 

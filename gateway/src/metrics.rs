@@ -306,6 +306,11 @@ impl Metrics {
                 "Partitions held, over time.",
                 |c| c.partition_ms as f64 / 3.6e6,
             ),
+            (
+                "floe_tenant_wasm_fuel_total",
+                "Fuel burned by the tenant's Wasm transforms.",
+                |c| c.wasm_fuel as f64,
+            ),
         ];
         for (name, help, value) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -35,6 +35,9 @@ pub struct Counts {
     pub stored_byte_seconds: u64,
     /// Partitions held, integrated over time: partition-milliseconds.
     pub partition_ms: u64,
+    /// Fuel the tenant's Wasm transforms burned (about one unit per
+    /// instruction).
+    pub wasm_fuel: u64,
 }
 
 impl Counts {
@@ -46,6 +49,7 @@ impl Counts {
             self.connection_ms,
             self.stored_byte_seconds,
             self.partition_ms,
+            self.wasm_fuel,
         ]
     }
 
@@ -58,6 +62,7 @@ impl Counts {
             connection_ms: at(3),
             stored_byte_seconds: at(4),
             partition_ms: at(5),
+            wasm_fuel: at(6),
         }
     }
 
@@ -68,6 +73,7 @@ impl Counts {
         self.connection_ms += o.connection_ms;
         self.stored_byte_seconds += o.stored_byte_seconds;
         self.partition_ms += o.partition_ms;
+        self.wasm_fuel += o.wasm_fuel;
     }
 
     pub fn is_zero(&self) -> bool {

@@ -1,0 +1,247 @@
+//! A store's host state, and the limits every call runs under.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::Limits;
+
+/// Who a guest runs for: its log lines and errors carry these.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub tenant: String,
+    pub plugin: String,
+}
+
+/// Log lines a guest may write per call; the rest are counted and dropped.
+const LOG_LINES_PER_CALL: u32 = 100;
+
+pub(crate) struct Host {
+    pub labels: Labels,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub memory: MemoryCap,
+    /// When the current call must end.
+    deadline: Instant,
+    /// What the guest's clocks read: fixed for the length of a call.
+    clock: Clock,
+    logged: u32,
+    /// The transform's state for the batch being processed.
+    pub state: crate::transform::StateBuf,
+}
+
+impl Host {
+    pub fn new(labels: Labels, limits: &Limits) -> Self {
+        // WASI is present so that guests built for wasm32-wasip2 link, but
+        // empty: no preopens, environment or arguments, closed stdin,
+        // discarded stdout/stderr, no sockets, and a seed fixed per plugin
+        // so a guest's "random" choices replay the same after a restart.
+        let seed = seed(&labels);
+        let clock = Clock::default();
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .insecure_random_seed(u128::from_le_bytes(
+                seed[..16].try_into().expect("16 bytes"),
+            ))
+            .secure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock.clone())
+            .build();
+        Self {
+            labels,
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap {
+                max_bytes: limits.memory_bytes,
+                hit: false,
+            },
+            deadline: Instant::now(),
+            clock,
+            logged: 0,
+            state: Default::default(),
+        }
+    }
+
+    pub fn log(&mut self, level: &str, message: &str) {
+        self.logged += 1;
+        if self.logged > LOG_LINES_PER_CALL {
+            return;
+        }
+        let (tenant, plugin) = (&self.labels.tenant, &self.labels.plugin);
+        let message: String = message.chars().take(1024).collect();
+        match level {
+            "error" => tracing::error!(%tenant, %plugin, "guest: {message}"),
+            "warn" => tracing::warn!(%tenant, %plugin, "guest: {message}"),
+            "info" => tracing::info!(%tenant, %plugin, "guest: {message}"),
+            _ => tracing::debug!(%tenant, %plugin, "guest: {message}"),
+        }
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses memory growth past the cap, and remembers that it did, so the
+/// trap that follows is reported as the memory limit.
+pub(crate) struct MemoryCap {
+    max_bytes: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes reached (asked for {desired})",
+                self.max_bytes
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A store with the limiter, fuel and epoch deadline wired in.
+pub(crate) fn store(engine: &wasmtime::Engine, limits: &Limits, labels: Labels) -> Store<Host> {
+    let mut store = Store::new(engine, Host::new(labels, limits));
+    store.limiter(|h| &mut h.memory);
+    // Each tick past the deadline check yields to the async runtime; past
+    // the call's deadline it traps.
+    store.epoch_deadline_callback(|cx: StoreContextMut<'_, Host>| {
+        if Instant::now() >= cx.data().deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+/// Arms a store for one call: full fuel, a fresh deadline, a log budget.
+pub(crate) fn arm(store: &mut Store<Host>, limits: &Limits) -> wasmtime::Result<()> {
+    store.set_fuel(limits.fuel_per_call)?;
+    store.set_epoch_deadline(1);
+    let host = store.data_mut();
+    host.deadline = Instant::now() + limits.deadline;
+    host.logged = 0;
+    host.clock.set();
+    host.memory.hit = false;
+    Ok(())
+}
+
+/// Fuel the last call burned.
+pub(crate) fn fuel_used(store: &Store<Host>, limits: &Limits) -> u64 {
+    limits
+        .fuel_per_call
+        .saturating_sub(store.get_fuel().unwrap_or(0))
+}
+
+/// Why a call failed, in words a tenant can act on.
+pub(crate) fn classify(
+    store: &Store<Host>,
+    limits: &Limits,
+    e: &wasmtime::Error,
+) -> (crate::FailureKind, String) {
+    use crate::FailureKind as K;
+    if store.data().memory.hit {
+        return (
+            K::Memory,
+            format!("memory limit of {} bytes reached", limits.memory_bytes),
+        );
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => (
+            K::Fuel,
+            format!("fuel of {} per call exhausted", limits.fuel_per_call),
+        ),
+        Some(wasmtime::Trap::Interrupt) => (
+            K::Deadline,
+            format!("deadline of {:?} per call passed", limits.deadline),
+        ),
+        Some(trap) => (K::Trap, format!("trap: {trap}")),
+        None => (K::Trap, format!("{e:#}").replace('\n', " ")),
+    }
+}
+
+/// A seed fixed per plugin.
+fn seed(labels: &Labels) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{}/{}", labels.tenant, labels.plugin).as_bytes(),
+    );
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// The guest's clocks, injected: both read the time the current call
+/// started, so a batch sees one instant however long it runs.
+#[derive(Clone, Default)]
+struct Clock(Arc<Instants>);
+
+#[derive(Default)]
+struct Instants {
+    wall_ns: AtomicU64,
+    mono_ns: AtomicU64,
+}
+
+impl Clock {
+    fn set(&self) {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.0
+            .wall_ns
+            .store(wall.as_nanos() as u64, Ordering::Relaxed);
+        let mono = started().elapsed();
+        self.0
+            .mono_ns
+            .store(mono.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl wasmtime_wasi::HostWallClock for Clock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.wall_ns.load(Ordering::Relaxed))
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for Clock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.mono_ns.load(Ordering::Relaxed)
+    }
+}

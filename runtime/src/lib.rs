@@ -1,0 +1,307 @@
+//! The wasmtime host. Tenants' transforms and operators' quota policies are
+//! WebAssembly components of the worlds in `wit/plugin.wit`; this crate
+//! compiles them once, checks what they import, and runs each call inside
+//! hard limits (DESIGN.md invariant 7): a memory cap, fuel, and a CPU
+//! deadline by epoch interruption. Calls are async and yield to the tokio
+//! runtime at every epoch tick, so a guest never holds a runtime thread for
+//! more than one tick (10 ms).
+//!
+//! This is the one crate that runs `bindgen!` over `wit/`.
+//!
+//! # Layout
+//! - `lib.rs`: [`Runtime`]: the shared engine (pooling allocator), the
+//!   compiled-component cache keyed by content hash, import checks.
+//! - `host.rs`: a store's host state: WASI present but empty (no files, no
+//!   sockets, an injected clock and seed), logging, the limits.
+//! - `transform.rs`: the `transform` world: [`Transform`] instances and
+//!   their batches, with state writes buffered per batch.
+//! - `quota.rs`: the `quota` world: [`Policy`] decisions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+mod host;
+mod quota;
+mod transform;
+
+pub use host::Labels;
+pub use quota::{Decision, Kind, Policy, Query, RecentUsage};
+pub use transform::{
+    Failure, FailureKind, Header, InputRecord, OutputRecord, Processed, StateRead, Transform,
+};
+
+/// How often the engine's epoch advances: the granularity of CPU deadlines
+/// and the longest a guest runs before yielding to the async runtime.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// At most this many outputs a transform may name (Redpanda's limit too).
+pub const MAX_OUTPUTS: usize = 8;
+
+/// Limits every guest call runs under. Validated once at start-up.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory per instance. Costs nothing until touched; the pool
+    /// reserves address space for `instances` of them.
+    pub memory_bytes: usize,
+    /// Fuel per call (about one unit per Wasm instruction): bounds work
+    /// independently of machine speed and is what tenants are metered by.
+    pub fuel_per_call: u64,
+    /// Wall-clock budget per call, enforced at epoch ticks.
+    pub deadline: Duration,
+    /// A batch may produce at most this many outputs per input record.
+    pub outputs_per_input: usize,
+    /// Instances alive at once in this process (the pool's size).
+    pub instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            fuel_per_call: 2_000_000_000,
+            deadline: Duration::from_secs(1),
+            outputs_per_input: MAX_OUTPUTS,
+            instances: 256,
+        }
+    }
+}
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory_bytes < 64 << 10 {
+            return Err("wasm memory must allow at least one 64 KiB page".into());
+        }
+        if self.fuel_per_call == 0 || self.deadline < EPOCH_TICK {
+            return Err(format!(
+                "wasm fuel must be positive and the deadline at least {EPOCH_TICK:?}"
+            ));
+        }
+        if self.outputs_per_input == 0 || self.instances == 0 {
+            return Err("wasm outputs per input and instances must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a component was refused, or a call could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upload is not a component of the world, or imports what the
+    /// world does not grant. The tenant's to fix.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// No instance could be made (the pool is full, or `init` failed).
+    #[error("cannot start the component: {0}")]
+    Start(String),
+}
+
+/// A component's identity: the SHA-256 of its bytes, in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub String);
+
+impl Digest {
+    pub fn of(wasm: &[u8]) -> Self {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, wasm);
+        Digest(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The world a component is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum World {
+    Transform,
+    Quota,
+}
+
+/// One engine and its compiled components, shared by every tenant.
+pub struct Runtime {
+    engine: Engine,
+    limits: Limits,
+    transform_linker: Linker<host::Host>,
+    quota_linker: Linker<host::Host>,
+    /// Compiled and pre-linked components by (world, content hash). Kept
+    /// in memory only: loading precompiled native code is `unsafe`, so
+    /// nothing compiled is ever read back from disk or the object store;
+    /// a new process compiles each component once on first use.
+    compiled: Mutex<HashMap<(World, Digest), Compiled>>,
+}
+
+#[derive(Clone)]
+enum Compiled {
+    Transform(transform::Pre),
+    Quota(quota::Pre),
+}
+
+impl Runtime {
+    /// Builds the engine and starts its epoch clock (a thread that lives as
+    /// long as the engine).
+    pub fn new(limits: Limits) -> Result<Arc<Self>, Error> {
+        limits.validate().map_err(Error::Start)?;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.instances)
+            .total_core_instances(limits.instances * 8)
+            .total_memories(limits.instances)
+            .total_tables(limits.instances * 2)
+            .total_stacks(limits.instances)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| Error::Start(e.to_string()))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| Error::Start(e.to_string()))?;
+        let transform_linker =
+            transform::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
+        let quota_linker = quota::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
+        Ok(Arc::new(Self {
+            engine,
+            limits,
+            transform_linker,
+            quota_linker,
+            compiled: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Identifies the engine's compiled code: a cache keyed by content hash
+    /// alone would hand one engine another's native code.
+    pub fn compatibility(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        h.finish()
+    }
+
+    /// Validates an upload for `world`: a component, importing only what
+    /// the world grants, exporting what it must. Compiles it once; later
+    /// calls with the same bytes are a hash and a lookup.
+    pub fn check(&self, world: World, wasm: &[u8]) -> Result<Digest, Error> {
+        let digest = Digest::of(wasm);
+        self.compiled(world, &digest, wasm)?;
+        Ok(digest)
+    }
+
+    fn compiled(&self, world: World, digest: &Digest, wasm: &[u8]) -> Result<Compiled, Error> {
+        let key = (world, digest.clone());
+        if let Some(c) = self.lock().get(&key) {
+            return Ok(c.clone());
+        }
+        if wasm.get(..4) != Some(b"\0asm") {
+            return Err(Error::Invalid("not a WebAssembly binary".into()));
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| Error::Invalid(format!("{e:#}").replace('\n', " ")))?;
+        check_imports(&self.engine, &component, world)?;
+        let compiled = match world {
+            World::Transform => Compiled::Transform(
+                transform::pre(&self.transform_linker, &component)
+                    .map_err(|e| Error::Invalid(format!("{e:#}")))?,
+            ),
+            World::Quota => Compiled::Quota(
+                quota::pre(&self.quota_linker, &component)
+                    .map_err(|e| Error::Invalid(format!("{e:#}")))?,
+            ),
+        };
+        self.lock().insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Forgets compiled components not in `keep` (after undeploys).
+    pub fn retain(&self, keep: &[Digest]) {
+        self.lock().retain(|(_, d), _| keep.contains(d));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(World, Digest), Compiled>> {
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A running instance of a transform, initialised with `config`.
+    pub async fn transform(
+        &self,
+        wasm: &[u8],
+        config: &[(String, String)],
+        labels: Labels,
+    ) -> Result<Transform, Error> {
+        let Compiled::Transform(pre) = self.compiled(World::Transform, &Digest::of(wasm), wasm)?
+        else {
+            return Err(Error::Invalid("not a transform".into()));
+        };
+        Transform::start(&self.engine, &self.limits, pre, config, labels).await
+    }
+
+    /// A quota policy instance.
+    pub async fn policy(&self, wasm: &[u8], labels: Labels) -> Result<Policy, Error> {
+        let Compiled::Quota(pre) = self.compiled(World::Quota, &Digest::of(wasm), wasm)? else {
+            return Err(Error::Invalid("not a quota policy".into()));
+        };
+        Policy::start(&self.engine, &self.limits, pre, labels).await
+    }
+}
+
+/// The interfaces a component may import: its world's own, and the WASI
+/// interfaces every guest toolchain links (present, but with no files, no
+/// environment and no network behind them). Sockets and HTTP are refused.
+fn allowed(world: World, import: &str) -> bool {
+    let name = import.split('@').next().unwrap_or(import);
+    let own: &[&str] = match world {
+        World::Transform => &["floe:plugin/types", "floe:plugin/log", "floe:plugin/state"],
+        World::Quota => &["floe:plugin/quota-types", "floe:plugin/log"],
+    };
+    if own.contains(&name) {
+        return true;
+    }
+    let Some(wasi) = name.strip_prefix("wasi:") else {
+        return false;
+    };
+    let (package, _) = wasi.split_once('/').unwrap_or((wasi, ""));
+    matches!(package, "cli" | "io" | "clocks" | "random" | "filesystem")
+}
+
+fn check_imports(engine: &Engine, component: &Component, world: World) -> Result<(), Error> {
+    let refused: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| !allowed(world, name))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "imports {}, which the {} world does not grant",
+        refused.join(", "),
+        match world {
+            World::Transform => "transform",
+            World::Quota => "quota",
+        }
+    )))
+}
+
+#[cfg(test)]
+mod tests;

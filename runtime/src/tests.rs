@@ -1,0 +1,392 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn runtime(limits: Limits) -> Arc<Runtime> {
+    Runtime::new(limits).expect("engine starts")
+}
+
+fn labels(plugin: &str) -> Labels {
+    Labels {
+        tenant: "t1".into(),
+        plugin: plugin.into(),
+    }
+}
+
+fn batch(n: usize) -> Vec<InputRecord> {
+    (0..n)
+        .map(|i| InputRecord {
+            key: Some(format!("k{i}").into_bytes()),
+            value: (i % 3 != 2).then(|| format!("value {i}").into_bytes()),
+            headers: vec![Header {
+                key: "h".into(),
+                value: Some(vec![i as u8]),
+            }],
+            timestamp: 1_700_000_000_000 + i as i64,
+            offset: 100 + i as i64,
+            partition: 2,
+        })
+        .collect()
+}
+
+struct Empty;
+impl StateRead for Empty {
+    fn get(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+struct Fixed(Vec<u8>, Vec<u8>);
+impl StateRead for Fixed {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        (key == self.0).then(|| self.1.clone())
+    }
+}
+
+#[tokio::test]
+async fn identity_returns_every_record_unchanged() {
+    let rt = runtime(Limits::default());
+    let wasm = floe_fixtures::identity();
+    let mut t = rt
+        .transform(&wasm, &[], labels("id"))
+        .await
+        .expect("starts");
+    let input = batch(50);
+    let out = t
+        .process(&input, 1, Arc::new(Empty))
+        .await
+        .expect("processes");
+    assert_eq!(out.outputs.len(), 50);
+    for (i, o) in input.iter().zip(&out.outputs) {
+        assert_eq!(o.output, 0);
+        assert_eq!(o.key, i.key);
+        assert_eq!(o.value, i.value);
+        assert_eq!(o.headers, i.headers);
+        assert_eq!(o.timestamp, i.timestamp);
+    }
+    assert!(out.fuel > 0);
+    assert!(out.writes.is_empty());
+    // The instance is reused: a second batch, and an empty one.
+    assert_eq!(
+        t.process(&batch(3), 1, Arc::new(Empty))
+            .await
+            .expect("again")
+            .outputs
+            .len(),
+        3
+    );
+    assert!(t
+        .process(&[], 1, Arc::new(Empty))
+        .await
+        .expect("empty")
+        .outputs
+        .is_empty());
+}
+
+#[tokio::test]
+async fn fanout_names_two_outputs_and_is_refused_with_one() {
+    let rt = runtime(Limits::default());
+    let wasm = floe_fixtures::fanout();
+    let mut t = rt
+        .transform(&wasm, &[], labels("fan"))
+        .await
+        .expect("starts");
+    let out = t
+        .process(&batch(4), 2, Arc::new(Empty))
+        .await
+        .expect("processes");
+    let to: Vec<u8> = out.outputs.iter().map(|o| o.output).collect();
+    assert_eq!(to, vec![0, 1, 0, 1, 0, 1, 0, 1]);
+    let e = t
+        .process(&batch(4), 1, Arc::new(Empty))
+        .await
+        .expect_err("output 1 not deployed");
+    assert_eq!(e.kind, FailureKind::Outputs, "{e:?}");
+    // Not a trap: the instance goes on.
+    assert!(!t.poisoned());
+}
+
+#[tokio::test]
+async fn counter_state_is_read_through_and_written_per_batch() {
+    let rt = runtime(Limits::default());
+    let wasm = floe_fixtures::counter();
+    let mut t = rt
+        .transform(&wasm, &[], labels("count"))
+        .await
+        .expect("starts");
+    let first = t
+        .process(&batch(3), 1, Arc::new(Empty))
+        .await
+        .expect("processes");
+    let values: Vec<u64> = first
+        .outputs
+        .iter()
+        .map(|o| u64::from_le_bytes(o.value.clone().expect("value").try_into().expect("8 bytes")))
+        .collect();
+    assert_eq!(values, vec![1, 2, 3]);
+    assert_eq!(
+        first.writes,
+        vec![(b"n".to_vec(), Some(3u64.to_le_bytes().to_vec()))]
+    );
+    // The next batch sees what the host says is durable, not the guest's
+    // memory: from 10, the count goes on at 11.
+    let durable = Arc::new(Fixed(b"n".to_vec(), 10u64.to_le_bytes().to_vec()));
+    let second = t.process(&batch(2), 1, durable).await.expect("processes");
+    let last = second
+        .outputs
+        .last()
+        .and_then(|o| o.value.clone())
+        .expect("value");
+    assert_eq!(u64::from_le_bytes(last.try_into().expect("8 bytes")), 12);
+}
+
+#[tokio::test]
+async fn a_spinning_guest_hits_its_deadline_without_blocking_the_runtime() {
+    let limits = Limits {
+        fuel_per_call: u64::MAX / 2,
+        deadline: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let rt = runtime(limits);
+    let spin = floe_fixtures::spin();
+    let identity = floe_fixtures::identity();
+    let mut bad = rt
+        .transform(&spin, &[], labels("spin"))
+        .await
+        .expect("starts");
+    let mut good = rt
+        .transform(&identity, &[], labels("id"))
+        .await
+        .expect("starts");
+    // One runtime thread (this test's): the spinning guest yields at every
+    // epoch tick, so the well-behaved one finishes long before it.
+    let started = Instant::now();
+    let spinning = async {
+        let e = bad
+            .process(&batch(1), 1, Arc::new(Empty))
+            .await
+            .expect_err("spins");
+        (e, started.elapsed())
+    };
+    let other = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let t = Instant::now();
+            good.process(&batch(10), 1, Arc::new(Empty))
+                .await
+                .expect("processes");
+            slowest = slowest.max(t.elapsed());
+        }
+        started.elapsed()
+    };
+    let ((e, spun), other_done) = tokio::join!(spinning, other);
+    assert_eq!(e.kind, FailureKind::Deadline, "{e:?}");
+    assert!(spun >= Duration::from_millis(300), "{spun:?}");
+    assert!(
+        other_done < spun,
+        "the other transform waited: {other_done:?} vs {spun:?}"
+    );
+    assert!(bad.poisoned());
+}
+
+#[tokio::test]
+async fn a_spinning_guest_runs_out_of_fuel() {
+    let limits = Limits {
+        fuel_per_call: 10_000_000,
+        deadline: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let rt = runtime(limits);
+    let mut t = rt
+        .transform(&floe_fixtures::spin(), &[], labels("spin"))
+        .await
+        .expect("starts");
+    let e = t
+        .process(&batch(1), 1, Arc::new(Empty))
+        .await
+        .expect_err("spins");
+    assert_eq!(e.kind, FailureKind::Fuel, "{e:?}");
+    assert_eq!(e.fuel, 10_000_000);
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_stopped_at_the_cap() {
+    let limits = Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let rt = runtime(limits);
+    let mut t = rt
+        .transform(&floe_fixtures::bomb(), &[], labels("bomb"))
+        .await
+        .expect("starts");
+    let e = t
+        .process(&batch(1), 1, Arc::new(Empty))
+        .await
+        .expect_err("explodes");
+    assert_eq!(e.kind, FailureKind::Memory, "{e:?}");
+    assert!(e.message.contains("4194304"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn a_trapping_guest_poisons_only_its_instance() {
+    let rt = runtime(Limits::default());
+    let wasm = floe_fixtures::trap();
+    let mut t = rt
+        .transform(&wasm, &[], labels("trap"))
+        .await
+        .expect("starts");
+    let e = t
+        .process(&batch(1), 1, Arc::new(Empty))
+        .await
+        .expect_err("traps");
+    assert_eq!(e.kind, FailureKind::Trap, "{e:?}");
+    assert!(e.message.contains("unreachable"), "{}", e.message);
+    assert!(t.poisoned());
+    // A new instance of the same component starts (and traps) afresh.
+    let mut again = rt
+        .transform(&wasm, &[], labels("trap"))
+        .await
+        .expect("starts");
+    assert!(!again.poisoned());
+    assert!(again.process(&batch(1), 1, Arc::new(Empty)).await.is_err());
+}
+
+#[tokio::test]
+async fn amplification_past_the_output_limit_fails_the_batch() {
+    let rt = runtime(Limits::default());
+    let mut t = rt
+        .transform(&floe_fixtures::amplify(), &[], labels("amp"))
+        .await
+        .expect("starts");
+    let e = t
+        .process(&batch(5), 1, Arc::new(Empty))
+        .await
+        .expect_err("amplifies");
+    assert_eq!(e.kind, FailureKind::Outputs, "{e:?}");
+    assert!(
+        e.message.contains("500 outputs for 5 inputs"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn uploads_outside_the_world_are_refused() {
+    let rt = runtime(Limits::default());
+    let e = rt
+        .check(World::Transform, &floe_fixtures::sneaky())
+        .expect_err("refused");
+    assert!(e.to_string().contains("evil:net/socket"), "{e}");
+    let e = rt
+        .check(World::Transform, b"not wasm at all")
+        .expect_err("refused");
+    assert!(e.to_string().contains("not a WebAssembly binary"), "{e}");
+    // A core module is not a component.
+    let core = b"\0asm\x01\0\0\0";
+    assert!(matches!(
+        rt.check(World::Transform, core),
+        Err(Error::Invalid(_))
+    ));
+    // A transform is not a quota policy, nor the other way round.
+    assert!(rt.check(World::Quota, &floe_fixtures::identity()).is_err());
+    assert!(rt
+        .check(World::Transform, &floe_fixtures::quota_throttle())
+        .is_err());
+    assert!(rt
+        .check(World::Transform, &floe_fixtures::identity())
+        .is_ok());
+}
+
+#[test]
+fn the_allow_list_grants_wasi_basics_and_nothing_networked() {
+    for ok in [
+        "wasi:cli/environment@0.2.6",
+        "wasi:io/streams@0.2.0",
+        "wasi:clocks/wall-clock@0.2.6",
+        "wasi:random/random@0.2.6",
+        "wasi:filesystem/preopens@0.2.6",
+        "floe:plugin/state@0.1.0",
+    ] {
+        assert!(allowed(World::Transform, ok), "{ok}");
+    }
+    for no in [
+        "wasi:sockets/tcp@0.2.6",
+        "wasi:http/outgoing-handler@0.2.6",
+        "floe:plugin/statex@0.1.0",
+        "evil:net/socket",
+    ] {
+        assert!(!allowed(World::Transform, no), "{no}");
+    }
+    assert!(!allowed(World::Quota, "floe:plugin/state@0.1.0"));
+}
+
+fn query(kind: Kind, bytes_in: u64, bytes_out: u64) -> Query {
+    Query {
+        tenant: "t1".into(),
+        plan: "free".into(),
+        kind,
+        request_bytes: 100,
+        recent: RecentUsage {
+            window_ms: 1000,
+            requests: 10,
+            bytes_in,
+            bytes_out,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_quota_policy_decides() {
+    let rt = runtime(Limits::default());
+    let mut p = rt
+        .policy(&floe_fixtures::quota_throttle(), labels("plan"))
+        .await
+        .expect("starts");
+    let (d, _) = p
+        .decide(&query(Kind::Produce, 10, 0))
+        .await
+        .expect("decides");
+    assert!(matches!(d, Decision::Allow), "{d:?}");
+    let (d, _) = p
+        .decide(&query(Kind::Produce, 5000, 0))
+        .await
+        .expect("decides");
+    assert!(matches!(d, Decision::Throttle(500)), "{d:?}");
+    let (d, _) = p
+        .decide(&query(Kind::Fetch, 0, 5000))
+        .await
+        .expect("decides");
+    assert!(
+        matches!(&d, Decision::Reject(r) if r == "fetch quota"),
+        "{d:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_quota_policy_that_spins_gives_no_decision() {
+    let limits = Limits {
+        deadline: Duration::from_millis(50),
+        fuel_per_call: u64::MAX / 2,
+        ..Limits::default()
+    };
+    let rt = runtime(limits);
+    let mut p = rt
+        .policy(&floe_fixtures::quota_spin(), labels("plan"))
+        .await
+        .expect("starts");
+    let e = p
+        .decide(&query(Kind::Produce, 0, 0))
+        .await
+        .expect_err("spins");
+    assert_eq!(e.kind, FailureKind::Deadline);
+}
+
+#[test]
+fn digests_are_content_hashes() {
+    assert_eq!(
+        Digest::of(b"").0,
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+}
