@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
+use floe_worker::transforms::{TransformSpec, TransformStatus};
 use floe_worker::{
     quota, Accepted, CommittedOffsets, ConfigChange, Described, GroupError, GroupState, Join,
     Joined, MemberRef, NewTopic, OffsetCommit, Produced, ProducerInfo, Read, Result, Shards,
@@ -851,6 +852,24 @@ impl Shards for RemoteShards {
             new,
         };
         self.call(tenant, call).await
+    }
+
+    async fn deploy_transform(
+        &self,
+        tenant: &TenantId,
+        spec: TransformSpec,
+        wasm: Bytes,
+    ) -> Result<TransformStatus> {
+        self.call(tenant, Call::DeployTransform { spec, wasm })
+            .await
+    }
+
+    async fn transforms(&self, tenant: &TenantId) -> Result<Vec<TransformStatus>> {
+        self.call(tenant, Call::Transforms).await
+    }
+
+    async fn delete_transform(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        self.call(tenant, Call::DeleteTransform(name.into())).await
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {

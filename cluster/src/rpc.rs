@@ -160,6 +160,12 @@ pub enum Call {
         expect: Option<Bytes>,
         new: Option<Bytes>,
     },
+    DeployTransform {
+        spec: floe_worker::transforms::TransformSpec,
+        wasm: Bytes,
+    },
+    Transforms,
+    DeleteTransform(String),
     /// Answered with [`CHANGED`] frames until the stream ends.
     Subscribe,
 }
@@ -185,6 +191,7 @@ impl Call {
                 | Call::ListGroups
                 | Call::DescribeGroup(_)
                 | Call::Instances(_)
+                | Call::Transforms
                 | Call::Subscribe
         )
     }

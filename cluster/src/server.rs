@@ -779,6 +779,9 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
             expect,
             new,
         } => o(id, &w.swap_instance(t, &group, &name, expect, new).await),
+        Call::DeployTransform { spec, wasm } => o(id, &w.deploy_transform(t, spec, wasm).await),
+        Call::Transforms => o(id, &w.transforms(t).await),
+        Call::DeleteTransform(name) => o(id, &w.delete_transform(t, &name).await),
         Call::Produce { .. } | Call::Subscribe => rpc::answer(
             id,
             rpc::FAILED,

@@ -14,6 +14,7 @@ use floe_common::TenantId;
 use floe_tenants::acl::{self, Acl, Operation, Resource};
 use floe_tenants::Registry;
 use floe_worker::quota::Usage;
+use floe_worker::transforms::{TransformSpec, TransformStatus};
 use floe_worker::{
     Accepted, CommittedOffsets, ConfigChange, Described, GroupError, GroupState, Join, Joined,
     MemberRef, NewTopic, OffsetCommit, ProducerInfo, Read, Shards, TopicMeta, TxnMeta, UsageWindow,
@@ -499,6 +500,42 @@ impl<W: Shards> Shards for Guarded<W> {
         self.worker
             .swap_instance(tenant, group, name, expect, new)
             .await
+    }
+
+    /// A transform reads its input and writes its outputs and dead-letter
+    /// topic as the deploying key: the key must be allowed all of it.
+    async fn deploy_transform(
+        &self,
+        tenant: &TenantId,
+        spec: TransformSpec,
+        wasm: Bytes,
+    ) -> Result<TransformStatus> {
+        self.topic(&spec.input, Operation::Read)?;
+        for o in spec.outputs.iter().chain(&spec.dead_letter) {
+            self.topic(o, Operation::Write)?;
+        }
+        self.worker.deploy_transform(tenant, spec, wasm).await
+    }
+
+    /// The transforms whose input the key may describe.
+    async fn transforms(&self, tenant: &TenantId) -> Result<Vec<TransformStatus>> {
+        let mut all = self.worker.transforms(tenant).await?;
+        all.retain(|t| self.may(Resource::Topic, &t.input, Operation::Describe));
+        Ok(all)
+    }
+
+    /// Deleting takes what deploying took.
+    async fn delete_transform(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        let all = self.worker.transforms(tenant).await?;
+        let t = all
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| WorkerError::UnknownTransform(name.into()))?;
+        self.topic(&t.input, Operation::Read)?;
+        for o in t.outputs.iter().chain([&t.dead_letter]) {
+            self.topic(o, Operation::Write)?;
+        }
+        self.worker.delete_transform(tenant, name).await
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {

@@ -1,5 +1,7 @@
 //! The operator's commands (`floe tenant|key|quota|usage ...`): each is one call
-//! of the admin API (`/admin/v1`) of a running Floe, printed as JSON.
+//! of the admin API (`/admin/v1`) of a running Floe, printed as JSON. A
+//! tenant's own commands (`floe transform ...`) call its data API with an
+//! API key instead.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -109,6 +111,98 @@ pub async fn quota(t: Target, cmd: QuotaCmd) -> anyhow::Result<()> {
     .await
 }
 
+/// Where a tenant's data API is, and the API key it signs in with.
+#[derive(Args)]
+pub struct TenantTarget {
+    /// The HTTP listener of a running Floe.
+    #[arg(long, env = "FLOE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The tenant's API key id.
+    #[arg(long, env = "FLOE_API_KEY")]
+    api_key: String,
+    /// Its secret.
+    #[arg(long, env = "FLOE_API_SECRET", hide_env_values = true)]
+    api_secret: String,
+}
+
+#[derive(Subcommand)]
+pub enum TransformCmd {
+    /// Deploy (or replace) a Wasm transform from a component file.
+    Deploy {
+        #[arg(long)]
+        name: String,
+        /// The topic it reads.
+        #[arg(long)]
+        input: String,
+        /// The topics it writes, comma-separated (up to 8).
+        #[arg(long, value_delimiter = ',', required = true)]
+        output: Vec<String>,
+        /// k=v given to the transform's init; repeatable.
+        #[arg(long)]
+        config: Vec<String>,
+        /// Where failed batches go (default: NAME-dlq).
+        #[arg(long)]
+        dead_letter: Option<String>,
+        /// Start at the input's earliest records, not its end.
+        #[arg(long)]
+        from_start: bool,
+        file: std::path::PathBuf,
+    },
+    /// List transforms and their status.
+    List,
+    /// One transform's status: lag, records in and out, errors, fuel.
+    Status { name: String },
+    /// Stop a transform and forget its progress and state.
+    Delete { name: String },
+}
+
+pub async fn transform(t: TenantTarget, cmd: TransformCmd) -> anyhow::Result<()> {
+    use base64::Engine;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", t.api_key, t.api_secret));
+    let auth = format!("Basic {basic}");
+    let call = |method, path: String, body| send(&t.url, method, path, auth.clone(), body);
+    match cmd {
+        TransformCmd::Deploy {
+            name,
+            input,
+            output,
+            config,
+            dead_letter,
+            from_start,
+            file,
+        } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("input", &input);
+            q.append_pair("output", &output.join(","));
+            for c in &config {
+                anyhow::ensure!(c.contains('='), "--config {c:?} is not k=v");
+                q.append_pair("config", c);
+            }
+            if let Some(d) = &dead_letter {
+                q.append_pair("dead_letter", d);
+            }
+            q.append_pair("from", if from_start { "start" } else { "end" });
+            let path = format!("/v1/transforms/{name}?{}", q.finish());
+            call(Method::PUT, path, Bytes::from(wasm)).await
+        }
+        TransformCmd::List => call(Method::GET, "/v1/transforms".into(), Bytes::new()).await,
+        TransformCmd::Status { name } => {
+            call(Method::GET, format!("/v1/transforms/{name}"), Bytes::new()).await
+        }
+        TransformCmd::Delete { name } => {
+            call(
+                Method::DELETE,
+                format!("/v1/transforms/{name}"),
+                Bytes::new(),
+            )
+            .await
+        }
+    }
+}
+
 /// A tenant's metered usage in windows starting in `from..to`.
 #[derive(Args)]
 pub struct UsageCmd {
@@ -133,15 +227,27 @@ pub async fn usage(t: Target, cmd: UsageCmd) -> anyhow::Result<()> {
     call(&t, Method::GET, &path, None).await
 }
 
-/// One request; prints the answer, and fails on an error status.
+/// One admin API request; prints the answer, and fails on an error status.
 async fn call(
     t: &Target,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
-    let authority = t
-        .url
+    let body = Bytes::from(body.map(|b| b.to_string()).unwrap_or_default());
+    let auth = format!("Bearer {}", t.admin_token);
+    send(&t.url, method, format!("/admin/v1{path}"), auth, body).await
+}
+
+/// One request to `url`; prints the answer, and fails on an error status.
+async fn send(
+    url: &str,
+    method: Method,
+    path: String,
+    authorization: String,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    let authority = url
         .strip_prefix("http://")
         .context("--url must be http://HOST:PORT")?
         .trim_end_matches('/');
@@ -150,14 +256,18 @@ async fn call(
         .with_context(|| format!("connecting to {authority}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let ctype = if method == Method::PUT && path.starts_with("/v1/transforms") {
+        "application/wasm"
+    } else {
+        "application/json"
+    };
     let req = Request::builder()
         .method(method)
-        .uri(format!("/admin/v1{path}"))
+        .uri(path)
         .header("host", authority)
-        .header("authorization", format!("Bearer {}", t.admin_token))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))?;
+        .header("authorization", authorization)
+        .header("content-type", ctype)
+        .body(Full::new(body))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();

@@ -76,6 +76,13 @@ enum Command {
         #[command(flatten)]
         cmd: cli::UsageCmd,
     },
+    /// A tenant's Wasm transforms (data API, with an API key).
+    Transform {
+        #[command(flatten)]
+        target: cli::TenantTarget,
+        #[command(subcommand)]
+        cmd: cli::TransformCmd,
+    },
 }
 
 /// Where state lives: every role of a cluster names the same store.
@@ -174,6 +181,17 @@ struct LogArgs {
     /// append) and accrues stored bytes, partitions and connection time.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     usage_every_ms: u64,
+    /// Linear memory a Wasm instance may grow to. The pool reserves
+    /// address space (not memory) for 256 instances of this size.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    wasm_memory_mib: u64,
+    /// Fuel per Wasm call (about one unit per instruction): a transform
+    /// batch that burns it all is dead-lettered.
+    #[arg(long, default_value_t = 2_000_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    wasm_fuel: u64,
+    /// Wall-clock budget per Wasm call, checked every 10 ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    wasm_deadline_ms: u64,
 }
 
 /// What clients meet: the Kafka and HTTP listeners.
@@ -354,6 +372,7 @@ fn main() -> anyhow::Result<()> {
         Command::Key { target, cmd } => rt.block_on(cli::key(target, cmd)),
         Command::Quota { target, cmd } => rt.block_on(cli::quota(target, cmd)),
         Command::Usage { target, cmd } => rt.block_on(cli::usage(target, cmd)),
+        Command::Transform { target, cmd } => rt.block_on(cli::transform(target, cmd)),
     }
 }
 
@@ -527,6 +546,12 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
         group_initial_rebalance_delay: Duration::from_millis(a.group_initial_rebalance_delay_ms),
         usage_window: Duration::from_millis(a.usage_window_ms),
         usage_every: Duration::from_millis(a.usage_every_ms),
+        wasm: floe_runtime::Limits {
+            memory_bytes: (a.wasm_memory_mib << 20) as usize,
+            fuel_per_call: a.wasm_fuel,
+            deadline: Duration::from_millis(a.wasm_deadline_ms),
+            ..floe_runtime::Limits::default()
+        },
     })
 }
 

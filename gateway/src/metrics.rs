@@ -277,7 +277,7 @@ impl Metrics {
     /// Metered usage by tenant (tenant ids are path-safe, so label-safe).
     fn render_tenants(&self, out: &mut String) {
         let tenants = self.tenants.snapshot();
-        let series: [Series; 6] = [
+        let series: [Series; 7] = [
             (
                 "floe_tenant_bytes_in_total",
                 "Record-batch bytes produced, as sent.",

@@ -237,6 +237,7 @@ mod tests {
             connection_ms: 4,
             stored_byte_seconds: 5,
             partition_ms: 6,
+            wasm_fuel: 7,
         };
         assert_eq!(Counts::from_counts(&c.to_counts()), c);
         assert_eq!(Counts::from_counts(&[7]).bytes_in, 7);

@@ -203,17 +203,67 @@ impl Floe {
 
     /// One HTTP/1.1 request to the HTTP listener: the whole raw response.
     pub fn http(&self, method: &str, path: &str, headers: &[&str], body: &str) -> Option<String> {
+        self.http_bytes(method, path, headers, body.as_bytes())
+    }
+
+    /// [`Floe::http`] with a binary body.
+    pub fn http_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &[u8],
+    ) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
         for h in headers {
             req.push_str(&format!("{h}\r\n"));
         }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        s.write_all(req.as_bytes()).ok()?;
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        s.write_all(&bytes).ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         Some(out)
+    }
+}
+
+impl Floe {
+    /// (key, secret) of a new key of a new tenant (on the free plan), made
+    /// through the admin API with `token`.
+    pub fn tenant_with_key(&self, token: &str, tenant: &str) -> (String, String) {
+        self.tenant_on_plan(token, tenant, "free")
+    }
+
+    /// [`Floe::tenant_with_key`] on `plan`.
+    pub fn tenant_on_plan(&self, token: &str, tenant: &str, plan: &str) -> (String, String) {
+        let auth = format!("Authorization: Bearer {token}");
+        let created = self
+            .http(
+                "POST",
+                "/admin/v1/tenants",
+                &[&auth],
+                &format!(r#"{{"id": "{tenant}", "plan": "{plan}"}}"#),
+            )
+            .expect("admin api");
+        assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+        let key = self
+            .http(
+                "POST",
+                &format!("/admin/v1/tenants/{tenant}/keys"),
+                &[&auth],
+                "",
+            )
+            .expect("admin api");
+        assert!(key.starts_with("HTTP/1.1 201"), "{key}");
+        let body = &key[key.find("\r\n\r\n").expect("a body") + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        (
+            v["key"].as_str().expect("key").to_string(),
+            v["secret"].as_str().expect("secret").to_string(),
+        )
     }
 }
 

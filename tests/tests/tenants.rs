@@ -29,31 +29,7 @@ const TOKEN: &str = "raw-admin-token";
 
 /// (key, secret) of a new key of a new tenant.
 fn tenant_with_key(f: &Floe, tenant: &str) -> (String, String) {
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let created = f
-        .http(
-            "POST",
-            "/admin/v1/tenants",
-            &[&auth],
-            &format!(r#"{{"id": "{tenant}", "plan": "free"}}"#),
-        )
-        .expect("admin api");
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    let key = f
-        .http(
-            "POST",
-            &format!("/admin/v1/tenants/{tenant}/keys"),
-            &[&auth],
-            "",
-        )
-        .expect("admin api");
-    assert!(key.starts_with("HTTP/1.1 201"), "{key}");
-    let body = &key[key.find("\r\n\r\n").expect("a body") + 4..];
-    let v: serde_json::Value = serde_json::from_str(body).expect("json");
-    (
-        v["key"].as_str().expect("key").to_string(),
-        v["secret"].as_str().expect("secret").to_string(),
-    )
+    f.tenant_with_key(TOKEN, tenant)
 }
 
 fn handshake(c: &mut Conn, mechanism: &str) -> i16 {

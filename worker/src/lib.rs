@@ -12,6 +12,9 @@
 //! - [`producer_ids`]: idempotent producers' ids, allocated in durable blocks.
 //! - [`transactions`]: the transaction coordinator's state per transactional id.
 //! - [`quota`]: rate quotas per tenant, metered at the shard owner.
+//! - [`transforms`]: tenants' Wasm transforms as metadata keys; the
+//!   runner is `local/transform.rs`.
+//! - [`records`]: stored batches decoded into records.
 //! - [`local`]: [`LocalWorker`], the in-process owner of every shard it is asked for.
 //!
 //! Each tenant has one shard today (shard 0), holding its catalog and every
@@ -26,7 +29,9 @@ pub mod offsets;
 pub mod producer_ids;
 pub mod published;
 pub mod quota;
+pub mod records;
 pub mod transactions;
+pub mod transforms;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -104,6 +109,12 @@ pub enum WorkerError {
     /// The key's ACLs do not allow this on the group.
     #[error("not authorized for this group")]
     GroupAuthorizationFailed,
+    /// A Wasm component was refused: not a component of the world, or it
+    /// imports what the world does not grant.
+    #[error("{0}")]
+    InvalidPlugin(String),
+    #[error("no transform named {0}")]
+    UnknownTransform(String),
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
@@ -493,6 +504,26 @@ pub trait Shards: Send + Sync + 'static {
         expect: Option<Bytes>,
         new: Option<Bytes>,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Deploys (or replaces) a Wasm transform, once its component is
+    /// checked and stored and its deployment durable. A redeploy on the
+    /// same input keeps its progress and state.
+    fn deploy_transform(
+        &self,
+        tenant: &TenantId,
+        spec: transforms::TransformSpec,
+        wasm: Bytes,
+    ) -> impl Future<Output = Result<transforms::TransformStatus>> + Send;
+    /// Every deployed transform and how it is doing.
+    fn transforms(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<transforms::TransformStatus>>> + Send;
+    /// Stops a transform and forgets its progress and state, durably.
+    fn delete_transform(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Changes whenever more of the tenant's data becomes durable.
     fn subscribe(
         &self,

@@ -25,6 +25,7 @@ use crate::published;
 use crate::quota::{Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
 use floe_tenants::usage::{Counts, Totals};
+mod transform;
 mod txn;
 pub mod usage;
 
@@ -53,6 +54,8 @@ pub struct WorkerConfig {
     /// How often each open shard makes its metered charges durable and
     /// accrues stored bytes and partitions (one log append each time).
     pub usage_every: Duration,
+    /// Limits every Wasm call runs under.
+    pub wasm: floe_runtime::Limits,
 }
 
 impl Default for WorkerConfig {
@@ -64,6 +67,7 @@ impl Default for WorkerConfig {
             group_initial_rebalance_delay: Duration::from_secs(3),
             usage_window: Duration::from_secs(3600),
             usage_every: Duration::from_secs(10),
+            wasm: floe_runtime::Limits::default(),
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct LocalWorker {
     totals: Arc<Totals>,
     /// Deleted tenants: their shards never open again here.
     deleted: Mutex<std::collections::HashSet<TenantId>>,
+    /// The Wasm engine, made when a transform first needs it.
+    runtime: std::sync::OnceLock<Arc<floe_runtime::Runtime>>,
 }
 
 /// One open shard: its log and the catalog cached from it.
@@ -113,6 +119,8 @@ struct Shard {
     written: Mutex<Vec<i64>>,
     usage_window_ms: i64,
     totals: Arc<Totals>,
+    /// Transforms running on this shard.
+    transforms: transform::Runners,
 }
 
 impl Shard {
@@ -132,6 +140,7 @@ impl Shard {
             written: Mutex::new(Vec::new()),
             usage_window_ms: (cfg.usage_window.as_millis() as i64).max(1),
             totals,
+            transforms: Default::default(),
             tenant,
             log,
             topics: RwLock::new(topics),
@@ -232,6 +241,7 @@ impl LocalWorker {
             opening: Mutex::new(HashMap::new()),
             totals: Arc::default(),
             deleted: Mutex::default(),
+            runtime: Default::default(),
         }
     }
 
@@ -313,6 +323,7 @@ impl LocalWorker {
             Arc::downgrade(&shard),
             self.cfg.transactional_id_expiration,
         ));
+        self.start_transforms(&shard);
         Ok(shard)
     }
 
@@ -388,7 +399,7 @@ impl LocalWorker {
         let Some(shard) = self.healthy(tenant) else {
             return false;
         };
-        if shard.groups.settling().await {
+        if shard.groups.settling().await || transform::lagging(&shard) {
             return true;
         }
         for (_, slot) in shard.txns.all() {
@@ -958,6 +969,26 @@ impl Shards for LocalWorker {
 
     async fn leader_epoch(&self, tenant: &TenantId) -> Result<i32> {
         Ok(leader_epoch(&self.shard(tenant).await?.log))
+    }
+
+    async fn deploy_transform(
+        &self,
+        tenant: &TenantId,
+        spec: crate::transforms::TransformSpec,
+        wasm: Bytes,
+    ) -> Result<crate::transforms::TransformStatus> {
+        self.deploy(tenant, spec, wasm).await
+    }
+
+    async fn transforms(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<crate::transforms::TransformStatus>> {
+        self.statuses(tenant).await
+    }
+
+    async fn delete_transform(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        self.undeploy(tenant, name).await
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {

@@ -10,10 +10,12 @@
 //! - [`events`]: stateless reads: one partition's records by long-poll
 //!   (`/v1/topics/{t}/partitions/{p}/records`), and a topic as a stream of
 //!   Server-Sent Events from an offset or a group (`/v1/topics/{t}/events`).
+//! - [`transforms`]: deploying, listing and deleting Wasm transforms.
 //! - `openapi.json`: the whole API, served at `/openapi.json`.
 
 pub mod consumers;
 pub mod events;
+pub mod transforms;
 pub mod v3;
 
 use std::sync::Arc;
@@ -22,13 +24,13 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use floe_common::{batch, TenantId};
+use floe_common::TenantId;
 use floe_worker::quota::Usage;
 use floe_worker::MemberRef;
 use floe_worker::{Read, Shards, WorkerError};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use kafka_protocol::records::Record;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
@@ -119,6 +121,9 @@ pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>) -> Reply {
     match parts.first() {
         Some(&"consumers") => return consumers::route(c, req, &parts[1..]).await,
         Some(&"v3") => return json_reply(v3::route(c, req, &parts[1..]).await),
+        Some(&"v1") if parts.get(1) == Some(&"transforms") => {
+            return json_reply(transforms::route(c, req, &parts[2..]).await)
+        }
         _ => {}
     }
     let query = req.uri().query().unwrap_or("").to_string();
@@ -241,6 +246,7 @@ pub fn coded(
 pub fn worker_error(e: &WorkerError) -> Answer {
     let (status, code) = match e {
         WorkerError::UnknownTopicOrPartition => (StatusCode::NOT_FOUND, 40401),
+        WorkerError::UnknownTransform(_) => (StatusCode::NOT_FOUND, 40406),
         WorkerError::TopicAuthorizationFailed | WorkerError::GroupAuthorizationFailed => {
             (StatusCode::FORBIDDEN, 403)
         }
@@ -315,51 +321,11 @@ pub async fn poll<W: Shards>(
     }
 }
 
-/// A read, decoded.
-pub struct Decoded {
-    /// Its records from the offset asked for on: control records and those
-    /// of aborted transactions left out.
-    pub records: Vec<Record>,
-    /// Where the next read starts: past every batch read, control markers
-    /// and aborted data included (the offset asked for, if none).
-    pub next: i64,
-}
+pub use floe_worker::records::{decode, Decoded};
 
 /// Record-batch bytes a read served, as the meter counts them.
 pub fn served_bytes(read: &Read) -> u64 {
     read.batches.iter().map(|b| b.len() as u64).sum()
-}
-
-/// Decodes a read from `from` (batches of any codec).
-pub fn decode(read: &Read, from: i64) -> Result<Decoded, String> {
-    let mut records = Vec::new();
-    for b in &read.batches {
-        let mut buf = b.clone();
-        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
-            let base = batch::base_offset(b).unwrap_or(-1);
-            format!("the batch at offset {base} does not decode: {e}")
-        })?;
-        let aborted = |r: &Record| {
-            r.transactional
-                && read.aborted.iter().any(|a| {
-                    a.producer_id == r.producer_id
-                        && (a.first_offset..=a.last_offset).contains(&r.offset)
-                })
-        };
-        records.extend(
-            set.records
-                .into_iter()
-                .filter(|r| !r.control && r.offset >= from && !aborted(r)),
-        );
-    }
-    let end = read.batches.last().and_then(|b| {
-        let header = batch::parse(b).ok()?;
-        Some(batch::base_offset(b)? + i64::from(header.offset_count()))
-    });
-    Ok(Decoded {
-        records,
-        next: end.map_or(from, |e| e.min(read.high_watermark).max(from)),
-    })
 }
 
 pub fn b64(b: &Option<Bytes>) -> Value {

@@ -1,0 +1,383 @@
+//! Wasm transforms end to end, against the real binary with librdkafka:
+//! deploy over HTTP, produce, consume the outputs. Exactly-once across
+//! kill -9 (stateless and stateful guests); each hostile guest stopped by
+//! its limit, its batches dead-lettered with the reason, while another
+//! tenant's transform carries on; uploads outside the world refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use floe_e2e::{temp_dir, Floe};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const TOKEN: &str = "transform-admin-token";
+
+struct Tenant {
+    name: String,
+    key: String,
+    secret: String,
+}
+
+impl Tenant {
+    fn new(f: &Floe, name: &str) -> Self {
+        let (key, secret) = f.tenant_on_plan(TOKEN, name, "standard");
+        Tenant {
+            name: name.into(),
+            key,
+            secret,
+        }
+    }
+
+    fn basic(&self) -> String {
+        use std::io::Write;
+        let mut raw = Vec::new();
+        write!(raw, "{}:{}", self.key, self.secret).expect("writes");
+        format!("Authorization: Basic {}", b64(&raw))
+    }
+
+    fn kafka(&self, f: &Floe) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", f.bootstrap())
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanisms", "PLAIN")
+            .set("sasl.username", &self.key)
+            .set("sasl.password", &self.secret);
+        c
+    }
+
+    /// An HTTP call as this tenant: status and JSON body.
+    fn call(&self, f: &Floe, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let auth = self.basic();
+        let r = f
+            .http_bytes(
+                method,
+                path,
+                &[&auth, "Content-Type: application/json"],
+                body,
+            )
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        let status = r[9..12].parse().expect("a status");
+        let text = &r[r.find("\r\n\r\n").expect("a body") + 4..];
+        (
+            status,
+            serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn create_topic(&self, f: &Floe, topic: &str, partitions: usize) {
+        let path = format!("/v3/clusters/floe-{}/topics", self.name);
+        let body = format!(r#"{{"topic_name": "{topic}", "partitions_count": {partitions}}}"#);
+        let (status, v) = self.call(f, "POST", &path, body.as_bytes());
+        assert_eq!(status, 201, "{v}");
+    }
+
+    fn deploy(&self, f: &Floe, name: &str, query: &str, wasm: &[u8]) -> (u16, serde_json::Value) {
+        self.call(f, "PUT", &format!("/v1/transforms/{name}?{query}"), wasm)
+    }
+
+    fn status(&self, f: &Floe, name: &str) -> serde_json::Value {
+        let (status, v) = self.call(f, "GET", &format!("/v1/transforms/{name}"), b"");
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Waits until the transform has taken in `records` and has no lag.
+    fn caught_up(&self, f: &Floe, name: &str, records: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(f, name);
+            if s["lag"] == 0 && s["records_in"].as_u64() == Some(records) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{name} did not catch up: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn b64(raw: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in raw.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn start(name: &str, extra: &[&str]) -> Floe {
+    let mut args = vec!["--admin-token", TOKEN];
+    args.extend_from_slice(extra);
+    Floe::start(temp_dir(name), &args)
+}
+
+async fn produce(t: &Tenant, f: &Floe, topic: &str, values: impl Iterator<Item = String>) {
+    produce_with(t.kafka(f), &f.bootstrap(), topic, values.collect()).await
+}
+
+async fn produce_with(mut config: ClientConfig, bootstrap: &str, topic: &str, values: Vec<String>) {
+    let p: FutureProducer = config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::new();
+    // Paced, so the records keep arriving for as long as there are any.
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    for v in values {
+        pace.tick().await;
+        let (p, topic) = (p.clone(), topic.to_string());
+        pending.push(tokio::spawn(async move {
+            p.send(
+                FutureRecord::to(&topic).key(&v).payload(&v),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce {v}: {e}"));
+        }));
+    }
+    for h in pending {
+        h.await.expect("delivery task");
+    }
+}
+
+/// Every record of `topic` (all `partitions`), as (value, headers).
+fn consume(
+    t: &Tenant,
+    f: &Floe,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+) -> Vec<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
+    let c: BaseConsumer = t
+        .kafka(f)
+        .set("group.id", "checker")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet_since = None::<Instant>;
+    while Instant::now() < deadline {
+        if out.len() >= want
+            && quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
+        {
+            break;
+        }
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            quiet_since = None;
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_are_exactly_once_across_kill9() {
+    let mut f = start("transform-eo", &[]);
+    let t = Tenant::new(&f, "acme");
+    t.create_topic(&f, "in", 2);
+    t.create_topic(&f, "out", 2);
+    t.create_topic(&f, "counted", 1);
+    let (status, v) = t.deploy(
+        &f,
+        "copy",
+        "input=in&output=out",
+        &floe_fixtures::identity(),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["dead_letter"], "copy-dlq");
+    let (status, v) = t.deploy(
+        &f,
+        "count",
+        "input=in&output=counted",
+        &floe_fixtures::counter(),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    // Produce in rounds; in each of the first two, kill -9 the process
+    // while records are arriving and the transforms are working through
+    // them (the idempotent producer retries into the restarted process).
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 1000;
+    for round in 0..ROUNDS {
+        let values: Vec<String> = (0..PER_ROUND).map(|i| format!("r{round}-{i:04}")).collect();
+        let sending = {
+            let (t, bootstrap) = (t.kafka(&f), f.bootstrap());
+            tokio::spawn(async move { produce_with(t, &bootstrap, "in", values).await })
+        };
+        if round + 1 < ROUNDS {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let lag = t.status(&f, "count")["lag"].clone();
+            eprintln!("round {round}: kill -9 with the counter's lag at {lag}");
+            f.restart_after_kill9();
+        }
+        sending.await.expect("producer task");
+    }
+    let total = (ROUNDS * PER_ROUND) as u64;
+    for name in ["copy", "count"] {
+        let s = t.caught_up(&f, name, total);
+        assert_eq!(s["records_out"].as_u64(), Some(total), "{s}");
+        assert_eq!(s["errors"], 0, "{s}");
+        assert!(s["fuel"].as_u64().is_some_and(|f| f > 0), "{s}");
+        assert_eq!(s["state"], "running", "{s}");
+    }
+
+    // Every input record once in `out`.
+    let out = consume(&t, &f, "out", 2, total as usize);
+    let mut copies: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (v, _) in &out {
+        *copies.entry(v.clone()).or_default() += 1;
+    }
+    // One offset per record: the outputs' high watermarks add up.
+    let c: BaseConsumer = t.kafka(&f).create().expect("consumer");
+    let hw: i64 = (0..2)
+        .map(|p| {
+            c.fetch_watermarks("out", p, Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        })
+        .sum();
+    assert_eq!(hw as u64, total);
+    assert_eq!(out.len() as u64, total, "nothing lost or repeated");
+    for round in 0..ROUNDS {
+        for i in 0..PER_ROUND {
+            let v = format!("r{round}-{i:04}").into_bytes();
+            assert_eq!(copies.get(&v), Some(&1), "{}", String::from_utf8_lossy(&v));
+        }
+    }
+    // The counter's state moved with its outputs: ordinals 1..=N, once each.
+    let counted = consume(&t, &f, "counted", 1, total as usize);
+    let mut ordinals: Vec<u64> = counted
+        .iter()
+        .map(|(v, _)| u64::from_le_bytes(v.as_slice().try_into().expect("8 bytes")))
+        .collect();
+    ordinals.sort_unstable();
+    assert_eq!(ordinals, (1..=total).collect::<Vec<_>>());
+
+    // Listing shows both; deleting one leaves the other.
+    let (status, v) = t.call(&f, "GET", "/v1/transforms", b"");
+    assert_eq!(status, 200);
+    assert_eq!(v["transforms"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(t.call(&f, "DELETE", "/v1/transforms/copy", b"").0, 204);
+    assert_eq!(t.call(&f, "GET", "/v1/transforms/copy", b"").0, 404);
+    assert_eq!(t.call(&f, "DELETE", "/v1/transforms/copy", b"").0, 404);
+    assert_eq!(t.status(&f, "count")["name"], "count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_are_stopped_by_their_limits_and_others_carry_on() {
+    let f = start(
+        "transform-hostile",
+        &["--wasm-deadline-ms", "300", "--wasm-memory-mib", "16"],
+    );
+    let evil = Tenant::new(&f, "evil");
+    let good = Tenant::new(&f, "good");
+    good.create_topic(&f, "in", 1);
+    good.create_topic(&f, "out", 1);
+    let (status, v) = good.deploy(
+        &f,
+        "copy",
+        "input=in&output=out",
+        &floe_fixtures::identity(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let hostile = [
+        ("spin", floe_fixtures::spin(), "deadline"),
+        ("bomb", floe_fixtures::bomb(), "memory"),
+        ("trap", floe_fixtures::trap(), "trap"),
+        ("amplify", floe_fixtures::amplify(), "outputs"),
+    ];
+    evil.create_topic(&f, "in", 1);
+    evil.create_topic(&f, "out", 1);
+    for (name, wasm, _) in &hostile {
+        let (status, v) = evil.deploy(&f, name, "input=in&output=out", wasm);
+        assert_eq!(status, 200, "{name}: {v}");
+    }
+    // Uploads outside the world, or not components, are refused.
+    let (status, v) = evil.deploy(
+        &f,
+        "sneaky",
+        "input=in&output=out",
+        &floe_fixtures::sneaky(),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("evil:net/socket")),
+        "{v}"
+    );
+    let (status, v) = evil.deploy(&f, "junk", "input=in&output=out", b"\0asm but not really");
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = evil.deploy(&f, "loop", "input=in&output=in", &floe_fixtures::identity());
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = evil.deploy(
+        &f,
+        "nowhere",
+        "input=nope&output=out",
+        &floe_fixtures::identity(),
+    );
+    assert_eq!(status, 404, "{v}");
+
+    let n = 20;
+    produce(&evil, &f, "in", (0..n).map(|i| format!("e{i}"))).await;
+    produce(&good, &f, "in", (0..n).map(|i| format!("g{i}"))).await;
+
+    // The good tenant's transform is unaffected.
+    let s = good.caught_up(&f, "copy", n as u64);
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(consume(&good, &f, "out", 1, n).len(), n);
+
+    // Each hostile one dead-letters every record, with its limit named.
+    for (name, _, kind) in &hostile {
+        let s = evil.caught_up(&f, name, n as u64);
+        assert_eq!(s["errors"].as_u64(), Some(n as u64), "{s}");
+        assert_eq!(s["records_out"], 0, "{s}");
+        assert_eq!(s["last_error"]["kind"], *kind, "{s}");
+        let dead = consume(&evil, &f, &format!("{name}-dlq"), 1, n);
+        assert_eq!(dead.len(), n, "{name}");
+        for (_, headers) in &dead {
+            let why = headers
+                .iter()
+                .find(|(k, _)| k == "floe-error")
+                .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+                .expect("a floe-error header");
+            assert!(why.starts_with(kind), "{name}: {why}");
+        }
+    }
+    // Nothing reached the hostile transforms' output.
+    assert!(consume(&evil, &f, "out", 1, 0).is_empty());
+    // And the process carries on: the good tenant still transforms.
+    produce(&good, &f, "in", (n..2 * n).map(|i| format!("g{i}"))).await;
+    good.caught_up(&f, "copy", 2 * n as u64);
+}

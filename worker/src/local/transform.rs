@@ -1,0 +1,627 @@
+//! Transforms on the shard owner: deploy, list, delete, and the runner that
+//! feeds each input partition's committed records to the guest and appends
+//! its outputs, progress and state in one log object (see `transforms.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_common::{batch, TenantId};
+use floe_runtime::{Labels, Runtime, StateRead, Transform, World};
+use floe_storage::log::now_ms;
+use floe_storage::{Entry, StreamId};
+use floe_tenants::usage::Counts;
+use object_store::ObjectStore;
+use tokio::sync::watch;
+
+use super::{leader_epoch, usage, LocalWorker, Shard};
+use crate::catalog;
+use crate::records;
+use crate::transforms::TransformStatus;
+use crate::transforms::{self as tf, Deployed, LastError, Out, Progress, TransformSpec};
+use crate::{NewTopic, Result, WorkerError};
+
+/// Input bytes a batch reads at most: the guest gets them in one call.
+const BATCH_BYTES: usize = 1 << 20;
+/// A runner with nothing to do looks again at least this often (a topic
+/// created or partitions added does not wake it).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// A runner that cannot start its guest tries again after this long.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// A runner's handle on the shard: its generation and what it says.
+pub(super) struct Running {
+    generation: u64,
+    status: Arc<Mutex<String>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A shard's transforms in this process.
+#[derive(Default)]
+pub(super) struct Runners {
+    running: Mutex<HashMap<String, Running>>,
+    /// Held by a runner from reading a partition's progress until its
+    /// append is durable, and by deploys and deletes: an old generation's
+    /// runner can never append a batch a newer one also appends.
+    steps: tokio::sync::Mutex<()>,
+}
+
+fn lock(r: &Runners) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+    r.running.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn set(status: &Mutex<String>, s: impl Into<String>) {
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = s.into();
+}
+
+fn deployed(shard: &Shard) -> Vec<Deployed> {
+    shard
+        .log
+        .scan(tf::DEPLOYED_PREFIX)
+        .into_iter()
+        .filter_map(|(_, v)| tf::decode(&v))
+        .collect()
+}
+
+impl LocalWorker {
+    /// The Wasm engine, made on first use (it reserves address space for
+    /// its pool).
+    pub(super) fn runtime(&self) -> Result<Arc<Runtime>> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt.clone());
+        }
+        let rt = Runtime::new(self.cfg.wasm.clone())
+            .map_err(|e| WorkerError::Unavailable(e.to_string()))?;
+        Ok(self.runtime.get_or_init(|| rt).clone())
+    }
+
+    /// Starts a runner for every transform deployed on a shard just opened.
+    pub(super) fn start_transforms(&self, shard: &Arc<Shard>) {
+        for d in deployed(shard) {
+            self.start_runner(shard, &d);
+        }
+    }
+
+    fn start_runner(&self, shard: &Arc<Shard>, d: &Deployed) {
+        let runtime = match self.runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "no wasm runtime; transforms stay stopped");
+                return;
+            }
+        };
+        let status = Arc::new(Mutex::new("starting".to_string()));
+        let (stop, stopped) = watch::channel(false);
+        let running = Running {
+            generation: d.generation,
+            status: status.clone(),
+            stop,
+        };
+        lock(&shard.transforms).insert(d.spec.name.clone(), running);
+        let runner = Runner {
+            shard: Arc::downgrade(shard),
+            tenant: shard.tenant.clone(),
+            name: d.spec.name.clone(),
+            generation: d.generation,
+            runtime,
+            store: self.store.clone(),
+            status,
+            stopped,
+        };
+        tokio::spawn(runner.run());
+    }
+
+    pub(super) async fn deploy(
+        &self,
+        tenant: &TenantId,
+        spec: TransformSpec,
+        wasm: Bytes,
+    ) -> Result<TransformStatus> {
+        catalog::validate_name(&spec.name)
+            .map_err(|_| invalid(format!("transform name {:?} is not valid", spec.name)))?;
+        if spec.outputs.is_empty() || spec.outputs.len() > floe_runtime::MAX_OUTPUTS {
+            return Err(invalid(format!(
+                "a transform has 1 to {} outputs, not {}",
+                floe_runtime::MAX_OUTPUTS,
+                spec.outputs.len()
+            )));
+        }
+        if wasm.len() > tf::MAX_WASM_BYTES {
+            return Err(WorkerError::InvalidPlugin(format!(
+                "the component is {} bytes; at most {}",
+                wasm.len(),
+                tf::MAX_WASM_BYTES
+            )));
+        }
+        let runtime = self.runtime()?;
+        let bytes = wasm.clone();
+        // Compiling is CPU work: off the async threads.
+        let digest = tokio::task::spawn_blocking(move || runtime.check(World::Transform, &bytes))
+            .await
+            .map_err(|e| WorkerError::Unavailable(e.to_string()))?
+            .map_err(|e| WorkerError::InvalidPlugin(e.to_string()))?;
+        let shard = self.shard(tenant).await?;
+        let input = shard.topic(&spec.input)?;
+        for o in &spec.outputs {
+            shard.topic(o)?;
+        }
+        let dead_letter = spec
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", spec.name));
+        if spec.outputs.contains(&spec.input) || dead_letter == spec.input {
+            return Err(invalid("a transform may not write to its own input"));
+        }
+        if shard.topic(&dead_letter).is_err() {
+            let dlq = NewTopic {
+                name: dead_letter.clone(),
+                partitions: 1,
+                configs: Default::default(),
+                validate_only: false,
+            };
+            match crate::Shards::create_topic(self, tenant, dlq).await {
+                Ok(_) | Err(WorkerError::TopicExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let previous: Option<Deployed> = shard
+            .log
+            .get(&tf::deployed_key(&spec.name))
+            .and_then(|v| tf::decode(&v));
+        if previous.is_none() && deployed(&shard).len() >= tf::MAX_TRANSFORMS {
+            return Err(WorkerError::PolicyViolation(format!(
+                "at most {} transforms per tenant",
+                tf::MAX_TRANSFORMS
+            )));
+        }
+        object_store::ObjectStoreExt::put(
+            &*self.store,
+            &tf::wasm_path(tenant, &digest.0),
+            wasm.into(),
+        )
+        .await
+        .map_err(|e| WorkerError::Unavailable(format!("storing the component: {e}")))?;
+        let _catalog = shard.catalog_lock.lock().await;
+        let d = Deployed {
+            dead_letter,
+            digest: digest.0,
+            deployed_ms: now_ms(),
+            generation: previous.as_ref().map_or(1, |p| p.generation + 1),
+            spec,
+        };
+        let name = d.spec.name.clone();
+        let mut entries = vec![Entry::Put {
+            key: tf::deployed_key(&name),
+            value: Some(tf::encode(&d)),
+        }];
+        // A redeploy on the same input goes on from where the last one
+        // was, with its state; a new input starts afresh.
+        let same_input = previous
+            .as_ref()
+            .is_some_and(|p| p.spec.input == d.spec.input);
+        if !same_input {
+            entries.extend(forget(&shard, &name));
+            for (p, &stream) in input.streams.iter().enumerate() {
+                let (log_start, hw) = shard.log.offsets(StreamId(stream))?;
+                let offset = if d.spec.from_start { log_start } else { hw };
+                let progress = Progress {
+                    offset,
+                    ..Progress::default()
+                };
+                entries.push(Entry::Put {
+                    key: tf::progress_key(&name, p as i32),
+                    value: Some(tf::encode(&progress)),
+                });
+            }
+        }
+        let steps = shard.transforms.steps.lock().await;
+        shard.log.append(entries).await?.durable().await?;
+        drop(steps);
+        drop(_catalog);
+        tracing::info!(%tenant, transform = %name, digest = %d.digest, generation = d.generation, "transform deployed");
+        self.start_runner(&shard, &d);
+        status(&shard, &d)
+    }
+
+    pub(super) async fn statuses(&self, tenant: &TenantId) -> Result<Vec<TransformStatus>> {
+        let shard = self.shard(tenant).await?;
+        deployed(&shard).iter().map(|d| status(&shard, d)).collect()
+    }
+
+    pub(super) async fn undeploy(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        let shard = self.shard(tenant).await?;
+        let _catalog = shard.catalog_lock.lock().await;
+        let Some(d) = shard
+            .log
+            .get(&tf::deployed_key(name))
+            .and_then(|v| tf::decode::<Deployed>(&v))
+        else {
+            return Err(WorkerError::UnknownTransform(name.to_string()));
+        };
+        let mut entries = forget(&shard, name);
+        entries.push(Entry::Put {
+            key: tf::deployed_key(name),
+            value: None,
+        });
+        let steps = shard.transforms.steps.lock().await;
+        shard.log.append(entries).await?.durable().await?;
+        drop(steps);
+        lock(&shard.transforms).remove(name);
+        // The component goes too, unless another deployment runs it.
+        if !deployed(&shard).iter().any(|o| o.digest == d.digest) {
+            let path = tf::wasm_path(tenant, &d.digest);
+            if let Err(e) = object_store::ObjectStoreExt::delete(&*self.store, &path).await {
+                tracing::warn!(%tenant, error = %e, "deleting an undeployed component");
+            }
+        }
+        tracing::info!(%tenant, transform = %name, "transform deleted");
+        Ok(())
+    }
+}
+
+fn invalid(m: impl Into<String>) -> WorkerError {
+    WorkerError::InvalidConfig(m.into())
+}
+
+/// Entries removing a transform's progress, state and last error.
+fn forget(shard: &Shard, name: &str) -> Vec<Entry> {
+    let mut keys: Vec<Bytes> = shard
+        .log
+        .scan(&tf::progress_prefix(name))
+        .into_iter()
+        .chain(shard.log.scan(&tf::state_prefix(name)))
+        .map(|(k, _)| k)
+        .collect();
+    keys.push(tf::error_key(name));
+    keys.into_iter()
+        .map(|key| Entry::Put { key, value: None })
+        .collect()
+}
+
+fn progress(shard: &Shard, name: &str, partition: i32, log_start: i64) -> Progress {
+    shard
+        .log
+        .get(&tf::progress_key(name, partition))
+        .and_then(|v| tf::decode(&v))
+        // A partition added after the deploy starts at its beginning.
+        .unwrap_or(Progress {
+            offset: log_start,
+            ..Progress::default()
+        })
+}
+
+fn status(shard: &Shard, d: &Deployed) -> Result<TransformStatus> {
+    let name = &d.spec.name;
+    let mut s = TransformStatus {
+        name: name.clone(),
+        input: d.spec.input.clone(),
+        outputs: d.spec.outputs.clone(),
+        dead_letter: d.dead_letter.clone(),
+        config: d.spec.config.clone(),
+        digest: d.digest.clone(),
+        deployed_ms: d.deployed_ms,
+        state: lock(&shard.transforms)
+            .get(name)
+            .filter(|r| r.generation == d.generation)
+            .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_else(|| "stopped".into()),
+        lag: 0,
+        records_in: 0,
+        records_out: 0,
+        errors: 0,
+        fuel: 0,
+        last_error: shard
+            .log
+            .get(&tf::error_key(name))
+            .and_then(|v| tf::decode(&v)),
+    };
+    if let Ok(input) = shard.topic(&d.spec.input) {
+        for (p, &stream) in input.streams.iter().enumerate() {
+            let (log_start, _) = shard.log.offsets(StreamId(stream))?;
+            let stable = shard.log.last_stable(StreamId(stream))?;
+            let pr = progress(shard, name, p as i32, log_start);
+            s.lag += (stable - pr.offset).max(0);
+            s.records_in += pr.records_in;
+            s.records_out += pr.records_out;
+            s.errors += pr.errors;
+            s.fuel += pr.fuel;
+        }
+    }
+    Ok(s)
+}
+
+/// Whether a running transform has input it has not processed: the shard
+/// is not idle then.
+pub(super) fn lagging(shard: &Shard) -> bool {
+    deployed(shard).iter().any(|d| {
+        let running = lock(&shard.transforms)
+            .get(&d.spec.name)
+            .is_some_and(|r| *r.status.lock().unwrap_or_else(|p| p.into_inner()) == "running");
+        running && status(shard, d).is_ok_and(|s| s.lag > 0)
+    })
+}
+
+/// The guest's durable state, read from the shard as of the batch.
+struct Durable {
+    shard: Weak<Shard>,
+    name: String,
+}
+
+impl StateRead for Durable {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let shard = self.shard.upgrade()?;
+        shard
+            .log
+            .get(&tf::state_key(&self.name, key))
+            .map(|v| v.to_vec())
+    }
+}
+
+/// Why a runner pauses.
+enum Pause {
+    /// Nothing to do until the log changes.
+    Idle,
+    /// Cannot go on (shown in the status); retried after [`RETRY`].
+    Stuck(String),
+    /// The shard's log failed or closed: the runner ends; the shard's next
+    /// owner (or reopening) starts a new one.
+    Gone,
+}
+
+struct Runner {
+    shard: Weak<Shard>,
+    tenant: TenantId,
+    name: String,
+    generation: u64,
+    runtime: Arc<Runtime>,
+    store: Arc<dyn ObjectStore>,
+    status: Arc<Mutex<String>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let mut wasm: Option<Bytes> = None;
+        let mut guest: Option<Transform> = None;
+        loop {
+            if *self.stopped.borrow() {
+                return;
+            }
+            let Some(shard) = self.shard.upgrade() else {
+                return;
+            };
+            let mut changed = shard.log.subscribe();
+            let pause = match self.deployment(&shard) {
+                None => return,
+                Some(d) => match self.step(&shard, &d, &mut wasm, &mut guest).await {
+                    Ok(()) => continue,
+                    Err(p) => p,
+                },
+            };
+            drop(shard);
+            let wait = match pause {
+                Pause::Gone => return,
+                Pause::Idle => {
+                    set(&self.status, "running");
+                    IDLE_RECHECK
+                }
+                Pause::Stuck(why) => {
+                    tracing::warn!(tenant = %self.tenant, transform = %self.name, "{why}");
+                    set(&self.status, format!("stopped: {why}"));
+                    RETRY
+                }
+            };
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = self.stopped.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// This runner's deployment, unless it was replaced or deleted.
+    fn deployment(&self, shard: &Shard) -> Option<Deployed> {
+        shard
+            .log
+            .get(&tf::deployed_key(&self.name))
+            .and_then(|v| tf::decode::<Deployed>(&v))
+            .filter(|d| d.generation == self.generation)
+    }
+
+    /// Processes one batch of the first partition with input waiting.
+    async fn step(
+        &self,
+        shard: &Arc<Shard>,
+        d: &Deployed,
+        wasm: &mut Option<Bytes>,
+        guest: &mut Option<Transform>,
+    ) -> Result<(), Pause> {
+        if shard.log.failed().is_some() {
+            return Err(Pause::Gone);
+        }
+        let _one_step = shard.transforms.steps.lock().await;
+        if self.deployment(shard).is_none() {
+            return Err(Pause::Gone);
+        }
+        let input = shard
+            .topic(&d.spec.input)
+            .map_err(|_| Pause::Stuck(format!("input topic {} does not exist", d.spec.input)))?;
+        for (p, &stream) in input.streams.iter().enumerate() {
+            let p = p as i32;
+            let stream = StreamId(stream);
+            let (log_start, _) = shard.log.offsets(stream).map_err(|_| Pause::Gone)?;
+            let mut at = progress(shard, &self.name, p, log_start);
+            if at.offset < log_start {
+                // Retention got there first: what was deleted is skipped.
+                at.offset = log_start;
+            }
+            let read = match shard
+                .log
+                .read_isolated(stream, at.offset, BATCH_BYTES, true, true)
+                .await
+            {
+                Ok(r) => r,
+                Err(floe_storage::Error::OffsetOutOfRange { .. }) => continue,
+                Err(e) => return Err(Pause::Stuck(format!("reading {}: {e}", d.spec.input))),
+            };
+            if read.batches.is_empty() {
+                continue;
+            }
+            let decoded = records::decode(&read, at.offset).map_err(Pause::Stuck)?;
+            let mut entries = Vec::new();
+            let mut counts = Counts::default();
+            if !decoded.records.is_empty() {
+                let g = self.guest(d, wasm, guest).await?;
+                let batch = tf::inputs(&decoded.records, p);
+                let state = Arc::new(Durable {
+                    shard: self.shard.clone(),
+                    name: self.name.clone(),
+                });
+                at.records_in += batch.len() as u64;
+                match g.process(&batch, d.spec.outputs.len(), state).await {
+                    Ok(done) => {
+                        at.records_out += done.outputs.len() as u64;
+                        at.fuel += done.fuel;
+                        counts.wasm_fuel = done.fuel;
+                        entries.extend(self.outputs(shard, d, p, done.outputs)?);
+                        entries.extend(done.writes.into_iter().map(|(k, v)| Entry::Put {
+                            key: tf::state_key(&self.name, &k),
+                            value: v.map(Bytes::from),
+                        }));
+                    }
+                    Err(f) => {
+                        if g.poisoned() {
+                            *guest = None;
+                        }
+                        at.errors += batch.len() as u64;
+                        at.fuel += f.fuel;
+                        counts.wasm_fuel = f.fuel;
+                        let reason = format!("{}: {}", f.kind.as_str(), f.message);
+                        tracing::debug!(tenant = %self.tenant, transform = %self.name, partition = p, "batch dead-lettered: {reason}");
+                        let dead = decoded
+                            .records
+                            .iter()
+                            .map(|r| tf::dead_letter(r, &reason))
+                            .collect();
+                        entries.extend(self.append_to(shard, &d.dead_letter, p, dead)?);
+                        let last = LastError {
+                            at_ms: now_ms(),
+                            partition: p,
+                            offset: decoded.records[0].offset,
+                            kind: f.kind.as_str().into(),
+                            message: f.message,
+                        };
+                        entries.push(Entry::Put {
+                            key: tf::error_key(&self.name),
+                            value: Some(tf::encode(&last)),
+                        });
+                    }
+                }
+            }
+            at.offset = decoded.next;
+            entries.push(Entry::Put {
+                key: tf::progress_key(&self.name, p),
+                value: Some(tf::encode(&at)),
+            });
+            entries.push(usage::meter(&counts, shard.usage_window_ms));
+            let appended = shard.log.append(entries).await.map_err(|_| Pause::Gone)?;
+            appended.durable().await.map_err(|_| Pause::Gone)?;
+            if !counts.is_zero() {
+                shard.totals.add(&self.tenant, &counts);
+            }
+            return Ok(());
+        }
+        Err(Pause::Idle)
+    }
+
+    /// The guest instance, started (or restarted after a trap) as needed.
+    async fn guest<'a>(
+        &self,
+        d: &Deployed,
+        wasm: &mut Option<Bytes>,
+        guest: &'a mut Option<Transform>,
+    ) -> Result<&'a mut Transform, Pause> {
+        if wasm.is_none() {
+            let path = tf::wasm_path(&self.tenant, &d.digest);
+            let got = object_store::ObjectStoreExt::get(&*self.store, &path)
+                .await
+                .map_err(|e| Pause::Stuck(format!("fetching the component: {e}")))?;
+            let bytes = got
+                .bytes()
+                .await
+                .map_err(|e| Pause::Stuck(format!("fetching the component: {e}")))?;
+            *wasm = Some(bytes);
+        }
+        if guest.is_none() {
+            let labels = Labels {
+                tenant: self.tenant.to_string(),
+                plugin: self.name.clone(),
+            };
+            let code = wasm.as_ref().expect("fetched above");
+            let t = self
+                .runtime
+                .transform(code, &d.spec.config, labels)
+                .await
+                .map_err(|e| Pause::Stuck(e.to_string()))?;
+            *guest = Some(t);
+            set(&self.status, "running");
+        }
+        Ok(guest.as_mut().expect("started above"))
+    }
+
+    /// The guest's records as appends to its output topics: one batch per
+    /// output, in the partition of the input's number (modulo).
+    fn outputs(
+        &self,
+        shard: &Shard,
+        d: &Deployed,
+        partition: i32,
+        records: Vec<floe_runtime::OutputRecord>,
+    ) -> Result<Vec<Entry>, Pause> {
+        let mut by_output: Vec<Vec<Out>> = d.spec.outputs.iter().map(|_| Vec::new()).collect();
+        for r in records {
+            by_output[r.output as usize].push(Out::from(r));
+        }
+        let mut entries = Vec::new();
+        for (topic, records) in d.spec.outputs.iter().zip(by_output) {
+            entries.extend(self.append_to(shard, topic, partition, records)?);
+        }
+        Ok(entries)
+    }
+
+    fn append_to(
+        &self,
+        shard: &Shard,
+        topic: &str,
+        partition: i32,
+        records: Vec<Out>,
+    ) -> Result<Option<Entry>, Pause> {
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let meta = shard
+            .topic(topic)
+            .map_err(|_| Pause::Stuck(format!("output topic {topic} does not exist")))?;
+        let p = partition.rem_euclid(meta.streams.len().max(1) as i32);
+        let stream = meta
+            .stream(p)
+            .ok_or_else(|| Pause::Stuck(format!("output topic {topic} has no partitions")))?;
+        let data = tf::encode_batch(records).map_err(Pause::Stuck)?;
+        let h = batch::parse(&data).map_err(|e| Pause::Stuck(e.to_string()))?;
+        Ok(Some(Entry::Append {
+            stream,
+            base_offset: 0,
+            offsets: h.offset_count(),
+            max_timestamp: h.max_timestamp,
+            producer: None,
+            data: batch::set_leader_epoch(data, leader_epoch(&shard.log)),
+        }))
+    }
+}
