@@ -38,6 +38,9 @@ pub use transform::{
 /// and the longest a guest runs before yielding to the async runtime.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Compiled components kept per process.
+const MAX_COMPILED: usize = 256;
+
 /// At most this many outputs a transform may name (Redpanda's limit too).
 pub const MAX_OUTPUTS: usize = 8;
 
@@ -189,15 +192,6 @@ impl Runtime {
         &self.limits
     }
 
-    /// Identifies the engine's compiled code: a cache keyed by content hash
-    /// alone would hand one engine another's native code.
-    pub fn compatibility(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        h.finish()
-    }
-
     /// Validates an upload for `world`: a component, importing only what
     /// the world grants, exporting what it must. Compiles it once; later
     /// calls with the same bytes are a hash and a lookup.
@@ -228,13 +222,16 @@ impl Runtime {
                     .map_err(|e| Error::Invalid(format!("{e:#}")))?,
             ),
         };
-        self.lock().insert(key, compiled.clone());
+        let mut cache = self.lock();
+        if cache.len() >= MAX_COMPILED {
+            // Any one goes: instances hold their own reference, and a
+            // component evicted while deployed is compiled again on use.
+            if let Some(k) = cache.keys().next().cloned() {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(key, compiled.clone());
         Ok(compiled)
-    }
-
-    /// Forgets compiled components not in `keep` (after undeploys).
-    pub fn retain(&self, keep: &[Digest]) {
-        self.lock().retain(|(_, d), _| keep.contains(d));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(World, Digest), Compiled>> {

@@ -1,9 +1,14 @@
 //! Records of stored batches, decoded (any codec): what the HTTP API
-//! serves and what transforms are fed.
+//! serves and what transforms are fed; and records encoded as a batch, as
+//! the HTTP API and transforms write them.
 
+use bytes::{Bytes, BytesMut};
 use floe_common::batch;
 use floe_storage::Read;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 /// A read, decoded.
 pub struct Decoded {
@@ -45,4 +50,82 @@ pub fn decode(read: &Read, from: i64) -> Result<Decoded, String> {
         records,
         next: end.map_or(from, |e| e.min(read.high_watermark).max(from)),
     })
+}
+
+/// One record to write: what a batch encodes.
+pub struct Out {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    pub timestamp: i64,
+}
+
+/// Records as one uncompressed Kafka batch (magic 2), offsets from 0; the
+/// log assigns the real base offset.
+pub fn encode_batch(records: Vec<Out>) -> Result<Bytes, String> {
+    let n = records.len();
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset - sequence
+            // changes; this keeps it constant and the base sequence -1
+            // (no producer), so all records share one batch.
+            sequence: i as i32 - 1,
+            timestamp: o.timestamp,
+            key: o.key,
+            value: o.value,
+            headers: o
+                .headers
+                .into_iter()
+                .map(|(k, v)| (StrBytes::from_string(k), v))
+                .collect(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &opts).map_err(|e| e.to_string())?;
+    let data = buf.freeze();
+    let batches = batch::split(data.clone()).map_err(|e| e.to_string())?;
+    match batches.as_slice() {
+        [(h, _)] if h.offset_count() as usize == n => Ok(data),
+        _ => Err(format!("{n} records did not encode as one batch")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_common::batch;
+
+    fn out(v: &str) -> Out {
+        Out {
+            key: None,
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            headers: vec![("h".into(), None)],
+            timestamp: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_batch_spans_one_offset_per_record() {
+        let data = encode_batch(vec![out("a"), out("b"), out("c")]).expect("encodes");
+        let h = batch::parse(&data).expect("parses");
+        assert_eq!(h.offset_count(), 3);
+        let mut buf = data.clone();
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).expect("decodes");
+        let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2]);
+    }
 }

@@ -9,15 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use floe_common::{batch, TenantId};
-use floe_worker::{Shards, WorkerError};
+use floe_worker::{records, Shards, WorkerError};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -365,7 +361,7 @@ async fn append<W: Shards>(
         .map_err(bad)?
         .flatten();
     let ts = timestamp_ms(&rec.timestamp).map_err(bad)?;
-    let mut headers = IndexMap::new();
+    let mut headers = Vec::new();
     for h in rec.headers {
         let v = match h.value {
             Some(v) => {
@@ -375,7 +371,7 @@ async fn append<W: Shards>(
             }
             None => None,
         };
-        headers.insert(h.name.into(), v);
+        headers.push((h.name, v));
     }
     let partition = match (rec.partition_id, &key) {
         (Some(p), _) => p,
@@ -383,29 +379,15 @@ async fn append<W: Shards>(
         (None, None) => (NEXT.fetch_add(1, Relaxed) % partitions as u32) as i32,
     };
     let (key_len, value_len) = (key.as_ref().map(Bytes::len), value.as_ref().map(Bytes::len));
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: ts,
+    let record = records::Out {
         key,
         value,
         headers,
+        timestamp: ts,
     };
-    let mut buf = BytesMut::new();
-    let opts = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, [record].iter(), &opts)
+    let data = records::encode_batch(vec![record])
         .map_err(|e| bad(format!("record does not encode: {e}")))?;
-    let batches = batch::split(buf.freeze()).map_err(|e| bad(e.to_string()))?;
+    let batches = batch::split(data).map_err(|e| bad(e.to_string()))?;
     let accepted = worker
         .produce(tenant, topic, partition, batches)
         .await
