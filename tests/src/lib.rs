@@ -231,6 +231,31 @@ impl Floe {
 }
 
 impl Floe {
+    /// An HTTP call with `auth` (a whole `Authorization: ...` header) and a
+    /// JSON body: the status and the JSON answer (null if none).
+    pub fn call_json(
+        &self,
+        auth: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http_bytes(
+                method,
+                path,
+                &[auth, "Content-Type: application/json"],
+                body,
+            )
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        let status = r[9..12].parse().expect("a status");
+        let text = &r[r.find("\r\n\r\n").expect("a body") + 4..];
+        (
+            status,
+            serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// (key, secret) of a new key of a new tenant (on the free plan), made
     /// through the admin API with `token`.
     pub fn tenant_with_key(&self, token: &str, tenant: &str) -> (String, String) {
@@ -271,6 +296,13 @@ impl Drop for Floe {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The `Authorization` header of an API key as HTTP basic auth.
+pub fn basic_auth(key: &str, secret: &str) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
+    format!("Authorization: Basic {b}")
 }
 
 /// A fresh temporary directory under the system temp dir.

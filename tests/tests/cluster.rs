@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use floe_e2e::raw::{produce_request, Conn};
 use floe_e2e::records::batch;
 use floe_e2e::s3::S3Server;
-use floe_e2e::{floe_bin, temp_dir, Floe};
+use floe_e2e::{basic_auth, floe_bin, temp_dir, Floe};
 use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
@@ -613,20 +613,7 @@ fn owned(c: &Cluster) -> Vec<usize> {
 
 /// An HTTP call as a tenant's key; the status and the body.
 fn call(gw: &Floe, auth: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let r = gw
-        .http(
-            method,
-            path,
-            &[auth, "Content-Type: application/json"],
-            body,
-        )
-        .unwrap_or_else(|| panic!("{method} {path}: no answer"));
-    let status = r[9..12].parse().expect("a status");
-    let text = &r[r.find("\r\n\r\n").expect("a body") + 4..];
-    (
-        status,
-        serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
-    )
+    gw.call_json(auth, method, path, body.as_bytes())
 }
 
 /// One record to each tenant over HTTP, through gateways a and b in turn;
@@ -661,12 +648,11 @@ async fn an_added_worker_takes_its_share_of_the_shards() {
             "",
         );
         assert_eq!(status, 201, "{v}");
-        let basic = b64(&format!(
-            "{}:{}",
-            v["key"].as_str().unwrap(),
-            v["secret"].as_str().unwrap()
-        ));
-        tenants.push((t, format!("Authorization: Basic {basic}")));
+        let auth = basic_auth(
+            v["key"].as_str().expect("a key"),
+            v["secret"].as_str().expect("a secret"),
+        );
+        tenants.push((t, auth));
     }
     // Gateway b follows the registry: it knows the keys within a refresh.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -755,24 +741,4 @@ async fn an_added_worker_takes_its_share_of_the_shards() {
             .collect();
         assert_eq!(offsets, acked[i], "{t}");
     }
-}
-
-/// Base64 (standard alphabet, padded) for a Basic credential.
-fn b64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in s.as_bytes().chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use floe_e2e::{temp_dir, Floe};
+use floe_e2e::{basic_auth, temp_dir, Floe};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -33,10 +33,7 @@ impl Tenant {
     }
 
     fn basic(&self) -> String {
-        use std::io::Write;
-        let mut raw = Vec::new();
-        write!(raw, "{}:{}", self.key, self.secret).expect("writes");
-        format!("Authorization: Basic {}", b64(&raw))
+        basic_auth(&self.key, &self.secret)
     }
 
     fn kafka(&self, f: &Floe) -> ClientConfig {
@@ -51,21 +48,7 @@ impl Tenant {
 
     /// An HTTP call as this tenant: status and JSON body.
     fn call(&self, f: &Floe, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let auth = self.basic();
-        let r = f
-            .http_bytes(
-                method,
-                path,
-                &[&auth, "Content-Type: application/json"],
-                body,
-            )
-            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
-        let status = r[9..12].parse().expect("a status");
-        let text = &r[r.find("\r\n\r\n").expect("a body") + 4..];
-        (
-            status,
-            serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
-        )
+        f.call_json(&self.basic(), method, path, body)
     }
 
     fn create_topic(&self, f: &Floe, topic: &str, partitions: usize) {
@@ -97,24 +80,6 @@ impl Tenant {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-fn b64(raw: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in raw.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn start(name: &str, extra: &[&str]) -> Floe {
@@ -156,14 +121,11 @@ async fn produce_with(mut config: ClientConfig, bootstrap: &str, topic: &str, va
     }
 }
 
+/// A record read back: its value, and its headers.
+type Consumed = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
 /// Every record of `topic` (all `partitions`), as (value, headers).
-fn consume(
-    t: &Tenant,
-    f: &Floe,
-    topic: &str,
-    partitions: i32,
-    want: usize,
-) -> Vec<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
+fn consume(t: &Tenant, f: &Floe, topic: &str, partitions: i32, want: usize) -> Vec<Consumed> {
     let c: BaseConsumer = t
         .kafka(f)
         .set("group.id", "checker")
