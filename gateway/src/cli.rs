@@ -161,7 +161,9 @@ pub async fn transform(t: TenantTarget, cmd: TransformCmd) -> anyhow::Result<()>
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", t.api_key, t.api_secret));
     let auth = format!("Basic {basic}");
-    let call = |method, path: String, body| send(&t.url, method, path, auth.clone(), body);
+    let call =
+        |method, path: String, ctype, body| send(&t.url, method, path, auth.clone(), ctype, body);
+    const JSON: &str = "application/json";
     match cmd {
         TransformCmd::Deploy {
             name,
@@ -186,16 +188,23 @@ pub async fn transform(t: TenantTarget, cmd: TransformCmd) -> anyhow::Result<()>
             }
             q.append_pair("from", if from_start { "start" } else { "end" });
             let path = format!("/v1/transforms/{name}?{}", q.finish());
-            call(Method::PUT, path, Bytes::from(wasm)).await
+            call(Method::PUT, path, "application/wasm", Bytes::from(wasm)).await
         }
-        TransformCmd::List => call(Method::GET, "/v1/transforms".into(), Bytes::new()).await,
+        TransformCmd::List => call(Method::GET, "/v1/transforms".into(), JSON, Bytes::new()).await,
         TransformCmd::Status { name } => {
-            call(Method::GET, format!("/v1/transforms/{name}"), Bytes::new()).await
+            call(
+                Method::GET,
+                format!("/v1/transforms/{name}"),
+                JSON,
+                Bytes::new(),
+            )
+            .await
         }
         TransformCmd::Delete { name } => {
             call(
                 Method::DELETE,
                 format!("/v1/transforms/{name}"),
+                JSON,
                 Bytes::new(),
             )
             .await
@@ -236,7 +245,8 @@ async fn call(
 ) -> anyhow::Result<()> {
     let body = Bytes::from(body.map(|b| b.to_string()).unwrap_or_default());
     let auth = format!("Bearer {}", t.admin_token);
-    send(&t.url, method, format!("/admin/v1{path}"), auth, body).await
+    let path = format!("/admin/v1{path}");
+    send(&t.url, method, path, auth, "application/json", body).await
 }
 
 /// One request to `url`; prints the answer, and fails on an error status.
@@ -245,6 +255,7 @@ async fn send(
     method: Method,
     path: String,
     authorization: String,
+    content_type: &str,
     body: Bytes,
 ) -> anyhow::Result<()> {
     let authority = url
@@ -256,17 +267,12 @@ async fn send(
         .with_context(|| format!("connecting to {authority}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let ctype = if method == Method::PUT && path.starts_with("/v1/transforms") {
-        "application/wasm"
-    } else {
-        "application/json"
-    };
     let req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", authority)
         .header("authorization", authorization)
-        .header("content-type", ctype)
+        .header("content-type", content_type)
         .body(Full::new(body))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
