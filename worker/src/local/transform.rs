@@ -297,54 +297,63 @@ fn progress(shard: &Shard, name: &str, partition: i32, log_start: i64) -> Progre
         })
 }
 
+/// What this deployment's runner says, if it runs here.
+fn runner_state(shard: &Shard, d: &Deployed) -> Option<String> {
+    lock(&shard.transforms)
+        .get(&d.spec.name)
+        .filter(|r| r.generation == d.generation)
+        .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// Input records not processed yet, and the progress of every input
+/// partition added up (its `offset` unused).
+fn totals(shard: &Shard, d: &Deployed) -> Result<(i64, Progress)> {
+    let (mut lag, mut sum) = (0, Progress::default());
+    let Ok(input) = shard.topic(&d.spec.input) else {
+        return Ok((lag, sum));
+    };
+    for (p, &stream) in input.streams.iter().enumerate() {
+        let (log_start, _) = shard.log.offsets(StreamId(stream))?;
+        let stable = shard.log.last_stable(StreamId(stream))?;
+        let pr = progress(shard, &d.spec.name, p as i32, log_start);
+        lag += (stable - pr.offset).max(0);
+        sum.records_in += pr.records_in;
+        sum.records_out += pr.records_out;
+        sum.errors += pr.errors;
+        sum.fuel += pr.fuel;
+    }
+    Ok((lag, sum))
+}
+
 fn status(shard: &Shard, d: &Deployed) -> Result<TransformStatus> {
-    let name = &d.spec.name;
-    let mut s = TransformStatus {
-        name: name.clone(),
+    let (lag, sum) = totals(shard, d)?;
+    Ok(TransformStatus {
+        name: d.spec.name.clone(),
         input: d.spec.input.clone(),
         outputs: d.spec.outputs.clone(),
         dead_letter: d.dead_letter.clone(),
         config: d.spec.config.clone(),
         digest: d.digest.clone(),
         deployed_ms: d.deployed_ms,
-        state: lock(&shard.transforms)
-            .get(name)
-            .filter(|r| r.generation == d.generation)
-            .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_else(|| "stopped".into()),
-        lag: 0,
-        records_in: 0,
-        records_out: 0,
-        errors: 0,
-        fuel: 0,
+        state: runner_state(shard, d).unwrap_or_else(|| "stopped".into()),
+        lag,
+        records_in: sum.records_in,
+        records_out: sum.records_out,
+        errors: sum.errors,
+        fuel: sum.fuel,
         last_error: shard
             .log
-            .get(&tf::error_key(name))
+            .get(&tf::error_key(&d.spec.name))
             .and_then(|v| tf::decode(&v)),
-    };
-    if let Ok(input) = shard.topic(&d.spec.input) {
-        for (p, &stream) in input.streams.iter().enumerate() {
-            let (log_start, _) = shard.log.offsets(StreamId(stream))?;
-            let stable = shard.log.last_stable(StreamId(stream))?;
-            let pr = progress(shard, name, p as i32, log_start);
-            s.lag += (stable - pr.offset).max(0);
-            s.records_in += pr.records_in;
-            s.records_out += pr.records_out;
-            s.errors += pr.errors;
-            s.fuel += pr.fuel;
-        }
-    }
-    Ok(s)
+    })
 }
 
 /// Whether a running transform has input it has not processed: the shard
 /// is not idle then.
 pub(super) fn lagging(shard: &Shard) -> bool {
     deployed(shard).iter().any(|d| {
-        let running = lock(&shard.transforms)
-            .get(&d.spec.name)
-            .is_some_and(|r| *r.status.lock().unwrap_or_else(|p| p.into_inner()) == "running");
-        running && status(shard, d).is_ok_and(|s| s.lag > 0)
+        runner_state(shard, d).is_some_and(|s| s == "running")
+            && totals(shard, d).is_ok_and(|(lag, _)| lag > 0)
     })
 }
 
