@@ -8,7 +8,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::Limits;
+use wasmtime::component::Linker;
+
+use crate::{Failure, FailureKind, Limits};
 
 /// Who a guest runs for: its log lines and errors carry these.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,8 @@ pub(crate) struct Host {
     logged: u32,
     /// The transform's state for the batch being processed.
     pub state: crate::transform::StateBuf,
+    /// The instance trapped: calling into it again is refused.
+    pub poisoned: bool,
 }
 
 impl Host {
@@ -65,6 +69,7 @@ impl Host {
             clock,
             logged: 0,
             state: Default::default(),
+            poisoned: false,
         }
     }
 
@@ -142,9 +147,32 @@ pub(crate) fn store(engine: &wasmtime::Engine, limits: &Limits, labels: Labels) 
     store
 }
 
+/// A world's linker: WASI p2 (present, with nothing behind it; see
+/// [`Host::new`]) and the world's own imports, added by `add`.
+pub(crate) fn linker(
+    engine: &wasmtime::Engine,
+    add: impl FnOnce(&mut Linker<Host>) -> wasmtime::Result<()>,
+) -> wasmtime::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    add(&mut linker)?;
+    Ok(linker)
+}
+
 /// Arms a store for one call: full fuel, a fresh deadline, a log budget.
-pub(crate) fn arm(store: &mut Store<Host>, limits: &Limits) -> wasmtime::Result<()> {
-    store.set_fuel(limits.fuel_per_call)?;
+/// An instance that trapped is refused: it must be replaced.
+pub(crate) fn arm(store: &mut Store<Host>, limits: &Limits) -> Result<(), Failure> {
+    let refuse = |message: String| Failure {
+        kind: FailureKind::Trap,
+        message,
+        fuel: 0,
+    };
+    if store.data().poisoned {
+        return Err(refuse("instance trapped earlier".into()));
+    }
+    store
+        .set_fuel(limits.fuel_per_call)
+        .map_err(|e| refuse(e.to_string()))?;
     store.set_epoch_deadline(1);
     let host = store.data_mut();
     host.deadline = Instant::now() + limits.deadline;
@@ -152,6 +180,18 @@ pub(crate) fn arm(store: &mut Store<Host>, limits: &Limits) -> wasmtime::Result<
     host.clock.set();
     host.memory.hit = false;
     Ok(())
+}
+
+/// What a call that trapped (or hit a limit) leaves: the reason, the fuel
+/// it burned, and an instance poisoned from now on.
+pub(crate) fn trapped(store: &mut Store<Host>, limits: &Limits, e: &wasmtime::Error) -> Failure {
+    store.data_mut().poisoned = true;
+    let (kind, message) = classify(store, limits, e);
+    Failure {
+        kind,
+        message,
+        fuel: fuel_used(store, limits),
+    }
 }
 
 /// Fuel the last call burned.
@@ -162,7 +202,7 @@ pub(crate) fn fuel_used(store: &Store<Host>, limits: &Limits) -> u64 {
 }
 
 /// Why a call failed, in words a tenant can act on.
-pub(crate) fn classify(
+fn classify(
     store: &Store<Host>,
     limits: &Limits,
     e: &wasmtime::Error,

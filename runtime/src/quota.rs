@@ -5,7 +5,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::host::{self, Host, Labels};
-use crate::{Error, Failure, FailureKind, Limits};
+use crate::{Error, Failure, Limits};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -22,10 +22,9 @@ pub use bindings::floe::plugin::quota_types::{Decision, Kind, Query, Usage as Re
 pub(crate) type Pre = bindings::QuotaPre<Host>;
 
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<Host>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    bindings::Quota::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)?;
-    Ok(linker)
+    host::linker(engine, |l| {
+        bindings::Quota::add_to_linker::<Host, HasSelf<Host>>(l, |h| h)
+    })
 }
 
 pub(crate) fn pre(linker: &Linker<Host>, component: &Component) -> wasmtime::Result<Pre> {
@@ -39,7 +38,6 @@ pub struct Policy {
     store: Store<Host>,
     bindings: bindings::Quota,
     limits: Limits,
-    poisoned: bool,
 }
 
 impl Policy {
@@ -50,7 +48,7 @@ impl Policy {
         labels: Labels,
     ) -> Result<Self, Error> {
         let mut store = host::store(engine, limits, labels);
-        host::arm(&mut store, limits).map_err(|e| Error::Start(e.to_string()))?;
+        host::arm(&mut store, limits).map_err(|f| Error::Start(f.message))?;
         let bindings = pre
             .instantiate_async(&mut store)
             .await
@@ -59,44 +57,21 @@ impl Policy {
             store,
             bindings,
             limits: limits.clone(),
-            poisoned: false,
         })
     }
 
     pub fn poisoned(&self) -> bool {
-        self.poisoned
+        self.store.data().poisoned
     }
 
     /// The policy's decision, or why it gave none (the caller fails open).
     pub async fn decide(&mut self, query: &Query) -> Result<(Decision, u64), Failure> {
         let limits = self.limits.clone();
-        if self.poisoned {
-            return Err(Failure {
-                kind: FailureKind::Trap,
-                message: "instance trapped earlier".into(),
-                fuel: 0,
-            });
-        }
-        if let Err(e) = host::arm(&mut self.store, &limits) {
-            return Err(Failure {
-                kind: FailureKind::Trap,
-                message: e.to_string(),
-                fuel: 0,
-            });
-        }
+        host::arm(&mut self.store, &limits)?;
         let result = self.bindings.call_decide(&mut self.store, query).await;
-        let fuel = host::fuel_used(&self.store, &limits);
         match result {
-            Ok(decision) => Ok((decision, fuel)),
-            Err(e) => {
-                self.poisoned = true;
-                let (kind, message) = host::classify(&self.store, &limits, &e);
-                Err(Failure {
-                    kind,
-                    message,
-                    fuel,
-                })
-            }
+            Ok(decision) => Ok((decision, host::fuel_used(&self.store, &limits))),
+            Err(e) => Err(host::trapped(&mut self.store, &limits, &e)),
         }
     }
 }

@@ -30,10 +30,9 @@ pub const MAX_STATE_ENTRY_BYTES: usize = 64 << 10;
 pub const MAX_STATE_BATCH_BYTES: usize = 4 << 20;
 
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<Host>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    bindings::Transform::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |h| h)?;
-    Ok(linker)
+    host::linker(engine, |l| {
+        bindings::Transform::add_to_linker::<Host, HasSelf<Host>>(l, |h| h)
+    })
 }
 
 pub(crate) fn pre(linker: &Linker<Host>, component: &Component) -> wasmtime::Result<Pre> {
@@ -150,7 +149,6 @@ pub struct Transform {
     store: Store<Host>,
     bindings: bindings::Transform,
     limits: Limits,
-    poisoned: bool,
 }
 
 impl Transform {
@@ -162,7 +160,7 @@ impl Transform {
         labels: Labels,
     ) -> Result<Self, Error> {
         let mut store = host::store(engine, limits, labels);
-        host::arm(&mut store, limits).map_err(|e| Error::Start(e.to_string()))?;
+        host::arm(&mut store, limits).map_err(|f| Error::Start(f.message))?;
         let bindings = pre
             .instantiate_async(&mut store)
             .await
@@ -172,19 +170,18 @@ impl Transform {
                 store,
                 bindings,
                 limits: limits.clone(),
-                poisoned: false,
             }),
             Ok(Err(reason)) => Err(Error::Start(format!("init failed: {reason}"))),
             Err(e) => Err(Error::Start(format!(
                 "init failed: {}",
-                host::classify(&store, limits, &e).1
+                host::trapped(&mut store, limits, &e).message
             ))),
         }
     }
 
     /// Whether the instance trapped and must be replaced.
     pub fn poisoned(&self) -> bool {
-        self.poisoned
+        self.store.data().poisoned
     }
 
     /// Runs one batch. `outputs` is the number of deployed output topics;
@@ -201,32 +198,22 @@ impl Transform {
             message,
             fuel,
         };
-        if self.poisoned {
-            return Err(fail(
-                FailureKind::Trap,
-                "instance trapped earlier".into(),
-                0,
-            ));
-        }
-        if let Err(e) = host::arm(&mut self.store, &limits) {
-            return Err(fail(FailureKind::Trap, e.to_string(), 0));
-        }
+        host::arm(&mut self.store, &limits)?;
         self.store.data_mut().state = StateBuf {
             read: Some(state),
             ..Default::default()
         };
         let result = self.bindings.call_process(&mut self.store, batch).await;
-        let fuel = host::fuel_used(&self.store, &limits);
         let buf = std::mem::take(&mut self.store.data_mut().state);
         let records = match result {
             Ok(Ok(records)) => records,
-            Ok(Err(reason)) => return Err(fail(FailureKind::Error, reason, fuel)),
-            Err(e) => {
-                self.poisoned = true;
-                let (kind, message) = host::classify(&self.store, &limits, &e);
-                return Err(fail(kind, message, fuel));
+            Ok(Err(reason)) => {
+                let fuel = host::fuel_used(&self.store, &limits);
+                return Err(fail(FailureKind::Error, reason, fuel));
             }
+            Err(e) => return Err(host::trapped(&mut self.store, &limits, &e)),
         };
+        let fuel = host::fuel_used(&self.store, &limits);
         let most = batch.len().max(1) * limits.outputs_per_input;
         if records.len() > most {
             return Err(fail(
