@@ -2,7 +2,8 @@
 //! deploy over HTTP, produce, consume the outputs. Exactly-once across
 //! kill -9 (stateless and stateful guests); each hostile guest stopped by
 //! its limit, its batches dead-lettered with the reason, while another
-//! tenant's transform carries on; uploads outside the world refused.
+//! tenant's transform carries on; uploads outside the world refused. The
+//! Rust SDK's examples, built for wasm32-wasip2, transform real records.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use floe_e2e::{basic_auth, temp_dir, Floe};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -92,7 +93,20 @@ async fn produce(t: &Tenant, f: &Floe, topic: &str, values: impl Iterator<Item =
     produce_with(t.kafka(f), &f.bootstrap(), topic, values.collect()).await
 }
 
-async fn produce_with(mut config: ClientConfig, bootstrap: &str, topic: &str, values: Vec<String>) {
+async fn produce_with(config: ClientConfig, bootstrap: &str, topic: &str, values: Vec<String>) {
+    let records = values.into_iter().map(|v| (v, Vec::new())).collect();
+    produce_records(config, bootstrap, topic, records).await
+}
+
+/// A record to produce: its value (also its key), and its headers.
+type Produced = (String, Vec<(&'static str, String)>);
+
+async fn produce_records(
+    mut config: ClientConfig,
+    bootstrap: &str,
+    topic: &str,
+    records: Vec<Produced>,
+) {
     let p: FutureProducer = config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -104,12 +118,21 @@ async fn produce_with(mut config: ClientConfig, bootstrap: &str, topic: &str, va
     let mut pending = Vec::new();
     // Paced, so the records keep arriving for as long as there are any.
     let mut pace = tokio::time::interval(Duration::from_millis(1));
-    for v in values {
+    for (v, headers) in records {
         pace.tick().await;
         let (p, topic) = (p.clone(), topic.to_string());
         pending.push(tokio::spawn(async move {
+            let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            });
             p.send(
-                FutureRecord::to(&topic).key(&v).payload(&v),
+                FutureRecord::to(&topic)
+                    .key(&v)
+                    .payload(&v)
+                    .headers(headers),
                 Duration::from_secs(60),
             )
             .await
@@ -342,4 +365,151 @@ async fn hostile_guests_are_stopped_by_their_limits_and_others_carry_on() {
     // And the process carries on: the good tenant still transforms.
     produce(&good, &f, "in", (n..2 * n).map(|i| format!("g{i}"))).await;
     good.caught_up(&f, "copy", 2 * n as u64);
+}
+
+/// The SDK's examples (`guests/`), built for wasm32-wasip2 by
+/// `scripts/build-guests` into the folder `FLOE_GUESTS` names. When that
+/// target could not be installed, `scripts/test` sets `FLOE_GUESTS=wat` and
+/// only the WAT identity fixture runs here (and says so).
+fn guest(name: &str) -> Option<Vec<u8>> {
+    let dir = std::env::var("FLOE_GUESTS")
+        .expect("FLOE_GUESTS: run scripts/build-guests and point it at the folder it prints");
+    if dir == "wat" {
+        eprintln!(
+            "FLOE_GUESTS=wat: wasm32-wasip2 unavailable, {name} not built; WAT fixtures only"
+        );
+        return None;
+    }
+    let path = std::path::Path::new(&dir).join(format!("{name}.wasm"));
+    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+fn header_of<'a>(headers: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_slice())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_guests_built_for_wasip2_transform_real_records() {
+    let f = start("transform-guests", &[]);
+    let t = Tenant::new(&f, "acme");
+    for topic in ["in", "copy", "red", "masked", "a", "b"] {
+        t.create_topic(&f, topic, 1);
+    }
+    let Some(identity) = guest("identity") else {
+        let (status, v) = t.deploy(
+            &f,
+            "copy",
+            "input=in&output=copy",
+            &floe_fixtures::identity(),
+        );
+        assert_eq!(status, 200, "{v}");
+        produce(&t, &f, "in", (0..10).map(|i| format!("v{i}"))).await;
+        t.caught_up(&f, "copy", 10);
+        return;
+    };
+    let deploys = [
+        ("copy", "input=in&output=copy", identity),
+        (
+            "only-red",
+            "input=in&output=red&config=header=color&config=value=red",
+            guest("filter_header").expect("built"),
+        ),
+        (
+            "mask",
+            "input=in&output=masked&config=fields=ssn,card",
+            guest("json_mask").expect("built"),
+        ),
+        (
+            "both",
+            "input=in&output=a,b",
+            guest("fan_out").expect("built"),
+        ),
+    ];
+    for (name, query, wasm) in &deploys {
+        let (status, v) = t.deploy(&f, name, query, wasm);
+        assert_eq!(status, 200, "{name}: {v}");
+    }
+    // A filter without its config fails `init`, visibly.
+    let (status, v) = t.deploy(&f, "no-config", "input=in&output=red", &deploys[1].2);
+    assert_eq!(status, 200, "{v}");
+
+    // JSON values, every third one red; then, once those are through (so it
+    // is a batch of its own), one value that is not JSON.
+    let n = 300;
+    let records: Vec<Produced> = (0..n)
+        .map(|i| {
+            let value = format!(r#"{{"id":{i},"name":"n{i}","ssn":"123-45-{i:04}"}}"#);
+            let color = if i % 3 == 0 { "red" } else { "blue" };
+            (value, vec![("color", color.to_string())])
+        })
+        .collect();
+    produce_records(t.kafka(&f), &f.bootstrap(), "in", records).await;
+    for (name, _, _) in &deploys {
+        t.caught_up(&f, name, n as u64);
+    }
+    let odd = vec![("not json".to_string(), vec![("color", "red".to_string())])];
+    produce_records(t.kafka(&f), &f.bootstrap(), "in", odd).await;
+    let total = n + 1;
+    for (name, _, _) in &deploys {
+        t.caught_up(&f, name, total as u64);
+    }
+
+    // identity: every record, as it was.
+    let copy = consume(&t, &f, "copy", 1, total);
+    assert_eq!(copy.len(), total);
+    assert!(copy.iter().any(|(v, _)| v == b"not json"));
+    assert!(copy.iter().all(|(_, h)| header_of(h, "color").is_some()));
+
+    // filter-header: the red ones only.
+    let red = consume(&t, &f, "red", 1, n / 3 + 1);
+    assert_eq!(
+        red.len(),
+        n / 3 + 1,
+        "every third record and the non-JSON one"
+    );
+    assert!(red
+        .iter()
+        .all(|(_, h)| header_of(h, "color") == Some(b"red".as_slice())));
+
+    // json-mask: every JSON record masked; the non-JSON one dead-lettered
+    // with the parse error.
+    let s = t.status(&f, "mask");
+    let masked = consume(&t, &f, "masked", 1, n);
+    let dead = consume(&t, &f, "mask-dlq", 1, 1);
+    assert_eq!((masked.len(), dead.len()), (n, 1), "{s}");
+    assert_eq!(dead[0].0, b"not json");
+    assert_eq!(s["errors"], 1, "{s}");
+    let why = header_of(&dead[0].1, "floe-error").map(String::from_utf8_lossy);
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.starts_with("error:") && w.contains("not a JSON object")),
+        "{why:?}"
+    );
+    for (v, _) in &masked {
+        let json: serde_json::Value = serde_json::from_slice(v).expect("JSON");
+        assert_eq!(json["ssn"], "***", "{json}");
+        assert!(
+            json["name"].as_str().is_some_and(|n| n.starts_with('n')),
+            "{json}"
+        );
+    }
+
+    // fan-out: everything to both outputs, the second copy marked.
+    let a = consume(&t, &f, "a", 1, total);
+    let b = consume(&t, &f, "b", 1, total);
+    assert_eq!((a.len(), b.len()), (total, total));
+    assert!(a.iter().all(|(_, h)| header_of(h, "floe-copy").is_none()));
+    assert!(b
+        .iter()
+        .all(|(_, h)| header_of(h, "floe-copy") == Some(b"1".as_slice())));
+    let s = t.status(&f, "both");
+    assert_eq!(s["records_out"].as_u64(), Some(2 * total as u64), "{s}");
+
+    // init's error shows in status.
+    let s = t.status(&f, "no-config");
+    assert_ne!(s["state"], "running", "{s}");
+    assert!(s.to_string().contains("config `header` is required"), "{s}");
 }
