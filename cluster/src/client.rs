@@ -691,9 +691,9 @@ impl Shards for RemoteShards {
         self.call(tenant, call).await
     }
 
-    async fn charge(&self, tenant: &TenantId, usage: quota::Usage) -> Result<Duration> {
+    async fn charge(&self, tenant: &TenantId, usage: quota::Usage) -> Result<quota::Admission> {
         if self.idle.defer(tenant, &usage) {
-            return Ok(Duration::ZERO);
+            return Ok(quota::Admission::default());
         }
         let usage = self.idle.with_deferred(tenant, usage);
         self.call(tenant, Call::Charge(usage)).await

@@ -423,7 +423,9 @@ impl Node {
                 rpc::answer(id, rpc::DONE, &Ok::<(), floe_worker::GroupError>(()))
             }
             // Usage of idle calls is not metered: the meters are the shard's.
-            Call::Charge(_) => rpc::answer(id, rpc::DONE, &Duration::ZERO),
+            Call::Charge(_) => {
+                rpc::answer(id, rpc::DONE, &floe_worker::quota::Admission::default())
+            }
             // A long-poll: ends (the gateway subscribes anew, by then on a
             // fresh view) once the view has had time to change.
             Call::Subscribe => {

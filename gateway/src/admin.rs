@@ -1,6 +1,6 @@
 //! The operator's admin API, under `/admin/v1`, behind a bearer token:
-//! tenants, their keys, quotas and metered usage. Secrets appear once, in
-//! the answer that creates a key.
+//! tenants, their keys, quotas and metered usage, and plans' quota
+//! policies. Secrets appear once, in the answer that creates a key.
 
 use std::sync::Arc;
 
@@ -19,8 +19,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
-/// Request bodies are small JSON documents.
+/// Request bodies are small JSON documents, but for policy components.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_POLICY_BYTES: usize = floe_worker::transforms::MAX_WASM_BYTES;
 
 pub struct Admin<W> {
     pub registry: Arc<Registry>,
@@ -31,6 +32,8 @@ pub struct Admin<W> {
     pub http_timeout: std::time::Duration,
     /// Whether the listener is HTTPS (for the URLs answers give).
     pub https: bool,
+    /// Compiles uploaded policies to check them, made on the first upload.
+    pub checker: std::sync::OnceLock<Arc<floe_runtime::Runtime>>,
 }
 
 /// An answer: status and JSON body.
@@ -97,6 +100,24 @@ fn usage_view(w: &UsageWindow) -> serde_json::Value {
     v
 }
 
+fn policy_view(p: &floe_tenants::PlanPolicy) -> serde_json::Value {
+    serde_json::json!({
+        "plan": p.plan,
+        "sha256": p.sha256,
+        "bytes": p.bytes,
+        "deployed_ms": p.deployed_ms,
+    })
+}
+
+fn unknown_plan(plan: &str) -> Answer {
+    let names: Vec<&str> = Plan::ALL.iter().map(|p| p.name()).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no plan {plan}; plans are {}", names.join(", ")),
+    )
+}
+
 fn json(status: StatusCode, v: serde_json::Value) -> Answer {
     (status, Bytes::from(v.to_string()))
 }
@@ -138,7 +159,11 @@ impl<W: Shards> Admin<W> {
             .split('/')
             .filter(|p| !p.is_empty())
             .collect();
-        let body = match read_body(req.into_body(), MAX_BODY_BYTES, self.http_timeout).await {
+        let max = match parts.as_slice() {
+            ["plans", _, "policy"] => MAX_POLICY_BYTES,
+            _ => MAX_BODY_BYTES,
+        };
+        let body = match read_body(req.into_body(), max, self.http_timeout).await {
             Ok(b) => b,
             Err(e @ crate::BodyError::TooLarge) => {
                 return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e)
@@ -194,9 +219,34 @@ impl<W: Shards> Admin<W> {
                 Ok(a) => a,
                 Err((status, code, m)) => error(status, code, m),
             },
+            (Method::PUT, ["plans", plan, "policy"]) => self.put_policy(plan, body).await,
+            (Method::GET, ["plans", plan, "policy"]) => match Plan::from_name(plan) {
+                None => unknown_plan(plan),
+                Some(p) => match r.policy(p) {
+                    Some(p) => json(StatusCode::OK, policy_view(&p)),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("plan {plan} has no policy"),
+                    ),
+                },
+            },
+            (Method::DELETE, ["plans", plan, "policy"]) => match Plan::from_name(plan) {
+                None => unknown_plan(plan),
+                Some(p) => match r.delete_policy(p).await {
+                    Ok(true) => (StatusCode::NO_CONTENT, Bytes::new()),
+                    Ok(false) => error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("plan {plan} has no policy"),
+                    ),
+                    Err(e) => registry_error(e),
+                },
+            },
             (
                 _,
-                ["tenants"]
+                ["plans", _, "policy"]
+                | ["tenants"]
                 | ["tenants", _]
                 | ["tenants", _, "keys" | "quota" | "usage"]
                 | ["tenants", _, "keys", _],
@@ -239,11 +289,20 @@ impl<W: Shards> Admin<W> {
             requests: 1,
             ..Usage::default()
         };
-        let wait = self
+        let admission = self
             .worker
             .charge(&tenant, charge)
             .await
             .unwrap_or_default();
+        if let Some(reason) = admission.refused {
+            let e = rest::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                format!("refused by the plan's quota policy: {reason}"),
+            );
+            return rest::json_reply(e);
+        }
+        let wait = admission.throttle;
         if !wait.is_zero() {
             let secs = wait.as_secs_f64().ceil() as u64;
             let e = rest::error(
@@ -283,6 +342,35 @@ impl<W: Shards> Admin<W> {
     /// Deletes the tenant (its keys go and its connections close at once),
     /// then its data; usage records stay, for billing. Deleting a deleted
     /// tenant again finishes removing its data, should that have failed.
+    /// Checks the component is of the `quota` world and imports nothing
+    /// else, then makes it the plan's policy.
+    async fn put_policy(&self, plan: &str, wasm: Bytes) -> Answer {
+        let Some(plan) = Plan::from_name(plan) else {
+            return unknown_plan(plan);
+        };
+        let checker = match self.checker.get() {
+            Some(c) => c.clone(),
+            None => {
+                let limits = floe_runtime::Limits {
+                    instances: 1,
+                    ..floe_runtime::Limits::default()
+                };
+                match floe_runtime::Runtime::new(limits) {
+                    Ok(c) => self.checker.get_or_init(|| c).clone(),
+                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+                }
+            }
+        };
+        let digest = match checker.check(floe_runtime::World::Quota, &wasm) {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_policy", e),
+        };
+        match self.registry.set_policy(plan, digest.0, wasm).await {
+            Ok(p) => json(StatusCode::OK, policy_view(&p)),
+            Err(e) => registry_error(e),
+        }
+    }
+
     async fn delete_tenant(&self, id: &str) -> Answer {
         match self.registry.delete(id).await {
             Ok(()) => {}

@@ -330,7 +330,11 @@ impl<W: Shards> Shards for Guarded<W> {
             .await
     }
 
-    async fn charge(&self, tenant: &TenantId, usage: Usage) -> Result<std::time::Duration> {
+    async fn charge(
+        &self,
+        tenant: &TenantId,
+        usage: Usage,
+    ) -> Result<floe_worker::quota::Admission> {
         self.worker.charge(tenant, usage).await
     }
 

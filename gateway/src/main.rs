@@ -387,6 +387,10 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
         log_stats,
         worker.totals(),
     ));
+    let policies = worker.policy_stats();
+    let _ = metrics
+        .extra
+        .set(Box::new(move |out: &mut String| policies.render(out)));
     let front = Front::start(a.front, worker.clone(), registry.clone(), metrics, None).await?;
     tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe dev ready");
     shutdown_signal().await;
@@ -480,9 +484,10 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         log_stats,
         local.totals(),
     ));
-    let shown = node.clone();
+    let (shown, policies) = (node.clone(), local.policy_stats());
     let _ = metrics.extra.set(Box::new(move |out: &mut String| {
-        floe_cluster::server::render(&shown, out)
+        floe_cluster::server::render(&shown, out);
+        policies.render(out);
     }));
     let http = tokio::net::TcpListener::bind(a.http_listen)
         .await
@@ -564,7 +569,12 @@ fn local_worker(
     let limits_of = registry.clone();
     let limits: floe_worker::quota::LimitsFn =
         Arc::new(move |t: &floe_common::TenantId| limits_of.limits(t.as_str()).unwrap_or_default());
-    Ok(LocalWorker::new(store, worker_config(a, log)?).with_limits(limits))
+    let policy_of = registry.clone();
+    let policies: floe_worker::local::policy::PolicyFn =
+        Arc::new(move |t: &floe_common::TenantId| policy_of.policy_of(t.as_str()));
+    Ok(LocalWorker::new(store, worker_config(a, log)?)
+        .with_limits(limits)
+        .with_policies(policies))
 }
 
 fn open_store(a: &StoreArgs) -> anyhow::Result<(Arc<Counting>, String)> {
@@ -693,6 +703,7 @@ impl Front {
             worker,
             http_timeout,
             https: http_tls.is_some(),
+            checker: Default::default(),
         });
         let http_task = tokio::spawn(floe_gateway::http::serve(
             http_listener,

@@ -355,6 +355,14 @@ async fn a_quota_policy_decides() {
         .expect("decides");
     assert!(matches!(d, Decision::Throttle(500)), "{d:?}");
     let (d, _) = p
+        .decide(&query(Kind::Produce, 200_000, 0))
+        .await
+        .expect("decides");
+    assert!(
+        matches!(&d, Decision::Reject(r) if r == "produce quota"),
+        "{d:?}"
+    );
+    let (d, _) = p
         .decide(&query(Kind::Fetch, 0, 5000))
         .await
         .expect("decides");

@@ -25,6 +25,6 @@ pub mod registry;
 pub mod scram;
 pub mod usage;
 
-pub use model::{KeyInfo, Plan, Quota, Tenant};
+pub use model::{KeyInfo, Plan, PlanPolicy, Quota, Tenant};
 pub use registry::{Registry, RegistryError};
 pub use scram::Mechanism;

@@ -35,7 +35,7 @@ impl Quota {
 }
 
 /// A plan: a name for a set of default limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {
     /// 1 MiB/s in, 2 MiB/s out, 100 requests/s, 1 GiB stored, 16 partitions.
@@ -67,6 +67,45 @@ impl Plan {
             Plan::Unlimited => Quota::default(),
         }
     }
+}
+
+impl Plan {
+    pub const ALL: [Plan; 3] = [Plan::Free, Plan::Standard, Plan::Unlimited];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Standard => "standard",
+            Plan::Unlimited => "unlimited",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Plan> {
+        Plan::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// A plan's quota policy: a component of the `quota` world, kept in the
+/// object store by content (`system/policies/{sha256}`) and named here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPolicy {
+    pub plan: Plan,
+    /// Hex SHA-256 of the component: its object's name.
+    pub sha256: String,
+    pub bytes: u64,
+    pub deployed_ms: i64,
+}
+
+impl PlanPolicy {
+    /// Where the component lives in the object store.
+    pub fn path(&self) -> String {
+        policy_path(&self.sha256)
+    }
+}
+
+/// Where the component of SHA-256 `sha256` (hex) lives in the object store.
+pub fn policy_path(sha256: &str) -> String {
+    format!("system/policies/{sha256}")
 }
 
 /// An API key as stored: its SCRAM credentials, never its secret.

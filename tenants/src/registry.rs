@@ -18,12 +18,14 @@ use object_store::ObjectStore;
 use tokio::sync::watch;
 
 use crate::acl::{self, Acl, AclFilter};
-use crate::model::{KeyRecord, Plan, Quota, Tenant};
+use crate::model::{KeyRecord, Plan, PlanPolicy, Quota, Tenant};
 use crate::scram::{self, Credential, Mechanism};
 
 const PREFIX: &str = "t/";
 /// Deleted tenants' ids, with when they were deleted.
 const RETIRED: &str = "d/";
+/// Plans' quota policies, by plan name.
+const POLICIES: &str = "p/";
 /// Where the registry's log lives: beside `tenants/`, never inside one.
 pub const LOG_PREFIX: &str = "system/registry";
 /// Keys per tenant; an admin mistake in a loop stops here.
@@ -59,6 +61,7 @@ struct Index {
     retired: std::collections::HashSet<String>,
     /// Key id → tenant id.
     keys: HashMap<String, String>,
+    policies: HashMap<Plan, PlanPolicy>,
 }
 
 impl Index {
@@ -72,6 +75,14 @@ impl Index {
         for (k, _) in log.scan(RETIRED.as_bytes()) {
             let id = String::from_utf8_lossy(&k[RETIRED.len()..]).into_owned();
             index.retired.insert(id);
+        }
+        for (_, v) in log.scan(POLICIES.as_bytes()) {
+            match serde_json::from_slice::<PlanPolicy>(&v) {
+                Ok(p) => {
+                    index.policies.insert(p.plan, p);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable plan policy; ignored"),
+            }
         }
         index
     }
@@ -176,6 +187,59 @@ impl Registry {
     /// on every request that is metered.
     pub fn limits(&self, id: &str) -> Option<Quota> {
         self.read().tenants.get(id).map(Tenant::limits)
+    }
+
+    /// The quota policy of the tenant's plan, if its plan has one: asked
+    /// on every request that is metered.
+    pub fn policy_of(&self, id: &str) -> Option<PlanPolicy> {
+        let index = self.read();
+        let plan = index.tenants.get(id)?.plan;
+        index.policies.get(&plan).cloned()
+    }
+
+    pub fn policy(&self, plan: Plan) -> Option<PlanPolicy> {
+        self.read().policies.get(&plan).cloned()
+    }
+
+    /// Makes `wasm` (a component already validated, of SHA-256 `sha256` in
+    /// hex) the plan's policy, replacing any other: the component is stored
+    /// by content first, then named in the log.
+    pub async fn set_policy(&self, plan: Plan, sha256: String, wasm: Bytes) -> Result<PlanPolicy> {
+        let p = PlanPolicy {
+            plan,
+            bytes: wasm.len() as u64,
+            sha256,
+            deployed_ms: now_ms(),
+        };
+        object_store::ObjectStoreExt::put(&*self.store, &Path::from(p.path()), wasm.into())
+            .await
+            .map_err(|e| {
+                RegistryError::Storage(floe_storage::Error::Unavailable(format!(
+                    "storing the policy: {e}"
+                )))
+            })?;
+        let value = serde_json::to_vec(&p).expect("a policy serializes");
+        let entry = Entry::Put {
+            key: policy_key(p.plan),
+            value: Some(Bytes::from(value)),
+        };
+        self.change(|_| Ok((vec![entry.clone()], p.clone()))).await
+    }
+
+    /// Removes the plan's policy: its tenants go back to the native limits.
+    /// False if it had none.
+    pub async fn delete_policy(&self, plan: Plan) -> Result<bool> {
+        self.change(|log| {
+            if log.get(&policy_key(plan)).is_none() {
+                return Ok((Vec::new(), false));
+            }
+            let gone = Entry::Put {
+                key: policy_key(plan),
+                value: None,
+            };
+            Ok((vec![gone], true))
+        })
+        .await
     }
 
     pub fn list(&self) -> Vec<Tenant> {
@@ -479,6 +543,10 @@ impl Registry {
 
 fn key_of(id: &str) -> Bytes {
     Bytes::from(format!("{PREFIX}{id}"))
+}
+
+fn policy_key(plan: Plan) -> Bytes {
+    Bytes::from(format!("{POLICIES}{}", plan.name()))
 }
 
 fn retired_key(id: &str) -> Bytes {

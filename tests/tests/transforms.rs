@@ -4,6 +4,8 @@
 //! its limit, its batches dead-lettered with the reason, while another
 //! tenant's transform carries on; uploads outside the world refused. The
 //! Rust SDK's examples, built for wasm32-wasip2, transform real records.
+//! Plans' quota policies throttle and refuse by their decisions, and fail
+//! open to the native limits.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -25,7 +27,11 @@ struct Tenant {
 
 impl Tenant {
     fn new(f: &Floe, name: &str) -> Self {
-        let (key, secret) = f.tenant_on_plan(TOKEN, name, "standard");
+        Self::new_on(f, name, "standard")
+    }
+
+    fn new_on(f: &Floe, name: &str, plan: &str) -> Self {
+        let (key, secret) = f.tenant_on_plan(TOKEN, name, plan);
         Tenant {
             name: name.into(),
             key,
@@ -512,4 +518,140 @@ async fn rust_sdk_guests_built_for_wasip2_transform_real_records() {
     let s = t.status(&f, "no-config");
     assert_ne!(s["state"], "running", "{s}");
     assert!(s.to_string().contains("config `header` is required"), "{s}");
+}
+
+/// A counter's value on a `/metrics` page (0 when the series is absent).
+fn metric(f: &Floe, series: &str) -> f64 {
+    let page = f.http_get("/metrics").expect("/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Produces one record and waits for its delivery: the error, if any.
+async fn produce_one(p: &FutureProducer, topic: &str, value: &[u8]) -> Option<String> {
+    p.send(
+        FutureRecord::<(), _>::to(topic).payload(value),
+        Duration::from_secs(30),
+    )
+    .await
+    .err()
+    .map(|(e, _)| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_quota_policies_throttle_and_refuse_and_fail_open() {
+    let f = start("quota-policy", &["--wasm-deadline-ms", "200"]);
+    let admin = format!("Authorization: Bearer {TOKEN}");
+    let put = |plan: &str, wasm: &[u8]| {
+        f.call_json(
+            &admin,
+            "PUT",
+            &format!("/admin/v1/plans/{plan}/policy"),
+            wasm,
+        )
+    };
+    // Uploads are checked: the quota world only, and a known plan.
+    assert_eq!(put("free", b"\0asm junk").0, 400);
+    let (status, v) = put("free", &floe_fixtures::identity());
+    assert_eq!(status, 400, "a transform is not a policy: {v}");
+    assert_eq!(put("gold", &floe_fixtures::quota_throttle()).0, 404);
+    let (status, v) = put("free", &floe_fixtures::quota_throttle());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["plan"], "free");
+    let (status, shown) = f.call_json(&admin, "GET", "/admin/v1/plans/free/policy", b"");
+    assert_eq!((status, &shown["sha256"]), (200, &v["sha256"]));
+
+    // "metered" is on the free plan, so decided by the policy; "bystander"
+    // is on standard, which has none.
+    let metered = Tenant::new_on(&f, "metered", "free");
+    let bystander = Tenant::new(&f, "bystander");
+    metered.create_topic(&f, "in", 1);
+    bystander.create_topic(&f, "in", 1);
+    let producer = |t: &Tenant| -> FutureProducer {
+        t.kafka(&f)
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .expect("producer")
+    };
+    let (mp, bp) = (producer(&metered), producer(&bystander));
+    let kib = vec![b'x'; 1024];
+
+    // A window with 2 KiB in: the next window's decision throttles.
+    let throttled = metric(&f, "floe_throttled_requests_total");
+    for _ in 0..2 {
+        assert_eq!(produce_one(&mp, "in", &kib).await, None);
+    }
+    // The window's first request is decided by what was in force (and
+    // asks the policy); its new decision holds for the rest of the window.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(produce_one(&mp, "in", &kib).await, None);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(produce_one(&mp, "in", &kib).await, None);
+        if metric(&f, "floe_throttled_requests_total") > throttled {
+            break;
+        }
+    }
+    assert!(
+        metric(&f, "floe_throttled_requests_total") > throttled,
+        "the policy throttled"
+    );
+    assert!(metric(&f, "floe_policy_decisions_total{plan=\"free\"}") >= 2.0);
+
+    // A window with over 100 KB in: the next one refuses produce, with the
+    // policy's reason; the bystander produces throughout.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..120 {
+        assert_eq!(produce_one(&mp, "in", &kib).await, None);
+        assert_eq!(produce_one(&bp, "in", &kib).await, None);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _ = produce_one(&mp, "in", b"opens the window").await;
+    let mut refused = None;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        refused = produce_one(&mp, "in", b"refused").await;
+        if refused.is_some() {
+            break;
+        }
+    }
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("PolicyViolation")),
+        "{refused:?}"
+    );
+    assert_eq!(produce_one(&bp, "in", &kib).await, None);
+
+    // A policy that never answers fails open: the native limits decide
+    // (nothing this small is throttled by them), and the failures show.
+    let (status, v) = put("free", &floe_fixtures::quota_spin());
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert_eq!(produce_one(&mp, "in", b"fails open").await, None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(metric(&f, "floe_policy_failures_total{plan=\"free\"}") >= 1.0);
+    assert!(f.log_text().contains("quota policy failed"));
+
+    // Removed, the plan goes back to its native limits.
+    assert_eq!(
+        f.call_json(&admin, "DELETE", "/admin/v1/plans/free/policy", b"")
+            .0,
+        204
+    );
+    assert_eq!(
+        f.call_json(&admin, "GET", "/admin/v1/plans/free/policy", b"")
+            .0,
+        404
+    );
+    assert_eq!(
+        f.call_json(&admin, "DELETE", "/admin/v1/plans/free/policy", b"")
+            .0,
+        404
+    );
+    assert_eq!(produce_one(&mp, "in", b"native again").await, None);
 }

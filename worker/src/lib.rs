@@ -386,12 +386,13 @@ pub trait Shards: Send + Sync + 'static {
         partition: i32,
     ) -> impl Future<Output = Result<Vec<ProducerInfo>>> + Send;
     /// Charges what a request used to its tenant's rate quotas: how long
-    /// the tenant must wait before its next request (zero within quota).
+    /// the tenant must wait before its next request (zero within quota),
+    /// and whether its plan's policy refuses the request.
     fn charge(
         &self,
         tenant: &TenantId,
         usage: quota::Usage,
-    ) -> impl Future<Output = Result<std::time::Duration>> + Send;
+    ) -> impl Future<Output = Result<quota::Admission>> + Send;
     /// The tenant's metered usage in windows starting in `from..to` (ms):
     /// the records of closed windows, then the durable counts of windows
     /// its open shard has not closed yet.

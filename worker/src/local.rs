@@ -22,9 +22,10 @@ use crate::instances;
 use crate::offsets::{self, Committed};
 use crate::producer_ids::ProducerIds;
 use crate::published;
-use crate::quota::{Limits, LimitsFn, Meters, Usage};
+use crate::quota::{Admission, Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
 use floe_tenants::usage::{Counts, Totals};
+pub mod policy;
 mod transform;
 mod txn;
 pub mod usage;
@@ -97,6 +98,11 @@ pub struct LocalWorker {
     deleted: Mutex<std::collections::HashSet<TenantId>>,
     /// The Wasm engine, made when a transform first needs it.
     runtime: std::sync::OnceLock<Arc<floe_runtime::Runtime>>,
+    /// The quota policy of each tenant's plan (none unless given).
+    policy_of: policy::PolicyFn,
+    policy_stats: Arc<policy::Stats>,
+    /// Policy components by SHA-256, read once from the store.
+    policy_wasm: Arc<Mutex<HashMap<String, bytes::Bytes>>>,
 }
 
 /// One open shard: its log and the catalog cached from it.
@@ -112,6 +118,8 @@ struct Shard {
     producer_ids: ProducerIds,
     txns: Transactions,
     meters: Mutex<Meters>,
+    /// The windows of the plan's quota policy, when it has one.
+    policy: Mutex<policy::Windows>,
     /// Charges not yet in the log: the next usage tick appends them.
     pending: Mutex<Counts>,
     /// Closed windows whose records are written: the next tick's append
@@ -136,6 +144,7 @@ impl Shard {
             producer_ids: ProducerIds::load(&log),
             txns: Transactions::load(&log),
             meters: Mutex::new(Meters::default()),
+            policy: Mutex::default(),
             pending: Mutex::new(Counts::default()),
             written: Mutex::new(Vec::new()),
             usage_window_ms: (cfg.usage_window.as_millis() as i64).max(1),
@@ -242,6 +251,9 @@ impl LocalWorker {
             totals: Arc::default(),
             deleted: Mutex::default(),
             runtime: Default::default(),
+            policy_of: Arc::new(|_: &TenantId| None),
+            policy_stats: Arc::default(),
+            policy_wasm: Arc::default(),
         }
     }
 
@@ -255,6 +267,18 @@ impl LocalWorker {
     pub fn with_limits(mut self, limits: LimitsFn) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Takes the quota policy of each tenant's plan from `policy_of` (asked
+    /// on every charge, so it should be a cheap look-up).
+    pub fn with_policies(mut self, policy_of: policy::PolicyFn) -> Self {
+        self.policy_of = policy_of;
+        self
+    }
+
+    /// Quota policies' decisions and failures, for `/metrics`.
+    pub fn policy_stats(&self) -> Arc<policy::Stats> {
+        self.policy_stats.clone()
     }
 
     /// A tenant may hold at most its plan's partitions.
@@ -883,7 +907,7 @@ impl Shards for LocalWorker {
             .collect())
     }
 
-    async fn charge(&self, tenant: &TenantId, usage: Usage) -> Result<Duration> {
+    async fn charge(&self, tenant: &TenantId, usage: Usage) -> Result<Admission> {
         let shard = self.shard(tenant).await?;
         shard.lock_pending().add(&Counts {
             bytes_out: usage.fetch_bytes,
@@ -891,12 +915,18 @@ impl Shards for LocalWorker {
             connection_ms: usage.connection_ms,
             ..Counts::default()
         });
+        let now = tokio::time::Instant::now();
         let limits = (self.limits)(tenant);
-        if limits == Limits::default() {
-            return Ok(Duration::ZERO);
-        }
-        let mut meters = shard.meters.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(meters.charge(&limits, usage, tokio::time::Instant::now()))
+        // The native meters run even under a policy, so that falling back
+        // to them finds them true to what the tenant did.
+        let native = if limits == Limits::default() {
+            Duration::ZERO
+        } else {
+            let mut meters = shard.meters.lock().unwrap_or_else(|p| p.into_inner());
+            meters.charge(&limits, usage, now)
+        };
+        let decided = (self.policy_of)(tenant).and_then(|p| self.admit(&shard, p, &usage, now));
+        Ok(decided.unwrap_or(Admission::throttle(native)))
     }
 
     async fn usage(&self, tenant: &TenantId, from: i64, to: i64) -> Result<Vec<UsageWindow>> {

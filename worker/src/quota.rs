@@ -22,9 +22,40 @@ pub use floe_tenants::Quota as Limits;
 /// Where a worker learns each tenant's limits.
 pub type LimitsFn = Arc<dyn Fn(&TenantId) -> Limits + Send + Sync>;
 
+/// The kind of request a charge is for, as a plan's quota policy is asked.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Kind {
+    Produce,
+    Fetch,
+    #[default]
+    Other,
+}
+
+/// What a charge decides for the request: how long its tenant must wait,
+/// and whether the request is refused (a plan's policy said so) and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Admission {
+    pub throttle: Duration,
+    pub refused: Option<String>,
+}
+
+impl Admission {
+    pub fn throttle(throttle: Duration) -> Self {
+        Self {
+            throttle,
+            refused: None,
+        }
+    }
+}
+
 /// What one request used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
+    /// What the request was; counts of several requests keep the first's.
+    #[serde(default)]
+    pub kind: Kind,
     /// Record-batch bytes as sent.
     pub produce_bytes: u64,
     /// Record-batch bytes served.

@@ -31,12 +31,19 @@ use std::sync::Arc;
 use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use floe_worker::quota::Usage;
+use floe_worker::quota::{Admission, Kind, Usage};
 use floe_worker::Shards;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseHeader,
+    ResponseKind,
+};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
+use kafka_protocol::ResponseError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -514,24 +521,33 @@ async fn decode<W: Shards>(
             return Ok(ready(encode(correlation_id, ApiKey::ApiVersions, 0, body)));
         }
     };
+    let (kind, produce_bytes) = match &req {
+        RequestKind::Produce(r) => (Kind::Produce, produce::record_bytes(r)),
+        RequestKind::Fetch(_) => (Kind::Fetch, 0),
+        _ => (Kind::Other, 0),
+    };
     let up_front = Usage {
-        produce_bytes: match &req {
-            RequestKind::Produce(r) => produce::record_bytes(r),
-            _ => 0,
-        },
+        kind,
+        produce_bytes,
         requests: 1,
         connection_ms: conn.connection_ms(),
         ..Usage::default()
     };
     // KIP-219: answered at once, with the throttle; the connection
     // reads nothing more until it has passed.
-    let before = charge(&cx, conn, metered, up_front).await;
+    let admission = charge(&cx, conn, metered, up_front).await;
+    let before = admission.throttle;
     let conn = conn.clone();
     Ok(Box::pin(async move {
         let (id, v) = (header.correlation_id, header.request_api_version);
-        let reply = handle(&cx, &header, req).await;
+        let reply = match (admission.refused, req) {
+            (Some(why), RequestKind::Produce(r)) => refuse_produce(r, &why),
+            (Some(_), RequestKind::Fetch(r)) => Some(Reply::Fetch(refuse_fetch(r))),
+            (_, req) => handle(&cx, &header, req).await,
+        };
         // What it served is known only now.
         let served = Usage {
+            kind: Kind::Fetch,
             fetch_bytes: match &reply {
                 Some(Reply::Fetch(r)) => fetch::record_bytes(r),
                 _ => 0,
@@ -539,7 +555,7 @@ async fn decode<W: Shards>(
             ..Usage::default()
         };
         let after = if served.fetch_bytes > 0 {
-            charge(&cx, &conn, metered, served).await
+            charge(&cx, &conn, metered, served).await.throttle
         } else {
             std::time::Duration::ZERO
         };
@@ -559,26 +575,89 @@ async fn decode<W: Shards>(
 }
 
 /// Charges `usage` to the request's tenant (when metered) and mutes the
-/// connection for the throttle it earns.
-async fn charge<W: Shards>(
-    cx: &Cx<W>,
-    conn: &Conn,
-    metered: bool,
-    usage: Usage,
-) -> std::time::Duration {
+/// connection for the throttle it earns. A plan's policy may refuse a
+/// produce or a fetch; other requests have no error every version of them
+/// can carry, so refusing one of those mutes its connection for a window.
+async fn charge<W: Shards>(cx: &Cx<W>, conn: &Conn, metered: bool, usage: Usage) -> Admission {
     if !metered {
-        return std::time::Duration::ZERO;
+        return Admission::default();
     }
-    let throttle = cx
+    let mut a = cx
         .worker
         .charge(&cx.tenant, usage)
         .await
         .unwrap_or_default();
-    if !throttle.is_zero() {
-        conn.mute(throttle);
-        cx.metrics.throttled(throttle);
+    if usage.kind == Kind::Other && a.refused.take().is_some() {
+        a.throttle = a.throttle.max(floe_worker::local::policy::WINDOW);
     }
-    throttle
+    if !a.throttle.is_zero() {
+        conn.mute(a.throttle);
+        cx.metrics.throttled(a.throttle);
+    }
+    a
+}
+
+/// A produce a plan's quota policy refused: every partition fails with
+/// POLICY_VIOLATION and the reason.
+fn refuse_produce(r: ProduceRequest, why: &str) -> Option<Reply> {
+    if r.acks == 0 {
+        return None;
+    }
+    let message = StrBytes::from_string(format!("refused by the quota policy: {why}"));
+    let topics = r
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            let parts = t
+                .partition_data
+                .iter()
+                .map(|p| {
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(ResponseError::PolicyViolation.code())
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_error_message(Some(message.clone()))
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_partition_responses(parts)
+        })
+        .collect();
+    Some(Reply::Body(ResponseKind::Produce(
+        ProduceResponse::default().with_responses(topics),
+    )))
+}
+
+/// A fetch a plan's quota policy refused: every partition fails with
+/// POLICY_VIOLATION (a fetch has no field for the reason).
+fn refuse_fetch(r: FetchRequest) -> fetch::Response {
+    let partition = |index| fetch::Partition {
+        index,
+        error_code: ResponseError::PolicyViolation.code(),
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        aborted: Vec::new(),
+        records: None,
+    };
+    fetch::Response {
+        throttle_time_ms: 0,
+        error_code: 0,
+        topics: r
+            .topics
+            .into_iter()
+            .map(|t| fetch::Topic {
+                name: t.topic.0,
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| partition(p.partition))
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 /// KIP-219: every answer carries the throttle (the codec leaves the field

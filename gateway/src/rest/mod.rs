@@ -78,6 +78,7 @@ impl<W: Shards> Caller<W> {
     /// Charges bytes served (record-batch bytes, as a Kafka fetch would).
     pub async fn served(&self, bytes: u64) {
         let used = Usage {
+            kind: floe_worker::quota::Kind::Fetch,
             fetch_bytes: bytes,
             ..Usage::default()
         };

@@ -122,6 +122,7 @@ pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&s
             };
             let answer = produce(worker, tenant, topic, &body).await;
             let produced = floe_worker::quota::Usage {
+                kind: floe_worker::quota::Kind::Produce,
                 produce_bytes: body.len() as u64,
                 ..Default::default()
             };
