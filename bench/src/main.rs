@@ -4,8 +4,9 @@
 //! - `produce`: N records as fast as the broker takes them (or at `--rate`),
 //!   acks=all; produce latency is send → delivery report.
 //! - `consume`: every record of a filled topic from the start.
-//! - `e2e`: produce at `--rate` while a consumer reads; end-to-end latency is
-//!   send → consumed, stamped in the payload.
+//! - `e2e`: produce at `--rate` while a consumer reads (`--consume-topic`, or
+//!   the same topic); end-to-end latency is send → consumed, stamped in the
+//!   payload.
 //!
 //! With `--metrics-url` (Floe's `/metrics`), it also reports object-store PUTs
 //! per GiB written and PUTs per second per shard over the run.
@@ -50,6 +51,10 @@ struct Args {
     /// Topic to use; created with --partitions when it does not exist.
     #[arg(long)]
     topic: Option<String>,
+    /// `e2e`: read from this topic instead (the output of a transform of
+    /// `--topic`, say; it must exist, with as many partitions).
+    #[arg(long)]
+    consume_topic: Option<String>,
     #[arg(long, default_value_t = 1)]
     partitions: i32,
     #[arg(long, default_value_t = 200_000)]
@@ -425,7 +430,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::E2e => {
             // Start from the end, and only produce once the consumer is
             // fetching, so its start-up is not counted as latency.
-            let c = consumer_at_end(&a, &topic)?;
+            let c = consumer_at_end(&a, a.consume_topic.as_deref().unwrap_or(&topic))?;
             let want = a.records;
             let reader = std::thread::spawn(move || consume(&c, want, base));
             let (took, h, warmup) = produce(&a, &topic, base)?;

@@ -38,6 +38,9 @@ pub use transform::{
 /// and the longest a guest runs before yielding to the async runtime.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Bytes of each pooled memory, table and stack kept mapped between uses.
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// Compiled components kept per process.
 const MAX_COMPILED: usize = 256;
 
@@ -156,7 +159,13 @@ impl Runtime {
             .total_memories(limits.instances)
             .total_tables(limits.instances * 2)
             .total_stacks(limits.instances)
-            .max_memory_size(limits.memory_bytes);
+            .max_memory_size(limits.memory_bytes)
+            // Reset reused slots by zeroing their first pages rather than
+            // giving them back to the kernel: instantiation is then a few
+            // microseconds, not a round of page faults.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -245,8 +254,20 @@ impl Runtime {
         config: &[(String, String)],
         labels: Labels,
     ) -> Result<Transform, Error> {
-        let Compiled::Transform(pre) = self.compiled(World::Transform, &Digest::of(wasm), wasm)?
-        else {
+        self.transform_of(&Digest::of(wasm), wasm, config, labels)
+            .await
+    }
+
+    /// [`Runtime::transform`] for a component whose digest the caller
+    /// knows (it is the cache's key): no hashing on the way to an instance.
+    pub async fn transform_of(
+        &self,
+        digest: &Digest,
+        wasm: &[u8],
+        config: &[(String, String)],
+        labels: Labels,
+    ) -> Result<Transform, Error> {
+        let Compiled::Transform(pre) = self.compiled(World::Transform, digest, wasm)? else {
             return Err(Error::Invalid("not a transform".into()));
         };
         Transform::start(&self.engine, &self.limits, pre, config, labels).await
@@ -262,8 +283,11 @@ impl Runtime {
 }
 
 /// The interfaces a component may import: its world's own, and the WASI
-/// interfaces every guest toolchain links (present, but with no files, no
-/// environment and no network behind them). Sockets and HTTP are refused.
+/// interfaces guest toolchains link (wasm32-wasip2's std, componentize-py's
+/// CPython), present but with nothing behind them: no files, environment or
+/// arguments, and sockets whose every use is refused (no TCP, UDP or name
+/// look-ups are permitted, see `host.rs`). `wasi:http` and anything else
+/// are refused at upload.
 fn allowed(world: World, import: &str) -> bool {
     let name = import.split('@').next().unwrap_or(import);
     let own: &[&str] = match world {
@@ -277,7 +301,10 @@ fn allowed(world: World, import: &str) -> bool {
         return false;
     };
     let (package, _) = wasi.split_once('/').unwrap_or((wasi, ""));
-    matches!(package, "cli" | "io" | "clocks" | "random" | "filesystem")
+    matches!(
+        package,
+        "cli" | "io" | "clocks" | "random" | "filesystem" | "sockets"
+    )
 }
 
 fn check_imports(engine: &Engine, component: &Component, world: World) -> Result<(), Error> {

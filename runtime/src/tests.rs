@@ -300,20 +300,22 @@ fn uploads_outside_the_world_are_refused() {
 }
 
 #[test]
-fn the_allow_list_grants_wasi_basics_and_nothing_networked() {
+fn the_allow_list_grants_the_wasi_guests_link_and_nothing_else() {
     for ok in [
         "wasi:cli/environment@0.2.6",
         "wasi:io/streams@0.2.0",
         "wasi:clocks/wall-clock@0.2.6",
         "wasi:random/random@0.2.6",
         "wasi:filesystem/preopens@0.2.6",
+        // Linked (componentize-py imports them) with every use refused.
+        "wasi:sockets/tcp@0.2.6",
         "floe:plugin/state@0.1.0",
     ] {
         assert!(allowed(World::Transform, ok), "{ok}");
     }
     for no in [
-        "wasi:sockets/tcp@0.2.6",
         "wasi:http/outgoing-handler@0.2.6",
+        "wasi:keyvalue/store@0.2.0",
         "floe:plugin/statex@0.1.0",
         "evil:net/socket",
     ] {

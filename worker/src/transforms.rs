@@ -24,8 +24,9 @@ pub use crate::records::{encode_batch, Out};
 pub const ERROR_HEADER: &str = "floe-error";
 /// The most transforms one tenant may deploy.
 pub const MAX_TRANSFORMS: usize = 64;
-/// The largest component accepted.
-pub const MAX_WASM_BYTES: usize = 8 << 20;
+/// The largest component accepted: room for an interpreter (a
+/// componentize-py guest carries CPython, about 18 MB).
+pub const MAX_WASM_BYTES: usize = 32 << 20;
 
 /// What a tenant deploys.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Wasm transforms against the release binary (issue 8). Not part of CI.
+#  1. Cold deploy to first output: a record waits in a topic; the clock runs
+#     from the PUT of a transform never seen by the process (so compiled
+#     then) reading from the start, until a consumer (kcat, already
+#     connected) receives its output. For the WAT identity fixture and the
+#     Rust SDK's identity example.
+#  2. Isolation: tenant `good` runs the SDK identity transform; its
+#     end-to-end latency (produce to `in` -> consume from `out`, floe-bench
+#     e2e at RATE records/s of 100 B) is measured alone, then while tenant
+#     `evil` runs the hostile fixtures (spin, bomb, trap, amplify) over a
+#     steady stream, alternately, ROUNDS times.
+# Prints JSON lines, then a table.
+#
+#   bench/wasm.sh [ROUNDS] [RATE]
+#
+# Needs: cargo build --release -p floe-gateway -p floe-bench -p floe-fixtures,
+# and scripts/build-guests (the SDK's examples), kcat and curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+rate=${2:-500}
+work=$(mktemp -d /tmp/floe-wasm-XXXX)
+. bench/lib.sh
+
+guests=$(scripts/build-guests)
+target/release/floe-fixtures "$work/fixtures" > /dev/null
+
+fk=$(port); fh=$(port)
+token=bench-token
+target/release/floe dev --data-dir "$work/data" --kafka-listen "127.0.0.1:$fk" \
+    --http-listen "127.0.0.1:$fh" --auth required --admin-token "$token" \
+    --wasm-deadline-ms 300 --wasm-memory-mib 16 \
+    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
+wait_port "$fk"; wait_port "$fh"
+api() { # method path [json]
+    curl -sf -X "$1" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+        "http://127.0.0.1:$fh/admin/v1$2" ${3:+-d "$3"}
+}
+for t in good evil; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
+key() { api POST "/tenants/$1/keys" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], d["secret"])'; }
+read -r gk gs < <(key good)
+read -r ek es < <(key evil)
+topic() { # key secret tenant name
+    curl -sf -u "$1:$2" -H 'content-type: application/json' \
+        "http://127.0.0.1:$fh/v3/clusters/floe-$3/topics" \
+        -d "{\"topic_name\":\"$4\",\"partitions_count\":1}" > /dev/null
+}
+deploy() { # key secret name query file
+    curl -sf -u "$1:$2" -X PUT --data-binary "@$5" \
+        "http://127.0.0.1:$fh/v1/transforms/$3?$4" > /dev/null
+}
+kc() { # key secret kcat-args...
+    local k=$1 s=$2; shift 2
+    kcat -b "127.0.0.1:$fk" -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN \
+        -X "sasl.username=$k" -X "sasl.password=$s" "$@"
+}
+now_ms() { date +%s%3N; }
+
+out="$work/results.jsonl"
+for guest in "$work/fixtures/identity.wasm" "$guests/identity.wasm"; do
+    name=cold$((RANDOM))
+    topic "$gk" "$gs" good "$name-in"; topic "$gk" "$gs" good "$name-out"
+    echo waiting | kc "$gk" "$gs" -P -t "$name-in"
+    kc "$gk" "$gs" -C -t "$name-out" -o beginning -c 1 -q > /dev/null & reader=$!
+    sleep 2   # the consumer is connected and long-polling
+    t0=$(now_ms)
+    deploy "$gk" "$gs" "$name" "input=$name-in&output=$name-out&from=start" "$guest"
+    wait "$reader"
+    t1=$(now_ms)
+    echo "{\"cold_deploy_ms\":$((t1 - t0)),\"guest\":\"$(basename "$(dirname "$guest")")/$(basename "$guest")\",\"bytes\":$(stat -c %s "$guest")}" | tee -a "$out"
+done
+
+# Isolation.
+for t in in out; do topic "$gk" "$gs" good "$t"; topic "$ek" "$es" evil "$t"; done
+deploy "$gk" "$gs" copy "input=in&output=out" "$guests/identity.wasm"
+login() { echo "-X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN -X sasl.username=$1 -X sasl.password=$2"; }
+good_run() {
+    # shellcheck disable=SC2046
+    target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --scenario e2e --topic in \
+        --consume-topic out --size 100 --rate "$rate" --records $((rate * 10)) --linger-ms 1 \
+        $(login "$gk" "$gs")
+}
+good_run > /dev/null   # warms up
+hostile=false
+for r in $(seq 1 "$rounds"); do
+    echo "{\"round\":$r,\"hostile\":false,\"result\":$(good_run)}" | tee -a "$out"
+    if [ "$hostile" = false ]; then
+        for h in spin bomb trap amplify; do
+            deploy "$ek" "$es" "$h" "input=in&output=out" "$work/fixtures/$h.wasm"
+        done
+        hostile=true
+    fi
+    # shellcheck disable=SC2046
+    target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --scenario produce --topic in \
+        --size 100 --rate 200 --records 1000000 $(login "$ek" "$es") > /dev/null 2>&1 & flood=$!
+    sleep 2   # every hostile transform is busy failing
+    echo "{\"round\":$r,\"hostile\":true,\"result\":$(good_run)}" | tee -a "$out"
+    kill "$flood" 2>/dev/null || true
+    wait "$flood" 2>/dev/null || true
+done
+curl -s -u "$ek:$es" "http://127.0.0.1:$fh/v1/transforms" | python3 -c '
+import json, sys
+for t in json.load(sys.stdin)["transforms"]:
+    e = t.get("last_error") or {}
+    print(f"  evil/{t[\"name\"]}: records in {t[\"records_in\"]}, errors {t[\"errors\"]}, last error {e.get(\"kind\")}")'
+python3 - "$out" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for r in rows:
+    if "cold_deploy_ms" in r:
+        print(f"cold deploy to first output, {r['guest']} ({r['bytes']} B): {r['cold_deploy_ms']} ms")
+print("round  hostile  e2e p50 us  p99 us  p999 us")
+by = {}
+for r in rows:
+    if "round" not in r:
+        continue
+    l = r["result"]["e2e_latency"]
+    by.setdefault(r["hostile"], []).append(l)
+    print(f"{r['round']:>5}  {str(r['hostile']):>7}  {l['p50_us']:>10}  {l['p99_us']:>6}  {l['p999_us']:>7}")
+med = lambda xs: sorted(xs)[len(xs) // 2]
+for q in ("p50_us", "p99_us"):
+    a, b = med([l[q] for l in by[False]]), med([l[q] for l in by[True]])
+    print(f"median {q}: alone {a}, beside hostile {b}, ratio {b / a:.2f}")
+EOF
