@@ -103,7 +103,7 @@ curl -s -u "$ek:$es" "http://127.0.0.1:$fh/v1/transforms" | python3 -c '
 import json, sys
 for t in json.load(sys.stdin)["transforms"]:
     e = t.get("last_error") or {}
-    print(f"  evil/{t[\"name\"]}: records in {t[\"records_in\"]}, errors {t[\"errors\"]}, last error {e.get(\"kind\")}")'
+    print("  evil/%s: records in %s, errors %s, last error %s" % (t["name"], t["records_in"], t["errors"], e.get("kind")))'
 python3 - "$out" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

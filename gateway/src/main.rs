@@ -192,6 +192,11 @@ struct LogArgs {
     /// Wall-clock budget per Wasm call, checked every 10 ms.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     wasm_deadline_ms: u64,
+    /// Each tenant's CPU share for its transforms, in milliseconds of guest
+    /// time per second (1000 = one core): a tenant beyond it waits between
+    /// batches.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    wasm_cpu_ms_per_sec: u64,
 }
 
 /// What clients meet: the Kafka and HTTP listeners.
@@ -557,6 +562,7 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
             deadline: Duration::from_millis(a.wasm_deadline_ms),
             ..floe_runtime::Limits::default()
         },
+        wasm_cpu_ms_per_sec: a.wasm_cpu_ms_per_sec,
     })
 }
 

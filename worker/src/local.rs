@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     pub usage_every: Duration,
     /// Limits every Wasm call runs under.
     pub wasm: floe_runtime::Limits,
+    /// Each tenant's share of CPU for its transforms: guest time per
+    /// second, in milliseconds (1000 is one core).
+    pub wasm_cpu_ms_per_sec: u64,
 }
 
 impl Default for WorkerConfig {
@@ -69,6 +72,7 @@ impl Default for WorkerConfig {
             usage_window: Duration::from_secs(3600),
             usage_every: Duration::from_secs(10),
             wasm: floe_runtime::Limits::default(),
+            wasm_cpu_ms_per_sec: 250,
         }
     }
 }

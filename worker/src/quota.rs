@@ -75,14 +75,17 @@ impl Usage {
     }
 }
 
+/// One rate's virtual clock (also the per-tenant Wasm CPU share).
 #[derive(Debug, Default)]
-struct Rate {
+pub(crate) struct Rate {
     /// When the tenant will have paid for everything so far.
     paid_until: Option<Instant>,
 }
 
 impl Rate {
-    fn charge(&mut self, amount: u64, per_sec: Option<u64>, now: Instant) -> Duration {
+    /// Charges `amount` against `per_sec`: how long beyond the tolerance
+    /// the charges so far run ahead of the rate.
+    pub(crate) fn charge(&mut self, amount: u64, per_sec: Option<u64>, now: Instant) -> Duration {
         let Some(per_sec) = per_sec.filter(|r| *r > 0) else {
             return Duration::ZERO;
         };

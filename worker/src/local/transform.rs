@@ -51,10 +51,18 @@ pub(super) struct Runners {
     /// append is durable, and by deploys and deletes: an old generation's
     /// runner can never append a batch a newer one also appends.
     steps: tokio::sync::Mutex<()>,
+    /// The tenant's guest time (µs) against its CPU share: a tenant whose
+    /// transforms run hot (or spin to their deadline) waits between
+    /// batches, so the process's cores stay with everyone else.
+    cpu: Mutex<crate::quota::Rate>,
 }
 
 fn lock(r: &Runners) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
     r.running.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_cpu(r: &Runners) -> std::sync::MutexGuard<'_, crate::quota::Rate> {
+    r.cpu.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn set(status: &Mutex<String>, s: impl Into<String>) {
@@ -114,6 +122,7 @@ impl LocalWorker {
             store: self.store.clone(),
             status,
             stopped,
+            cpu_us_per_sec: self.cfg.wasm_cpu_ms_per_sec * 1000,
         };
         tokio::spawn(runner.run());
     }
@@ -393,6 +402,8 @@ struct Runner {
     store: Arc<dyn ObjectStore>,
     status: Arc<Mutex<String>>,
     stopped: watch::Receiver<bool>,
+    /// The tenant's CPU share: guest time per second, in µs.
+    cpu_us_per_sec: u64,
 }
 
 impl Runner {
@@ -410,7 +421,16 @@ impl Runner {
             let pause = match self.deployment(&shard) {
                 None => return,
                 Some(d) => match self.step(&shard, &d, &mut wasm, &mut guest).await {
-                    Ok(()) => continue,
+                    Ok(over) if over.is_zero() => continue,
+                    Ok(over) => {
+                        // Beyond the tenant's CPU share: sit it out.
+                        drop(shard);
+                        tokio::select! {
+                            _ = self.stopped.changed() => {}
+                            _ = tokio::time::sleep(over) => {}
+                        }
+                        continue;
+                    }
                     Err(p) => p,
                 },
             };
@@ -445,13 +465,14 @@ impl Runner {
     }
 
     /// Processes one batch of the first partition with input waiting.
+    /// Returns how long the tenant is now beyond its CPU share.
     async fn step(
         &self,
         shard: &Arc<Shard>,
         d: &Deployed,
         wasm: &mut Option<Bytes>,
         guest: &mut Option<Transform>,
-    ) -> Result<(), Pause> {
+    ) -> Result<Duration, Pause> {
         if shard.log.failed().is_some() {
             return Err(Pause::Gone);
         }
@@ -484,6 +505,7 @@ impl Runner {
                 continue;
             }
             let decoded = records::decode(&read, at.offset).map_err(Pause::Stuck)?;
+            let mut over = Duration::ZERO;
             let mut entries = Vec::new();
             let mut counts = Counts::default();
             if !decoded.records.is_empty() {
@@ -494,7 +516,12 @@ impl Runner {
                     name: self.name.clone(),
                 });
                 at.records_in += batch.len() as u64;
-                match g.process(&batch, d.spec.outputs.len(), state).await {
+                let began = tokio::time::Instant::now();
+                let processed = g.process(&batch, d.spec.outputs.len(), state).await;
+                let now = tokio::time::Instant::now();
+                let spent = now.duration_since(began).as_micros() as u64;
+                over = lock_cpu(&shard.transforms).charge(spent, Some(self.cpu_us_per_sec), now);
+                match processed {
                     Ok(done) => {
                         at.records_out += done.outputs.len() as u64;
                         at.fuel += done.fuel;
@@ -545,7 +572,7 @@ impl Runner {
             if !counts.is_zero() {
                 shard.totals.add(&self.tenant, &counts);
             }
-            return Ok(());
+            return Ok(over);
         }
         Err(Pause::Idle)
     }
