@@ -16,19 +16,9 @@ rate=${2:-2000}
 work=$(mktemp -d /tmp/floe-iso-XXXX)
 . bench/lib.sh
 
-fk=$(port); fh=$(port)
-token=bench-token
-target/release/floe dev --data-dir "$work/data" --kafka-listen "127.0.0.1:$fk" \
-    --http-listen "127.0.0.1:$fh" --auth required --admin-token "$token" \
-    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
-wait_port "$fk"; wait_port "$fh"
-api() { # method path [json]
-    curl -sf -X "$1" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
-        "http://127.0.0.1:$fh/admin/v1$2" ${3:+-d "$3"}
-}
+start_floe_dev
 for t in calm noisy; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
 api PUT /tenants/noisy/quota '{"produce_bytes_per_sec":1000000}' > /dev/null
-key() { api POST "/tenants/$1/keys" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], d["secret"])'; }
 read -r ck cs < <(key calm)
 read -r nk ns < <(key noisy)
 login() { echo "-X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN -X sasl.username=$1 -X sasl.password=$2"; }

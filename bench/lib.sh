@@ -33,3 +33,22 @@ start_weed() {
     until curl -s -o /dev/null -w '%{http_code}' -I "http://127.0.0.1:$s3/$last" | grep -q 200; do sleep 0.2; done
     export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 }
+
+# start_floe_dev [FLAG...]: the release `floe dev` on free loopback ports, with
+# required auth and the admin token bench-token (plus $FLOE_ARGS); sets $fk
+# and $fh (Kafka and HTTP ports). Then `api METHOD PATH [JSON]` calls the
+# admin API and `key TENANT` prints a new key and its secret.
+token=bench-token
+start_floe_dev() {
+    fk=$(port); fh=$(port)
+    # shellcheck disable=SC2086
+    target/release/floe dev --data-dir "$work/data" --kafka-listen "127.0.0.1:$fk" \
+        --http-listen "127.0.0.1:$fh" --auth required --admin-token "$token" \
+        "$@" ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
+    wait_port "$fk"; wait_port "$fh"
+}
+api() { # method path [json]
+    curl -sf -X "$1" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+        "http://127.0.0.1:$fh/admin/v1$2" ${3:+-d "$3"}
+}
+key() { api POST "/tenants/$1/keys" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], d["secret"])'; }

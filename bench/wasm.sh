@@ -26,19 +26,8 @@ work=$(mktemp -d /tmp/floe-wasm-XXXX)
 guests=$(scripts/build-guests)
 target/release/floe-fixtures "$work/fixtures" > /dev/null
 
-fk=$(port); fh=$(port)
-token=bench-token
-target/release/floe dev --data-dir "$work/data" --kafka-listen "127.0.0.1:$fk" \
-    --http-listen "127.0.0.1:$fh" --auth required --admin-token "$token" \
-    --wasm-deadline-ms 300 --wasm-memory-mib 16 \
-    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
-wait_port "$fk"; wait_port "$fh"
-api() { # method path [json]
-    curl -sf -X "$1" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
-        "http://127.0.0.1:$fh/admin/v1$2" ${3:+-d "$3"}
-}
+start_floe_dev --wasm-deadline-ms 300 --wasm-memory-mib 16
 for t in good evil; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
-key() { api POST "/tenants/$1/keys" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["key"], d["secret"])'; }
 read -r gk gs < <(key good)
 read -r ek es < <(key evil)
 topic() { # key secret tenant name
