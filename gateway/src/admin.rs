@@ -361,9 +361,15 @@ impl<W: Shards> Admin<W> {
                 }
             }
         };
-        let digest = match checker.check(floe_runtime::World::Quota, &wasm) {
-            Ok(d) => d,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_policy", e),
+        // Compiling takes a while for a large component: off the async threads.
+        let bytes = wasm.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || checker.check(floe_runtime::World::Quota, &bytes))
+                .await;
+        let digest = match checked {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_policy", e),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
         };
         match self.registry.set_policy(plan, digest.0, wasm).await {
             Ok(p) => json(StatusCode::OK, policy_view(&p)),

@@ -243,13 +243,31 @@ impl Runtime {
         Ok(compiled)
     }
 
+    /// [`Runtime::compiled`], compiling (on a miss) on a blocking thread:
+    /// a large component takes seconds, which must not hold one of the
+    /// async runtime's threads.
+    async fn compiled_off_thread(
+        self: &Arc<Self>,
+        world: World,
+        digest: &Digest,
+        wasm: &[u8],
+    ) -> Result<Compiled, Error> {
+        if let Some(c) = self.lock().get(&(world, digest.clone())) {
+            return Ok(c.clone());
+        }
+        let (me, digest, wasm) = (self.clone(), digest.clone(), wasm.to_vec());
+        tokio::task::spawn_blocking(move || me.compiled(world, &digest, &wasm))
+            .await
+            .map_err(|e| Error::Start(format!("compiling: {e}")))?
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(World, Digest), Compiled>> {
         self.compiled.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A running instance of a transform, initialised with `config`.
     pub async fn transform(
-        &self,
+        self: &Arc<Self>,
         wasm: &[u8],
         config: &[(String, String)],
         labels: Labels,
@@ -261,21 +279,28 @@ impl Runtime {
     /// [`Runtime::transform`] for a component whose digest the caller
     /// knows (it is the cache's key): no hashing on the way to an instance.
     pub async fn transform_of(
-        &self,
+        self: &Arc<Self>,
         digest: &Digest,
         wasm: &[u8],
         config: &[(String, String)],
         labels: Labels,
     ) -> Result<Transform, Error> {
-        let Compiled::Transform(pre) = self.compiled(World::Transform, digest, wasm)? else {
+        let Compiled::Transform(pre) = self
+            .compiled_off_thread(World::Transform, digest, wasm)
+            .await?
+        else {
             return Err(Error::Invalid("not a transform".into()));
         };
         Transform::start(&self.engine, &self.limits, pre, config, labels).await
     }
 
     /// A quota policy instance.
-    pub async fn policy(&self, wasm: &[u8], labels: Labels) -> Result<Policy, Error> {
-        let Compiled::Quota(pre) = self.compiled(World::Quota, &Digest::of(wasm), wasm)? else {
+    pub async fn policy(self: &Arc<Self>, wasm: &[u8], labels: Labels) -> Result<Policy, Error> {
+        let digest = Digest::of(wasm);
+        let Compiled::Quota(pre) = self
+            .compiled_off_thread(World::Quota, &digest, wasm)
+            .await?
+        else {
             return Err(Error::Invalid("not a quota policy".into()));
         };
         Policy::start(&self.engine, &self.limits, pre, labels).await

@@ -28,14 +28,14 @@ def http_floe():
             f.close()
 
 
-def call(floe, key, method, path, body=None, ctype="application/json"):
+def call(floe, key, method, path, body=None, ctype="application/json", timeout=30):
     token = base64.b64encode(f"{key[0]}:{key[1]}".encode()).decode()
     data = body if isinstance(body, (bytes, type(None))) else body.encode()
     req = urllib.request.Request(f"http://127.0.0.1:{floe.http_port}{path}", method=method,
                                  data=data, headers={"Authorization": f"Basic {token}",
                                                      "Content-Type": ctype})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()

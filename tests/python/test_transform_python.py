@@ -60,9 +60,11 @@ def test_a_python_transform_built_with_componentize_py(http_floe, upper_wasm):  
     a = KafkaAdminClient(**conf)
     a.create_topics([NewTopic(t, 1, 1) for t in ("words", "shouted")])
     a.close()
+    # The deploy compiles CPython's component: many seconds in a debug
+    # build on a busy machine.
     code, body = call(floe, key, "PUT",
                       "/v1/transforms/shout?input=words&output=shouted&config=suffix=!",
-                      upper_wasm, "application/wasm")
+                      upper_wasm, "application/wasm", timeout=600)
     assert code == 200, body
 
     p = KafkaProducer(**conf, acks="all")

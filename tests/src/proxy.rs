@@ -1,8 +1,16 @@
-//! A TCP proxy on loopback that can cut its connections the worst way for a
-//! producer: requests still reach the server, their responses are dropped,
-//! then the connection closes. The client cannot know which requests
-//! landed, so it must retry them.
+//! A TCP proxy on loopback that can cut its connections the worst ways for
+//! a producer:
+//! - [`Proxy::cut_all`]: requests still reach the server, their responses
+//!   are dropped for a while, then the connection closes. The client cannot
+//!   know which requests landed, so it must retry them.
+//! - [`Proxy::cut_after_produce_answer`]: each connection's next Produce
+//!   answer is withheld (so that request certainly landed) and the
+//!   connection closes: the client's retry is certainly a duplicate.
+//!
+//! The pumps read Kafka frames (a 4-byte size, then the body), so that
+//! responses can be told apart by correlation id.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,8 +20,19 @@ use std::time::Duration;
 struct Link {
     client: TcpStream,
     server: TcpStream,
-    /// Set: bytes from the server are read and dropped.
-    mute: Arc<AtomicBool>,
+    state: Arc<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Set: frames from the server are read and dropped.
+    mute: AtomicBool,
+    /// Set: the next Produce answer is dropped and the link closed.
+    cut_after_produce: AtomicBool,
+    /// Correlation ids of Produce requests whose answers are due.
+    produces: Mutex<HashSet<i32>>,
+    /// Produce answers withheld.
+    withheld: AtomicUsize,
 }
 
 pub struct Proxy {
@@ -22,6 +41,9 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     /// Connections cut so far.
     pub cuts: AtomicUsize,
+    /// The link states of every connection armed by
+    /// [`Proxy::cut_after_produce_answer`], to count what they withheld.
+    withheld: Arc<Mutex<Vec<Arc<LinkState>>>>,
 }
 
 impl Proxy {
@@ -51,13 +73,13 @@ impl Proxy {
                     continue;
                 };
                 let _ = client.set_nonblocking(false);
-                let mute = Arc::new(AtomicBool::new(false));
-                pump(&client, &server, None);
-                pump(&server, &client, Some(mute.clone()));
+                let state = Arc::new(LinkState::default());
+                pump(&client, &server, Direction::Requests, state.clone());
+                pump(&server, &client, Direction::Answers, state.clone());
                 l2.lock().expect("links").push(Link {
                     client,
                     server,
-                    mute,
+                    state,
                 });
             }
         });
@@ -66,6 +88,7 @@ impl Proxy {
             links,
             stop,
             cuts: AtomicUsize::new(0),
+            withheld: Arc::default(),
         }
     }
 
@@ -78,7 +101,7 @@ impl Proxy {
     pub fn cut_all(&self, mute_for: Duration) {
         let links: Vec<Link> = std::mem::take(&mut *self.links.lock().expect("links"));
         for l in &links {
-            l.mute.store(true, Ordering::SeqCst);
+            l.state.mute.store(true, Ordering::SeqCst);
         }
         std::thread::sleep(mute_for);
         for l in &links {
@@ -86,6 +109,29 @@ impl Proxy {
             let _ = l.server.shutdown(Shutdown::Both);
         }
         self.cuts.fetch_add(links.len(), Ordering::Relaxed);
+    }
+
+    /// Arms every current connection: its next Produce answer is dropped
+    /// and the connection closed. A connection that answers no Produce
+    /// stays armed until it closes.
+    pub fn cut_after_produce_answer(&self) {
+        let links: Vec<Link> = std::mem::take(&mut *self.links.lock().expect("links"));
+        let mut armed = self.withheld.lock().expect("armed");
+        for l in &links {
+            l.state.cut_after_produce.store(true, Ordering::SeqCst);
+            armed.push(l.state.clone());
+        }
+        // The pump closes each link; its streams are dropped here.
+        self.cuts.fetch_add(links.len(), Ordering::Relaxed);
+    }
+
+    /// Produce answers withheld by [`Proxy::cut_after_produce_answer`].
+    pub fn withheld(&self) -> usize {
+        let armed = self.withheld.lock().expect("armed");
+        armed
+            .iter()
+            .map(|s| s.withheld.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -99,24 +145,63 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread until either side closes; with `mute`
-/// set, what is read is dropped instead.
-fn pump(from: &TcpStream, to: &TcpStream, mute: Option<Arc<AtomicBool>>) {
-    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Requests,
+    Answers,
+}
+
+/// Copies `from` to `to` frame by frame on a thread until either side
+/// closes. Requests: notes the correlation ids of Produce requests.
+/// Answers: dropped while muted; with `cut_after_produce` set, the first
+/// Produce answer is dropped and both sides closed.
+fn pump(from: &TcpStream, to: &TcpStream, dir: Direction, state: Arc<LinkState>) {
+    let (Ok(mut from), Ok(mut to), Ok(other)) =
+        (from.try_clone(), to.try_clone(), from.try_clone())
+    else {
         return;
     };
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
-        loop {
+        let mut pending: Vec<u8> = Vec::new();
+        'read: loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if mute.as_ref().is_some_and(|m| m.load(Ordering::SeqCst)) {
-                continue;
-            }
-            if to.write_all(&buf[..n]).is_err() {
-                break;
+            pending.extend_from_slice(&buf[..n]);
+            while pending.len() >= 4 {
+                let size =
+                    i32::from_be_bytes(pending[..4].try_into().expect("4 bytes")).max(0) as usize;
+                if pending.len() < 4 + size {
+                    break;
+                }
+                let frame: Vec<u8> = pending.drain(..4 + size).collect();
+                if dir == Direction::Requests && frame.len() >= 12 {
+                    let api_key = i16::from_be_bytes([frame[4], frame[5]]);
+                    if api_key == 0 {
+                        let id = i32::from_be_bytes(frame[8..12].try_into().expect("4 bytes"));
+                        state.produces.lock().expect("produces").insert(id);
+                    }
+                }
+                if dir == Direction::Answers {
+                    if state.mute.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let id = (frame.len() >= 8)
+                        .then(|| i32::from_be_bytes(frame[4..8].try_into().expect("4 bytes")));
+                    let produce =
+                        id.is_some_and(|id| state.produces.lock().expect("produces").remove(&id));
+                    if produce && state.cut_after_produce.load(Ordering::SeqCst) {
+                        state.withheld.fetch_add(1, Ordering::Relaxed);
+                        let _ = other.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+                if to.write_all(&frame).is_err() {
+                    break 'read;
+                }
             }
         }
         let _ = to.shutdown(Shutdown::Write);

@@ -8,6 +8,8 @@
 //! Checked on the history: every acknowledged record is present exactly
 //! once, at its acknowledged offset, read through the other gateway; in the
 //! zombie test each offset also reads as the same bytes through both.
+//! - Transforms run on the shard owner and keep exactly-once outputs and
+//!   state across kill -9 of their owner.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -741,4 +743,170 @@ async fn an_added_worker_takes_its_share_of_the_shards() {
             .collect();
         assert_eq!(offsets, acked[i], "{t}");
     }
+}
+
+/// A client of tenant `key` through `bootstrap`, with SASL PLAIN.
+fn tenant_client(bootstrap: &str, key: &str, secret: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", key)
+        .set("sasl.password", secret);
+    c
+}
+
+/// Every value of `topic` (its `partitions`), once `want` are in and a
+/// second has passed without more.
+fn values_of(config: &ClientConfig, topic: &str, partitions: i32, want: usize) -> Vec<Vec<u8>> {
+    let c: BaseConsumer = config
+        .clone()
+        .set("group.id", "checker")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let (mut out, deadline) = (Vec::new(), Instant::now() + Duration::from_secs(60));
+    let mut quiet = Instant::now();
+    while Instant::now() < deadline
+        && (out.len() < want || quiet.elapsed() < Duration::from_secs(1))
+    {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(m.payload().unwrap_or_default().to_vec());
+            quiet = Instant::now();
+        }
+    }
+    out
+}
+
+/// Transforms deployed through a gateway run on the tenant's shard owner,
+/// which is killed with kill -9 twice while input arrives: every input
+/// record is in the output once, and the stateful counter's state moved
+/// with its outputs (ordinals 1..=N, each once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_follow_their_shard_across_owner_kills() {
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 200;
+    let (_s3, mut c, a, b) = launch("cluster-transforms", &[]);
+    let admin = "Authorization: Bearer t";
+    let (status, v) = call(
+        &a,
+        admin,
+        "POST",
+        "/admin/v1/tenants",
+        r#"{"id": "acme", "plan": "standard"}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call(&a, admin, "POST", "/admin/v1/tenants/acme/keys", "");
+    assert_eq!(status, 201, "{v}");
+    let (key, secret) = (
+        v["key"].as_str().expect("key"),
+        v["secret"].as_str().expect("secret"),
+    );
+    let auth = basic_auth(key, secret);
+    for (topic, partitions) in [("in", 2), ("out", 2), ("counted", 1)] {
+        let body = format!(r#"{{"topic_name": "{topic}", "partitions_count": {partitions}}}"#);
+        let (status, v) = call(&a, &auth, "POST", "/v3/clusters/floe-acme/topics", &body);
+        assert_eq!(status, 201, "{v}");
+    }
+    for (name, output, wasm) in [
+        ("copy", "out", floe_fixtures::identity()),
+        ("count", "counted", floe_fixtures::counter()),
+    ] {
+        let path = format!("/v1/transforms/{name}?input=in&output={output}");
+        let (status, v) = a.call_json(&auth, "PUT", &path, &wasm);
+        assert_eq!(status, 200, "{name}: {v}");
+    }
+
+    let p: FutureProducer = tenant_client(&a.bootstrap(), key, secret)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer");
+    for round in 0..ROUNDS {
+        let mut pending = Vec::new();
+        for i in 0..PER_ROUND {
+            let (p, v) = (p.clone(), format!("r{round}-{i:03}"));
+            pending.push(tokio::spawn(async move {
+                p.send(
+                    FutureRecord::to("in").key(&v).payload(&v),
+                    Duration::from_secs(120),
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce {v}: {e}"));
+            }));
+            if i == PER_ROUND / 2 && round + 1 < ROUNDS {
+                // kill -9 the owner while the transforms work, and start a
+                // replacement.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // (Another shard, the gateways' default tenant's, may be
+                // open too: every worker owning one goes.)
+                let until = Instant::now() + Duration::from_secs(30);
+                let owners = loop {
+                    let owners: Vec<usize> = owned(&c)
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| (1..usize::MAX).contains(*n))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !owners.is_empty() {
+                        break owners;
+                    }
+                    assert!(Instant::now() < until, "no worker owns a shard");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                for &o in owners.iter().rev() {
+                    c.workers.remove(o).kill9();
+                    c.add_worker();
+                }
+            }
+        }
+        for h in pending {
+            h.await.expect("delivery task");
+        }
+    }
+    let total = (ROUNDS * PER_ROUND) as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for name in ["copy", "count"] {
+        loop {
+            let (status, s) = call(&a, &auth, "GET", &format!("/v1/transforms/{name}"), "");
+            if status == 200 && s["records_in"].as_u64() == Some(total) && s["lag"] == 0 {
+                assert_eq!(s["errors"], 0, "{s}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not catch up: {status} {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Read through the other gateway: each input once in `out`.
+    let reader = tenant_client(&b.bootstrap(), key, secret);
+    let out = values_of(&reader, "out", 2, total as usize);
+    let mut copies: HashMap<Vec<u8>, usize> = HashMap::new();
+    for v in &out {
+        *copies.entry(v.clone()).or_default() += 1;
+    }
+    assert_eq!(out.len() as u64, total, "nothing lost or repeated");
+    for round in 0..ROUNDS {
+        for i in 0..PER_ROUND {
+            let v = format!("r{round}-{i:03}").into_bytes();
+            assert_eq!(copies.get(&v), Some(&1), "{}", String::from_utf8_lossy(&v));
+        }
+    }
+    let mut ordinals: Vec<u64> = values_of(&reader, "counted", 1, total as usize)
+        .iter()
+        .map(|v| u64::from_le_bytes(v.as_slice().try_into().expect("8 bytes")))
+        .collect();
+    ordinals.sort_unstable();
+    assert_eq!(ordinals, (1..=total).collect::<Vec<_>>());
 }

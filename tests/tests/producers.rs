@@ -317,8 +317,10 @@ fn cut_connections_leave_every_record_once_and_in_order() {
 
     let d = Deliveries::default();
     let p = idempotent_producer(&proxy.address(), &d);
-    // Cut every connection every 700 ms while records flow: requests sent
-    // in the 300 ms before each cut land, but their acks are lost.
+    // Cut every connection every 700 ms while records flow, two ways in
+    // turn: requests sent in the 300 ms before a cut land, but their acks
+    // are lost; or a connection's next Produce answer is withheld (that
+    // request certainly landed) and the connection closed.
     let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let cutter = {
         let (proxy, producing) = (proxy.clone(), producing.clone());
@@ -326,14 +328,19 @@ fn cut_connections_leave_every_record_once_and_in_order() {
             let mut cuts = 0;
             while producing.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(400));
-                proxy.cut_all(Duration::from_millis(300));
+                if cuts % 2 == 0 {
+                    proxy.cut_all(Duration::from_millis(300));
+                } else {
+                    proxy.cut_after_produce_answer();
+                    std::thread::sleep(Duration::from_millis(300));
+                }
                 cuts += 1;
             }
             cuts
         })
     };
     // At least RECORDS, and on until a cut has made the producer resend a
-    // batch that had landed (chance decides when; bounded).
+    // batch that had landed (certain after a withheld answer; bounded).
     let mut sent = 0;
     loop {
         let enough = sent >= RECORDS && sent % 1000 == 0;
@@ -377,8 +384,9 @@ fn cut_connections_leave_every_record_once_and_in_order() {
     let dups = got.iter().filter(|(_, v)| !seen.insert(v.clone())).count();
     let retried = metric(&f, "floe_idempotent_duplicates_total");
     println!(
-        "{cuts} cuts of {} connections; {retried} retried batches answered as duplicates; {} records read, {dups} duplicates",
+        "{cuts} cuts of {} connections, {} produce answers withheld; {retried} retried batches answered as duplicates; {} records read, {dups} duplicates",
         proxy.cuts.load(Ordering::Relaxed),
+        proxy.withheld(),
         got.len()
     );
     assert_eq!(dups, 0, "records stored twice");
@@ -389,6 +397,7 @@ fn cut_connections_leave_every_record_once_and_in_order() {
         assert_eq!(values, &sorted, "partition {partition} out of order");
     }
     // The cuts really made the producer resend batches that had landed.
+    assert!(proxy.withheld() > 0, "no produce answer was withheld");
     assert!(retried > 0, "no retried batch reached the broker");
 }
 
