@@ -5,6 +5,7 @@
 //! The binary is `$FLOE_BIN`, or `floe` beside the test executable's
 //! `deps/` folder (where `cargo build` puts it).
 
+pub mod kafka;
 pub mod proxy;
 pub mod raw;
 pub mod records;

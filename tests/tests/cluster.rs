@@ -523,10 +523,9 @@ async fn idle_shard(on_s3: bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while owned_anywhere(&c) {
         assert!(Instant::now() < deadline, "the idle shard stayed loaded");
-        assert!(
-            consumer.poll(Duration::from_millis(100)).is_none(),
-            "nothing new"
-        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            panic!("nothing new was produced: {:?}", m.map(|m| m.offset()));
+        }
     }
     let idle_since = Instant::now();
     while idle_since.elapsed() < Duration::from_secs(5) {
@@ -756,32 +755,12 @@ fn tenant_client(bootstrap: &str, key: &str, secret: &str) -> ClientConfig {
     c
 }
 
-/// Every value of `topic` (its `partitions`), once `want` are in and a
-/// second has passed without more.
+/// Every value of `topic` (its `partitions`).
 fn values_of(config: &ClientConfig, topic: &str, partitions: i32, want: usize) -> Vec<Vec<u8>> {
-    let c: BaseConsumer = config
-        .clone()
-        .set("group.id", "checker")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let (mut out, deadline) = (Vec::new(), Instant::now() + Duration::from_secs(60));
-    let mut quiet = Instant::now();
-    while Instant::now() < deadline
-        && (out.len() < want || quiet.elapsed() < Duration::from_secs(1))
-    {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(m.payload().unwrap_or_default().to_vec());
-            quiet = Instant::now();
-        }
-    }
-    out
+    floe_e2e::kafka::read_from_start(config, topic, partitions, want)
+        .iter()
+        .map(|m| m.payload().unwrap_or_default().to_vec())
+        .collect()
 }
 
 /// Transforms deployed through a gateway run on the tenant's shard owner,

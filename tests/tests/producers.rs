@@ -28,9 +28,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
 
 fn init_producer_id(c: &mut Conn) -> (i64, i16) {
     let r = c.call(
@@ -257,34 +256,18 @@ fn idempotent_producer(bootstrap: &str, d: &Deliveries) -> ThreadedProducer<Deli
 
 /// Every record of `topic` (partitions `0..partitions`), as (partition, value).
 fn read_all(bootstrap: &str, topic: &str, partitions: i32, want: usize) -> Vec<(i32, String)> {
-    let c: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "verify")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut quiet_since = Instant::now();
-    // Read until `want` came and nothing more arrives for a second.
-    while Instant::now() < deadline
-        && (got.len() < want || quiet_since.elapsed() < Duration::from_secs(1))
-    {
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.expect("message");
+        .set("fetch.wait.max.ms", "100");
+    floe_e2e::kafka::read_from_start(&config, topic, partitions, want)
+        .iter()
+        .map(|m| {
             let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
-            got.push((m.partition(), v));
-            quiet_since = Instant::now();
-        }
-    }
-    got
+            (m.partition(), v)
+        })
+        .collect()
 }
 
 fn metric(f: &Floe, name: &str) -> u64 {

@@ -15,7 +15,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 const TOKEN: &str = "transform-admin-token";
 
@@ -155,29 +154,9 @@ type Consumed = (Vec<u8>, Vec<(String, Vec<u8>)>);
 
 /// Every record of `topic` (all `partitions`), as (value, headers).
 fn consume(t: &Tenant, f: &Floe, topic: &str, partitions: i32, want: usize) -> Vec<Consumed> {
-    let c: BaseConsumer = t
-        .kafka(f)
-        .set("group.id", "checker")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut quiet_since = None::<Instant>;
-    while Instant::now() < deadline {
-        if out.len() >= want
-            && quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
-        {
-            break;
-        }
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            quiet_since = None;
+    floe_e2e::kafka::read_from_start(&t.kafka(f), topic, partitions, want)
+        .iter()
+        .map(|m| {
             let headers = m
                 .headers()
                 .map(|h| {
@@ -186,10 +165,9 @@ fn consume(t: &Tenant, f: &Floe, topic: &str, partitions: i32, want: usize) -> V
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push((m.payload().unwrap_or_default().to_vec(), headers));
-        }
-    }
-    out
+            (m.payload().unwrap_or_default().to_vec(), headers)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
