@@ -7,9 +7,10 @@
 #     Rust SDK's identity example.
 #  2. Isolation: tenant `good` runs the SDK identity transform; its
 #     end-to-end latency (produce to `in` -> consume from `out`, floe-bench
-#     e2e at RATE records/s of 100 B) is measured alone, then while tenant
-#     `evil` runs the hostile fixtures (spin, bomb, trap, amplify) over a
-#     steady stream, alternately, ROUNDS times.
+#     e2e at RATE records/s of 100 B) is measured alone; beside tenant
+#     `busy`, whose identity transform takes a steady stream (the control:
+#     load alone); and beside tenant `evil`, whose hostile fixtures (spin,
+#     bomb, trap, amplify) take the same stream; in turn, ROUNDS times.
 # Prints JSON lines, then a table.
 #
 #   bench/wasm.sh [ROUNDS] [RATE]
@@ -27,9 +28,10 @@ guests=$(scripts/build-guests)
 target/release/floe-fixtures "$work/fixtures" > /dev/null
 
 start_floe_dev --wasm-deadline-ms 300 --wasm-memory-mib 16
-for t in good evil; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
+for t in good evil busy; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
 read -r gk gs < <(key good)
 read -r ek es < <(key evil)
+read -r bk bs < <(key busy)
 topic() { # key secret tenant name
     curl -sf -u "$1:$2" -H 'content-type: application/json' \
         "http://127.0.0.1:$fh/v3/clusters/floe-$3/topics" \
@@ -61,8 +63,14 @@ for guest in "$work/fixtures/identity.wasm" "$guests/identity.wasm"; do
 done
 
 # Isolation.
-for t in in out; do topic "$gk" "$gs" good "$t"; topic "$ek" "$es" evil "$t"; done
+for t in in out; do
+    topic "$gk" "$gs" good "$t"; topic "$ek" "$es" evil "$t"; topic "$bk" "$bs" busy "$t"
+done
 deploy "$gk" "$gs" copy "input=in&output=out" "$guests/identity.wasm"
+deploy "$bk" "$bs" copy "input=in&output=out" "$guests/identity.wasm"
+for h in spin bomb trap amplify; do
+    deploy "$ek" "$es" "$h" "input=in&output=out" "$work/fixtures/$h.wasm"
+done
 login() { echo "-X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN -X sasl.username=$1 -X sasl.password=$2"; }
 good_run() {
     # shellcheck disable=SC2046
@@ -70,23 +78,20 @@ good_run() {
         --consume-topic out --size 100 --rate "$rate" --records $((rate * 10)) --linger-ms 1 \
         $(login "$gk" "$gs")
 }
-good_run > /dev/null   # warms up
-hostile=false
-for r in $(seq 1 "$rounds"); do
-    echo "{\"round\":$r,\"hostile\":false,\"result\":$(good_run)}" | tee -a "$out"
-    if [ "$hostile" = false ]; then
-        for h in spin bomb trap amplify; do
-            deploy "$ek" "$es" "$h" "input=in&output=out" "$work/fixtures/$h.wasm"
-        done
-        hostile=true
-    fi
+beside() { # label key secret: good_run while that tenant takes 200 records/s
     # shellcheck disable=SC2046
     target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --scenario produce --topic in \
-        --size 100 --rate 200 --records 1000000 $(login "$ek" "$es") > /dev/null 2>&1 & flood=$!
-    sleep 2   # every hostile transform is busy failing
-    echo "{\"round\":$r,\"hostile\":true,\"result\":$(good_run)}" | tee -a "$out"
+        --size 100 --rate 200 --records 1000000 $(login "$2" "$3") > /dev/null 2>&1 & flood=$!
+    sleep 2   # its transforms are busy (or busy failing)
+    echo "{\"round\":$r,\"beside\":\"$1\",\"result\":$(good_run)}" | tee -a "$out"
     kill "$flood" 2>/dev/null || true
     wait "$flood" 2>/dev/null || true
+}
+good_run > /dev/null   # warms up
+for r in $(seq 1 "$rounds"); do
+    echo "{\"round\":$r,\"beside\":\"nothing\",\"result\":$(good_run)}" | tee -a "$out"
+    beside busy "$bk" "$bs"
+    beside hostile "$ek" "$es"
 done
 curl -s -u "$ek:$es" "http://127.0.0.1:$fh/v1/transforms" | python3 -c '
 import json, sys
@@ -99,16 +104,18 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 for r in rows:
     if "cold_deploy_ms" in r:
         print(f"cold deploy to first output, {r['guest']} ({r['bytes']} B): {r['cold_deploy_ms']} ms")
-print("round  hostile  e2e p50 us  p99 us  p999 us")
+print("round  beside   e2e p50 us  p99 us  p999 us")
 by = {}
 for r in rows:
     if "round" not in r:
         continue
     l = r["result"]["e2e_latency"]
-    by.setdefault(r["hostile"], []).append(l)
-    print(f"{r['round']:>5}  {str(r['hostile']):>7}  {l['p50_us']:>10}  {l['p99_us']:>6}  {l['p999_us']:>7}")
+    by.setdefault(r["beside"], []).append(l)
+    print(f"{r['round']:>5}  {r['beside']:>7}  {l['p50_us']:>10}  {l['p99_us']:>6}  {l['p999_us']:>7}")
 med = lambda xs: sorted(xs)[len(xs) // 2]
 for q in ("p50_us", "p99_us"):
-    a, b = med([l[q] for l in by[False]]), med([l[q] for l in by[True]])
-    print(f"median {q}: alone {a}, beside hostile {b}, ratio {b / a:.2f}")
+    alone = med([l[q] for l in by["nothing"]])
+    rest = ", ".join(f"beside {k} {med([l[q] for l in v])} ({med([l[q] for l in v]) / alone:.2f})"
+                     for k, v in by.items() if k != "nothing")
+    print(f"median {q}: alone {alone}, {rest}")
 EOF

@@ -608,11 +608,15 @@ async fn plan_quota_policies_throttle_and_refuse_and_fail_open() {
     let (status, v) = put("free", &floe_fixtures::quota_spin());
     assert_eq!(status, 200, "{v}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for _ in 0..5 {
+    for _ in 0..16 {
         assert_eq!(produce_one(&mp, "in", b"fails open").await, None);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(metric(&f, "floe_policy_failures_total{plan=\"free\"}") >= 1.0);
+    // Asked once per kind in use (produce, other), then left to rest for
+    // 10 s rather than spinning to its deadline every second.
+    let failures = metric(&f, "floe_policy_failures_total{plan=\"free\"}");
+    eprintln!("policy failures: {failures}");
+    assert!((1.0..=2.0).contains(&failures), "{failures} failures");
     assert!(f.log_text().contains("quota policy failed"));
 
     // Removed, the plan goes back to its native limits.

@@ -5,7 +5,8 @@
 //! kind until the next decision lands. A request never waits for Wasm:
 //! until a tenant's first decision, and whenever a policy fails (a trap, a
 //! limit, a component that cannot be read), the plan's native limits apply,
-//! and the failure is counted and logged.
+//! the failure is counted and logged, and the policy is not asked again
+//! for that tenant and kind for [`FAILED_BACKOFF`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,11 @@ use crate::quota::{Admission, Kind, Usage};
 
 /// How long one decision's window lasts.
 pub const WINDOW: Duration = Duration::from_secs(1);
+
+/// After a policy fails for a tenant and kind, it is not asked again for
+/// this long: a policy that spins to its deadline must not burn a core per
+/// tenant while the native limits stand in.
+pub const FAILED_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where a worker learns the policy of each tenant's plan (asked on every
 /// charge, so a cheap look-up).
@@ -43,6 +49,8 @@ struct Window {
     decision: Option<(Decision, String, Instant)>,
     /// A decision is being made.
     asking: bool,
+    /// The policy (SHA-256) that failed, not asked again before when.
+    failed: Option<(String, Instant)>,
 }
 
 /// Per plan: decisions made and policy failures, for `/metrics`.
@@ -116,7 +124,9 @@ impl LocalWorker {
                 bytes_out,
             };
             w.start = Some(now);
-            if !w.asking {
+            let resting =
+                matches!(&w.failed, Some((sha, until)) if *sha == policy.sha256 && now < *until);
+            if !w.asking && !resting {
                 w.asking = true;
                 self.ask(shard, policy.clone(), usage, recent);
             }
@@ -185,9 +195,11 @@ impl LocalWorker {
             let mut windows = shard.policy.lock().unwrap_or_else(|p| p.into_inner());
             let w = windows.0.entry(kind).or_default();
             w.asking = false;
-            w.decision = decided
-                .ok()
-                .map(|d| (d, policy.sha256.clone(), Instant::now()));
+            let now = Instant::now();
+            w.failed = decided
+                .is_err()
+                .then(|| (policy.sha256.clone(), now + FAILED_BACKOFF));
+            w.decision = decided.ok().map(|d| (d, policy.sha256.clone(), now));
         });
     }
 
