@@ -1,6 +1,7 @@
 //! `floe-wasm-bench`: the Wasm host's costs, in-process (no broker):
 //! - `instantiate`: a transform instance from a compiled component (pooling
-//!   allocator): a store, the instance, and its `init` call;
+//!   allocator): a store, the instance, and its `init` call; and the whole
+//!   cycle, with the drop that gives the slot back;
 //! - `per-record`: one 1000-record batch of 100-byte values through an
 //!   identity transform, against native Rust doing the same work (copying
 //!   each record into an output record), interleaved run by run so both
@@ -112,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             compile.elapsed()
         );
 
-        let mut inst = Histogram::<u64>::new(3)?;
+        let (mut inst, mut cycle) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
         for _ in 0..a.instances {
             let t0 = Instant::now();
             let t = rt
@@ -120,12 +121,16 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             inst.record(ns(t0.elapsed()).max(1))?;
+            // Dropping gives the slot back to the pool (its memory reset):
+            // part of what an instance costs, though not of its start.
             drop(t);
+            cycle.record(ns(t0.elapsed()).max(1))?;
         }
         println!(
             "  instantiate (store + instance + init): {}",
             summary(&inst)
         );
+        println!("  instantiate and drop: {}", summary(&cycle));
 
         let mut t = rt
             .transform_of(&digest, wasm, &[], labels())
