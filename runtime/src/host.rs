@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -53,7 +55,8 @@ impl Host {
             .insecure_random_seed(u128::from_le_bytes(
                 seed[..16].try_into().expect("16 bytes"),
             ))
-            .secure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+            .secure_random(StdRng::from_seed(seed))
+            .insecure_random(StdRng::from_seed(sha256(&seed)))
             .wall_clock(clock.clone())
             .monotonic_clock(clock.clone())
             .build();
@@ -230,10 +233,11 @@ fn classify(
 
 /// A seed fixed per plugin.
 fn seed(labels: &Labels) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        format!("{}/{}", labels.tenant, labels.plugin).as_bytes(),
-    );
+    sha256(format!("{}/{}", labels.tenant, labels.plugin).as_bytes())
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 

@@ -400,3 +400,32 @@ fn digests_are_content_hashes() {
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
 }
+
+#[test]
+fn a_guests_randomness_is_seeded_per_tenant_and_plugin() {
+    use wasmtime_wasi::p2::bindings::random::{insecure, insecure_seed, random};
+    use wasmtime_wasi::random::WasiRandomView;
+    // What a fresh instance of (tenant, plugin) draws first: secure bytes,
+    // insecure bytes, the insecure seed.
+    let draw = |tenant: &str, plugin: &str| {
+        let labels = Labels {
+            tenant: tenant.into(),
+            plugin: plugin.into(),
+        };
+        let mut host = crate::host::Host::new(labels, &Limits::default());
+        let r = host.random();
+        (
+            random::Host::get_random_bytes(r, 32).expect("bytes"),
+            insecure::Host::get_insecure_random_bytes(r, 32).expect("bytes"),
+            insecure_seed::Host::insecure_seed(r).expect("seed"),
+        )
+    };
+    let first = draw("t1", "a");
+    // The same after a restart, so a guest's choices replay the same.
+    assert_eq!(first, draw("t1", "a"));
+    // Another plugin, or another tenant's, draws otherwise.
+    assert_ne!(first, draw("t1", "b"));
+    assert_ne!(first, draw("t2", "a"));
+    // Two streams, not one.
+    assert_ne!(first.0, first.1);
+}
