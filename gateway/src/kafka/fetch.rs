@@ -188,6 +188,27 @@ fn aborted_within(aborted: &[floe_storage::AbortedTxn], batches: &[Bytes]) -> Ve
         .collect()
 }
 
+/// The answer to a fetch refused whole (by a plan's quota policy): every
+/// partition fails with `e`.
+pub fn refused(req: FetchRequest, e: &WorkerError) -> Response {
+    Response {
+        throttle_time_ms: 0,
+        error_code: 0,
+        topics: req
+            .topics
+            .into_iter()
+            .map(|t| Topic {
+                name: t.topic.0,
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| partition_error(p.partition, e))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 fn partition_error(index: i32, e: &WorkerError) -> Partition {
     let (log_start, high_watermark) = match e {
         WorkerError::OffsetOutOfRange {

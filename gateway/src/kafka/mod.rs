@@ -32,18 +32,11 @@ use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use floe_worker::quota::{Admission, Kind, Usage};
-use floe_worker::Shards;
+use floe_worker::{Shards, WorkerError};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use kafka_protocol::messages::fetch_request::FetchRequest;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{
-    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseHeader,
-    ResponseKind,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
-use kafka_protocol::ResponseError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -540,9 +533,14 @@ async fn decode<W: Shards>(
     let conn = conn.clone();
     Ok(Box::pin(async move {
         let (id, v) = (header.correlation_id, header.request_api_version);
-        let reply = match (admission.refused, req) {
-            (Some(why), RequestKind::Produce(r)) => refuse_produce(r, &why),
-            (Some(_), RequestKind::Fetch(r)) => Some(Reply::Fetch(refuse_fetch(r))),
+        let refusal = admission
+            .refused
+            .map(|why| WorkerError::PolicyViolation(format!("refused by the quota policy: {why}")));
+        let reply = match (refusal, req) {
+            (Some(e), RequestKind::Produce(r)) => {
+                produce::refused(r, &e).map(|r| Reply::Body(ResponseKind::Produce(r)))
+            }
+            (Some(e), RequestKind::Fetch(r)) => Some(Reply::Fetch(fetch::refused(r, &e))),
             (_, req) => handle(&cx, &header, req).await,
         };
         // What it served is known only now.
@@ -595,69 +593,6 @@ async fn charge<W: Shards>(cx: &Cx<W>, conn: &Conn, metered: bool, usage: Usage)
         cx.metrics.throttled(a.throttle);
     }
     a
-}
-
-/// A produce a plan's quota policy refused: every partition fails with
-/// POLICY_VIOLATION and the reason.
-fn refuse_produce(r: ProduceRequest, why: &str) -> Option<Reply> {
-    if r.acks == 0 {
-        return None;
-    }
-    let message = StrBytes::from_string(format!("refused by the quota policy: {why}"));
-    let topics = r
-        .topic_data
-        .into_iter()
-        .map(|t| {
-            let parts = t
-                .partition_data
-                .iter()
-                .map(|p| {
-                    PartitionProduceResponse::default()
-                        .with_index(p.index)
-                        .with_error_code(ResponseError::PolicyViolation.code())
-                        .with_base_offset(-1)
-                        .with_log_append_time_ms(-1)
-                        .with_error_message(Some(message.clone()))
-                })
-                .collect();
-            TopicProduceResponse::default()
-                .with_name(t.name)
-                .with_partition_responses(parts)
-        })
-        .collect();
-    Some(Reply::Body(ResponseKind::Produce(
-        ProduceResponse::default().with_responses(topics),
-    )))
-}
-
-/// A fetch a plan's quota policy refused: every partition fails with
-/// POLICY_VIOLATION (a fetch has no field for the reason).
-fn refuse_fetch(r: FetchRequest) -> fetch::Response {
-    let partition = |index| fetch::Partition {
-        index,
-        error_code: ResponseError::PolicyViolation.code(),
-        high_watermark: -1,
-        last_stable_offset: -1,
-        log_start_offset: -1,
-        aborted: Vec::new(),
-        records: None,
-    };
-    fetch::Response {
-        throttle_time_ms: 0,
-        error_code: 0,
-        topics: r
-            .topics
-            .into_iter()
-            .map(|t| fetch::Topic {
-                name: t.topic.0,
-                partitions: t
-                    .partitions
-                    .iter()
-                    .map(|p| partition(p.partition))
-                    .collect(),
-            })
-            .collect(),
-    }
 }
 
 /// KIP-219: every answer carries the throttle (the codec leaves the field

@@ -99,6 +99,34 @@ async fn finish<W>(gw: &Cx<W>, index: i32, outcome: Outcome) -> PartitionProduce
     }
 }
 
+/// The answer to a produce refused whole (by a plan's quota policy): every
+/// partition fails with `e`; none for acks=0.
+pub fn refused(req: ProduceRequest, e: &WorkerError) -> Option<ProduceResponse> {
+    if req.acks == 0 {
+        return None;
+    }
+    let topics = req
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            let parts = t
+                .partition_data
+                .iter()
+                .map(|p| {
+                    let resp = PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_log_append_time_ms(-1);
+                    failed(resp, e)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_partition_responses(parts)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(topics))
+}
+
 fn failed(resp: PartitionProduceResponse, e: &WorkerError) -> PartitionProduceResponse {
     resp.with_error_code(errors::code(e))
         .with_base_offset(-1)
