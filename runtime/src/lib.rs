@@ -298,10 +298,18 @@ impl Runtime {
 
     /// A quota policy instance.
     pub async fn policy(self: &Arc<Self>, wasm: &[u8], labels: Labels) -> Result<Policy, Error> {
-        let digest = Digest::of(wasm);
-        let Compiled::Quota(pre) = self
-            .compiled_off_thread(World::Quota, &digest, wasm)
-            .await?
+        self.policy_of(&Digest::of(wasm), wasm, labels).await
+    }
+
+    /// [`Runtime::policy`] for a component whose digest the caller knows:
+    /// a policy is instantiated per decision, so no hashing on the way.
+    pub async fn policy_of(
+        self: &Arc<Self>,
+        digest: &Digest,
+        wasm: &[u8],
+        labels: Labels,
+    ) -> Result<Policy, Error> {
+        let Compiled::Quota(pre) = self.compiled_off_thread(World::Quota, digest, wasm).await?
         else {
             return Err(Error::Invalid("not a quota policy".into()));
         };

@@ -176,9 +176,12 @@ impl LocalWorker {
                     tenant: query.tenant.clone(),
                     plugin: format!("policy:{plan}"),
                 };
+                // The registry names the component by its SHA-256: the
+                // compiled cache's key, without hashing it every decision.
+                let digest = floe_runtime::Digest(policy.sha256.clone());
                 let mut p = runtime
                     .map_err(|e| e.to_string())?
-                    .policy(&wasm, labels)
+                    .policy_of(&digest, &wasm, labels)
                     .await
                     .map_err(|e| e.to_string())?;
                 p.decide(&query)
