@@ -219,30 +219,9 @@ impl<W: Shards> Admin<W> {
                 Ok(a) => a,
                 Err((status, code, m)) => error(status, code, m),
             },
-            (Method::PUT, ["plans", plan, "policy"]) => self.put_policy(plan, body).await,
-            (Method::GET, ["plans", plan, "policy"]) => match Plan::from_name(plan) {
-                None => unknown_plan(plan),
-                Some(p) => match r.policy(p) {
-                    Some(p) => json(StatusCode::OK, policy_view(&p)),
-                    None => error(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!("plan {plan} has no policy"),
-                    ),
-                },
-            },
-            (Method::DELETE, ["plans", plan, "policy"]) => match Plan::from_name(plan) {
-                None => unknown_plan(plan),
-                Some(p) => match r.delete_policy(p).await {
-                    Ok(true) => (StatusCode::NO_CONTENT, Bytes::new()),
-                    Ok(false) => error(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!("plan {plan} has no policy"),
-                    ),
-                    Err(e) => registry_error(e),
-                },
-            },
+            (m @ (Method::PUT | Method::GET | Method::DELETE), ["plans", plan, "policy"]) => {
+                self.policy(m, plan, body).await
+            }
             (
                 _,
                 ["plans", _, "policy"]
@@ -342,12 +321,35 @@ impl<W: Shards> Admin<W> {
     /// Deletes the tenant (its keys go and its connections close at once),
     /// then its data; usage records stay, for billing. Deleting a deleted
     /// tenant again finishes removing its data, should that have failed.
+    /// `PUT|GET|DELETE /admin/v1/plans/{plan}/policy`.
+    async fn policy(&self, method: Method, name: &str, wasm: Bytes) -> Answer {
+        let Some(plan) = Plan::from_name(name) else {
+            return unknown_plan(name);
+        };
+        let none = || {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("plan {name} has no policy"),
+            )
+        };
+        match method {
+            Method::PUT => self.put_policy(plan, wasm).await,
+            Method::GET => match self.registry.policy(plan) {
+                Some(p) => json(StatusCode::OK, policy_view(&p)),
+                None => none(),
+            },
+            _ => match self.registry.delete_policy(plan).await {
+                Ok(true) => (StatusCode::NO_CONTENT, Bytes::new()),
+                Ok(false) => none(),
+                Err(e) => registry_error(e),
+            },
+        }
+    }
+
     /// Checks the component is of the `quota` world and imports nothing
     /// else, then makes it the plan's policy.
-    async fn put_policy(&self, plan: &str, wasm: Bytes) -> Answer {
-        let Some(plan) = Plan::from_name(plan) else {
-            return unknown_plan(plan);
-        };
+    async fn put_policy(&self, plan: Plan, wasm: Bytes) -> Answer {
         let checker = match self.checker.get() {
             Some(c) => c.clone(),
             None => {
