@@ -67,9 +67,7 @@ impl Plan {
             Plan::Unlimited => Quota::default(),
         }
     }
-}
 
-impl Plan {
     pub const ALL: [Plan; 3] = [Plan::Free, Plan::Standard, Plan::Unlimited];
 
     pub fn name(self) -> &'static str {
@@ -99,13 +97,8 @@ pub struct PlanPolicy {
 impl PlanPolicy {
     /// Where the component lives in the object store.
     pub fn path(&self) -> String {
-        policy_path(&self.sha256)
+        format!("system/policies/{}", self.sha256)
     }
-}
-
-/// Where the component of SHA-256 `sha256` (hex) lives in the object store.
-pub fn policy_path(sha256: &str) -> String {
-    format!("system/policies/{sha256}")
 }
 
 /// An API key as stored: its SCRAM credentials, never its secret.
