@@ -23,7 +23,6 @@ struct Link {
     state: Arc<LinkState>,
 }
 
-#[derive(Default)]
 struct LinkState {
     /// Set: frames from the server are read and dropped.
     mute: AtomicBool,
@@ -31,8 +30,8 @@ struct LinkState {
     cut_after_produce: AtomicBool,
     /// Correlation ids of Produce requests whose answers are due.
     produces: Mutex<HashSet<i32>>,
-    /// Produce answers withheld.
-    withheld: AtomicUsize,
+    /// Produce answers withheld, by every link of the proxy.
+    withheld: Arc<AtomicUsize>,
 }
 
 pub struct Proxy {
@@ -41,9 +40,8 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     /// Connections cut so far.
     pub cuts: AtomicUsize,
-    /// The link states of every connection armed by
-    /// [`Proxy::cut_after_produce_answer`], to count what they withheld.
-    withheld: Arc<Mutex<Vec<Arc<LinkState>>>>,
+    /// Produce answers withheld by [`Proxy::cut_after_produce_answer`].
+    withheld: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -59,7 +57,8 @@ impl Proxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let links: Arc<Mutex<Vec<Link>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (l2, s2) = (links.clone(), stop.clone());
+        let withheld: Arc<AtomicUsize> = Arc::default();
+        let (l2, s2, w2) = (links.clone(), stop.clone(), withheld.clone());
         std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 let client = match listener.accept() {
@@ -73,7 +72,12 @@ impl Proxy {
                     continue;
                 };
                 let _ = client.set_nonblocking(false);
-                let state = Arc::new(LinkState::default());
+                let state = Arc::new(LinkState {
+                    mute: AtomicBool::new(false),
+                    cut_after_produce: AtomicBool::new(false),
+                    produces: Mutex::default(),
+                    withheld: w2.clone(),
+                });
                 pump(&client, &server, Direction::Requests, state.clone());
                 pump(&server, &client, Direction::Answers, state.clone());
                 l2.lock().expect("links").push(Link {
@@ -88,7 +92,7 @@ impl Proxy {
             links,
             stop,
             cuts: AtomicUsize::new(0),
-            withheld: Arc::default(),
+            withheld,
         }
     }
 
@@ -116,10 +120,8 @@ impl Proxy {
     /// stays armed until it closes.
     pub fn cut_after_produce_answer(&self) {
         let links: Vec<Link> = std::mem::take(&mut *self.links.lock().expect("links"));
-        let mut armed = self.withheld.lock().expect("armed");
         for l in &links {
             l.state.cut_after_produce.store(true, Ordering::SeqCst);
-            armed.push(l.state.clone());
         }
         // The pump closes each link; its streams are dropped here.
         self.cuts.fetch_add(links.len(), Ordering::Relaxed);
@@ -127,11 +129,7 @@ impl Proxy {
 
     /// Produce answers withheld by [`Proxy::cut_after_produce_answer`].
     pub fn withheld(&self) -> usize {
-        let armed = self.withheld.lock().expect("armed");
-        armed
-            .iter()
-            .map(|s| s.withheld.load(Ordering::Relaxed))
-            .sum()
+        self.withheld.load(Ordering::Relaxed)
     }
 }
 
