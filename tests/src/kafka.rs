@@ -7,6 +7,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
+/// A client of a tenant's key through `bootstrap`, logging in with SASL
+/// PLAIN.
+pub fn tenant_client(bootstrap: &str, key: &str, secret: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", key)
+        .set("sasl.password", secret);
+    c
+}
+
 /// Every record of `topic` (partitions `0..partitions`) from the start,
 /// read with `config` (a `group.id` of "checker" unless it has one) until
 /// `want` came and a second passed with nothing more, or a minute passed.

@@ -744,17 +744,6 @@ async fn an_added_worker_takes_its_share_of_the_shards() {
     }
 }
 
-/// A client of tenant `key` through `bootstrap`, with SASL PLAIN.
-fn tenant_client(bootstrap: &str, key: &str, secret: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("security.protocol", "sasl_plaintext")
-        .set("sasl.mechanisms", "PLAIN")
-        .set("sasl.username", key)
-        .set("sasl.password", secret);
-    c
-}
-
 /// Every value of `topic` (its `partitions`).
 fn values_of(config: &ClientConfig, topic: &str, partitions: i32, want: usize) -> Vec<Vec<u8>> {
     floe_e2e::kafka::read_from_start(config, topic, partitions, want)
@@ -802,7 +791,7 @@ async fn transforms_follow_their_shard_across_owner_kills() {
         assert_eq!(status, 200, "{name}: {v}");
     }
 
-    let p: FutureProducer = tenant_client(&a.bootstrap(), key, secret)
+    let p: FutureProducer = floe_e2e::kafka::tenant_client(&a.bootstrap(), key, secret)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
@@ -869,7 +858,7 @@ async fn transforms_follow_their_shard_across_owner_kills() {
     }
 
     // Read through the other gateway: each input once in `out`.
-    let reader = tenant_client(&b.bootstrap(), key, secret);
+    let reader = floe_e2e::kafka::tenant_client(&b.bootstrap(), key, secret);
     let out = values_of(&reader, "out", 2, total as usize);
     let mut copies: HashMap<Vec<u8>, usize> = HashMap::new();
     for v in &out {

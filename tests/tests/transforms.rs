@@ -43,13 +43,7 @@ impl Tenant {
     }
 
     fn kafka(&self, f: &Floe) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", f.bootstrap())
-            .set("security.protocol", "sasl_plaintext")
-            .set("sasl.mechanisms", "PLAIN")
-            .set("sasl.username", &self.key)
-            .set("sasl.password", &self.secret);
-        c
+        floe_e2e::kafka::tenant_client(&f.bootstrap(), &self.key, &self.secret)
     }
 
     /// An HTTP call as this tenant: status and JSON body.
