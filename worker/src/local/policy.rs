@@ -112,6 +112,7 @@ impl LocalWorker {
     ) -> Option<Admission> {
         let mut windows = shard.policy.lock().unwrap_or_else(|p| p.into_inner());
         let w = windows.0.entry(usage.kind).or_default();
+        let mut to_ask = None;
         let ended = w.start.is_none_or(|s| now.duration_since(s) >= WINDOW);
         if ended {
             let (requests, bytes_in, bytes_out) = std::mem::take(&mut w.used);
@@ -128,27 +129,34 @@ impl LocalWorker {
                 matches!(&w.failed, Some((sha, until)) if *sha == policy.sha256 && now < *until);
             if !w.asking && !resting {
                 w.asking = true;
-                self.ask(shard, policy.clone(), usage, recent);
+                to_ask = Some(recent);
             }
         }
         w.used.0 += usage.requests;
         w.used.1 += usage.produce_bytes;
         w.used.2 += usage.fetch_bytes;
-        let (decision, sha, at) = w.decision.as_ref()?;
-        if *sha != policy.sha256 {
-            return None; // A decision of a policy since replaced.
+        let admission = match &w.decision {
+            // A decision of a policy since replaced does not count.
+            Some((decision, sha, at)) if *sha == policy.sha256 => Some(match decision {
+                Decision::Allow => Admission::default(),
+                Decision::Throttle(ms) => {
+                    let until = *at + Duration::from_millis(u64::from(*ms));
+                    Admission::throttle(until.saturating_duration_since(now))
+                }
+                Decision::Reject(reason) => Admission {
+                    throttle: Duration::ZERO,
+                    refused: Some(reason.clone()),
+                },
+            }),
+            _ => None,
+        };
+        // Asked outside the lock: the first ask in a process makes the
+        // Wasm engine.
+        drop(windows);
+        if let Some(recent) = to_ask {
+            self.ask(shard, policy, usage, recent);
         }
-        Some(match decision {
-            Decision::Allow => Admission::default(),
-            Decision::Throttle(ms) => {
-                let until = *at + Duration::from_millis(u64::from(*ms));
-                Admission::throttle(until.saturating_duration_since(now))
-            }
-            Decision::Reject(reason) => Admission {
-                throttle: Duration::ZERO,
-                refused: Some(reason.clone()),
-            },
-        })
+        admission
     }
 
     /// Asks the policy in the background; its decision (or, on failure, no
