@@ -59,6 +59,9 @@ pub struct Node {
     changing: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     /// When the last beat was written.
     beat_ok: Mutex<Option<Instant>>,
+    /// One beat write at a time: each carries the claims as they were when
+    /// it began and lands after every one begun before it.
+    beating: tokio::sync::Mutex<()>,
     beat_n: AtomicU64,
     /// Beats running in which each claimed tenant had another pick.
     unsettled: Mutex<HashMap<String, u32>>,
@@ -97,6 +100,7 @@ impl Node {
             claims: Mutex::new(BTreeSet::new()),
             changing: Mutex::new(HashMap::new()),
             beat_ok: Mutex::new(None),
+            beating: tokio::sync::Mutex::new(()),
             beat_n: AtomicU64::new(0),
             unsettled: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -123,6 +127,7 @@ impl Node {
 
     /// Writes this worker's beat now: address, claims, draining.
     async fn beat(&self) -> object_store::Result<()> {
+        let _one = self.beating.lock().await;
         let beat = Beat {
             id: self.id.clone(),
             addr: self.addr.clone(),
@@ -302,9 +307,9 @@ impl Node {
         }
     }
 
-    /// One beat's work besides the beat: drop everything if the lease
-    /// lapsed, and hand over shards another worker is now the pick for.
-    async fn tend(&self) {
+    /// Renews the lease (the beat), first dropping every shard if it
+    /// lapsed. Returns whether the beat was written.
+    async fn renew(&self) -> bool {
         if !self.lease_holds() && self.owned() > 0 {
             tracing::warn!("lease lapsed: dropping every shard");
             let held: Vec<String> = std::mem::take(&mut *lock(&self.claims))
@@ -316,10 +321,22 @@ impl Node {
                 }
             }
         }
+        let started = Instant::now();
         if let Err(e) = self.beat().await {
             tracing::warn!(error = %e, "writing the beat");
-            return;
+            return false;
         }
+        let took = started.elapsed();
+        if took > self.view.timing().beat {
+            tracing::warn!(?took, "a slow beat write");
+        }
+        true
+    }
+
+    /// A beat's work besides the beat, run beside the beats so a slow
+    /// unload or hand-over never delays the lease: hand over shards another
+    /// worker is now the pick for, and unload idle ones.
+    async fn tend(&self) {
         if let Err(e) = self.view.refresh().await {
             tracing::warn!(error = %e, "listing cluster members");
             return;
@@ -479,10 +496,23 @@ async fn beats(node: std::sync::Weak<Node>) {
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tending: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        node.tend().await;
+        if !node.renew().await {
+            continue;
+        }
+        if tending.as_ref().is_none_or(|t| t.is_finished()) {
+            tending = Some(tokio::spawn(async move {
+                let started = Instant::now();
+                node.tend().await;
+                let took = started.elapsed();
+                if took > node.view.timing().lease / 2 {
+                    tracing::warn!(?took, "a slow pass tending shards");
+                }
+            }));
+        }
     }
 }
 
