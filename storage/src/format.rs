@@ -875,8 +875,10 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trip() {
-        let mut state = State::default();
-        state.next_stream = 4;
+        let mut state = State {
+            next_stream: 4,
+            ..State::default()
+        };
         state
             .kv
             .insert(Bytes::from_static(b"a"), Bytes::from_static(b"b"));

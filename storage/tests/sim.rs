@@ -463,7 +463,8 @@ async fn sim(seed: u64) -> Result<(), String> {
         .ok_or("final open failed with faults off")?;
     // Let it compact and sweep a while, with a reader racing the deletes.
     tasks_quiet(&log, &history, seed).await;
-    let mut h = history.lock().expect("history");
+    // Every task is done: the history is ours alone now.
+    let mut h = std::mem::take(&mut *history.lock().expect("history"));
     let (final_bytes, keys) = read_all(&log, &mut h.violations).await?;
     let (log_start, hw) = log.offsets(STREAM).unwrap_or((0, 0));
     let meters = log.meters();

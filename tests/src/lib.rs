@@ -306,13 +306,18 @@ pub fn basic_auth(key: &str, secret: &str) -> String {
     format!("Authorization: Basic {b}")
 }
 
-/// A fresh temporary directory under the system temp dir.
+/// A fresh temporary directory under `FLOE_TEST_TMP` (one per run of
+/// `scripts/test`, which removes it when every test passed and keeps it,
+/// logs and all, when one failed), else under the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
     let n: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let p = std::env::temp_dir().join(format!("floe-test-{name}-{}-{n}", std::process::id()));
+    let root = std::env::var_os("FLOE_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let p = root.join(format!("floe-test-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&p).expect("temp dir");
     p
 }

@@ -13,6 +13,8 @@ pub struct S3Server {
     pub port: u16,
     pub bucket: String,
     pub dir: PathBuf,
+    /// The gRPC sockets weed leaves in /tmp.
+    sockets: Vec<PathBuf>,
 }
 
 impl S3Server {
@@ -20,6 +22,7 @@ impl S3Server {
     pub fn start(bucket: &str) -> Result<Self, String> {
         let dir = temp_dir("s3");
         let port = free_port();
+        let mut sockets = Vec::new();
         let mut args = vec![
             "mini".to_string(),
             format!("-dir={}", dir.display()),
@@ -50,7 +53,14 @@ impl S3Server {
             "s3.port.iceberg",
             "s3.port.lance",
         ] {
-            args.push(format!("-{flag}={}", free_port()));
+            let n = free_port();
+            args.push(format!("-{flag}={n}"));
+            // Each gRPC port also gets a unix socket at a fixed place in /tmp.
+            if let Some(part) = flag.strip_suffix(".port.grpc") {
+                sockets.push(PathBuf::from(format!(
+                    "/tmp/seaweedfs-{part}-grpc-{n}.sock"
+                )));
+            }
         }
         let log = std::fs::File::create(dir.join("weed.log")).map_err(|e| e.to_string())?;
         let child = Command::new(std::env::var("FLOE_WEED").unwrap_or_else(|_| "weed".into()))
@@ -65,6 +75,7 @@ impl S3Server {
             port,
             bucket: bucket.to_string(),
             dir,
+            sockets,
         };
         if !wait_for_port(port, Duration::from_secs(60)) {
             return Err(format!(
@@ -120,5 +131,8 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
     }
 }

@@ -193,7 +193,9 @@ async fn kill9_after_acks_loses_nothing_and_reuses_no_offset() {
     let topic = "kill9";
     create_topic(&bootstrap, topic, 4).await;
     // A consumer reads as records become visible, and remembers what it saw.
-    let seen: Arc<Mutex<HashMap<(i32, i64), Vec<u8>>>> = Arc::default();
+    // (partition, offset) to value.
+    type Seen = HashMap<(i32, i64), Vec<u8>>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (seen, stop, bootstrap) = (seen.clone(), stop.clone(), bootstrap.clone());

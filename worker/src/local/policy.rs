@@ -78,7 +78,8 @@ impl Stats {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let all = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let series: [(&str, &str, fn(&PlanStats) -> u64); 2] = [
+        type Series = (&'static str, &'static str, fn(&PlanStats) -> u64);
+        let series: [Series; 2] = [
             (
                 "floe_policy_decisions_total",
                 "Decisions made by plans' quota policies.",
