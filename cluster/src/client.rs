@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
+use floe_worker::connectors::{ConnectorSpec, ConnectorStatus};
 use floe_worker::transforms::{TransformSpec, TransformStatus};
 use floe_worker::{
     quota, Accepted, CommittedOffsets, ConfigChange, Described, GroupError, GroupState, Join,
@@ -870,6 +871,37 @@ impl Shards for RemoteShards {
 
     async fn delete_transform(&self, tenant: &TenantId, name: &str) -> Result<()> {
         self.call(tenant, Call::DeleteTransform(name.into())).await
+    }
+
+    async fn create_connector(
+        &self,
+        tenant: &TenantId,
+        spec: ConnectorSpec,
+        wasm: Bytes,
+    ) -> Result<ConnectorStatus> {
+        self.call(tenant, Call::CreateConnector { spec, wasm })
+            .await
+    }
+
+    async fn connectors(&self, tenant: &TenantId) -> Result<Vec<ConnectorStatus>> {
+        self.call(tenant, Call::Connectors).await
+    }
+
+    async fn pause_connector(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        paused: bool,
+    ) -> Result<ConnectorStatus> {
+        let call = Call::PauseConnector {
+            name: name.into(),
+            paused,
+        };
+        self.call(tenant, call).await
+    }
+
+    async fn delete_connector(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        self.call(tenant, Call::DeleteConnector(name.into())).await
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {

@@ -166,6 +166,16 @@ pub enum Call {
     },
     Transforms,
     DeleteTransform(String),
+    CreateConnector {
+        spec: floe_worker::connectors::ConnectorSpec,
+        wasm: Bytes,
+    },
+    Connectors,
+    PauseConnector {
+        name: String,
+        paused: bool,
+    },
+    DeleteConnector(String),
     /// Answered with [`CHANGED`] frames until the stream ends.
     Subscribe,
 }
@@ -192,6 +202,7 @@ impl Call {
                 | Call::DescribeGroup(_)
                 | Call::Instances(_)
                 | Call::Transforms
+                | Call::Connectors
                 | Call::Subscribe
         )
     }

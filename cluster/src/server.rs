@@ -814,6 +814,10 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
         Call::DeployTransform { spec, wasm } => o(id, &w.deploy_transform(t, spec, wasm).await),
         Call::Transforms => o(id, &w.transforms(t).await),
         Call::DeleteTransform(name) => o(id, &w.delete_transform(t, &name).await),
+        Call::CreateConnector { spec, wasm } => o(id, &w.create_connector(t, spec, wasm).await),
+        Call::Connectors => o(id, &w.connectors(t).await),
+        Call::PauseConnector { name, paused } => o(id, &w.pause_connector(t, &name, paused).await),
+        Call::DeleteConnector(name) => o(id, &w.delete_connector(t, &name).await),
         Call::Produce { .. } | Call::Subscribe => rpc::answer(
             id,
             rpc::FAILED,

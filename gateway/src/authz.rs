@@ -13,6 +13,7 @@ use floe_common::batch::BatchHeader;
 use floe_common::TenantId;
 use floe_tenants::acl::{self, Acl, Operation, Resource};
 use floe_tenants::Registry;
+use floe_worker::connectors::{ConnectorSpec, ConnectorStatus, Kind};
 use floe_worker::quota::Usage;
 use floe_worker::transforms::{TransformSpec, TransformStatus};
 use floe_worker::{
@@ -542,7 +543,82 @@ impl<W: Shards> Shards for Guarded<W> {
         self.worker.delete_transform(tenant, name).await
     }
 
+    /// A connector reads (sink) or writes (source, and a sink's dead
+    /// letters) its topics as the creating key: the key must be allowed
+    /// all of it, and so for every change to it.
+    async fn create_connector(
+        &self,
+        tenant: &TenantId,
+        spec: ConnectorSpec,
+        wasm: Bytes,
+    ) -> Result<ConnectorStatus> {
+        let dead_letter = (spec.kind == Kind::Sink).then(|| {
+            spec.dead_letter
+                .clone()
+                .unwrap_or_else(|| format!("{}-dlq", spec.name))
+        });
+        self.connector_topics(spec.kind, &spec.topics, dead_letter.as_deref())?;
+        self.worker.create_connector(tenant, spec, wasm).await
+    }
+
+    /// The connectors whose topics the key may describe.
+    async fn connectors(&self, tenant: &TenantId) -> Result<Vec<ConnectorStatus>> {
+        let mut all = self.worker.connectors(tenant).await?;
+        all.retain(|c| {
+            c.topics
+                .iter()
+                .all(|t| self.may(Resource::Topic, t, Operation::Describe))
+        });
+        Ok(all)
+    }
+
+    async fn pause_connector(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        paused: bool,
+    ) -> Result<ConnectorStatus> {
+        self.may_change_connector(tenant, name).await?;
+        self.worker.pause_connector(tenant, name, paused).await
+    }
+
+    async fn delete_connector(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        self.may_change_connector(tenant, name).await?;
+        self.worker.delete_connector(tenant, name).await
+    }
+
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {
         self.worker.subscribe(tenant).await
+    }
+}
+
+impl<W: Shards> Guarded<W> {
+    fn connector_topics(
+        &self,
+        kind: Kind,
+        topics: &[String],
+        dead_letter: Option<&str>,
+    ) -> Result<()> {
+        let op = match kind {
+            Kind::Sink => Operation::Read,
+            Kind::Source => Operation::Write,
+        };
+        for t in topics {
+            self.topic(t, op)?;
+        }
+        if let Some(d) = dead_letter {
+            self.topic(d, Operation::Write)?;
+        }
+        Ok(())
+    }
+
+    /// Changing a connector takes what creating it took.
+    async fn may_change_connector(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        let all = self.worker.connectors(tenant).await?;
+        let c = all
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| WorkerError::UnknownConnector(name.into()))?;
+        self.connector_topics(c.kind, &c.topics, c.dead_letter.as_deref())
     }
 }

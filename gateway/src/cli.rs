@@ -156,14 +156,46 @@ pub enum TransformCmd {
     Delete { name: String },
 }
 
+impl TenantTarget {
+    /// Sends one request to the data API, signed in with the key.
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<()> {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.api_key, self.api_secret));
+        send(
+            &self.url,
+            method,
+            path,
+            format!("Basic {basic}"),
+            content_type,
+            body,
+        )
+        .await
+    }
+}
+
+const JSON: &str = "application/json";
+
+/// `--config k=v` flags as query pairs.
+fn config_pairs(
+    q: &mut form_urlencoded::Serializer<String>,
+    config: &[String],
+) -> anyhow::Result<()> {
+    for c in config {
+        anyhow::ensure!(c.contains('='), "--config {c:?} is not k=v");
+        q.append_pair("config", c);
+    }
+    Ok(())
+}
+
 pub async fn transform(t: TenantTarget, cmd: TransformCmd) -> anyhow::Result<()> {
-    use base64::Engine;
-    let basic =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", t.api_key, t.api_secret));
-    let auth = format!("Basic {basic}");
-    let call =
-        |method, path: String, ctype, body| send(&t.url, method, path, auth.clone(), ctype, body);
-    const JSON: &str = "application/json";
+    let call = |method, path: String, ctype, body| t.send(method, path, ctype, body);
     match cmd {
         TransformCmd::Deploy {
             name,
@@ -179,10 +211,7 @@ pub async fn transform(t: TenantTarget, cmd: TransformCmd) -> anyhow::Result<()>
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("input", &input);
             q.append_pair("output", &output.join(","));
-            for c in &config {
-                anyhow::ensure!(c.contains('='), "--config {c:?} is not k=v");
-                q.append_pair("config", c);
-            }
+            config_pairs(&mut q, &config)?;
             if let Some(d) = &dead_letter {
                 q.append_pair("dead_letter", d);
             }
@@ -208,6 +237,121 @@ pub async fn transform(t: TenantTarget, cmd: TransformCmd) -> anyhow::Result<()>
                 Bytes::new(),
             )
             .await
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ConnectorCmd {
+    /// Create (or replace) a connector from a component file.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// source or sink.
+        #[arg(long)]
+        kind: String,
+        /// A sink's input topic, or a source's output topics
+        /// (comma-separated, up to 8).
+        #[arg(long, value_delimiter = ',', required = true)]
+        topic: Vec<String>,
+        /// Where its requests may go: host:port entries, comma-separated
+        /// (names, addresses or CIDR ranges; port or *). Loopback and
+        /// private addresses only when listed as addresses or ranges.
+        #[arg(long)]
+        allow: Option<String>,
+        /// k=v given to the connector's init; repeatable.
+        #[arg(long)]
+        config: Vec<String>,
+        /// A sink's tries per batch before its dead-letter topic.
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// A sink's dead-letter topic (default: NAME-dlq).
+        #[arg(long)]
+        dead_letter: Option<String>,
+        /// A sink starts at its input's earliest records, not its end.
+        #[arg(long)]
+        from_start: bool,
+        /// A source with nothing new is polled again after this long.
+        #[arg(long)]
+        poll_ms: Option<u64>,
+        file: std::path::PathBuf,
+    },
+    /// List connectors and their status.
+    List,
+    /// One connector's status: state, lag, records, dead letters, fuel,
+    /// the last error.
+    Status {
+        name: String,
+    },
+    /// Stop a connector until resumed (durably).
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Stop a connector and forget its offsets or cursor.
+    Delete {
+        name: String,
+    },
+}
+
+pub async fn connector(t: TenantTarget, cmd: ConnectorCmd) -> anyhow::Result<()> {
+    let at = |name: &str, verb: &str| format!("/v1/connectors/{name}{verb}");
+    match cmd {
+        ConnectorCmd::Create {
+            name,
+            kind,
+            topic,
+            allow,
+            config,
+            max_retries,
+            dead_letter,
+            from_start,
+            poll_ms,
+            file,
+        } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("kind", &kind);
+            q.append_pair("topic", &topic.join(","));
+            config_pairs(&mut q, &config)?;
+            if let Some(a) = &allow {
+                q.append_pair("config", &format!("allow={a}"));
+            }
+            if let Some(n) = max_retries {
+                q.append_pair("max_retries", &n.to_string());
+            }
+            if let Some(d) = &dead_letter {
+                q.append_pair("dead_letter", d);
+            }
+            if let Some(ms) = poll_ms {
+                q.append_pair("poll_ms", &ms.to_string());
+            }
+            q.append_pair("from", if from_start { "start" } else { "end" });
+            let path = format!("{}?{}", at(&name, ""), q.finish());
+            t.send(Method::PUT, path, "application/wasm", Bytes::from(wasm))
+                .await
+        }
+        ConnectorCmd::List => {
+            t.send(Method::GET, "/v1/connectors".into(), JSON, Bytes::new())
+                .await
+        }
+        ConnectorCmd::Status { name } => {
+            t.send(Method::GET, at(&name, ""), JSON, Bytes::new()).await
+        }
+        ConnectorCmd::Pause { name } => {
+            t.send(Method::POST, at(&name, "/pause"), JSON, Bytes::new())
+                .await
+        }
+        ConnectorCmd::Resume { name } => {
+            t.send(Method::POST, at(&name, "/resume"), JSON, Bytes::new())
+                .await
+        }
+        ConnectorCmd::Delete { name } => {
+            t.send(Method::DELETE, at(&name, ""), JSON, Bytes::new())
+                .await
         }
     }
 }

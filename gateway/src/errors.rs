@@ -24,7 +24,7 @@ pub fn code(e: &WorkerError) -> i16 {
         WorkerError::UnstableOffsetCommit => E::UnstableOffsetCommit,
         WorkerError::PolicyViolation(_) => E::PolicyViolation,
         WorkerError::InvalidPlugin(_) => E::InvalidRequest,
-        WorkerError::UnknownTransform(_) => E::ResourceNotFound,
+        WorkerError::UnknownTransform(_) | WorkerError::UnknownConnector(_) => E::ResourceNotFound,
         WorkerError::Txn(t) => match t {
             TxnError::InvalidProducerIdMapping => E::InvalidProducerIdMapping,
             TxnError::ProducerFenced => E::ProducerFenced,

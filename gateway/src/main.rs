@@ -83,6 +83,14 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::TransformCmd,
     },
+    /// A tenant's Wasm connectors: sources and sinks (data API, with an API
+    /// key).
+    Connector {
+        #[command(flatten)]
+        target: cli::TenantTarget,
+        #[command(subcommand)]
+        cmd: cli::ConnectorCmd,
+    },
 }
 
 /// Where state lives: every role of a cluster names the same store.
@@ -378,6 +386,7 @@ fn main() -> anyhow::Result<()> {
         Command::Quota { target, cmd } => rt.block_on(cli::quota(target, cmd)),
         Command::Usage { target, cmd } => rt.block_on(cli::usage(target, cmd)),
         Command::Transform { target, cmd } => rt.block_on(cli::transform(target, cmd)),
+        Command::Connector { target, cmd } => rt.block_on(cli::connector(target, cmd)),
     }
 }
 

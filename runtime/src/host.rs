@@ -9,10 +9,12 @@ use rand::SeedableRng;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use wasmtime::component::Linker;
 
-use crate::{Failure, FailureKind, Limits};
+use crate::egress::Egress;
+use crate::{Error, Failure, FailureKind, Limits};
 
 /// Who a guest runs for: its log lines and errors carry these.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +40,10 @@ pub(crate) struct Host {
     pub state: crate::transform::StateBuf,
     /// The instance trapped: calling into it again is refused.
     pub poisoned: bool,
+    /// `wasi:http`, for connectors only (other worlds do not link it):
+    /// requests go out through `egress`, which checks the allow-list.
+    http: WasiHttpCtx,
+    pub egress: Egress,
 }
 
 impl Host {
@@ -73,6 +79,8 @@ impl Host {
             logged: 0,
             state: Default::default(),
             poisoned: false,
+            http: WasiHttpCtx::new(),
+            egress: Egress::default(),
         }
     }
 
@@ -97,6 +105,16 @@ impl WasiView for Host {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
         }
     }
 }
@@ -183,6 +201,41 @@ pub(crate) fn arm(store: &mut Store<Host>, limits: &Limits) -> Result<(), Failur
     host.clock.set();
     host.memory.hit = false;
     Ok(())
+}
+
+/// `init`'s outcome as the instance's start: an error or a trap says why
+/// the plugin cannot run.
+pub(crate) fn init_outcome(
+    store: &mut Store<Host>,
+    limits: &Limits,
+    init: wasmtime::Result<Result<(), String>>,
+) -> Result<(), Error> {
+    match init {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(Error::Start(format!("init failed: {reason}"))),
+        Err(e) => Err(Error::Start(format!(
+            "init failed: {}",
+            trapped(store, limits, &e).message
+        ))),
+    }
+}
+
+/// A call's outcome with the fuel it burned: the guest's own error is a
+/// [`FailureKind::Error`], a trap or limit poisons the instance.
+pub(crate) fn outcome<T>(
+    store: &mut Store<Host>,
+    limits: &Limits,
+    result: wasmtime::Result<Result<T, String>>,
+) -> Result<(T, u64), Failure> {
+    match result {
+        Ok(Ok(v)) => Ok((v, fuel_used(store, limits))),
+        Ok(Err(message)) => Err(Failure {
+            kind: FailureKind::Error,
+            message,
+            fuel: fuel_used(store, limits),
+        }),
+        Err(e) => Err(trapped(store, limits, &e)),
+    }
 }
 
 /// What a call that trapped (or hit a limit) leaves: the reason, the fuel

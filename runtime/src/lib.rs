@@ -16,6 +16,10 @@
 //! - `transform.rs`: the `transform` world: [`Transform`] instances and
 //!   their batches, with state writes buffered per batch.
 //! - `quota.rs`: the `quota` world: [`Policy`] decisions.
+//! - `connector.rs`: the `connector` world: a source's polls and a sink's
+//!   deliveries ([`Connector`]).
+//! - `egress.rs`: connectors' `wasi:http` requests, let through only to
+//!   their allow-list, checked on resolved addresses.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,10 +28,14 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+mod connector;
+mod egress;
 mod host;
 mod quota;
 mod transform;
 
+pub use connector::{Connector, Polled, Spent};
+pub use egress::AllowList;
 pub use host::Labels;
 pub use quota::{Decision, Kind, Policy, Query, RecentUsage};
 pub use transform::{
@@ -61,6 +69,9 @@ pub struct Limits {
     pub fuel_per_call: u64,
     /// Wall-clock budget per call, enforced at epoch ticks.
     pub deadline: Duration,
+    /// A connector's budget per call: longer, as it includes its requests'
+    /// network waits (fuel still bounds its CPU).
+    pub connector_deadline: Duration,
     /// A batch may produce at most this many outputs per input record.
     pub outputs_per_input: usize,
     /// Instances alive at once in this process (the pool's size).
@@ -73,6 +84,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             fuel_per_call: 2_000_000_000,
             deadline: Duration::from_secs(1),
+            connector_deadline: Duration::from_secs(30),
             outputs_per_input: MAX_OUTPUTS,
             instances: 256,
         }
@@ -84,7 +96,10 @@ impl Limits {
         if self.memory_bytes < 64 << 10 {
             return Err("wasm memory must allow at least one 64 KiB page".into());
         }
-        if self.fuel_per_call == 0 || self.deadline < EPOCH_TICK {
+        if self.fuel_per_call == 0
+            || self.deadline < EPOCH_TICK
+            || self.connector_deadline < EPOCH_TICK
+        {
             return Err(format!(
                 "wasm fuel must be positive and the deadline at least {EPOCH_TICK:?}"
             ));
@@ -130,6 +145,17 @@ impl std::fmt::Display for Digest {
 pub enum World {
     Transform,
     Quota,
+    Connector,
+}
+
+impl World {
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Transform => "transform",
+            World::Quota => "quota",
+            World::Connector => "connector",
+        }
+    }
 }
 
 /// One engine and its compiled components, shared by every tenant.
@@ -138,6 +164,7 @@ pub struct Runtime {
     limits: Limits,
     transform_linker: Linker<host::Host>,
     quota_linker: Linker<host::Host>,
+    connector_linker: Linker<host::Host>,
     /// Compiled and pre-linked components by (world, content hash). Kept
     /// in memory only: loading precompiled native code is `unsafe`, so
     /// nothing compiled is ever read back from disk or the object store;
@@ -149,6 +176,7 @@ pub struct Runtime {
 enum Compiled {
     Transform(transform::Pre),
     Quota(quota::Pre),
+    Connector(connector::Pre),
 }
 
 impl Runtime {
@@ -190,11 +218,14 @@ impl Runtime {
         let transform_linker =
             transform::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
         let quota_linker = quota::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
+        let connector_linker =
+            connector::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
         Ok(Arc::new(Self {
             engine,
             limits,
             transform_linker,
             quota_linker,
+            connector_linker,
             compiled: Mutex::new(HashMap::new()),
         }))
     }
@@ -223,14 +254,16 @@ impl Runtime {
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| Error::Invalid(format!("{e:#}").replace('\n', " ")))?;
         check_imports(&self.engine, &component, world)?;
+        let invalid = |e: wasmtime::Error| Error::Invalid(format!("{e:#}"));
         let compiled = match world {
             World::Transform => Compiled::Transform(
-                transform::pre(&self.transform_linker, &component)
-                    .map_err(|e| Error::Invalid(format!("{e:#}")))?,
+                transform::pre(&self.transform_linker, &component).map_err(invalid)?,
             ),
-            World::Quota => Compiled::Quota(
-                quota::pre(&self.quota_linker, &component)
-                    .map_err(|e| Error::Invalid(format!("{e:#}")))?,
+            World::Quota => {
+                Compiled::Quota(quota::pre(&self.quota_linker, &component).map_err(invalid)?)
+            }
+            World::Connector => Compiled::Connector(
+                connector::pre(&self.connector_linker, &component).map_err(invalid)?,
             ),
         };
         let mut cache = self.lock();
@@ -315,19 +348,46 @@ impl Runtime {
         };
         Policy::start(&self.engine, &self.limits, pre, labels).await
     }
-}
 
+    /// A running connector, initialised with `config`, whose requests may
+    /// reach only `allow`.
+    pub async fn connector_of(
+        self: &Arc<Self>,
+        digest: &Digest,
+        wasm: &[u8],
+        config: &[(String, String)],
+        labels: Labels,
+        allow: AllowList,
+    ) -> Result<Connector, Error> {
+        let Compiled::Connector(pre) = self
+            .compiled_off_thread(World::Connector, digest, wasm)
+            .await?
+        else {
+            return Err(Error::Invalid("not a connector".into()));
+        };
+        let limits = Limits {
+            deadline: self.limits.connector_deadline,
+            ..self.limits.clone()
+        };
+        Connector::start(&self.engine, &limits, pre, config, labels, allow).await
+    }
+}
 /// The interfaces a component may import: its world's own, and the WASI
 /// interfaces guest toolchains link (wasm32-wasip2's std, componentize-py's
 /// CPython), present but with nothing behind them: no files, environment or
 /// arguments, and sockets whose every use is refused (no TCP, UDP or name
-/// look-ups are permitted, see `host.rs`). `wasi:http` and anything else
-/// are refused at upload.
+/// look-ups are permitted, see `host.rs`). Connectors may import
+/// `wasi:http` too (through `egress.rs`); anything else is refused at upload.
 fn allowed(world: World, import: &str) -> bool {
     let name = import.split('@').next().unwrap_or(import);
     let own: &[&str] = match world {
         World::Transform => &["floe:plugin/types", "floe:plugin/log", "floe:plugin/state"],
         World::Quota => &["floe:plugin/quota-types", "floe:plugin/log"],
+        World::Connector => &[
+            "floe:plugin/types",
+            "floe:plugin/log",
+            "floe:plugin/connector-types",
+        ],
     };
     if own.contains(&name) {
         return true;
@@ -336,10 +396,11 @@ fn allowed(world: World, import: &str) -> bool {
         return false;
     };
     let (package, _) = wasi.split_once('/').unwrap_or((wasi, ""));
+    let connector = world == World::Connector;
     matches!(
         package,
         "cli" | "io" | "clocks" | "random" | "filesystem" | "sockets"
-    )
+    ) || (connector && package == "http")
 }
 
 fn check_imports(engine: &Engine, component: &Component, world: World) -> Result<(), Error> {
@@ -355,10 +416,7 @@ fn check_imports(engine: &Engine, component: &Component, world: World) -> Result
     Err(Error::Invalid(format!(
         "imports {}, which the {} world does not grant",
         refused.join(", "),
-        match world {
-            World::Transform => "transform",
-            World::Quota => "quota",
-        }
+        world.name()
     )))
 }
 

@@ -85,6 +85,23 @@ async fn identity_returns_every_record_unchanged() {
 }
 
 #[tokio::test]
+async fn a_guest_built_for_an_older_0_1_runs() {
+    let rt = runtime(Limits::default());
+    let wasm = floe_fixtures::counter_v0_1_0();
+    assert!(String::from_utf8_lossy(&wasm).contains("floe:plugin/state@0.1.0"));
+    rt.check(World::Transform, &wasm).expect("accepted");
+    let mut t = rt
+        .transform(&wasm, &[], labels("old"))
+        .await
+        .expect("starts");
+    let out = t
+        .process(&batch(5), 1, Arc::new(Empty))
+        .await
+        .expect("processes");
+    assert_eq!(out.outputs.len(), 5);
+}
+
+#[tokio::test]
 async fn fanout_names_two_outputs_and_is_refused_with_one() {
     let rt = runtime(Limits::default());
     let wasm = floe_fixtures::fanout();
@@ -322,6 +339,17 @@ fn the_allow_list_grants_the_wasi_guests_link_and_nothing_else() {
         assert!(!allowed(World::Transform, no), "{no}");
     }
     assert!(!allowed(World::Quota, "floe:plugin/state@0.1.0"));
+    // A connector may go out over wasi:http (through the egress check),
+    // but has no state.
+    for ok in [
+        "wasi:http/outgoing-handler@0.2.6",
+        "wasi:http/types@0.2.12",
+        "floe:plugin/connector-types@0.1.1",
+    ] {
+        assert!(allowed(World::Connector, ok), "{ok}");
+    }
+    assert!(!allowed(World::Connector, "floe:plugin/state@0.1.1"));
+    assert!(!allowed(World::Connector, "wasi:keyvalue/store@0.2.0"));
 }
 
 fn query(kind: Kind, bytes_in: u64, bytes_out: u64) -> Query {

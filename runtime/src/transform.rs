@@ -143,6 +143,22 @@ pub struct Failure {
     pub fuel: u64,
 }
 
+/// Refuses records naming an output beyond the `outputs` deployed.
+pub(crate) fn check_outputs(
+    records: &[OutputRecord],
+    outputs: usize,
+    fuel: u64,
+) -> Result<(), Failure> {
+    match records.iter().find(|r| r.output as usize >= outputs) {
+        Some(r) => Err(Failure {
+            kind: FailureKind::Outputs,
+            message: format!("output {} named; {outputs} deployed", r.output),
+            fuel,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A running transform instance. After a trap it is poisoned: make a new
 /// one (which runs `init` again).
 pub struct Transform {
@@ -165,18 +181,13 @@ impl Transform {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| Error::Start(format!("{e:#}")))?;
-        match bindings.call_init(&mut store, config).await {
-            Ok(Ok(())) => Ok(Self {
-                store,
-                bindings,
-                limits: limits.clone(),
-            }),
-            Ok(Err(reason)) => Err(Error::Start(format!("init failed: {reason}"))),
-            Err(e) => Err(Error::Start(format!(
-                "init failed: {}",
-                host::trapped(&mut store, limits, &e).message
-            ))),
-        }
+        let init = bindings.call_init(&mut store, config).await;
+        host::init_outcome(&mut store, limits, init)?;
+        Ok(Self {
+            store,
+            bindings,
+            limits: limits.clone(),
+        })
     }
 
     /// Whether the instance trapped and must be replaced.
@@ -193,11 +204,6 @@ impl Transform {
         state: Arc<dyn StateRead>,
     ) -> Result<Processed, Failure> {
         let limits = self.limits.clone();
-        let fail = |kind, message: String, fuel| Failure {
-            kind,
-            message,
-            fuel,
-        };
         host::arm(&mut self.store, &limits)?;
         self.store.data_mut().state = StateBuf {
             read: Some(state),
@@ -205,35 +211,21 @@ impl Transform {
         };
         let result = self.bindings.call_process(&mut self.store, batch).await;
         let buf = std::mem::take(&mut self.store.data_mut().state);
-        let records = match result {
-            Ok(Ok(records)) => records,
-            Ok(Err(reason)) => {
-                let fuel = host::fuel_used(&self.store, &limits);
-                return Err(fail(FailureKind::Error, reason, fuel));
-            }
-            Err(e) => return Err(host::trapped(&mut self.store, &limits, &e)),
-        };
-        let fuel = host::fuel_used(&self.store, &limits);
+        let (records, fuel) = host::outcome(&mut self.store, &limits, result)?;
         let most = batch.len().max(1) * limits.outputs_per_input;
         if records.len() > most {
-            return Err(fail(
-                FailureKind::Outputs,
-                format!(
+            return Err(Failure {
+                kind: FailureKind::Outputs,
+                message: format!(
                     "{} outputs for {} inputs; at most {} per input",
                     records.len(),
                     batch.len(),
                     limits.outputs_per_input
                 ),
                 fuel,
-            ));
+            });
         }
-        if let Some(r) = records.iter().find(|r| r.output as usize >= outputs) {
-            return Err(fail(
-                FailureKind::Outputs,
-                format!("output {} named; {outputs} deployed", r.output),
-                fuel,
-            ));
-        }
+        check_outputs(&records, outputs, fuel)?;
         Ok(Processed {
             outputs: records,
             writes: buf.writes.into_iter().collect(),

@@ -21,6 +21,7 @@
 //! partition; splitting partitions across shards comes with cluster mode.
 
 pub mod catalog;
+pub mod connectors;
 pub mod coordinator;
 pub mod groups;
 pub mod instances;
@@ -115,6 +116,8 @@ pub enum WorkerError {
     InvalidPlugin(String),
     #[error("no transform named {0}")]
     UnknownTransform(String),
+    #[error("no connector named {0}")]
+    UnknownConnector(String),
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
@@ -521,6 +524,33 @@ pub trait Shards: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<transforms::TransformStatus>>> + Send;
     /// Stops a transform and forgets its progress and state, durably.
     fn delete_transform(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Creates (or replaces) a Wasm connector, once its component is
+    /// checked and stored and the connector durable. Created again with
+    /// the same kind and topics, it keeps its offsets or cursor.
+    fn create_connector(
+        &self,
+        tenant: &TenantId,
+        spec: connectors::ConnectorSpec,
+        wasm: Bytes,
+    ) -> impl Future<Output = Result<connectors::ConnectorStatus>> + Send;
+    /// Every connector and how it is doing.
+    fn connectors(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<connectors::ConnectorStatus>>> + Send;
+    /// Pauses (or resumes) a connector, durably.
+    fn pause_connector(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        paused: bool,
+    ) -> impl Future<Output = Result<connectors::ConnectorStatus>> + Send;
+    /// Stops a connector and forgets its offsets or cursor, durably.
+    fn delete_connector(
         &self,
         tenant: &TenantId,
         name: &str,

@@ -25,6 +25,7 @@ use crate::published;
 use crate::quota::{Admission, Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
 use floe_tenants::usage::{Counts, Totals};
+mod connector;
 pub mod policy;
 mod transform;
 mod txn;
@@ -133,6 +134,8 @@ struct Shard {
     totals: Arc<Totals>,
     /// Transforms running on this shard.
     transforms: transform::Runners,
+    /// Connectors running on this shard.
+    connectors: transform::Runners,
 }
 
 impl Shard {
@@ -154,6 +157,7 @@ impl Shard {
             usage_window_ms: (cfg.usage_window.as_millis() as i64).max(1),
             totals,
             transforms: Default::default(),
+            connectors: Default::default(),
             tenant,
             log,
             topics: RwLock::new(topics),
@@ -352,6 +356,7 @@ impl LocalWorker {
             self.cfg.transactional_id_expiration,
         ));
         self.start_transforms(&shard);
+        self.start_connectors(&shard);
         Ok(shard)
     }
 
@@ -427,7 +432,7 @@ impl LocalWorker {
         let Some(shard) = self.healthy(tenant) else {
             return false;
         };
-        if shard.groups.settling().await || transform::lagging(&shard) {
+        if shard.groups.settling().await || transform::lagging(&shard) || connector::busy(&shard) {
             return true;
         }
         for (_, slot) in shard.txns.all() {
@@ -1023,6 +1028,35 @@ impl Shards for LocalWorker {
 
     async fn delete_transform(&self, tenant: &TenantId, name: &str) -> Result<()> {
         self.undeploy(tenant, name).await
+    }
+
+    async fn create_connector(
+        &self,
+        tenant: &TenantId,
+        spec: crate::connectors::ConnectorSpec,
+        wasm: Bytes,
+    ) -> Result<crate::connectors::ConnectorStatus> {
+        self.connector_create(tenant, spec, wasm).await
+    }
+
+    async fn connectors(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<crate::connectors::ConnectorStatus>> {
+        self.connector_statuses(tenant).await
+    }
+
+    async fn pause_connector(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        paused: bool,
+    ) -> Result<crate::connectors::ConnectorStatus> {
+        self.connector_pause(tenant, name, paused).await
+    }
+
+    async fn delete_connector(&self, tenant: &TenantId, name: &str) -> Result<()> {
+        self.connector_delete(tenant, name).await
     }
 
     async fn subscribe(&self, tenant: &TenantId) -> Result<watch::Receiver<u64>> {

@@ -104,9 +104,31 @@ pub fn encode_batch(records: Vec<Out>) -> Result<Bytes, String> {
     }
 }
 
+/// Kafka's default partitioner for a keyed record (murmur2, positive).
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let h = murmur2::murmur2(key, 0x9747_b28c) & 0x7fff_ffff;
+    (h % partitions.max(1) as u32) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_go_where_kafkas_default_partitioner_puts_them() {
+        // Kafka's UtilsTest: murmur2 of these strings, as Java ints.
+        for (key, java) in [("21", -973_932_308i32), ("foobar", -790_332_482)] {
+            assert_eq!(
+                murmur2::murmur2(key.as_bytes(), 0x9747_b28c) as i32,
+                java,
+                "{key}"
+            );
+        }
+        assert_eq!(
+            partition_for_key(b"21", 7),
+            ((-973_932_308i32 as u32 & 0x7fff_ffff) % 7) as i32
+        );
+    }
     use floe_common::batch;
 
     fn out(v: &str) -> Out {

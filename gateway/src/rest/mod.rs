@@ -11,8 +11,11 @@
 //!   (`/v1/topics/{t}/partitions/{p}/records`), and a topic as a stream of
 //!   Server-Sent Events from an offset or a group (`/v1/topics/{t}/events`).
 //! - [`transforms`]: deploying, listing and deleting Wasm transforms.
+//! - [`connectors`]: creating, listing, pausing, resuming and deleting Wasm
+//!   connectors.
 //! - `openapi.json`: the whole API, served at `/openapi.json`.
 
+pub mod connectors;
 pub mod consumers;
 pub mod events;
 pub mod transforms;
@@ -124,6 +127,9 @@ pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>) -> Reply {
         Some(&"v3") => return json_reply(v3::route(c, req, &parts[1..]).await),
         Some(&"v1") if parts.get(1) == Some(&"transforms") => {
             return json_reply(transforms::route(c, req, &parts[2..]).await)
+        }
+        Some(&"v1") if parts.get(1) == Some(&"connectors") => {
+            return json_reply(connectors::route(c, req, &parts[2..]).await)
         }
         _ => {}
     }
@@ -247,7 +253,9 @@ pub fn coded(
 pub fn worker_error(e: &WorkerError) -> Answer {
     let (status, code) = match e {
         WorkerError::UnknownTopicOrPartition => (StatusCode::NOT_FOUND, 40401),
-        WorkerError::UnknownTransform(_) => (StatusCode::NOT_FOUND, 40406),
+        WorkerError::UnknownTransform(_) | WorkerError::UnknownConnector(_) => {
+            (StatusCode::NOT_FOUND, 40406)
+        }
         WorkerError::TopicAuthorizationFailed | WorkerError::GroupAuthorizationFailed => {
             (StatusCode::FORBIDDEN, 403)
         }

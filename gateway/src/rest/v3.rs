@@ -81,12 +81,6 @@ fn timestamp_ms(v: &Option<Value>) -> Result<i64, String> {
     }
 }
 
-/// Kafka's default partitioner for a keyed record (murmur2, positive).
-fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
-    let h = murmur2::murmur2(key, 0x9747_b28c) & 0x7fff_ffff;
-    (h % partitions as u32) as i32
-}
-
 /// Routes `/v3/...` (`parts` after `v3`).
 pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&str]) -> Answer {
     let ours = crate::cluster_id(&c.tenant);
@@ -376,7 +370,7 @@ async fn append<W: Shards>(
     }
     let partition = match (rec.partition_id, &key) {
         (Some(p), _) => p,
-        (None, Some(k)) => partition_for_key(k, partitions),
+        (None, Some(k)) => floe_worker::records::partition_for_key(k, partitions),
         (None, None) => (NEXT.fetch_add(1, Relaxed) % partitions as u32) as i32,
     };
     let (key_len, value_len) = (key.as_ref().map(Bytes::len), value.as_ref().map(Bytes::len));
@@ -394,25 +388,4 @@ async fn append<W: Shards>(
         .await
         .map_err(|e| worker_error(&e))?;
     Ok((accepted, partition, ts, key_len, value_len))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_go_where_kafkas_default_partitioner_puts_them() {
-        // Kafka's UtilsTest: murmur2 of these strings, as Java ints.
-        for (key, java) in [("21", -973_932_308i32), ("foobar", -790_332_482)] {
-            assert_eq!(
-                murmur2::murmur2(key.as_bytes(), 0x9747_b28c) as i32,
-                java,
-                "{key}"
-            );
-        }
-        assert_eq!(
-            partition_for_key(b"21", 7),
-            ((-973_932_308i32 as u32 & 0x7fff_ffff) % 7) as i32
-        );
-    }
 }

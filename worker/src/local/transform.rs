@@ -32,9 +32,9 @@ const RETRY: Duration = Duration::from_secs(5);
 
 /// A runner's handle on the shard: its generation and what it says.
 pub(super) struct Running {
-    generation: u64,
-    status: Arc<Mutex<String>>,
-    stop: watch::Sender<bool>,
+    pub(super) generation: u64,
+    pub(super) status: Arc<Mutex<String>>,
+    pub(super) stop: watch::Sender<bool>,
 }
 
 impl Drop for Running {
@@ -43,29 +43,30 @@ impl Drop for Running {
     }
 }
 
-/// A shard's transforms in this process.
+/// A shard's transforms (or connectors) in this process.
 #[derive(Default)]
 pub(super) struct Runners {
     running: Mutex<HashMap<String, Running>>,
     /// Held by a runner from reading a partition's progress until its
     /// append is durable, and by deploys and deletes: an old generation's
     /// runner can never append a batch a newer one also appends.
-    steps: tokio::sync::Mutex<()>,
+    pub(super) steps: tokio::sync::Mutex<()>,
     /// The tenant's guest time (µs) against its CPU share: a tenant whose
-    /// transforms run hot (or spin to their deadline) waits between
-    /// batches, so the process's cores stay with everyone else.
+    /// plugins run hot (or spin to their deadline) waits between batches,
+    /// so the process's cores stay with everyone else. The transforms'
+    /// one is the tenant's: connectors draw from it too.
     cpu: Mutex<crate::quota::Rate>,
 }
 
-fn lock(r: &Runners) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+pub(super) fn lock(r: &Runners) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
     r.running.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_cpu(r: &Runners) -> std::sync::MutexGuard<'_, crate::quota::Rate> {
+pub(super) fn lock_cpu(r: &Runners) -> std::sync::MutexGuard<'_, crate::quota::Rate> {
     r.cpu.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn set(status: &Mutex<String>, s: impl Into<String>) {
+pub(super) fn set(status: &Mutex<String>, s: impl Into<String>) {
     *status.lock().unwrap_or_else(|p| p.into_inner()) = s.into();
 }
 
@@ -142,20 +143,7 @@ impl LocalWorker {
                 spec.outputs.len()
             )));
         }
-        if wasm.len() > tf::MAX_WASM_BYTES {
-            return Err(WorkerError::InvalidPlugin(format!(
-                "the component is {} bytes; at most {}",
-                wasm.len(),
-                tf::MAX_WASM_BYTES
-            )));
-        }
-        let runtime = self.runtime()?;
-        let bytes = wasm.clone();
-        // Compiling is CPU work: off the async threads.
-        let digest = tokio::task::spawn_blocking(move || runtime.check(World::Transform, &bytes))
-            .await
-            .map_err(|e| WorkerError::Unavailable(e.to_string()))?
-            .map_err(|e| WorkerError::InvalidPlugin(e.to_string()))?;
+        let digest = self.check_upload(World::Transform, &wasm).await?;
         let shard = self.shard(tenant).await?;
         let input = shard.topic(&spec.input)?;
         for o in &spec.outputs {
@@ -168,18 +156,7 @@ impl LocalWorker {
         if spec.outputs.contains(&spec.input) || dead_letter == spec.input {
             return Err(invalid("a transform may not write to its own input"));
         }
-        if shard.topic(&dead_letter).is_err() {
-            let dlq = NewTopic {
-                name: dead_letter.clone(),
-                partitions: 1,
-                configs: Default::default(),
-                validate_only: false,
-            };
-            match crate::Shards::create_topic(self, tenant, dlq).await {
-                Ok(_) | Err(WorkerError::TopicExists(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.ensure_topic(tenant, &shard, &dead_letter).await?;
         let previous: Option<Deployed> = shard
             .log
             .get(&tf::deployed_key(&spec.name))
@@ -190,13 +167,7 @@ impl LocalWorker {
                 tf::MAX_TRANSFORMS
             )));
         }
-        object_store::ObjectStoreExt::put(
-            &*self.store,
-            &tf::wasm_path(tenant, &digest.0),
-            wasm.into(),
-        )
-        .await
-        .map_err(|e| WorkerError::Unavailable(format!("storing the component: {e}")))?;
+        self.store_component(tenant, &digest.0, wasm).await?;
         let _catalog = shard.catalog_lock.lock().await;
         let d = Deployed {
             dead_letter,
@@ -263,19 +234,133 @@ impl LocalWorker {
         shard.log.append(entries).await?.durable().await?;
         drop(steps);
         lock(&shard.transforms).remove(name);
-        // The component goes too, unless another deployment runs it.
-        if !deployed(&shard).iter().any(|o| o.digest == d.digest) {
-            let path = tf::wasm_path(tenant, &d.digest);
-            if let Err(e) = object_store::ObjectStoreExt::delete(&*self.store, &path).await {
-                tracing::warn!(%tenant, error = %e, "deleting an undeployed component");
-            }
-        }
+        self.drop_component(&shard, &d.digest).await;
         tracing::info!(%tenant, transform = %name, "transform deleted");
         Ok(())
     }
 }
 
-fn invalid(m: impl Into<String>) -> WorkerError {
+impl LocalWorker {
+    /// Checks an upload for `world` (size, a component, its imports),
+    /// compiling it off the async threads: its digest.
+    pub(super) async fn check_upload(
+        &self,
+        world: World,
+        wasm: &Bytes,
+    ) -> Result<floe_runtime::Digest> {
+        if wasm.len() > tf::MAX_WASM_BYTES {
+            return Err(WorkerError::InvalidPlugin(format!(
+                "the component is {} bytes; at most {}",
+                wasm.len(),
+                tf::MAX_WASM_BYTES
+            )));
+        }
+        let runtime = self.runtime()?;
+        let bytes = wasm.clone();
+        tokio::task::spawn_blocking(move || runtime.check(world, &bytes))
+            .await
+            .map_err(|e| WorkerError::Unavailable(e.to_string()))?
+            .map_err(|e| WorkerError::InvalidPlugin(e.to_string()))
+    }
+
+    /// Stores a component beside the tenant's shards, named by content.
+    pub(super) async fn store_component(
+        &self,
+        tenant: &TenantId,
+        digest: &str,
+        wasm: Bytes,
+    ) -> Result<()> {
+        object_store::ObjectStoreExt::put(&*self.store, &tf::wasm_path(tenant, digest), wasm.into())
+            .await
+            .map(drop)
+            .map_err(|e| WorkerError::Unavailable(format!("storing the component: {e}")))
+    }
+
+    /// Deletes a component no transform or connector runs any more.
+    pub(super) async fn drop_component(&self, shard: &Shard, digest: &str) {
+        let in_use = deployed(shard).iter().any(|d| d.digest == digest)
+            || super::connector::created(shard)
+                .iter()
+                .any(|c| c.digest == digest);
+        if in_use {
+            return;
+        }
+        let path = tf::wasm_path(&shard.tenant, digest);
+        if let Err(e) = object_store::ObjectStoreExt::delete(&*self.store, &path).await {
+            tracing::warn!(tenant = %shard.tenant, error = %e, "deleting an unused component");
+        }
+    }
+
+    /// Creates topic `name` with one partition unless it exists: a
+    /// dead-letter topic.
+    pub(super) async fn ensure_topic(
+        &self,
+        tenant: &TenantId,
+        shard: &Shard,
+        name: &str,
+    ) -> Result<()> {
+        if shard.topic(name).is_ok() {
+            return Ok(());
+        }
+        let topic = NewTopic {
+            name: name.to_string(),
+            partitions: 1,
+            configs: Default::default(),
+            validate_only: false,
+        };
+        match crate::Shards::create_topic(self, tenant, topic).await {
+            Ok(_) | Err(WorkerError::TopicExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A component's bytes, from the store.
+pub(super) async fn fetch_component(
+    store: &dyn ObjectStore,
+    tenant: &TenantId,
+    digest: &str,
+) -> std::result::Result<Bytes, String> {
+    let path = tf::wasm_path(tenant, digest);
+    let got = object_store::ObjectStoreExt::get(store, &path)
+        .await
+        .map_err(|e| format!("fetching the component: {e}"))?;
+    got.bytes()
+        .await
+        .map_err(|e| format!("fetching the component: {e}"))
+}
+
+/// Records as one append to `topic`'s partition `partition` (modulo its
+/// partitions); `None` for no records.
+pub(super) fn append_to(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    records: Vec<Out>,
+) -> std::result::Result<Option<Entry>, String> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let meta = shard
+        .topic(topic)
+        .map_err(|_| format!("output topic {topic} does not exist"))?;
+    let p = partition.rem_euclid(meta.streams.len().max(1) as i32);
+    let stream = meta
+        .stream(p)
+        .ok_or_else(|| format!("output topic {topic} has no partitions"))?;
+    let data = tf::encode_batch(records)?;
+    let h = batch::parse(&data).map_err(|e| e.to_string())?;
+    Ok(Some(Entry::Append {
+        stream,
+        base_offset: 0,
+        offsets: h.offset_count(),
+        max_timestamp: h.max_timestamp,
+        producer: None,
+        data: batch::set_leader_epoch(data, leader_epoch(&shard.log)),
+    }))
+}
+
+pub(super) fn invalid(m: impl Into<String>) -> WorkerError {
     WorkerError::InvalidConfig(m.into())
 }
 
@@ -546,7 +631,9 @@ impl Runner {
                             .iter()
                             .map(|r| tf::dead_letter(r, &reason))
                             .collect();
-                        entries.extend(self.append_to(shard, &d.dead_letter, p, dead)?);
+                        entries.extend(
+                            append_to(shard, &d.dead_letter, p, dead).map_err(Pause::Stuck)?,
+                        );
                         let last = LastError {
                             at_ms: now_ms(),
                             partition: p,
@@ -585,14 +672,9 @@ impl Runner {
         guest: &'a mut Option<Transform>,
     ) -> Result<&'a mut Transform, Pause> {
         if wasm.is_none() {
-            let path = tf::wasm_path(&self.tenant, &d.digest);
-            let got = object_store::ObjectStoreExt::get(&*self.store, &path)
+            let bytes = fetch_component(&*self.store, &self.tenant, &d.digest)
                 .await
-                .map_err(|e| Pause::Stuck(format!("fetching the component: {e}")))?;
-            let bytes = got
-                .bytes()
-                .await
-                .map_err(|e| Pause::Stuck(format!("fetching the component: {e}")))?;
+                .map_err(Pause::Stuck)?;
             *wasm = Some(bytes);
         }
         if guest.is_none() {
@@ -627,37 +709,8 @@ impl Runner {
         }
         let mut entries = Vec::new();
         for (topic, records) in d.spec.outputs.iter().zip(by_output) {
-            entries.extend(self.append_to(shard, topic, partition, records)?);
+            entries.extend(append_to(shard, topic, partition, records).map_err(Pause::Stuck)?);
         }
         Ok(entries)
-    }
-
-    fn append_to(
-        &self,
-        shard: &Shard,
-        topic: &str,
-        partition: i32,
-        records: Vec<Out>,
-    ) -> Result<Option<Entry>, Pause> {
-        if records.is_empty() {
-            return Ok(None);
-        }
-        let meta = shard
-            .topic(topic)
-            .map_err(|_| Pause::Stuck(format!("output topic {topic} does not exist")))?;
-        let p = partition.rem_euclid(meta.streams.len().max(1) as i32);
-        let stream = meta
-            .stream(p)
-            .ok_or_else(|| Pause::Stuck(format!("output topic {topic} has no partitions")))?;
-        let data = tf::encode_batch(records).map_err(Pause::Stuck)?;
-        let h = batch::parse(&data).map_err(|e| Pause::Stuck(e.to_string()))?;
-        Ok(Some(Entry::Append {
-            stream,
-            base_offset: 0,
-            offsets: h.offset_count(),
-            max_timestamp: h.max_timestamp,
-            producer: None,
-            data: batch::set_leader_epoch(data, leader_epoch(&shard.log)),
-        }))
     }
 }
