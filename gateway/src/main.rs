@@ -200,6 +200,10 @@ struct LogArgs {
     /// Wall-clock budget per Wasm call, checked every 10 ms.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     wasm_deadline_ms: u64,
+    /// A connector's wall-clock budget per call: longer, as it includes
+    /// its HTTP requests' waits (fuel still bounds its CPU).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
+    wasm_connector_deadline_ms: u64,
     /// Each tenant's CPU share for its transforms, in milliseconds of guest
     /// time per second (1000 = one core): a tenant beyond it waits between
     /// batches.
@@ -569,6 +573,7 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
             memory_bytes: (a.wasm_memory_mib << 20) as usize,
             fuel_per_call: a.wasm_fuel,
             deadline: Duration::from_millis(a.wasm_deadline_ms),
+            connector_deadline: Duration::from_millis(a.wasm_connector_deadline_ms),
             ..floe_runtime::Limits::default()
         },
         wasm_cpu_ms_per_sec: a.wasm_cpu_ms_per_sec,

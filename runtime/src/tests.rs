@@ -457,3 +457,39 @@ fn a_guests_randomness_is_seeded_per_tenant_and_plugin() {
     // Two streams, not one.
     assert_ne!(first.0, first.1);
 }
+
+#[tokio::test]
+async fn connectors_run_under_the_same_limits() {
+    let limits = Limits {
+        connector_deadline: Duration::from_millis(200),
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let rt = runtime(limits);
+    let start = |wasm: Vec<u8>| {
+        let rt = rt.clone();
+        async move {
+            let digest = crate::Digest::of(&wasm);
+            rt.connector_of(&digest, &wasm, &[], labels("c"), AllowList::default())
+                .await
+                .expect("starts")
+        }
+    };
+    let mut spin = start(floe_fixtures::connector_spin()).await;
+    let (f, _) = spin.deliver(&batch(2)).await.expect_err("stopped");
+    assert!(
+        matches!(f.kind, FailureKind::Deadline | FailureKind::Fuel),
+        "{f:?}"
+    );
+    assert!(spin.poisoned());
+    let mut bomb = start(floe_fixtures::connector_bomb()).await;
+    let (f, _) = bomb.deliver(&batch(2)).await.expect_err("stopped");
+    assert_eq!(f.kind, FailureKind::Memory, "{f:?}");
+    // A transform is not a connector.
+    assert!(rt
+        .check(World::Connector, &floe_fixtures::identity())
+        .is_err());
+    assert!(rt
+        .check(World::Connector, &floe_fixtures::connector_spin())
+        .is_ok());
+}

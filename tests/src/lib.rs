@@ -10,6 +10,8 @@ pub mod proxy;
 pub mod raw;
 pub mod records;
 pub mod s3;
+pub mod tenant;
+pub mod webhook;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -304,6 +306,21 @@ pub fn basic_auth(key: &str, secret: &str) -> String {
     use base64::Engine;
     let b = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
     format!("Authorization: Basic {b}")
+}
+
+/// A guest example (`guests/`), built for wasm32-wasip2 by
+/// `scripts/build-guests` into the folder `FLOE_GUESTS` names. When that
+/// target could not be installed, `scripts/test` sets `FLOE_GUESTS=wat`:
+/// then `None`, and the caller says what it did not run.
+pub fn guest(name: &str) -> Option<Vec<u8>> {
+    let dir = std::env::var("FLOE_GUESTS")
+        .expect("FLOE_GUESTS: run scripts/build-guests and point it at the folder it prints");
+    if dir == "wat" {
+        eprintln!("FLOE_GUESTS=wat: wasm32-wasip2 unavailable, {name} not built");
+        return None;
+    }
+    let path = std::path::Path::new(&dir).join(format!("{name}.wasm"));
+    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 /// A fresh temporary directory under `FLOE_TEST_TMP` (one per run of

@@ -10,54 +10,21 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use floe_e2e::{basic_auth, temp_dir, Floe};
-use rdkafka::config::ClientConfig;
+use floe_e2e::tenant::{consume, produce_records, produce_with, Produced, Tenant};
+use floe_e2e::{guest, temp_dir, Floe};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const TOKEN: &str = "transform-admin-token";
 
-struct Tenant {
-    name: String,
-    key: String,
-    secret: String,
+/// The transform calls of the data API.
+trait Transforms {
+    fn deploy(&self, f: &Floe, name: &str, query: &str, wasm: &[u8]) -> (u16, serde_json::Value);
+    fn status(&self, f: &Floe, name: &str) -> serde_json::Value;
+    fn caught_up(&self, f: &Floe, name: &str, records: u64) -> serde_json::Value;
 }
 
-impl Tenant {
-    fn new(f: &Floe, name: &str) -> Self {
-        Self::new_on(f, name, "standard")
-    }
-
-    fn new_on(f: &Floe, name: &str, plan: &str) -> Self {
-        let (key, secret) = f.tenant_on_plan(TOKEN, name, plan);
-        Tenant {
-            name: name.into(),
-            key,
-            secret,
-        }
-    }
-
-    fn basic(&self) -> String {
-        basic_auth(&self.key, &self.secret)
-    }
-
-    fn kafka(&self, f: &Floe) -> ClientConfig {
-        floe_e2e::kafka::tenant_client(&f.bootstrap(), &self.key, &self.secret)
-    }
-
-    /// An HTTP call as this tenant: status and JSON body.
-    fn call(&self, f: &Floe, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        f.call_json(&self.basic(), method, path, body)
-    }
-
-    fn create_topic(&self, f: &Floe, topic: &str, partitions: usize) {
-        let path = format!("/v3/clusters/floe-{}/topics", self.name);
-        let body = format!(r#"{{"topic_name": "{topic}", "partitions_count": {partitions}}}"#);
-        let (status, v) = self.call(f, "POST", &path, body.as_bytes());
-        assert_eq!(status, 201, "{v}");
-    }
-
+impl Transforms for Tenant {
     fn deploy(&self, f: &Floe, name: &str, query: &str, wasm: &[u8]) -> (u16, serde_json::Value) {
         self.call(f, "PUT", &format!("/v1/transforms/{name}?{query}"), wasm)
     }
@@ -92,82 +59,10 @@ async fn produce(t: &Tenant, f: &Floe, topic: &str, values: impl Iterator<Item =
     produce_with(t.kafka(f), &f.bootstrap(), topic, values.collect()).await
 }
 
-async fn produce_with(config: ClientConfig, bootstrap: &str, topic: &str, values: Vec<String>) {
-    let records = values.into_iter().map(|v| (v, Vec::new())).collect();
-    produce_records(config, bootstrap, topic, records).await
-}
-
-/// A record to produce: its value (also its key), and its headers.
-type Produced = (String, Vec<(&'static str, String)>);
-
-async fn produce_records(
-    mut config: ClientConfig,
-    bootstrap: &str,
-    topic: &str,
-    records: Vec<Produced>,
-) {
-    let p: FutureProducer = config
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .expect("producer");
-    let mut pending = Vec::new();
-    // Paced, so the records keep arriving for as long as there are any.
-    let mut pace = tokio::time::interval(Duration::from_millis(1));
-    for (v, headers) in records {
-        pace.tick().await;
-        let (p, topic) = (p.clone(), topic.to_string());
-        pending.push(tokio::spawn(async move {
-            let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value),
-                })
-            });
-            p.send(
-                FutureRecord::to(&topic)
-                    .key(&v)
-                    .payload(&v)
-                    .headers(headers),
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce {v}: {e}"));
-        }));
-    }
-    for h in pending {
-        h.await.expect("delivery task");
-    }
-}
-
-/// A record read back: its value, and its headers.
-type Consumed = (Vec<u8>, Vec<(String, Vec<u8>)>);
-
-/// Every record of `topic` (all `partitions`), as (value, headers).
-fn consume(t: &Tenant, f: &Floe, topic: &str, partitions: i32, want: usize) -> Vec<Consumed> {
-    floe_e2e::kafka::read_from_start(&t.kafka(f), topic, partitions, want)
-        .iter()
-        .map(|m| {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (m.payload().unwrap_or_default().to_vec(), headers)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transforms_are_exactly_once_across_kill9() {
     let mut f = start("transform-eo", &[]);
-    let t = Tenant::new(&f, "acme");
+    let t = Tenant::new(&f, TOKEN, "acme");
     t.create_topic(&f, "in", 2);
     t.create_topic(&f, "out", 2);
     t.create_topic(&f, "counted", 1);
@@ -263,8 +158,8 @@ async fn hostile_guests_are_stopped_by_their_limits_and_others_carry_on() {
         "transform-hostile",
         &["--wasm-deadline-ms", "300", "--wasm-memory-mib", "16"],
     );
-    let evil = Tenant::new(&f, "evil");
-    let good = Tenant::new(&f, "good");
+    let evil = Tenant::new(&f, TOKEN, "evil");
+    let good = Tenant::new(&f, TOKEN, "good");
     good.create_topic(&f, "in", 1);
     good.create_topic(&f, "out", 1);
     let (status, v) = good.deploy(
@@ -345,23 +240,6 @@ async fn hostile_guests_are_stopped_by_their_limits_and_others_carry_on() {
     good.caught_up(&f, "copy", 2 * n as u64);
 }
 
-/// The SDK's examples (`guests/`), built for wasm32-wasip2 by
-/// `scripts/build-guests` into the folder `FLOE_GUESTS` names. When that
-/// target could not be installed, `scripts/test` sets `FLOE_GUESTS=wat` and
-/// only the WAT identity fixture runs here (and says so).
-fn guest(name: &str) -> Option<Vec<u8>> {
-    let dir = std::env::var("FLOE_GUESTS")
-        .expect("FLOE_GUESTS: run scripts/build-guests and point it at the folder it prints");
-    if dir == "wat" {
-        eprintln!(
-            "FLOE_GUESTS=wat: wasm32-wasip2 unavailable, {name} not built; WAT fixtures only"
-        );
-        return None;
-    }
-    let path = std::path::Path::new(&dir).join(format!("{name}.wasm"));
-    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-}
-
 fn header_of<'a>(headers: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
     headers
         .iter()
@@ -372,7 +250,7 @@ fn header_of<'a>(headers: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_sdk_guests_built_for_wasip2_transform_real_records() {
     let f = start("transform-guests", &[]);
-    let t = Tenant::new(&f, "acme");
+    let t = Tenant::new(&f, TOKEN, "acme");
     for topic in ["in", "copy", "red", "masked", "a", "b"] {
         t.create_topic(&f, topic, 1);
     }
@@ -536,8 +414,8 @@ async fn plan_quota_policies_throttle_and_refuse_and_fail_open() {
 
     // "metered" is on the free plan, so decided by the policy; "bystander"
     // is on standard, which has none.
-    let metered = Tenant::new_on(&f, "metered", "free");
-    let bystander = Tenant::new(&f, "bystander");
+    let metered = Tenant::new_on(&f, TOKEN, "metered", "free");
+    let bystander = Tenant::new(&f, TOKEN, "bystander");
     metered.create_topic(&f, "in", 1);
     bystander.create_topic(&f, "in", 1);
     let producer = |t: &Tenant| -> FutureProducer {

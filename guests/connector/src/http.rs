@@ -49,8 +49,15 @@ impl Request {
     /// Sends the request and reads the whole response.
     pub fn send(self) -> Result<Response, String> {
         let url = Url::parse(&self.url)?;
-        let headers = Fields::from_list(&self.headers)
-            .map_err(|e| format!("request headers: {e:?}"))?;
+        let mut headers = self.headers;
+        // Sized bodies, so receivers need not decode chunks.
+        if !self.body.is_empty() && !headers.iter().any(|(n, _)| n == "content-length") {
+            headers.push((
+                "content-length".into(),
+                self.body.len().to_string().into_bytes(),
+            ));
+        }
+        let headers = Fields::from_list(&headers).map_err(|e| format!("request headers: {e:?}"))?;
         let req = OutgoingRequest::new(headers);
         let set = |ok: Result<(), ()>, what: &str| ok.map_err(|()| format!("bad {what}"));
         set(req.set_method(&self.method), "method")?;
@@ -60,7 +67,9 @@ impl Request {
         let body = req.body().map_err(|()| "request body taken".to_string())?;
         let pending = outgoing_handler::handle(req, None).map_err(|e| error(&self.url, &e))?;
         {
-            let out = body.write().map_err(|()| "request body stream".to_string())?;
+            let out = body
+                .write()
+                .map_err(|()| "request body stream".to_string())?;
             for chunk in self.body.chunks(WRITE_CHUNK) {
                 out.blocking_write_and_flush(chunk)
                     .map_err(|e| format!("writing the request body: {e:?}"))?;
@@ -75,7 +84,9 @@ impl Request {
         };
         let status = res.status();
         let headers = res.headers().entries();
-        let incoming = res.consume().map_err(|()| "response body taken".to_string())?;
+        let incoming = res
+            .consume()
+            .map_err(|()| "response body taken".to_string())?;
         let body = read_all(&incoming)?;
         drop(incoming);
         Ok(Response {
@@ -132,7 +143,10 @@ impl Response {
         if (200..300).contains(&self.status) {
             return Ok(self);
         }
-        let text: String = String::from_utf8_lossy(&self.body).chars().take(200).collect();
+        let text: String = String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(200)
+            .collect();
         Err(format!("HTTP {}: {text}", self.status))
     }
 }

@@ -19,7 +19,9 @@ impl Sink for Webhook {
     fn init(config: &Config) -> Result<Self, String> {
         let url = config.require("url")?.to_string();
         let attempts = match config.get("attempts") {
-            Some(n) => n.parse().map_err(|_| format!("attempts={n}: not a number"))?,
+            Some(n) => n
+                .parse()
+                .map_err(|_| format!("attempts={n}: not a number"))?,
             None => 3,
         };
         Ok(Webhook {

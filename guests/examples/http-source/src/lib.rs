@@ -44,7 +44,8 @@ impl Source for Poller {
         }
         let etag = res.header("etag").map(str::to_string);
         let res = res.ok()?;
-        let body: Value = serde_json::from_slice(&res.body).map_err(|e| format!("not JSON: {e}"))?;
+        let body: Value =
+            serde_json::from_slice(&res.body).map_err(|e| format!("not JSON: {e}"))?;
         let items = match body {
             Value::Array(items) => items,
             Value::Object(mut o) => match o.remove("items") {
