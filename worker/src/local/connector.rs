@@ -16,7 +16,9 @@ use floe_tenants::usage::Counts;
 use object_store::ObjectStore;
 use tokio::sync::watch;
 
-use super::transform::{append_to, fetch_component, invalid, lock, lock_cpu, set, Running};
+use super::transform::{
+    append_to, dead_letters, fetch_component, invalid, lock, lock_cpu, read_committed, set, Running,
+};
 use super::{usage, LocalWorker, Shard};
 use crate::catalog;
 use crate::connectors::{
@@ -26,8 +28,6 @@ use crate::records;
 use crate::transforms::{self as tf, LastError, Out};
 use crate::{Result, WorkerError};
 
-/// Input bytes a sink's batch reads at most.
-const BATCH_BYTES: usize = 1 << 20;
 /// Records a source is asked for per poll.
 const POLL_RECORDS: u32 = 500;
 /// A failed call is tried again after this long, doubled per failure up
@@ -516,6 +516,10 @@ impl Runner {
         why: String,
     ) -> Pause {
         self.failures += 1;
+        let _one_step = shard.connectors.steps.lock().await;
+        if self.current(shard).is_none() {
+            return Pause::Gone;
+        }
         let last = LastError {
             at_ms: now_ms(),
             partition,
@@ -543,10 +547,6 @@ impl Runner {
         c: &Created,
         g: &mut Connector,
     ) -> std::result::Result<Duration, Pause> {
-        let _one_step = shard.connectors.steps.lock().await;
-        if self.current(shard).is_none() {
-            return Err(Pause::Gone);
-        }
         let topic = &c.spec.topics[0];
         let input = shard
             .topic(topic)
@@ -557,22 +557,17 @@ impl Runner {
             let stream = StreamId(input.streams[p]);
             let p = p as i32;
             let (log_start, _) = shard.log.offsets(stream).map_err(|_| Pause::Gone)?;
+            let key = cn::delivered_key(&self.name, p);
+            let stored = shard.log.get(&key);
             let mut at = delivered(shard, &self.name, p, log_start);
             // Retention got there first: what was deleted is skipped.
             at.offset = at.offset.max(log_start);
-            let read = match shard
-                .log
-                .read_isolated(stream, at.offset, BATCH_BYTES, true, true)
+            let Some(decoded) = read_committed(shard, stream, at.offset, topic)
                 .await
-            {
-                Ok(r) => r,
-                Err(floe_storage::Error::OffsetOutOfRange { .. }) => continue,
-                Err(e) => return Err(Pause::Stuck(format!("reading {topic}: {e}"))),
-            };
-            if read.batches.is_empty() {
+                .map_err(Pause::Stuck)?
+            else {
                 continue;
-            }
-            let decoded = records::decode(&read, at.offset).map_err(Pause::Stuck)?;
+            };
             let mut entries = Vec::new();
             let mut counts = Counts::default();
             let mut over = Duration::ZERO;
@@ -594,7 +589,6 @@ impl Runner {
                     }
                     Some(f) if self.failures < c.spec.max_retries => {
                         let first = first.offset;
-                        drop(_one_step);
                         return Err(self
                             .failed(shard, p, first, f.kind.as_str(), f.message)
                             .await);
@@ -604,35 +598,30 @@ impl Runner {
                         // letters, in the same append as the new offset.
                         self.failures = 0;
                         at.dead_lettered += batch.len() as u64;
-                        let reason = format!("{}: {}", f.kind.as_str(), f.message);
-                        tracing::debug!(tenant = %self.tenant, connector = %self.name, partition = p, "batch dead-lettered: {reason}");
-                        let dead: Vec<Out> = decoded
-                            .records
-                            .iter()
-                            .map(|r| tf::dead_letter(r, &reason))
-                            .collect();
+                        tracing::debug!(tenant = %self.tenant, connector = %self.name, partition = p, "batch dead-lettered: {}", f.message);
                         let dlq = c.dead_letter.as_deref().unwrap_or_default();
-                        entries.extend(append_to(shard, dlq, p, dead).map_err(Pause::Stuck)?);
-                        let last = LastError {
-                            at_ms: now_ms(),
-                            partition: p,
-                            offset: first.offset,
-                            kind: f.kind.as_str().into(),
-                            message: f.message,
-                        };
-                        entries.push(Entry::Put {
-                            key: cn::error_key(&self.name),
-                            value: Some(tf::encode(&last)),
-                        });
+                        let key = cn::error_key(&self.name);
+                        let dead = dead_letters(shard, dlq, p, &decoded.records, f, key);
+                        entries.extend(dead.map_err(Pause::Stuck)?);
                     }
                 }
             }
             at.offset = decoded.next;
             entries.push(Entry::Put {
-                key: cn::delivered_key(&self.name, p),
+                key: key.clone(),
                 value: Some(tf::encode(&at)),
             });
             entries.push(usage::meter(&counts, shard.usage_window_ms));
+            // Delivery waited on the network without the lock (so it holds
+            // up no create, pause or delete): append only if this is still
+            // the connector and its offset is as read.
+            let _one_step = shard.connectors.steps.lock().await;
+            if self.current(shard).is_none() {
+                return Err(Pause::Gone);
+            }
+            if shard.log.get(&key) != stored {
+                return Ok(Duration::ZERO);
+            }
             let appended = shard.log.append(entries).await.map_err(|_| Pause::Gone)?;
             appended.durable().await.map_err(|_| Pause::Gone)?;
             if !counts.is_zero() {
@@ -727,9 +716,10 @@ impl Runner {
             .max(1);
         let mut by_partition: Vec<Vec<Out>> = (0..n).map(|_| Vec::new()).collect();
         for r in records {
-            let p = r.key.as_deref().map_or(0, |k| {
-                crate::records::partition_for_key(k, n as i32) as usize
-            });
+            let p = r
+                .key
+                .as_deref()
+                .map_or(0, |k| records::partition_for_key(k, n as i32) as usize);
             by_partition[p].push(r);
         }
         let mut entries = Vec::new();

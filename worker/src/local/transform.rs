@@ -23,7 +23,7 @@ use crate::transforms::{self as tf, Deployed, LastError, Out, Progress, Transfor
 use crate::{NewTopic, Result, WorkerError};
 
 /// Input bytes a batch reads at most: the guest gets them in one call.
-const BATCH_BYTES: usize = 1 << 20;
+pub(super) const BATCH_BYTES: usize = 1 << 20;
 /// A runner with nothing to do looks again at least this often (a topic
 /// created or partitions added does not wake it).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
@@ -330,6 +330,62 @@ pub(super) async fn fetch_component(
         .map_err(|e| format!("fetching the component: {e}"))
 }
 
+/// Up to [`BATCH_BYTES`] of a partition's committed records from
+/// `offset`; `None` when there is nothing there (yet, or any more).
+pub(super) async fn read_committed(
+    shard: &Shard,
+    stream: StreamId,
+    offset: i64,
+    topic: &str,
+) -> std::result::Result<Option<records::Decoded>, String> {
+    let read = match shard
+        .log
+        .read_isolated(stream, offset, BATCH_BYTES, true, true)
+        .await
+    {
+        Ok(r) => r,
+        Err(floe_storage::Error::OffsetOutOfRange { .. }) => return Ok(None),
+        Err(e) => return Err(format!("reading {topic}: {e}")),
+    };
+    if read.batches.is_empty() {
+        return Ok(None);
+    }
+    records::decode(&read, offset).map(Some)
+}
+
+/// A failed batch's entries: its records, with the reason in a header, as
+/// one append to the dead-letter `topic`, and the failure as the last error
+/// (at `error_key`).
+pub(super) fn dead_letters(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    records: &[kafka_protocol::records::Record],
+    f: floe_runtime::Failure,
+    error_key: Bytes,
+) -> std::result::Result<Vec<Entry>, String> {
+    let reason = format!("{}: {}", f.kind.as_str(), f.message);
+    let dead = records
+        .iter()
+        .map(|r| tf::dead_letter(r, &reason))
+        .collect();
+    let mut entries: Vec<Entry> = append_to(shard, topic, partition, dead)?
+        .into_iter()
+        .collect();
+    let last = LastError {
+        at_ms: now_ms(),
+        partition,
+        offset: records.first().map_or(-1, |r| r.offset),
+        kind: f.kind.as_str().into(),
+        message: f.message,
+    };
+    entries.push(Entry::Put {
+        key: error_key,
+        value: Some(tf::encode(&last)),
+    });
+    Ok(entries)
+}
+
 /// Records as one append to `topic`'s partition `partition` (modulo its
 /// partitions); `None` for no records.
 pub(super) fn append_to(
@@ -577,19 +633,12 @@ impl Runner {
                 // Retention got there first: what was deleted is skipped.
                 at.offset = log_start;
             }
-            let read = match shard
-                .log
-                .read_isolated(stream, at.offset, BATCH_BYTES, true, true)
+            let Some(decoded) = read_committed(shard, stream, at.offset, &d.spec.input)
                 .await
-            {
-                Ok(r) => r,
-                Err(floe_storage::Error::OffsetOutOfRange { .. }) => continue,
-                Err(e) => return Err(Pause::Stuck(format!("reading {}: {e}", d.spec.input))),
-            };
-            if read.batches.is_empty() {
+                .map_err(Pause::Stuck)?
+            else {
                 continue;
-            }
-            let decoded = records::decode(&read, at.offset).map_err(Pause::Stuck)?;
+            };
             let mut over = Duration::ZERO;
             let mut entries = Vec::new();
             let mut counts = Counts::default();
@@ -624,27 +673,10 @@ impl Runner {
                         at.errors += batch.len() as u64;
                         at.fuel += f.fuel;
                         counts.wasm_fuel = f.fuel;
-                        let reason = format!("{}: {}", f.kind.as_str(), f.message);
-                        tracing::debug!(tenant = %self.tenant, transform = %self.name, partition = p, "batch dead-lettered: {reason}");
-                        let dead = decoded
-                            .records
-                            .iter()
-                            .map(|r| tf::dead_letter(r, &reason))
-                            .collect();
-                        entries.extend(
-                            append_to(shard, &d.dead_letter, p, dead).map_err(Pause::Stuck)?,
-                        );
-                        let last = LastError {
-                            at_ms: now_ms(),
-                            partition: p,
-                            offset: decoded.records[0].offset,
-                            kind: f.kind.as_str().into(),
-                            message: f.message,
-                        };
-                        entries.push(Entry::Put {
-                            key: tf::error_key(&self.name),
-                            value: Some(tf::encode(&last)),
-                        });
+                        tracing::debug!(tenant = %self.tenant, transform = %self.name, partition = p, "batch dead-lettered: {}", f.message);
+                        let key = tf::error_key(&self.name);
+                        let dead = dead_letters(shard, &d.dead_letter, p, &decoded.records, f, key);
+                        entries.extend(dead.map_err(Pause::Stuck)?);
                     }
                 }
             }
