@@ -16,9 +16,7 @@ use floe_tenants::usage::Counts;
 use object_store::ObjectStore;
 use tokio::sync::watch;
 
-use super::transform::{
-    append_to, dead_letters, fetch_component, invalid, lock, lock_cpu, read_committed, set, Running,
-};
+use super::transform::{append_to, dead_letters, fetch_component, invalid, read_committed, set};
 use super::{usage, LocalWorker, Shard};
 use crate::catalog;
 use crate::connectors::{
@@ -78,16 +76,7 @@ impl LocalWorker {
                 return;
             }
         };
-        let status = Arc::new(Mutex::new("starting".to_string()));
-        let (stop, stopped) = watch::channel(false);
-        lock(&shard.connectors).insert(
-            c.spec.name.clone(),
-            Running {
-                generation: c.generation,
-                status: status.clone(),
-                stop,
-            },
-        );
+        let (status, stopped) = shard.connectors.start(&c.spec.name, c.generation);
         let runner = Runner {
             shard: Arc::downgrade(shard),
             tenant: shard.tenant.clone(),
@@ -237,7 +226,7 @@ impl LocalWorker {
                 .durable()
                 .await?;
             drop(steps);
-            lock(&shard.connectors).remove(name);
+            shard.connectors.stop(name);
             if !paused {
                 self.start_connector(&shard, &c);
             }
@@ -258,7 +247,7 @@ impl LocalWorker {
         let steps = shard.connectors.steps.lock().await;
         shard.log.append(entries).await?.durable().await?;
         drop(steps);
-        lock(&shard.connectors).remove(name);
+        shard.connectors.stop(name);
         self.drop_component(&shard, &c.digest).await;
         tracing::info!(%tenant, connector = %name, "connector deleted");
         Ok(())
@@ -322,10 +311,7 @@ fn totals(shard: &Shard, c: &Created) -> Result<(i64, Delivered)> {
 }
 
 fn runner_state(shard: &Shard, c: &Created) -> Option<String> {
-    lock(&shard.connectors)
-        .get(&c.spec.name)
-        .filter(|r| r.generation == c.generation)
-        .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    shard.connectors.state(&c.spec.name, c.generation)
 }
 
 fn status(shard: &Shard, c: &Created) -> Result<ConnectorStatus> {
@@ -497,14 +483,6 @@ impl Runner {
         stepped
     }
 
-    /// Charges a call's guest time (its wall time less its network wait)
-    /// to the tenant's CPU share: how long the tenant is now beyond it.
-    fn charge(&self, shard: &Shard, began: tokio::time::Instant, io_wait: Duration) -> Duration {
-        let now = tokio::time::Instant::now();
-        let spent = now.duration_since(began).saturating_sub(io_wait);
-        lock_cpu(&shard.transforms).charge(spent.as_micros() as u64, Some(self.cpu_us_per_sec), now)
-    }
-
     /// A failure: recorded as the last error, and a wait before the next
     /// try.
     async fn failed(
@@ -579,7 +557,9 @@ impl Runner {
                     Ok(spent) => (None, spent),
                     Err((f, spent)) => (Some(f), spent),
                 };
-                over = self.charge(shard, began, spent.io_wait);
+                over = shard
+                    .transforms
+                    .charge(began, spent.io_wait, self.cpu_us_per_sec);
                 at.fuel += spent.fuel;
                 counts.wasm_fuel = spent.fuel;
                 match failure {
@@ -649,7 +629,9 @@ impl Runner {
             Ok((p, spent)) => (Ok(p), spent),
             Err((f, spent)) => (Err(f), spent),
         };
-        let over = self.charge(shard, began, spent.io_wait);
+        let over = shard
+            .transforms
+            .charge(began, spent.io_wait, self.cpu_us_per_sec);
         let got = match result {
             Ok(got) => got,
             Err(f) => return Err(self.failed(shard, -1, -1, f.kind.as_str(), f.message).await),

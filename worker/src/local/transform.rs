@@ -31,10 +31,10 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(5);
 
 /// A runner's handle on the shard: its generation and what it says.
-pub(super) struct Running {
-    pub(super) generation: u64,
-    pub(super) status: Arc<Mutex<String>>,
-    pub(super) stop: watch::Sender<bool>,
+struct Running {
+    generation: u64,
+    status: Arc<Mutex<String>>,
+    stop: watch::Sender<bool>,
 }
 
 impl Drop for Running {
@@ -58,12 +58,59 @@ pub(super) struct Runners {
     cpu: Mutex<crate::quota::Rate>,
 }
 
-pub(super) fn lock(r: &Runners) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+fn lock(r: &Runners) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
     r.running.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(super) fn lock_cpu(r: &Runners) -> std::sync::MutexGuard<'_, crate::quota::Rate> {
-    r.cpu.lock().unwrap_or_else(|p| p.into_inner())
+impl Runners {
+    /// Registers the runner of `name`'s `generation` (stopping any other):
+    /// the status it sets, and the signal that stops it.
+    pub(super) fn start(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> (Arc<Mutex<String>>, watch::Receiver<bool>) {
+        let status = Arc::new(Mutex::new("starting".to_string()));
+        let (stop, stopped) = watch::channel(false);
+        let running = Running {
+            generation,
+            status: status.clone(),
+            stop,
+        };
+        lock(self).insert(name.to_string(), running);
+        (status, stopped)
+    }
+
+    /// Stops `name`'s runner, if it runs here.
+    pub(super) fn stop(&self, name: &str) {
+        lock(self).remove(name);
+    }
+
+    /// What the runner of `name`'s `generation` says, if it runs here.
+    pub(super) fn state(&self, name: &str, generation: u64) -> Option<String> {
+        lock(self)
+            .get(name)
+            .filter(|r| r.generation == generation)
+            .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Charges a call that began at `began` to the tenant's CPU share: its
+    /// wall time less `io_wait` (time waiting on the network, not the
+    /// guest). How long the tenant is now beyond its share.
+    pub(super) fn charge(
+        &self,
+        began: tokio::time::Instant,
+        io_wait: Duration,
+        cpu_us_per_sec: u64,
+    ) -> Duration {
+        let now = tokio::time::Instant::now();
+        let spent = now.duration_since(began).saturating_sub(io_wait);
+        self.cpu.lock().unwrap_or_else(|p| p.into_inner()).charge(
+            spent.as_micros() as u64,
+            Some(cpu_us_per_sec),
+            now,
+        )
+    }
 }
 
 pub(super) fn set(status: &Mutex<String>, s: impl Into<String>) {
@@ -106,14 +153,7 @@ impl LocalWorker {
                 return;
             }
         };
-        let status = Arc::new(Mutex::new("starting".to_string()));
-        let (stop, stopped) = watch::channel(false);
-        let running = Running {
-            generation: d.generation,
-            status: status.clone(),
-            stop,
-        };
-        lock(&shard.transforms).insert(d.spec.name.clone(), running);
+        let (status, stopped) = shard.transforms.start(&d.spec.name, d.generation);
         let runner = Runner {
             shard: Arc::downgrade(shard),
             tenant: shard.tenant.clone(),
@@ -233,7 +273,7 @@ impl LocalWorker {
         let steps = shard.transforms.steps.lock().await;
         shard.log.append(entries).await?.durable().await?;
         drop(steps);
-        lock(&shard.transforms).remove(name);
+        shard.transforms.stop(name);
         self.drop_component(&shard, &d.digest).await;
         tracing::info!(%tenant, transform = %name, "transform deleted");
         Ok(())
@@ -449,10 +489,7 @@ fn progress(shard: &Shard, name: &str, partition: i32, log_start: i64) -> Progre
 
 /// What this deployment's runner says, if it runs here.
 fn runner_state(shard: &Shard, d: &Deployed) -> Option<String> {
-    lock(&shard.transforms)
-        .get(&d.spec.name)
-        .filter(|r| r.generation == d.generation)
-        .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    shard.transforms.state(&d.spec.name, d.generation)
 }
 
 /// Input records not processed yet, and the progress of every input
@@ -652,9 +689,9 @@ impl Runner {
                 at.records_in += batch.len() as u64;
                 let began = tokio::time::Instant::now();
                 let processed = g.process(&batch, d.spec.outputs.len(), state).await;
-                let now = tokio::time::Instant::now();
-                let spent = now.duration_since(began).as_micros() as u64;
-                over = lock_cpu(&shard.transforms).charge(spent, Some(self.cpu_us_per_sec), now);
+                over = shard
+                    .transforms
+                    .charge(began, Duration::ZERO, self.cpu_us_per_sec);
                 match processed {
                     Ok(done) => {
                         at.records_out += done.outputs.len() as u64;
