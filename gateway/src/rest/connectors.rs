@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
-use super::{error, not_allowed, query_pairs, worker_error, Caller};
+use super::{config_pair, error, from_start, not_allowed, query_pairs, worker_error, Caller};
 use crate::admin::Answer;
 
 pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&str]) -> Answer {
@@ -82,25 +82,14 @@ fn spec(name: &str, query: &str) -> Result<ConnectorSpec, String> {
             "topic" => spec
                 .topics
                 .extend(v.split(',').filter(|t| !t.is_empty()).map(str::to_string)),
-            "config" => {
-                let (ck, cv) = v
-                    .split_once('=')
-                    .ok_or_else(|| format!("config {v:?} is not k=v"))?;
-                spec.config.push((ck.to_string(), cv.to_string()));
-            }
+            "config" => spec.config.push(config_pair(&v)?),
             "dead_letter" => spec.dead_letter = Some(v),
             "max_retries" => {
                 spec.max_retries = u32::try_from(number(&k, &v)?)
                     .map_err(|_| format!("max_retries={v}: too large"))?
             }
             "poll_ms" => spec.poll_ms = number(&k, &v)?,
-            "from" => {
-                spec.from_start = match v.as_str() {
-                    "start" => true,
-                    "end" => false,
-                    _ => return Err(format!("from must be start or end, not {v:?}")),
-                }
-            }
+            "from" => spec.from_start = from_start(&v)?,
             other => return Err(format!("unknown parameter {other}")),
         }
     }

@@ -456,6 +456,24 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A plugin's `config=k=v` query value as its pair.
+pub fn config_pair(v: &str) -> Result<(String, String), String> {
+    let (k, v) = v
+        .split_once('=')
+        .ok_or_else(|| format!("config {v:?} is not k=v"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// A plugin's `from=start|end` query value: whether it starts at its
+/// input's earliest offsets.
+pub fn from_start(v: &str) -> Result<bool, String> {
+    match v {
+        "start" => Ok(true),
+        "end" => Ok(false),
+        _ => Err(format!("from must be start or end, not {v:?}")),
+    }
+}
+
 /// A record as JSON: offset, timestamp, headers, and key and value as the
 /// caller asked: base64, or for `json` the JSON document they hold (bytes
 /// that are not JSON but UTF-8, such as a plain string key, as a string).

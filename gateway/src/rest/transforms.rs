@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
-use super::{error, not_allowed, query_pairs, worker_error, Caller};
+use super::{config_pair, error, from_start, not_allowed, query_pairs, worker_error, Caller};
 use crate::admin::Answer;
 
 pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&str]) -> Answer {
@@ -72,20 +72,9 @@ fn spec(name: &str, query: &str) -> Result<TransformSpec, String> {
             "output" => spec
                 .outputs
                 .extend(v.split(',').filter(|o| !o.is_empty()).map(str::to_string)),
-            "config" => {
-                let (ck, cv) = v
-                    .split_once('=')
-                    .ok_or_else(|| format!("config {v:?} is not k=v"))?;
-                spec.config.push((ck.to_string(), cv.to_string()));
-            }
+            "config" => spec.config.push(config_pair(&v)?),
             "dead_letter" => spec.dead_letter = Some(v),
-            "from" => {
-                spec.from_start = match v.as_str() {
-                    "start" => true,
-                    "end" => false,
-                    _ => return Err(format!("from must be start or end, not {v:?}")),
-                }
-            }
+            "from" => spec.from_start = from_start(&v)?,
             other => return Err(format!("unknown parameter {other}")),
         }
     }
