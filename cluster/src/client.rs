@@ -53,6 +53,8 @@ pub struct ClientStats {
     pub calls: AtomicU64,
     pub moved: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Answer bytes received from workers.
+    pub bytes_in: AtomicU64,
     /// Calls answered from what an idle shard published, without loading it.
     pub idle_answers: AtomicU64,
 }
@@ -401,6 +403,7 @@ async fn pump(
             },
             ev = events.recv() => {
                 let Some(Some(body)) = ev else { ended = true; break };
+                stats.bytes_in.fetch_add(body.len() as u64, Relaxed);
                 let Ok((id, kind, value)) = rpc::parse_answer(body) else {
                     ended = true;
                     break;
@@ -930,7 +933,8 @@ impl Shards for RemoteShards {
 /// The gateway's cluster series for `/metrics`.
 pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
     let live = view.live();
-    let series: [(&str, &str, &str, i64); 6] = [
+    let claimed: usize = live.iter().map(|b| b.claims.len()).sum();
+    let series: [(&str, &str, &str, i64); 8] = [
         (
             "floe_gateway_idle_answers_total",
             "counter",
@@ -938,7 +942,7 @@ pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
             stats.idle_answers.load(Relaxed) as i64,
         ),
         (
-            "floe_gateway_unplaced_requests",
+            crate::autoscale::UNPLACED,
             "gauge",
             "Calls queued for a shard no worker holds yet.",
             stats.unplaced.load(Relaxed),
@@ -956,10 +960,22 @@ pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
             stats.moved.load(Relaxed) as i64,
         ),
         (
-            "floe_gateway_rpc_bytes_total",
+            crate::autoscale::BYTES_SENT,
             "counter",
             "Request bytes sent to workers.",
             stats.bytes_out.load(Relaxed) as i64,
+        ),
+        (
+            crate::autoscale::BYTES_ANSWERED,
+            "counter",
+            "Answer bytes received from workers.",
+            stats.bytes_in.load(Relaxed) as i64,
+        ),
+        (
+            crate::autoscale::CLAIMED,
+            "gauge",
+            "Shards that live workers hold, in this gateway's view.",
+            claimed as i64,
         ),
         (
             "floe_cluster_live_workers",

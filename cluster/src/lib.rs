@@ -14,7 +14,10 @@
 //!   placement.
 //! - [`gateways`]: gateways' own beats, so Metadata advertises them all.
 //! - [`tls`]: the cluster CA and node certificates; mutual TLS.
+//! - [`autoscale`]: how many workers the load calls for (the policy both
+//!   `floe cluster local` and the chart's KEDA object follow).
 
+pub mod autoscale;
 pub mod client;
 pub mod gateways;
 mod idle;

@@ -2,6 +2,7 @@
 //! state in a local directory (or any store `--store` names).
 
 mod cli;
+mod local_cluster;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -271,13 +272,9 @@ struct FrontArgs {
     drain_timeout_s: u64,
 }
 
-/// Cluster membership and the QUIC RPC between gateways and workers.
+/// How often workers beat, and how long a beat stays live.
 #[derive(Args)]
-struct ClusterArgs {
-    /// Directory holding `ca.pem`, `node.pem` and `node.key` (written by
-    /// `floe cluster init`): mutual TLS between gateways and workers.
-    #[arg(long)]
-    cluster_certs: std::path::PathBuf,
+struct TimingArgs {
     /// A worker rewrites its beat (one PUT) this often; everyone LISTs the
     /// beats this often too.
     #[arg(long, default_value_t = 1000)]
@@ -286,6 +283,27 @@ struct ClusterArgs {
     /// shards' leases; failover takes about this plus --beat-ms.
     #[arg(long, default_value_t = 5000)]
     lease_ms: u64,
+}
+
+impl TimingArgs {
+    fn timing(&self) -> floe_cluster::Timing {
+        floe_cluster::Timing {
+            beat: Duration::from_millis(self.beat_ms.max(1)),
+            lease: Duration::from_millis(self.lease_ms.max(2 * self.beat_ms)),
+            refresh: Duration::from_millis(self.beat_ms.max(1)),
+        }
+    }
+}
+
+/// Cluster membership and the QUIC RPC between gateways and workers.
+#[derive(Args)]
+struct ClusterArgs {
+    /// Directory holding `ca.pem`, `node.pem` and `node.key` (written by
+    /// `floe cluster init`): mutual TLS between gateways and workers.
+    #[arg(long)]
+    cluster_certs: std::path::PathBuf,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Local UDP address a gateway dials workers from.
     #[arg(long, default_value = "127.0.0.1:0")]
     quic_bind: SocketAddr,
@@ -293,11 +311,7 @@ struct ClusterArgs {
 
 impl ClusterArgs {
     fn timing(&self) -> floe_cluster::Timing {
-        floe_cluster::Timing {
-            beat: Duration::from_millis(self.beat_ms.max(1)),
-            lease: Duration::from_millis(self.lease_ms.max(2 * self.beat_ms)),
-            refresh: Duration::from_millis(self.beat_ms.max(1)),
-        }
+        self.timing.timing()
     }
 }
 
@@ -334,6 +348,11 @@ struct WorkerArgs {
     /// idle consumers from what it published. 0 keeps shards loaded.
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// Also stop (drain, as on SIGTERM) when stdin reaches its end: how
+    /// `floe cluster local` stops its workers, and how they follow it if it
+    /// is killed.
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 #[derive(Subcommand)]
@@ -348,6 +367,12 @@ enum ClusterCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// A gateway, and an autoscaler starting and stopping worker processes
+    /// on this machine by the policy the chart's KEDA object encodes.
+    Local(local_cluster::LocalArgs),
+    /// Prints the autoscaling policy as the Helm chart's
+    /// `files/policy.yaml` (KEDA's settings and Prometheus queries).
+    Policy(local_cluster::PolicyArgs),
 }
 
 #[derive(Args)]
@@ -385,6 +410,15 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster {
             cmd: ClusterCmd::Status { store },
         } => rt.block_on(cluster_status(store)),
+        Command::Cluster {
+            cmd: ClusterCmd::Local(args),
+        } => rt.block_on(local_cluster::run(args)),
+        Command::Cluster {
+            cmd: ClusterCmd::Policy(args),
+        } => {
+            print!("{}", args.policy().render());
+            Ok(())
+        }
         Command::Tenant { target, cmd } => rt.block_on(cli::tenant(target, cmd)),
         Command::Key { target, cmd } => rt.block_on(cli::key(target, cmd)),
         Command::Quota { target, cmd } => rt.block_on(cli::quota(target, cmd)),
@@ -422,44 +456,81 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
 /// `floe gateway`: the listeners, forwarding every call to the worker that
 /// owns its tenant's shard.
 async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
-    let (counted, url) = open_store(&a.store)?;
-    // The registry's log is written by whichever gateway changes it (admin
-    // API; they take turns through its fence) and followed by all.
-    let log = LogConfig::default();
-    let registry = open_registry(&counted, &log, a.front.auth).await?;
-    registry.follow(a.cluster.timing().refresh);
-    let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
-    let endpoint = floe_cluster::endpoint(a.cluster.quic_bind, None, identity.client()?)?;
-    let view = floe_cluster::View::new(counted.clone(), a.cluster.timing());
-    view.refresh()
-        .await
-        .context("listing the cluster's workers")?;
-    view.spawn_refresh();
-    let remote = Arc::new(floe_cluster::RemoteShards::new(
-        endpoint,
-        view.clone(),
-        counted.clone(),
-    ));
-    let metrics = Arc::new(Metrics::new(
-        counted.stats.clone(),
-        log.stats.clone(),
-        Arc::default(),
-    ));
-    let (stats, shown) = (remote.stats(), view.clone());
-    let _ = metrics.extra.set(Box::new(move |out: &mut String| {
-        floe_cluster::client::render(&stats, &shown, out)
-    }));
-    let peers = Some((
-        counted.clone() as Arc<dyn object_store::ObjectStore>,
-        a.cluster.timing(),
-    ));
-    let front = Front::start(a.front, remote, registry.clone(), metrics, peers).await?;
-    tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe gateway ready");
+    let g = ClusterGateway::start(&a.store, a.front, &a.cluster, None).await?;
+    tracing::info!(kafka = %g.front.kafka, http = %g.front.http, store = %g.url, "floe gateway ready");
     shutdown_signal().await;
-    front.drain().await;
-    close_registry(&registry).await;
+    g.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A cluster gateway: `floe gateway`, and the front of `floe cluster local`.
+struct ClusterGateway {
+    front: Front,
+    registry: Arc<Registry>,
+    /// What it sends workers and waits for: the autoscaler's signals.
+    stats: Arc<floe_cluster::client::ClientStats>,
+    view: Arc<floe_cluster::View>,
+    url: String,
+}
+
+impl ClusterGateway {
+    /// `more` adds series to its `/metrics`.
+    async fn start(
+        store: &StoreArgs,
+        front: FrontArgs,
+        cluster: &ClusterArgs,
+        more: Option<floe_gateway::metrics::Render>,
+    ) -> anyhow::Result<Self> {
+        let (counted, url) = open_store(store)?;
+        // The registry's log is written by whichever gateway changes it (admin
+        // API; they take turns through its fence) and followed by all.
+        let log = LogConfig::default();
+        let registry = open_registry(&counted, &log, front.auth).await?;
+        registry.follow(cluster.timing().refresh);
+        let identity = floe_cluster::tls::Identity::load(&cluster.cluster_certs)?;
+        let endpoint = floe_cluster::endpoint(cluster.quic_bind, None, identity.client()?)?;
+        let view = floe_cluster::View::new(counted.clone(), cluster.timing());
+        view.refresh()
+            .await
+            .context("listing the cluster's workers")?;
+        view.spawn_refresh();
+        let remote = Arc::new(floe_cluster::RemoteShards::new(
+            endpoint,
+            view.clone(),
+            counted.clone(),
+        ));
+        let metrics = Arc::new(Metrics::new(
+            counted.stats.clone(),
+            log.stats.clone(),
+            Arc::default(),
+        ));
+        let (stats, shown) = (remote.stats(), view.clone());
+        let _ = metrics.extra.set(Box::new(move |out: &mut String| {
+            floe_cluster::client::render(&stats, &shown, out);
+            if let Some(more) = &more {
+                more(out);
+            }
+        }));
+        let peers = Some((
+            counted.clone() as Arc<dyn object_store::ObjectStore>,
+            cluster.timing(),
+        ));
+        let stats = remote.stats();
+        let front = Front::start(front, remote, registry.clone(), metrics, peers).await?;
+        Ok(Self {
+            front,
+            registry,
+            stats,
+            view,
+            url,
+        })
+    }
+
+    async fn stop(self) {
+        self.front.drain().await;
+        close_registry(&self.registry).await;
+    }
 }
 
 /// `floe worker`: owns shards the gateways send it, while it holds their
@@ -521,7 +592,14 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         stop_rx,
     ));
     tracing::info!(id = node.id(), rpc = %advertised, http = %http_addr, store = %url, "floe worker ready");
-    shutdown_signal().await;
+    if a.stop_on_stdin_eof {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stdin_closed() => tracing::info!("stdin closed"),
+        }
+    } else {
+        shutdown_signal().await;
+    }
     tracing::info!("draining: handing every shard over");
     node.drain().await;
     endpoint.close(0u32.into(), b"leaving");
@@ -775,6 +853,16 @@ async fn cluster_status(a: StoreArgs) -> anyhow::Result<()> {
     view.refresh().await?;
     print!("{}", floe_cluster::members::status(&view));
     Ok(())
+}
+
+/// Resolves when stdin reaches its end (or cannot be read).
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 async fn shutdown_signal() {

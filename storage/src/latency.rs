@@ -99,6 +99,21 @@ impl FromStr for Model {
     }
 }
 
+impl fmt::Display for Model {
+    /// The form `from_str` reads back: four latencies in milliseconds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "{},{},{},{}",
+            ms(self.put.p50),
+            ms(self.put.p99),
+            ms(self.get.p50),
+            ms(self.get.p99)
+        )
+    }
+}
+
 pub struct Latency {
     inner: Arc<dyn ObjectStore>,
     model: Model,
@@ -209,6 +224,13 @@ impl ObjectStore for Latency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_reads_back_as_written() {
+        let m: Model = "30,150,15.5,60".parse().expect("a model");
+        assert_eq!(m.to_string().parse::<Model>(), Ok(m));
+        assert_eq!(Model::S3.to_string().parse::<Model>(), Ok(Model::S3));
+    }
 
     #[test]
     fn samples_fit_the_model() {

@@ -55,8 +55,8 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// A running `floe dev`, `floe gateway` or `floe worker`. Dropping it
-/// kills the process.
+/// A running `floe dev`, `floe gateway`, `floe worker` or `floe cluster
+/// local`. Dropping it kills the process.
 pub struct Floe {
     child: Option<Child>,
     role: &'static str,
@@ -80,8 +80,8 @@ impl Floe {
         Self::start_role("dev", data_dir, extra, env)
     }
 
-    /// Starts `floe {role}` (`dev`, `gateway` or `worker`); `data_dir` also
-    /// names its log file.
+    /// Starts `floe {role}` (`dev`, `gateway`, `worker` or `cluster local`);
+    /// `data_dir` also names its log file.
     pub fn start_role(
         role: &'static str,
         data_dir: PathBuf,
@@ -118,7 +118,7 @@ impl Floe {
             .open(&self.log)
             .expect("log file");
         let mut cmd = Command::new(floe_bin());
-        cmd.arg(self.role);
+        cmd.args(self.role.split(' '));
         if self.role == "worker" {
             cmd.arg("--rpc-listen")
                 .arg(format!("127.0.0.1:{}", self.rpc_port));
@@ -217,20 +217,31 @@ impl Floe {
         headers: &[&str],
         body: &[u8],
     ) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-        for h in headers {
-            req.push_str(&format!("{h}\r\n"));
-        }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        s.write_all(&bytes).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
+        http_request(self.http_port, method, path, headers, body)
     }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`: the whole raw response.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(&format!("{h}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 impl Floe {
