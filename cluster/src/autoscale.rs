@@ -112,7 +112,8 @@ impl Policy {
             "# Rendered by `floe cluster policy` from cluster/src/autoscale.rs, the\n\
              # policy `floe cluster local` runs too. Change it there and render this\n\
              # file again (a test compares them), or override keys under\n\
-             # `autoscaling:` in values.yaml."
+             # `autoscaling.overrides` in values.yaml. The chart replaces SELECTOR\n\
+             # with `autoscaling.selector` (by default, the release's namespace)."
         );
         let _ = writeln!(out, "minReplicaCount: {}", self.min_workers);
         let _ = writeln!(out, "maxReplicaCount: {}", self.max_workers);
@@ -127,14 +128,14 @@ impl Policy {
         let _ = writeln!(out, "  placement:");
         let _ = writeln!(
             out,
-            "    query: clamp_max((sum({UNPLACED}) or vector(0)) + (max({CLAIMED}) or vector(0)), 1)"
+            "    query: clamp_max((sum({UNPLACED}{{SELECTOR}}) or vector(0)) + (max({CLAIMED}{{SELECTOR}}) or vector(0)), 1)"
         );
         let _ = writeln!(out, "    threshold: \"1\"");
         let _ = writeln!(out, "    activationThreshold: \"0\"");
         let _ = writeln!(out, "  throughput:");
         let _ = writeln!(
             out,
-            "    query: (sum(rate({BYTES_SENT}[{w}s])) or vector(0)) + (sum(rate({BYTES_ANSWERED}[{w}s])) or vector(0))"
+            "    query: (sum(rate({BYTES_SENT}{{SELECTOR}}[{w}s])) or vector(0)) + (sum(rate({BYTES_ANSWERED}{{SELECTOR}}[{w}s])) or vector(0))"
         );
         let _ = writeln!(out, "    threshold: \"{}\"", self.bytes_per_worker);
         let _ = writeln!(

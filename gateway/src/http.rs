@@ -1,4 +1,5 @@
-//! The HTTP listener: `/healthz`, Prometheus `/metrics`, the admin API
+//! The HTTP listener: `/healthz` (alive), `/readyz` (serving, not
+//! draining), Prometheus `/metrics`, the admin API
 //! (`/admin/v1`, see `admin.rs`), the tenants' own (`/v1`, `/v3` and
 //! `/consumers`, basic auth; see `rest/`) and `/openapi.json`.
 
@@ -98,10 +99,19 @@ async fn route<W: Shards>(
     Ok(static_page(&req, &metrics, admin.is_some()))
 }
 
-/// `/healthz`, `/metrics`, and with the data API `/openapi.json`: GET only.
+/// `/healthz`, `/readyz`, `/metrics`, and with the data API
+/// `/openapi.json`: GET only.
 fn static_page(req: &Request<Incoming>, metrics: &Metrics, openapi: bool) -> Reply {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        (&Method::GET, "/readyz") => match metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            true => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            false => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from_static(b"not ready\n"),
+            ),
+        },
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -112,7 +122,7 @@ fn static_page(req: &Request<Incoming>, metrics: &Metrics, openapi: bool) -> Rep
             "application/json",
             Bytes::from_static(crate::rest::OPENAPI.as_bytes()),
         ),
-        (_, "/healthz" | "/metrics") => (
+        (_, "/healthz" | "/readyz" | "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"GET only\n"),

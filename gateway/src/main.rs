@@ -5,6 +5,7 @@ mod cli;
 mod local_cluster;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -585,12 +586,13 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = tokio::spawn(floe_gateway::http::serve::<LocalWorker>(
         http,
-        metrics,
+        metrics.clone(),
         None,
         None,
         Duration::from_secs(30),
         stop_rx,
     ));
+    metrics.ready.store(true, Relaxed);
     tracing::info!(id = node.id(), rpc = %advertised, http = %http_addr, store = %url, "floe worker ready");
     if a.stop_on_stdin_eof {
         tokio::select! {
@@ -601,6 +603,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
     }
     tracing::info!("draining: handing every shard over");
+    metrics.ready.store(false, Relaxed);
     node.drain().await;
     endpoint.close(0u32.into(), b"leaving");
     stop_tx.send_replace(true);
@@ -721,6 +724,7 @@ struct Front {
     http_task: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
     peers: Option<Arc<floe_cluster::Gateways>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Front {
@@ -805,12 +809,13 @@ impl Front {
         });
         let http_task = tokio::spawn(floe_gateway::http::serve(
             http_listener,
-            metrics,
+            metrics.clone(),
             Some(admin),
             http_tls,
             http_timeout,
             stop_rx,
         ));
+        metrics.ready.store(true, Relaxed);
         Ok(Self {
             kafka,
             http,
@@ -819,6 +824,7 @@ impl Front {
             http_task,
             drain_timeout: Duration::from_secs(a.drain_timeout_s),
             peers,
+            metrics,
         })
     }
 
@@ -826,6 +832,7 @@ impl Front {
     /// in flight.
     async fn drain(self) {
         tracing::info!("shutting down: draining in-flight requests");
+        self.metrics.ready.store(false, Relaxed);
         if let Some(p) = &self.peers {
             p.leave().await;
         }

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub produce_seconds: Histogram,
     /// Series of the process's role in a cluster, rendered last.
     pub extra: std::sync::OnceLock<Render>,
+    /// Whether `/readyz` says ready: set once the process serves, cleared
+    /// when it starts to drain.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// Appends series to a `/metrics` page.
@@ -104,6 +107,7 @@ impl Metrics {
             throttle_ms: AtomicU64::new(0),
             produce_seconds: Histogram::new(),
             extra: std::sync::OnceLock::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
