@@ -104,7 +104,8 @@ async fn route<W: Shards>(
 fn static_page(req: &Request<Incoming>, metrics: &Metrics, openapi: bool) -> Reply {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        (&Method::GET, "/readyz") => match metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        (&Method::GET, "/readyz") => match metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
+        {
             true => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
             false => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod local_cluster;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,7 +18,6 @@ use floe_storage::store::{self, Counting};
 use floe_storage::LogConfig;
 use floe_tenants::{Plan, Registry};
 use floe_worker::{LocalWorker, WorkerConfig};
-use tracing_subscriber::EnvFilter;
 
 // Reads and fetch responses allocate buffers of megabytes; glibc serves
 // those with fresh mmaps, so every one page-faults and is zeroed again
@@ -387,13 +387,14 @@ struct DevArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let telemetry = telemetry::init();
+    let done = run(cli);
+    telemetry.shutdown();
+    done
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

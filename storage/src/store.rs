@@ -19,6 +19,7 @@ use object_store::{
     BackoffConfig, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
 };
+use tracing::Instrument;
 
 /// Builds a store from `memory://`, `s3://BUCKET[/PREFIX]` or a directory
 /// (`file:///path` or a plain path). S3 takes endpoint and credentials from the
@@ -76,7 +77,18 @@ pub struct StoreStats {
     pub errors: AtomicU64,
 }
 
-/// Wraps a store and counts every call into [`StoreStats`].
+/// A traced object-store call's span (`bytes` recorded once known).
+fn call_span(name: &'static str, location: &Path) -> tracing::Span {
+    tracing::info_span!(
+        "store.call",
+        otel.name = name,
+        otel.kind = "client",
+        path = %location,
+        bytes = tracing::field::Empty,
+    )
+}
+
+/// Wraps a store and counts every call into [`StoreStats`], each in a span.
 #[derive(Debug)]
 pub struct Counting {
     inner: Arc<dyn ObjectStore>,
@@ -114,10 +126,16 @@ impl ObjectStore for Counting {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.stats.puts.fetch_add(1, Relaxed);
-        self.stats
-            .put_bytes
-            .fetch_add(payload.content_length() as u64, Relaxed);
-        self.count(self.inner.put_opts(location, payload, opts).await)
+        let bytes = payload.content_length();
+        self.stats.put_bytes.fetch_add(bytes as u64, Relaxed);
+        let span = call_span("store.put", location);
+        span.record("bytes", bytes);
+        self.count(
+            self.inner
+                .put_opts(location, payload, opts)
+                .instrument(span)
+                .await,
+        )
     }
 
     async fn put_multipart_opts(
@@ -135,7 +153,19 @@ impl ObjectStore for Counting {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.stats.gets.fetch_add(1, Relaxed);
-        let r = self.count(self.inner.get_opts(location, options).await)?;
+        let name = if options.head {
+            "store.head"
+        } else {
+            "store.get"
+        };
+        let span = call_span(name, location);
+        let r = self.count(
+            self.inner
+                .get_opts(location, options)
+                .instrument(span.clone())
+                .await,
+        )?;
+        span.record("bytes", r.range.end - r.range.start);
         self.stats
             .get_bytes
             .fetch_add(r.range.end - r.range.start, Relaxed);
@@ -148,7 +178,13 @@ impl ObjectStore for Counting {
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
         self.stats.gets.fetch_add(ranges.len() as u64, Relaxed);
-        let r = self.count(self.inner.get_ranges(location, ranges).await)?;
+        let span = call_span("store.get_ranges", location);
+        let r = self.count(
+            self.inner
+                .get_ranges(location, ranges)
+                .instrument(span)
+                .await,
+        )?;
         self.stats
             .get_bytes
             .fetch_add(r.iter().map(|b| b.len() as u64).sum(), Relaxed);
@@ -175,7 +211,13 @@ impl ObjectStore for Counting {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.stats.lists.fetch_add(1, Relaxed);
-        self.count(self.inner.list_with_delimiter(prefix).await)
+        let span = tracing::info_span!("store.list", otel.kind = "client", prefix = ?prefix.map(Path::as_ref));
+        self.count(
+            self.inner
+                .list_with_delimiter(prefix)
+                .instrument(span)
+                .await,
+        )
     }
 
     async fn copy_opts(

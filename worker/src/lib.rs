@@ -239,7 +239,11 @@ impl Accepted {
                 appended,
                 counted,
             } => {
-                appended.durable().await?;
+                use tracing::Instrument;
+                appended
+                    .durable()
+                    .instrument(tracing::info_span!("shard.durable"))
+                    .await?;
                 if let Some((totals, tenant, c)) = counted {
                     totals.add(&tenant, &c);
                 }

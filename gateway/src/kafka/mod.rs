@@ -40,6 +40,7 @@ use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
 
 use crate::authz::Guarded;
 use crate::{AuthMode, Cx, Gateway};
@@ -531,45 +532,57 @@ async fn decode<W: Shards>(
     let admission = charge(&cx, conn, metered, up_front).await;
     let before = admission.throttle;
     let conn = conn.clone();
-    Ok(Box::pin(async move {
-        let (id, v) = (header.correlation_id, header.request_api_version);
-        let refusal = admission
-            .refused
-            .map(|why| WorkerError::PolicyViolation(format!("refused by the quota policy: {why}")));
-        let reply = match (refusal, req) {
-            (Some(e), RequestKind::Produce(r)) => {
-                produce::refused(r, &e).map(|r| Reply::Body(ResponseKind::Produce(r)))
+    // One span per request, named by its API (traces: `telemetry.rs`).
+    let span = tracing::info_span!(
+        "kafka.request",
+        otel.name = %format_args!("kafka.{api:?}"),
+        otel.kind = "server",
+        tenant = %cx.tenant,
+        version = header.request_api_version,
+        correlation_id = header.correlation_id,
+    );
+    Ok(Box::pin(
+        async move {
+            let (id, v) = (header.correlation_id, header.request_api_version);
+            let refusal = admission.refused.map(|why| {
+                WorkerError::PolicyViolation(format!("refused by the quota policy: {why}"))
+            });
+            let reply = match (refusal, req) {
+                (Some(e), RequestKind::Produce(r)) => {
+                    produce::refused(r, &e).map(|r| Reply::Body(ResponseKind::Produce(r)))
+                }
+                (Some(e), RequestKind::Fetch(r)) => Some(Reply::Fetch(fetch::refused(r, &e))),
+                (_, req) => handle(&cx, &header, req).await,
+            };
+            // What it served is known only now.
+            let served = Usage {
+                kind: Kind::Fetch,
+                fetch_bytes: match &reply {
+                    Some(Reply::Fetch(r)) => fetch::record_bytes(r),
+                    _ => 0,
+                },
+                ..Usage::default()
+            };
+            let after = if served.fetch_bytes > 0 {
+                charge(&cx, &conn, metered, served).await.throttle
+            } else {
+                std::time::Duration::ZERO
+            };
+            let throttle_ms = before.max(after).as_millis().min(i32::MAX as u128) as i32;
+            match reply {
+                Some(Reply::Body(mut resp)) => {
+                    set_throttle(&mut resp, throttle_ms);
+                    encode(id, api, v, resp).map(|b| Some(vec![b]))
+                }
+                Some(Reply::Fetch(mut resp)) => {
+                    resp.throttle_time_ms = throttle_ms;
+                    Ok(Some(fetch::encode(id, v, resp)))
+                }
+                None => Ok(None),
             }
-            (Some(e), RequestKind::Fetch(r)) => Some(Reply::Fetch(fetch::refused(r, &e))),
-            (_, req) => handle(&cx, &header, req).await,
-        };
-        // What it served is known only now.
-        let served = Usage {
-            kind: Kind::Fetch,
-            fetch_bytes: match &reply {
-                Some(Reply::Fetch(r)) => fetch::record_bytes(r),
-                _ => 0,
-            },
-            ..Usage::default()
-        };
-        let after = if served.fetch_bytes > 0 {
-            charge(&cx, &conn, metered, served).await.throttle
-        } else {
-            std::time::Duration::ZERO
-        };
-        let throttle_ms = before.max(after).as_millis().min(i32::MAX as u128) as i32;
-        match reply {
-            Some(Reply::Body(mut resp)) => {
-                set_throttle(&mut resp, throttle_ms);
-                encode(id, api, v, resp).map(|b| Some(vec![b]))
-            }
-            Some(Reply::Fetch(mut resp)) => {
-                resp.throttle_time_ms = throttle_ms;
-                Ok(Some(fetch::encode(id, v, resp)))
-            }
-            None => Ok(None),
         }
-    }))
+        .instrument(span),
+    ))
 }
 
 /// Charges `usage` to the request's tenant (when metered) and mutes the

@@ -15,6 +15,7 @@ use floe_storage::{Entry, StreamId};
 use floe_tenants::usage::Counts;
 use object_store::ObjectStore;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::transform::{append_to, dead_letters, fetch_component, invalid, read_committed, set};
 use super::{usage, LocalWorker, Shard};
@@ -552,7 +553,8 @@ impl Runner {
             if let Some(first) = decoded.records.first() {
                 let batch = tf::inputs(&decoded.records, p);
                 let began = tokio::time::Instant::now();
-                let outcome = g.deliver(&batch).await;
+                let span = tracing::info_span!("connector.deliver", tenant = %shard.tenant, connector = %self.name, records = batch.len());
+                let outcome = g.deliver(&batch).instrument(span).await;
                 let (failure, spent) = match outcome {
                     Ok(spent) => (None, spent),
                     Err((f, spent)) => (Some(f), spent),
@@ -622,8 +624,11 @@ impl Runner {
     ) -> std::result::Result<Duration, Pause> {
         let mut at = polled(shard, &self.name);
         let began = tokio::time::Instant::now();
+        let span =
+            tracing::info_span!("connector.poll", tenant = %shard.tenant, connector = %self.name);
         let outcome = g
             .poll(POLL_RECORDS, at.cursor.as_deref(), c.spec.topics.len())
+            .instrument(span)
             .await;
         let (result, spent) = match outcome {
             Ok((p, spent)) => (Ok(p), spent),

@@ -14,6 +14,7 @@ use floe_storage::{Entry, StreamId};
 use floe_tenants::usage::Counts;
 use object_store::ObjectStore;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{leader_epoch, usage, LocalWorker, Shard};
 use crate::catalog;
@@ -688,7 +689,11 @@ impl Runner {
                 });
                 at.records_in += batch.len() as u64;
                 let began = tokio::time::Instant::now();
-                let processed = g.process(&batch, d.spec.outputs.len(), state).await;
+                let span = tracing::info_span!("transform.process", tenant = %shard.tenant, transform = %self.name, records = batch.len());
+                let processed = g
+                    .process(&batch, d.spec.outputs.len(), state)
+                    .instrument(span)
+                    .await;
                 over = shard
                     .transforms
                     .charge(began, Duration::ZERO, self.cpu_us_per_sec);

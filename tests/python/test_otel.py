@@ -1,0 +1,182 @@
+"""Traces over OTLP/HTTP: a small OTLP/HTTP receiver (Python's http.server,
+decoding with the opentelemetry-proto package) collects what `floe dev`
+exports when OTEL_EXPORTER_OTLP_ENDPOINT names it. A produce must make one
+trace: the Kafka request's span with the shard's append and its wait for
+durability under it; the WAL PUT is a store call span of its own (the
+flusher writes many produces' records at once). Fetch and consumer groups
+likewise."""
+import gzip
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+from conftest import Floe
+
+SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
+
+
+class Receiver:
+    """Accepts POST /v1/traces; keeps every span with its service name."""
+
+    def __init__(self):
+        self.spans = []
+        self.paths = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                with receiver.lock:
+                    receiver.paths.append((self.path, self.headers.get("Content-Type")))
+                    for rs in req.resource_spans:
+                        service = next((a.value.string_value for a in rs.resource.attributes
+                                        if a.key == "service.name"), None)
+                        for ss in rs.scope_spans:
+                            for s in ss.spans:
+                                receiver.spans.append((service, s))
+                out = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def named(self, name):
+        with self.lock:
+            return [s for _, s in self.spans if s.name == name]
+
+    def wait_for(self, name, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = self.named(name)
+            if found:
+                return found
+            time.sleep(0.1)
+        with self.lock:
+            names = sorted({s.name for _, s in self.spans})
+        pytest.fail(f"no {name} span in {timeout} s; got {names}")
+
+    def close(self):
+        self.server.shutdown()
+
+
+def attrs(span):
+    out = {}
+    for a in span.attributes:
+        v = a.value
+        out[a.key] = v.string_value or v.int_value or v.bool_value
+    return out
+
+
+def under(span, root, spans_by_id):
+    """Whether `root` is among `span`'s ancestors."""
+    seen = 0
+    while span.parent_span_id and seen < 50:
+        if span.parent_span_id == root.span_id:
+            return True
+        span = spans_by_id.get(span.parent_span_id)
+        if span is None:
+            return False
+        seen += 1
+    return False
+
+
+@pytest.fixture
+def traced(tmp_path, monkeypatch):
+    r = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{r.port}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "floe-under-test")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    f = Floe(str(tmp_path))
+    try:
+        yield f, r
+    finally:
+        f.close()
+        r.close()
+
+
+def test_a_produce_makes_a_trace_with_the_shards_spans(traced):
+    f, r = traced
+    p = KafkaProducer(bootstrap_servers=f.bootstrap, acks="all")
+    p.send("traced", b"hello").get(timeout=30)
+    p.close()
+
+    produce = r.wait_for("kafka.Produce")[0]
+    r.wait_for("shard.durable")
+    with r.lock:
+        spans = [s for _, s in r.spans]
+        services = {svc for svc, _ in r.spans}
+    assert services == {"floe-under-test"}
+    assert r.paths[0] == ("/v1/traces", "application/x-protobuf")
+    assert produce.kind == SERVER
+    assert attrs(produce)["tenant"] == "default"
+    by_id = {s.span_id: s for s in spans}
+    in_trace = [s for s in spans if s.trace_id == produce.trace_id]
+    names = {s.name for s in in_trace if under(s, produce, by_id)}
+    assert {"shard.append", "shard.durable"} <= names, names
+    append = next(s for s in in_trace if s.name == "shard.append")
+    assert attrs(append)["topic"] == "traced" and attrs(append)["partition"] == 0
+    assert produce.start_time_unix_nano <= append.start_time_unix_nano <= produce.end_time_unix_nano
+    # The record's WAL object: a store call of the flusher's.
+    puts = [s for s in r.wait_for("store.put") if "/wal/" in attrs(s).get("path", "")]
+    assert puts, [attrs(s) for s in r.named("store.put")]
+    assert all(s.kind == CLIENT and int(attrs(s)["bytes"]) > 0 for s in puts)
+
+
+def test_fetches_and_groups_are_traced(traced):
+    f, r = traced
+    p = KafkaProducer(bootstrap_servers=f.bootstrap, acks="all")
+    p.send("grouped", b"one").get(timeout=30)
+    p.close()
+    c = KafkaConsumer("grouped", bootstrap_servers=f.bootstrap, group_id="g",
+                      auto_offset_reset="earliest")
+    got, deadline = [], time.time() + 30
+    while not got and time.time() < deadline:
+        for records in c.poll(timeout_ms=500).values():
+            got += [m.value for m in records]
+    c.commit()
+    c.close()
+    assert b"one" in got
+    fetch = r.wait_for("kafka.Fetch")
+    reads = r.wait_for("shard.read")
+    assert any(s.parent_span_id == fs.span_id for s in reads for fs in fetch)
+    join = r.wait_for("kafka.JoinGroup")
+    joins = r.wait_for("group.join")
+    assert any(j.trace_id == k.trace_id for j in joins for k in join)
+    r.wait_for("group.commit_offsets")
+
+
+def test_spans_in_flight_are_sent_at_shutdown(tmp_path, monkeypatch):
+    r = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{r.port}")
+    # Longer than the test: only the shutdown's flush can send them.
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    f = Floe(str(tmp_path))
+    try:
+        p = KafkaProducer(bootstrap_servers=f.bootstrap, acks="all")
+        p.send("late", b"x").get(timeout=30)
+        p.close()
+        assert not r.named("kafka.Produce")
+        assert f.stop() == 0
+        r.wait_for("kafka.Produce", timeout=10)
+    finally:
+        f.close()
+        r.close()
