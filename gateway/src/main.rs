@@ -357,6 +357,7 @@ struct WorkerArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum ClusterCmd {
     /// Writes a new cluster CA and node certificate into a directory.
     Init {
