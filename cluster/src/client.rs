@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floe_common::batch::BatchHeader;
+use floe_common::telemetry;
 use floe_common::TenantId;
 use floe_worker::connectors::{ConnectorSpec, ConnectorStatus};
 use floe_worker::transforms::{TransformSpec, TransformStatus};
@@ -28,6 +29,7 @@ use floe_worker::{
     TopicMeta, TxnMeta, UsageWindow, WorkerError,
 };
 use object_store::ObjectStore;
+use opentelemetry::metrics::Meter;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -930,61 +932,63 @@ impl Shards for RemoteShards {
     }
 }
 
-/// The gateway's cluster series for `/metrics`.
-pub fn render(stats: &ClientStats, view: &View, out: &mut String) {
-    let live = view.live();
-    let claimed: usize = live.iter().map(|b| b.claims.len()).sum();
-    let series: [(&str, &str, &str, i64); 8] = [
+/// The gateway's cluster series (`/metrics`; the autoscaler's signals).
+pub fn register(m: &Meter, stats: Arc<ClientStats>, view: Arc<View>) {
+    type Field = fn(&ClientStats) -> &AtomicU64;
+    let counters: [(&'static str, &'static str, Field); 5] = [
         (
             "floe_gateway_idle_answers_total",
-            "counter",
             "Calls answered from what an unloaded shard published.",
-            stats.idle_answers.load(Relaxed) as i64,
-        ),
-        (
-            crate::autoscale::UNPLACED,
-            "gauge",
-            "Calls queued for a shard no worker holds yet.",
-            stats.unplaced.load(Relaxed),
+            |s| &s.idle_answers,
         ),
         (
             "floe_gateway_rpc_calls_total",
-            "counter",
             "Calls sent to workers.",
-            stats.calls.load(Relaxed) as i64,
+            |s| &s.calls,
         ),
         (
             "floe_gateway_rpc_moved_total",
-            "counter",
             "Calls a worker redirected (the shard was elsewhere).",
-            stats.moved.load(Relaxed) as i64,
+            |s| &s.moved,
         ),
         (
             crate::autoscale::BYTES_SENT,
-            "counter",
             "Request bytes sent to workers.",
-            stats.bytes_out.load(Relaxed) as i64,
+            |s| &s.bytes_out,
         ),
         (
             crate::autoscale::BYTES_ANSWERED,
-            "counter",
             "Answer bytes received from workers.",
-            stats.bytes_in.load(Relaxed) as i64,
-        ),
-        (
-            crate::autoscale::CLAIMED,
-            "gauge",
-            "Shards that live workers hold, in this gateway's view.",
-            claimed as i64,
-        ),
-        (
-            "floe_cluster_live_workers",
-            "gauge",
-            "Workers whose beat is live in this gateway's view.",
-            live.len() as i64,
+            |s| &s.bytes_in,
         ),
     ];
-    for (name, kind, help, v) in series {
-        crate::series(out, name, kind, help, v);
+    for (name, help, field) in counters {
+        let stats = stats.clone();
+        telemetry::counter(m, name, help, move || field(&stats).load(Relaxed));
     }
+    let s = stats.clone();
+    telemetry::gauge(
+        m,
+        crate::autoscale::UNPLACED,
+        "Calls queued for a shard no worker holds yet.",
+        move || s.unplaced.load(Relaxed),
+    );
+    let v = Arc::downgrade(&view);
+    telemetry::gauge(
+        m,
+        crate::autoscale::CLAIMED,
+        "Shards that live workers hold, in this gateway's view.",
+        move || {
+            v.upgrade().map_or(0, |v| {
+                v.live().iter().map(|b| b.claims.len()).sum::<usize>() as i64
+            })
+        },
+    );
+    let v = Arc::downgrade(&view);
+    telemetry::gauge(
+        m,
+        "floe_cluster_live_workers",
+        "Workers whose beat is live in this gateway's view.",
+        move || v.upgrade().map_or(0, |v| v.live().len() as i64),
+    );
 }

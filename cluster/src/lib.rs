@@ -46,21 +46,6 @@ pub fn endpoint(
     Ok(ep)
 }
 
-/// One Prometheus series with its help and type lines.
-pub(crate) fn series(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    v: impl std::fmt::Display,
-) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-    );
-}
-
 /// A poisoned lock's data is still memory-safe to read.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

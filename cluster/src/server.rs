@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use floe_common::TenantId;
+use floe_common::{telemetry, TenantId};
 use floe_worker::published::Published;
 use floe_worker::{Held, LocalWorker, Produced, Shards, WorkerError};
 use object_store::{ObjectStore, ObjectStoreExt};
+use opentelemetry::metrics::Meter;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
@@ -826,67 +827,65 @@ async fn dispatch<W: Shards>(w: &W, t: &TenantId, id: u64, call: Call) -> Bytes 
     }
 }
 
-/// The worker's series for `/metrics`: what an autoscaler needs.
-pub fn render(node: &Node, out: &mut String) {
-    let s = &node.stats;
-    let series: [(&str, &str, &str, u64); 9] = [
-        (
-            "floe_worker_idle",
-            "gauge",
-            "1 when this worker holds no shard: it can be scaled away.",
-            u64::from(node.owned() == 0),
-        ),
+/// The worker's cluster series (`/metrics`).
+pub fn register(m: &Meter, node: &Arc<Node>) {
+    let n = Arc::downgrade(node);
+    telemetry::gauge(
+        m,
+        "floe_worker_idle",
+        "1 when this worker holds no shard: it can be scaled away.",
+        move || n.upgrade().map_or(1, |n| i64::from(n.owned() == 0)),
+    );
+    let n = Arc::downgrade(node);
+    telemetry::gauge(
+        m,
+        "floe_worker_shards_owned",
+        "Shards this worker holds the lease of (0: idle, can be scaled away).",
+        move || n.upgrade().map_or(0, |n| n.owned() as i64),
+    );
+    type Field = fn(&NodeStats) -> &AtomicU64;
+    let counters: [(&'static str, &'static str, Field); 7] = [
         (
             "floe_worker_shards_unloaded_total",
-            "counter",
             "Shards released after --idle-timeout-ms without work.",
-            s.unloaded.load(Relaxed),
-        ),
-        (
-            "floe_worker_shards_owned",
-            "gauge",
-            "Shards this worker holds the lease of (0: idle, can be scaled away).",
-            node.owned() as u64,
+            |s| &s.unloaded,
         ),
         (
             "floe_worker_rpc_requests_total",
-            "counter",
             "Calls received from gateways.",
-            s.requests.load(Relaxed),
+            |s| &s.requests,
         ),
         (
             "floe_worker_rpc_bytes_in_total",
-            "counter",
             "Request bytes received from gateways.",
-            s.bytes_in.load(Relaxed),
+            |s| &s.bytes_in,
         ),
         (
             "floe_worker_rpc_bytes_out_total",
-            "counter",
             "Answer bytes sent to gateways.",
-            s.bytes_out.load(Relaxed),
+            |s| &s.bytes_out,
         ),
         (
             "floe_worker_rpc_moved_total",
-            "counter",
             "Calls answered with where the shard is instead.",
-            s.moved.load(Relaxed),
+            |s| &s.moved,
         ),
         (
             "floe_worker_shards_acquired_total",
-            "counter",
             "Shards this worker took.",
-            s.acquired.load(Relaxed),
+            |s| &s.acquired,
         ),
         (
             "floe_worker_shards_released_total",
-            "counter",
             "Shards this worker handed over.",
-            s.released.load(Relaxed),
+            |s| &s.released,
         ),
     ];
-    for (name, kind, help, v) in series {
-        crate::series(out, name, kind, help, v);
+    for (name, help, field) in counters {
+        let n = Arc::downgrade(node);
+        telemetry::counter(m, name, help, move || {
+            n.upgrade().map_or(0, |n| field(&n.stats).load(Relaxed))
+        });
     }
 }
 

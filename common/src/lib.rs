@@ -5,8 +5,10 @@
 //!   turn a tenant into a storage path (DESIGN.md invariant 4).
 //! - [`batch`]: a read-only view of a Kafka record batch v2 header, plus CRC-32C
 //!   validation and the two fields the owner rewrites.
+//! - [`telemetry`]: metrics through the OpenTelemetry API, shared helpers.
 
 pub mod batch;
+pub mod telemetry;
 
 use std::fmt;
 

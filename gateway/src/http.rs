@@ -116,7 +116,7 @@ fn static_page(req: &Request<Incoming>, metrics: &Metrics, openapi: bool) -> Rep
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            Bytes::from(metrics.render()),
+            Bytes::from(crate::metrics::exposition()),
         ),
         (&Method::GET, "/openapi.json") if openapi => (
             StatusCode::OK,

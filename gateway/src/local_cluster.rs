@@ -5,7 +5,6 @@
 //! and a stopping worker hands its shards over (its drain) before it exits
 //! or its grace period ends.
 
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use floe_cluster::autoscale::{Policy, Rate, Scaler, Signals};
+use floe_common::telemetry;
 
 use crate::{ClusterArgs, ClusterGateway, FrontArgs, StoreArgs, TimingArgs};
 
@@ -126,19 +126,13 @@ pub async fn run(a: LocalArgs) -> anyhow::Result<()> {
         worker_args,
         Duration::from_secs(a.worker_grace_s),
     );
-    let shown = fleet.stats.clone();
+    fleet.stats.register(&floe_common::telemetry::meter());
     let cluster = ClusterArgs {
         cluster_certs: certs,
         timing: a.timing,
         quic_bind: "127.0.0.1:0".parse()?,
     };
-    let g = ClusterGateway::start(
-        &a.store,
-        a.front,
-        &cluster,
-        Some(Box::new(move |out: &mut String| shown.render(out))),
-    )
-    .await?;
+    let g = ClusterGateway::start(&a.store, a.front, &cluster).await?;
     let policy = a.policy.policy();
     tracing::info!(kafka = %g.front.kafka, http = %g.front.http, store = %g.url, ?policy, "floe cluster local ready");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -213,45 +207,44 @@ struct FleetStats {
 }
 
 impl FleetStats {
-    fn render(&self, out: &mut String) {
-        let series: [(&str, &str, &str, &AtomicU64); 5] = [
+    fn register(self: &Arc<Self>, m: &opentelemetry::metrics::Meter) {
+        type Field = fn(&FleetStats) -> &AtomicU64;
+        let gauges: [(&'static str, &'static str, Field); 2] = [
             (
                 "floe_autoscaler_workers",
-                "gauge",
                 "Worker processes running (not counting those stopping).",
-                &self.running,
+                |s| &s.running,
             ),
             (
                 "floe_autoscaler_desired_workers",
-                "gauge",
                 "Workers the policy wants.",
-                &self.desired,
+                |s| &s.desired,
             ),
+        ];
+        for (name, help, field) in gauges {
+            let s = self.clone();
+            telemetry::gauge(m, name, help, move || field(&s).load(Relaxed) as i64);
+        }
+        let counters: [(&'static str, &'static str, Field); 3] = [
             (
                 "floe_autoscaler_workers_started_total",
-                "counter",
                 "Worker processes started.",
-                &self.started,
+                |s| &s.started,
             ),
             (
                 "floe_autoscaler_workers_stopped_total",
-                "counter",
                 "Worker processes asked to stop.",
-                &self.stopped,
+                |s| &s.stopped,
             ),
             (
                 "floe_autoscaler_workers_exited_total",
-                "counter",
                 "Worker processes that ended without being asked to.",
-                &self.exited,
+                |s| &s.exited,
             ),
         ];
-        for (name, kind, help, v) in series {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Relaxed)
-            );
+        for (name, help, field) in counters {
+            let s = self.clone();
+            telemetry::counter(m, name, help, move || field(&s).load(Relaxed));
         }
     }
 }

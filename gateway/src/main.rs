@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use floe_gateway::admin::Admin;
+
 use floe_gateway::{kafka, metrics::Metrics, AuthMode, Gateway, Settings, DEFAULT_TENANT};
 use floe_storage::store::{self, Counting};
 use floe_storage::LogConfig;
@@ -437,15 +438,10 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
     let registry = open_registry(&counted, &log, a.front.auth).await?;
     let log_stats = log.stats.clone();
     let worker = Arc::new(local_worker(&a.log, log, counted.clone(), &registry)?);
-    let metrics = Arc::new(Metrics::new(
-        counted.stats.clone(),
-        log_stats,
-        worker.totals(),
-    ));
-    let policies = worker.policy_stats();
-    let _ = metrics
-        .extra
-        .set(Box::new(move |out: &mut String| policies.render(out)));
+    let metrics = Metrics::new(counted.stats.clone(), log_stats, worker.totals());
+    worker
+        .policy_stats()
+        .register(&floe_common::telemetry::meter());
     let front = Front::start(a.front, worker.clone(), registry.clone(), metrics, None).await?;
     tracing::info!(kafka = %front.kafka, http = %front.http, store = %url, "floe dev ready");
     shutdown_signal().await;
@@ -459,7 +455,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<()> {
 /// `floe gateway`: the listeners, forwarding every call to the worker that
 /// owns its tenant's shard.
 async fn gateway(a: GatewayArgs) -> anyhow::Result<()> {
-    let g = ClusterGateway::start(&a.store, a.front, &a.cluster, None).await?;
+    let g = ClusterGateway::start(&a.store, a.front, &a.cluster).await?;
     tracing::info!(kafka = %g.front.kafka, http = %g.front.http, store = %g.url, "floe gateway ready");
     shutdown_signal().await;
     g.stop().await;
@@ -478,12 +474,10 @@ struct ClusterGateway {
 }
 
 impl ClusterGateway {
-    /// `more` adds series to its `/metrics`.
     async fn start(
         store: &StoreArgs,
         front: FrontArgs,
         cluster: &ClusterArgs,
-        more: Option<floe_gateway::metrics::Render>,
     ) -> anyhow::Result<Self> {
         let (counted, url) = open_store(store)?;
         // The registry's log is written by whichever gateway changes it (admin
@@ -503,18 +497,12 @@ impl ClusterGateway {
             view.clone(),
             counted.clone(),
         ));
-        let metrics = Arc::new(Metrics::new(
-            counted.stats.clone(),
-            log.stats.clone(),
-            Arc::default(),
-        ));
-        let (stats, shown) = (remote.stats(), view.clone());
-        let _ = metrics.extra.set(Box::new(move |out: &mut String| {
-            floe_cluster::client::render(&stats, &shown, out);
-            if let Some(more) = &more {
-                more(out);
-            }
-        }));
+        let metrics = Metrics::new(counted.stats.clone(), log.stats.clone(), Arc::default());
+        floe_cluster::client::register(
+            &floe_common::telemetry::meter(),
+            remote.stats(),
+            view.clone(),
+        );
         let peers = Some((
             counted.clone() as Arc<dyn object_store::ObjectStore>,
             cluster.timing(),
@@ -571,16 +559,10 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     )
     .await
     .context("joining the cluster")?;
-    let metrics = Arc::new(Metrics::new(
-        counted.stats.clone(),
-        log_stats,
-        local.totals(),
-    ));
-    let (shown, policies) = (node.clone(), local.policy_stats());
-    let _ = metrics.extra.set(Box::new(move |out: &mut String| {
-        floe_cluster::server::render(&shown, out);
-        policies.render(out);
-    }));
+    let metrics = Metrics::new(counted.stats.clone(), log_stats, local.totals());
+    let meter = floe_common::telemetry::meter();
+    floe_cluster::server::register(&meter, &node);
+    local.policy_stats().register(&meter);
     let http = tokio::net::TcpListener::bind(a.http_listen)
         .await
         .context("binding the HTTP listener")?;

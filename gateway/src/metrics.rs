@@ -1,22 +1,29 @@
-//! Counters, rendered by hand in the Prometheus text format (a few atomics do
-//! not justify a metrics framework).
+//! The gateway's and the process's series, through the OpenTelemetry
+//! metrics API (`floe_common::telemetry`), and `/metrics`: what the SDK's
+//! pull reader collects, encoded in the Prometheus text format
+//! ([`exposition`]). Hot paths add to atomics; callbacks read them at each
+//! collection.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use floe_common::telemetry::{self, counter};
 use floe_storage::store::StoreStats;
 use floe_storage::LogStats;
 use floe_tenants::usage::{Counts, Totals};
+use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::metrics::data::{
+    AggregatedMetrics, HistogramDataPoint, Metric, MetricData, ResourceMetrics,
+};
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 
 /// Kafka API keys are below this; requests are counted per key.
 const API_KEYS: usize = 96;
 
 pub struct Metrics {
-    pub store: Arc<StoreStats>,
-    pub log: Arc<LogStats>,
-    /// Each tenant's metered usage.
-    pub tenants: Arc<Totals>,
     requests: [AtomicU64; API_KEYS],
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
@@ -28,74 +35,23 @@ pub struct Metrics {
     pub throttled_requests: AtomicU64,
     pub throttle_ms: AtomicU64,
     /// Produce requests, arrival to every partition durable.
-    pub produce_seconds: Histogram,
-    /// Series of the process's role in a cluster, rendered last.
-    pub extra: std::sync::OnceLock<Render>,
+    pub produce_seconds: Histogram<f64>,
+    /// Kafka requests by API, arrival to answer.
+    pub request_seconds: Histogram<f64>,
     /// Whether `/readyz` says ready: set once the process serves, cleared
     /// when it starts to drain.
     pub ready: std::sync::atomic::AtomicBool,
 }
 
-/// Appends series to a `/metrics` page.
-pub type Render = Box<dyn Fn(&mut String) + Send + Sync>;
-
 /// A per-tenant series: name, help, and its value from a tenant's counts.
 type Series = (&'static str, &'static str, fn(&Counts) -> f64);
 
-/// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-/// A Prometheus histogram: cumulative only when rendered.
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn new() -> Self {
-        Self {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_us: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: std::time::Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|&b| s <= b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut total = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Relaxed);
-            match BUCKETS.get(i) {
-                Some(b) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {total}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-                }
-            }
-        }
-        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
-    }
-}
-
 impl Metrics {
-    pub fn new(store: Arc<StoreStats>, log: Arc<LogStats>, tenants: Arc<Totals>) -> Self {
-        Self {
-            store,
-            log,
-            tenants,
+    /// The gateway's series, and the process's: its store calls, its logs'
+    /// work, its tenants' metered usage, its CPU time.
+    pub fn new(store: Arc<StoreStats>, log: Arc<LogStats>, tenants: Arc<Totals>) -> Arc<Self> {
+        let m = telemetry::meter();
+        let me = Arc::new(Self {
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
@@ -105,10 +61,94 @@ impl Metrics {
             fetched_bytes: AtomicU64::new(0),
             throttled_requests: AtomicU64::new(0),
             throttle_ms: AtomicU64::new(0),
-            produce_seconds: Histogram::new(),
-            extra: std::sync::OnceLock::new(),
+            produce_seconds: telemetry::seconds(
+                &m,
+                "floe_produce_duration_seconds",
+                "Produce requests, from arrival until durable (acks=0 included).",
+            ),
+            request_seconds: telemetry::seconds(
+                &m,
+                "floe_kafka_request_duration_seconds",
+                "Kafka requests by API, from decoded to answered.",
+            ),
             ready: std::sync::atomic::AtomicBool::new(false),
+        });
+        me.register(&m);
+        register_store(&m, store);
+        register_log(&m, log);
+        register_tenants(&m, tenants);
+        if cpu_seconds().is_some() {
+            m.f64_observable_counter("process_cpu_seconds_total")
+                .with_description("User and system CPU time of this process.")
+                .with_callback(|o| o.observe(cpu_seconds().unwrap_or(0.0), &[]))
+                .build();
         }
+        me
+    }
+
+    fn register(self: &Arc<Self>, m: &Meter) {
+        type Field = fn(&Metrics) -> &AtomicU64;
+        let series: [(&'static str, &'static str, Field); 8] = [
+            (
+                "floe_connections_opened_total",
+                "Kafka connections accepted.",
+                |s| &s.connections_opened,
+            ),
+            (
+                "floe_connections_closed_total",
+                "Kafka connections closed.",
+                |s| &s.connections_closed,
+            ),
+            (
+                "floe_bad_requests_total",
+                "Requests that closed their connection.",
+                |s| &s.bad_requests,
+            ),
+            (
+                "floe_produced_bytes_total",
+                "Record-batch bytes acknowledged.",
+                |s| &s.produced_bytes,
+            ),
+            (
+                "floe_produced_batches_total",
+                "Record batches acknowledged.",
+                |s| &s.produced_batches,
+            ),
+            (
+                "floe_fetched_bytes_total",
+                "Record-batch bytes served.",
+                |s| &s.fetched_bytes,
+            ),
+            (
+                "floe_throttled_requests_total",
+                "Requests answered with a quota throttle (KIP-219).",
+                |s| &s.throttled_requests,
+            ),
+            (
+                "floe_throttle_milliseconds_total",
+                "Milliseconds of throttle given to connections.",
+                |s| &s.throttle_ms,
+            ),
+        ];
+        for (name, help, field) in series {
+            let me = Arc::downgrade(self);
+            counter(m, name, help, move || {
+                me.upgrade().map_or(0, |s| field(&s).load(Relaxed))
+            });
+        }
+        let me = Arc::downgrade(self);
+        m.u64_observable_counter("floe_kafka_requests_total")
+            .with_description("Kafka requests by API key.")
+            .with_callback(move |o| {
+                let Some(s) = me.upgrade() else { return };
+                for (key, c) in s.requests.iter().enumerate() {
+                    let n = c.load(Relaxed);
+                    if n > 0 {
+                        o.observe(n, &[KeyValue::new("api_key", key.to_string())]);
+                    }
+                }
+            })
+            .build();
     }
 
     pub fn request(&self, api_key: i16) {
@@ -124,204 +164,143 @@ impl Metrics {
         self.throttled_requests.fetch_add(1, Relaxed);
         self.throttle_ms.fetch_add(d.as_millis() as u64, Relaxed);
     }
+}
 
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        };
-        counter(
-            "floe_connections_opened_total",
-            "Kafka connections accepted.",
-            &self.connections_opened,
-        );
-        counter(
-            "floe_connections_closed_total",
-            "Kafka connections closed.",
-            &self.connections_closed,
-        );
-        counter(
-            "floe_bad_requests_total",
-            "Requests that closed their connection.",
-            &self.bad_requests,
-        );
-        counter(
-            "floe_produced_bytes_total",
-            "Record-batch bytes acknowledged.",
-            &self.produced_bytes,
-        );
-        counter(
-            "floe_produced_batches_total",
-            "Record batches acknowledged.",
-            &self.produced_batches,
-        );
-        counter(
-            "floe_fetched_bytes_total",
-            "Record-batch bytes served.",
-            &self.fetched_bytes,
-        );
-        counter(
-            "floe_throttled_requests_total",
-            "Requests answered with a quota throttle (KIP-219).",
-            &self.throttled_requests,
-        );
-        counter(
-            "floe_throttle_milliseconds_total",
-            "Milliseconds of throttle given to connections.",
-            &self.throttle_ms,
-        );
-        let s = &self.store;
-        counter(
+fn register_store(m: &Meter, s: Arc<StoreStats>) {
+    type Field = fn(&StoreStats) -> &AtomicU64;
+    let series: [(&'static str, &'static str, Field); 7] = [
+        (
             "floe_store_puts_total",
             "Object-store PUTs (and copies).",
-            &s.puts,
-        );
-        counter(
+            |s| &s.puts,
+        ),
+        (
             "floe_store_put_bytes_total",
             "Bytes PUT to the object store.",
-            &s.put_bytes,
-        );
-        counter("floe_store_gets_total", "Object-store GETs.", &s.gets);
-        counter(
+            |s| &s.put_bytes,
+        ),
+        ("floe_store_gets_total", "Object-store GETs.", |s| &s.gets),
+        (
             "floe_store_get_bytes_total",
             "Bytes read from the object store.",
-            &s.get_bytes,
-        );
-        counter("floe_store_lists_total", "Object-store LISTs.", &s.lists);
-        counter(
-            "floe_store_deletes_total",
-            "Object-store DELETEs.",
-            &s.deletes,
-        );
-        counter(
+            |s| &s.get_bytes,
+        ),
+        ("floe_store_lists_total", "Object-store LISTs.", |s| {
+            &s.lists
+        }),
+        ("floe_store_deletes_total", "Object-store DELETEs.", |s| {
+            &s.deletes
+        }),
+        (
             "floe_store_errors_total",
             "Object-store calls that failed.",
-            &s.errors,
-        );
-        let l = &self.log;
-        counter(
+            |s| &s.errors,
+        ),
+    ];
+    for (name, help, field) in series {
+        let s = s.clone();
+        counter(m, name, help, move || field(&s).load(Relaxed));
+    }
+}
+
+fn register_log(m: &Meter, l: Arc<LogStats>) {
+    type Field = fn(&LogStats) -> &AtomicU64;
+    let series: [(&'static str, &'static str, Field); 9] = [
+        (
             "floe_cache_hits_total",
             "Read-cache blocks found in memory.",
-            &l.cache_hits,
-        );
-        counter(
+            |l| &l.cache_hits,
+        ),
+        (
             "floe_cache_misses_total",
             "Read-cache blocks fetched from the store.",
-            &l.cache_misses,
-        );
-        counter(
-            "floe_compactions_total",
-            "Compactions committed.",
-            &l.compactions,
-        );
-        counter(
+            |l| &l.cache_misses,
+        ),
+        ("floe_compactions_total", "Compactions committed.", |l| {
+            &l.compactions
+        }),
+        (
             "floe_compacted_bytes_total",
             "Batch bytes moved into data objects.",
-            &l.compacted_bytes,
-        );
-        counter(
+            |l| &l.compacted_bytes,
+        ),
+        (
             "floe_deleted_objects_total",
             "Garbage objects deleted.",
-            &l.deleted_objects,
-        );
-        counter(
-            "floe_checkpoints_total",
-            "Checkpoints written.",
-            &l.checkpoints,
-        );
-        counter(
+            |l| &l.deleted_objects,
+        ),
+        ("floe_checkpoints_total", "Checkpoints written.", |l| {
+            &l.checkpoints
+        }),
+        (
             "floe_truncations_total",
             "DeleteRecords log-start moves.",
-            &l.truncations,
-        );
-        counter(
+            |l| &l.truncations,
+        ),
+        (
             "floe_idempotent_duplicates_total",
             "Idempotent batches recognised as retries and answered with their first offset.",
-            &l.duplicates,
-        );
-        counter(
+            |l| &l.duplicates,
+        ),
+        (
             "floe_expired_producers_total",
             "Idempotent producers forgotten after producer.id.expiration.ms.",
-            &l.expired_producers,
-        );
-        self.produce_seconds.render(
-            &mut out,
-            "floe_produce_duration_seconds",
-            "Produce requests, from arrival until durable (acks=0 included).",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP floe_kafka_requests_total Kafka requests by API key."
-        );
-        let _ = writeln!(out, "# TYPE floe_kafka_requests_total counter");
-        for (key, c) in self.requests.iter().enumerate() {
-            let n = c.load(Relaxed);
-            if n > 0 {
-                let _ = writeln!(out, "floe_kafka_requests_total{{api_key=\"{key}\"}} {n}");
-            }
-        }
-        if let Some(cpu) = cpu_seconds() {
-            let name = "process_cpu_seconds_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} User and system CPU time of this process.\n# TYPE {name} counter\n{name} {cpu:.2}"
-            );
-        }
-        self.render_tenants(&mut out);
-        if let Some(extra) = self.extra.get() {
-            extra(&mut out);
-        }
-        out
+            |l| &l.expired_producers,
+        ),
+    ];
+    for (name, help, field) in series {
+        let l = l.clone();
+        counter(m, name, help, move || field(&l).load(Relaxed));
     }
+}
 
-    /// Metered usage by tenant (tenant ids are path-safe, so label-safe).
-    fn render_tenants(&self, out: &mut String) {
-        let tenants = self.tenants.snapshot();
-        let series: [Series; 7] = [
-            (
-                "floe_tenant_bytes_in_total",
-                "Record-batch bytes produced, as sent.",
-                |c| c.bytes_in as f64,
-            ),
-            (
-                "floe_tenant_bytes_out_total",
-                "Record-batch bytes fetched.",
-                |c| c.bytes_out as f64,
-            ),
-            ("floe_tenant_requests_total", "Requests answered.", |c| {
-                c.requests as f64
-            }),
-            (
-                "floe_tenant_connection_seconds_total",
-                "Connection time.",
-                |c| c.connection_ms as f64 / 1e3,
-            ),
-            (
-                "floe_tenant_stored_byte_hours_total",
-                "Record bytes held, over time.",
-                |c| c.stored_byte_seconds as f64 / 3600.0,
-            ),
-            (
-                "floe_tenant_partition_hours_total",
-                "Partitions held, over time.",
-                |c| c.partition_ms as f64 / 3.6e6,
-            ),
-            (
-                "floe_tenant_wasm_fuel_total",
-                "Fuel burned by the tenant's Wasm transforms.",
-                |c| c.wasm_fuel as f64,
-            ),
-        ];
-        for (name, help, value) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (t, c) in &tenants {
-                let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {}", value(c));
-            }
-        }
+/// Metered usage by tenant.
+fn register_tenants(m: &Meter, totals: Arc<Totals>) {
+    let series: [Series; 7] = [
+        (
+            "floe_tenant_bytes_in_total",
+            "Record-batch bytes produced, as sent.",
+            |c| c.bytes_in as f64,
+        ),
+        (
+            "floe_tenant_bytes_out_total",
+            "Record-batch bytes fetched.",
+            |c| c.bytes_out as f64,
+        ),
+        ("floe_tenant_requests_total", "Requests answered.", |c| {
+            c.requests as f64
+        }),
+        (
+            "floe_tenant_connection_seconds_total",
+            "Connection time.",
+            |c| c.connection_ms as f64 / 1e3,
+        ),
+        (
+            "floe_tenant_stored_byte_hours_total",
+            "Record bytes held, over time.",
+            |c| c.stored_byte_seconds as f64 / 3600.0,
+        ),
+        (
+            "floe_tenant_partition_hours_total",
+            "Partitions held, over time.",
+            |c| c.partition_ms as f64 / 3.6e6,
+        ),
+        (
+            "floe_tenant_wasm_fuel_total",
+            "Fuel burned by the tenant's Wasm transforms and connectors.",
+            |c| c.wasm_fuel as f64,
+        ),
+    ];
+    for (name, help, value) in series {
+        let totals = totals.clone();
+        m.f64_observable_counter(name)
+            .with_description(help)
+            .with_callback(move |o| {
+                for (t, c) in totals.snapshot() {
+                    o.observe(value(&c), &[KeyValue::new("tenant", t.to_string())]);
+                }
+            })
+            .build();
     }
 }
 
@@ -337,4 +316,209 @@ fn cpu_seconds() -> Option<f64> {
     let stime: u64 = fields.next()?.parse().ok()?;
     // In clock ticks: USER_HZ, which Linux fixes at 100 for user space.
     Some((utime + stime) as f64 / 100.0)
+}
+
+/// The pull reader `/metrics` collects from, once [`install`]ed.
+static READER: OnceLock<Arc<ManualReader>> = OnceLock::new();
+
+/// Lets the SDK hold the reader while `/metrics` collects through it.
+#[derive(Debug)]
+struct Shared(Arc<ManualReader>);
+
+impl MetricReader for Shared {
+    fn register_pipeline(&self, pipeline: std::sync::Weak<opentelemetry_sdk::metrics::Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(
+        &self,
+        kind: opentelemetry_sdk::metrics::InstrumentKind,
+    ) -> opentelemetry_sdk::metrics::Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// Installs the SDK as the global meter provider, with the pull reader.
+/// Call it first: instruments made before are no-ops.
+pub fn install() -> SdkMeterProvider {
+    let reader = READER.get_or_init(|| Arc::new(ManualReader::builder().build()));
+    let provider = SdkMeterProvider::builder()
+        .with_reader(Shared(reader.clone()))
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    provider
+}
+
+/// `/metrics`: everything the meter provider collects, in the Prometheus
+/// text format (0.0.4). Empty before [`install`].
+pub fn exposition() -> String {
+    let Some(reader) = READER.get() else {
+        return String::new();
+    };
+    let mut rm = ResourceMetrics::default();
+    if let Err(e) = reader.collect(&mut rm) {
+        tracing::warn!(error = %e, "collecting metrics");
+    }
+    let mut out = String::with_capacity(16 * 1024);
+    for scope in rm.scope_metrics() {
+        for metric in scope.metrics() {
+            encode(&mut out, metric);
+        }
+    }
+    out
+}
+
+fn encode(out: &mut String, metric: &Metric) {
+    let name = metric.name();
+    let kind = match metric.data() {
+        AggregatedMetrics::F64(MetricData::Sum(s)) if s.is_monotonic() => "counter",
+        AggregatedMetrics::U64(MetricData::Sum(s)) if s.is_monotonic() => "counter",
+        AggregatedMetrics::I64(MetricData::Sum(s)) if s.is_monotonic() => "counter",
+        AggregatedMetrics::F64(MetricData::Histogram(_))
+        | AggregatedMetrics::U64(MetricData::Histogram(_))
+        | AggregatedMetrics::I64(MetricData::Histogram(_)) => "histogram",
+        _ => "gauge",
+    };
+    let help = metric
+        .description()
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    match metric.data() {
+        AggregatedMetrics::F64(d) => points(out, name, d, |v| v),
+        AggregatedMetrics::U64(d) => points(out, name, d, |v| v as f64),
+        AggregatedMetrics::I64(d) => points(out, name, d, |v| v as f64),
+    }
+}
+
+fn points<T: Copy>(out: &mut String, name: &str, data: &MetricData<T>, f: fn(T) -> f64) {
+    match data {
+        MetricData::Sum(s) => {
+            for p in s.data_points() {
+                sample(out, name, "", &labels(p.attributes(), None), f(p.value()));
+            }
+        }
+        MetricData::Gauge(g) => {
+            for p in g.data_points() {
+                sample(out, name, "", &labels(p.attributes(), None), f(p.value()));
+            }
+        }
+        MetricData::Histogram(h) => {
+            for p in h.data_points() {
+                histogram(out, name, p, f);
+            }
+        }
+        // Not made by Floe's instruments.
+        MetricData::ExponentialHistogram(_) => {}
+    }
+}
+
+fn histogram<T: Copy>(out: &mut String, name: &str, p: &HistogramDataPoint<T>, f: fn(T) -> f64) {
+    let mut total = 0;
+    let counts: Vec<u64> = p.bucket_counts().collect();
+    for (i, bound) in p.bounds().chain([f64::INFINITY]).enumerate() {
+        total += counts.get(i).copied().unwrap_or(0);
+        let le = if bound.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            bound.to_string()
+        };
+        let l = labels(p.attributes(), Some(&le));
+        sample(out, name, "_bucket", &l, total as f64);
+    }
+    let l = labels(p.attributes(), None);
+    sample(out, name, "_sum", &l, f(p.sum()));
+    sample(out, name, "_count", &l, p.count() as f64);
+}
+
+/// `{k="v",...}` (with `le` last), or nothing.
+fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = attrs
+        .map(|kv| format!("{}=\"{}\"", kv.key.as_str(), escape(&kv.value)))
+        .collect();
+    parts.sort();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(v: &Value) -> String {
+    v.as_str()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, v: f64) {
+    let _ = writeln!(out, "{name}{suffix}{labels} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_holds_counters_gauges_and_histograms() {
+        let reader = Arc::new(ManualReader::builder().build());
+        let provider = SdkMeterProvider::builder()
+            .with_reader(Shared(reader.clone()))
+            .build();
+        let m = opentelemetry::metrics::MeterProvider::meter(&provider, "floe");
+        counter(&m, "t_calls_total", "Calls.\nTwo lines.", || 7);
+        telemetry::gauge(&m, "t_level", "A level.", || -3);
+        let h = telemetry::seconds(&m, "t_seconds", "Waits.");
+        h.record(0.004, &[KeyValue::new("api", "Pro\"duce")]);
+        h.record(40.0, &[KeyValue::new("api", "Pro\"duce")]);
+        let mut rm = ResourceMetrics::default();
+        reader.collect(&mut rm).expect("collect");
+        let mut out = String::new();
+        for s in rm.scope_metrics() {
+            for metric in s.metrics() {
+                encode(&mut out, metric);
+            }
+        }
+        assert!(out.contains("# HELP t_calls_total Calls.\\nTwo lines.\n# TYPE t_calls_total counter\nt_calls_total 7\n"), "{out}");
+        assert!(out.contains("# TYPE t_level gauge\nt_level -3\n"), "{out}");
+        assert!(out.contains("# TYPE t_seconds histogram\n"), "{out}");
+        assert!(
+            out.contains("t_seconds_bucket{api=\"Pro\\\"duce\",le=\"0.003\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{api=\"Pro\\\"duce\",le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{api=\"Pro\\\"duce\",le=\"30\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{api=\"Pro\\\"duce\",le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_count{api=\"Pro\\\"duce\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_sum{api=\"Pro\\\"duce\"} 40.004\n"),
+            "{out}"
+        );
+    }
 }

@@ -1,3 +1,4 @@
+//! Metrics: the SDK with `/metrics`' pull reader (`floe_gateway::metrics`).
 //! Logs go to stderr (`RUST_LOG`, default `info`); traces go over OTLP/HTTP
 //! (protobuf) when the standard variables name a collector:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` is appended) or
@@ -22,6 +23,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// What must be flushed before the process exits.
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
+    metrics: opentelemetry_sdk::metrics::SdkMeterProvider,
 }
 
 /// Whether the environment asks for traces.
@@ -57,8 +59,9 @@ fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
-/// Installs the global subscriber.
+/// Installs the global subscriber and meter provider.
 pub fn init() -> Telemetry {
+    let metrics = floe_gateway::metrics::install();
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
@@ -80,12 +83,13 @@ pub fn init() -> Telemetry {
     } else if traces.is_some() {
         tracing::info!("exporting traces over OTLP");
     }
-    Telemetry { traces }
+    Telemetry { traces, metrics }
 }
 
 impl Telemetry {
     /// Sends the spans still batched.
     pub fn shutdown(self) {
+        let _ = self.metrics.shutdown();
         if let Some(p) = self.traces {
             if let Err(e) = p.shutdown() {
                 eprintln!("flushing traces: {e}");

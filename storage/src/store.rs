@@ -88,11 +88,13 @@ fn call_span(name: &'static str, location: &Path) -> tracing::Span {
     )
 }
 
-/// Wraps a store and counts every call into [`StoreStats`], each in a span.
+/// Wraps a store and counts every call into [`StoreStats`], each in a span
+/// and timed (`floe_store_call_duration_seconds`).
 #[derive(Debug)]
 pub struct Counting {
     inner: Arc<dyn ObjectStore>,
     pub stats: Arc<StoreStats>,
+    seconds: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl Counting {
@@ -100,7 +102,19 @@ impl Counting {
         Self {
             inner,
             stats: Arc::default(),
+            seconds: floe_common::telemetry::seconds(
+                &floe_common::telemetry::meter(),
+                "floe_store_call_duration_seconds",
+                "Object-store calls by operation, failed ones included.",
+            ),
         }
+    }
+
+    fn timed(&self, op: &'static str, since: std::time::Instant) {
+        self.seconds.record(
+            since.elapsed().as_secs_f64(),
+            &[opentelemetry::KeyValue::new("op", op)],
+        );
     }
 
     fn count<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
@@ -130,12 +144,14 @@ impl ObjectStore for Counting {
         self.stats.put_bytes.fetch_add(bytes as u64, Relaxed);
         let span = call_span("store.put", location);
         span.record("bytes", bytes);
-        self.count(
-            self.inner
-                .put_opts(location, payload, opts)
-                .instrument(span)
-                .await,
-        )
+        let since = std::time::Instant::now();
+        let r = self
+            .inner
+            .put_opts(location, payload, opts)
+            .instrument(span)
+            .await;
+        self.timed("put", since);
+        self.count(r)
     }
 
     async fn put_multipart_opts(
@@ -159,12 +175,14 @@ impl ObjectStore for Counting {
             "store.get"
         };
         let span = call_span(name, location);
-        let r = self.count(
-            self.inner
-                .get_opts(location, options)
-                .instrument(span.clone())
-                .await,
-        )?;
+        let since = std::time::Instant::now();
+        let r = self
+            .inner
+            .get_opts(location, options)
+            .instrument(span.clone())
+            .await;
+        self.timed(if name == "store.head" { "head" } else { "get" }, since);
+        let r = self.count(r)?;
         span.record("bytes", r.range.end - r.range.start);
         self.stats
             .get_bytes
@@ -179,12 +197,14 @@ impl ObjectStore for Counting {
     ) -> object_store::Result<Vec<Bytes>> {
         self.stats.gets.fetch_add(ranges.len() as u64, Relaxed);
         let span = call_span("store.get_ranges", location);
-        let r = self.count(
-            self.inner
-                .get_ranges(location, ranges)
-                .instrument(span)
-                .await,
-        )?;
+        let since = std::time::Instant::now();
+        let r = self
+            .inner
+            .get_ranges(location, ranges)
+            .instrument(span)
+            .await;
+        self.timed("get_ranges", since);
+        let r = self.count(r)?;
         self.stats
             .get_bytes
             .fetch_add(r.iter().map(|b| b.len() as u64).sum(), Relaxed);
@@ -212,12 +232,14 @@ impl ObjectStore for Counting {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.stats.lists.fetch_add(1, Relaxed);
         let span = tracing::info_span!("store.list", otel.kind = "client", prefix = ?prefix.map(Path::as_ref));
-        self.count(
-            self.inner
-                .list_with_delimiter(prefix)
-                .instrument(span)
-                .await,
-        )
+        let since = std::time::Instant::now();
+        let r = self
+            .inner
+            .list_with_delimiter(prefix)
+            .instrument(span)
+            .await;
+        self.timed("list", since);
+        self.count(r)
     }
 
     async fn copy_opts(

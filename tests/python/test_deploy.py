@@ -224,6 +224,9 @@ def test_metrics_parse_and_the_dashboard_names_real_series():
     used = set(re.findall(r"\bfloe_[a-z_]+", " ".join(exprs)))
     missing = sorted(used - names)
     assert not missing, f"the dashboard names series nobody exports: {missing}"
+    # Latency histograms per API and per store operation.
+    assert {"floe_kafka_request_duration_seconds_bucket", "floe_store_call_duration_seconds_bucket",
+            "floe_produce_duration_seconds_bucket"} <= names
     # And the autoscaling policy's series are among them.
     policy = subprocess.run([floe_bin(), "cluster", "policy"], check=True,
                             capture_output=True, text=True).stdout

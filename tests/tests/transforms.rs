@@ -235,6 +235,15 @@ async fn hostile_guests_are_stopped_by_their_limits_and_others_carry_on() {
     }
     // Nothing reached the hostile transforms' output.
     assert!(consume(&evil, &f, "out", 1, 0).is_empty());
+    // `/metrics` counts the failures by tenant and why.
+    let metrics = f.http_get("/metrics").expect("/metrics");
+    for (_, _, kind) in &hostile {
+        let series = format!(
+            "floe_wasm_failures_total{{kind=\"{kind}\",tenant=\"{}\",world=\"transform\"}} ",
+            evil.name
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
     // And the process carries on: the good tenant still transforms.
     produce(&good, &f, "in", (n..2 * n).map(|i| format!("g{i}"))).await;
     good.caught_up(&f, "copy", 2 * n as u64);

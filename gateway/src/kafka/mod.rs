@@ -543,6 +543,7 @@ async fn decode<W: Shards>(
     );
     Ok(Box::pin(
         async move {
+            let began = std::time::Instant::now();
             let (id, v) = (header.correlation_id, header.request_api_version);
             let refusal = admission.refused.map(|why| {
                 WorkerError::PolicyViolation(format!("refused by the quota policy: {why}"))
@@ -569,6 +570,10 @@ async fn decode<W: Shards>(
                 std::time::Duration::ZERO
             };
             let throttle_ms = before.max(after).as_millis().min(i32::MAX as u128) as i32;
+            cx.metrics.request_seconds.record(
+                began.elapsed().as_secs_f64(),
+                &[opentelemetry::KeyValue::new("api", format!("{api:?}"))],
+            );
             match reply {
                 Some(Reply::Body(mut resp)) => {
                     set_throttle(&mut resp, throttle_ms);

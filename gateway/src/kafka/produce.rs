@@ -52,7 +52,9 @@ pub async fn produce<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Option<Produ
                 .with_partition_responses(out),
         );
     }
-    gw.metrics.produce_seconds.observe(started.elapsed());
+    gw.metrics
+        .produce_seconds
+        .record(started.elapsed().as_secs_f64(), &[]);
     if acks == 0 {
         return None;
     }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use floe_common::telemetry;
 use floe_common::TenantId;
 use floe_runtime::{AllowList, Connector, Labels, Runtime, World};
 use floe_storage::log::now_ms;
@@ -557,7 +558,10 @@ impl Runner {
                 let outcome = g.deliver(&batch).instrument(span).await;
                 let (failure, spent) = match outcome {
                     Ok(spent) => (None, spent),
-                    Err((f, spent)) => (Some(f), spent),
+                    Err((f, spent)) => {
+                        telemetry::wasm_failure(self.tenant.as_str(), "connector", f.kind.as_str());
+                        (Some(f), spent)
+                    }
                 };
                 over = shard
                     .transforms
@@ -632,7 +636,10 @@ impl Runner {
             .await;
         let (result, spent) = match outcome {
             Ok((p, spent)) => (Ok(p), spent),
-            Err((f, spent)) => (Err(f), spent),
+            Err((f, spent)) => {
+                telemetry::wasm_failure(self.tenant.as_str(), "connector", f.kind.as_str());
+                (Err(f), spent)
+            }
         };
         let over = shard
             .transforms

@@ -74,10 +74,8 @@ impl Stats {
         }
     }
 
-    /// Appends the series to a `/metrics` page.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    /// Registers the series (`/metrics`), one per plan with a policy.
+    pub fn register(self: &Arc<Self>, m: &opentelemetry::metrics::Meter) {
         type Series = (&'static str, &'static str, fn(&PlanStats) -> u64);
         let series: [Series; 2] = [
             (
@@ -92,10 +90,19 @@ impl Stats {
             ),
         ];
         for (name, help, value) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (plan, s) in &all {
-                let _ = writeln!(out, "{name}{{plan=\"{plan}\"}} {}", value(s));
-            }
+            let me = Arc::downgrade(self);
+            m.u64_observable_counter(name)
+                .with_description(help)
+                .with_callback(move |o| {
+                    let Some(me) = me.upgrade() else { return };
+                    let all = me.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    // Every plan, so a plan without a policy shows 0.
+                    for plan in floe_tenants::Plan::ALL.map(|p| p.name()) {
+                        let s = all.get(plan).cloned().unwrap_or_default();
+                        o.observe(value(&s), &[opentelemetry::KeyValue::new("plan", plan)]);
+                    }
+                })
+                .build();
         }
     }
 }

@@ -709,6 +709,11 @@ impl Runner {
                         }));
                     }
                     Err(f) => {
+                        floe_common::telemetry::wasm_failure(
+                            self.tenant.as_str(),
+                            "transform",
+                            f.kind.as_str(),
+                        );
                         if g.poisoned() {
                             *guest = None;
                         }
