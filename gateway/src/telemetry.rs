@@ -7,7 +7,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES` and the batch processor's `OTEL_BSP_*`.
 //! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn them off.
 //!
-//! Spans are the `tracing` spans of Floe's own crates at `info`: a Kafka
+//! Spans are the `tracing` spans of Floe's own crates (at `debug`, so
+//! they are not even made while traces are off): a Kafka
 //! request (`kafka.Produce`, `kafka.Fetch`, `kafka.JoinGroup`, ...), the
 //! shard's side of it (`shard.append`, `shard.durable`, `shard.read`,
 //! `group.*`), transforms' and connectors' batches, and object-store calls
@@ -16,6 +17,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -59,6 +61,19 @@ fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
+/// What the trace layer takes, whatever `RUST_LOG` says: Floe's own spans,
+/// which are at `debug` so that they cost nothing while no layer wants them
+/// (the log layer's filter is `info`), and its events at `info` and above
+/// (span events).
+fn traced(meta: &tracing::Metadata<'_>) -> bool {
+    let max = if meta.is_span() {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    meta.target().starts_with("floe") && *meta.level() <= max
+}
+
 /// Installs the global subscriber and meter provider.
 pub fn init() -> Telemetry {
     let metrics = floe_gateway::metrics::install();
@@ -74,8 +89,7 @@ pub fn init() -> Telemetry {
     let spans = traces.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("floe"))
-            // Every floe_* crate (a target prefix), whatever RUST_LOG says.
-            .with_filter(EnvFilter::new("floe=info"))
+            .with_filter(filter_fn(traced))
     });
     tracing_subscriber::registry().with(logs).with(spans).init();
     if let Some(e) = failed {

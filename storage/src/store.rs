@@ -79,7 +79,7 @@ pub struct StoreStats {
 
 /// A traced object-store call's span (`bytes` recorded once known).
 fn call_span(name: &'static str, location: &Path) -> tracing::Span {
-    tracing::info_span!(
+    tracing::debug_span!(
         "store.call",
         otel.name = name,
         otel.kind = "client",
@@ -231,7 +231,7 @@ impl ObjectStore for Counting {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.stats.lists.fetch_add(1, Relaxed);
-        let span = tracing::info_span!("store.list", otel.kind = "client", prefix = ?prefix.map(Path::as_ref));
+        let span = tracing::debug_span!("store.list", otel.kind = "client", prefix = ?prefix.map(Path::as_ref));
         let since = std::time::Instant::now();
         let r = self
             .inner

@@ -242,7 +242,7 @@ impl Accepted {
                 use tracing::Instrument;
                 appended
                     .durable()
-                    .instrument(tracing::info_span!("shard.durable"))
+                    .instrument(tracing::debug_span!("shard.durable"))
                     .await?;
                 if let Some((totals, tenant, c)) = counted {
                     totals.add(&tenant, &c);

@@ -642,7 +642,7 @@ impl Shards for LocalWorker {
         shard.commit(vec![], name, Some(next)).await
     }
 
-    #[tracing::instrument(name = "shard.append", skip_all, fields(%tenant, %topic, partition = partition, batches = batches.len()))]
+    #[tracing::instrument(level = "debug", name = "shard.append", skip_all, fields(%tenant, %topic, partition = partition, batches = batches.len()))]
     async fn produce(
         &self,
         tenant: &TenantId,
@@ -753,7 +753,7 @@ impl Shards for LocalWorker {
         ))
     }
 
-    #[tracing::instrument(name = "shard.read", skip_all, fields(%tenant, %topic, partition = partition, offset = offset))]
+    #[tracing::instrument(level = "debug", name = "shard.read", skip_all, fields(%tenant, %topic, partition = partition, offset = offset))]
     async fn fetch(
         &self,
         tenant: &TenantId,
@@ -1102,7 +1102,7 @@ impl Shards for LocalWorker {
         Ok(true)
     }
 
-    #[tracing::instrument(name = "group.commit_offsets", skip_all, fields(%tenant))]
+    #[tracing::instrument(level = "debug", name = "group.commit_offsets", skip_all, fields(%tenant))]
     async fn commit_offsets(
         &self,
         tenant: &TenantId,
@@ -1143,7 +1143,7 @@ impl Shards for LocalWorker {
         Ok(outcomes)
     }
 
-    #[tracing::instrument(name = "group.join", skip_all, fields(%tenant))]
+    #[tracing::instrument(level = "debug", name = "group.join", skip_all, fields(%tenant))]
     async fn join_group(
         &self,
         tenant: &TenantId,
@@ -1155,7 +1155,7 @@ impl Shards for LocalWorker {
         detached(async move { shard.groups.join(&shard.log, &group, join).await }).await
     }
 
-    #[tracing::instrument(name = "group.sync", skip_all, fields(%tenant))]
+    #[tracing::instrument(level = "debug", name = "group.sync", skip_all, fields(%tenant))]
     async fn sync_group(
         &self,
         tenant: &TenantId,
@@ -1174,7 +1174,7 @@ impl Shards for LocalWorker {
         .await
     }
 
-    #[tracing::instrument(name = "group.heartbeat", skip_all, fields(%tenant))]
+    #[tracing::instrument(level = "debug", name = "group.heartbeat", skip_all, fields(%tenant))]
     async fn heartbeat(
         &self,
         tenant: &TenantId,

@@ -533,7 +533,7 @@ async fn decode<W: Shards>(
     let before = admission.throttle;
     let conn = conn.clone();
     // One span per request, named by its API (traces: `telemetry.rs`).
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "kafka.request",
         otel.name = %format_args!("kafka.{api:?}"),
         otel.kind = "server",

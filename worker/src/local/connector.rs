@@ -554,7 +554,7 @@ impl Runner {
             if let Some(first) = decoded.records.first() {
                 let batch = tf::inputs(&decoded.records, p);
                 let began = tokio::time::Instant::now();
-                let span = tracing::info_span!("connector.deliver", tenant = %shard.tenant, connector = %self.name, records = batch.len());
+                let span = tracing::debug_span!("connector.deliver", tenant = %shard.tenant, connector = %self.name, records = batch.len());
                 let outcome = g.deliver(&batch).instrument(span).await;
                 let (failure, spent) = match outcome {
                     Ok(spent) => (None, spent),
@@ -629,7 +629,7 @@ impl Runner {
         let mut at = polled(shard, &self.name);
         let began = tokio::time::Instant::now();
         let span =
-            tracing::info_span!("connector.poll", tenant = %shard.tenant, connector = %self.name);
+            tracing::debug_span!("connector.poll", tenant = %shard.tenant, connector = %self.name);
         let outcome = g
             .poll(POLL_RECORDS, at.cursor.as_deref(), c.spec.topics.len())
             .instrument(span)

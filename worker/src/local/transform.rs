@@ -689,7 +689,7 @@ impl Runner {
                 });
                 at.records_in += batch.len() as u64;
                 let began = tokio::time::Instant::now();
-                let span = tracing::info_span!("transform.process", tenant = %shard.tenant, transform = %self.name, records = batch.len());
+                let span = tracing::debug_span!("transform.process", tenant = %shard.tenant, transform = %self.name, records = batch.len());
                 let processed = g
                     .process(&batch, d.spec.outputs.len(), state)
                     .instrument(span)
