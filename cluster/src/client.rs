@@ -168,6 +168,7 @@ impl RemoteShards {
             &Request {
                 tenant: tenant.clone(),
                 call,
+                trace: rpc::traceparent(),
             },
         );
         let lane = self.lane(tenant);

@@ -31,6 +31,39 @@ pub const MAX_FRAME: usize = 128 * 1024 * 1024;
 pub struct Request {
     pub tenant: TenantId,
     pub call: Call,
+    /// The caller's span as a W3C `traceparent`, when traces are on: the
+    /// worker's spans join the gateway's trace.
+    #[serde(default)]
+    pub trace: Option<String>,
+}
+
+/// The current span's context as a `traceparent`, if it is traced.
+pub fn traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// A span for serving a call, under the caller's span when it sent one.
+pub fn serving_span(tenant: &TenantId, trace: Option<&str>) -> tracing::Span {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::debug_span!("rpc.serve", otel.kind = "server", %tenant);
+    if let (Some(tp), false) = (trace, span.is_disabled()) {
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_string(), tp.to_string())]);
+        let parent =
+            opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 /// Where to ask instead; `None` when the worker knows no better (it is
@@ -314,6 +347,7 @@ mod tests {
     fn a_request_and_its_answers_round_trip() {
         let tenant = TenantId::new("acme").expect("valid");
         let req = Request {
+            trace: None,
             tenant: tenant.clone(),
             call: Call::SwapInstance {
                 group: "g".into(),

@@ -23,6 +23,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use opentelemetry::metrics::Meter;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::lock;
 use crate::members::{self, Beat, View};
@@ -578,7 +579,14 @@ async fn lane(
             Ok(p) => p,
             Err(_) => break,
         };
-        let (id, Request { tenant, call }) = match rpc::parse_request(body) {
+        let (
+            id,
+            Request {
+                tenant,
+                call,
+                trace,
+            },
+        ) = match rpc::parse_request(body) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "an undecodable RPC request; closing the lane");
@@ -609,21 +617,29 @@ async fn lane(
         }
         let worker = node.worker.clone();
         let tx = tx.clone();
+        let span = rpc::serving_span(&tenant, trace.as_deref());
         match call {
             // Accepted in line, so the lane's order is the log's order.
             Call::Produce {
                 topic,
                 partition,
                 batches,
-            } => match worker.produce(&tenant, &topic, partition, batches).await {
+            } => match worker
+                .produce(&tenant, &topic, partition, batches)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(accepted) => {
                     let node = node.clone();
-                    tokio::spawn(async move {
-                        let r = accepted.durable().await;
-                        let _ = tx.send(rpc::outcome::<Produced>(id, &r));
-                        node.worked(&tenant);
-                        drop((permit, busy));
-                    });
+                    tokio::spawn(
+                        async move {
+                            let r = accepted.durable().await;
+                            let _ = tx.send(rpc::outcome::<Produced>(id, &r));
+                            node.worked(&tenant);
+                            drop((permit, busy));
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(e) => {
                     let _ = tx.send(rpc::outcome::<Produced>(id, &Err(e)));
@@ -636,15 +652,18 @@ async fn lane(
             }
             call => {
                 let node = node.clone();
-                tokio::spawn(async move {
-                    let frame = dispatch(&*worker, &tenant, id, call).await;
-                    let _ = tx.send(frame);
-                    // A parked call (a join phase) is work until it ends.
-                    if work {
-                        node.worked(&tenant);
+                tokio::spawn(
+                    async move {
+                        let frame = dispatch(&*worker, &tenant, id, call).await;
+                        let _ = tx.send(frame);
+                        // A parked call (a join phase) is work until it ends.
+                        if work {
+                            node.worked(&tenant);
+                        }
+                        drop((permit, busy));
                     }
-                    drop((permit, busy));
-                });
+                    .instrument(span),
+                );
             }
         }
     }
@@ -903,8 +922,15 @@ mod tests {
     async fn ask(conn: &quinn::Connection, id: u64, call: Call) -> anyhow::Result<(u64, u8)> {
         let (mut send, mut recv) = conn.open_bi().await?;
         let tenant = TenantId::new("acme").expect("valid");
-        send.write_all(&rpc::request(id, &Request { tenant, call }))
-            .await?;
+        send.write_all(&rpc::request(
+            id,
+            &Request {
+                tenant,
+                call,
+                trace: None,
+            },
+        ))
+        .await?;
         let body = rpc::read_frame(&mut recv)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the stream ended unanswered"))?;

@@ -180,3 +180,62 @@ def test_spans_in_flight_are_sent_at_shutdown(tmp_path, monkeypatch):
     finally:
         f.close()
         r.close()
+
+
+def test_a_cluster_produce_is_one_trace_across_gateway_and_worker(tmp_path):
+    """Cluster mode: the gateway sends its span's `traceparent` with each
+    call, so the worker's spans land in the gateway's trace."""
+    import os
+    import subprocess
+
+    from conftest import free_port, wait_for_port
+
+    r = Receiver()
+    floe = os.environ.get("FLOE_BIN") or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", "target"), "debug", "floe")
+    certs, store = str(tmp_path / "certs"), str(tmp_path / "store")
+    subprocess.run([floe, "cluster", "init", "--out", certs], check=True, capture_output=True)
+    common = ["--store", store, "--cluster-certs", certs, "--beat-ms", "200", "--lease-ms", "1000"]
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{r.port}",
+               OTEL_BSP_SCHEDULE_DELAY="100")
+    log = open(tmp_path / "floe.log", "ab")
+    procs = []
+    try:
+        w_http, w_rpc, g_kafka, g_http = free_port(), free_port(), free_port(), free_port()
+        procs.append(subprocess.Popen(
+            [floe, "worker", "--rpc-listen", f"127.0.0.1:{w_rpc}", "--http-listen",
+             f"127.0.0.1:{w_http}", *common],
+            env=dict(env, OTEL_SERVICE_NAME="floe-worker"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
+        procs.append(subprocess.Popen(
+            [floe, "gateway", "--kafka-listen", f"127.0.0.1:{g_kafka}", "--http-listen",
+             f"127.0.0.1:{g_http}", *common],
+            env=dict(env, OTEL_SERVICE_NAME="floe-gateway"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
+        assert wait_for_port(w_http) and wait_for_port(g_kafka), f"see {log.name}"
+        p = KafkaProducer(bootstrap_servers=f"127.0.0.1:{g_kafka}", acks="all")
+        p.send("spread", b"over two processes").get(timeout=60)
+        p.close()
+        r.wait_for("shard.durable")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with r.lock:
+                spans = list(r.spans)
+            produce = [s for svc, s in spans if svc == "floe-gateway" and s.name == "kafka.Produce"]
+            appends = [s for svc, s in spans if svc == "floe-worker" and s.name == "shard.append"]
+            joined = [(p, a) for p in produce for a in appends if p.trace_id == a.trace_id]
+            if joined:
+                break
+            time.sleep(0.2)
+        assert joined, f"no worker span in a gateway produce's trace: {sorted({(svc, s.name) for svc, s in spans})}"
+        produce, append = joined[0]
+        by_id = {s.span_id: s for _, s in spans}
+        serve = by_id[append.parent_span_id]
+        assert serve.name == "rpc.serve" and serve.kind == SERVER
+        assert serve.parent_span_id == produce.span_id
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        log.close()
+        r.close()
