@@ -935,8 +935,7 @@ impl Shards for RemoteShards {
 
 /// The gateway's cluster series (`/metrics`; the autoscaler's signals).
 pub fn register(m: &Meter, stats: Arc<ClientStats>, view: Arc<View>) {
-    type Field = fn(&ClientStats) -> &AtomicU64;
-    let counters: [(&'static str, &'static str, Field); 5] = [
+    let counters: [telemetry::Series<ClientStats>; 5] = [
         (
             "floe_gateway_idle_answers_total",
             "Calls answered from what an unloaded shard published.",
@@ -963,10 +962,7 @@ pub fn register(m: &Meter, stats: Arc<ClientStats>, view: Arc<View>) {
             |s| &s.bytes_in,
         ),
     ];
-    for (name, help, field) in counters {
-        let stats = stats.clone();
-        telemetry::counter(m, name, help, move || field(&stats).load(Relaxed));
-    }
+    telemetry::counters(m, &stats, &counters);
     let s = stats.clone();
     telemetry::gauge(
         m,

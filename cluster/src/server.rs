@@ -862,50 +862,44 @@ pub fn register(m: &Meter, node: &Arc<Node>) {
         "Shards this worker holds the lease of (0: idle, can be scaled away).",
         move || n.upgrade().map_or(0, |n| n.owned() as i64),
     );
-    type Field = fn(&NodeStats) -> &AtomicU64;
-    let counters: [(&'static str, &'static str, Field); 7] = [
+    let counters: [telemetry::Series<Node>; 7] = [
         (
             "floe_worker_shards_unloaded_total",
             "Shards released after --idle-timeout-ms without work.",
-            |s| &s.unloaded,
+            |n| &n.stats.unloaded,
         ),
         (
             "floe_worker_rpc_requests_total",
             "Calls received from gateways.",
-            |s| &s.requests,
+            |n| &n.stats.requests,
         ),
         (
             "floe_worker_rpc_bytes_in_total",
             "Request bytes received from gateways.",
-            |s| &s.bytes_in,
+            |n| &n.stats.bytes_in,
         ),
         (
             "floe_worker_rpc_bytes_out_total",
             "Answer bytes sent to gateways.",
-            |s| &s.bytes_out,
+            |n| &n.stats.bytes_out,
         ),
         (
             "floe_worker_rpc_moved_total",
             "Calls answered with where the shard is instead.",
-            |s| &s.moved,
+            |n| &n.stats.moved,
         ),
         (
             "floe_worker_shards_acquired_total",
             "Shards this worker took.",
-            |s| &s.acquired,
+            |n| &n.stats.acquired,
         ),
         (
             "floe_worker_shards_released_total",
             "Shards this worker handed over.",
-            |s| &s.released,
+            |n| &n.stats.released,
         ),
     ];
-    for (name, help, field) in counters {
-        let n = Arc::downgrade(node);
-        telemetry::counter(m, name, help, move || {
-            n.upgrade().map_or(0, |n| field(&n.stats).load(Relaxed))
-        });
-    }
+    telemetry::counters(m, node, &counters);
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! Names are the Prometheus series' own (`_total` and units included), so
 //! what the code says is what `/metrics` shows.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
@@ -35,6 +36,17 @@ pub fn counter(
         .with_description(help)
         .with_callback(move |o| o.observe(value(), &[]))
         .build();
+}
+
+/// A series read from an atomic of `T`: name, help, and where it is.
+pub type Series<T> = (&'static str, &'static str, fn(&T) -> &AtomicU64);
+
+/// Counters read from `source`'s atomics at each collection.
+pub fn counters<T: Send + Sync + 'static>(m: &Meter, source: &Arc<T>, series: &[Series<T>]) {
+    for &(name, help, field) in series {
+        let s = source.clone();
+        counter(m, name, help, move || field(&s).load(Relaxed));
+    }
 }
 
 /// A gauge whose value `value` reads at each collection.

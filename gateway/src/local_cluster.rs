@@ -225,7 +225,7 @@ impl FleetStats {
             let s = self.clone();
             telemetry::gauge(m, name, help, move || field(&s).load(Relaxed) as i64);
         }
-        let counters: [(&'static str, &'static str, Field); 3] = [
+        let counters: [telemetry::Series<FleetStats>; 3] = [
             (
                 "floe_autoscaler_workers_started_total",
                 "Worker processes started.",
@@ -242,10 +242,7 @@ impl FleetStats {
                 |s| &s.exited,
             ),
         ];
-        for (name, help, field) in counters {
-            let s = self.clone();
-            telemetry::counter(m, name, help, move || field(&s).load(Relaxed));
-        }
+        telemetry::counters(m, self, &counters);
     }
 }
 

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
-use floe_common::telemetry::{self, counter};
+use floe_common::telemetry;
 use floe_storage::store::StoreStats;
 use floe_storage::LogStats;
 use floe_tenants::usage::{Counts, Totals};
@@ -87,8 +87,7 @@ impl Metrics {
     }
 
     fn register(self: &Arc<Self>, m: &Meter) {
-        type Field = fn(&Metrics) -> &AtomicU64;
-        let series: [(&'static str, &'static str, Field); 8] = [
+        let series: [telemetry::Series<Metrics>; 8] = [
             (
                 "floe_connections_opened_total",
                 "Kafka connections accepted.",
@@ -130,12 +129,7 @@ impl Metrics {
                 |s| &s.throttle_ms,
             ),
         ];
-        for (name, help, field) in series {
-            let me = Arc::downgrade(self);
-            counter(m, name, help, move || {
-                me.upgrade().map_or(0, |s| field(&s).load(Relaxed))
-            });
-        }
+        telemetry::counters(m, self, &series);
         let me = Arc::downgrade(self);
         m.u64_observable_counter("floe_kafka_requests_total")
             .with_description("Kafka requests by API key.")
@@ -167,8 +161,7 @@ impl Metrics {
 }
 
 fn register_store(m: &Meter, s: Arc<StoreStats>) {
-    type Field = fn(&StoreStats) -> &AtomicU64;
-    let series: [(&'static str, &'static str, Field); 7] = [
+    let series: [telemetry::Series<StoreStats>; 7] = [
         (
             "floe_store_puts_total",
             "Object-store PUTs (and copies).",
@@ -197,15 +190,11 @@ fn register_store(m: &Meter, s: Arc<StoreStats>) {
             |s| &s.errors,
         ),
     ];
-    for (name, help, field) in series {
-        let s = s.clone();
-        counter(m, name, help, move || field(&s).load(Relaxed));
-    }
+    telemetry::counters(m, &s, &series);
 }
 
 fn register_log(m: &Meter, l: Arc<LogStats>) {
-    type Field = fn(&LogStats) -> &AtomicU64;
-    let series: [(&'static str, &'static str, Field); 9] = [
+    let series: [telemetry::Series<LogStats>; 9] = [
         (
             "floe_cache_hits_total",
             "Read-cache blocks found in memory.",
@@ -248,10 +237,7 @@ fn register_log(m: &Meter, l: Arc<LogStats>) {
             |l| &l.expired_producers,
         ),
     ];
-    for (name, help, field) in series {
-        let l = l.clone();
-        counter(m, name, help, move || field(&l).load(Relaxed));
-    }
+    telemetry::counters(m, &l, &series);
 }
 
 /// Metered usage by tenant.
@@ -480,7 +466,7 @@ mod tests {
             .with_reader(Shared(reader.clone()))
             .build();
         let m = opentelemetry::metrics::MeterProvider::meter(&provider, "floe");
-        counter(&m, "t_calls_total", "Calls.\nTwo lines.", || 7);
+        telemetry::counter(&m, "t_calls_total", "Calls.\nTwo lines.", || 7);
         telemetry::gauge(&m, "t_level", "A level.", || -3);
         let h = telemetry::seconds(&m, "t_seconds", "Waits.");
         h.record(0.004, &[KeyValue::new("api", "Pro\"duce")]);
