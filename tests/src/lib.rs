@@ -68,6 +68,16 @@ pub struct Floe {
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
+    /// Whether it has ever come up; before, a lost port race is retried.
+    started: bool,
+    retries: u32,
+}
+
+/// Whether the last start in a log failed to bind a listener.
+fn lost_a_port(log: &str) -> bool {
+    log.rsplit("Error: ")
+        .next()
+        .is_some_and(|last| last.contains("Address already in use"))
 }
 
 impl Floe {
@@ -96,6 +106,8 @@ impl Floe {
             kafka_port: free_port(),
             http_port: free_port(),
             log: data_dir.with_extension("log"),
+            started: false,
+            retries: 0,
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -144,11 +156,30 @@ impl Floe {
         } else {
             self.kafka_port
         };
-        assert!(
-            wait_for_port(port, Duration::from_secs(20)),
-            "floe did not start; see {:?}",
-            self.log
-        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if wait_for_port(port, Duration::from_millis(200)) {
+                self.started = true;
+                return;
+            }
+            if !self.is_running() {
+                break;
+            }
+        }
+        // A port found free may be taken by another process before floe
+        // binds it: on a first start, pick others and try again.
+        let log = self.log_text();
+        if !self.started && self.retries < 3 && lost_a_port(&log) {
+            self.kill9();
+            self.retries += 1;
+            self.kafka_port = free_port();
+            self.http_port = free_port();
+            if self.role == "worker" {
+                self.rpc_port = free_udp_port();
+            }
+            return self.spawn();
+        }
+        panic!("floe did not start; see {:?}", self.log);
     }
 
     /// kill -9: no drain, no checkpoint.
@@ -348,4 +379,16 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let p = root.join(format!("floe-test-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&p).expect("temp dir");
     p
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_last_start_that_lost_its_port_is_retried() {
+        let lost = "INFO ready\nError: binding the HTTP listener\n\nCaused by:\n    Address already in use (os error 98)\n";
+        assert!(super::lost_a_port(lost));
+        let later = format!("{lost}INFO ready\nError: opening the object store\n");
+        assert!(!super::lost_a_port(&later));
+        assert!(!super::lost_a_port("INFO ready\n"));
+    }
 }
