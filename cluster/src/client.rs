@@ -975,11 +975,7 @@ pub fn register(m: &Meter, stats: Arc<ClientStats>, view: Arc<View>) {
         m,
         crate::autoscale::CLAIMED,
         "Shards that live workers hold, in this gateway's view.",
-        move || {
-            v.upgrade().map_or(0, |v| {
-                v.live().iter().map(|b| b.claims.len()).sum::<usize>() as i64
-            })
-        },
+        move || v.upgrade().map_or(0, |v| v.claimed_shards() as i64),
     );
     let v = Arc::downgrade(&view);
     telemetry::gauge(

@@ -251,6 +251,11 @@ impl View {
         out
     }
 
+    /// Shards live workers hold (an autoscaling signal).
+    pub fn claimed_shards(&self) -> usize {
+        self.live().iter().map(|b| b.claims.len()).sum()
+    }
+
     /// Every beat listed, live or not, with how long since it changed.
     pub fn all(&self) -> Vec<(Beat, Duration)> {
         let seen = lock(&self.seen);

@@ -175,7 +175,7 @@ async fn autoscale(
         let bytes = stats.bytes_out.load(Relaxed) + stats.bytes_in.load(Relaxed);
         let signals = Signals {
             unplaced: stats.unplaced.load(Relaxed) as f64,
-            claimed: view.live().iter().map(|b| b.claims.len()).sum::<usize>() as f64,
+            claimed: view.claimed_shards() as f64,
             bytes_per_sec: rate.observe(now, bytes),
         };
         let running = fleet.running.len() as u32;

@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use floe_gateway::admin::Admin;
-
 use floe_gateway::{kafka, metrics::Metrics, AuthMode, Gateway, Settings, DEFAULT_TENANT};
 use floe_storage::store::{self, Counting};
 use floe_storage::LogConfig;
@@ -497,17 +496,17 @@ impl ClusterGateway {
             view.clone(),
             counted.clone(),
         ));
+        let stats = remote.stats();
         let metrics = Metrics::new(counted.stats.clone(), log.stats.clone(), Arc::default());
         floe_cluster::client::register(
             &floe_common::telemetry::meter(),
-            remote.stats(),
+            stats.clone(),
             view.clone(),
         );
         let peers = Some((
             counted.clone() as Arc<dyn object_store::ObjectStore>,
             cluster.timing(),
         ));
-        let stats = remote.stats();
         let front = Front::start(front, remote, registry.clone(), metrics, peers).await?;
         Ok(Self {
             front,

@@ -12,6 +12,7 @@ use floe_common::telemetry;
 use floe_storage::store::StoreStats;
 use floe_storage::LogStats;
 use floe_tenants::usage::{Counts, Totals};
+use kafka_protocol::messages::ApiKey;
 use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{
@@ -36,15 +37,17 @@ pub struct Metrics {
     pub throttle_ms: AtomicU64,
     /// Produce requests, arrival to every partition durable.
     pub produce_seconds: Histogram<f64>,
-    /// Kafka requests by API, arrival to answer.
-    pub request_seconds: Histogram<f64>,
+    /// Kafka requests by API, arrival to answer (`request_took`).
+    request_seconds: Histogram<f64>,
+    /// Each API key's `api` attribute, named once rather than per request.
+    api_names: Vec<KeyValue>,
     /// Whether `/readyz` says ready: set once the process serves, cleared
     /// when it starts to drain.
     pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// A per-tenant series: name, help, and its value from a tenant's counts.
-type Series = (&'static str, &'static str, fn(&Counts) -> f64);
+type TenantSeries = (&'static str, &'static str, fn(&Counts) -> f64);
 
 impl Metrics {
     /// The gateway's series, and the process's: its store calls, its logs'
@@ -71,6 +74,15 @@ impl Metrics {
                 "floe_kafka_request_duration_seconds",
                 "Kafka requests by API, from decoded to answered.",
             ),
+            api_names: (0..API_KEYS)
+                .map(|key| {
+                    let name = i16::try_from(key)
+                        .ok()
+                        .and_then(|k| ApiKey::try_from(k).ok())
+                        .map_or_else(|| key.to_string(), |a| format!("{a:?}"));
+                    KeyValue::new("api", name)
+                })
+                .collect(),
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         me.register(&m);
@@ -151,6 +163,14 @@ impl Metrics {
             .and_then(|k| self.requests.get(k))
         {
             c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A Kafka request of `api` answered `took` after it was decoded.
+    pub fn request_took(&self, api: ApiKey, took: std::time::Duration) {
+        if let Some(name) = self.api_names.get(api as i16 as usize) {
+            self.request_seconds
+                .record(took.as_secs_f64(), std::slice::from_ref(name));
         }
     }
 
@@ -242,7 +262,7 @@ fn register_log(m: &Meter, l: Arc<LogStats>) {
 
 /// Metered usage by tenant.
 fn register_tenants(m: &Meter, totals: Arc<Totals>) {
-    let series: [Series; 7] = [
+    let series: [TenantSeries; 7] = [
         (
             "floe_tenant_bytes_in_total",
             "Record-batch bytes produced, as sent.",

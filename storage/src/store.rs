@@ -77,11 +77,11 @@ pub struct StoreStats {
     pub errors: AtomicU64,
 }
 
-/// A traced object-store call's span (`bytes` recorded once known).
-fn call_span(name: &'static str, location: &Path) -> tracing::Span {
+/// The span of a call `op` on `location` (`bytes` recorded once known).
+fn call_span(op: &'static str, location: &Path) -> tracing::Span {
     tracing::debug_span!(
         "store.call",
-        otel.name = name,
+        otel.name = %format_args!("store.{op}"),
         otel.kind = "client",
         path = %location,
         bytes = tracing::field::Empty,
@@ -110,11 +110,21 @@ impl Counting {
         }
     }
 
-    fn timed(&self, op: &'static str, since: std::time::Instant) {
+    /// Runs a call of the inner store in `span`, timed as `op`, its
+    /// failure counted.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        span: tracing::Span,
+        call: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        let since = std::time::Instant::now();
+        let r = call.instrument(span).await;
         self.seconds.record(
             since.elapsed().as_secs_f64(),
             &[opentelemetry::KeyValue::new("op", op)],
         );
+        self.count(r)
     }
 
     fn count<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
@@ -142,16 +152,10 @@ impl ObjectStore for Counting {
         self.stats.puts.fetch_add(1, Relaxed);
         let bytes = payload.content_length();
         self.stats.put_bytes.fetch_add(bytes as u64, Relaxed);
-        let span = call_span("store.put", location);
+        let span = call_span("put", location);
         span.record("bytes", bytes);
-        let since = std::time::Instant::now();
-        let r = self
-            .inner
-            .put_opts(location, payload, opts)
-            .instrument(span)
-            .await;
-        self.timed("put", since);
-        self.count(r)
+        self.call("put", span, self.inner.put_opts(location, payload, opts))
+            .await
     }
 
     async fn put_multipart_opts(
@@ -169,20 +173,11 @@ impl ObjectStore for Counting {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.stats.gets.fetch_add(1, Relaxed);
-        let name = if options.head {
-            "store.head"
-        } else {
-            "store.get"
-        };
-        let span = call_span(name, location);
-        let since = std::time::Instant::now();
+        let op = if options.head { "head" } else { "get" };
+        let span = call_span(op, location);
         let r = self
-            .inner
-            .get_opts(location, options)
-            .instrument(span.clone())
-            .await;
-        self.timed(if name == "store.head" { "head" } else { "get" }, since);
-        let r = self.count(r)?;
+            .call(op, span.clone(), self.inner.get_opts(location, options))
+            .await?;
         span.record("bytes", r.range.end - r.range.start);
         self.stats
             .get_bytes
@@ -196,15 +191,10 @@ impl ObjectStore for Counting {
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
         self.stats.gets.fetch_add(ranges.len() as u64, Relaxed);
-        let span = call_span("store.get_ranges", location);
-        let since = std::time::Instant::now();
+        let span = call_span("get_ranges", location);
         let r = self
-            .inner
-            .get_ranges(location, ranges)
-            .instrument(span)
-            .await;
-        self.timed("get_ranges", since);
-        let r = self.count(r)?;
+            .call("get_ranges", span, self.inner.get_ranges(location, ranges))
+            .await?;
         self.stats
             .get_bytes
             .fetch_add(r.iter().map(|b| b.len() as u64).sum(), Relaxed);
@@ -232,14 +222,8 @@ impl ObjectStore for Counting {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.stats.lists.fetch_add(1, Relaxed);
         let span = tracing::debug_span!("store.list", otel.kind = "client", prefix = ?prefix.map(Path::as_ref));
-        let since = std::time::Instant::now();
-        let r = self
-            .inner
-            .list_with_delimiter(prefix)
-            .instrument(span)
-            .await;
-        self.timed("list", since);
-        self.count(r)
+        self.call("list", span, self.inner.list_with_delimiter(prefix))
+            .await
     }
 
     async fn copy_opts(

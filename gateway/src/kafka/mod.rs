@@ -570,10 +570,7 @@ async fn decode<W: Shards>(
                 std::time::Duration::ZERO
             };
             let throttle_ms = before.max(after).as_millis().min(i32::MAX as u128) as i32;
-            cx.metrics.request_seconds.record(
-                began.elapsed().as_secs_f64(),
-                &[opentelemetry::KeyValue::new("api", format!("{api:?}"))],
-            );
+            cx.metrics.request_took(api, began.elapsed());
             match reply {
                 Some(Reply::Body(mut resp)) => {
                     set_throttle(&mut resp, throttle_ms);
