@@ -239,3 +239,34 @@ def test_a_cluster_produce_is_one_trace_across_gateway_and_worker(tmp_path):
             proc.wait()
         log.close()
         r.close()
+
+
+def test_health_endpoints_and_an_unsupported_otlp_protocol(tmp_path, monkeypatch):
+    """`/readyz` answers 200 while serving and only to GET (405 otherwise,
+    as `/healthz` and `/metrics`); an OTLP protocol Floe does not speak
+    turns traces off with a warning, and the process serves on."""
+    import urllib.error
+    import urllib.request
+
+    r = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{r.port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    f = Floe(str(tmp_path))
+    try:
+        base = f"http://127.0.0.1:{f.http_port}"
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as resp:
+            assert resp.status == 200 and resp.read() == b"ready\n"
+        for path in ("/readyz", "/healthz", "/metrics"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(urllib.request.Request(f"{base}{path}", method="POST"), timeout=5)
+            assert e.value.code == 405, path
+        p = KafkaProducer(bootstrap_servers=f.bootstrap, acks="all")
+        p.send("plain", b"still served").get(timeout=30)
+        p.close()
+        time.sleep(0.5)
+        assert not r.named("kafka.Produce"), "no spans: traces are off"
+        with open(f.log.name, "rb") as log:
+            assert b"traces are off" in log.read()
+    finally:
+        f.close()
+        r.close()
