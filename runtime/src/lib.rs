@@ -47,9 +47,12 @@ pub use transform::{
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Bytes of each pooled memory, table and stack kept mapped between uses
-/// (zeroed by memset on reuse; the rest is given back to the kernel). One
-/// Wasm page: measured against 0 and 1 MiB (BENCHMARKS.md, 2026-11-23), it
-/// makes an instance's whole cycle cheapest, for small and std guests alike.
+/// (reset by memset on reuse; the rest is given back to the kernel). With
+/// PAGEMAP_SCAN these are the first 64 KiB of pages the instance wrote,
+/// wherever they are; without it, the first 64 KiB of the memory. Measured
+/// against 0, 256 KiB and 1 MiB (BENCHMARKS.md, 2026-11-23): no larger
+/// value made a Rust or WAT guest's start or whole cycle cheaper, and
+/// without PAGEMAP_SCAN a larger one is memset in full on every reuse.
 const KEEP_RESIDENT: usize = 64 << 10;
 
 /// Compiled components kept per process.
@@ -195,7 +198,13 @@ impl Runtime {
             // giving it back to the kernel: fewer page faults per instance.
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT)
-            .async_stack_keep_resident(KEEP_RESIDENT);
+            .async_stack_keep_resident(KEEP_RESIDENT)
+            // Where the kernel has PAGEMAP_SCAN (Linux 6.7), reset only the
+            // pages an instance wrote, anywhere in its memory, and keep them
+            // mapped: a std guest's stack top, data and heap lie past the
+            // first page, and faulting them in again each time was half
+            // its start (BENCHMARKS.md, 2026-11-23).
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
         config
             .wasm_component_model(true)

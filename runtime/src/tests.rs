@@ -158,6 +158,46 @@ async fn counter_state_is_read_through_and_written_per_batch() {
     assert_eq!(u64::from_le_bytes(last.try_into().expect("8 bytes")), 12);
 }
 
+/// What the residue fixture saw on its call: the far words it found, and
+/// its data segment's word.
+async fn residue_seen(t: &mut Transform) -> (u64, Vec<u8>) {
+    let out = t
+        .process(&batch(1), 1, Arc::new(Empty))
+        .await
+        .expect("processes");
+    let value = out.outputs[0].value.clone().expect("value");
+    let (far, data) = value.split_at(8);
+    (u64::from_le_bytes(far.try_into().expect("8 bytes")), data.to_vec())
+}
+
+/// A pool of one slot: every instance reuses the slot the last one dirtied,
+/// which is reset only where it was written (`pagemap_scan`) or given back
+/// to the kernel. No instance sees another's memory, near or far, and data
+/// segments read as the component shipped them.
+#[tokio::test]
+async fn an_instance_never_sees_what_the_last_one_in_its_slot_wrote() {
+    let rt = runtime(Limits {
+        instances: 1,
+        ..Limits::default()
+    });
+    let wasm = floe_fixtures::residue();
+    let mut t = rt.transform(&wasm, &[], labels("r")).await.expect("starts");
+    assert_eq!(residue_seen(&mut t).await, (0, b"original".to_vec()));
+    // The control: within one instance the guest's writes stay.
+    let (far, data) = residue_seen(&mut t).await;
+    assert_ne!(far, 0);
+    assert_ne!(data, b"original");
+    drop(t);
+    for round in 0..20 {
+        let mut t = rt.transform(&wasm, &[], labels("r")).await.expect("starts");
+        assert_eq!(
+            residue_seen(&mut t).await,
+            (0, b"original".to_vec()),
+            "instance {round} saw an earlier one's memory"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_spinning_guest_hits_its_deadline_without_blocking_the_runtime() {
     let limits = Limits {
