@@ -27,7 +27,8 @@ work=$(mktemp -d /tmp/floe-wasm-XXXX)
 guests=$(scripts/build-guests)
 target/release/floe-fixtures "$work/fixtures" > /dev/null
 
-start_floe_dev --wasm-deadline-ms 300 --wasm-memory-mib 16
+# A fresh compile cache: the cold deploy below compiles, as a new component would.
+start_floe_dev --wasm-deadline-ms 300 --wasm-memory-mib 16 --wasm-cache-dir "$work/wasm-cache"
 for t in good evil busy; do api POST /tenants "{\"id\":\"$t\",\"plan\":\"standard\"}" > /dev/null; done
 read -r gk gs < <(key good)
 read -r ek es < <(key evil)

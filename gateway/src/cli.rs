@@ -421,14 +421,19 @@ async fn send(
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    if !bytes.is_empty() {
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-            Err(_) => println!("{}", String::from_utf8_lossy(&bytes)),
-        }
-    }
+    let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
     if !status.is_success() {
-        bail!("{status}");
+        // The server's reason, on stderr with the status: what to fix.
+        let reason = match json.as_ref().and_then(|v| v["message"].as_str()) {
+            Some(m) => m.to_string(),
+            None => String::from_utf8_lossy(&bytes).trim().to_string(),
+        };
+        bail!("{status}: {reason}");
+    }
+    match json {
+        Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+        None if !bytes.is_empty() => println!("{}", String::from_utf8_lossy(&bytes)),
+        None => {}
     }
     Ok(())
 }

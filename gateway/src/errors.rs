@@ -6,7 +6,9 @@ use kafka_protocol::ResponseError as E;
 
 pub fn code(e: &WorkerError) -> i16 {
     match e {
-        WorkerError::UnknownTopicOrPartition => E::UnknownTopicOrPartition,
+        WorkerError::UnknownTopicOrPartition | WorkerError::UnknownTopic(_) => {
+            E::UnknownTopicOrPartition
+        }
         WorkerError::TopicExists(_) => E::TopicAlreadyExists,
         WorkerError::InvalidTopic(_) => E::InvalidTopicException,
         WorkerError::InvalidPartitions(_) => E::InvalidPartitions,

@@ -211,6 +211,11 @@ struct LogArgs {
     /// batches.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     wasm_cpu_ms_per_sec: u64,
+    /// Where compiled Wasm components are kept for the next start: a local
+    /// directory only this user may write [default: floe-wasm-cache in the
+    /// temporary directory]. "" keeps them in memory only.
+    #[arg(long)]
+    wasm_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// What clients meet: the Kafka and HTTP listeners.
@@ -638,6 +643,11 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
             fuel_per_call: a.wasm_fuel,
             deadline: Duration::from_millis(a.wasm_deadline_ms),
             connector_deadline: Duration::from_millis(a.wasm_connector_deadline_ms),
+            cache_dir: match &a.wasm_cache_dir {
+                None => Some(std::env::temp_dir().join("floe-wasm-cache")),
+                Some(d) if d.as_os_str().is_empty() => None,
+                Some(d) => Some(d.clone()),
+            },
             ..floe_runtime::Limits::default()
         },
         wasm_cpu_ms_per_sec: a.wasm_cpu_ms_per_sec,

@@ -22,6 +22,7 @@
 //!   their allow-list, checked on resolved addresses.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,12 +30,14 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 mod connector;
+mod disk;
 mod egress;
 mod host;
 mod quota;
 mod transform;
 
 pub use connector::{Connector, Polled, Spent};
+pub use disk::CacheStats;
 pub use egress::AllowList;
 pub use host::Labels;
 pub use quota::{Decision, Kind, Policy, Query, RecentUsage};
@@ -79,6 +82,9 @@ pub struct Limits {
     pub outputs_per_input: usize,
     /// Instances alive at once in this process (the pool's size).
     pub instances: u32,
+    /// Where compiled components are kept for the next process (`disk.rs`);
+    /// `None` compiles each once per process.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Limits {
@@ -90,6 +96,7 @@ impl Default for Limits {
             connector_deadline: Duration::from_secs(30),
             outputs_per_input: MAX_OUTPUTS,
             instances: 256,
+            cache_dir: None,
         }
     }
 }
@@ -133,7 +140,7 @@ pub struct Digest(pub String);
 impl Digest {
     pub fn of(wasm: &[u8]) -> Self {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, wasm);
-        Digest(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+        Digest(disk::hex(d.as_ref()))
     }
 }
 
@@ -168,11 +175,13 @@ pub struct Runtime {
     transform_linker: Linker<host::Host>,
     quota_linker: Linker<host::Host>,
     connector_linker: Linker<host::Host>,
-    /// Compiled and pre-linked components by (world, content hash). Kept
-    /// in memory only: loading precompiled native code is `unsafe`, so
-    /// nothing compiled is ever read back from disk or the object store;
-    /// a new process compiles each component once on first use.
+    /// Compiled and pre-linked components by (world, content hash).
     compiled: Mutex<HashMap<(World, Digest), Compiled>>,
+    /// Compiled components kept on local disk across processes, if
+    /// configured and safe to use; never in the object store, since
+    /// loading one runs its native code.
+    disk: Option<disk::DiskCache>,
+    stats: CacheStats,
 }
 
 #[derive(Clone)]
@@ -229,6 +238,11 @@ impl Runtime {
         let quota_linker = quota::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
         let connector_linker =
             connector::linker(&engine).map_err(|e| Error::Start(e.to_string()))?;
+        let disk = limits.cache_dir.as_deref().and_then(|dir| {
+            disk::DiskCache::open(dir, &engine)
+                .inspect_err(|e| tracing::warn!("compiled components not kept on disk: {e}"))
+                .ok()
+        });
         Ok(Arc::new(Self {
             engine,
             limits,
@@ -236,11 +250,18 @@ impl Runtime {
             quota_linker,
             connector_linker,
             compiled: Mutex::new(HashMap::new()),
+            disk,
+            stats: CacheStats::default(),
         }))
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// How many components were compiled, and how many read from disk.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.stats
     }
 
     /// Validates an upload for `world`: a component, importing only what
@@ -260,8 +281,25 @@ impl Runtime {
         if wasm.get(..4) != Some(b"\0asm") {
             return Err(Error::Invalid("not a WebAssembly binary".into()));
         }
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| Error::Invalid(format!("{e:#}").replace('\n', " ")))?;
+        let component = match self
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(&self.engine, digest))
+        {
+            Some(c) => {
+                self.stats.loaded.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            None => {
+                let c = Component::new(&self.engine, wasm)
+                    .map_err(|e| Error::Invalid(format!("{e:#}").replace('\n', " ")))?;
+                self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+                if let Some(d) = &self.disk {
+                    d.store(digest, &c);
+                }
+                c
+            }
+        };
         check_imports(&self.engine, &component, world)?;
         let invalid = |e: wasmtime::Error| Error::Invalid(format!("{e:#}"));
         let compiled = match world {

@@ -167,7 +167,10 @@ async fn residue_seen(t: &mut Transform) -> (u64, Vec<u8>) {
         .expect("processes");
     let value = out.outputs[0].value.clone().expect("value");
     let (far, data) = value.split_at(8);
-    (u64::from_le_bytes(far.try_into().expect("8 bytes")), data.to_vec())
+    (
+        u64::from_le_bytes(far.try_into().expect("8 bytes")),
+        data.to_vec(),
+    )
 }
 
 /// A pool of one slot: every instance reuses the slot the last one dirtied,
@@ -196,6 +199,117 @@ async fn an_instance_never_sees_what_the_last_one_in_its_slot_wrote() {
             "instance {round} saw an earlier one's memory"
         );
     }
+}
+
+fn cached(dir: &std::path::Path) -> Arc<Runtime> {
+    runtime(Limits {
+        cache_dir: Some(dir.to_path_buf()),
+        ..Limits::default()
+    })
+}
+
+fn cwasm_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
+/// A second process (here, a second engine) loads what the first compiled
+/// instead of compiling it; an unusable file is compiled again and
+/// replaced; the world is still checked for a component read from disk.
+#[tokio::test]
+async fn compiled_components_are_kept_on_disk_for_the_next_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("wasm");
+    let wasm = floe_fixtures::identity();
+
+    let first = cached(&cache);
+    first.check(World::Transform, &wasm).expect("valid");
+    let stats = first.cache_stats();
+    assert_eq!((stats.compiled(), stats.loaded()), (1, 0));
+    let files = cwasm_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&cache).expect("dir").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+
+    let second = cached(&cache);
+    let mut t = second
+        .transform(&wasm, &[], labels("disk"))
+        .await
+        .expect("starts from the disk copy");
+    let out = t
+        .process(&batch(3), 1, Arc::new(Empty))
+        .await
+        .expect("runs");
+    assert_eq!(out.outputs.len(), 3);
+    let stats = second.cache_stats();
+    assert_eq!((stats.compiled(), stats.loaded()), (0, 1));
+    let Err(Error::Invalid(e)) = second.check(World::Quota, &wasm) else {
+        panic!("a transform read from disk is still not a policy");
+    };
+    assert!(e.contains("quota"), "{e}");
+
+    std::fs::write(&files[0], b"cut short").expect("spoil");
+    let third = cached(&cache);
+    third
+        .check(World::Transform, &wasm)
+        .expect("compiled again");
+    assert_eq!(
+        (third.cache_stats().compiled(), third.cache_stats().loaded()),
+        (1, 0)
+    );
+    let fourth = cached(&cache);
+    fourth.check(World::Transform, &wasm).expect("valid");
+    assert_eq!(
+        fourth.cache_stats().loaded(),
+        1,
+        "the spoilt file was replaced"
+    );
+}
+
+/// Whoever can write the cache directory chooses native code this process
+/// runs: one that others may write is not used (and the runtime still
+/// works, compiling in memory).
+#[test]
+fn a_cache_directory_others_can_write_is_not_used() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = dir.path().join("shared");
+    std::fs::create_dir(&open).expect("dir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let wasm = floe_fixtures::identity();
+    for _ in 0..2 {
+        let rt = cached(&open);
+        rt.check(World::Transform, &wasm).expect("valid");
+        assert_eq!(rt.cache_stats().compiled(), 1);
+    }
+    assert!(cwasm_files(&open).is_empty());
+}
+
+/// The disk cache keeps the newest artifacts only.
+#[test]
+fn the_disk_cache_drops_its_oldest_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = disk::DiskCache::open(dir.path(), &Engine::default()).expect("opens");
+    let t0 = std::time::SystemTime::now() - Duration::from_secs(10_000);
+    let extra = 5;
+    for i in 0..disk::MAX_FILES + extra {
+        let f = std::fs::File::create(dir.path().join(format!("{i:04}.cwasm"))).expect("file");
+        f.set_modified(t0 + Duration::from_secs(i as u64))
+            .expect("mtime");
+    }
+    cache.evict();
+    let mut left: Vec<String> = cwasm_files(dir.path())
+        .iter()
+        .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), disk::MAX_FILES);
+    assert_eq!(left[0], format!("{extra:04}.cwasm"), "the oldest went");
 }
 
 #[tokio::test]

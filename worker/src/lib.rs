@@ -59,6 +59,10 @@ pub use transactions::{TxnError, TxnMeta, TxnState};
 pub enum WorkerError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    /// A topic a request names by itself (a transform's or connector's
+    /// input or output), so the answer can say which.
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
     #[error("topic {0:?} already exists")]
     TopicExists(String),
     #[error("{0}")]

@@ -188,6 +188,13 @@ impl Shard {
             .ok_or(WorkerError::UnknownTopicOrPartition)
     }
 
+    /// [`Self::topic`] for a topic the request named itself: a missing one
+    /// is answered by name.
+    fn named_topic(&self, name: &str) -> Result<Arc<TopicMeta>> {
+        self.topic(name)
+            .map_err(|_| WorkerError::UnknownTopic(name.to_string()))
+    }
+
     fn stream(&self, name: &str, partition: i32) -> Result<(Arc<TopicMeta>, StreamId)> {
         let t = self.topic(name)?;
         let s = t

@@ -252,7 +252,9 @@ pub fn coded(
 
 pub fn worker_error(e: &WorkerError) -> Answer {
     let (status, code) = match e {
-        WorkerError::UnknownTopicOrPartition => (StatusCode::NOT_FOUND, 40401),
+        WorkerError::UnknownTopicOrPartition | WorkerError::UnknownTopic(_) => {
+            (StatusCode::NOT_FOUND, 40401)
+        }
         WorkerError::UnknownTransform(_) | WorkerError::UnknownConnector(_) => {
             (StatusCode::NOT_FOUND, 40406)
         }

@@ -125,7 +125,7 @@ impl LocalWorker {
         let digest = self.check_upload(World::Connector, &wasm).await?;
         let shard = self.shard(tenant).await?;
         for t in &spec.topics {
-            shard.topic(t)?;
+            shard.named_topic(t)?;
         }
         let dead_letter = match spec.kind {
             Kind::Source => None,

@@ -186,9 +186,9 @@ impl LocalWorker {
         }
         let digest = self.check_upload(World::Transform, &wasm).await?;
         let shard = self.shard(tenant).await?;
-        let input = shard.topic(&spec.input)?;
+        let input = shard.named_topic(&spec.input)?;
         for o in &spec.outputs {
-            shard.topic(o)?;
+            shard.named_topic(o)?;
         }
         let dead_letter = spec
             .dead_letter
