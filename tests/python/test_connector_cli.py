@@ -5,7 +5,6 @@ lines; then status, list, pause, resume and delete."""
 import http.server
 import json
 import os
-import subprocess
 import threading
 import time
 
@@ -13,7 +12,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from test_http import http_floe  # noqa: F401 (a fixture)
+from test_http import http_floe, tenant_cli  # noqa: F401 (a fixture)
 from test_tenants import sasl
 
 
@@ -48,14 +47,7 @@ def test_the_readme_webhook_sink_with_the_cli(http_floe, receiver):  # noqa: F81
     if guests == "wat":
         pytest.skip("wasm32-wasip2 unavailable: the http_sink example was not built")
     floe, key = http_floe
-    env = {"FLOE_URL": f"http://127.0.0.1:{floe.http_port}", "FLOE_API_KEY": key[0],
-           "FLOE_API_SECRET": key[1], "PATH": "/usr/bin:/bin"}
-
-    def cli(*args, ok=True):
-        r = subprocess.run([floe.bin, "connector", *args], capture_output=True, env=env,
-                           timeout=120)
-        assert (r.returncode == 0) == ok, r.stderr.decode()
-        return json.loads(r.stdout) if ok and r.stdout.strip() else r
+    cli = tenant_cli(floe, key, "connector")
 
     conf = sasl(floe, key, "PLAIN")
     a = KafkaAdminClient(**conf)

@@ -4,6 +4,7 @@ kafka-python's records read over HTTP; keys partitioned as Kafka's default
 partitioner does; and each bad input with its status."""
 import base64
 import json
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -39,6 +40,20 @@ def call(floe, key, method, path, body=None, ctype="application/json", timeout=3
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def tenant_cli(floe, key, command):
+    """Runs `floe COMMAND ...` as a tenant (the README's exported key): the
+    answer's JSON, or with ok=False the failed run."""
+    env = {"FLOE_URL": f"http://127.0.0.1:{floe.http_port}", "FLOE_API_KEY": key[0],
+           "FLOE_API_SECRET": key[1], "PATH": "/usr/bin:/bin"}
+
+    def cli(*args, ok=True):
+        r = subprocess.run([floe.bin, command, *args], capture_output=True, env=env,
+                           timeout=120)
+        assert (r.returncode == 0) == ok, (r.stdout, r.stderr)
+        return json.loads(r.stdout) if ok and r.stdout.strip() else r
+    return cli
 
 
 def b64(b):

@@ -3,7 +3,6 @@ CLI against the real binary: the key exported, the identity guest deployed
 from `demo` to `demo-copy`, and what kafka-python produces comes out
 unchanged; then status, list and delete, and the uploads the CLI must
 refuse with a message rather than deploy."""
-import json
 import os
 import subprocess
 import tempfile
@@ -13,7 +12,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from test_http import http_floe  # noqa: F401 (a fixture)
+from test_http import http_floe, tenant_cli  # noqa: F401 (a fixture)
 from test_tenants import sasl
 from test_transform_python import read_all
 
@@ -33,14 +32,7 @@ def test_the_readme_transform_with_the_cli(http_floe, fixtures):  # noqa: F811
     guests = os.environ.get("FLOE_GUESTS", "wat")
     identity = os.path.join(fixtures if guests == "wat" else guests, "identity.wasm")
     floe, key = http_floe
-    env = {"FLOE_URL": f"http://127.0.0.1:{floe.http_port}", "FLOE_API_KEY": key[0],
-           "FLOE_API_SECRET": key[1], "PATH": "/usr/bin:/bin"}
-
-    def cli(*args, ok=True):
-        r = subprocess.run([floe.bin, "transform", *args], capture_output=True, env=env,
-                           timeout=120)
-        assert (r.returncode == 0) == ok, (r.stdout, r.stderr)
-        return json.loads(r.stdout) if ok and r.stdout.strip() else r
+    cli = tenant_cli(floe, key, "transform")
 
     conf = sasl(floe, key, "PLAIN")
     a = KafkaAdminClient(**conf)
