@@ -1,4 +1,6 @@
 //! `floe-wasm-bench`: the Wasm host's costs, in-process (no broker):
+//! - `compile` and `load`: a component compiled, and the same read back
+//!   from the disk cache by a new engine (what a restarted process pays);
 //! - `instantiate`: a transform instance from a compiled component (pooling
 //!   allocator): a store, the instance, and its `init` call; and the whole
 //!   cycle, with the drop that gives the slot back;
@@ -112,6 +114,33 @@ async fn main() -> anyhow::Result<()> {
             wasm.len(),
             compile.elapsed()
         );
+        let cache = std::env::temp_dir().join(format!("floe-wasm-bench-{}", std::process::id()));
+        let cached = |dir: &std::path::Path| {
+            Runtime::new(Limits {
+                cache_dir: Some(dir.to_path_buf()),
+                ..Limits::default()
+            })
+            .map_err(anyhow::Error::msg)
+        };
+        let first = cached(&cache)?;
+        let t0 = Instant::now();
+        first
+            .check(floe_runtime::World::Transform, wasm)
+            .map_err(anyhow::Error::msg)?;
+        let stored = t0.elapsed();
+        let second = cached(&cache)?;
+        let t0 = Instant::now();
+        second
+            .check(floe_runtime::World::Transform, wasm)
+            .map_err(anyhow::Error::msg)?;
+        let loaded = t0.elapsed();
+        anyhow::ensure!(
+            second.cache_stats().loaded() == 1,
+            "not read from the disk cache"
+        );
+        println!("  compiled and kept on disk in {stored:?}; a new engine loaded it in {loaded:?}");
+        drop((first, second));
+        std::fs::remove_dir_all(&cache)?;
 
         let (mut inst, mut cycle) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
         for _ in 0..a.instances {

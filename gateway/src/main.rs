@@ -212,10 +212,10 @@ struct LogArgs {
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     wasm_cpu_ms_per_sec: u64,
     /// Where compiled Wasm components are kept for the next start: a local
-    /// directory only this user may write [default: floe-wasm-cache in the
-    /// temporary directory]. "" keeps them in memory only.
+    /// directory only this user may write [default: $XDG_CACHE_HOME/floe/wasm
+    /// or ~/.cache/floe/wasm]. "" keeps them in memory only.
     #[arg(long)]
-    wasm_cache_dir: Option<std::path::PathBuf>,
+    wasm_cache_dir: Option<String>,
 }
 
 /// What clients meet: the Kafka and HTTP listeners.
@@ -643,15 +643,26 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
             fuel_per_call: a.wasm_fuel,
             deadline: Duration::from_millis(a.wasm_deadline_ms),
             connector_deadline: Duration::from_millis(a.wasm_connector_deadline_ms),
-            cache_dir: match &a.wasm_cache_dir {
-                None => Some(std::env::temp_dir().join("floe-wasm-cache")),
-                Some(d) if d.as_os_str().is_empty() => None,
-                Some(d) => Some(d.clone()),
+            cache_dir: match a.wasm_cache_dir.as_deref() {
+                None => default_wasm_cache(),
+                Some("") => None,
+                Some(d) => Some(d.into()),
             },
             ..floe_runtime::Limits::default()
         },
         wasm_cpu_ms_per_sec: a.wasm_cpu_ms_per_sec,
     })
+}
+
+/// The user's own cache directory: never a shared one such as /tmp, where
+/// another user could make the directory first.
+fn default_wasm_cache() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").filter(|d| !d.is_empty())?)
+            .join(".cache"),
+    };
+    Some(base.join("floe").join("wasm"))
 }
 
 fn local_worker(

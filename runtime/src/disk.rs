@@ -1,79 +1,90 @@
-//! Compiled components on local disk, so a process that starts again (a
-//! restart, or a scale-up on the same node) does not compile them again.
+//! Compiled components on local disk, so a process that starts again does
+//! not compile them again.
 //!
-//! Loading a compiled artifact is `unsafe`: it is native code. So the cache
-//! is local only, never the object store, in a directory that this user
-//! alone may write (checked at open). A file is named by the component's
-//! SHA-256 and the engine's `precompile_compatibility_hash()`, so another
-//! wasmtime version or engine configuration never reads it; it is written
-//! under a temporary name and renamed, so a reader sees only whole files.
+//! Loading a compiled artifact is `unsafe`: it is native code, and whoever
+//! can write the cache chooses what this process runs. So the cache is
+//! local only, never the object store, and trusted only as far as its files
+//! are this user's: every file is checked on the open handle it is read
+//! from (a regular file of this user's that no one else may write), so a
+//! directory removed and planted again by someone else, or a symlink, is
+//! refused. A file is named by the SHA-256 of the bytes compiled and the
+//! engine's `precompile_compatibility_hash()`, so another wasmtime version
+//! or engine configuration looks for another name; it is written to a new
+//! temporary file and renamed, so a reader sees only whole files.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::Digest;
 
-/// Compiled components kept on disk, newest first.
+/// Compiled components kept on disk, the most recently used first...
 pub(crate) const MAX_FILES: usize = 256;
+/// ...and at most this many bytes of them.
+const MAX_BYTES: u64 = 2 << 30;
 
 pub(crate) struct DiskCache {
     dir: PathBuf,
     /// The engine's compatibility hash, as hex: part of every file name.
     engine: String,
+    uid: u32,
 }
 
 /// How compiled components were obtained, for tests and figures.
 #[derive(Debug, Default)]
 pub struct CacheStats {
     /// Read from the disk cache.
-    pub loaded: AtomicU64,
+    pub loaded: std::sync::atomic::AtomicU64,
     /// Compiled from the upload's bytes.
-    pub compiled: AtomicU64,
+    pub compiled: std::sync::atomic::AtomicU64,
 }
 
 impl CacheStats {
     pub fn loaded(&self) -> u64 {
-        self.loaded.load(Ordering::Relaxed)
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn compiled(&self) -> u64 {
-        self.compiled.load(Ordering::Relaxed)
+        self.compiled.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
+/// Whether `meta` is this user's and no one else may write it.
+fn private(meta: &fs::Metadata, uid: u32) -> bool {
+    meta.uid() == uid && meta.permissions().mode() & 0o022 == 0
+}
+
+/// This process's effective user id (Linux: `/proc/self/status`).
+fn euid() -> Result<u32, String> {
+    let status =
+        fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| "no effective uid in /proc/self/status".into())
+}
+
 impl DiskCache {
-    /// Opens (creating, mode 0700) `dir`. Refused when it is not a
-    /// directory owned by this user that no one else may write: whoever can
-    /// write there chooses what native code this process runs.
+    /// Opens (creating, mode 0700) `dir`: a directory, not a link, of this
+    /// user's, that no one else may write.
     pub fn open(dir: &Path, engine: &Engine) -> Result<Self, String> {
-        match fs::DirBuilder::new()
+        let uid = euid()?;
+        fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
             .create(dir)
-        {
-            Ok(()) => {}
-            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
-        }
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let meta =
             fs::symlink_metadata(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
-        // A file made here is owned by this process's user: the directory
-        // must be too, and be writable by no one else.
-        let probe = dir.join(format!(".probe.{}", std::process::id()));
-        let mine = fs::File::create(&probe)
-            .and_then(|f| f.metadata())
-            .map(|m| m.uid());
-        let _ = fs::remove_file(&probe);
-        let safe = meta.is_dir()
-            && meta.permissions().mode() & 0o022 == 0
-            && mine.as_ref().is_ok_and(|&uid| uid == meta.uid());
-        if !safe {
+        if !meta.is_dir() || !private(&meta, uid) {
             return Err(format!(
                 "{} must be a directory of this user's that others cannot write",
                 dir.display()
@@ -85,6 +96,7 @@ impl DiskCache {
         Ok(Self {
             dir: dir.to_path_buf(),
             engine,
+            uid,
         })
     }
 
@@ -93,22 +105,33 @@ impl DiskCache {
             .join(format!("{}-{}.cwasm", digest.0, &self.engine[..32]))
     }
 
-    /// The component compiled earlier, if this engine wrote it. A file that
-    /// does not load (cut short by a full disk, say) is removed.
+    /// The component compiled earlier from bytes of SHA-256 `digest`, if
+    /// this engine kept it. A file that does not load is removed.
     pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
         let path = self.path(digest);
-        // Read, not mapped: a file changed in place later (by hand, say)
-        // cannot then fault the process.
-        let bytes = fs::read(&path).ok()?;
-        // SAFETY: the bytes are this engine's own serialization of the
-        // component: the file's name carries the component's hash and the
-        // engine's compatibility hash, and only this user can write the
-        // directory. wasmtime checks the artifact's header and engine
-        // settings before using it.
+        let mut f = fs::File::open(&path).ok()?;
+        // Checked on the handle read from, not the name: what is read is
+        // what was checked.
+        let meta = f.metadata().ok()?;
+        if !meta.is_file() || !private(&meta, self.uid) {
+            tracing::warn!(path = %path.display(), "compiled component not this user's alone: ignored");
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut bytes).ok()?;
+        // SAFETY: the bytes come from a file only this user could have
+        // written, and this program writes there only what
+        // `Component::serialize` made. They are read, not mapped, so the
+        // file changing later cannot affect the engine; wasmtime checks
+        // the artifact's header and engine settings before using it.
         #[allow(unsafe_code)]
         let loaded = unsafe { Component::deserialize(engine, &bytes) };
         match loaded {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // Used: the last to be evicted.
+                let _ = f.set_modified(SystemTime::now());
+                Some(c)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), "compiled component unusable, compiling again: {e:#}");
                 let _ = fs::remove_file(&path);
@@ -121,53 +144,48 @@ impl DiskCache {
     /// an error: it is compiled again then.
     pub fn store(&self, digest: &Digest, component: &Component) {
         let path = self.path(digest);
-        // Unique among writers: other processes, and other runtimes here.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.dir.join(format!(
-            ".{}.{}.{}.tmp",
-            digest.0,
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        // A new file (O_EXCL, mode 0600) per writer, renamed into place.
         let written = component
             .serialize()
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(".")
+                    .suffix(".tmp")
+                    .tempfile_in(&self.dir)
                     .map_err(|e| e.to_string())?;
-                f.write_all(&bytes).map_err(|e| e.to_string())?;
-                f.sync_all().map_err(|e| e.to_string())?;
-                fs::rename(&tmp, &path).map_err(|e| e.to_string())
+                tmp.write_all(&bytes).map_err(|e| e.to_string())?;
+                tmp.as_file().sync_all().map_err(|e| e.to_string())?;
+                tmp.persist(&path).map_err(|e| e.to_string())?;
+                Ok(())
             });
         if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
             tracing::warn!(path = %path.display(), "compiled component not kept: {e}");
         }
         self.evict();
     }
 
-    /// Keeps the newest [`MAX_FILES`] artifacts: uploads of new versions
-    /// would otherwise fill the disk.
+    /// Keeps the most recently used [`MAX_FILES`] artifacts, within
+    /// [`MAX_BYTES`]: uploads of new versions would otherwise fill the disk.
     pub(crate) fn evict(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
             .collect();
-        if files.len() <= MAX_FILES {
-            return;
-        }
-        files.sort();
-        for (_, path) in &files[..files.len() - MAX_FILES] {
-            let _ = fs::remove_file(path);
+        files.sort_by(|a, b| b.cmp(a));
+        let mut bytes = 0;
+        for (i, (_, len, path)) in files.iter().enumerate() {
+            bytes += len;
+            if i >= MAX_FILES || bytes > MAX_BYTES {
+                let _ = fs::remove_file(path);
+            }
         }
     }
 }

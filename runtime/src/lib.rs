@@ -281,11 +281,14 @@ impl Runtime {
         if wasm.get(..4) != Some(b"\0asm") {
             return Err(Error::Invalid("not a WebAssembly binary".into()));
         }
-        let component = match self
-            .disk
+        // On disk, a component is named by the hash of these very bytes,
+        // never by the digest the caller names them by.
+        let on_disk = self.disk.as_ref().map(|d| (d, Digest::of(wasm)));
+        let loaded = on_disk
             .as_ref()
-            .and_then(|d| d.load(&self.engine, digest))
-        {
+            .and_then(|(d, hash)| d.load(&self.engine, hash));
+        let fresh = loaded.is_none();
+        let component = match loaded {
             Some(c) => {
                 self.stats.loaded.fetch_add(1, Ordering::Relaxed);
                 c
@@ -294,9 +297,6 @@ impl Runtime {
                 let c = Component::new(&self.engine, wasm)
                     .map_err(|e| Error::Invalid(format!("{e:#}").replace('\n', " ")))?;
                 self.stats.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some(d) = &self.disk {
-                    d.store(digest, &c);
-                }
                 c
             }
         };
@@ -313,6 +313,11 @@ impl Runtime {
                 connector::pre(&self.connector_linker, &component).map_err(invalid)?,
             ),
         };
+        // Kept for the next process only once accepted: a refused upload
+        // takes no disk.
+        if let (true, Some((d, hash))) = (fresh, &on_disk) {
+            d.store(hash, &component);
+        }
         let mut cache = self.lock();
         if cache.len() >= MAX_COMPILED {
             // Any one goes: instances hold their own reference, and a

@@ -173,10 +173,11 @@ async fn residue_seen(t: &mut Transform) -> (u64, Vec<u8>) {
     )
 }
 
-/// A pool of one slot: every instance reuses the slot the last one dirtied,
-/// which is reset only where it was written (`pagemap_scan`) or given back
-/// to the kernel. No instance sees another's memory, near or far, and data
-/// segments read as the component shipped them.
+/// A pool of one slot: every instance reuses the slot the last one dirtied
+/// (20 pages past the first), reset by memset where it was written
+/// (`pagemap_scan`, up to 64 KiB) and given back to the kernel beyond
+/// that. No instance sees another's memory, and data segments read as the
+/// component shipped them.
 #[tokio::test]
 async fn an_instance_never_sees_what_the_last_one_in_its_slot_wrote() {
     let rt = runtime(Limits {
@@ -252,6 +253,19 @@ async fn compiled_components_are_kept_on_disk_for_the_next_process() {
         panic!("a transform read from disk is still not a policy");
     };
     assert!(e.contains("quota"), "{e}");
+
+    // A file others may write is not trusted: compiled again, and replaced.
+    std::fs::set_permissions(
+        &files[0],
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
+    let open = cached(&cache);
+    open.check(World::Transform, &wasm).expect("compiled again");
+    assert_eq!(
+        (open.cache_stats().compiled(), open.cache_stats().loaded()),
+        (1, 0)
+    );
 
     std::fs::write(&files[0], b"cut short").expect("spoil");
     let third = cached(&cache);

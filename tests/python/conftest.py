@@ -28,9 +28,13 @@ def wait_for_port(port, timeout=20.0):
 
 
 class Floe:
-    def __init__(self, data_dir, extra=()):
-        self.bin = os.environ.get("FLOE_BIN") or os.path.join(
+    @staticmethod
+    def binary():
+        return os.environ.get("FLOE_BIN") or os.path.join(
             os.environ.get("CARGO_TARGET_DIR", "target"), "debug", "floe")
+
+    def __init__(self, data_dir, extra=()):
+        self.bin = Floe.binary()
         self.data_dir = data_dir
         self.extra = list(extra)
         self.proc = None

@@ -12,6 +12,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from conftest import Floe
 from test_http import http_floe, tenant_cli  # noqa: F401 (a fixture)
 from test_tenants import sasl
 from test_transform_python import read_all
@@ -20,7 +21,7 @@ from test_transform_python import read_all
 @pytest.fixture(scope="module")
 def fixtures():
     """The WAT guests, written by the floe-fixtures binary built beside floe."""
-    tool = os.path.join(os.path.dirname(os.environ["FLOE_BIN"]), "floe-fixtures")
+    tool = os.path.join(os.path.dirname(Floe.binary()), "floe-fixtures")
     with tempfile.TemporaryDirectory(prefix="floe-fixtures-") as d:
         subprocess.run([tool, d], check=True, capture_output=True)
         yield d
