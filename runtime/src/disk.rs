@@ -40,9 +40,9 @@ pub(crate) struct DiskCache {
 #[derive(Debug, Default)]
 pub struct CacheStats {
     /// Read from the disk cache.
-    pub loaded: std::sync::atomic::AtomicU64,
+    pub(crate) loaded: std::sync::atomic::AtomicU64,
     /// Compiled from the upload's bytes.
-    pub compiled: std::sync::atomic::AtomicU64,
+    pub(crate) compiled: std::sync::atomic::AtomicU64,
 }
 
 impl CacheStats {
