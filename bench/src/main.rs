@@ -142,6 +142,12 @@ struct Report {
     puts_per_s_per_shard: Option<f64>,
     /// Connecting and the first record's acknowledgement, before the run.
     warmup_ms: Option<f64>,
+    /// Consume: from assigning the partitions (already connected, metadata
+    /// known) to the first record. `records_per_s` starts its clock at that
+    /// record; `records_per_s_from_assign` also counts this wait, which is
+    /// the broker's first response.
+    first_record_ms: Option<f64>,
+    records_per_s_from_assign: Option<f64>,
 }
 
 /// Microsecond histograms up to 60 s, 3 significant figures.
@@ -190,7 +196,9 @@ fn producer(a: &Args, ctx: Delivery) -> anyhow::Result<ThreadedProducer<Delivery
         .create_with_context(ctx)?)
 }
 
-fn consumer(a: &Args, topic: &str, partitions: i32) -> anyhow::Result<BaseConsumer> {
+/// A consumer assigned every partition from the start; returns it and when
+/// it was assigned (after it connected and learnt the topic's leaders).
+fn consumer(a: &Args, topic: &str, partitions: i32) -> anyhow::Result<(BaseConsumer, Instant)> {
     let c: BaseConsumer = client(a)
         .set("group.id", "floe-bench")
         .set("enable.auto.commit", "false")
@@ -198,18 +206,19 @@ fn consumer(a: &Args, topic: &str, partitions: i32) -> anyhow::Result<BaseConsum
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "8388608")
         .create()?;
+    c.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
-    Ok(c)
+    Ok((c, Instant::now()))
 }
 
 /// A consumer positioned at the current end of every partition, already
 /// past its first fetches.
 fn consumer_at_end(a: &Args, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let c = consumer(a, topic, a.partitions)?;
+    let (c, _) = consumer(a, topic, a.partitions)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..a.partitions {
         let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
@@ -347,12 +356,13 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// Reads until `want` records arrived; records send → receive latency. The
 /// clock starts at the first record, so connecting and looking up offsets
-/// are not counted as throughput (as rdkafka_performance does).
+/// are not counted as throughput (as rdkafka_performance does). Returns the
+/// run's duration, its latencies and when the first record arrived.
 fn consume(
     c: &BaseConsumer,
     want: u64,
     base: Instant,
-) -> anyhow::Result<(Duration, Histogram<u64>)> {
+) -> anyhow::Result<(Duration, Histogram<u64>, Option<Instant>)> {
     let mut h = histogram();
     let mut start = None;
     let mut last = Instant::now();
@@ -379,7 +389,7 @@ fn consume(
         );
         n += 1;
     }
-    Ok((start.map_or(Duration::ZERO, |s| s.elapsed()), h))
+    Ok((start.map_or(Duration::ZERO, |s| s.elapsed()), h, start))
 }
 
 fn store_puts(url: &str) -> anyhow::Result<(f64, f64)> {
@@ -417,14 +427,16 @@ async fn main() -> anyhow::Result<()> {
     ensure_topic(&a, &topic).await?;
     let before = a.metrics_url.as_deref().map(store_puts).transpose()?;
     let base = Instant::now();
+    let mut first_record = None;
     let (took, produce_h, e2e_h, warmup) = match a.scenario {
         Scenario::Produce => {
             let (took, h, warmup) = produce(&a, &topic, base)?;
             (took, Some(h), None, Some(warmup))
         }
         Scenario::Consume => {
-            let c = consumer(&a, &topic, a.partitions)?;
-            let (took, _) = consume(&c, a.records, base)?;
+            let (c, assigned) = consumer(&a, &topic, a.partitions)?;
+            let (took, _, first) = consume(&c, a.records, base)?;
+            first_record = first.map(|f| f - assigned);
             (took, None, None, None)
         }
         Scenario::E2e => {
@@ -434,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
             let want = a.records;
             let reader = std::thread::spawn(move || consume(&c, want, base));
             let (took, h, warmup) = produce(&a, &topic, base)?;
-            let (_, e2e) = reader
+            let (_, e2e, _) = reader
                 .join()
                 .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
             (took, Some(h), Some(e2e), Some(warmup))
@@ -465,6 +477,9 @@ async fn main() -> anyhow::Result<()> {
         puts_per_gib,
         puts_per_s_per_shard: puts_per_s,
         warmup_ms: warmup.map(|w| w.as_secs_f64() * 1000.0),
+        first_record_ms: first_record.map(|f| f.as_secs_f64() * 1000.0),
+        records_per_s_from_assign: first_record
+            .map(|f| a.records as f64 / (f.as_secs_f64() + secs)),
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -480,6 +495,9 @@ async fn main() -> anyhow::Result<()> {
         report.records_per_s,
         report.mb_per_s
     );
+    if let (Some(f), Some(r)) = (report.first_record_ms, report.records_per_s_from_assign) {
+        println!("  first record {f:.0} ms after assigning: {r:.0} records/s counting it");
+    }
     for (name, l) in [
         ("produce", &report.produce_latency),
         ("e2e", &report.e2e_latency),

@@ -328,3 +328,84 @@ fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
     assert_eq!(sizes(&c.call(12, &fetch_both(100))), vec![1, 0]);
     assert_eq!(sizes(&c.call(12, &fetch_both(1 << 20))), vec![1, 1]);
 }
+
+/// The sum of a `/metrics` counter's series.
+fn counter(f: &Floe, name: &str) -> u64 {
+    let text = f.http_get("/metrics").expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A fetch over many partitions whose budget runs out early answers as if
+/// its partitions were read one after another, and leaves the store alone
+/// for partitions it has no room for: it used to load every partition up to
+/// its own limit before trimming.
+#[test]
+fn a_fetch_past_its_budget_is_sequential_and_reads_only_what_it_may_return() {
+    const PARTITIONS: i32 = 40;
+    let mut f = Floe::start(temp_dir("over"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    c.create_topic("over", PARTITIONS);
+    // Two batches per partition, each produced alone: its own WAL object.
+    for _round in 0..2 {
+        for p in 0..PARTITIONS {
+            let r = c.call(9, &produce_request("over", p, -1, batch(4, 300)));
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+    let fetch_all = |max: i32| {
+        let parts = (0..PARTITIONS)
+            .map(|p| {
+                FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)
+            })
+            .collect();
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(name("over"))
+                .with_partitions(parts)])
+    };
+    let sizes = |r: &FetchResponse| -> Vec<usize> {
+        r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_deref().unwrap_or_default().len())
+            .collect()
+    };
+    let batch_len = batch(4, 300).len();
+    // Room for five batches: partitions 0 and 1 whole, half of 2.
+    let budget = 5 * batch_len + batch_len / 2;
+    f.restart(); // A cold cache: every batch served comes from the store.
+    let mut c = Conn::connect(&f.bootstrap());
+    let loaded = counter(&f, "floe_cache_misses_total");
+    let r = c.call(12, &fetch_all(budget as i32));
+    let loaded = counter(&f, "floe_cache_misses_total") - loaded;
+    let mut want = vec![0; PARTITIONS as usize];
+    want[..3].copy_from_slice(&[2 * batch_len, 2 * batch_len, batch_len]);
+    assert_eq!(sizes(&r), want, "partitions filled in order");
+    assert!(
+        r.responses[0]
+            .partitions
+            .iter()
+            .all(|p| p.error_code == 0 && p.high_watermark == 8),
+        "every partition reports its watermark, served or not"
+    );
+    // Reads run 16 at a time, each begun with what was left of the budget:
+    // at most 16 partitions past the three served were read, two objects
+    // each. Reading all 40 loads 80 (and did: 80 before the fix).
+    assert!(
+        loaded <= 2 * (16 + 3),
+        "{loaded} objects loaded from the store for a 3-partition answer"
+    );
+    // With room for everything, everything comes, each read exactly once.
+    let all = sizes(&c.call(12, &fetch_all(1 << 24)));
+    assert_eq!(all, vec![2 * batch_len; PARTITIONS as usize]);
+}

@@ -17,8 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use floe_common::batch;
 use floe_worker::{Shards, WorkerError};
-use futures::StreamExt;
-use kafka_protocol::messages::fetch_request::FetchRequest;
+use futures::stream::FuturesOrdered;
+use futures::{Future, StreamExt};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -88,46 +89,45 @@ struct Pass {
 }
 
 async fn fetch_once<W: Shards>(gw: &Cx<W>, req: &FetchRequest) -> Pass {
-    let tenant = &gw.tenant;
     let max_bytes = (req.max_bytes.max(0) as u32).min(gw.settings.fetch_max_bytes) as usize;
-    // Each partition is read up to its own limit, READS_AT_ONCE at a time,
-    // and trimmed to what is left of the request's budget below: a trimmed
-    // read equals the sequential read with the smaller limit.
-    let mut reads = Vec::with_capacity(req.topics.iter().map(|t| t.partitions.len()).sum());
-    for t in &req.topics {
-        for p in &t.partitions {
-            let limit = (p.partition_max_bytes.max(0) as usize).min(max_bytes);
-            reads.push(gw.worker.fetch(
-                tenant,
-                &t.topic.0,
-                p.partition,
-                p.fetch_offset,
-                limit,
-                true,
-                req.isolation_level == 1,
-            ));
-        }
-    }
-    let mut reads = futures::stream::iter(reads).buffered(READS_AT_ONCE);
+    let order: Vec<(&FetchTopic, &FetchPartition)> = req
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+        .collect();
+    // Partitions are read READS_AT_ONCE at a time, each up to its own limit
+    // and to what was left of the request's budget when its read began,
+    // then trimmed to what is left once the reads before it are in: a
+    // trimmed read equals the sequential read with the smaller limit. A
+    // read begins only as one ends, so a fetch reads at most READS_AT_ONCE
+    // partitions past the one that spent its budget, not every partition
+    // up to its own limit.
+    let mut reads = FuturesOrdered::new();
     let mut budget = max_bytes;
     let mut pass = Pass {
         topics: Vec::with_capacity(req.topics.len()),
         bytes: 0,
         errored: false,
     };
+    let mut i = 0;
     for t in &req.topics {
         let mut parts = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
+            while reads.len() < READS_AT_ONCE && i + reads.len() < order.len() {
+                let (t, p) = order[i + reads.len()];
+                // Only the first non-empty partition may exceed the limits (KIP-74).
+                reads.push_back(read(gw, req, t, p, budget, pass.bytes == 0));
+            }
+            i += 1;
             let Some(read) = reads.next().await else {
                 break;
             };
             parts.push(match read {
                 Ok(mut r) => {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
-                    // KIP-74: only the first non-empty partition may exceed the limits.
                     let n = keep_within(&mut r.batches, limit, pass.bytes == 0);
                     pass.bytes += n;
-                    budget = budget.saturating_sub(n);
+                    budget -= n.min(budget);
                     Partition {
                         index: p.partition,
                         error_code: 0,
@@ -154,6 +154,27 @@ async fn fetch_once<W: Shards>(gw: &Cx<W>, req: &FetchRequest) -> Pass {
         });
     }
     pass
+}
+
+/// One partition's read, up to its own limit and `left` of the request's.
+fn read<'a, W: Shards>(
+    gw: &'a Cx<W>,
+    req: &FetchRequest,
+    t: &'a FetchTopic,
+    p: &FetchPartition,
+    left: usize,
+    min_one: bool,
+) -> impl Future<Output = Result<floe_storage::Read, WorkerError>> + 'a {
+    let limit = (p.partition_max_bytes.max(0) as usize).min(left);
+    gw.worker.fetch(
+        &gw.tenant,
+        &t.topic.0,
+        p.partition,
+        p.fetch_offset,
+        limit,
+        min_one,
+        req.isolation_level == 1,
+    )
 }
 
 /// Keeps the batches that fit in `limit` (at least one if `min_one`), as the
