@@ -25,6 +25,22 @@ use floe_worker::{LocalWorker, WorkerConfig};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages on its arenas (MADV_HUGEPAGE),
+/// so the first touch of a page zeroes 2 MiB, and purging part of one
+/// splits it to be zeroed whole again later. In a fresh process that was
+/// 68% of Floe's CPU while producing (perf, `clear_page_erms`); without
+/// huge pages a first produce and a cold catch-up read on SeaweedFS went
+/// about 10% and 20-40% faster (BENCHMARKS.md, session 17). Set before any
+/// large allocation: the flag holds for the whole process and its children.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    // SAFETY: PR_SET_THP_DISABLE takes integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "floe",
@@ -393,6 +409,7 @@ struct DevArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    no_huge_pages();
     let cli = Cli::parse();
     let telemetry = telemetry::init();
     let done = run(cli);
