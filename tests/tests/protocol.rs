@@ -289,6 +289,27 @@ fn memory_store_serves_and_forgets_on_restart() {
     );
 }
 
+/// A fetch of every partition of `topic` from offset 0, 1 MiB per
+/// partition, `max` in all, answered at once.
+fn fetch_from_start(topic: &str, partitions: i32, max: i32) -> FetchRequest {
+    let parts = (0..partitions)
+        .map(|p| {
+            FetchPartition::default()
+                .with_partition(p)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)
+        })
+        .collect();
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(max)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(parts)])
+}
+
 #[test]
 fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
     let f = Floe::start(temp_dir("budget"), &[]);
@@ -298,25 +319,7 @@ fn only_the_first_non_empty_partition_may_exceed_max_bytes() {
         let r = c.call(9, &produce_request("budget", partition, -1, batch(4, 300)));
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     }
-    let fetch_both = |max: i32| {
-        let parts = (0..2)
-            .map(|p| {
-                FetchPartition::default()
-                    .with_partition(p)
-                    .with_fetch_offset(0)
-                    .with_partition_max_bytes(1 << 20)
-            })
-            .collect();
-        let t = FetchTopic::default()
-            .with_topic(name("budget"))
-            .with_partitions(parts);
-        FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(max)
-            .with_topics(vec![t])
-    };
+    let fetch_both = |max: i32| fetch_from_start("budget", 2, max);
     let sizes = |r: &FetchResponse| -> Vec<usize> {
         r.responses[0]
             .partitions
@@ -355,24 +358,7 @@ fn a_fetch_past_its_budget_is_sequential_and_reads_only_what_it_may_return() {
             assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
         }
     }
-    let fetch_all = |max: i32| {
-        let parts = (0..PARTITIONS)
-            .map(|p| {
-                FetchPartition::default()
-                    .with_partition(p)
-                    .with_fetch_offset(0)
-                    .with_partition_max_bytes(1 << 20)
-            })
-            .collect();
-        FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(max)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(name("over"))
-                .with_partitions(parts)])
-    };
+    let fetch_all = |max: i32| fetch_from_start("over", PARTITIONS, max);
     let sizes = |r: &FetchResponse| -> Vec<usize> {
         r.responses[0]
             .partitions
