@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Produce latency on a local directory at a fixed rate: one `floe dev`,
+# several 5-second runs in a row (a fresh topic each), p50/p99/p999 and PUTs
+# per second per shard for each. Without RATE, one unpaced run for the
+# maximum instead. Not part of CI.
+#
+#   bench/latency.sh                     # the maximum (2,000,000 records)
+#   RATE=230000 ROUNDS="1 2 3" bench/latency.sh
+#   DIR=/tmp PARTS=64 RATE=20000 FLOE_ARGS="--compact-bytes 0" bench/latency.sh
+#
+# DIR holds the data directory (default /dev/shm). On this project's VMs,
+# keep what one boot writes into tmpfs under ~3 GB: past it, untouched guest
+# memory is slow and every run collapses (BENCHMARKS.md, session 17).
+# Needs target/release/floe and target/release/floe-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d /tmp/floe-lat-XXXX)
+data=$(mktemp -d "${DIR:-/dev/shm}/floe-lat-XXXX")
+. bench/lib.sh
+trap 'cleanup; rm -rf "$data"' EXIT
+fk=$(port); fh=$(port)
+# shellcheck disable=SC2086
+target/release/floe dev --data-dir "$data" --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
+    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
+wait_port "$fk"
+show=$(cat <<'PY'
+import json, sys
+x = json.load(sys.stdin)
+l = x["produce_latency"]
+print(f'{x["topic"]}: {x["records_per_s"]:,.0f} records/s, p50 {l["p50_us"] / 1000:.2f} ms, '
+      f'p99 {l["p99_us"] / 1000:.2f} ms, p999 {l["p999_us"] / 1000:.2f} ms, '
+      f'{x["puts_per_s_per_shard"] or 0:.0f} PUTs/s per shard')
+PY
+)
+run() { # topic records [floe-bench args...]
+    local topic=$1 records=$2; shift 2
+    target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --metrics-url "http://127.0.0.1:$fh/metrics" \
+        --scenario produce --partitions "${PARTS:-1}" --topic "$topic" --records "$records" --linger-ms 1 "$@" |
+        python3 -c "$show"
+}
+if [ -z "${RATE:-}" ]; then
+    run max 2000000
+    exit 0
+fi
+for i in ${ROUNDS:-1 2 3}; do
+    run "r$i" $((RATE * 5)) --rate "$RATE"
+done
