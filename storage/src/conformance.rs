@@ -271,7 +271,17 @@ pub async fn log_fencing(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
 /// it, and retention drops whole objects.
 pub async fn log_compaction(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
     use std::time::Duration;
+    // Compaction's store calls go to a runtime of their own, as `floe`
+    // does on a local directory.
+    let bg = Background(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(e2s)?,
+    ));
     let cfg = LogConfig {
+        background: bg.0.as_ref().map(|rt| rt.handle().clone()),
         linger: Duration::ZERO,
         compact_bytes: 48 << 10,
         compact_max_objects: 1000,
@@ -406,6 +416,17 @@ async fn count(store: &dyn ObjectStore, dir: &Path) -> Result<usize, String> {
         .await
         .map(|v| v.len())
         .map_err(e2s)
+}
+
+/// A runtime dropped without waiting, as one must inside another's task.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,14 @@ pub struct LogConfig {
     /// `producer.id.expiration.ms`); one that comes back must start its
     /// sequence again. `None` keeps them.
     pub producer_expiry: Option<Duration>,
+    /// Where maintenance makes its store calls (compaction's loads and data
+    /// objects, sweeping's deletes, checkpoints). On a local directory
+    /// those calls are the copies themselves, done by the blocking thread
+    /// that makes them: a runtime whose threads run at a lower CPU priority
+    /// keeps them off the request path's cores. What maintenance does under
+    /// the shard's lock stays on the caller's runtime, so a low-priority
+    /// thread never holds that lock. `None`: the caller's runtime.
+    pub background: Option<tokio::runtime::Handle>,
     /// Counters (cache, compaction, sweeping), shared by every log given them.
     pub stats: Arc<LogStats>,
 }
@@ -143,6 +151,7 @@ impl Default for LogConfig {
             checkpoint_interval: Duration::from_secs(30),
             block_bytes: 4 << 20,
             producer_expiry: Some(Duration::from_secs(24 * 3600)),
+            background: None,
             stats: Arc::default(),
         }
     }
@@ -1008,5 +1017,19 @@ mod owner_tests {
         assert!(a.append(vec![put("k3")]).await.is_err());
         b.check_owner().await.expect("b owns the shard");
         assert_eq!(b.get(b"k1"), Some(Bytes::from_static(b"v")));
+    }
+}
+
+/// Runs `call` on the background runtime, if the log has one.
+pub(super) async fn background<T: Send + 'static>(
+    rt: Option<&tokio::runtime::Handle>,
+    call: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match rt {
+        Some(rt) => rt
+            .spawn(call)
+            .await
+            .map_err(|e| Error::Unavailable(format!("background call: {e}")))?,
+        None => call.await,
     }
 }

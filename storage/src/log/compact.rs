@@ -40,7 +40,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 use tokio::time::Instant;
 
-use super::{ckpt_path, data_path, flush, obj_path, open, put, Inner, ShardLog};
+use super::{background, ckpt_path, data_path, flush, obj_path, open, put, Inner, ShardLog};
 use crate::format;
 use crate::state::{BatchLoc, ObjId, State};
 use crate::{Entry, Error, Run, StreamId};
@@ -181,7 +181,12 @@ impl Maintainer {
             let (e, n) = object.data_parts().expect("a data object");
             let path = data_path(&inner.prefix, e, n);
             let payload = PutPayload::from_iter(chunks);
-            put::create_resolved(&*inner.store, &path, payload, inner.writer, cfg).await?;
+            let log = self.log.clone();
+            background(cfg.background.as_ref(), async move {
+                let inner = &log.inner;
+                put::create_resolved(&*inner.store, &path, payload, inner.writer, &inner.cfg).await
+            })
+            .await?;
         }
         let entry = Entry::Compact {
             object,
@@ -211,7 +216,9 @@ impl Maintainer {
             .map(|(l, _)| *l)
             .collect();
         if !missing.is_empty() {
-            let (mut loaded, _) = self.log.load(&missing).await?;
+            let log = self.log.clone();
+            let rt = self.log.inner.cfg.background.as_ref();
+            let (mut loaded, _) = background(rt, async move { log.load(&missing).await }).await?;
             loaded.reverse();
             for b in out.iter_mut().filter(|b| b.is_none()) {
                 *b = loaded.pop();
@@ -332,16 +339,23 @@ impl Maintainer {
         }
         let then: Vec<_> = due.iter().map(|&o| obj_path(&inner.prefix, o)).collect();
         let n = (first.len() + then.len()) as u64;
-        for paths in [first, then] {
-            futures::stream::iter(paths)
-                .map(|p| {
-                    let inner = inner.clone();
-                    async move { put::delete(&*inner.store, &p, inner.cfg.put_timeout).await }
-                })
-                .buffer_unordered(DELETE_CONCURRENCY)
-                .try_collect::<Vec<()>>()
-                .await?;
-        }
+        let deletes = {
+            let inner = inner.clone();
+            async move {
+                for paths in [first, then] {
+                    futures::stream::iter(paths)
+                        .map(|p| {
+                            let inner = &inner;
+                            async move { put::delete(&*inner.store, &p, inner.cfg.put_timeout).await }
+                        })
+                        .buffer_unordered(DELETE_CONCURRENCY)
+                        .try_collect::<Vec<()>>()
+                        .await?;
+                }
+                Ok(())
+            }
+        };
+        background(inner.cfg.background.as_ref(), deletes).await?;
         self.listed = true;
         inner.cfg.stats.deleted_objects.fetch_add(n, Relaxed);
         inner.lock().own_ckpts.retain(|s| !old_ckpts.contains(s));

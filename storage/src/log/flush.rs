@@ -227,20 +227,27 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
             format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable),
         )
     };
-    // A stale owner's checkpoint could name a state older than objects a
-    // newer owner already swept; a stale owner that knows it writes none.
-    if put::newer_owner(
-        &*inner.store,
-        &inner.prefix,
-        inner.writer.epoch,
-        inner.cfg.put_timeout,
-    )
-    .await?
-    {
-        return Err(Error::Fenced);
-    }
-    let path = ckpt_path(&inner.prefix, seq);
-    put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await?;
+    let calls = {
+        let inner = inner.clone();
+        async move {
+            // A stale owner's checkpoint could name a state older than objects
+            // a newer owner already swept; a stale owner that knows it writes
+            // none.
+            if put::newer_owner(
+                &*inner.store,
+                &inner.prefix,
+                inner.writer.epoch,
+                inner.cfg.put_timeout,
+            )
+            .await?
+            {
+                return Err(Error::Fenced);
+            }
+            let path = ckpt_path(&inner.prefix, seq);
+            put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
+        }
+    };
+    super::background(inner.cfg.background.as_ref(), calls).await?;
     inner
         .cfg
         .stats
