@@ -119,10 +119,10 @@ async fn fetch_once<W: Shards>(gw: &Cx<W>, req: &FetchRequest) -> Pass {
                 reads.push_back(read(gw, req, t, p, budget, pass.bytes == 0));
             }
             i += 1;
-            let Some(read) = reads.next().await else {
+            let Some(result) = reads.next().await else {
                 break;
             };
-            parts.push(match read {
+            parts.push(match result {
                 Ok(mut r) => {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
                     let n = keep_within(&mut r.batches, limit, pass.bytes == 0);
