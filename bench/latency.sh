@@ -11,7 +11,8 @@
 # DIR holds the data directory (default /dev/shm). On this project's VMs,
 # keep what one boot writes into tmpfs under ~3 GB: past it, untouched guest
 # memory is slow and every run collapses (BENCHMARKS.md, session 17).
-# Needs target/release/floe and target/release/floe-bench.
+# BIN picks the floe binary (default target/release/floe), for A/B runs.
+# Needs target/release/floe-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/floe-lat-XXXX)
@@ -20,7 +21,7 @@ data=$(mktemp -d "${DIR:-/dev/shm}/floe-lat-XXXX")
 trap 'cleanup; rm -rf "$data"' EXIT
 fk=$(port); fh=$(port)
 # shellcheck disable=SC2086
-target/release/floe dev --data-dir "$data" --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
+"${BIN:-target/release/floe}" dev --data-dir "$data" --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
     ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
 wait_port "$fk"
 show=$(cat <<'PY'
