@@ -716,6 +716,17 @@ impl Inner {
         // anyway, but reads of it remain memory-safe.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether a newer owner has claimed this shard (one GET).
+    async fn superseded(&self) -> Result<bool, Error> {
+        put::newer_owner(
+            &*self.store,
+            &self.prefix,
+            self.writer.epoch,
+            self.cfg.put_timeout,
+        )
+        .await
+    }
 }
 
 /// Checks entries in order against the state they will meet, before any is

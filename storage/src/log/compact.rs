@@ -369,14 +369,7 @@ impl Maintainer {
             return Ok(true);
         }
         let inner = &self.log.inner;
-        if put::newer_owner(
-            &*inner.store,
-            &inner.prefix,
-            inner.writer.epoch,
-            inner.cfg.put_timeout,
-        )
-        .await?
-        {
+        if inner.superseded().await? {
             tracing::info!(prefix = %inner.prefix, "a newer owner exists; no more deletes from this one");
             self.retired = true;
             return Ok(false);

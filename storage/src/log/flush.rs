@@ -233,14 +233,7 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
             // A stale owner's checkpoint could name a state older than objects
             // a newer owner already swept; a stale owner that knows it writes
             // none.
-            if put::newer_owner(
-                &*inner.store,
-                &inner.prefix,
-                inner.writer.epoch,
-                inner.cfg.put_timeout,
-            )
-            .await?
-            {
+            if inner.superseded().await? {
                 return Err(Error::Fenced);
             }
             let path = ckpt_path(&inner.prefix, seq);
