@@ -109,7 +109,9 @@ pub struct LogConfig {
     /// that makes them: a runtime whose threads run at a lower CPU priority
     /// keeps them off the request path's cores. What maintenance does under
     /// the shard's lock stays on the caller's runtime, so a low-priority
-    /// thread never holds that lock. `None`: the caller's runtime.
+    /// thread never holds that lock, and its loads are neither cached nor
+    /// joined by readers, so no reader waits on one. `None`: the caller's
+    /// runtime.
     pub background: Option<tokio::runtime::Handle>,
     /// Counters (cache, compaction, sweeping), shared by every log given them.
     pub stats: Arc<LogStats>,

@@ -55,6 +55,11 @@ impl BlockCache {
         self.blocks.contains_key(&id)
     }
 
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub(super) fn insert(&mut self, id: BlockId, b: Bytes) {
         if b.len() > self.max_bytes {
             return;

@@ -40,6 +40,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 use tokio::time::Instant;
 
+use super::read::For;
 use super::{background, ckpt_path, data_path, flush, obj_path, open, put, Inner, ShardLog};
 use crate::format;
 use crate::state::{BatchLoc, ObjId, State};
@@ -216,9 +217,7 @@ impl Maintainer {
             .map(|(l, _)| *l)
             .collect();
         if !missing.is_empty() {
-            let log = self.log.clone();
-            let rt = self.log.inner.cfg.background.as_ref();
-            let (mut loaded, _) = background(rt, async move { log.load(&missing).await }).await?;
+            let (mut loaded, _) = self.log.load(&missing, For::Maintenance).await?;
             loaded.reverse();
             for b in out.iter_mut().filter(|b| b.is_none()) {
                 *b = loaded.pop();
@@ -561,4 +560,82 @@ fn close_run(runs: &mut Vec<(Run, Vec<BatchLoc>)>, stream: StreamId, run: &mut V
         end: 0,
     };
     runs.push((r, std::mem::take(run)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogConfig;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use std::time::Duration;
+
+    /// Compaction reads its sources on the background runtime without
+    /// registering those loads (a reader would otherwise join a GET driven
+    /// by a niced thread) and without caching blocks it is about to
+    /// supersede.
+    #[tokio::test]
+    async fn compaction_loads_neither_register_nor_fill_the_cache() {
+        let bg = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let cfg = LogConfig {
+            background: Some(bg.handle().clone()),
+            linger: Duration::ZERO,
+            compact_bytes: 32 << 10,
+            compact_after: Duration::from_millis(50),
+            maintain_every: Duration::from_millis(10),
+            // Nothing in memory: compaction must load every source.
+            tail_bytes: 0,
+            block_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let stats = cfg.stats.clone();
+        let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+        let log = ShardLog::open(store, Path::from("s"), cfg)
+            .await
+            .expect("open");
+        let stream = log.allocate_stream();
+        let create = vec![Entry::CreateStream { stream }];
+        log.append(create)
+            .await
+            .expect("append")
+            .durable()
+            .await
+            .expect("durable");
+        for i in 0..40u8 {
+            let e = Entry::Append {
+                stream,
+                base_offset: 0,
+                offsets: 1,
+                max_timestamp: 0,
+                producer: None,
+                data: Bytes::from(vec![i; 1500]),
+            };
+            log.append(vec![e])
+                .await
+                .expect("append")
+                .durable()
+                .await
+                .expect("durable");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.compactions.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no compaction within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            stats.cache_misses.load(Relaxed) > 0,
+            "sources came from the store"
+        );
+        {
+            let cache = log.inner.cache.lock().expect("cache");
+            assert_eq!(cache.bytes(), 0, "compaction cached its sources");
+            assert!(cache.loading.is_empty(), "compaction registered its loads");
+        }
+        log.close().await.expect("close");
+        bg.shutdown_background();
+    }
 }

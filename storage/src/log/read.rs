@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::cache::{BlockCache, BlockId, Loading};
-use super::{obj_path, put, with_base_offset, Inner, Read, ShardLog};
+use super::{background, obj_path, put, with_base_offset, Inner, Read, ShardLog};
 use crate::state::BatchLoc;
 use crate::{Error, StreamId};
 
@@ -106,7 +106,7 @@ impl ShardLog {
             return Ok(out);
         }
         let locs: Vec<BatchLoc> = missing.iter().map(|m| m.1).collect();
-        let (loaded, went_to_store) = self.load(&locs).await?;
+        let (loaded, went_to_store) = self.load(&locs, For::Reader).await?;
         for ((i, _), b) in missing.into_iter().zip(loaded) {
             out.batches[i] = b;
         }
@@ -164,7 +164,7 @@ impl ShardLog {
         }
         let log = self.clone();
         // A failure here only costs the cache a miss later.
-        tokio::spawn(async move { log.blocks(blocks).await });
+        tokio::spawn(async move { log.blocks(blocks, For::Reader).await });
     }
 
     fn blocks_of(&self, loc: &BatchLoc) -> impl Iterator<Item = BlockId> {
@@ -178,7 +178,11 @@ impl ShardLog {
     /// The bytes of batches (not looked up in the tail) from their objects'
     /// blocks: cached, else one ranged GET per block, several at once. Says
     /// whether any block had to come from the store.
-    pub(super) async fn load(&self, locs: &[BatchLoc]) -> Result<(Vec<Bytes>, bool), Error> {
+    pub(super) async fn load(
+        &self,
+        locs: &[BatchLoc],
+        by: For,
+    ) -> Result<(Vec<Bytes>, bool), Error> {
         let mut wanted: Vec<BlockId> = locs.iter().flat_map(|l| self.blocks_of(l)).collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -191,7 +195,7 @@ impl ShardLog {
             .cache_hits
             .fetch_add((wanted.len() - misses) as u64, Relaxed);
         stats.cache_misses.fetch_add(misses as u64, Relaxed);
-        let blocks = self.blocks(wanted).await?;
+        let blocks = self.blocks(wanted, by).await?;
         let size = self.inner.cfg.block_bytes;
         let mut out = Vec::with_capacity(locs.len());
         for l in locs {
@@ -228,8 +232,12 @@ impl ShardLog {
     /// Blocks from the cache, from GETs already running (joined), else from
     /// the store: consecutive missing blocks of one object are fetched by one
     /// ranged GET of up to `MAX_GET_BYTES` (fewer round trips on S3) and
-    /// cached block by block.
-    async fn blocks(&self, mut ids: Vec<BlockId>) -> Result<HashMap<BlockId, Bytes>, Error> {
+    /// cached block by block (for a reader).
+    async fn blocks(
+        &self,
+        mut ids: Vec<BlockId>,
+        by: For,
+    ) -> Result<HashMap<BlockId, Bytes>, Error> {
         ids.sort_unstable();
         ids.dedup();
         let span = (MAX_GET_BYTES / self.inner.cfg.block_bytes).max(1);
@@ -251,11 +259,11 @@ impl ShardLog {
                     .last()
                     .is_some_and(|l: &BlockId| l.0 == id.0 && l.1 + 1 == id.1 && run.len() < span);
                 if !extends {
-                    self.start_get(&mut cache, std::mem::take(&mut run), &mut waits);
+                    self.start_get(&mut cache, std::mem::take(&mut run), by, &mut waits);
                 }
                 run.push(id);
             }
-            self.start_get(&mut cache, run, &mut waits);
+            self.start_get(&mut cache, run, by, &mut waits);
         }
         let loads: Vec<_> = waits
             .into_iter()
@@ -269,19 +277,31 @@ impl ShardLog {
         Ok(ready)
     }
 
-    /// Starts one ranged GET for consecutive blocks `run` and registers each
-    /// block as loading, so other readers join it.
+    /// Starts one ranged GET for consecutive blocks `run`. A reader's is
+    /// made here and registered block by block, so other readers join it;
+    /// maintenance's is made where its store calls go and registered
+    /// nowhere.
     fn start_get(
         &self,
         cache: &mut BlockCache,
         run: Vec<BlockId>,
+        by: For,
         waits: &mut Vec<(BlockId, Loading)>,
     ) {
         if run.is_empty() {
             return;
         }
         let size = self.inner.cfg.block_bytes;
-        let whole = load_range(self.inner.clone(), run.clone()).boxed().shared();
+        let inner = self.inner.clone();
+        let whole = match by {
+            For::Reader => load_range(inner, run.clone()).boxed().shared(),
+            For::Maintenance => {
+                let (rt, run) = (inner.cfg.background.clone(), run.clone());
+                async move { background(rt.as_ref(), get_run(inner, run)).await }
+                    .boxed()
+                    .shared()
+            }
+        };
         for (i, id) in run.into_iter().enumerate() {
             let block: Loading = whole
                 .clone()
@@ -290,36 +310,54 @@ impl ShardLog {
                 })
                 .boxed()
                 .shared();
-            cache.loading.insert(id, block.clone());
+            if by == For::Reader {
+                cache.loading.insert(id, block.clone());
+            }
             waits.push((id, block));
         }
     }
 }
 
-/// GETs consecutive blocks of one object in one ranged GET into the cache.
-async fn load_range(inner: Arc<Inner>, run: Vec<BlockId>) -> Result<Bytes, Error> {
+/// Who blocks are loaded for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum For {
+    /// A reader: what it loads is cached, and other readers join its loads.
+    Reader,
+    /// Maintenance: it joins readers' loads, but makes its own where its
+    /// other store calls go (`LogConfig::background`), unregistered and
+    /// uncached, so no reader waits on a niced thread, and blocks about to
+    /// be compacted away evict nothing.
+    Maintenance,
+}
+
+/// GETs consecutive blocks of one object in one ranged GET.
+async fn get_run(inner: Arc<Inner>, run: Vec<BlockId>) -> Result<Bytes, Error> {
     let (obj, first) = run[0];
     let path = obj_path(&inner.prefix, obj);
     let size = inner.cfg.block_bytes as u64;
     let range = first as u64 * size..(first as u64 + run.len() as u64) * size;
-    let got = put::get_range(&*inner.store, &path, Some(range), inner.cfg.put_timeout).await;
-    let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-    for id in &run {
-        cache.loading.remove(id);
-    }
-    match got? {
-        Some(b) => {
-            for (i, id) in run.iter().enumerate() {
-                let start = (i * size as usize).min(b.len());
-                let end = ((i + 1) * size as usize).min(b.len());
-                if start < end {
-                    cache.insert(*id, b.slice(start..end));
-                }
-            }
-            Ok(b)
-        }
+    match put::get_range(&*inner.store, &path, Some(range), inner.cfg.put_timeout).await? {
+        Some(b) => Ok(b),
         None => Err(Error::Unavailable(format!(
             "{path} is in the index but not in the store"
         ))),
     }
+}
+
+/// [`get_run`] into the cache, for a reader.
+async fn load_range(inner: Arc<Inner>, run: Vec<BlockId>) -> Result<Bytes, Error> {
+    let got = get_run(inner.clone(), run.clone()).await;
+    let size = inner.cfg.block_bytes;
+    let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+    for id in &run {
+        cache.loading.remove(id);
+    }
+    let b = got?;
+    for (i, id) in run.iter().enumerate() {
+        let (start, end) = ((i * size).min(b.len()), ((i + 1) * size).min(b.len()));
+        if start < end {
+            cache.insert(*id, b.slice(start..end));
+        }
+    }
+    Ok(b)
 }
