@@ -9,8 +9,9 @@
 #   DIR=/tmp PARTS=64 RATE=20000 FLOE_ARGS="--compact-bytes 0" bench/latency.sh
 #
 # DIR holds the data directory (default /dev/shm). On this project's VMs,
-# keep what one boot writes into tmpfs under ~3 GB: past it, untouched guest
-# memory is slow and every run collapses (BENCHMARKS.md, session 17).
+# keep what tmpfs holds under ~3 GB (two rounds at 230,000 records/s): past
+# it, memory is slow to write and every run collapses (BENCHMARKS.md,
+# sessions 17 and 18).
 # BIN picks the floe binary (default target/release/floe), for A/B runs.
 # Needs target/release/floe-bench.
 set -euo pipefail
