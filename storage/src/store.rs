@@ -127,8 +127,15 @@ impl Counting {
         self.count(r)
     }
 
+    /// Counts failures; an absent object or a lost conditional write is an
+    /// answer the log asks for (opening a shard, fencing), not a failure.
     fn count<T>(&self, r: object_store::Result<T>) -> object_store::Result<T> {
-        if r.is_err() {
+        use object_store::Error as E;
+        let answer = matches!(
+            r,
+            Err(E::NotFound { .. } | E::AlreadyExists { .. } | E::Precondition { .. })
+        );
+        if r.is_err() && !answer {
             self.stats.errors.fetch_add(1, Relaxed);
         }
         r
@@ -234,5 +241,37 @@ impl ObjectStore for Counting {
     ) -> object_store::Result<()> {
         self.stats.puts.fetch_add(1, Relaxed);
         self.count(self.inner.copy_opts(from, to, options).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faulty::{Faults, Faulty};
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt as _, PutMode, PutOptions};
+
+    #[tokio::test]
+    async fn errors_count_failures_not_answers() {
+        let store = Counting::new(Arc::new(InMemory::new()));
+        let p = Path::from("a");
+        assert!(store.get(&p).await.is_err(), "absent");
+        let create = || PutOptions::from(PutMode::Create);
+        store
+            .put_opts(&p, "x".into(), create())
+            .await
+            .expect("create");
+        assert!(
+            store.put_opts(&p, "y".into(), create()).await.is_err(),
+            "exists"
+        );
+        assert_eq!(store.stats.errors.load(Relaxed), 0);
+        let failing = Faults {
+            fail_before: 1.0,
+            ..Faults::NONE
+        };
+        let store = Counting::new(Arc::new(Faulty::new(Arc::new(InMemory::new()), 1, failing)));
+        assert!(store.put(&p, "x".into()).await.is_err());
+        assert_eq!(store.stats.errors.load(Relaxed), 1);
     }
 }
