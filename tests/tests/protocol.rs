@@ -134,6 +134,47 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// A client that sends each partition its own request (librdkafka does)
+/// has rate × store latency of them in progress on one connection. All of
+/// a burst must be taken in and share PUTs; with 64 at a time (the old
+/// bound) each 64 waited for a PUT of its own, and on S3 a producer to 64
+/// partitions saw seconds of latency.
+#[test]
+fn hundreds_of_pipelined_produces_share_puts() {
+    const REQUESTS: usize = 640;
+    // Every PUT takes 200 ms, one at a time: what is in progress while one
+    // runs goes into the next.
+    let args = [
+        "--store-latency",
+        "200,200,1,1",
+        "--max-in-flight",
+        "1",
+        "--timer-in-flight",
+        "1",
+    ];
+    let f = Floe::start(temp_dir("deep"), &args);
+    let mut c = Conn::connect(&f.bootstrap());
+    c.create_topic("deep", 8);
+    let puts = counter(&f, "floe_store_puts_total");
+    for i in 0..REQUESTS {
+        c.send(
+            9,
+            &produce_request("deep", (i % 8) as i32, -1, batch(1, 100)),
+        );
+    }
+    let mut next = [0i64; 8];
+    for i in 0..REQUESTS {
+        let r = c.recv::<ProduceRequest>(9);
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, next[i % 8]));
+        next[i % 8] += 1;
+    }
+    let puts = counter(&f, "floe_store_puts_total") - puts;
+    // One PUT for the first request, one for the rest; a little slack for a
+    // meter or checkpoint write. Ten rounds of 64 take at least ten.
+    assert!(puts <= 5, "{REQUESTS} pipelined produces took {puts} PUTs");
+}
+
 #[test]
 fn acks_zero_and_one_are_stored_like_all() {
     let mut f = Floe::start(temp_dir("acks"), &[]);
