@@ -2,8 +2,9 @@
 //!
 //! One task reads frames and decodes them; each request becomes a future that
 //! runs concurrently with the others of its connection (bounded by
-//! [`MAX_PIPELINED`]), and the connection task writes responses strictly in
-//! request order, as Kafka clients require.
+//! [`MAX_PIPELINED`], [`MAX_PIPELINED_OTHERS`] and [`MAX_PIPELINED_BYTES`]),
+//! and the connection task writes responses strictly in request order, as
+//! Kafka clients require.
 //!
 //! Bad input follows Kafka's broker: a length prefix beyond
 //! `max_request_bytes`, a truncated or undecodable frame, an unknown API key
@@ -39,7 +40,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeade
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::authz::Guarded;
@@ -47,15 +48,26 @@ use crate::{AuthMode, Cx, Gateway};
 
 pub use versions::SUPPORTED;
 
-/// Requests one connection may have in progress; further reads wait. A
-/// client that sends each partition its own request (librdkafka) has
-/// rate × store latency of them in progress: 64 partitions at 2,000
-/// records/s on S3 is about 100 (BENCHMARKS.md, session 18).
+/// Requests one connection may have read and not yet answered; further
+/// reads wait. A client that sends each partition its own request
+/// (librdkafka) has rate × store latency of them in progress: 64 partitions
+/// at 2,000 records/s on S3 is about 100 (BENCHMARKS.md, session 18).
 const MAX_PIPELINED: usize = 1024;
 
-/// Bytes of request frames one connection may have in progress; a frame
-/// larger than this waits until it is the only one.
+/// Of those, requests other than Produce: their responses are the large
+/// ones (a fetch's, up to `--fetch-max-bytes`), held until written.
+const MAX_PIPELINED_OTHERS: usize = 64;
+
+/// Bytes of request frames one connection may have read and not yet
+/// answered; a frame larger than this waits until it is the only one.
 const MAX_PIPELINED_BYTES: usize = 64 << 20;
+
+/// What a request holds of its connection's bounds until its response is
+/// written.
+struct Room {
+    _bytes: OwnedSemaphorePermit,
+    _other: Option<OwnedSemaphorePermit>,
+}
 
 /// A response to write, as chunks (`Some`), none (acks=0), or `Err`: close the
 /// connection.
@@ -139,20 +151,27 @@ async fn serve_connection<W: Shards, R, Wr>(
     R: AsyncRead + Unpin + Send + 'static,
     Wr: AsyncWrite + Unpin,
 {
-    let (tx, mut rx) = mpsc::channel::<Pending>(MAX_PIPELINED);
+    // Small: what waits here already holds its room.
+    let (tx, mut rx) = mpsc::channel::<(Pending, Room)>(8);
     let reader = tokio::spawn(read_requests(gw.clone(), rd, tx, stop));
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    // Each pending request's room, in the same order.
+    let mut rooms: std::collections::VecDeque<Room> = Default::default();
     let mut reading = true;
     loop {
         tokio::select! {
             biased;
             Some(resp) = pending.next(), if !pending.is_empty() => {
-                if write_ready(&mut wr, resp, &mut pending).await.is_err() {
-                    break;
+                match write_ready(&mut wr, resp, &mut pending).await {
+                    Ok(written) => drop(rooms.drain(..written)),
+                    Err(_) => break,
                 }
             }
             next = rx.recv(), if reading && pending.len() < MAX_PIPELINED => match next {
-                Some(p) => pending.push_back(p),
+                Some((p, room)) => {
+                    pending.push_back(p);
+                    rooms.push_back(room);
+                }
                 None => reading = false,
             },
             else => break,
@@ -163,17 +182,21 @@ async fn serve_connection<W: Shards, R, Wr>(
 
 /// Writes `first` and every response already complete behind it, in vectored
 /// writes: record batches go from the read cache to the socket uncopied.
+/// Returns how many responses that was.
 async fn write_ready(
     wr: &mut (impl AsyncWrite + Unpin),
     first: Result<Option<Vec<Bytes>>, ()>,
     pending: &mut FuturesOrdered<Pending>,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     let closed = || std::io::Error::other("response failed to encode");
     let mut chunks = first.map_err(|_| closed())?.unwrap_or_default();
+    let mut written = 1;
     while let Some(Some(next)) = pending.next().now_or_never() {
         chunks.extend(next.map_err(|_| closed())?.unwrap_or_default());
+        written += 1;
     }
-    write_chunks(wr, chunks).await
+    write_chunks(wr, chunks).await?;
+    Ok(written)
 }
 
 async fn write_chunks(
@@ -213,7 +236,7 @@ const CONNECTION_TICK: std::time::Duration = std::time::Duration::from_secs(30);
 async fn read_requests<W: Shards>(
     gw: Arc<Gateway<W>>,
     mut rd: impl AsyncRead + Unpin,
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<(Pending, Room)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut session = sasl::Session::default();
@@ -228,13 +251,14 @@ async fn read_requests<W: Shards>(
 async fn read_loop<W: Shards>(
     gw: &Arc<Gateway<W>>,
     rd: &mut (impl AsyncRead + Unpin),
-    tx: &mpsc::Sender<Pending>,
+    tx: &mpsc::Sender<(Pending, Room)>,
     stop: &mut watch::Receiver<bool>,
     session: &mut sasl::Session,
     conn: &Arc<Conn>,
 ) {
     let mut revoked = gw.registry.revocations();
-    let room = Arc::new(Semaphore::new(MAX_PIPELINED_BYTES));
+    let bytes = Arc::new(Semaphore::new(MAX_PIPELINED_BYTES));
+    let others = Arc::new(Semaphore::new(MAX_PIPELINED_OTHERS));
     loop {
         // A throttled tenant's connection is not read until it may go on:
         // a client that ignores the throttle is delayed, not served.
@@ -252,7 +276,7 @@ async fn read_loop<W: Shards>(
         };
         // One read per frame, polled across the other events: dropping it
         // part-way would lose the bytes it had read.
-        let read = read_frame(rd, max);
+        let read = read_frame(rd, max, &bytes);
         tokio::pin!(read);
         let frame = loop {
             let tick = tokio::select! {
@@ -275,7 +299,7 @@ async fn read_loop<W: Shards>(
                 charge_time(gw, &tenant, conn).await;
             }
         };
-        let frame = match frame {
+        let (frame, held) = match frame {
             Ok(Some(f)) => {
                 conn.spoke.store(true, Relaxed);
                 f
@@ -287,8 +311,18 @@ async fn read_loop<W: Shards>(
                 return;
             }
         };
-        let size = frame.len().min(MAX_PIPELINED_BYTES) as u32;
         let api = frame.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+        let other = match api {
+            Some(k) if k == ApiKey::Produce as i16 => None,
+            _ => match others.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            },
+        };
+        let room = Room {
+            _bytes: held,
+            _other: other,
+        };
         let sasl = [
             ApiKey::SaslHandshake as i16,
             ApiKey::SaslAuthenticate as i16,
@@ -317,11 +351,7 @@ async fn read_loop<W: Shards>(
         }
         match next {
             Ok((p, close)) => {
-                let Ok(held) = room.clone().acquire_many_owned(size).await else {
-                    return;
-                };
-                let p: Pending = Box::pin(p.inspect(move |_| drop(held)));
-                if tx.send(p).await.is_err() || close {
+                if tx.send((p, room)).await.is_err() || close {
                     return;
                 }
             }
@@ -424,7 +454,13 @@ fn login<W: Shards>(
 }
 
 /// Reads one size-prefixed frame; `Ok(None)` at a clean end of stream.
-async fn read_frame(rd: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Option<Bytes>, String> {
+/// Reads one frame once the connection has room for its bytes, and returns
+/// it with that room.
+async fn read_frame(
+    rd: &mut (impl AsyncRead + Unpin),
+    max: u32,
+    room: &Arc<Semaphore>,
+) -> Result<Option<(Bytes, OwnedSemaphorePermit)>, String> {
     let mut len = [0u8; 4];
     match rd.read_exact(&mut len).await {
         Ok(_) => {}
@@ -435,6 +471,11 @@ async fn read_frame(rd: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Optio
     if len < 0 || len as u32 > max {
         return Err(format!("request size {len} outside 0..={max}"));
     }
+    let held = room
+        .clone()
+        .acquire_many_owned((len as usize).min(MAX_PIPELINED_BYTES) as u32)
+        .await
+        .map_err(|e| e.to_string())?;
     // Read into spare capacity: zeroing a megabyte first costs as much as
     // reading it.
     let len = len as usize;
@@ -447,7 +488,7 @@ async fn read_frame(rd: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Optio
             Err(e) => return Err(format!("truncated frame: {e}")),
         }
     }
-    Ok(Some(buf.freeze()))
+    Ok(Some((buf.freeze(), held)))
 }
 
 /// What a frame asks for, once past the version gate.
