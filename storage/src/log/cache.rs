@@ -55,6 +55,11 @@ impl BlockCache {
         self.blocks.contains_key(&id)
     }
 
+    /// A cached block, without counting as a use.
+    pub(super) fn peek(&self, id: BlockId) -> Option<Bytes> {
+        self.blocks.get(&id).map(|(b, _)| b.clone())
+    }
+
     #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
         self.bytes

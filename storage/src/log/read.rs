@@ -190,11 +190,15 @@ impl ShardLog {
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             wanted.iter().filter(|&&id| !cache.contains(id)).count()
         };
-        let stats = &self.inner.cfg.stats;
-        stats
-            .cache_hits
-            .fetch_add((wanted.len() - misses) as u64, Relaxed);
-        stats.cache_misses.fetch_add(misses as u64, Relaxed);
+        // The cache's counters are readers': maintenance's misses could
+        // never have been hits.
+        if by == For::Reader {
+            let stats = &self.inner.cfg.stats;
+            stats
+                .cache_hits
+                .fetch_add((wanted.len() - misses) as u64, Relaxed);
+            stats.cache_misses.fetch_add(misses as u64, Relaxed);
+        }
         let blocks = self.blocks(wanted, by).await?;
         let size = self.inner.cfg.block_bytes;
         let mut out = Vec::with_capacity(locs.len());
@@ -247,7 +251,12 @@ impl ShardLog {
             let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             let mut run: Vec<BlockId> = Vec::new();
             for id in ids {
-                if let Some(b) = cache.get(id) {
+                let hit = match by {
+                    For::Reader => cache.get(id),
+                    // Not a use: these blocks are about to be superseded.
+                    For::Maintenance => cache.peek(id),
+                };
+                if let Some(b) = hit {
                     ready.insert(id, b);
                     continue;
                 }
