@@ -62,6 +62,9 @@ const MAX_PIPELINED_OTHERS: usize = 64;
 /// answered; a frame larger than this waits until it is the only one.
 const MAX_PIPELINED_BYTES: usize = 64 << 20;
 
+/// Bytes a connection's reader takes from the socket at once.
+const READ_BUFFER: usize = 16 << 10;
+
 /// What a request holds of its connection's bounds until its response is
 /// written.
 struct Room {
@@ -235,10 +238,14 @@ const CONNECTION_TICK: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn read_requests<W: Shards>(
     gw: Arc<Gateway<W>>,
-    mut rd: impl AsyncRead + Unpin,
+    rd: impl AsyncRead + Unpin,
     tx: mpsc::Sender<(Pending, Room)>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Small requests (librdkafka sends each partition its own) come several
+    // to a read instead of two reads each; a frame larger than the buffer
+    // is read past it, uncopied.
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     let mut session = sasl::Session::default();
     let conn = Arc::new(Conn::new());
     read_loop(&gw, &mut rd, &tx, &mut stop, &mut session, &conn).await;
