@@ -147,9 +147,13 @@ struct LogArgs {
     max_in_flight: usize,
     /// The linger timer seals a flush only while fewer than this many are in
     /// flight; beyond, flushes wait for the size trigger (fewer, larger PUTs,
-    /// more latency). At most --max-in-flight.
-    #[arg(long, default_value_t = 4)]
-    timer_in_flight: usize,
+    /// more latency). At most --max-in-flight. Default: --max-in-flight on a
+    /// local directory, where PUTs are free and take a millisecond; 2
+    /// elsewhere, which at full throughput keeps S3 PUTs near 1024 per GiB
+    /// / --flush-bytes MiB and costs the S3 latency model nothing
+    /// (BENCHMARKS.md, session 18).
+    #[arg(long)]
+    timer_in_flight: Option<usize>,
     /// Race a WAL PUT unanswered after this many ms with an identical one
     /// (cuts S3 tail latency; at most one extra PUT per flush). Off when absent.
     #[arg(long)]
@@ -460,9 +464,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn dev(a: DevArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let mut log = log_config(&a.log)?;
     let (counted, url) = open_store(&a.store)?;
-    log.background = on_local_disk(&url).then_some(bg);
+    let local = on_local_disk(&url);
+    // The latency model stands in for S3: its PUTs get S3's settings.
+    let mut log = log_config(&a.log, local && a.store.store_latency.is_none())?;
+    log.background = local.then_some(bg);
     let registry = open_registry(&counted, &log, a.front.auth).await?;
     let log_stats = log.stats.clone();
     let worker = Arc::new(local_worker(&a.log, log, counted.clone(), &registry)?);
@@ -555,9 +561,11 @@ impl ClusterGateway {
 /// `floe worker`: owns shards the gateways send it, while it holds their
 /// leases; serves /healthz and /metrics.
 async fn worker(a: WorkerArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let mut log = log_config(&a.log)?;
     let (counted, url) = open_store(&a.store)?;
-    log.background = on_local_disk(&url).then_some(bg);
+    let local = on_local_disk(&url);
+    // The latency model stands in for S3: its PUTs get S3's settings.
+    let mut log = log_config(&a.log, local && a.store.store_latency.is_none())?;
+    log.background = local.then_some(bg);
     let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
     let endpoint =
         floe_cluster::endpoint(a.rpc_listen, Some(identity.server()?), identity.client()?)?;
@@ -625,12 +633,19 @@ async fn worker(a: WorkerArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()>
     Ok(())
 }
 
-fn log_config(a: &LogArgs) -> anyhow::Result<LogConfig> {
+/// The log's settings from the flags; `local`: the store is a local
+/// directory, PUTs taking a millisecond.
+fn log_config(a: &LogArgs, local: bool) -> anyhow::Result<LogConfig> {
+    let timer_in_flight = match a.timer_in_flight {
+        Some(n) => n,
+        None if local => a.max_in_flight,
+        None => a.max_in_flight.min(2),
+    };
     let log = LogConfig {
         linger: Duration::from_secs_f64(a.linger_ms / 1000.0),
         flush_bytes: a.flush_bytes,
         max_in_flight: a.max_in_flight,
-        timer_in_flight: a.timer_in_flight,
+        timer_in_flight,
         hedge_after: a.hedge_after_ms.map(Duration::from_millis),
         read_cache_bytes: a.read_cache_bytes,
         block_bytes: a.block_bytes,
