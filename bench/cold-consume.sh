@@ -13,15 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records=${1:-200000}
-bin=${BIN:-target/release/floe}
 work=$(mktemp -d /tmp/floe-cold-XXXX)
 . bench/lib.sh
 start_weed floe
-fk=$(port); fh=$(port)
-# shellcheck disable=SC2086
-"$bin" dev --store s3://floe/cold --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
-    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
-wait_port "$fk"
+start_floe --store s3://floe/cold
 show=$(cat <<'PY'
 import json, sys
 x = json.load(sys.stdin)

@@ -20,11 +20,7 @@ work=$(mktemp -d /tmp/floe-lat-XXXX)
 data=$(mktemp -d "${DIR:-/dev/shm}/floe-lat-XXXX")
 . bench/lib.sh
 trap 'cleanup; rm -rf "$data"' EXIT
-fk=$(port); fh=$(port)
-# shellcheck disable=SC2086
-"${BIN:-target/release/floe}" dev --data-dir "$data" --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
-    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
-wait_port "$fk"
+start_floe --data-dir "$data"
 show=$(cat <<'PY'
 import json, sys
 x = json.load(sys.stdin)

@@ -34,18 +34,23 @@ start_weed() {
     export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 }
 
-# start_floe_dev [FLAG...]: the release `floe dev` on free loopback ports, with
-# required auth and the admin token bench-token (plus $FLOE_ARGS); sets $fk
-# and $fh (Kafka and HTTP ports). Then `api METHOD PATH [JSON]` calls the
-# admin API and `key TENANT` prints a new key and its secret.
-token=bench-token
-start_floe_dev() {
+# start_floe FLAG...: `floe dev` ($BIN, default the release build) on free
+# loopback ports with FLAG... and $FLOE_ARGS; sets $fk and $fh (Kafka and
+# HTTP ports) once both are open.
+start_floe() {
     fk=$(port); fh=$(port)
     # shellcheck disable=SC2086
-    target/release/floe dev --data-dir "$work/data" --kafka-listen "127.0.0.1:$fk" \
-        --http-listen "127.0.0.1:$fh" --auth required --admin-token "$token" \
+    "${BIN:-target/release/floe}" dev --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
         "$@" ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
     wait_port "$fk"; wait_port "$fh"
+}
+
+# start_floe_dev [FLAG...]: start_floe on $work/data with required auth and
+# the admin token bench-token. Then `api METHOD PATH [JSON]` calls the admin
+# API and `key TENANT` prints a new key and its secret.
+token=bench-token
+start_floe_dev() {
+    start_floe --data-dir "$work/data" --auth required --admin-token "$token" "$@"
 }
 api() { # method path [json]
     curl -sf -X "$1" -H "Authorization: Bearer $token" -H 'content-type: application/json' \

@@ -14,10 +14,7 @@ work=$(mktemp -d /tmp/floe-side-XXXX)
 . bench/lib.sh
 
 start_weed floe
-fk=$(port); fh=$(port)
-"${BIN:-target/release/floe}" dev --store s3://floe/side --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
-    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
-wait_port "$fk"
+start_floe --store s3://floe/side
 
 
 metric() { curl -s "http://127.0.0.1:$fh/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }

@@ -18,12 +18,11 @@ work=$(mktemp -d /tmp/floe-side-XXXX)
 . bench/lib.sh
 
 start_weed floe,tansu
-fk=$(port); fh=$(port); tk=$(port)
-target/release/floe dev --store s3://floe/side --kafka-listen "127.0.0.1:$fk" --http-listen "127.0.0.1:$fh" \
-    ${FLOE_ARGS:-} > "$work/floe.log" 2>&1 & pids+=($!)
+start_floe --store s3://floe/side
+tk=$(port)
 "$tansu" broker --listener-url "tcp://127.0.0.1:$tk" --advertised-listener-url "tcp://127.0.0.1:$tk" \
     --storage-engine s3://tansu/ > "$work/tansu.log" 2>&1 & pids+=($!)
-wait_port "$fk"; wait_port "$tk"
+wait_port "$tk"
 
 out="$work/results.jsonl"
 run() { # name bootstrap extra-args...
