@@ -464,11 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn dev(a: DevArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let (counted, url) = open_store(&a.store)?;
-    let local = on_local_disk(&url);
-    // The latency model stands in for S3: its PUTs get S3's settings.
-    let mut log = log_config(&a.log, local && a.store.store_latency.is_none())?;
-    log.background = local.then_some(bg);
+    let (counted, url, log) = store_and_log(&a.store, &a.log, bg)?;
     let registry = open_registry(&counted, &log, a.front.auth).await?;
     let log_stats = log.stats.clone();
     let worker = Arc::new(local_worker(&a.log, log, counted.clone(), &registry)?);
@@ -561,11 +557,7 @@ impl ClusterGateway {
 /// `floe worker`: owns shards the gateways send it, while it holds their
 /// leases; serves /healthz and /metrics.
 async fn worker(a: WorkerArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let (counted, url) = open_store(&a.store)?;
-    let local = on_local_disk(&url);
-    // The latency model stands in for S3: its PUTs get S3's settings.
-    let mut log = log_config(&a.log, local && a.store.store_latency.is_none())?;
-    log.background = local.then_some(bg);
+    let (counted, url, log) = store_and_log(&a.store, &a.log, bg)?;
     let identity = floe_cluster::tls::Identity::load(&a.cluster.cluster_certs)?;
     let endpoint =
         floe_cluster::endpoint(a.rpc_listen, Some(identity.server()?), identity.client()?)?;
@@ -631,6 +623,22 @@ async fn worker(a: WorkerArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()>
     http_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store a shard-owning process writes to, and its logs' settings for
+/// it: on a local directory maintenance runs on `bg` and the linger timer
+/// keeps its local default; the latency model stands in for S3, so its PUTs
+/// get S3's settings.
+fn store_and_log(
+    store: &StoreArgs,
+    log: &LogArgs,
+    bg: tokio::runtime::Handle,
+) -> anyhow::Result<(Arc<Counting>, String, LogConfig)> {
+    let (counted, url) = open_store(store)?;
+    let local = on_local_disk(&url);
+    let mut cfg = log_config(log, local && store.store_latency.is_none())?;
+    cfg.background = local.then_some(bg);
+    Ok((counted, url, cfg))
 }
 
 /// The log's settings from the flags; `local`: the store is a local

@@ -460,9 +460,9 @@ fn login<W: Shards>(
     Ok((ready(encode(id, api, v, body)), close))
 }
 
-/// Reads one size-prefixed frame; `Ok(None)` at a clean end of stream.
-/// Reads one frame once the connection has room for its bytes, and returns
-/// it with that room.
+/// Reads one size-prefixed frame once the connection has room for its
+/// bytes, and returns it with that room; `Ok(None)` at a clean end of
+/// stream.
 async fn read_frame(
     rd: &mut (impl AsyncRead + Unpin),
     max: u32,
