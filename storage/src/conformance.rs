@@ -273,15 +273,9 @@ pub async fn log_compaction(store: Arc<dyn ObjectStore>, p: &Path) -> Check {
     use std::time::Duration;
     // Compaction's store calls go to a runtime of their own, as `floe`
     // does on a local directory.
-    let bg = Background(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(e2s)?,
-    ));
+    let bg = Background::new().map_err(e2s)?;
     let cfg = LogConfig {
-        background: bg.0.as_ref().map(|rt| rt.handle().clone()),
+        background: Some(bg.handle()),
         linger: Duration::ZERO,
         compact_bytes: 48 << 10,
         compact_max_objects: 1000,
@@ -418,8 +412,28 @@ async fn count(store: &dyn ObjectStore, dir: &Path) -> Result<usize, String> {
         .map_err(e2s)
 }
 
-/// A runtime dropped without waiting, as one must inside another's task.
-struct Background(Option<tokio::runtime::Runtime>);
+/// A one-worker runtime standing in for `floe`'s maintenance runtime,
+/// dropped without waiting, as one must inside another's task (also when a
+/// test fails).
+pub(crate) struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(rt)))
+    }
+
+    pub(crate) fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone()
+    }
+}
 
 impl Drop for Background {
     fn drop(&mut self) {

@@ -576,13 +576,9 @@ mod tests {
     /// reader joins one, this test does not see.)
     #[tokio::test]
     async fn compaction_loads_neither_fill_nor_count_in_the_cache() {
-        let bg = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let bg = crate::conformance::Background::new().expect("runtime");
         let cfg = LogConfig {
-            background: Some(bg.handle().clone()),
+            background: Some(bg.handle()),
             linger: Duration::ZERO,
             compact_bytes: 32 << 10,
             compact_after: Duration::from_millis(50),
@@ -636,6 +632,5 @@ mod tests {
         let cached = log.inner.cache.lock().expect("cache").bytes();
         assert_eq!(cached, 0, "compaction cached its sources");
         log.close().await.expect("close");
-        bg.shutdown_background();
     }
 }
