@@ -316,6 +316,13 @@ impl LocalWorker {
         if let Some(shard) = self.healthy(tenant) {
             return Ok(shard);
         }
+        // Boxed: opening (replay and all) inline would make every call's
+        // future as large as an open, and a request's future is allocated
+        // and moved whole on the produce path.
+        Box::pin(self.open_shard(tenant)).await
+    }
+
+    async fn open_shard(&self, tenant: &TenantId) -> Result<Arc<Shard>> {
         let gate = self.opener(tenant);
         let _one_opener = gate.lock().await;
         if let Some(shard) = self.healthy(tenant) {
