@@ -21,6 +21,18 @@ data=$(mktemp -d "${DIR:-/dev/shm}/floe-lat-XXXX")
 . bench/lib.sh
 trap 'cleanup; rm -rf "$data"' EXIT
 start_floe --data-dir "$data"
+floe=${pids[-1]}
+# Floe's user and system CPU so far, in clock ticks (fields 14 and 15).
+ticks() { awk '{print $14 + $15}' "/proc/$floe/stat"; }
+# User and system CPU of this shell's finished children, in ms: the client
+# (and the few ms of the curl and python around it). `times` must run
+# in this shell, not in a `$(...)` subshell, which has no such children.
+client_ms() {
+    times > "$work/times"
+    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60000 + t[2] * 1000 } print int(n) }' "$work/times"
+}
+# Produce requests Floe has counted (API key 0).
+produces() { curl -s "http://127.0.0.1:$fh/metrics" | awk '/^floe_kafka_requests_total\{.*api_key="0"/ {n += $NF} END {print n + 0}'; }
 show=$(cat <<'PY'
 import json, sys
 x = json.load(sys.stdin)
@@ -31,10 +43,14 @@ print(f'{x["topic"]}: {x["records_per_s"]:,.0f} records/s, p50 {l["p50_us"] / 10
 PY
 )
 run() { # topic records [floe-bench args...]
-    local topic=$1 records=$2; shift 2
+    local topic=$1 records=$2 before reqs; shift 2
+    before=$(ticks); reqs=$(produces); client_ms > "$work/c0"
     target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --metrics-url "http://127.0.0.1:$fh/metrics" \
         --scenario produce --partitions "${PARTS:-1}" --topic "$topic" --records "$records" --linger-ms 1 "$@" |
         python3 -c "$show"
+    client_ms > "$work/c1"
+    local ms=$(( ($(ticks) - before) * 1000 / $(getconf CLK_TCK) )) n=$(( $(produces) - reqs ))
+    echo "  floe CPU $ms ms for $n produce requests ($(( n ? ms * 1000 / n : 0 )) us each), client CPU $(( $(cat "$work/c1") - $(cat "$work/c0") )) ms"
 }
 if [ -z "${RATE:-}" ]; then
     run max 2000000
