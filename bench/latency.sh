@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Produce latency on a local directory at a fixed rate: one `floe dev`,
-# several 5-second runs in a row (a fresh topic each), p50/p99/p999 and PUTs
-# per second per shard for each. Without RATE, one unpaced run for the
-# maximum instead. Not part of CI.
+# several 5-second runs in a row (a fresh topic each), p50/p99/p999, PUTs
+# per second per shard, and Floe's and the client's CPU for each. Without
+# RATE, one unpaced run for the maximum instead. Not part of CI.
 #
 #   bench/latency.sh                     # the maximum (2,000,000 records)
 #   RATE=230000 ROUNDS="1 2 3" bench/latency.sh
