@@ -20,8 +20,19 @@ enum Outcome {
     Failed(i16, Option<StrBytes>),
 }
 
-/// Returns `None` for acks=0: the client expects no response.
-pub async fn produce<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Option<ProduceResponse> {
+/// A produce request whose batches the log has taken, in order, waiting to
+/// be durable.
+pub struct Accepting {
+    started: std::time::Instant,
+    acks: i16,
+    topics: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)>,
+}
+
+/// Hands every partition's batches to the shard owner. The connection's
+/// reader awaits this before reading the next request, so a connection's
+/// produces are appended in the order sent (Kafka's guarantee), whatever
+/// order their responses' futures are later polled in.
+pub async fn accept_all<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Accepting {
     let started = std::time::Instant::now();
     let acks = req.acks;
     let tenant = &gw.tenant;
@@ -38,10 +49,19 @@ pub async fn produce<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Option<Produ
         }
         topics.push((t.name, parts));
     }
-    // Every partition is appended before any is awaited, so one request's
-    // partitions share flushes instead of waiting for each other in turn.
-    let mut responses = Vec::with_capacity(topics.len());
-    for (name, parts) in topics {
+    Accepting {
+        started,
+        acks,
+        topics,
+    }
+}
+
+/// Waits until every accepted partition is durable; `None` for acks=0: the
+/// client expects no response. Every partition was appended before any is
+/// awaited, so one request's partitions share flushes.
+pub async fn finish_all<W>(gw: &Cx<W>, a: Accepting) -> Option<ProduceResponse> {
+    let mut responses = Vec::with_capacity(a.topics.len());
+    for (name, parts) in a.topics {
         let mut out = Vec::with_capacity(parts.len());
         for (index, outcome) in parts {
             out.push(finish(gw, index, outcome).await);
@@ -54,8 +74,8 @@ pub async fn produce<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Option<Produ
     }
     gw.metrics
         .produce_seconds
-        .record(started.elapsed().as_secs_f64(), &[]);
-    if acks == 0 {
+        .record(a.started.elapsed().as_secs_f64(), &[]);
+    if a.acks == 0 {
         return None;
     }
     Some(ProduceResponse::default().with_responses(responses))
