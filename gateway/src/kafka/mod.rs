@@ -1,7 +1,8 @@
 //! The Kafka listener.
 //!
-//! One task reads frames and decodes them; each request becomes a future that
-//! runs concurrently with the others of its connection (bounded by
+//! One task reads frames and decodes them (and appends a produce's batches,
+//! so they land in the order sent); each request becomes a future that runs
+//! concurrently with the others of its connection (bounded by
 //! [`MAX_PIPELINED`], [`MAX_PIPELINED_OTHERS`] and [`MAX_PIPELINED_BYTES`]),
 //! and the connection task writes responses strictly in request order, as
 //! Kafka clients require.
