@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Where the CPU of a produce goes, Floe against Tansu on one SeaweedFS: the
+# CPU (user + system, from /proc) of weed and of the broker, and the
+# client's (from the shell's `times`), for the same produce to each, two
+# rounds. Says whether a run is bound by the machine or by the broker. Not
+# part of CI.
+#
+#   bench/cpu-split.sh [RECORDS]        # PARTS=64 for 64 partitions
+#
+# Needs what bench/side-by-side.sh needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+records=${1:-200000}
+tansu=${TANSU:-$HOME/.cache/floe-peer/bin/tansu}
+work=$(mktemp -d /tmp/floe-split-XXXX)
+. bench/lib.sh
+
+start_weed floe,tansu
+weed=${pids[-1]}
+start_floe --store s3://floe/split
+floe=${pids[-1]}
+tk=$(port)
+"$tansu" broker --listener-url "tcp://127.0.0.1:$tk" --advertised-listener-url "tcp://127.0.0.1:$tk" \
+    --storage-engine s3://tansu/ > "$work/tansu.log" 2>&1 & pids+=($!)
+tansu_pid=$!
+wait_port "$tk"
+
+# CPU of a process, its threads and its reaped children, in ms.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15 + $16 + $17) * 1000 / hz)}' "/proc/$1/stat"; }
+# This shell's finished children's CPU in ms; must run in this shell.
+client_ms() {
+    times > "$work/times"
+    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60000 + t[2] * 1000 } print int(n) }' "$work/times"
+}
+show='import json, sys; x = json.load(sys.stdin); print("%.0f records/s in %.2f s" % (x["records_per_s"], x["seconds"]))'
+for round in 1 2; do
+    for broker in floe tansu; do
+        if [ "$broker" = floe ]; then addr=127.0.0.1:$fk pid=$floe; else addr=127.0.0.1:$tk pid=$tansu_pid; fi
+        w0=$(cpu_ms "$weed"); b0=$(cpu_ms "$pid"); client_ms > "$work/c0"
+        result=$(target/release/floe-bench --bootstrap "$addr" --json --scenario produce \
+            --partitions "${PARTS:-1}" --topic "r$round" --records "$records" | python3 -c "$show")
+        client_ms > "$work/c1"
+        sleep 0.5 # the store's last writes
+        echo "$broker, round $round: $result; CPU: weed $(( $(cpu_ms "$weed") - w0 )) ms," \
+            "$broker $(( $(cpu_ms "$pid") - b0 )) ms, client $(( $(cat "$work/c1") - $(cat "$work/c0") )) ms"
+    done
+done
+curl -s "http://127.0.0.1:$fh/metrics" | grep -E '^floe_(produced_bytes|store_put_bytes)_total'
