@@ -59,6 +59,9 @@ pub enum QuotaCmd {
         storage_bytes: Option<u64>,
         #[arg(long)]
         partitions: Option<u64>,
+        /// Kafka connections logged in at once, per gateway.
+        #[arg(long)]
+        connections: Option<u64>,
     },
 }
 
@@ -93,6 +96,7 @@ pub async fn quota(t: Target, cmd: QuotaCmd) -> anyhow::Result<()> {
         requests_per_sec,
         storage_bytes,
         partitions,
+        connections,
     } = cmd;
     let quota = floe_tenants::Quota {
         produce_bytes_per_sec,
@@ -100,6 +104,7 @@ pub async fn quota(t: Target, cmd: QuotaCmd) -> anyhow::Result<()> {
         requests_per_sec,
         storage_bytes,
         partitions,
+        connections,
     };
     let body = serde_json::to_value(quota)?;
     call(

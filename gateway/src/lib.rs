@@ -58,6 +58,8 @@ pub struct Gateway<W> {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// In cluster mode, the other gateways, advertised in Metadata.
     pub peers: Option<Arc<floe_cluster::Gateways>>,
+    /// Each tenant's logged-in Kafka connections here, within its quota.
+    pub(crate) connections: Arc<kafka::slots::Slots>,
 }
 
 impl<W> Gateway<W> {
@@ -78,6 +80,7 @@ impl<W> Gateway<W> {
             default_tenant,
             tls: None,
             peers: None,
+            connections: Arc::default(),
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Quota {
     pub storage_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u64>,
+    /// Kafka connections logged in at once, per gateway: one tenant cannot
+    /// take every connection a gateway has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 impl Quota {
@@ -30,6 +34,7 @@ impl Quota {
             requests_per_sec: self.requests_per_sec.or(base.requests_per_sec),
             storage_bytes: self.storage_bytes.or(base.storage_bytes),
             partitions: self.partitions.or(base.partitions),
+            connections: self.connections.or(base.connections),
         }
     }
 }
@@ -38,9 +43,11 @@ impl Quota {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {
-    /// 1 MiB/s in, 2 MiB/s out, 100 requests/s, 1 GiB stored, 16 partitions.
+    /// 1 MiB/s in, 2 MiB/s out, 100 requests/s, 1 GiB stored, 16 partitions,
+    /// 100 connections per gateway.
     Free,
-    /// 16 MiB/s in, 32 MiB/s out, 2,000 requests/s, 100 GiB, 1,000 partitions.
+    /// 16 MiB/s in, 32 MiB/s out, 2,000 requests/s, 100 GiB, 1,000 partitions,
+    /// 1,000 connections per gateway.
     Standard,
     /// No limits (the dev mode's `default` tenant).
     Unlimited,
@@ -56,6 +63,7 @@ impl Plan {
                 requests_per_sec: Some(100),
                 storage_bytes: Some(1 << 30),
                 partitions: Some(16),
+                connections: Some(100),
             },
             Plan::Standard => Quota {
                 produce_bytes_per_sec: Some(16 * MIB),
@@ -63,6 +71,7 @@ impl Plan {
                 requests_per_sec: Some(2_000),
                 storage_bytes: Some(100 << 30),
                 partitions: Some(1_000),
+                connections: Some(1_000),
             },
             Plan::Unlimited => Quota::default(),
         }

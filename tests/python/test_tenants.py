@@ -346,6 +346,47 @@ def test_a_partition_quota_refuses_topics_beyond_it(tenants):
     a.close()
 
 
+def test_a_connection_quota_refuses_more_clients_and_others_carry_on(tenants):
+    """A tenant's clients past its `connections` quota are refused at login;
+    its connected clients and the other tenant carry on, and a client that
+    closes makes room for the next."""
+    floe, keys = tenants
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"connections": 4})[0] == 200
+    conf = dict(sasl(floe, keys["acme"], "SCRAM-SHA-512"), acks="all", api_version=(3, 0),
+                max_block_ms=3000, reconnect_backoff_ms=200, reconnect_backoff_max_ms=500)
+
+    def connect():
+        """A producer that got a record in, or None if it was refused."""
+        p = None
+        try:
+            p = KafkaProducer(**conf)
+            p.send("conns", b"x", partition=0).get(timeout=5)
+            return p
+        except KafkaError:
+            if p is not None:
+                p.close(timeout=1)
+            return None
+
+    held = []
+    while len(held) < 10 and (p := connect()):
+        held.append(p)
+    # Each producer keeps one or two connections: 2 to 4 fit.
+    assert 2 <= len(held) <= 4, len(held)
+    q = KafkaProducer(**sasl(floe, keys["globex"], "SCRAM-SHA-512"), acks="all")
+    q.send("conns", b"y", partition=0).get(timeout=10)
+    q.close()
+    for p in held:
+        p.send("conns", b"z", partition=0).get(timeout=10)
+    held.pop().close()
+    deadline = time.time() + 10
+    while not (p := connect()):
+        assert time.time() < deadline, "no room after a client closed"
+        time.sleep(0.2)
+    held.append(p)
+    for p in held:
+        p.close()
+
+
 def test_a_storage_quota_refuses_produce_beyond_it(tenants):
     floe, keys = tenants
     assert admin(floe, "PUT", "/tenants/acme/quota", {"storage_bytes": 50_000})[0] == 200

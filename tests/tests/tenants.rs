@@ -472,3 +472,77 @@ fn a_client_ignoring_the_throttle_is_delayed() {
         "3 MB at 1 MB/s answered in {took:?}"
     );
 }
+
+/// A tenant's logged-in connections to a gateway are bounded by its
+/// `connections` quota, so one tenant cannot take every connection the
+/// gateway has: one more login fails with SASL_AUTHENTICATION_FAILED, saying
+/// why, and is closed, whatever the mechanism's framing; the tenant's open
+/// connections and other tenants carry on; a closed connection's place goes
+/// to the next login. kafka-python over SCRAM: `tests/python/test_tenants.py`.
+#[test]
+fn a_tenants_connections_are_bounded_by_its_quota() {
+    let f = Floe::start(
+        temp_dir("sasl-conns"),
+        &["--auth", "required", "--admin-token", TOKEN],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let (other_key, other_secret) = tenant_with_key(&f, "globex");
+    set_quota(&f, "acme", r#"{"connections": 2}"#);
+    let mut a = login(&f, &key, &secret);
+    let b = login(&f, &key, &secret);
+
+    let refused = |c: &mut Conn| {
+        assert_eq!(handshake(c, "PLAIN"), 0);
+        let token = Bytes::from(format!("\0{key}\0{secret}"));
+        let r = c.call(
+            2,
+            &SaslAuthenticateRequest::default().with_auth_bytes(token),
+        );
+        assert_eq!(r.error_code, E::SaslAuthenticationFailed.code());
+        let why = r.error_message.map(|m| m.to_string()).unwrap_or_default();
+        assert!(why.contains("Connection quota reached"), "{why}");
+        assert!(c.is_closed(), "a refused login's connection is closed");
+    };
+    refused(&mut Conn::connect(&f.bootstrap()));
+    // An old client's bare token after a v0 handshake: closed unanswered.
+    let mut c = Conn::connect(&f.bootstrap());
+    let r = c.call(
+        0,
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+    );
+    assert_eq!(r.error_code, 0);
+    c.send_frame(format!("\0{key}\0{secret}").as_bytes())
+        .expect("send token");
+    assert!(c.read_frame().is_none(), "no token back over the quota");
+
+    // The open ones and another tenant carry on.
+    a.create_topic("mine", 1);
+    assert_eq!(metadata(&mut a), vec!["mine".to_string()]);
+    let mut g = login(&f, &other_key, &other_secret);
+    assert!(metadata(&mut g).is_empty());
+
+    // Closing one gives its place back once the gateway sees the close;
+    // the refused logins took none.
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        let mut c = Conn::connect(&f.bootstrap());
+        assert_eq!(handshake(&mut c, "PLAIN"), 0);
+        if plain(&mut c, &key, &secret) == 0 {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no place after a close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    refused(&mut Conn::connect(&f.bootstrap()));
+
+    // A raised quota lets the next one in.
+    set_quota(&f, "acme", r#"{"connections": 3}"#);
+    let _d = login(&f, &key, &secret);
+    drop(c);
+    let mut f = f;
+    assert!(f.is_running(), "the server carried on");
+}

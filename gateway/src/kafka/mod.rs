@@ -21,6 +21,7 @@ mod metadata;
 mod produce;
 mod producers;
 mod sasl;
+pub(crate) mod slots;
 mod transactions;
 mod versions;
 
@@ -414,6 +415,21 @@ fn admit<W>(
     }
 }
 
+/// A place for one more of `tenant`'s logged-in connections on this
+/// gateway, within its `connections` quota.
+fn admit_login<W>(gw: &Gateway<W>, tenant: &floe_common::TenantId) -> Result<slots::Slot, String> {
+    let max = gw
+        .registry
+        .limits(tenant.as_str())
+        .and_then(|q| q.connections);
+    gw.connections.take(tenant, max).map_err(|open| {
+        format!(
+            "Connection quota reached: tenant {tenant} already has {open} connections \
+             to this broker, as many as its quota allows"
+        )
+    })
+}
+
 /// A bare SASL token after a v0 handshake: the answer is a bare token too,
 /// and a failure closes the connection without one (Kafka's v0).
 fn bare_token<W>(
@@ -422,7 +438,7 @@ fn bare_token<W>(
     frame: Bytes,
 ) -> Result<(Pending, bool), String> {
     let req = kafka_protocol::messages::SaslAuthenticateRequest::default().with_auth_bytes(frame);
-    let a = session.authenticate(&gw.registry, &req);
+    let a = session.authenticate(&gw.registry, &req, &|t| admit_login(gw, t));
     if a.close {
         return Err("sasl authentication failed".into());
     }
@@ -450,7 +466,7 @@ fn login<W: Shards>(
             (ResponseKind::SaslHandshake(a.body), a.close)
         }
         RequestKind::SaslAuthenticate(r) => {
-            let a = session.authenticate(&gw.registry, &r);
+            let a = session.authenticate(&gw.registry, &r, &|t| admit_login(gw, t));
             (ResponseKind::SaslAuthenticate(a.body), a.close)
         }
         _ => return Err("sasl frame".into()),

@@ -6,10 +6,14 @@
 //!
 //! As Kafka's brokers do, a failed login is answered (UNSUPPORTED_SASL_MECHANISM,
 //! ILLEGAL_SASL_STATE or SASL_AUTHENTICATION_FAILED) and the connection is
-//! then closed; so is one that sends anything else mid-exchange.
+//! then closed; so is one that sends anything else mid-exchange. A valid
+//! login past the tenant's `connections` quota on this gateway fails the
+//! same way, saying so.
 
 use floe_common::TenantId;
 use floe_tenants::scram::{self, ScramServer, Step};
+
+use super::slots::Slot;
 use floe_tenants::{Mechanism, Registry};
 use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
@@ -29,6 +33,9 @@ pub struct Session {
     state: State,
     /// The handshake was v0: tokens come unframed.
     bare: bool,
+    /// The login's place in its tenant's connections, held until the
+    /// connection closes.
+    slot: Option<Slot>,
 }
 
 #[derive(Default)]
@@ -82,10 +89,14 @@ impl Session {
         }
     }
 
+    /// Takes a SaslAuthenticate; a login that succeeds must also get a
+    /// place from `admit` (its tenant's connection quota), else it fails
+    /// with `admit`'s reason.
     pub fn authenticate(
         &mut self,
         registry: &Registry,
         req: &SaslAuthenticateRequest,
+        admit: &dyn Fn(&TenantId) -> Result<Slot, String>,
     ) -> Answer<SaslAuthenticateResponse> {
         let body = SaslAuthenticateResponse::default();
         let refused = |why: String| {
@@ -105,10 +116,10 @@ impl Session {
                     Err(why) => return refused(why),
                 };
                 match registry.verify_secret(&key, &secret) {
-                    Some(tenant) => {
-                        self.login = Some((tenant, key));
-                        Answer { body, close: false }
-                    }
+                    Some(tenant) => match self.log_in(tenant, key, admit) {
+                        Ok(()) => Answer { body, close: false },
+                        Err(why) => over_quota(why),
+                    },
                     None => refused(format!("PLAIN login as {key:?}")),
                 }
             }
@@ -128,13 +139,13 @@ impl Session {
             }
             State::Scram(mut server) => match server.step(&req.auth_bytes, |_| None) {
                 Step::Done { user, response } => match registry.tenant_of(&user) {
-                    Some(tenant) => {
-                        self.login = Some((tenant, user));
-                        Answer {
+                    Some(tenant) => match self.log_in(tenant, user, admit) {
+                        Ok(()) => Answer {
                             body: body.with_auth_bytes(response.into()),
                             close: false,
-                        }
-                    }
+                        },
+                        Err(why) => over_quota(why),
+                    },
                     None => refused(format!("key {user:?} went during its login")),
                 },
                 Step::Continue(_) => refused("SCRAM went on too long".into()),
@@ -148,6 +159,27 @@ impl Session {
             ),
         }
     }
+
+    fn log_in(
+        &mut self,
+        tenant: TenantId,
+        key: String,
+        admit: &dyn Fn(&TenantId) -> Result<Slot, String>,
+    ) -> Result<(), String> {
+        self.slot = Some(admit(&tenant)?);
+        self.login = Some((tenant, key));
+        Ok(())
+    }
+}
+
+/// A valid login refused by its tenant's quota: the client is told why.
+fn over_quota(why: String) -> Answer<SaslAuthenticateResponse> {
+    tracing::info!(why, "sasl login refused");
+    fail(
+        SaslAuthenticateResponse::default()
+            .with_error_code(E::SaslAuthenticationFailed.code())
+            .with_error_message(Some(StrBytes::from_string(why))),
+    )
 }
 
 fn fail<T>(body: T) -> Answer<T> {
