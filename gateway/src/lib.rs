@@ -33,6 +33,12 @@ pub struct Settings {
     pub max_request_bytes: u32,
     pub fetch_max_bytes: u32,
     pub max_connections: usize,
+    /// A connection with nothing read, written or in progress this long is
+    /// closed.
+    pub connections_max_idle: std::time::Duration,
+    /// A connection that must log in and has not this long after opening is
+    /// closed.
+    pub login_timeout: std::time::Duration,
 }
 
 /// Who may use the Kafka listener without SASL.

@@ -269,6 +269,16 @@ struct FrontArgs {
     /// Open Kafka connections at once; more wait in the accept queue.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// A Kafka connection that has read no request and written no response
+    /// for this long, with none in progress, is closed (Kafka's
+    /// connections.max.idle.ms); clients reconnect when they need to.
+    #[arg(long, default_value_t = 600_000)]
+    connections_max_idle_ms: u64,
+    /// With --auth required, a Kafka connection that has not logged in this
+    /// long after it opened is closed, so connections nobody can use do not
+    /// hold the gateway's --max-connections.
+    #[arg(long, default_value_t = 10_000)]
+    login_timeout_ms: u64,
     /// PEM certificate chain: with --tls-key, the Kafka listener speaks TLS
     /// only (SASL_SSL for clients).
     #[arg(long, requires = "tls_key")]
@@ -852,6 +862,8 @@ impl Front {
             max_request_bytes: a.max_request_bytes,
             fetch_max_bytes: a.fetch_max_bytes,
             max_connections: a.max_connections,
+            connections_max_idle: Duration::from_millis(a.connections_max_idle_ms),
+            login_timeout: Duration::from_millis(a.login_timeout_ms),
         };
         let mut gateway = Gateway::new(
             worker.clone(),

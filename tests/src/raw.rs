@@ -97,6 +97,25 @@ impl Conn {
         out
     }
 
+    /// True when the server closes the connection within `d` (EOF or a
+    /// reset); false if it is still open then. Reads nothing else.
+    pub fn closes_within(&mut self, d: Duration) -> bool {
+        self.s.set_read_timeout(Some(d)).expect("timeout");
+        let mut b = [0u8; 1];
+        let closed = match self.s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => panic!("unexpected bytes from the server"),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        closed
+    }
+
     /// True when the server has closed the connection (reads EOF).
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];

@@ -546,3 +546,68 @@ fn a_tenants_connections_are_bounded_by_its_quota() {
     let mut f = f;
     assert!(f.is_running(), "the server carried on");
 }
+
+/// Kafka's connections.max.idle.ms: a connection with nothing read, written
+/// or in progress that long is closed, and a request in progress (a fetch
+/// long-polling past it) keeps it open. With `--auth required`, a connection
+/// that has not logged in within `--login-timeout-ms` is closed however
+/// busy, so connections nobody can use do not hold the gateway's
+/// `--max-connections`; one that logged in is not.
+#[test]
+fn idle_connections_and_ones_that_never_log_in_are_closed() {
+    let f = Floe::start(
+        temp_dir("conn-idle"),
+        &[
+            "--auth",
+            "required",
+            "--admin-token",
+            TOKEN,
+            "--connections-max-idle-ms",
+            "2000",
+            "--login-timeout-ms",
+            "300",
+        ],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let mut c = login(&f, &key, &secret);
+    c.create_topic("t", 1);
+
+    // Busy without a login: ApiVersions every 100 ms, each answered, until
+    // the login deadline closes it (never the idle timeout: it is active).
+    let mut anonymous = Conn::connect(&f.bootstrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        anonymous.send(3, &ApiVersionsRequest::default());
+        if anonymous.read_frame().is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The logged-in one is past the login deadline and still served.
+    assert_eq!(metadata(&mut c), vec!["t".to_string()]);
+    // A fetch waiting 3 s for records, longer than the idle timeout.
+    let p = kafka_protocol::messages::fetch_request::FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(1 << 20);
+    let t = kafka_protocol::messages::fetch_request::FetchTopic::default()
+        .with_topic(floe_e2e::raw::topic_name("t"))
+        .with_partitions(vec![p]);
+    let req = kafka_protocol::messages::FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(3000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![t]);
+    let r = c.call(12, &req);
+    assert_eq!(r.responses[0].partitions[0].error_code, 0);
+    // Still open after it (a closing reader would have written the answer
+    // and then closed).
+    assert_eq!(metadata(&mut c), vec!["t".to_string()]);
+    // Then idle: closed.
+    assert!(c.closes_within(Duration::from_secs(10)), "idle, still open");
+    let mut f = f;
+    assert!(f.is_running(), "the server carried on");
+}

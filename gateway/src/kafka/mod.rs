@@ -12,6 +12,11 @@
 //! or an unsupported version closes the connection; the exception is an
 //! ApiVersions request newer than we know, which gets a v0 body with
 //! UNSUPPORTED_VERSION and the supported list.
+//!
+//! A connection stops being read (and closes once its answers are written)
+//! when it has been idle for `connections_max_idle` (nothing read, written
+//! or in progress), or when it must log in and has not within
+//! `login_timeout`.
 
 mod acls;
 mod admin;
@@ -72,6 +77,17 @@ const READ_BUFFER: usize = 16 << 10;
 struct Room {
     _bytes: OwnedSemaphorePermit,
     _other: Option<OwnedSemaphorePermit>,
+    _written: Written,
+}
+
+/// Marks the connection active when its request's response is written
+/// (dropped).
+struct Written(Arc<Conn>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        self.0.touch();
+    }
 }
 
 /// A response to write, as chunks (`Some`), none (acks=0), or `Err`: close the
@@ -287,9 +303,19 @@ async fn read_loop<W: Shards>(
         // part-way would lose the bytes it had read.
         let read = read_frame(rd, max, &bytes);
         tokio::pin!(read);
+        let must_log_in = gw.auth == AuthMode::Required && session.login.is_none();
         let frame = loop {
+            let deadline = conn.deadline(&gw.settings, must_log_in);
             let tick = tokio::select! {
                 f = &mut read => break f,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let busy = bytes.available_permits() < MAX_PIPELINED_BYTES;
+                    if let Some(why) = conn.expired(&gw.settings, must_log_in, busy) {
+                        tracing::info!(why, "closing kafka connection");
+                        return;
+                    }
+                    false
+                }
                 // On shutdown, stop taking requests; those in progress finish.
                 _ = stop.wait_for(|s| *s) => return,
                 // A revoked key (or deleted tenant) loses its connections.
@@ -311,6 +337,7 @@ async fn read_loop<W: Shards>(
         let (frame, held) = match frame {
             Ok(Some(f)) => {
                 conn.spoke.store(true, Relaxed);
+                conn.touch();
                 f
             }
             Ok(None) => return,
@@ -331,6 +358,7 @@ async fn read_loop<W: Shards>(
         let room = Room {
             _bytes: held,
             _other: other,
+            _written: Written(conn.clone()),
         };
         let sasl = [
             ApiKey::SaslHandshake as i16,
@@ -757,22 +785,64 @@ fn set_throttle(resp: &mut ResponseKind, ms: i32) {
 }
 
 /// What a connection's requests share: when it may be read again (its
-/// tenant's quota mutes it), and since when its time is not yet charged.
+/// tenant's quota mutes it), since when its time is not yet charged, and
+/// when it was last active.
 pub struct Conn {
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
     charged_to: std::sync::Mutex<tokio::time::Instant>,
     /// Whether a request arrived: a connection that sends none (a TCP
     /// health probe) is nobody's usage, and loads no shard to say so.
     spoke: std::sync::atomic::AtomicBool,
+    opened: tokio::time::Instant,
+    /// When a request was last read or a response written, in ms after
+    /// `opened`.
+    active_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Conn {
     fn new() -> Self {
+        let now = tokio::time::Instant::now();
         Self {
             until: std::sync::Mutex::new(None),
-            charged_to: std::sync::Mutex::new(tokio::time::Instant::now()),
+            charged_to: std::sync::Mutex::new(now),
             spoke: std::sync::atomic::AtomicBool::new(false),
+            opened: now,
+            active_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.active_ms.fetch_max(ms, Relaxed);
+    }
+
+    fn active(&self) -> tokio::time::Instant {
+        self.opened + std::time::Duration::from_millis(self.active_ms.load(Relaxed))
+    }
+
+    /// When the connection may have to close: at its login deadline while
+    /// it must log in, or once idle for `connections_max_idle`.
+    fn deadline(&self, s: &crate::Settings, must_log_in: bool) -> tokio::time::Instant {
+        let idle = self.active() + s.connections_max_idle;
+        match must_log_in {
+            true => idle.min(self.opened + s.login_timeout),
+            false => idle,
+        }
+    }
+
+    /// Why the connection must close now, if it must. A request in
+    /// progress (`busy`) counts as activity.
+    fn expired(&self, s: &crate::Settings, must_log_in: bool, busy: bool) -> Option<&'static str> {
+        let now = tokio::time::Instant::now();
+        if must_log_in && now >= self.opened + s.login_timeout {
+            return Some("no login within --login-timeout-ms");
+        }
+        if busy {
+            self.touch();
+            return None;
+        }
+        (now >= self.active() + s.connections_max_idle)
+            .then_some("idle past --connections-max-idle-ms")
     }
 
     fn mute(&self, by: std::time::Duration) {
