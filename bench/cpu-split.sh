@@ -11,7 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records=${1:-200000}
-tansu=${TANSU:-$HOME/.cache/floe-peer/bin/tansu}
 work=$(mktemp -d /tmp/floe-split-XXXX)
 . bench/lib.sh
 
@@ -19,19 +18,11 @@ start_weed floe,tansu
 weed=${pids[-1]}
 start_floe --store s3://floe/split
 floe=${pids[-1]}
-tk=$(port)
-"$tansu" broker --listener-url "tcp://127.0.0.1:$tk" --advertised-listener-url "tcp://127.0.0.1:$tk" \
-    --storage-engine s3://tansu/ > "$work/tansu.log" 2>&1 & pids+=($!)
-tansu_pid=$!
-wait_port "$tk"
+start_tansu
+tansu_pid=${pids[-1]}
 
 # CPU of a process, its threads and its reaped children, in ms.
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15 + $16 + $17) * 1000 / hz)}' "/proc/$1/stat"; }
-# This shell's finished children's CPU in ms; must run in this shell.
-client_ms() {
-    times > "$work/times"
-    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60000 + t[2] * 1000 } print int(n) }' "$work/times"
-}
 show='import json, sys; x = json.load(sys.stdin); print("%.0f records/s in %.2f s" % (x["records_per_s"], x["seconds"]))'
 for round in 1 2; do
     for broker in floe tansu; do

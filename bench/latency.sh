@@ -24,13 +24,6 @@ start_floe --data-dir "$data"
 floe=${pids[-1]}
 # Floe's user and system CPU so far, in clock ticks (fields 14 and 15).
 ticks() { awk '{print $14 + $15}' "/proc/$floe/stat"; }
-# User and system CPU of this shell's finished children, in ms: the client
-# (and the few ms of the curl and python around it). `times` must run
-# in this shell, not in a `$(...)` subshell, which has no such children.
-client_ms() {
-    times > "$work/times"
-    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60000 + t[2] * 1000 } print int(n) }' "$work/times"
-}
 # Produce requests Floe has counted (API key 0).
 produces() { curl -s "http://127.0.0.1:$fh/metrics" | awk '/^floe_kafka_requests_total\{.*api_key="0"/ {n += $NF} END {print n + 0}'; }
 show=$(cat <<'PY'

@@ -34,6 +34,26 @@ start_weed() {
     export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 }
 
+# start_tansu: Tansu 0.6.0 ($TANSU, default ~/.cache/floe-peer/bin/tansu)
+# on a free loopback port, storing in the `tansu` bucket of start_weed's
+# server; sets $tk (its port) once it is open.
+start_tansu() {
+    tk=$(port)
+    "${TANSU:-$HOME/.cache/floe-peer/bin/tansu}" broker --listener-url "tcp://127.0.0.1:$tk" \
+        --advertised-listener-url "tcp://127.0.0.1:$tk" --storage-engine s3://tansu/ \
+        > "$work/tansu.log" 2>&1 & pids+=($!)
+    wait_port "$tk"
+}
+
+# client_ms: user and system CPU of this shell's finished children, in ms
+# (the bench client, and the few ms of any curl or python around it).
+# `times` must run in the measuring shell, not in a `$(...)` subshell,
+# which has no such children: write it to a file.
+client_ms() {
+    times > "$work/times"
+    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60000 + t[2] * 1000 } print int(n) }' "$work/times"
+}
+
 # start_floe FLAG...: `floe dev` ($BIN, default the release build) on free
 # loopback ports with FLAG... and $FLOE_ARGS; sets $fk and $fh (Kafka and
 # HTTP ports) once both are open.

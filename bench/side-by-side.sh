@@ -13,16 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records=${1:-200000}
-tansu=${TANSU:-$HOME/.cache/floe-peer/bin/tansu}
 work=$(mktemp -d /tmp/floe-side-XXXX)
 . bench/lib.sh
 
 start_weed floe,tansu
 start_floe --store s3://floe/side
-tk=$(port)
-"$tansu" broker --listener-url "tcp://127.0.0.1:$tk" --advertised-listener-url "tcp://127.0.0.1:$tk" \
-    --storage-engine s3://tansu/ > "$work/tansu.log" 2>&1 & pids+=($!)
-wait_port "$tk"
+start_tansu
 
 out="$work/results.jsonl"
 run() { # name bootstrap extra-args...
