@@ -44,8 +44,9 @@ use crate::tls::SERVER_NAME;
 pub const UNPLACED_WAIT: Duration = Duration::from_secs(10);
 /// Request bytes one lane (this gateway, one shard) may have in flight.
 const LANE_BYTES: usize = 64 * 1024 * 1024;
-/// Moves in a row before a lane gives its calls up as retriable.
-const MAX_HOPS: u32 = 5;
+/// Moves in a row before a lane gives its calls up as retriable: with
+/// the waits between them, about 2.7 s for the views to agree.
+const MAX_HOPS: u32 = 10;
 
 /// Figures for `/metrics` and the autoscaler.
 #[derive(Default)]
@@ -260,8 +261,11 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
                 fail_calls(&mut queue, "the shard is moving between workers; retry");
                 hops = 0;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-            } else if to.is_none() {
+            } else if to.is_none() || hops > 1 {
                 // Route again once the views have had a chance to change.
+                // Moves named in a row are two workers whose views disagree
+                // (one released the shard, the other still sees its claim):
+                // asking again at once would only bounce.
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(hops))).await;
             }
             hint = to;
