@@ -39,6 +39,9 @@ pub struct Settings {
     /// A connection that must log in and has not this long after opening is
     /// closed.
     pub login_timeout: std::time::Duration,
+    /// Bytes of requests a tenant's logged-in connections may have read and
+    /// not yet answered, together.
+    pub tenant_max_pipelined_bytes: usize,
 }
 
 /// Who may use the Kafka listener without SASL.
@@ -77,6 +80,9 @@ impl<W> Gateway<W> {
         auth: AuthMode,
     ) -> Self {
         let default_tenant = TenantId::new(DEFAULT_TENANT).expect("a valid tenant id");
+        let connections = Arc::new(kafka::slots::Slots::new(
+            settings.tenant_max_pipelined_bytes,
+        ));
         Self {
             worker,
             settings,
@@ -86,7 +92,7 @@ impl<W> Gateway<W> {
             default_tenant,
             tls: None,
             peers: None,
-            connections: Arc::default(),
+            connections,
         }
     }
 

@@ -279,6 +279,12 @@ struct FrontArgs {
     /// hold the gateway's --max-connections.
     #[arg(long, default_value_t = 10_000)]
     login_timeout_ms: u64,
+    /// Bytes of requests one tenant's logged-in Kafka connections to this
+    /// gateway may have read and not yet answered, together (each connection
+    /// also at most 64 MiB); further reads wait. A larger request waits
+    /// until it is the tenant's only one.
+    #[arg(long, default_value_t = 256 << 20)]
+    tenant_max_pipelined_bytes: usize,
     /// PEM certificate chain: with --tls-key, the Kafka listener speaks TLS
     /// only (SASL_SSL for clients).
     #[arg(long, requires = "tls_key")]
@@ -864,6 +870,7 @@ impl Front {
             max_connections: a.max_connections,
             connections_max_idle: Duration::from_millis(a.connections_max_idle_ms),
             login_timeout: Duration::from_millis(a.login_timeout_ms),
+            tenant_max_pipelined_bytes: a.tenant_max_pipelined_bytes,
         };
         let mut gateway = Gateway::new(
             worker.clone(),

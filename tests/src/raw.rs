@@ -116,6 +116,23 @@ impl Conn {
         closed
     }
 
+    /// True when the server sends something (or closes) within `d`; reads
+    /// none of it.
+    pub fn answers_within(&mut self, d: Duration) -> bool {
+        self.s.set_read_timeout(Some(d)).expect("timeout");
+        let got = match self.s.peek(&mut [0u8; 1]) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        got
+    }
+
     /// True when the server has closed the connection (reads EOF).
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];

@@ -611,3 +611,60 @@ fn idle_connections_and_ones_that_never_log_in_are_closed() {
     let mut f = f;
     assert!(f.is_running(), "the server carried on");
 }
+
+/// A tenant's logged-in connections share one bound on the request bytes
+/// they hold (`--tenant-max-pipelined-bytes`), so one tenant cannot fill the
+/// gateway's memory through many connections: past it, another of its
+/// connections is not read until room frees, while another tenant's are
+/// read at once. A frame half sent holds its room from its length on.
+#[test]
+fn a_tenants_connections_share_a_bound_on_request_bytes() {
+    let f = Floe::start(
+        temp_dir("tenant-bytes"),
+        &[
+            "--auth",
+            "required",
+            "--admin-token",
+            TOKEN,
+            "--tenant-max-pipelined-bytes",
+            "1000000",
+        ],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    let (other_key, other_secret) = tenant_with_key(&f, "globex");
+    let (mut a1, mut a2) = (login(&f, &key, &secret), login(&f, &key, &secret));
+    let mut g = login(&f, &other_key, &other_secret);
+    a1.create_topic("t", 1);
+    g.create_topic("t", 1);
+    // 700 KB each: two of acme's do not fit in 1 MB together.
+    let produce = |c: &mut Conn| {
+        let body = c.encode(9, &produce_request("t", 0, -1, batch(7, 100_000)));
+        let mut frame = BytesMut::new();
+        frame.put_i32(body.len() as i32);
+        frame.put_slice(&body);
+        frame
+    };
+    let first = produce(&mut a1);
+    let (head, rest) = first.split_at(first.len() / 2);
+    a1.send_raw(head).expect("half a frame");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = produce(&mut a2);
+    a2.send_raw(&second).expect("a whole frame");
+    assert!(
+        !a2.answers_within(Duration::from_secs(1)),
+        "acme's second connection was read past its bound"
+    );
+    // Another tenant is not held back by acme's bound.
+    let other = produce(&mut g);
+    g.send_raw(&other).expect("a whole frame");
+    let r = g.recv::<kafka_protocol::messages::ProduceRequest>(9);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    // The rest of the first frame: both of acme's are stored, in turn.
+    a1.send_raw(rest).expect("the rest");
+    for c in [&mut a1, &mut a2] {
+        let r = c.recv::<kafka_protocol::messages::ProduceRequest>(9);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let mut f = f;
+    assert!(f.is_running(), "the server carried on");
+}

@@ -3,7 +3,9 @@
 //! One task reads frames and decodes them (and appends a produce's batches,
 //! so they land in the order sent); each request becomes a future that runs
 //! concurrently with the others of its connection (bounded by
-//! [`MAX_PIPELINED`], [`MAX_PIPELINED_OTHERS`] and [`MAX_PIPELINED_BYTES`]),
+//! [`MAX_PIPELINED`], [`MAX_PIPELINED_OTHERS`] and [`MAX_PIPELINED_BYTES`],
+//! and, across a logged-in tenant's connections, by
+//! `tenant_max_pipelined_bytes`),
 //! and the connection task writes responses strictly in request order, as
 //! Kafka clients require.
 //!
@@ -76,6 +78,7 @@ const READ_BUFFER: usize = 16 << 10;
 /// written.
 struct Room {
     _bytes: OwnedSemaphorePermit,
+    _tenant_bytes: Option<OwnedSemaphorePermit>,
     _other: Option<OwnedSemaphorePermit>,
     _written: Written,
 }
@@ -301,7 +304,8 @@ async fn read_loop<W: Shards>(
         };
         // One read per frame, polled across the other events: dropping it
         // part-way would lose the bytes it had read.
-        let read = read_frame(rd, max, &bytes);
+        let tenant = session.slot().map(|s| (s.bytes().clone(), s.most()));
+        let read = read_frame(rd, max, &bytes, tenant);
         tokio::pin!(read);
         let must_log_in = gw.auth == AuthMode::Required && session.login.is_none();
         let frame = loop {
@@ -334,7 +338,7 @@ async fn read_loop<W: Shards>(
                 charge_time(gw, &tenant, conn).await;
             }
         };
-        let (frame, held) = match frame {
+        let (frame, held, tenant_held) = match frame {
             Ok(Some(f)) => {
                 conn.spoke.store(true, Relaxed);
                 conn.touch();
@@ -357,6 +361,7 @@ async fn read_loop<W: Shards>(
         };
         let room = Room {
             _bytes: held,
+            _tenant_bytes: tenant_held,
             _other: other,
             _written: Written(conn.clone()),
         };
@@ -505,14 +510,20 @@ fn login<W: Shards>(
     Ok((ready(encode(id, api, v, body)), close))
 }
 
-/// Reads one size-prefixed frame once the connection has room for its
-/// bytes, and returns it with that room; `Ok(None)` at a clean end of
+/// A frame read, and the room it holds until answered: the connection's,
+/// and its tenant's (once logged in).
+type Framed = (Bytes, OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
+/// Reads one size-prefixed frame once the connection and its tenant's
+/// connections (`tenant`, with the most one frame may take) have room for
+/// its bytes, and returns it with that room; `Ok(None)` at a clean end of
 /// stream.
 async fn read_frame(
     rd: &mut (impl AsyncRead + Unpin),
     max: u32,
     room: &Arc<Semaphore>,
-) -> Result<Option<(Bytes, OwnedSemaphorePermit)>, String> {
+    tenant: Option<(Arc<Semaphore>, usize)>,
+) -> Result<Option<Framed>, String> {
     let mut len = [0u8; 4];
     match rd.read_exact(&mut len).await {
         Ok(_) => {}
@@ -528,6 +539,15 @@ async fn read_frame(
         .acquire_many_owned((len as usize).min(MAX_PIPELINED_BYTES) as u32)
         .await
         .map_err(|e| e.to_string())?;
+    let tenant_held = match tenant {
+        Some((bytes, most)) => Some(
+            bytes
+                .acquire_many_owned((len as usize).min(most) as u32)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     // Read into spare capacity: zeroing a megabyte first costs as much as
     // reading it.
     let len = len as usize;
@@ -540,7 +560,7 @@ async fn read_frame(
             Err(e) => return Err(format!("truncated frame: {e}")),
         }
     }
-    Ok(Some((buf.freeze(), held)))
+    Ok(Some((buf.freeze(), held, tenant_held)))
 }
 
 /// What a frame asks for, once past the version gate.

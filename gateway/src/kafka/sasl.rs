@@ -60,6 +60,11 @@ impl Session {
         matches!(self.state, State::Handshaken(_) | State::Scram(_))
     }
 
+    /// The login's place among its tenant's connections.
+    pub fn slot(&self) -> Option<&Slot> {
+        self.slot.as_ref()
+    }
+
     /// The next frame is a bare SASL token (after a v0 handshake).
     pub fn expects_bare_token(&self) -> bool {
         self.bare && self.in_exchange()
