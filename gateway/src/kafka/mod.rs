@@ -354,9 +354,14 @@ async fn read_loop<W: Shards>(
         let api = frame.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
         let other = match api {
             Some(k) if k == ApiKey::Produce as i16 => None,
-            _ => match others.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => return,
+            // Waits while the connection's other requests are all in
+            // progress; a shutdown meanwhile drops this one unanswered.
+            _ => tokio::select! {
+                p = others.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
             },
         };
         let room = Room {
