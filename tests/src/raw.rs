@@ -97,40 +97,41 @@ impl Conn {
         out
     }
 
-    /// True when the server closes the connection within `d` (EOF or a
-    /// reset); false if it is still open then. Reads nothing else.
-    pub fn closes_within(&mut self, d: Duration) -> bool {
-        self.s.set_read_timeout(Some(d)).expect("timeout");
-        let mut b = [0u8; 1];
-        let closed = match self.s.read(&mut b) {
-            Ok(0) => true,
-            Ok(_) => panic!("unexpected bytes from the server"),
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-        };
-        self.s
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        closed
-    }
-
-    /// True when the server sends something (or closes) within `d`; reads
-    /// none of it.
-    pub fn answers_within(&mut self, d: Duration) -> bool {
+    /// What the server sends within `d`, read by none: `Some(0)` if it
+    /// closed the connection, `Some(1)` if it sent bytes, `None` if neither.
+    fn peek_within(&mut self, d: Duration) -> Option<usize> {
         self.s.set_read_timeout(Some(d)).expect("timeout");
         let got = match self.s.peek(&mut [0u8; 1]) {
-            Ok(_) => true,
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
+            Ok(n) => Some(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(_) => Some(0), // reset
         };
         self.s
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         got
+    }
+
+    /// True when the server closes the connection within `d`; false if it
+    /// is still open then.
+    pub fn closes_within(&mut self, d: Duration) -> bool {
+        match self.peek_within(d) {
+            Some(0) => true,
+            Some(_) => panic!("unexpected bytes from the server"),
+            None => false,
+        }
+    }
+
+    /// True when the server sends something (or closes) within `d`.
+    pub fn answers_within(&mut self, d: Duration) -> bool {
+        self.peek_within(d).is_some()
     }
 
     /// True when the server has closed the connection (reads EOF).
