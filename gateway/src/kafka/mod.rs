@@ -309,17 +309,13 @@ async fn read_loop<W: Shards>(
         tokio::pin!(read);
         let must_log_in = gw.auth == AuthMode::Required && session.login.is_none();
         let frame = loop {
+            // One timer for the sooner of: charging the tenant's time, and
+            // the connection's idle or login deadline.
+            let tick = tokio::time::Instant::now() + CONNECTION_TICK;
             let deadline = conn.deadline(&gw.settings, must_log_in);
-            let tick = tokio::select! {
+            let woke = tokio::select! {
                 f = &mut read => break f,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let busy = bytes.available_permits() < MAX_PIPELINED_BYTES;
-                    if let Some(why) = conn.expired(&gw.settings, must_log_in, busy) {
-                        tracing::info!(why, "closing kafka connection");
-                        return;
-                    }
-                    false
-                }
+                _ = tokio::time::sleep_until(tick.min(deadline)) => true,
                 // On shutdown, stop taking requests; those in progress finish.
                 _ = stop.wait_for(|s| *s) => return,
                 // A revoked key (or deleted tenant) loses its connections.
@@ -332,9 +328,16 @@ async fn read_loop<W: Shards>(
                     }
                     false
                 }
-                _ = tokio::time::sleep(CONNECTION_TICK) => true,
             };
-            if let Some(tenant) = metered_tenant(gw, session).filter(|_| tick) {
+            let now = tokio::time::Instant::now();
+            if woke && now >= deadline {
+                let busy = bytes.available_permits() < MAX_PIPELINED_BYTES;
+                if let Some(why) = conn.expired(&gw.settings, must_log_in, busy) {
+                    tracing::info!(why, "closing kafka connection");
+                    return;
+                }
+            }
+            if let Some(tenant) = metered_tenant(gw, session).filter(|_| woke && now >= tick) {
                 charge_time(gw, &tenant, conn).await;
             }
         };
