@@ -271,7 +271,7 @@ struct FrontArgs {
     max_connections: usize,
     /// A Kafka connection that has read no request and written no response
     /// for this long, with none in progress, is closed (Kafka's
-    /// connections.max.idle.ms); clients reconnect when they need to.
+    /// connections.max.idle.ms); clients reconnect when they need to. 0: never.
     #[arg(long, default_value_t = 600_000)]
     connections_max_idle_ms: u64,
     /// With --auth required, a Kafka connection that has not logged in this

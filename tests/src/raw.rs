@@ -134,6 +134,13 @@ impl Conn {
         self.peek_within(d).is_some()
     }
 
+    /// Closes the sending half: the server reads the end of the stream.
+    pub fn shut_write(&mut self) {
+        self.s
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+    }
+
     /// True when the server has closed the connection (reads EOF).
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];

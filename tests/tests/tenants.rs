@@ -539,6 +539,30 @@ fn a_tenants_connections_are_bounded_by_its_quota() {
     };
     refused(&mut Conn::connect(&f.bootstrap()));
 
+    // A connection that stops sending still counts until its last answer
+    // is written: a fetch long-polling 2 s, then the client's end closed.
+    let mut c = c;
+    let fetch = kafka_protocol::messages::FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(2000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(floe_e2e::raw::topic_name("mine"))
+                .with_partitions(vec![
+                    kafka_protocol::messages::fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    c.send(12, &fetch);
+    c.shut_write();
+    std::thread::sleep(Duration::from_millis(300));
+    refused(&mut Conn::connect(&f.bootstrap()));
+    let r = c.recv::<kafka_protocol::messages::FetchRequest>(12);
+    assert_eq!(r.error_code, 0);
+
     // A raised quota lets the next one in.
     set_quota(&f, "acme", r#"{"connections": 3}"#);
     let _d = login(&f, &key, &secret);

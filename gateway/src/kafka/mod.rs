@@ -71,6 +71,9 @@ const MAX_PIPELINED_OTHERS: usize = 64;
 /// answered; a frame larger than this waits until it is the only one.
 const MAX_PIPELINED_BYTES: usize = 64 << 20;
 
+/// A deadline that does not come (about 34 years).
+const NEVER: std::time::Duration = std::time::Duration::from_secs(1 << 30);
+
 /// Bytes a connection's reader takes from the socket at once.
 const READ_BUFFER: usize = 16 << 10;
 
@@ -79,6 +82,9 @@ const READ_BUFFER: usize = 16 << 10;
 struct Room {
     _bytes: OwnedSemaphorePermit,
     _tenant_bytes: Option<OwnedSemaphorePermit>,
+    /// The login's place among its tenant's connections: a connection
+    /// whose reader ended still counts until its last answer is written.
+    _slot: Option<Arc<slots::Slot>>,
     _other: Option<OwnedSemaphorePermit>,
     _written: Written,
 }
@@ -295,6 +301,8 @@ async fn read_loop<W: Shards>(
                 _ = tokio::time::sleep_until(until) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            // A throttle is not idleness: the client was told to wait.
+            conn.touch();
         }
         // Until a required login, frames are bounded as Kafka bounds SASL
         // tokens.
@@ -370,6 +378,7 @@ async fn read_loop<W: Shards>(
         let room = Room {
             _bytes: held,
             _tenant_bytes: tenant_held,
+            _slot: session.slot().cloned(),
             _other: other,
             _written: Written(conn.clone()),
         };
@@ -851,7 +860,10 @@ impl Conn {
     /// When the connection may have to close: at its login deadline while
     /// it must log in, or once idle for `connections_max_idle`.
     fn deadline(&self, s: &crate::Settings, must_log_in: bool) -> tokio::time::Instant {
-        let idle = self.active() + s.connections_max_idle;
+        let idle = match s.connections_max_idle.is_zero() {
+            true => self.opened + NEVER,
+            false => self.active() + s.connections_max_idle,
+        };
         match must_log_in {
             true => idle.min(self.opened + s.login_timeout),
             false => idle,
@@ -865,7 +877,7 @@ impl Conn {
         if must_log_in && now >= self.opened + s.login_timeout {
             return Some("no login within --login-timeout-ms");
         }
-        if busy {
+        if busy || s.connections_max_idle.is_zero() {
             self.touch();
             return None;
         }

@@ -13,6 +13,8 @@
 use floe_common::TenantId;
 use floe_tenants::scram::{self, ScramServer, Step};
 
+use std::sync::Arc;
+
 use super::slots::Slot;
 use floe_tenants::{Mechanism, Registry};
 use kafka_protocol::messages::{
@@ -35,7 +37,7 @@ pub struct Session {
     bare: bool,
     /// The login's place in its tenant's connections, held until the
     /// connection closes.
-    slot: Option<Slot>,
+    slot: Option<Arc<Slot>>,
 }
 
 #[derive(Default)]
@@ -61,7 +63,7 @@ impl Session {
     }
 
     /// The login's place among its tenant's connections.
-    pub fn slot(&self) -> Option<&Slot> {
+    pub fn slot(&self) -> Option<&Arc<Slot>> {
         self.slot.as_ref()
     }
 
@@ -171,7 +173,7 @@ impl Session {
         key: String,
         admit: &dyn Fn(&TenantId) -> Result<Slot, String>,
     ) -> Result<(), String> {
-        self.slot = Some(admit(&tenant)?);
+        self.slot = Some(Arc::new(admit(&tenant)?));
         self.login = Some((tenant, key));
         Ok(())
     }
