@@ -15,7 +15,6 @@ rounds=$1; shift
 parts=${PARTS:-64} rate=${RATE:-20000}
 . bench/lib.sh
 trap 'cleanup; rm -rf "${data:-}"' EXIT
-metric_produces() { curl -s "http://127.0.0.1:$fh/metrics" | awk '/^floe_kafka_requests_total\{.*api_key="0"/ {n += $NF} END {print n + 0}'; }
 show='import json, sys; l = json.load(sys.stdin)["produce_latency"]; print("p50 %.1f p99 %.1f p999 %.1f ms" % (l["p50_us"] / 1000, l["p99_us"] / 1000, l["p999_us"] / 1000))'
 for round in $(seq 1 "$rounds"); do
     for build in "$@"; do
@@ -27,10 +26,9 @@ for round in $(seq 1 "$rounds"); do
         bench() { target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --scenario produce \
             --partitions "$parts" --linger-ms 1 --rate "$rate" "$@"; }
         bench --topic warm --records "$rate" > /dev/null
-        ticks=$(awk '{print $14 + $15}' "/proc/$floe/stat"); reqs=$(metric_produces)
+        before=$(cpu_ms "$floe"); reqs=$(produce_requests)
         latency=$(bench --topic t --records $((rate * 5)) | python3 -c "$show")
-        ms=$(( ($(awk '{print $14 + $15}' "/proc/$floe/stat") - ticks) * 1000 / $(getconf CLK_TCK) ))
-        n=$(( $(metric_produces) - reqs ))
+        ms=$(( $(cpu_ms "$floe") - before )) n=$(( $(produce_requests) - reqs ))
         echo "$label, round $round: $latency; Floe $ms ms of CPU for $n produce requests ($(( ms * 1000 / n )) us each)"
         cleanup; rm -rf "$data"
     done

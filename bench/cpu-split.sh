@@ -21,8 +21,6 @@ floe=${pids[-1]}
 start_tansu
 tansu_pid=${pids[-1]}
 
-# CPU of a process, its threads and its reaped children, in ms.
-cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15 + $16 + $17) * 1000 / hz)}' "/proc/$1/stat"; }
 show='import json, sys; x = json.load(sys.stdin); print("%.0f records/s in %.2f s" % (x["records_per_s"], x["seconds"]))'
 for round in 1 2; do
     for broker in floe tansu; do

@@ -22,10 +22,6 @@ data=$(mktemp -d "${DIR:-/dev/shm}/floe-lat-XXXX")
 trap 'cleanup; rm -rf "$data"' EXIT
 start_floe --data-dir "$data"
 floe=${pids[-1]}
-# Floe's user and system CPU so far, in clock ticks (fields 14 and 15).
-ticks() { awk '{print $14 + $15}' "/proc/$floe/stat"; }
-# Produce requests Floe has counted (API key 0).
-produces() { curl -s "http://127.0.0.1:$fh/metrics" | awk '/^floe_kafka_requests_total\{.*api_key="0"/ {n += $NF} END {print n + 0}'; }
 show=$(cat <<'PY'
 import json, sys
 x = json.load(sys.stdin)
@@ -37,12 +33,12 @@ PY
 )
 run() { # topic records [floe-bench args...]
     local topic=$1 records=$2 before reqs; shift 2
-    before=$(ticks); reqs=$(produces); client_ms > "$work/c0"
+    before=$(cpu_ms "$floe"); reqs=$(produce_requests); client_ms > "$work/c0"
     target/release/floe-bench --bootstrap "127.0.0.1:$fk" --json --metrics-url "http://127.0.0.1:$fh/metrics" \
         --scenario produce --partitions "${PARTS:-1}" --topic "$topic" --records "$records" --linger-ms 1 "$@" |
         python3 -c "$show"
     client_ms > "$work/c1"
-    local ms=$(( ($(ticks) - before) * 1000 / $(getconf CLK_TCK) )) n=$(( $(produces) - reqs ))
+    local ms=$(( $(cpu_ms "$floe") - before )) n=$(( $(produce_requests) - reqs ))
     echo "  floe CPU $ms ms for $n produce requests ($(( n ? ms * 1000 / n : 0 )) us each), client CPU $(( $(cat "$work/c1") - $(cat "$work/c0") )) ms"
 }
 if [ -z "${RATE:-}" ]; then

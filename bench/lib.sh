@@ -54,6 +54,14 @@ client_ms() {
     awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); n += t[1] * 60000 + t[2] * 1000 } print int(n) }' "$work/times"
 }
 
+# cpu_ms PID: CPU (user + system) of a process, its threads and its reaped
+# children so far, in ms.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15 + $16 + $17) * 1000 / hz)}' "/proc/$1/stat"; }
+
+# produce_requests: Produce requests (API key 0) start_floe's Floe has
+# counted so far.
+produce_requests() { curl -s "http://127.0.0.1:$fh/metrics" | awk '/^floe_kafka_requests_total\{.*api_key="0"/ {n += $NF} END {print n + 0}'; }
+
 # start_floe FLAG...: `floe dev` ($BIN, default the release build) on free
 # loopback ports with FLAG... and $FLOE_ARGS; sets $fk and $fh (Kafka and
 # HTTP ports) once both are open.
