@@ -10,18 +10,18 @@
 //! login past the tenant's `connections` quota on this gateway fails the
 //! same way, saying so.
 
-use floe_common::TenantId;
-use floe_tenants::scram::{self, ScramServer, Step};
-
 use std::sync::Arc;
 
-use super::slots::Slot;
+use floe_common::TenantId;
+use floe_tenants::scram::{self, ScramServer, Step};
 use floe_tenants::{Mechanism, Registry};
 use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
+
+use super::slots::Slot;
 
 /// Bytes a frame may have before its connection has logged in, when login
 /// is required (Kafka's `sasl.server.max.receive.size`).

@@ -23,8 +23,8 @@ struct Tenant {
     bytes: Arc<Semaphore>,
 }
 
-/// One connection's place in its tenant's count, given back when dropped
-/// (when the connection's reader ends).
+/// One connection's place in its tenant's count, given back when dropped:
+/// when the connection's reader has ended and its last answer is written.
 pub struct Slot {
     slots: Arc<Slots>,
     tenant: TenantId,
@@ -60,12 +60,6 @@ impl Slots {
         })
     }
 
-    /// The most one request may take of a tenant's bytes: a larger one
-    /// waits until it is the only one.
-    pub fn tenant_bytes(&self) -> usize {
-        self.tenant_bytes
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Tenant>> {
         // A count is valid after any panic: each change is one statement.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
@@ -78,9 +72,10 @@ impl Slot {
         &self.bytes
     }
 
-    /// The most one request may take of [`Slot::bytes`].
+    /// The most one request may take of [`Slot::bytes`]: a larger one
+    /// waits until it is the only one.
     pub fn most(&self) -> usize {
-        self.slots.tenant_bytes()
+        self.slots.tenant_bytes
     }
 }
 
