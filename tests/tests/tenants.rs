@@ -636,6 +636,91 @@ fn idle_connections_and_ones_that_never_log_in_are_closed() {
     assert!(f.is_running(), "the server carried on");
 }
 
+/// Idleness as Kafka counts it: bytes read or written. A client that stops
+/// reading its answers, or stops sending in the middle of a frame, is idle
+/// and closed, and its place among its tenant's connections goes to the
+/// next login; one that sends a frame slowly, a byte at a time, is not.
+#[test]
+fn a_client_stalled_mid_frame_or_not_reading_is_idle() {
+    let f = Floe::start(
+        temp_dir("conn-stalled"),
+        &[
+            "--auth",
+            "required",
+            "--admin-token",
+            TOKEN,
+            "--connections-max-idle-ms",
+            "1000",
+        ],
+    );
+    let (key, secret) = tenant_with_key(&f, "acme");
+    set_quota(&f, "acme", r#"{"connections": 1}"#);
+    // The next login, once the one before it is closed.
+    let next_login = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut c = Conn::connect(&f.bootstrap());
+            assert_eq!(handshake(&mut c, "PLAIN"), 0);
+            if plain(&mut c, &key, &secret) == 0 {
+                return c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stalled connection still holds its place"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // 4.2 MB stored, then fetched twelve times over, never read: far more
+    // than the two sockets' buffers hold, so the server's writes stall.
+    let mut a = login(&f, &key, &secret);
+    a.create_topic("t", 1);
+    for _ in 0..6 {
+        let r = a.call(9, &produce_request("t", 0, -1, batch(7, 100_000)));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let p = kafka_protocol::messages::fetch_request::FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(8 << 20);
+    let fetch = kafka_protocol::messages::FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_bytes(8 << 20)
+        .with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(floe_e2e::raw::topic_name("t"))
+                .with_partitions(vec![p]),
+        ]);
+    for _ in 0..12 {
+        a.send(12, &fetch);
+    }
+    let mut b = next_login();
+
+    // Half a frame, then nothing.
+    let mut frame = BytesMut::new();
+    frame.put_i32(500_000);
+    frame.put_slice(&[0u8; 100]);
+    b.send_raw(&frame).expect("half a frame");
+    let mut c = next_login();
+
+    // A frame a byte every 200 ms, 2.4 s in all: read, and answered.
+    let body = c.encode(3, &ApiVersionsRequest::default());
+    let mut slow = BytesMut::new();
+    slow.put_i32(body.len() as i32);
+    slow.put_slice(&body);
+    let step = Duration::from_millis(2400) / slow.len() as u32;
+    for byte in slow.iter() {
+        c.send_raw(&[*byte]).expect("a byte");
+        std::thread::sleep(step);
+    }
+    let r = c.recv::<ApiVersionsRequest>(3);
+    assert_eq!(r.error_code, 0);
+    drop((a, b));
+    let mut f = f;
+    assert!(f.is_running(), "the server carried on");
+}
+
 /// A tenant's logged-in connections share one bound on the request bytes
 /// they hold (`--tenant-max-pipelined-bytes`), so one tenant cannot fill the
 /// gateway's memory through many connections: past it, another of its

@@ -17,8 +17,10 @@
 //!
 //! A connection stops being read (and closes once its answers are written)
 //! when it has been idle for `connections_max_idle` (nothing read, written
-//! or in progress), or when it must log in and has not within
-//! `login_timeout`.
+//! or in progress; a frame half read is not in progress, its bytes as they
+//! come are reads), or when it must log in and has not within
+//! `login_timeout`. One whose answers the socket takes none of for
+//! `connections_max_idle` (a client that stopped reading) closes at once.
 
 mod acls;
 mod admin;
@@ -89,12 +91,20 @@ struct Room {
     _written: Written,
 }
 
-/// Marks the connection active when its request's response is written
-/// (dropped).
+/// Counts a request as in progress from when its frame is read until its
+/// response is written (dropped), and marks the connection active then.
 struct Written(Arc<Conn>);
+
+impl Written {
+    fn new(conn: &Arc<Conn>) -> Self {
+        conn.in_progress.fetch_add(1, Relaxed);
+        Self(conn.clone())
+    }
+}
 
 impl Drop for Written {
     fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Relaxed);
         self.0.touch();
     }
 }
@@ -188,13 +198,19 @@ async fn serve_connection<W: Shards, R, Wr>(
     // Each pending request's room, in the same order.
     let mut rooms: std::collections::VecDeque<Room> = Default::default();
     let mut reading = true;
+    // A client that stops reading its answers is idle too (Kafka's
+    // connections.max.idle.ms counts only reads and writes that happen).
+    let stalled = Some(gw.settings.connections_max_idle).filter(|d| !d.is_zero());
     loop {
         tokio::select! {
             biased;
             Some(resp) = pending.next(), if !pending.is_empty() => {
-                match write_ready(&mut wr, resp, &mut pending).await {
+                match write_ready(&mut wr, resp, &mut pending, stalled).await {
                     Ok(written) => drop(rooms.drain(..written)),
-                    Err(_) => break,
+                    Err(e) => {
+                        tracing::info!(error = %e, "closing kafka connection");
+                        break;
+                    }
                 }
             }
             next = rx.recv(), if reading && pending.len() < MAX_PIPELINED => match next {
@@ -212,11 +228,13 @@ async fn serve_connection<W: Shards, R, Wr>(
 
 /// Writes `first` and every response already complete behind it, in vectored
 /// writes: record batches go from the read cache to the socket uncopied.
-/// Returns how many responses that was.
+/// Returns how many responses that was; fails if the socket takes nothing
+/// for `stalled`.
 async fn write_ready(
     wr: &mut (impl AsyncWrite + Unpin),
     first: Result<Option<Vec<Bytes>>, ()>,
     pending: &mut FuturesOrdered<Pending>,
+    stalled: Option<std::time::Duration>,
 ) -> std::io::Result<usize> {
     let closed = || std::io::Error::other("response failed to encode");
     let mut chunks = first.map_err(|_| closed())?.unwrap_or_default();
@@ -225,13 +243,14 @@ async fn write_ready(
         chunks.extend(next.map_err(|_| closed())?.unwrap_or_default());
         written += 1;
     }
-    write_chunks(wr, chunks).await?;
+    write_chunks(wr, chunks, stalled).await?;
     Ok(written)
 }
 
 async fn write_chunks(
     wr: &mut (impl AsyncWrite + Unpin),
     mut chunks: Vec<Bytes>,
+    stalled: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
     chunks.retain(|c| !c.is_empty());
     let mut at = 0;
@@ -241,7 +260,16 @@ async fn write_chunks(
             .take(MAX_IOV)
             .map(|c| IoSlice::new(c))
             .collect();
-        let mut n = wr.write_vectored(&iov).await?;
+        let write = wr.write_vectored(&iov);
+        let mut n = match stalled {
+            Some(d) => tokio::time::timeout(d, write).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "answers unread past --connections-max-idle-ms",
+                )
+            })??,
+            None => write.await?,
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -313,7 +341,7 @@ async fn read_loop<W: Shards>(
         // One read per frame, polled across the other events: dropping it
         // part-way would lose the bytes it had read.
         let tenant = session.slot().map(|s| (s.bytes().clone(), s.most()));
-        let read = read_frame(rd, max, &bytes, tenant);
+        let read = read_frame(rd, max, &bytes, tenant, conn);
         tokio::pin!(read);
         let must_log_in = gw.auth == AuthMode::Required && session.login.is_none();
         let frame = loop {
@@ -339,7 +367,9 @@ async fn read_loop<W: Shards>(
             };
             let now = tokio::time::Instant::now();
             if woke && now >= deadline {
-                let busy = bytes.available_permits() < MAX_PIPELINED_BYTES;
+                // A frame half read is not busy: its bytes, as they come,
+                // are activity; a sender stalled mid-frame is idle.
+                let busy = conn.in_progress.load(Relaxed) > 0;
                 if let Some(why) = conn.expired(&gw.settings, must_log_in, busy) {
                     tracing::info!(why, "closing kafka connection");
                     return;
@@ -380,7 +410,7 @@ async fn read_loop<W: Shards>(
             _tenant_bytes: tenant_held,
             _slot: session.slot().cloned(),
             _other: other,
-            _written: Written(conn.clone()),
+            _written: Written::new(conn),
         };
         let sasl = [
             ApiKey::SaslHandshake as i16,
@@ -534,12 +564,13 @@ type Framed = (Bytes, OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
 /// Reads one size-prefixed frame once the connection and its tenant's
 /// connections (`tenant`, with the most one frame may take) have room for
 /// its bytes, and returns it with that room; `Ok(None)` at a clean end of
-/// stream.
+/// stream. Each read of its body marks `conn` active.
 async fn read_frame(
     rd: &mut (impl AsyncRead + Unpin),
     max: u32,
     room: &Arc<Semaphore>,
     tenant: Option<(Arc<Semaphore>, usize)>,
+    conn: &Conn,
 ) -> Result<Option<Framed>, String> {
     let mut len = [0u8; 4];
     match rd.read_exact(&mut len).await {
@@ -573,7 +604,7 @@ async fn read_frame(
     while buf.len() < len {
         match rest.read_buf(&mut buf).await {
             Ok(0) => return Err(format!("truncated frame: {} of {len} bytes", buf.len())),
-            Ok(_) => {}
+            Ok(_) => conn.touch(),
             Err(e) => return Err(format!("truncated frame: {e}")),
         }
     }
@@ -834,6 +865,8 @@ pub struct Conn {
     /// When a request was last read or a response written, in ms after
     /// `opened`.
     active_ms: std::sync::atomic::AtomicU64,
+    /// Requests read and not yet answered (see [`Written`]).
+    in_progress: std::sync::atomic::AtomicUsize,
 }
 
 impl Conn {
@@ -845,6 +878,7 @@ impl Conn {
             spoke: std::sync::atomic::AtomicBool::new(false),
             opened: now,
             active_ms: std::sync::atomic::AtomicU64::new(0),
+            in_progress: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
