@@ -347,7 +347,13 @@ async fn read_loop<W: Shards>(
         let frame = loop {
             // One timer for the sooner of: charging the tenant's time, and
             // the connection's idle or login deadline.
-            let tick = tokio::time::Instant::now() + CONNECTION_TICK;
+            // Time is charged from the first request, to a tenant.
+            let charging = conn.spoke.load(Relaxed)
+                && (session.login.is_some() || gw.auth == AuthMode::Optional);
+            let tick = match charging {
+                true => conn.charged_to() + CONNECTION_TICK,
+                false => tokio::time::Instant::now() + NEVER,
+            };
             let deadline = conn.deadline(&gw.settings, must_log_in);
             let woke = tokio::select! {
                 f = &mut read => break f,
@@ -375,7 +381,8 @@ async fn read_loop<W: Shards>(
                     return;
                 }
             }
-            if let Some(tenant) = metered_tenant(gw, session).filter(|_| woke && now >= tick) {
+            let due = woke && charging && now >= tick;
+            if let Some(tenant) = metered_tenant(gw, session).filter(|_| due) {
                 charge_time(gw, &tenant, conn).await;
             }
         };
@@ -938,6 +945,11 @@ impl Conn {
         // Whole milliseconds only: the remainder waits for the next call.
         *since += std::time::Duration::from_millis(ms);
         ms
+    }
+
+    /// Until when the connection's time has been charged.
+    fn charged_to(&self) -> tokio::time::Instant {
+        *self.charged_to.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A login starts the clock of the tenant it logs in as.
