@@ -184,8 +184,10 @@ pub struct Group {
     /// `group.initial.rebalance.delay.ms`.
     initial_delay: Duration,
     initial: Option<Initial>,
-    /// The record write asked for last (a counter) and what it settles.
-    pending: Option<(u64, Pending)>,
+    /// Record writes asked for (a counter) and what each settles, oldest
+    /// first: a write holds the record as it was when asked for, so one
+    /// settles every write asked for before it too.
+    pending: Vec<(u64, Pending)>,
     writes: u64,
     /// The last write handed to the caller by [`Group::take_store`].
     taken: u64,
@@ -207,7 +209,7 @@ impl Group {
             join_deadline: None,
             initial_delay,
             initial: None,
-            pending: None,
+            pending: Vec::new(),
             writes: 0,
             taken: 0,
         }
@@ -265,7 +267,7 @@ impl Group {
     /// by a number to give back to [`Group::stored`]. The caller writes
     /// [`Group::record`] as it is now.
     pub fn take_store(&mut self) -> Option<u64> {
-        let (n, _) = self.pending.as_ref()?;
+        let (n, _) = self.pending.last()?;
         if *n == self.taken {
             return None;
         }
@@ -273,11 +275,21 @@ impl Group {
         Some(*n)
     }
 
-    /// Write `n` is durable (`ok`) or failed: what waited on it moves on.
+    /// Write `n` is durable (`ok`) or failed: what waited on it, or on a
+    /// write asked for before it, moves on.
     pub fn stored(&mut self, n: u64, ok: bool, now: Instant, out: &mut Vec<Reply>) {
-        let Some(pending) = self.pending.take_if(|(w, _)| *w == n).map(|(_, p)| p) else {
-            return;
-        };
+        let settled = self.pending.partition_point(|(w, _)| *w <= n);
+        let settled: Vec<(u64, Pending)> = self.pending.drain(..settled).collect();
+        for (_, p) in settled {
+            // A failed assignment rebalances: what the rest settle is moot.
+            if self.state == State::PreparingRebalance {
+                break;
+            }
+            self.settle(p, ok, now, out);
+        }
+    }
+
+    fn settle(&mut self, pending: Pending, ok: bool, now: Instant, out: &mut Vec<Reply>) {
         match pending {
             Pending::Nothing => {}
             Pending::Assignment if ok => {
@@ -324,7 +336,7 @@ impl Group {
 
     fn store(&mut self, p: Pending) {
         self.writes += 1;
-        self.pending = Some((self.writes, p));
+        self.pending.push((self.writes, p));
     }
 
     /// JoinGroup. On `Wait`, the answer comes as a [`Reply::Join`] for the
@@ -495,7 +507,8 @@ impl Group {
                 }
                 // A leader that asks again while its assignment is being
                 // written waits with the others.
-                if id == self.leader && self.pending.is_none() {
+                let assigning = self.pending.iter().any(|(_, p)| *p == Pending::Assignment);
+                if id == self.leader && !assigning {
                     let mut given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
                     for l in self.members.values_mut() {
                         l.m.assignment = given.remove(&l.m.id).unwrap_or_default();
@@ -537,6 +550,11 @@ impl Group {
             },
             None => member_id.to_string(),
         };
+        // One given an id that it never joined with (Kafka's pending member).
+        if self.promised.remove(&id).is_some() {
+            self.maybe_complete_join(now, out);
+            return Ok(());
+        }
         if !self.members.contains_key(&id) {
             return Err(GroupError::UnknownMemberId);
         }
@@ -565,7 +583,11 @@ impl Group {
         if !expired.is_empty() {
             self.rebalance_after_removal(now, out);
         }
+        let promised = self.promised.len();
         self.promised.retain(|_, until| now < *until);
+        if self.promised.len() < promised {
+            self.maybe_complete_join(now, out);
+        }
         if self.state == State::PreparingRebalance && self.join_deadline.is_some_and(|d| now >= d) {
             // The initial delay goes on while new members keep coming, up
             // to the longest rebalance timeout.
@@ -657,14 +679,8 @@ impl Group {
         }
         // A record in flight settles nothing now: its syncs were just
         // answered, and a replaced static member is parked on its join.
-        self.pending = None;
-        let longest = Duration::from_millis(
-            self.members
-                .values()
-                .map(|l| l.m.rebalance_timeout_ms)
-                .max()
-                .unwrap_or(0),
-        );
+        self.pending.clear();
+        let longest = self.longest_rebalance();
         if self.state == State::Empty && !self.initial_delay.is_zero() {
             self.initial = Some(Initial {
                 remaining: longest.saturating_sub(self.initial_delay),
@@ -677,10 +693,17 @@ impl Group {
         self.state = State::PreparingRebalance;
     }
 
+    fn longest_rebalance(&self) -> Duration {
+        let ms = self.members.values().map(|l| l.m.rebalance_timeout_ms);
+        Duration::from_millis(ms.max().unwrap_or(0))
+    }
+
     fn maybe_complete_join(&mut self, now: Instant, out: &mut Vec<Reply>) {
-        // The initial delay runs its course even if everyone is in (Kafka).
+        // The initial delay runs its course even if everyone is in, and
+        // members given an id to rejoin with are waited for (Kafka).
         if self.state == State::PreparingRebalance
             && self.initial.is_none()
+            && self.promised.is_empty()
             && self.members.values().all(|l| l.awaiting_join)
         {
             self.complete_join(now, out);
@@ -690,6 +713,21 @@ impl Group {
     /// Ends the join phase. Every member's session starts over, as in Kafka:
     /// one that joined early must not expire while others took their time.
     fn complete_join(&mut self, now: Instant, out: &mut Vec<Reply>) {
+        // The leader is one who rejoined (Kafka's maybeElectNewJoinedLeader):
+        // a static member that did not keeps its place, not the lead, or
+        // nobody would assign. If none rejoined, the phase goes on until
+        // sessions expire the absent.
+        let rejoined = |id: &String| self.members.get(id).is_some_and(|l| l.awaiting_join);
+        if !self.members.is_empty() && !rejoined(&self.leader) {
+            match self.members.values().find(|l| l.awaiting_join) {
+                Some(l) => self.leader = l.m.id.clone(),
+                None => {
+                    self.join_deadline = Some(now + self.longest_rebalance());
+                    self.initial = None;
+                    return;
+                }
+            }
+        }
         self.join_deadline = None;
         self.initial = None;
         if self.members.is_empty() {
@@ -702,17 +740,17 @@ impl Group {
         }
         self.generation += 1;
         self.protocol = self.vote();
-        if !self.members.contains_key(&self.leader) {
-            self.leader = self.members.keys().next().cloned().unwrap_or_default();
-        }
         self.state = State::CompletingRebalance;
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
-            if let Some(l) = self.members.get_mut(&id) {
-                l.awaiting_join = false;
-                l.last_heard = now;
+            let Some(l) = self.members.get_mut(&id) else {
+                continue;
+            };
+            let waiting = std::mem::take(&mut l.awaiting_join);
+            l.last_heard = now;
+            if waiting {
+                out.push(Reply::Join(id.clone(), Ok(self.joined(&id))));
             }
-            out.push(Reply::Join(id.clone(), Ok(self.joined(&id))));
         }
     }
 
@@ -1348,6 +1386,138 @@ mod tests {
         assert_eq!(
             g.heartbeat(&m(&b, 2), now + SESSION * 2),
             Err(GroupError::UnknownMemberId)
+        );
+    }
+
+    /// A stable group of static members `i1` (leading) and `i2`, with their
+    /// member ids, at generation 2; `i1`'s session is `session`.
+    fn stable_static(now: Instant, session: Duration) -> (Group, String, String) {
+        let mut g = Group::new(Duration::ZERO);
+        let mut out = Vec::new();
+        let mut j1 = join("", Some("i1"), &["range"]);
+        j1.session_timeout = session;
+        g.join(j1.clone(), now, &mut out);
+        let a = g.instances["i1"].clone();
+        sync(&mut g, &a, 1, vec![], now, &mut out);
+        g.join(join("", Some("i2"), &["range"]), now, &mut out);
+        let b = g.instances["i2"].clone();
+        j1.member_id = a.clone();
+        g.join(j1, now, &mut out);
+        assert_eq!(joined(&mut out, &a).leader, a);
+        sync(&mut g, &b, 2, vec![], now, &mut out);
+        sync(&mut g, &a, 2, vec![], now, &mut out);
+        assert_eq!(g.state(), State::Stable);
+        (g, a, b)
+    }
+
+    #[test]
+    fn a_leader_that_does_not_rejoin_leads_no_more() {
+        let now = Instant::now();
+        let (mut g, a, b) = stable_static(now, Duration::from_secs(60));
+        let mut out = Vec::new();
+        // c arrives and b rejoins; a, static with a long session, is away.
+        let c = new_member(&mut g, now, &mut out);
+        g.join(join(&b, Some("i2"), &["range"]), now, &mut out);
+        assert!(out.is_empty(), "the phase waits for a until its deadline");
+        g.tick(now + REBALANCE, &mut out);
+        let (jb, jc) = (joined(&mut out, &b), joined(&mut out, &c));
+        assert!(out.is_empty(), "a, not waiting, gets no answer");
+        assert_eq!(jb.leader, jc.leader);
+        assert_ne!(jb.leader, a, "a member that rejoined leads");
+        let leading = if jb.leader == b { &jb } else { &jc };
+        assert_eq!(leading.members.len(), 3, "a keeps its place");
+
+        // Nobody rejoins: the phase waits on, until sessions end it.
+        let (mut g, _, _) = stable_static(now, Duration::from_secs(60));
+        let c = new_member(&mut g, now, &mut out);
+        g.leave(&c, None, now, &mut out).expect("c leaves");
+        out.clear();
+        g.tick(now + REBALANCE, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(g.state(), State::PreparingRebalance);
+        g.tick(now + REBALANCE * 3, &mut out);
+        assert_eq!(g.state(), State::Empty, "the absent expired");
+    }
+
+    #[test]
+    fn static_members_replaced_at_once_are_all_answered() {
+        let now = Instant::now();
+        let (mut g, a, b) = stable_static(now, SESSION);
+        let mut out = Vec::new();
+        // Both restart while the first one's new id is being written.
+        let Now::Wait(a2) = g.join(join("", Some("i1"), &["range"]), now, &mut out) else {
+            panic!("waits for its record");
+        };
+        let n1 = g.take_store().expect("a write");
+        let Now::Wait(b2) = g.join(join("", Some("i2"), &["range"]), now, &mut out) else {
+            panic!("waits for its record");
+        };
+        let n2 = g.take_store().expect("another write");
+        assert!(n2 > n1);
+        g.stored(n1, true, now, &mut out);
+        assert_eq!(joined(&mut out, &a2).leader, a);
+        assert!(out.is_empty(), "b2 waits for its own record");
+        g.stored(n2, true, now, &mut out);
+        assert_eq!(joined(&mut out, &b2).leader, a2);
+        // A later write settles an earlier one whose answer it overtook.
+        let Now::Wait(b3) = g.join(join("", Some("i2"), &["range"]), now, &mut out) else {
+            panic!("waits for its record");
+        };
+        let n3 = g.take_store().expect("a write");
+        let Now::Wait(a3) = g.join(join("", Some("i1"), &["range"]), now, &mut out) else {
+            panic!("waits for its record");
+        };
+        let n4 = g.take_store().expect("a write");
+        g.stored(n4, true, now, &mut out);
+        joined(&mut out, &a3);
+        joined(&mut out, &b3);
+        g.stored(n3, true, now, &mut out);
+        assert!(out.is_empty());
+        assert_ne!(b, b3);
+        assert_eq!(g.state(), State::Stable);
+    }
+
+    #[test]
+    fn members_told_to_rejoin_with_an_id_are_waited_for_or_may_leave() {
+        let now = Instant::now();
+        let mut g = Group::new(Duration::ZERO);
+        let mut out = Vec::new();
+        let a = new_member(&mut g, now, &mut out);
+        sync(&mut g, &a, 1, vec![], now, &mut out);
+        out.clear();
+        let ask = |g: &mut Group, out: &mut Vec<Reply>| match g.join(
+            join("", None, &["range"]),
+            now,
+            out,
+        ) {
+            Now::Answer(Err(GroupError::MemberIdRequired(id))) => id,
+            other => panic!("{other:?}"),
+        };
+        let (b, c) = (ask(&mut g, &mut out), ask(&mut g, &mut out));
+        g.join(join(&b, None, &["range"]), now, &mut out);
+        g.join(join(&a, None, &["range"]), now, &mut out);
+        assert!(out.is_empty(), "c was given an id: the phase waits for it");
+        g.join(join(&c, None, &["range"]), now, &mut out);
+        let ja = joined(&mut out, &a);
+        assert_eq!((ja.generation, ja.members.len()), (2, 3));
+        joined(&mut out, &b);
+        joined(&mut out, &c);
+
+        // One given an id may leave before using it, and is not waited for.
+        sync(&mut g, &a, 2, vec![], now, &mut out);
+        out.clear();
+        let (d, e) = (ask(&mut g, &mut out), ask(&mut g, &mut out));
+        g.join(join(&d, None, &["range"]), now, &mut out);
+        for id in [&a, &b, &c] {
+            g.join(join(id, None, &["range"]), now, &mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!(g.leave(&e, None, now, &mut out), Ok(()));
+        assert_eq!(joined(&mut out, &d).generation, 3);
+        assert_eq!(
+            g.leave(&e, None, now, &mut out),
+            Err(GroupError::UnknownMemberId),
+            "once"
         );
     }
 }
