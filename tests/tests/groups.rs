@@ -606,6 +606,29 @@ async fn deleting_groups_and_offsets_spares_what_is_in_use() {
             .all(|t| t.partitions.iter().all(|p| p.error_code == 0)));
     }
 
+    // Groups of committed offsets alone are listed and described as Empty
+    // (Kafka), not left out or Dead.
+    let listed = conn.call(4, &ListGroupsRequest::default());
+    let listed: Vec<(String, String, String)> = listed
+        .groups
+        .iter()
+        .map(|g| {
+            let state = g.group_state.to_string();
+            (g.group_id.to_string(), g.protocol_type.to_string(), state)
+        })
+        .collect();
+    let empty = |g: &str| (g.to_string(), String::new(), "Empty".to_string());
+    assert_eq!(listed, vec![empty("busy"), empty("idle")]);
+    let described = conn.call(
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![gid("idle")]),
+    );
+    let d = &described.groups[0];
+    assert_eq!(
+        (d.error_code, d.group_state.as_str(), d.members.len()),
+        (0, "Empty", 0)
+    );
+
     // A member of "busy" subscribes to "used" (consumer protocol, v1).
     let mut sub = BytesMut::new();
     sub.put_i16(1);

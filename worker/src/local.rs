@@ -1270,13 +1270,36 @@ impl Shards for LocalWorker {
         Ok(outcomes)
     }
 
+    /// Every group the coordinator holds, and, as Kafka lists them, every
+    /// group known only by its committed offsets (a consumer that assigns
+    /// its partitions itself), as Empty with no protocol type.
     async fn list_groups(&self, tenant: &TenantId) -> Result<Vec<(String, String, GroupState)>> {
-        Ok(self.shard(tenant).await?.groups.list().await)
+        let shard = self.shard(tenant).await?;
+        let mut all = shard.groups.list().await;
+        let committed = shard.log.scan(offsets::PREFIX);
+        let known: std::collections::HashSet<String> = all.iter().map(|g| g.0.clone()).collect();
+        for g in offsets::groups_with_offsets(committed.iter().map(|(k, _)| &k[..])) {
+            if !known.contains(&g) {
+                all.push((g, String::new(), GroupState::Empty));
+            }
+        }
+        all.sort();
+        Ok(all)
     }
 
     async fn describe_group(&self, tenant: &TenantId, group: &str) -> Result<Option<Described>> {
         let shard = self.group_shard(tenant, group).await?;
-        Ok(shard.groups.describe(group).await)
+        if let Some(d) = shard.groups.describe(group).await {
+            return Ok(Some(d));
+        }
+        // A group of committed offsets alone is Empty, not Dead (Kafka).
+        let committed = shard.log.has_prefix(&offsets::group_prefix(group));
+        Ok(committed.then(|| Described {
+            state: GroupState::Empty,
+            protocol_type: String::new(),
+            protocol: String::new(),
+            members: Vec::new(),
+        }))
     }
 
     async fn committed(

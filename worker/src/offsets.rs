@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::WorkerError;
 
-const PREFIX: &[u8] = b"o/";
+pub const PREFIX: &[u8] = b"o/";
 
 /// Kafka's `offset.metadata.max.bytes` default.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -56,6 +56,27 @@ pub fn key(group: &str, topic_id: u128, partition: i32) -> Bytes {
     b.put_u128(topic_id);
     b.put_i32(partition);
     b.freeze()
+}
+
+/// The group a committed-offset key belongs to.
+pub fn group_of(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let (len, rest) = rest.split_at_checked(2)?;
+    let name = rest.get(..u16::from_be_bytes([len[0], len[1]]) as usize)?;
+    std::str::from_utf8(name).ok()
+}
+
+/// Every group with a committed offset in `kv` (a shard's metadata keys,
+/// in order), once each.
+pub fn groups_with_offsets<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in keys {
+        match group_of(k) {
+            Some(g) if out.last().is_none_or(|l| l != g) => out.push(g.to_string()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The (topic id, partition) a key of `group` names.
