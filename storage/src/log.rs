@@ -303,10 +303,7 @@ impl ShardLog {
         cfg.validate().map_err(Error::Unavailable)?;
         let opened = open::open(&store, &prefix, &cfg).await?;
         let permits = (cfg.max_pending_bytes >> 10).max(1);
-        let mut tail = Tail::new(cfg.tail_bytes);
-        for (stream, base, data) in opened.tail {
-            tail.insert(stream, base, data);
-        }
+        let tail = opened.tail;
         let inner = Arc::new(Inner {
             store,
             prefix,

@@ -114,14 +114,9 @@ impl Follower {
                 return Ok(changed);
             };
             let obj = open::decode_at(&path, bytes, self.next)?;
-            changed |= open::apply(
-                &mut self.state,
-                &mut self.fence_epoch,
-                &mut Vec::new(),
-                &obj,
-                0,
-            )
-            .map_err(|e| open::corrupt(&path, e))?;
+            let mut no_tail = super::Tail::new(0);
+            changed |= open::apply(&mut self.state, &mut self.fence_epoch, &mut no_tail, &obj)
+                .map_err(|e| open::corrupt(&path, e))?;
             self.next += 1;
         }
     }

@@ -22,10 +22,10 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 
 use super::put::{self, Created};
-use super::{ckpt_path, epoch_path, wal_path, LogConfig, FENCE_WINDOW};
+use super::{ckpt_path, epoch_path, wal_path, LogConfig, Tail, FENCE_WINDOW};
 use crate::format::{self, Writer};
 use crate::state::State;
-use crate::{Entry, Error, StreamId};
+use crate::{Entry, Error};
 
 /// Longest run of lost epoch races before giving up: each loss means another
 /// owner just took the shard.
@@ -36,8 +36,9 @@ pub(super) struct Opened {
     pub state: State,
     /// First seq this owner writes data at (F + K).
     pub next_seq: u64,
-    /// Replayed batches, newest last, to warm the read tail.
-    pub tail: Vec<(StreamId, i64, Bytes)>,
+    /// The newest replayed batches, to warm the read tail: bounded while
+    /// replaying, so a long replay does not hold every object read.
+    pub tail: Tail,
 }
 
 pub(super) async fn open(
@@ -56,7 +57,7 @@ pub(super) async fn open(
             Some(c) => (c.state, c.seq + 1, c.fence_epoch),
             None => (State::default(), 0, 0),
         };
-    let mut tail = Vec::new();
+    let mut tail = Tail::new(cfg.tail_bytes);
     // Scan: replay until the first seq we can create.
     loop {
         let path = wal_path(prefix, seq);
@@ -68,14 +69,8 @@ pub(super) async fn open(
                 if obj.writer.epoch > writer.epoch {
                     return Err(Error::Fenced);
                 }
-                apply(
-                    &mut state,
-                    &mut fence_epoch,
-                    &mut tail,
-                    &obj,
-                    cfg.tail_bytes,
-                )
-                .map_err(|e| corrupt(&path, e))?;
+                apply(&mut state, &mut fence_epoch, &mut tail, &obj)
+                    .map_err(|e| corrupt(&path, e))?;
                 seq += 1;
             }
         }
@@ -135,9 +130,8 @@ pub(super) fn decode_at(path: &Path, bytes: Bytes, seq: u64) -> Result<format::W
 pub(super) fn apply(
     state: &mut State,
     fence_epoch: &mut u64,
-    tail: &mut Vec<(StreamId, i64, Bytes)>,
+    tail: &mut Tail,
     obj: &format::WalObject,
-    tail_bytes: usize,
 ) -> Result<bool, format::Corrupt> {
     if obj.tombstone {
         *fence_epoch = (*fence_epoch).max(obj.writer.epoch);
@@ -147,7 +141,7 @@ pub(super) fn apply(
     if obj.writer.epoch < *fence_epoch {
         return Ok(false);
     }
-    replay(state, tail, obj, tail_bytes)?;
+    replay(state, tail, obj)?;
     Ok(true)
 }
 
@@ -155,9 +149,8 @@ pub(super) fn apply(
 /// re-checks what would corrupt the state if an object were damaged.
 fn replay(
     state: &mut State,
-    tail: &mut Vec<(StreamId, i64, Bytes)>,
+    tail: &mut Tail,
     obj: &format::WalObject,
-    tail_bytes: usize,
 ) -> Result<(), format::Corrupt> {
     let mut pos = obj.positions.iter();
     for e in &obj.entries {
@@ -172,8 +165,8 @@ fn replay(
                 if expected.is_some_and(|next| next != *base_offset) {
                     return Err(format::Corrupt("append offsets are not contiguous"));
                 }
-                if tail_bytes > 0 && expected.is_some() {
-                    tail.push((*stream, *base_offset, data.clone()));
+                if expected.is_some() {
+                    tail.insert(*stream, *base_offset, data.clone());
                 }
                 pos.next().copied().unwrap_or(0)
             }
