@@ -34,6 +34,8 @@ pub struct Admin<W> {
     pub https: bool,
     /// Compiles uploaded policies to check them, made on the first upload.
     pub checker: std::sync::OnceLock<Arc<floe_runtime::Runtime>>,
+    /// Set when the process is shutting down.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An answer: status and JSON body.
@@ -264,7 +266,10 @@ impl<W: Shards> Admin<W> {
             );
             return r;
         };
+        // A produce or fetch is also held while its tenant runs ahead of
+        // that byte rate: HTTP has no throttle field, so it is told to retry.
         let charge = Usage {
+            kind: rest::kind_of(req.method(), req.uri().path()),
             requests: 1,
             ..Usage::default()
         };
@@ -287,7 +292,7 @@ impl<W: Shards> Admin<W> {
             let e = rest::error(
                 StatusCode::TOO_MANY_REQUESTS,
                 None,
-                format!("over the request quota; retry in {secs} s"),
+                format!("over the tenant's quota; retry in {secs} s"),
             );
             let mut r = rest::json_reply(e);
             r.headers_mut().insert("retry-after", secs.into());
@@ -314,6 +319,7 @@ impl<W: Shards> Admin<W> {
             body_timeout: self.http_timeout,
             base: format!("{scheme}://{host}"),
             tenant,
+            stop: self.stop.clone(),
         };
         rest::route(&caller, req).await
     }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::admin::Admin;
 use crate::kafka::TLS_HANDSHAKE;
@@ -29,47 +29,89 @@ pub fn full(b: Bytes) -> Body {
     Full::new(b).boxed_unsync()
 }
 
-/// Serves HTTP/1.1 on `listener`, over TLS when given an acceptor. A
-/// client gets `timeout` to send a request's headers (and, in `rest`, its
-/// body), so a slow one cannot hold a connection open for nothing.
+/// Serves HTTP/1.1 on `listener`, over TLS when given an acceptor, at most
+/// `max_connections` at once (more wait in the accept queue). A client gets
+/// `timeout` to send a request's headers (and, in `rest`, its body), so a
+/// slow one cannot hold a connection open for nothing. On `stop`, accepts no
+/// more, lets requests in flight finish (idle keep-alive connections close)
+/// and returns once every connection has.
 pub async fn serve<W: Shards>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     admin: Option<Arc<Admin<W>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     timeout: Duration,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        let (socket, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept");
-                    continue;
-                }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
             },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
         };
-        let (metrics, admin, tls) = (metrics.clone(), admin.clone(), tls.clone());
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let socket = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept");
+                crate::accept_failed().await;
+                continue;
+            }
+        };
+        let (metrics, admin, tls, stop) =
+            (metrics.clone(), admin.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| route(req, metrics.clone(), admin.clone()));
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(timeout);
-            let served = match tls {
-                None => http.serve_connection(TokioIo::new(socket), svc).await,
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(socket),
                 Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(socket)).await {
-                    Ok(Ok(s)) => http.serve_connection(TokioIo::new(s), svc).await,
+                    Ok(Ok(s)) => Box::new(s),
                     Ok(Err(e)) => return tracing::debug!(error = %e, "https handshake failed"),
                     Err(_) => return tracing::debug!("https handshake timed out"),
                 },
             };
-            if let Err(e) = served {
+            let svc =
+                hyper::service::service_fn(move |req| route(req, metrics.clone(), admin.clone()));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(timeout);
+            if let Err(e) = until_stopped(http.serve_connection(TokioIo::new(io), svc), stop).await
+            {
                 tracing::debug!(error = %e, "http connection");
             }
+            drop(permit);
         });
     }
+    drop(listener);
+    let _ = slots.acquire_many(max_connections as u32).await;
+}
+
+/// A connection's socket, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Serves `conn` to its end; on `stop`, finishes the request in flight and
+/// closes.
+async fn until_stopped<S>(
+    conn: hyper::server::conn::http1::Connection<TokioIo<Box<dyn Io>>, S>,
+    mut stop: watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 async fn route<W: Shards>(

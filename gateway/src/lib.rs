@@ -150,6 +150,13 @@ pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAc
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// What a listener does after a failed accept (out of file descriptors,
+/// most likely): waits a little, rather than spinning on the error while
+/// connections close.
+pub async fn accept_failed() {
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
 /// The cluster id a tenant sees, over Kafka (Metadata, DescribeCluster) and
 /// HTTP (v3 paths): each tenant is a cluster of its own.
 pub fn cluster_id(tenant: &TenantId) -> String {

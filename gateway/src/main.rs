@@ -266,7 +266,8 @@ struct FrontArgs {
     /// response above 32 MiB.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     fetch_max_bytes: u32,
-    /// Open Kafka connections at once; more wait in the accept queue.
+    /// Open connections at once on each listener (Kafka, HTTP); more wait
+    /// in the accept queue.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// A Kafka connection that has read no request and written no response
@@ -619,6 +620,7 @@ async fn worker(a: WorkerArgs, bg: tokio::runtime::Handle) -> anyhow::Result<()>
         None,
         None,
         Duration::from_secs(30),
+        WORKER_HTTP_CONNECTIONS,
         stop_rx,
     ));
     metrics.ready.store(true, Relaxed);
@@ -908,6 +910,7 @@ impl Front {
             http_timeout,
             https: http_tls.is_some(),
             checker: Default::default(),
+            stop: stop_rx.clone(),
         });
         let http_task = tokio::spawn(floe_gateway::http::serve(
             http_listener,
@@ -915,6 +918,7 @@ impl Front {
             Some(admin),
             http_tls,
             http_timeout,
+            a.max_connections,
             stop_rx,
         ));
         metrics.ready.store(true, Relaxed);
@@ -939,15 +943,24 @@ impl Front {
             p.leave().await;
         }
         self.stop.send_replace(true);
-        if tokio::time::timeout(self.drain_timeout, self.kafka_task)
+        // Both listeners finish what they took in; an event stream runs
+        // until the timeout.
+        let http = self.http_task.abort_handle();
+        let both = async {
+            let _ = tokio::join!(self.kafka_task, self.http_task);
+        };
+        if tokio::time::timeout(self.drain_timeout, both)
             .await
             .is_err()
         {
             tracing::warn!("drain timed out; unacknowledged requests fail with the connection");
         }
-        self.http_task.abort();
+        http.abort();
     }
 }
+
+/// A worker's HTTP listener serves health checks and metrics only.
+const WORKER_HTTP_CONNECTIONS: usize = 256;
 
 /// One look at the beats: who is live, what each claims.
 async fn cluster_status(a: StoreArgs) -> anyhow::Result<()> {

@@ -114,6 +114,32 @@ def test_http_and_kafka_records_are_the_same_bytes(http_floe):
     assert json.loads(body)["partition_id"] == meta.partition
 
 
+def test_a_stream_across_partitions_is_answered_in_order(http_floe):
+    """A body's records go a batch per partition, yet each answer line is
+    the record's own, in the body's order; a malformed record ends the
+    stream: those before it stand, none after it is appended."""
+    floe, key = http_floe
+    conf = sasl(floe, key, "PLAIN")
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic("spread", 3, 1)])
+    a.close()
+    records = "/v3/clusters/floe-acme/topics/spread/records"
+    stream = "".join(json.dumps({"partition_id": i % 3, "value": {"type": "STRING",
+                                                                  "data": f"v{i}"}})
+                     for i in range(9))
+    status, body = call(floe, key, "POST", records, stream + '{"value": nope}' + stream)
+    lines = [json.loads(l) for l in body.splitlines()]
+    assert status == 200 and len(lines) == 10, body
+    assert [(l["partition_id"], l["offset"]) for l in lines[:9]] == \
+        [(i % 3, i // 3) for i in range(9)], body
+    assert lines[9]["error_code"] == 400, lines[9]
+    c = KafkaConsumer(**conf, auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    c.assign([TopicPartition("spread", p) for p in range(3)])
+    got = sorted((m.partition, m.offset, m.value) for m in c)
+    c.close()
+    assert got == sorted((i % 3, i // 3, f"v{i}".encode()) for i in range(9))
+
+
 def test_bad_http_input_gets_its_status_and_appends_nothing(http_floe):
     floe, key = http_floe
     conf = sasl(floe, key, "PLAIN")
@@ -130,6 +156,7 @@ def test_bad_http_input_gets_its_status_and_appends_nothing(http_floe):
         ("POST", records, json.dumps({"velue": {"data": 1}}), "application/json", 400),
         ("POST", records, json.dumps({"value": {"data": 1}}), "text/plain", 415),
         ("POST", records, "x" * (9 << 20), "application/json", 413),
+        ("POST", records, "{}" * 10_001, "application/json", 413),
         ("POST", "/v3/clusters/floe-acme/topics/nope/records", json.dumps({"value": {"data": 1}}),
          "application/json", 404),
         ("POST", "/v3/clusters/other/topics/strict/records", json.dumps({"value": {"data": 1}}),

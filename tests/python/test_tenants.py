@@ -520,6 +520,55 @@ def test_http_basic_auth_and_429_over_the_request_quota(tenants):
     assert get(keys["globex"])[0] == 200
 
 
+def test_http_produce_and_fetch_are_held_to_the_byte_quotas(tenants):
+    """HTTP produce and fetch pay the tenant's byte rates as Kafka's do:
+    charged before the append (a produce) or as served (a fetch); once the
+    tenant runs ahead of a rate, that kind of request is answered 429 with
+    Retry-After until it has caught up, while other kinds and the other
+    tenant are served."""
+    import base64
+    from kafka.admin import KafkaAdminClient, NewTopic
+    floe, keys = tenants
+
+    def call(key, method, path, body=None):
+        token = base64.b64encode(f"{key[0]}:{key[1]}".encode()).decode()
+        req = urllib.request.Request(f"http://127.0.0.1:{floe.http_port}{path}", method=method,
+                                     data=body and body.encode(),
+                                     headers={"Authorization": f"Basic {token}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, dict(r.headers), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read().decode()
+
+    for tenant in ("acme", "globex"):
+        a = KafkaAdminClient(**sasl(floe, keys[tenant], "PLAIN"))
+        a.create_topics([NewTopic("t", 1, 1)])
+        a.close()
+    records = "/v3/clusters/floe-{}/topics/t/records"
+    body = json.dumps({"partition_id": 0, "value": {"type": "STRING", "data": "x" * 50_000}})
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"produce_bytes_per_sec": 20_000,
+                                                      "fetch_bytes_per_sec": 20_000})[0] == 200
+    # 50 KB at 20 KB/s: the first is taken, the next is told to wait.
+    first = call(keys["acme"], "POST", records.format("acme"), body)
+    assert first[0] == 200, first
+    second = call(keys["acme"], "POST", records.format("acme"), body)
+    assert second[0] == 429 and int(second[1]["retry-after"]) >= 1, second
+    # Only the produce rate is spent: a fetch and the other tenant go on.
+    read = "/v1/topics/t/partitions/0/records?offset=0"
+    status, _, text = call(keys["acme"], "GET", read)
+    assert status == 200 and len(json.loads(text)["records"]) == 1, text
+    assert call(keys["globex"], "POST", records.format("globex"), body)[0] == 200
+    # That fetch served 50 KB: the next fetch waits too.
+    status, headers, _ = call(keys["acme"], "GET", read)
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    # Once caught up, served again; nothing refused was appended.
+    time.sleep(int(second[1]["retry-after"]) + 1)
+    status, _, text = call(keys["acme"], "GET", read)
+    assert status == 200 and json.loads(text)["high_watermark"] == 1, text
+
+
 def test_https_with_http_tls():
     """With --http-tls the HTTP listener speaks HTTPS with the Kafka
     listener's certificate: basic auth travels encrypted."""

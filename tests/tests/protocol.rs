@@ -320,6 +320,43 @@ fn sigterm_drains_in_flight_produces() {
     assert!(f.log_text().contains("shutting down"));
 }
 
+/// SIGTERM lets an HTTP request in flight finish too (a fetch long-polling
+/// past the signal gets its whole answer), and ends event streams.
+#[test]
+fn sigterm_lets_http_requests_in_flight_finish() {
+    let mut f = Floe::start(temp_dir("drain-http"), &["--admin-token", "drain-token"]);
+    let (key, secret) = f.tenant_with_key("drain-token", "acme");
+    let auth = floe_e2e::basic_auth(&key, &secret);
+    let created = f
+        .http(
+            "POST",
+            "/v3/clusters/floe-acme/topics",
+            &[&auth, "Content-Type: application/json"],
+            r#"{"topic_name": "t", "partitions_count": 1}"#,
+        )
+        .expect("create");
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let port = f.http_port;
+    let get = |path: &'static str| {
+        let auth = auth.clone();
+        thread::spawn(move || floe_e2e::http_request(port, "GET", path, &[&auth], b""))
+    };
+    let poll = get("/v1/topics/t/partitions/0/records?offset=0&timeout_ms=3000");
+    let events = get("/v1/topics/t/events?from=earliest");
+    thread::sleep(Duration::from_millis(500));
+    let status = f.stop();
+    assert!(status.success(), "clean exit: {status:?}");
+    let answer = poll.join().expect("thread").expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""records":[]"#), "{answer}");
+    let stream = events.join().expect("thread").expect("an answer");
+    assert!(stream.starts_with("HTTP/1.1 200"), "{stream}");
+    assert!(
+        !f.log_text().contains("drain timed out"),
+        "the event stream held the drain"
+    );
+}
+
 #[test]
 fn memory_store_serves_and_forgets_on_restart() {
     let mut f = Floe::start(temp_dir("memory"), &["--store", "memory://"]);

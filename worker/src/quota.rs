@@ -98,6 +98,15 @@ impl Rate {
         self.paid_until = Some(until);
         until.saturating_duration_since(now + TOLERANCE)
     }
+
+    /// How far beyond the tolerance the charges so far run ahead of the
+    /// rate, charging nothing.
+    fn ahead(&self, per_sec: Option<u64>, now: Instant) -> Duration {
+        match (per_sec.filter(|r| *r > 0), self.paid_until) {
+            (Some(_), Some(until)) => until.saturating_duration_since(now + TOLERANCE),
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// One tenant's meters.
@@ -110,14 +119,19 @@ pub struct Meters {
 
 impl Meters {
     /// Charges `u` and says how long the tenant must now wait: the longest
-    /// of its rates' throttles.
+    /// of its rates' throttles. A produce or fetch whose bytes are not known
+    /// yet (a fetch before it is served, an HTTP produce before its body is
+    /// read) is told how far ahead that rate already runs.
     pub fn charge(&mut self, limits: &Limits, u: Usage, now: Instant) -> Duration {
-        let p = self
-            .produce
-            .charge(u.produce_bytes, limits.produce_bytes_per_sec, now);
-        let f = self
-            .fetch
-            .charge(u.fetch_bytes, limits.fetch_bytes_per_sec, now);
+        let (pr, fr) = (limits.produce_bytes_per_sec, limits.fetch_bytes_per_sec);
+        let p = match (u.kind, u.produce_bytes) {
+            (Kind::Produce, 0) => self.produce.ahead(pr, now),
+            _ => self.produce.charge(u.produce_bytes, pr, now),
+        };
+        let f = match (u.kind, u.fetch_bytes) {
+            (Kind::Fetch, 0) => self.fetch.ahead(fr, now),
+            _ => self.fetch.charge(u.fetch_bytes, fr, now),
+        };
         let r = self
             .requests
             .charge(u.requests, limits.requests_per_sec, now);
@@ -155,6 +169,27 @@ mod tests {
             last = m.charge(&limits, produce(100_000), now);
         }
         assert_eq!(last, Duration::from_secs(5) - TOLERANCE);
+        // A produce whose bytes are not known yet is told the lead, and
+        // pays nothing for asking; a fetch is not held by the produce rate.
+        let ask = Usage {
+            kind: Kind::Produce,
+            ..Usage::default()
+        };
+        assert_eq!(
+            m.charge(&limits, ask, now),
+            Duration::from_secs(5) - TOLERANCE
+        );
+        assert_eq!(
+            m.charge(&limits, ask, now),
+            Duration::from_secs(5) - TOLERANCE
+        );
+        let fetch = Usage {
+            kind: Kind::Fetch,
+            ..Usage::default()
+        };
+        assert_eq!(m.charge(&limits, fetch, now), Duration::ZERO);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(m.charge(&limits, ask, later), Duration::ZERO);
         // Unlimited tenants are never throttled.
         let mut free = Meters::default();
         assert_eq!(

@@ -53,11 +53,21 @@ pub fn decode(read: &Read, from: i64) -> Result<Decoded, String> {
 }
 
 /// One record to write: what a batch encodes.
+#[derive(Default)]
 pub struct Out {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub headers: Vec<(String, Option<Bytes>)>,
     pub timestamp: i64,
+}
+
+impl Out {
+    /// About the bytes it takes in a batch.
+    pub fn size(&self) -> usize {
+        let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + len(v) + 4).sum();
+        len(&self.key) + len(&self.value) + headers + 16
+    }
 }
 
 /// Records as one uncompressed Kafka batch (magic 2), offsets from 0; the

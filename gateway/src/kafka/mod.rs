@@ -132,15 +132,17 @@ pub async fn serve<W: Shards>(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let socket = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka accept");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             _ = stop.wait_for(|s| *s) => break,
+        };
+        let socket = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka accept");
+                crate::accept_failed().await;
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let (gw, stop) = (gw.clone(), stop.clone());

@@ -199,6 +199,7 @@ pub async fn stream<W: Shards>(
         group: s.group,
         last_commit: Instant::now(),
         done: false,
+        wait: std::time::Duration::ZERO,
     };
     let events = stream::unfold(tail, |mut t| async move {
         let chunk = t.next().await?;
@@ -222,6 +223,8 @@ struct Tail<W> {
     group: Option<String>,
     last_commit: Instant,
     done: bool,
+    /// How long the tenant must wait before it is served more.
+    wait: std::time::Duration,
 }
 
 impl<W: Shards> Tail<W> {
@@ -230,11 +233,23 @@ impl<W: Shards> Tail<W> {
         if self.done {
             return None;
         }
+        if !self.wait.is_zero() {
+            tokio::time::sleep(std::mem::take(&mut self.wait)).await;
+        }
         if let Err(a) = self.commit().await {
             return Some(self.fail(&a));
         }
         self.sent = self.wants.iter().map(|w| w.offset).collect();
-        let reads = poll(&self.c, &self.wants, READ_BYTES, 1, KEEPALIVE).await;
+        // A shutdown ends the stream (the client resumes from the last id
+        // elsewhere) rather than hold the drain for a keep-alive.
+        let mut stop = self.c.stop.clone();
+        let reads = tokio::select! {
+            r = poll(&self.c, &self.wants, READ_BYTES, 1, KEEPALIVE) => r,
+            _ = stop.wait_for(|s| *s) => {
+                self.done = true;
+                return None;
+            }
+        };
         let mut out = String::new();
         let mut served = 0u64;
         for (w, read) in self.wants.iter_mut().zip(reads) {
@@ -264,7 +279,8 @@ impl<W: Shards> Tail<W> {
             w.offset = decoded.next;
         }
         if served > 0 {
-            self.c.served(served).await;
+            // Over its fetch rate, the stream slows to it.
+            self.wait = self.c.served(served).await;
         }
         if out.is_empty() {
             return Some(Bytes::from_static(b": keep-alive\n\n"));

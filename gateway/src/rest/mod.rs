@@ -63,6 +63,8 @@ pub struct Caller<W> {
     pub body_timeout: Duration,
     /// `scheme://host` the caller reached us at, for v2's `base_uri`.
     pub base: String,
+    /// Set when the process is shutting down: event streams end.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<W> Clone for Caller<W> {
@@ -73,19 +75,22 @@ impl<W> Clone for Caller<W> {
             meter: self.meter.clone(),
             body_timeout: self.body_timeout,
             base: self.base.clone(),
+            stop: self.stop.clone(),
         }
     }
 }
 
 impl<W: Shards> Caller<W> {
-    /// Charges bytes served (record-batch bytes, as a Kafka fetch would).
-    pub async fn served(&self, bytes: u64) {
+    /// Charges bytes served (record-batch bytes, as a Kafka fetch would);
+    /// returns how long the tenant must now wait before it is served more.
+    pub async fn served(&self, bytes: u64) -> std::time::Duration {
         let used = Usage {
             kind: floe_worker::quota::Kind::Fetch,
             fetch_bytes: bytes,
             ..Usage::default()
         };
-        let _ = self.meter.charge(&self.tenant, used).await;
+        let admission = self.meter.charge(&self.tenant, used).await;
+        admission.map(|a| a.throttle).unwrap_or_default()
     }
 
     /// A JSON request's body: 415 when it is not JSON.
@@ -109,6 +114,20 @@ impl<W: Shards> Caller<W> {
                 };
                 error(status, None, e)
             })
+    }
+}
+
+/// What a tenant's request is, for its quota: a produce or a fetch is held
+/// to that byte rate too.
+pub fn kind_of(method: &Method, path: &str) -> floe_worker::quota::Kind {
+    use floe_worker::quota::Kind;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match (method, parts.as_slice()) {
+        (&Method::POST, ["v3", "clusters", _, "topics", _, "records"]) => Kind::Produce,
+        (&Method::GET, ["v1", "topics", _, "partitions", _, "records"])
+        | (&Method::GET, ["v1", "topics", _, "events"])
+        | (&Method::GET, ["consumers", _, "instances", _, "records"]) => Kind::Fetch,
+        _ => Kind::Other,
     }
 }
 

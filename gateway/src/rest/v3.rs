@@ -114,14 +114,19 @@ pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&s
                 Ok(b) => b,
                 Err(a) => return a,
             };
-            let answer = produce(worker, tenant, topic, &body).await;
+            // Charged before it is appended, as a Kafka produce is: a plan's
+            // policy may refuse it; a throttle holds the tenant's next one.
             let produced = floe_worker::quota::Usage {
                 kind: floe_worker::quota::Kind::Produce,
                 produce_bytes: body.len() as u64,
                 ..Default::default()
             };
-            let _ = c.meter.charge(tenant, produced).await;
-            answer
+            let admission = c.meter.charge(tenant, produced).await;
+            if let Some(why) = admission.ok().and_then(|a| a.refused) {
+                let m = format!("refused by the plan's quota policy: {why}");
+                return error(StatusCode::TOO_MANY_REQUESTS, None, m);
+            }
+            produce(worker, tenant, topic, &body).await
         }
         (_, ["clusters"] | ["clusters", _] | ["clusters", _, "topics"])
         | (_, ["clusters", _, "topics", _] | ["clusters", _, "topics", _, "records"]) => {
@@ -273,47 +278,81 @@ pub async fn produce<W: Shards>(
         },
         Err(e) => return worker_error(&e),
     };
-    // Every record is checked and appended before any is awaited: they
-    // share flushes, and a malformed one stops the stream before anything
-    // after it is appended (those before it stand, each answered).
-    let mut pending = Vec::new();
+    // Records are checked in order until the first bad one (those before
+    // it stand, each answered; none after it is appended), then appended a
+    // batch per partition (several if large), all before any is awaited.
+    let mut checked = Vec::new();
     let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<NewRecord>();
     let mut stopped = None;
     for next in &mut stream {
-        let rec = match next {
-            Ok(r) => r,
-            Err(e) => {
-                stopped = Some(error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    format!("malformed record: {e}"),
-                ));
-                break;
-            }
+        if checked.len() == MAX_RECORDS {
+            let m = format!("more than {MAX_RECORDS} records in one request");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, None, m);
+        }
+        let malformed = |e: serde_json::Error| {
+            error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("malformed record: {e}"),
+            )
         };
-        match append(worker, tenant, topic, partitions, rec).await {
-            Ok(p) => pending.push(p),
+        match next.map_err(malformed).and_then(|r| check(r, partitions)) {
+            Ok(c) => checked.push(c),
             Err(a) => {
                 stopped = Some(a);
                 break;
             }
         }
     }
-    if pending.is_empty() {
+    if checked.is_empty() {
         return stopped
             .unwrap_or_else(|| error(StatusCode::BAD_REQUEST, None, "no record in the body"));
     }
+    // Each record's (batch, place in it); each batch's partition, records
+    // and their bytes.
+    let mut place = Vec::with_capacity(checked.len());
+    let mut batches: Vec<(i32, Vec<records::Out>, usize)> = Vec::new();
+    let mut open: std::collections::HashMap<i32, usize> = Default::default();
+    for c in &mut checked {
+        let size = c.record.size();
+        let b = match open.get(&c.partition) {
+            Some(&b) if batches[b].2 + size <= BATCH_BYTES => b,
+            _ => {
+                batches.push((c.partition, Vec::new(), 0));
+                open.insert(c.partition, batches.len() - 1);
+                batches.len() - 1
+            }
+        };
+        place.push((b, batches[b].1.len()));
+        batches[b].1.push(std::mem::take(&mut c.record));
+        batches[b].2 += size;
+    }
+    let mut accepted = Vec::with_capacity(batches.len());
+    for (partition, recs, _) in batches {
+        accepted.push(append(worker, tenant, topic, partition, recs).await);
+    }
+    let mut outcomes = Vec::with_capacity(accepted.len());
+    for a in accepted {
+        outcomes.push(match a {
+            Ok(a) => a
+                .durable()
+                .await
+                .map(|p| p.base_offset)
+                .map_err(|e| worker_error(&e)),
+            Err(e) => Err(e),
+        });
+    }
     let cluster = crate::cluster_id(tenant);
-    let mut lines = Vec::with_capacity(pending.len());
-    for (accepted, partition, ts, key_len, value_len) in pending {
-        let line = match accepted.durable().await {
-            Ok(p) => json!({
+    let mut lines = Vec::with_capacity(checked.len() + 1);
+    for (c, (b, i)) in checked.iter().zip(place) {
+        let line = match &outcomes[b] {
+            Ok(base) => json!({
                 "error_code": 200, "cluster_id": cluster, "topic_name": topic,
-                "partition_id": partition, "offset": p.base_offset, "timestamp": ts,
-                "key": key_len.map(|n| json!({"size": n})),
-                "value": value_len.map(|n| json!({"size": n})),
+                "partition_id": c.partition, "offset": base + i as i64, "timestamp": c.timestamp,
+                "key": c.key_len.map(|n| json!({"size": n})),
+                "value": c.value_len.map(|n| json!({"size": n})),
             }),
-            Err(e) => serde_json::from_slice(&worker_error(&e).1).unwrap_or(Value::Null),
+            Err((_, body)) => serde_json::from_slice(body).unwrap_or(Value::Null),
         };
         lines.push(line.to_string());
     }
@@ -325,21 +364,25 @@ pub async fn produce<W: Shards>(
     (StatusCode::OK, Bytes::from(lines.join("\n") + "\n"))
 }
 
-type Pending = (
-    floe_worker::Accepted,
-    i32,
-    i64,
-    Option<usize>,
-    Option<usize>,
-);
+/// Records one produce request may carry: each is answered with a line
+/// of JSON, which bounds the answer (about 2 MB).
+const MAX_RECORDS: usize = 10_000;
 
-async fn append<W: Shards>(
-    worker: &Guarded<W>,
-    tenant: &TenantId,
-    topic: &str,
-    partitions: i32,
-    rec: NewRecord,
-) -> Result<Pending, Answer> {
+/// A batch's records' bytes at most (under Kafka's default
+/// `max.message.bytes`), unless one record alone is more.
+const BATCH_BYTES: usize = 512 << 10;
+
+/// A record checked and placed, ready to append.
+struct Checked {
+    partition: i32,
+    timestamp: i64,
+    key_len: Option<usize>,
+    value_len: Option<usize>,
+    record: records::Out,
+}
+
+/// Reads one record of the body and picks its partition.
+fn check(rec: NewRecord, partitions: i32) -> Result<Checked, Answer> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, None, m);
     let key = rec
         .key
@@ -374,18 +417,34 @@ async fn append<W: Shards>(
         (None, None) => (NEXT.fetch_add(1, Relaxed) % partitions as u32) as i32,
     };
     let (key_len, value_len) = (key.as_ref().map(Bytes::len), value.as_ref().map(Bytes::len));
-    let record = records::Out {
-        key,
-        value,
-        headers,
+    Ok(Checked {
+        partition,
         timestamp: ts,
-    };
-    let data = records::encode_batch(vec![record])
-        .map_err(|e| bad(format!("record does not encode: {e}")))?;
+        key_len,
+        value_len,
+        record: records::Out {
+            key,
+            value,
+            headers,
+            timestamp: ts,
+        },
+    })
+}
+
+/// Appends `recs` to one partition as one batch.
+async fn append<W: Shards>(
+    worker: &Guarded<W>,
+    tenant: &TenantId,
+    topic: &str,
+    partition: i32,
+    recs: Vec<records::Out>,
+) -> Result<floe_worker::Accepted, Answer> {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, None, m);
+    let data =
+        records::encode_batch(recs).map_err(|e| bad(format!("records do not encode: {e}")))?;
     let batches = batch::split(data).map_err(|e| bad(e.to_string()))?;
-    let accepted = worker
+    worker
         .produce(tenant, topic, partition, batches)
         .await
-        .map_err(|e| worker_error(&e))?;
-    Ok((accepted, partition, ts, key_len, value_len))
+        .map_err(|e| worker_error(&e))
 }
