@@ -213,8 +213,11 @@ async fn load<W: Shards>(c: &Caller<W>, group: &str, name: &str) -> Result<Loade
     Ok((me, all))
 }
 
-/// Writes `new` over `old`; false when the instance changed meanwhile (or
-/// the shard changed owner): read it again and retry.
+/// Writes `new` over `old`; false when the instance changed meanwhile:
+/// read it again and retry. A write whose outcome is unknown (the shard
+/// changed owner under it) is resolved by reading, never guessed: if it
+/// landed, true; if the state is still `old`, 503, for the client to retry
+/// on the state as it is (moving on would skip what it read).
 async fn store<W: Shards>(
     c: &Caller<W>,
     group: &str,
@@ -223,13 +226,23 @@ async fn store<W: Shards>(
     new: Option<&Instance>,
 ) -> Result<bool, Answer> {
     let new = new.map(|i| Bytes::from(serde_json::to_vec(i).expect("state serializes")));
-    match c
+    let swapped = c
         .worker
-        .swap_instance(&c.tenant, group, name, old, new)
-        .await
-    {
+        .swap_instance(&c.tenant, group, name, old.clone(), new.clone())
+        .await;
+    match swapped {
         Ok(done) => Ok(done),
-        Err(WorkerError::Unavailable(_)) => Ok(false),
+        Err(e @ WorkerError::Unavailable(_)) => {
+            let (now, _) = load(c, group, name).await?;
+            let now = now.map(|(raw, _)| raw);
+            if now == new {
+                Ok(true)
+            } else if now == old {
+                Err(worker_error(&e))
+            } else {
+                Ok(false)
+            }
+        }
         Err(e) => Err(worker_error(&e)),
     }
 }
