@@ -304,6 +304,20 @@ def test_server_sent_events_resume_by_id_and_by_group(store_dir):
             time.sleep(0.1)
         assert c.committed(TopicPartition("feed", 0)) == 5
         c.close()
+        # The committed offset falls below the log start (DeleteRecords):
+        # the group's stream starts over where `from` says, as a Kafka
+        # consumer resets, instead of failing on every reconnect.
+        a = KafkaAdminClient(**sasl(floe, key, "PLAIN"))
+        a.delete_records({TopicPartition("feed", 0): 6})
+        a.close()
+        p = KafkaProducer(**sasl(floe, key, "PLAIN"), acks="all")
+        p.send("feed", b"after", partition=0).get(10)
+        p.close()
+        ev = Events(floe, key, "/v1/topics/feed/events?group=feeders&from=earliest&partition=0")
+        got, _ = ev.records(1)
+        ev.close()
+        assert [(r["offset"], r["value"]) for r in got] == \
+            [(6, base64.b64encode(b"after").decode())], got
         status, text = call(floe, key, "GET", "/v1/topics/feed/events?offset=x")
         assert status == 400, text
         status, text = call(floe, key, "GET", "/v1/topics/nope/events")

@@ -413,7 +413,19 @@ pub async fn start_offsets<W: Shards>(
     let mut out = Vec::with_capacity(parts.len());
     for ((topic, p), known) in parts.iter().zip(committed) {
         let at = match (known, reset) {
-            (Some(o), _) => o,
+            (Some(o), Reset::None) => o,
+            // A committed offset retention or DeleteRecords has passed (or
+            // beyond the end) is reset as if there were none (Kafka's
+            // consumer on OFFSET_OUT_OF_RANGE).
+            (Some(o), r) => {
+                let start = listed_offset(c, topic, *p, -2).await?;
+                let end = listed_offset(c, topic, *p, -1).await?;
+                match (start..=end).contains(&o) {
+                    true => o,
+                    false if r == Reset::Earliest => start,
+                    false => end,
+                }
+            }
             (None, Reset::None) => {
                 let m =
                     format!("{topic}-{p} has no committed offset and auto.offset.reset is none");
@@ -421,16 +433,23 @@ pub async fn start_offsets<W: Shards>(
             }
             (None, r) => {
                 let ts = if r == Reset::Earliest { -2 } else { -1 };
-                c.worker
-                    .list_offset(&c.tenant, topic, *p, ts, true)
-                    .await
-                    .map_err(|e| worker_error(&e))?
-                    .0
+                listed_offset(c, topic, *p, ts).await?
             }
         };
         out.push(at);
     }
     Ok(out)
+}
+
+/// ListOffsets for one partition, read_committed: -2 its start, -1 its end.
+async fn listed_offset<W: Shards>(
+    c: &Caller<W>,
+    topic: &str,
+    p: i32,
+    ts: i64,
+) -> Result<i64, Answer> {
+    let found = c.worker.list_offset(&c.tenant, topic, p, ts, true).await;
+    found.map(|o| o.0).map_err(|e| worker_error(&e))
 }
 
 /// Commits next offsets for `group` as a consumer that assigns its own
