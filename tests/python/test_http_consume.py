@@ -199,6 +199,8 @@ def test_v2_bad_input(store_dir):
             ("POST", f"{base}/positions", {"offsets": [{"topic": "bad", "partition": 0, "offset": -1}]}, 422),
             ("POST", f"{base}/positions", {"offsets": [{"topic": "bad", "partition": 0, "offset": 0}]}, 409),
             ("GET", f"{base}/records?timeout=x", None, 400),
+            ("POST", f"{base}/offsets",
+             {"offsets": [{"topic": "bad", "partition": 0, "offset": 2**63 - 1}]}, 422),
             ("GET", "/consumers/g/instances/nope/records", None, 404),
             ("POST", "/consumers/g/instances/nope/subscription", {"topics": ["bad"]}, 404),
             ("DELETE", "/consumers/g/instances/nope", None, 404),

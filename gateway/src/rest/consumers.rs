@@ -724,11 +724,14 @@ async fn commit_offsets<W: Shards>(c: &Caller<W>, group: &str, name: &str, body:
             .map(|p| (p.topic.clone(), p.partition, p.offset))
             .collect()
     } else {
-        match offsets_of(body) {
-            Ok(o) => o
-                .into_iter()
-                .map(|p| (p.topic, p.partition, p.offset + 1))
-                .collect(),
+        let after = offsets_of(body).and_then(|o| {
+            o.into_iter()
+                .map(|p| Some((p.topic, p.partition, p.offset.checked_add(1)?)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| unprocessable("an offset to commit must be below 2^63 - 1"))
+        });
+        match after {
+            Ok(o) => o,
             Err(a) => return a,
         }
     };
