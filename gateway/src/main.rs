@@ -231,6 +231,12 @@ struct LogArgs {
     /// batches.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     wasm_cpu_ms_per_sec: u64,
+    /// Whether a connector's allow list may open addresses that are not
+    /// globally routable (loopback, private networks, link-local, where a
+    /// cloud's metadata service answers). Turn it off where tenants share a
+    /// network; then only public addresses are reachable, whatever is listed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    connector_private_egress: bool,
     /// Where compiled Wasm components are kept for the next start: a local
     /// directory only this user may write [default: $XDG_CACHE_HOME/floe/wasm
     /// or ~/.cache/floe/wasm]. "" keeps them in memory only.
@@ -714,6 +720,7 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
                 Some("") => None,
                 Some(d) => Some(d.into()),
             },
+            private_egress: a.connector_private_egress,
             ..floe_runtime::Limits::default()
         },
         wasm_cpu_ms_per_sec: a.wasm_cpu_ms_per_sec,

@@ -48,7 +48,15 @@ enum Host {
 
 /// Where a connector may send requests. Empty: nowhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList(Vec<Allow>);
+pub struct AllowList(Vec<Allow>, Private);
+
+/// Whether listed addresses and ranges may open non-global addresses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Private {
+    #[default]
+    WhenListed,
+    Never,
+}
 
 impl FromStr for AllowList {
     type Err = String;
@@ -60,7 +68,7 @@ impl FromStr for AllowList {
             .filter(|e| !e.is_empty())
             .map(parse_entry)
             .collect::<Result<_, _>>()
-            .map(AllowList)
+            .map(|entries| AllowList(entries, Private::WhenListed))
     }
 }
 
@@ -97,6 +105,12 @@ fn parse_entry(e: &str) -> Result<Allow, String> {
 }
 
 impl AllowList {
+    /// The same list, reaching globally routable addresses only, whatever
+    /// it lists (the operator turned private egress off).
+    pub fn public_only(self) -> Self {
+        AllowList(self.0, Private::Never)
+    }
+
     fn port_ok(a: &Allow, port: u16) -> bool {
         a.port.is_none_or(|p| p == port)
     }
@@ -110,6 +124,9 @@ impl AllowList {
 
     /// Whether an address is covered by a listed address or range.
     fn covers(&self, ip: IpAddr, port: u16) -> bool {
+        if self.1 == Private::Never && !global(ip) {
+            return false;
+        }
         self.0.iter().any(|a| match &a.host {
             Host::Net(n) => Self::port_ok(a, port) && n.contains(&canonical(ip)),
             Host::Name(_) => false,
@@ -556,6 +573,34 @@ mod tests {
         assert!(a
             .permitted(&target("http://[::ffff:10.0.0.1]:80/"), &[])
             .is_ok());
+    }
+
+    #[test]
+    fn with_private_egress_off_listed_private_addresses_are_refused() {
+        let a: AllowList = "127.0.0.1:8080,169.254.169.254:80,0.0.0.0/0:443,hooks.example.com:443"
+            .parse::<AllowList>()
+            .expect("parses")
+            .public_only();
+        for url in ["http://127.0.0.1:8080/", "http://169.254.169.254/"] {
+            assert_eq!(
+                a.permitted(&target(url), &[]),
+                Err(Refused::NotListed),
+                "{url}"
+            );
+        }
+        // A range covering everything opens only the global part of it.
+        assert!(a.permitted(&target("https://1.1.1.1/"), &[]).is_ok());
+        assert_eq!(
+            a.permitted(&target("https://10.0.0.1/"), &[]),
+            Err(Refused::NotListed)
+        );
+        // A listed name resolving to a private address is refused as before.
+        let t = target("https://hooks.example.com/");
+        assert!(a.permitted(&t, &ips(&["93.184.216.34"])).is_ok());
+        assert_eq!(
+            a.permitted(&t, &ips(&["10.0.0.1"])),
+            Err(Refused::Private(ips(&["10.0.0.1"])))
+        );
     }
 
     #[test]

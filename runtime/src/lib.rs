@@ -85,6 +85,10 @@ pub struct Limits {
     /// Where compiled components are kept for the next process (`disk.rs`);
     /// `None` compiles each once per process.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Whether a connector's allow list may open addresses that are not
+    /// globally routable (loopback, private, link-local: a cloud's metadata
+    /// service). The operator's choice: off where tenants share a network.
+    pub private_egress: bool,
 }
 
 impl Default for Limits {
@@ -97,6 +101,7 @@ impl Default for Limits {
             outputs_per_input: MAX_OUTPUTS,
             instances: 256,
             cache_dir: None,
+            private_egress: true,
         }
     }
 }
@@ -420,6 +425,10 @@ impl Runtime {
         let limits = Limits {
             deadline: self.limits.connector_deadline,
             ..self.limits.clone()
+        };
+        let allow = match limits.private_egress {
+            true => allow,
+            false => allow.public_only(),
         };
         Connector::start(&self.engine, &limits, pre, config, labels, allow).await
     }

@@ -319,6 +319,41 @@ async fn requests_outside_the_allow_list_are_refused_at_the_host() {
     );
 }
 
+/// With `--connector-private-egress false` (a shared deployment), a
+/// loopback address the tenant lists is refused like one it did not list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_private_egress_off_listed_private_addresses_are_refused() {
+    let Some(sink) = guest("http_sink") else {
+        return;
+    };
+    let f = Floe::start(
+        temp_dir("conn-public"),
+        &[
+            "--admin-token",
+            TOKEN,
+            "--connector-private-egress",
+            "false",
+        ],
+    );
+    let t = Tenant::new(&f, TOKEN, "acme");
+    t.create_topic(&f, "events", 1);
+    let hook = Webhook::start();
+    let q = format!(
+        "kind=sink&topic=events&from=start&max_retries=0&{}",
+        config(&[
+            ("url", &hook.url("/x")),
+            ("allow", &format!("127.0.0.1:{}", hook.port)),
+            ("attempts", "1")
+        ])
+    );
+    t.create(&f, "listed", &q, &sink);
+    produce_with(t.kafka(&f), &f.bootstrap(), "events", vec!["e".into()]).await;
+    let s = t.wait_for(&f, "listed", "is refused", |s| s["dead_lettered"] == 1);
+    let message = s["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HttpRequestDenied"), "{s}");
+    assert!(hook.received().is_empty(), "nothing reached the server");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_source_emits_each_new_item_once_across_kill9() {
     let Some(source) = guest("http_source") else {
