@@ -691,7 +691,7 @@ async fn decode<W: Shards>(
     if frame.len() >= 2 {
         cx.metrics.request(i16::from_be_bytes([frame[0], frame[1]]));
     }
-    let (api, header, req) = match parse_request(frame)? {
+    let (api, mut header, req) = match parse_request(frame)? {
         Parsed::Request(api, h, r) => (api, h, r),
         Parsed::ApiVersionsTooNew { correlation_id } => {
             let body = versions::unsupported_version_response();
@@ -733,6 +733,10 @@ async fn decode<W: Shards>(
     // in no fixed order until their responses are written.
     let work = match (&refusal, req) {
         (None, RequestKind::Produce(r)) => {
+            // The answer needs none of the header's strings, which are
+            // slices of the frame: see `produce::accept_all`.
+            header.client_id = None;
+            header.unknown_tagged_fields.clear();
             Work::Produce(produce::accept_all(&cx, r).instrument(span.clone()).await)
         }
         (_, req) => Work::Other(req),

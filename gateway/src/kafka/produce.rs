@@ -8,7 +8,7 @@ use floe_common::batch;
 use floe_worker::{Accepted, Shards, WorkerError};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::ProduceResponse;
+use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
@@ -32,22 +32,36 @@ pub struct Accepting {
 /// reader awaits this before reading the next request, so a connection's
 /// produces are appended in the order sent (Kafka's guarantee), whatever
 /// order their responses' futures are later polled in.
-pub async fn accept_all<W: Shards>(gw: &Cx<W>, req: ProduceRequest) -> Accepting {
+///
+/// Nothing else of the frame is kept (names are copied, the rest dropped),
+/// so a request of one batch (librdkafka sends one per partition) leaves
+/// the batch as its buffer's only reference, and the owner stamps its
+/// leader epoch and base offset in place instead of copying it (Kafka's
+/// broker does the same in its request buffer).
+pub async fn accept_all<W: Shards>(gw: &Cx<W>, mut req: ProduceRequest) -> Accepting {
     let started = std::time::Instant::now();
     let acks = req.acks;
+    let topic_data = std::mem::take(&mut req.topic_data);
+    drop(req);
     let tenant = &gw.tenant;
-    let mut topics = Vec::with_capacity(req.topic_data.len());
-    for t in req.topic_data {
-        let mut parts = Vec::with_capacity(t.partition_data.len());
-        for p in t.partition_data {
+    let mut topics = Vec::with_capacity(topic_data.len());
+    for mut t in topic_data {
+        let name = TopicName(StrBytes::from_string(t.name.to_string()));
+        let partition_data = std::mem::take(&mut t.partition_data);
+        drop(t);
+        let mut parts = Vec::with_capacity(partition_data.len());
+        for mut p in partition_data {
+            let records = p.records.take();
+            let index = p.index;
+            drop(p);
             let outcome = if !matches!(acks, -1..=1) {
                 Outcome::Failed(ResponseError::InvalidRequiredAcks.code(), None)
             } else {
-                accept(gw, tenant, &t.name.0, p.index, p.records).await
+                accept(gw, tenant, &name.0, index, records).await
             };
-            parts.push((p.index, outcome));
+            parts.push((index, outcome));
         }
-        topics.push((t.name, parts));
+        topics.push((name, parts));
     }
     Accepting {
         started,
