@@ -45,26 +45,7 @@ pub async fn serve<W: Shards>(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let socket = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "http accept");
-                crate::accept_failed().await;
-                continue;
-            }
-        };
+    while let Some((socket, permit)) = crate::accept(&listener, &slots, &mut stop, "http").await {
         let (metrics, admin, tls, stop) =
             (metrics.clone(), admin.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {

@@ -150,11 +150,33 @@ pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAc
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// What a listener does after a failed accept (out of file descriptors,
-/// most likely): waits a little, rather than spinning on the error while
-/// connections close.
-pub async fn accept_failed() {
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+/// A listener's next connection, once one of its `slots` is free, with
+/// that slot; `None` once `stop` is set. A failed accept (out of file
+/// descriptors, most likely) is logged and tried again after a pause,
+/// rather than spun on while connections close.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok()?,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match accepted {
+            Ok((socket, _)) => return Some((socket, permit)),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// The cluster id a tenant sees, over Kafka (Metadata, DescribeCluster) and

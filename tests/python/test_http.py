@@ -56,6 +56,12 @@ def tenant_cli(floe, key, command):
     return cli
 
 
+def create_topic(conf, name, partitions):
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic(name, partitions, 1)])
+    a.close()
+
+
 def b64(b):
     return base64.b64encode(b).decode()
 
@@ -63,9 +69,7 @@ def b64(b):
 def test_http_and_kafka_records_are_the_same_bytes(http_floe):
     floe, key = http_floe
     conf = sasl(floe, key, "PLAIN")
-    a = KafkaAdminClient(**conf)
-    a.create_topics([NewTopic("web", 4, 1)])
-    a.close()
+    create_topic(conf, "web", 4)
     records = "/v3/clusters/floe-acme/topics/web/records"
     raw = bytes(range(256))
     status, body = call(floe, key, "POST", records, json.dumps(
@@ -120,9 +124,7 @@ def test_a_stream_across_partitions_is_answered_in_order(http_floe):
     stream: those before it stand, none after it is appended."""
     floe, key = http_floe
     conf = sasl(floe, key, "PLAIN")
-    a = KafkaAdminClient(**conf)
-    a.create_topics([NewTopic("spread", 3, 1)])
-    a.close()
+    create_topic(conf, "spread", 3)
     records = "/v3/clusters/floe-acme/topics/spread/records"
     stream = "".join(json.dumps({"partition_id": i % 3, "value": {"type": "STRING",
                                                                   "data": f"v{i}"}})
@@ -143,9 +145,7 @@ def test_a_stream_across_partitions_is_answered_in_order(http_floe):
 def test_bad_http_input_gets_its_status_and_appends_nothing(http_floe):
     floe, key = http_floe
     conf = sasl(floe, key, "PLAIN")
-    a = KafkaAdminClient(**conf)
-    a.create_topics([NewTopic("strict", 1, 1)])
-    a.close()
+    create_topic(conf, "strict", 1)
     records = "/v3/clusters/floe-acme/topics/strict/records"
     cases = [
         ("POST", records, "{not json", "application/json", 400),
@@ -226,9 +226,7 @@ def test_reads_step_past_transaction_markers(http_floe):
     record, then resume after the marker instead of reading it again."""
     floe, key = http_floe
     conf = sasl(floe, key, "PLAIN")
-    a = KafkaAdminClient(**conf)
-    a.create_topics([NewTopic("txn", 1, 1)])
-    a.close()
+    create_topic(conf, "txn", 1)
     p = KafkaProducer(**conf, transactional_id="http-txn")
     p.init_transactions()
     p.begin_transaction()

@@ -124,26 +124,7 @@ pub async fn serve<W: Shards>(
 ) {
     let max = gw.settings.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let socket = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka accept");
-                crate::accept_failed().await;
-                continue;
-            }
-        };
+    while let Some((socket, permit)) = crate::accept(&listener, &slots, &mut stop, "kafka").await {
         let _ = socket.set_nodelay(true);
         let (gw, stop) = (gw.clone(), stop.clone());
         tokio::spawn(async move {
