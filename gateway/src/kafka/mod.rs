@@ -243,16 +243,7 @@ async fn write_chunks(
             .take(MAX_IOV)
             .map(|c| IoSlice::new(c))
             .collect();
-        let write = wr.write_vectored(&iov);
-        let mut n = match stalled {
-            Some(d) => tokio::time::timeout(d, write).await.map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "answers unread past --connections-max-idle-ms",
-                )
-            })??,
-            None => write.await?,
-        };
+        let mut n = within(stalled, wr.write_vectored(&iov)).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -267,7 +258,25 @@ async fn write_chunks(
             }
         }
     }
-    Ok(())
+    // TLS takes bytes before they reach the socket: unflushed, the tail of
+    // an answer would wait for the next one.
+    within(stalled, wr.flush()).await
+}
+
+/// `io`, failed if it makes no progress for `stalled`.
+async fn within<T>(
+    stalled: Option<std::time::Duration>,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let Some(d) = stalled else {
+        return io.await;
+    };
+    tokio::time::timeout(d, io).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "answers unread past --connections-max-idle-ms",
+        )
+    })?
 }
 
 /// How often an idle connection's time is charged to its tenant, so it
@@ -1085,6 +1094,67 @@ mod tests {
     use super::*;
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::{Encodable, Request, StrBytes};
+
+    /// Over TLS, an answer larger than the socket takes at once arrives
+    /// whole, though the client reads slowly and no other answer follows:
+    /// rustls holds what the socket did not take until it is flushed.
+    #[tokio::test]
+    async fn a_tls_answer_arrives_whole_without_another_behind_it() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = std::env::temp_dir().join(format!("floe-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        floe_cluster::tls::init(&dir).expect("certificates");
+        let pem = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let acceptor = crate::tls_acceptor(&pem("node.pem"), &pem("node.key")).expect("acceptor");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(pem("ca.pem")).expect("ca") {
+            roots.add(c.expect("ca cert")).expect("trusted");
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        // A pipe that holds 4 KiB, like a full socket buffer.
+        let (near, far) = tokio::io::duplex(4096);
+        let name =
+            rustls::pki_types::ServerName::try_from(floe_cluster::tls::SERVER_NAME).expect("name");
+        let (server, client) = tokio::join!(acceptor.accept(near), connector.connect(name, far));
+        let (mut server, mut client) = (server.expect("server side"), client.expect("client side"));
+        let answer = Bytes::from(vec![7u8; 1 << 20]);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            write_chunks(&mut server, vec![answer], None)
+                .await
+                .expect("written");
+            // The connection stays open, with nothing more to say.
+            let _ = done_rx.await;
+        });
+        let mut got = vec![0u8; 1 << 20];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            let mut at = 0;
+            let len = got.len();
+            while at < len {
+                let n = client.read(&mut got[at..(at + 1000).min(len)]).await?;
+                if n == 0 {
+                    break;
+                }
+                at += n;
+            }
+            std::io::Result::Ok(at)
+        })
+        .await;
+        let _ = done_tx.send(());
+        writer.await.expect("writer");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            read.expect("the whole answer, not a stall").expect("read"),
+            1 << 20
+        );
+        assert!(got.iter().all(|b| *b == 7));
+    }
 
     fn frame<R: Request>(version: i16, body: R) -> Vec<u8> {
         let header = RequestHeader::default()
