@@ -140,6 +140,16 @@ def test_a_stream_across_partitions_is_answered_in_order(http_floe):
     got = sorted((m.partition, m.offset, m.value) for m in c)
     c.close()
     assert got == sorted((i % 3, i // 3, f"v{i}".encode()) for i in range(9))
+    # Batches stay within the topic's max.message.bytes: twenty 4 KB
+    # records to a topic taking 64 KB batches all land.
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic("small", 1, 1, topic_configs={"max.message.bytes": "65536"})])
+    a.close()
+    stream = "".join(json.dumps({"value": {"type": "STRING", "data": "x" * 4000}})
+                     for _ in range(20))
+    status, body = call(floe, key, "POST", "/v3/clusters/floe-acme/topics/small/records", stream)
+    lines = [json.loads(l) for l in body.splitlines()]
+    assert status == 200 and [l.get("offset") for l in lines] == list(range(20)), body
 
 
 def test_bad_http_input_gets_its_status_and_appends_nothing(http_floe):

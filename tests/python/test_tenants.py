@@ -555,6 +555,9 @@ def test_http_produce_and_fetch_are_held_to_the_byte_quotas(tenants):
     assert first[0] == 200, first
     second = call(keys["acme"], "POST", records.format("acme"), body)
     assert second[0] == 429 and int(second[1]["retry-after"]) >= 1, second
+    # The same route spelt with percent-encoding is the same produce.
+    encoded = call(keys["acme"], "POST", records.format("acme")[:-1] + "%73", body)
+    assert encoded[0] == 429, encoded
     # Only the produce rate is spent: a fetch and the other tenant go on.
     read = "/v1/topics/t/partitions/0/records?offset=0"
     status, _, text = call(keys["acme"], "GET", read)

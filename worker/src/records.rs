@@ -62,11 +62,16 @@ pub struct Out {
 }
 
 impl Out {
-    /// About the bytes it takes in a batch.
+    /// At most the bytes it takes in a batch: its data and the most its
+    /// varint lengths, deltas and attributes can take.
     pub fn size(&self) -> usize {
         let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + len(v) + 4).sum();
-        len(&self.key) + len(&self.value) + headers + 16
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + len(v) + 10)
+            .sum();
+        len(&self.key) + len(&self.value) + headers + 36
     }
 }
 

@@ -233,8 +233,22 @@ impl<W: Shards> Tail<W> {
         if self.done {
             return None;
         }
+        // Over its fetch rate: wait, a keep-alive at a time, and not
+        // through a shutdown.
         if !self.wait.is_zero() {
-            tokio::time::sleep(std::mem::take(&mut self.wait)).await;
+            let nap = self.wait.min(KEEPALIVE);
+            self.wait -= nap;
+            let mut stop = self.c.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = stop.wait_for(|s| *s) => {
+                    self.done = true;
+                    return None;
+                }
+            }
+            if !self.wait.is_zero() {
+                return Some(Bytes::from_static(b": keep-alive\n\n"));
+            }
         }
         if let Err(a) = self.commit().await {
             return Some(self.fail(&a));

@@ -121,7 +121,8 @@ impl<W: Shards> Caller<W> {
 /// to that byte rate too.
 pub fn kind_of(method: &Method, path: &str) -> floe_worker::quota::Kind {
     use floe_worker::quota::Kind;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let decoded = segments(path);
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (method, parts.as_slice()) {
         (&Method::POST, ["v3", "clusters", _, "topics", _, "records"]) => Kind::Produce,
         (&Method::GET, ["v1", "topics", _, "partitions", _, "records"])
@@ -131,15 +132,17 @@ pub fn kind_of(method: &Method, path: &str) -> floe_worker::quota::Kind {
     }
 }
 
-/// Routes a tenant's request (past authentication and the request quota).
-pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>) -> Reply {
-    let decoded: Vec<String> = req
-        .uri()
-        .path()
-        .split('/')
+/// A path's segments, percent-decoded: what routes match on.
+fn segments(path: &str) -> Vec<String> {
+    path.split('/')
         .filter(|p| !p.is_empty())
         .map(|p| percent_decode_str(p).decode_utf8_lossy().into_owned())
-        .collect();
+        .collect()
+}
+
+/// Routes a tenant's request (past authentication and the request quota).
+pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>) -> Reply {
+    let decoded = segments(req.uri().path());
     let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match parts.first() {
         Some(&"consumers") => return consumers::route(c, req, &parts[1..]).await,
@@ -418,12 +421,14 @@ pub async fn start_offsets<W: Shards>(
             // beyond the end) is reset as if there were none (Kafka's
             // consumer on OFFSET_OUT_OF_RANGE).
             (Some(o), r) => {
-                let start = listed_offset(c, topic, *p, -2).await?;
-                let end = listed_offset(c, topic, *p, -1).await?;
+                // In range up to the high watermark: an offset past the
+                // last stable one is not out of range (Kafka).
+                let start = listed_offset(c, topic, *p, -2, true).await?;
+                let end = listed_offset(c, topic, *p, -1, false).await?;
                 match (start..=end).contains(&o) {
                     true => o,
                     false if r == Reset::Earliest => start,
-                    false => end,
+                    false => listed_offset(c, topic, *p, -1, true).await?,
                 }
             }
             (None, Reset::None) => {
@@ -433,7 +438,7 @@ pub async fn start_offsets<W: Shards>(
             }
             (None, r) => {
                 let ts = if r == Reset::Earliest { -2 } else { -1 };
-                listed_offset(c, topic, *p, ts).await?
+                listed_offset(c, topic, *p, ts, true).await?
             }
         };
         out.push(at);
@@ -441,14 +446,19 @@ pub async fn start_offsets<W: Shards>(
     Ok(out)
 }
 
-/// ListOffsets for one partition, read_committed: -2 its start, -1 its end.
+/// ListOffsets for one partition: -2 its start, -1 its end (the last
+/// stable offset when `committed`, else the high watermark).
 async fn listed_offset<W: Shards>(
     c: &Caller<W>,
     topic: &str,
     p: i32,
     ts: i64,
+    committed: bool,
 ) -> Result<i64, Answer> {
-    let found = c.worker.list_offset(&c.tenant, topic, p, ts, true).await;
+    let found = c
+        .worker
+        .list_offset(&c.tenant, topic, p, ts, committed)
+        .await;
     found.map(|o| o.0).map_err(|e| worker_error(&e))
 }
 

@@ -264,9 +264,14 @@ pub async fn produce<W: Shards>(
     topic: &str,
     body: &[u8],
 ) -> Answer {
-    let partitions = match worker.topics(tenant).await {
+    let (partitions, max_batch) = match worker.topics(tenant).await {
         Ok(all) => match all.iter().find(|t| t.name == topic) {
-            Some(t) => t.streams.len() as i32,
+            // A batch stays within the topic's max.message.bytes too.
+            Some(t) => {
+                let max = t.config().max_message_bytes.max(0) as usize;
+                let room = max.saturating_sub(batch::HEADER_LEN);
+                (t.streams.len() as i32, BATCH_BYTES.min(room))
+            }
             None => {
                 let e = WorkerError::UnknownTopicOrPartition;
                 return error(
@@ -316,7 +321,7 @@ pub async fn produce<W: Shards>(
     for c in &mut checked {
         let size = c.record.size();
         let b = match open.get(&c.partition) {
-            Some(&b) if batches[b].2 + size <= BATCH_BYTES => b,
+            Some(&b) if batches[b].2 + size <= max_batch => b,
             _ => {
                 batches.push((c.partition, Vec::new(), 0));
                 open.insert(c.partition, batches.len() - 1);
@@ -369,7 +374,8 @@ pub async fn produce<W: Shards>(
 const MAX_RECORDS: usize = 10_000;
 
 /// A batch's records' bytes at most (under Kafka's default
-/// `max.message.bytes`), unless one record alone is more.
+/// `max.message.bytes`, and under the topic's), unless one record alone
+/// is more.
 const BATCH_BYTES: usize = 512 << 10;
 
 /// A record checked and placed, ready to append.
