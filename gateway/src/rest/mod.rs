@@ -184,6 +184,14 @@ pub fn reply(answer: Answer, content_type: &'static str) -> Reply {
             hyper::header::HeaderValue::from_static(content_type),
         );
     }
+    // Unavailable means a shard is moving or its store is failing: worth
+    // another try soon, and clients that honour Retry-After wait that long.
+    if answer.0 == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+    }
     r
 }
 
@@ -544,4 +552,17 @@ pub fn record_json(r: &Record, json_data: bool) -> Result<Value, String> {
         "key": data(&r.key, "key")?, "value": data(&r.value, "value")?,
         "headers": headers(r),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_answer_says_when_to_retry() {
+        let r = json_reply(error(StatusCode::SERVICE_UNAVAILABLE, Some(15), "moving"));
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "1");
+        let r = json_reply(error(StatusCode::BAD_REQUEST, None, "bad"));
+        assert!(r.headers().get(hyper::header::RETRY_AFTER).is_none());
+    }
 }
