@@ -279,12 +279,7 @@ impl<W: Shards> Admin<W> {
             .await
             .unwrap_or_default();
         if let Some(reason) = admission.refused {
-            let e = rest::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                None,
-                format!("refused by the plan's quota policy: {reason}"),
-            );
-            return rest::json_reply(e);
+            return rest::json_reply(rest::policy_refused(reason));
         }
         let wait = admission.throttle;
         if !wait.is_zero() {

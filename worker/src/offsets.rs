@@ -59,7 +59,7 @@ pub fn key(group: &str, topic_id: u128, partition: i32) -> Bytes {
 }
 
 /// The group a committed-offset key belongs to.
-pub fn group_of(key: &[u8]) -> Option<&str> {
+fn group_of(key: &[u8]) -> Option<&str> {
     let rest = key.strip_prefix(PREFIX)?;
     let (len, rest) = rest.split_at_checked(2)?;
     let name = rest.get(..u16::from_be_bytes([len[0], len[1]]) as usize)?;

@@ -337,11 +337,10 @@ async fn read_loop<W: Shards>(
         tokio::pin!(read);
         let must_log_in = gw.auth == AuthMode::Required && session.login.is_none();
         let frame = loop {
-            // One timer for the sooner of: charging the tenant's time, and
-            // the connection's idle or login deadline.
-            // Time is charged from the first request, to a tenant.
-            let charging = conn.spoke.load(Relaxed)
-                && (session.login.is_some() || gw.auth == AuthMode::Optional);
+            // One timer for the sooner of: charging the tenant's time (from
+            // the first request, to a tenant), and the connection's idle or
+            // login deadline.
+            let charging = conn.spoke.load(Relaxed) && is_metered(gw, session);
             let tick = match charging {
                 true => conn.charged_to() + CONNECTION_TICK,
                 false => tokio::time::Instant::now() + NEVER,
@@ -455,11 +454,15 @@ async fn read_loop<W: Shards>(
 /// The tenant a connection's usage is metered to: its login's, or the open
 /// default tenant's. Nobody's before a required login.
 fn metered_tenant<W>(gw: &Gateway<W>, session: &sasl::Session) -> Option<floe_common::TenantId> {
-    match (&session.login, gw.auth) {
-        (Some((tenant, _)), _) => Some(tenant.clone()),
-        (None, AuthMode::Optional) => Some(gw.default_tenant.clone()),
-        (None, AuthMode::Required) => None,
+    match &session.login {
+        Some((tenant, _)) => Some(tenant.clone()),
+        None => is_metered(gw, session).then(|| gw.default_tenant.clone()),
     }
+}
+
+/// Whether [`metered_tenant`] has one, without making it.
+fn is_metered<W>(gw: &Gateway<W>, session: &sasl::Session) -> bool {
+    session.login.is_some() || gw.auth == AuthMode::Optional
 }
 
 async fn charge_time<W: Shards>(gw: &Gateway<W>, tenant: &floe_common::TenantId, conn: &Conn) {

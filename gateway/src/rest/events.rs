@@ -212,6 +212,21 @@ pub async fn stream<W: Shards>(
     r
 }
 
+/// `f`'s output, or `None` once the process is stopping: a shutdown ends
+/// an event stream (the client resumes from its last id elsewhere) rather
+/// than hold the drain for a keep-alive or a throttle.
+async fn unless_stopped<T>(
+    stop: &tokio::sync::watch::Receiver<bool>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut stop = stop.clone();
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => None,
+        r = f => Some(r),
+    }
+}
+
 /// An event stream's position.
 struct Tail<W> {
     c: Caller<W>,
@@ -238,14 +253,7 @@ impl<W: Shards> Tail<W> {
         if !self.wait.is_zero() {
             let nap = self.wait.min(KEEPALIVE);
             self.wait -= nap;
-            let mut stop = self.c.stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
-                _ = stop.wait_for(|s| *s) => {
-                    self.done = true;
-                    return None;
-                }
-            }
+            unless_stopped(&self.c.stop, tokio::time::sleep(nap)).await?;
             if !self.wait.is_zero() {
                 return Some(Bytes::from_static(b": keep-alive\n\n"));
             }
@@ -254,16 +262,8 @@ impl<W: Shards> Tail<W> {
             return Some(self.fail(&a));
         }
         self.sent = self.wants.iter().map(|w| w.offset).collect();
-        // A shutdown ends the stream (the client resumes from the last id
-        // elsewhere) rather than hold the drain for a keep-alive.
-        let mut stop = self.c.stop.clone();
-        let reads = tokio::select! {
-            r = poll(&self.c, &self.wants, READ_BYTES, 1, KEEPALIVE) => r,
-            _ = stop.wait_for(|s| *s) => {
-                self.done = true;
-                return None;
-            }
-        };
+        let polled = poll(&self.c, &self.wants, READ_BYTES, 1, KEEPALIVE);
+        let reads = unless_stopped(&self.c.stop, polled).await?;
         let mut out = String::new();
         let mut served = 0u64;
         for (w, read) in self.wants.iter_mut().zip(reads) {

@@ -195,6 +195,12 @@ pub fn reply(answer: Answer, content_type: &'static str) -> Reply {
     r
 }
 
+/// A request a plan's quota policy refused.
+pub fn policy_refused(why: impl std::fmt::Display) -> Answer {
+    let m = format!("refused by the plan's quota policy: {why}");
+    error(StatusCode::TOO_MANY_REQUESTS, None, m)
+}
+
 pub fn not_allowed() -> Answer {
     error(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -123,8 +123,7 @@ pub async fn route<W: Shards>(c: &Caller<W>, req: Request<Incoming>, parts: &[&s
             };
             let admission = c.meter.charge(tenant, produced).await;
             if let Some(why) = admission.ok().and_then(|a| a.refused) {
-                let m = format!("refused by the plan's quota policy: {why}");
-                return error(StatusCode::TOO_MANY_REQUESTS, None, m);
+                return crate::rest::policy_refused(why);
             }
             produce(worker, tenant, topic, &body).await
         }
