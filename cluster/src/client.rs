@@ -47,6 +47,13 @@ const LANE_BYTES: usize = 64 * 1024 * 1024;
 /// Moves in a row before a lane gives its calls up as retriable: with
 /// the waits between them, about 2.7 s for the views to agree.
 const MAX_HOPS: u32 = 10;
+/// A lane with nothing due this long gives its stream back (a worker
+/// takes a bounded number of streams per connection).
+const STREAM_IDLE: Duration = Duration::from_millis(if cfg!(test) { 500 } else { 30_000 });
+/// A lane with no calls this long is forgotten.
+const LANE_IDLE: Duration = Duration::from_millis(if cfg!(test) { 1_000 } else { 300_000 });
+/// How long a call waits for a stream to its worker.
+const OPEN_WAIT: Duration = Duration::from_secs(3);
 
 /// Figures for `/metrics` and the autoscaler.
 #[derive(Default)]
@@ -63,22 +70,22 @@ pub struct ClientStats {
 }
 
 pub struct RemoteShards {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     idle: Arc<Idle>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     endpoint: quinn::Endpoint,
     view: Arc<View>,
     conns: Mutex<HashMap<String, quinn::Connection>>,
-    lanes: Mutex<HashMap<TenantId, Lane>>,
+    pub(crate) lanes: Mutex<HashMap<TenantId, Lane>>,
     watches: Mutex<HashMap<TenantId, watch::Sender<u64>>>,
     next_id: AtomicU64,
     stats: Arc<ClientStats>,
 }
 
 #[derive(Clone)]
-struct Lane {
+pub(crate) struct Lane {
     tx: mpsc::UnboundedSender<Out>,
     budget: Arc<Semaphore>,
 }
@@ -214,21 +221,32 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
     let mut hops = 0u32;
     loop {
         if queue.is_empty() {
-            match rx.recv().await {
-                Some(o) => queue.push_back(o),
-                None => return,
+            match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+                Ok(Some(o)) => queue.push_back(o),
+                Ok(None) => return,
+                Err(_) if forget_lane(&inner, &tenant, &rx) => return,
+                Err(_) => continue,
             }
         }
         let Some(me) = inner.upgrade() else { return };
-        let target = hint
-            .take()
-            .or_else(|| me.view.route(tenant.as_str(), None).map(|b| b.addr));
+        let hinted = hint.take();
+        let moved = hinted.is_some();
+        let target = hinted.or_else(|| me.view.route(tenant.as_str(), None).map(|b| b.addr));
         let Some(target) = target else {
             wait_for_placement(&me, &mut queue, &mut rx).await;
             continue;
         };
         let stream = match open(&me, &target).await {
             Ok(s) => s,
+            // A worker named by another's older view may have just left:
+            // route by our own view next, as after any move.
+            Err(e) if moved && hops < MAX_HOPS => {
+                tracing::debug!(%tenant, %target, error = %e, "the worker named is unreachable");
+                hops += 1;
+                drop(me);
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(hops))).await;
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(%tenant, %target, error = %e, "no stream to the worker");
                 fail_calls(
@@ -271,6 +289,26 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
             hint = to;
         }
     }
+}
+
+/// Removes an idle lane from the map, unless a call is on its way to it:
+/// senders exist only in the map and, briefly, in calls being queued, and
+/// no new one is taken while the map is locked.
+fn forget_lane(inner: &Weak<Inner>, tenant: &TenantId, rx: &mpsc::UnboundedReceiver<Out>) -> bool {
+    let Some(me) = inner.upgrade() else {
+        return true;
+    };
+    let mut lanes = lock(&me.lanes);
+    if rx.sender_strong_count() > 1 || !rx.is_empty() {
+        return false;
+    }
+    lanes.remove(tenant);
+    drop(lanes);
+    let mut watches = lock(&me.watches);
+    if watches.get(tenant).is_some_and(|w| w.sender_count() == 1) {
+        watches.remove(tenant);
+    }
+    true
 }
 
 /// Holds calls for a shard no live worker can take, until one can or
@@ -339,14 +377,20 @@ async fn open(me: &Inner, addr: &str) -> anyhow::Result<(quinn::SendStream, quin
             conn
         }
     };
-    Ok(conn.open_bi().await?)
+    // Past the worker's limit of streams, opening waits for one to close.
+    tokio::time::timeout(OPEN_WAIT, conn.open_bi())
+        .await
+        .map_err(|_| anyhow::anyhow!("no stream free on the connection"))?
+        .map_err(Into::into)
 }
 
 /// Sends the lane's calls on one stream and delivers its answers, until
-/// the stream ends or the shard moved (`Some(where)`). Calls the worker
-/// moved, and subscriptions, are then back in `queue` in order; calls due
-/// on a broken stream fail, since they may or may not have been served
-/// (clients retry; idempotent producers make that safe).
+/// the stream ends, idles, or the shard moved (`Some(where)`). Calls the
+/// worker moved, and subscriptions, are then back in `queue` in order.
+/// A worker that ends its side of the stream has answered every call it
+/// read, so the calls still due were never read: they count as moved.
+/// Calls due on a broken stream fail, since they may or may not have been
+/// served (clients retry; idempotent producers make that safe).
 async fn pump(
     (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
     queue: &mut VecDeque<Out>,
@@ -360,19 +404,14 @@ async fn pump(
     // already (a MOVED from a worker with an older view named it).
     let mut members = view.watch();
     let mut ended = view.expired(target);
-    let (ev_tx, mut events) = mpsc::unbounded_channel::<Option<Bytes>>();
+    // `Ok(None)`: the worker ended the stream; `Err`: it broke.
+    let (ev_tx, mut events) = mpsc::unbounded_channel::<Result<Option<Bytes>, ()>>();
     let reader = tokio::spawn(async move {
         loop {
-            match rpc::read_frame(&mut recv).await {
-                Ok(Some(body)) => {
-                    if ev_tx.send(Some(body)).is_err() {
-                        return;
-                    }
-                }
-                _ => {
-                    let _ = ev_tx.send(None);
-                    return;
-                }
+            let frame = rpc::read_frame(&mut recv).await.map_err(drop);
+            let more = matches!(frame, Ok(Some(_)));
+            if ev_tx.send(frame).is_err() || !more {
+                return;
             }
         }
     });
@@ -381,6 +420,7 @@ async fn pump(
     let mut moved_to: Option<Option<String>> = None;
     // The lane's sender goes only with the gateway; then finish what is due.
     let mut open = true;
+    let mut active = Instant::now();
     'pump: while !ended {
         if moved_to.is_none() {
             while let Some(o) = queue.pop_front() {
@@ -398,6 +438,15 @@ async fn pump(
             break;
         }
         tokio::select! {
+            // Nothing due but subscriptions nobody waits on: the stream goes.
+            _ = tokio::time::sleep_until(active + STREAM_IDLE), if moved_to.is_none() => {
+                let unwatched = |o: &Out| matches!(&o.reply, Reply::Watch(w) if w.receiver_count() == 0);
+                if due.values().all(unwatched) {
+                    due.clear();
+                    break;
+                }
+                active = Instant::now();
+            }
             _ = members.changed() => {
                 if !view.live().iter().any(|b| b.addr == target) {
                     ended = true;
@@ -405,11 +454,28 @@ async fn pump(
                 }
             }
             o = rx.recv(), if open && moved_to.is_none() => match o {
-                Some(o) => queue.push_back(o),
+                Some(o) => {
+                    active = Instant::now();
+                    queue.push_back(o);
+                }
                 None => open = false,
             },
             ev = events.recv() => {
-                let Some(Some(body)) = ev else { ended = true; break };
+                active = Instant::now();
+                let body = match ev {
+                    Some(Ok(Some(body))) => body,
+                    Some(Ok(None)) => {
+                        moved_to.get_or_insert(None);
+                        let unread: Vec<u64> =
+                            due.iter().filter(|(_, o)| !o.is_watch()).map(|(id, _)| *id).collect();
+                        moved.extend(unread.iter().filter_map(|id| due.remove(id)));
+                        break;
+                    }
+                    _ => {
+                        ended = true;
+                        break;
+                    }
+                };
                 stats.bytes_in.fetch_add(body.len() as u64, Relaxed);
                 let Ok((id, kind, value)) = rpc::parse_answer(body) else {
                     ended = true;

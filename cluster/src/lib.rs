@@ -26,6 +26,9 @@ pub mod rpc;
 pub mod server;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::RemoteShards;
 pub use gateways::Gateways;
 pub use members::{Timing, View};

@@ -21,7 +21,7 @@ use floe_worker::published::Published;
 use floe_worker::{Held, LocalWorker, Produced, Shards, WorkerError};
 use object_store::{ObjectStore, ObjectStoreExt};
 use opentelemetry::metrics::Meter;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -35,6 +35,11 @@ const CONNECTION_BYTES: usize = 64 * 1024 * 1024;
 /// A shard is handed to a newly preferred worker only after the view has
 /// said so this many beats running, so a brief disagreement moves nothing.
 const SETTLE_BEATS: u32 = 3;
+/// How long a leaving worker waits for its lanes to deliver their answers.
+const LANES_END: Duration = Duration::from_secs(10);
+/// How long an ending lane waits for the gateway to acknowledge its
+/// answers: closing the connection before then would lose them.
+const DELIVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// Load figures for `/metrics` and the autoscaler.
 #[derive(Default)]
@@ -76,9 +81,23 @@ pub struct Node {
     /// claim go: idle calls sent on a stale view are answered from here
     /// rather than load the shard again.
     unloaded: Mutex<HashMap<String, (Instant, Arc<Published>)>>,
-    /// Calls under way per tenant: an idle unload waits until there are
-    /// none, so no call reopens a shard this worker no longer claims.
-    busy: Mutex<HashMap<String, usize>>,
+    /// Calls admitted and not yet answered, per tenant, and the tenants
+    /// being handed over. A call is counted only while its shard is claimed
+    /// and not leaving (checked under the claims lock), so once a release
+    /// has seen the count at zero no call can reopen the shard here.
+    calls: Mutex<Calls>,
+    /// A tenant's count of calls went to zero.
+    calls_done: tokio::sync::Notify,
+    /// Set when leaving: lanes stop reading (see [`Node::drain`]).
+    stop: watch::Sender<bool>,
+    /// Lanes open, each until its last answer was delivered.
+    pub(crate) lanes: watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct Calls {
+    running: HashMap<String, usize>,
+    leaving: std::collections::HashSet<String>,
 }
 
 impl Node {
@@ -109,7 +128,10 @@ impl Node {
             idle_after,
             worked: Mutex::new(HashMap::new()),
             unloaded: Mutex::new(HashMap::new()),
-            busy: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Calls::default()),
+            calls_done: tokio::sync::Notify::new(),
+            stop: watch::Sender::new(false),
+            lanes: watch::Sender::new(0),
         });
         node.beat().await?;
         node.view.refresh().await?;
@@ -127,9 +149,15 @@ impl Node {
         lock(&self.claims).len()
     }
 
-    /// Writes this worker's beat now: address, claims, draining.
+    /// Writes this worker's beat now: address, claims, draining. A lease
+    /// that lapsed before the write, or while it was under way (another
+    /// worker may have taken the shards meanwhile), drops every shard
+    /// first: a late beat must not renew claims someone else now holds.
     async fn beat(&self) -> object_store::Result<()> {
         let _one = self.beating.lock().await;
+        if !self.lease_holds() {
+            self.drop_all("before writing the beat");
+        }
         let beat = Beat {
             id: self.id.clone(),
             addr: self.addr.clone(),
@@ -139,9 +167,31 @@ impl Node {
         };
         let started = Instant::now();
         members::put_beat(&*self.store, members::WORKERS, &beat).await?;
+        if !self.lease_holds() {
+            self.drop_all("while the beat was written");
+        }
         // The lease runs from when the write began, not when it ended.
         *lock(&self.beat_ok) = Some(started);
         Ok(())
+    }
+
+    /// Forgets every shard: the lease lapsed, so another worker may own
+    /// them now (its open fenced ours; nothing more is written here).
+    fn drop_all(&self, when: &str) {
+        let held = std::mem::take(&mut *lock(&self.claims));
+        if held.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            shards = held.len(),
+            "lease lapsed {when}: dropping every shard"
+        );
+        lock(&self.worked).clear();
+        for t in held {
+            if let Ok(t) = TenantId::new(&t) {
+                self.worker.forget(&t);
+            }
+        }
     }
 
     /// Whether this worker's lease still holds by its own clock.
@@ -157,24 +207,24 @@ impl Node {
             .clone()
     }
 
-    /// Whether this worker may serve `tenant` now; if not, where to ask.
-    async fn admit(&self, tenant: &TenantId) -> Result<(), Admit> {
+    /// Whether this worker may serve `tenant` now (the call then counts
+    /// as running until the guard drops); if not, where to ask.
+    async fn admit(self: &Arc<Self>, tenant: &TenantId) -> Result<Running, Admit> {
         if !self.lease_holds() {
-            return Err(Admit::Failed(WorkerError::Unavailable(
-                "this worker's lease lapsed; retry".into(),
-            )));
+            return Err(lapsed());
         }
         let name = tenant.as_str();
-        let claimed = lock(&self.claims).contains(name);
-        if claimed && self.worker.held(tenant) == Held::Healthy {
-            return Ok(());
+        if self.worker.held(tenant) == Held::Healthy {
+            if let Some(running) = self.enter(tenant) {
+                return Ok(running);
+            }
         }
         let gate = self.gate(tenant);
         let _one = gate.lock().await;
         let claimed = lock(&self.claims).contains(name);
         let held = self.worker.held(tenant);
         if claimed && held == Held::Healthy {
-            return Ok(());
+            return self.enter(tenant).ok_or_else(lapsed);
         }
         if held == Held::Failed || !claimed {
             // Fenced, or about to take the shard: ask the store who has it.
@@ -194,7 +244,7 @@ impl Node {
         }
         if claimed {
             // Our log failed for another reason: the worker reopens it.
-            return Ok(());
+            return self.enter(tenant).ok_or_else(lapsed);
         }
         let mine = !self.draining.load(Relaxed)
             && members::pick(name, self.candidates().iter()).is_some_and(|b| b.id == self.id);
@@ -209,11 +259,49 @@ impl Node {
                 "writing the claim: {e}"
             ))));
         }
+        // The beat may have found the lease lapsed and dropped every claim.
+        let running = self.enter(tenant).ok_or_else(lapsed)?;
         self.stats.acquired.fetch_add(1, Relaxed);
         lock(&self.unloaded).remove(name);
         self.worked(tenant);
         tracing::info!(%tenant, "claimed shard");
-        Ok(())
+        Ok(running)
+    }
+
+    /// Counts a call for `tenant` as running, if its shard is claimed and
+    /// not being handed over.
+    pub(crate) fn enter(self: &Arc<Self>, tenant: &TenantId) -> Option<Running> {
+        let name = tenant.as_str();
+        let claims = lock(&self.claims);
+        let mut calls = lock(&self.calls);
+        if !claims.contains(name) || calls.leaving.contains(name) {
+            return None;
+        }
+        *calls.running.entry(name.to_string()).or_default() += 1;
+        Some(Running {
+            node: self.clone(),
+            tenant: name.to_string(),
+        })
+    }
+
+    pub(crate) fn running(&self, name: &str) -> usize {
+        lock(&self.calls).running.get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits until no call for `name` is running, for at most `limit`.
+    async fn calls_end(&self, name: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let done = self.calls_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.running(name) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return false;
+            }
+        }
     }
 
     fn worked(&self, tenant: &TenantId) {
@@ -238,33 +326,23 @@ impl Node {
         live
     }
 
-    /// Counts a call under way for `tenant` until the guard drops. Taken
-    /// before `admit`, so an unload either sees it or the call sees the
-    /// claim gone (and claims the shard anew).
-    fn busy(self: &Arc<Self>, tenant: &TenantId) -> Busy {
-        *lock(&self.busy)
-            .entry(tenant.as_str().to_string())
-            .or_default() += 1;
-        Busy {
-            node: self.clone(),
-            tenant: tenant.as_str().to_string(),
-        }
-    }
-
     /// Hands a shard over: flush, checkpoint, drop the claim. An idle one
     /// also publishes its offsets for gateways (`unload`), unless a call
     /// is under way, and then it stays (for the next beat to try again).
-    async fn release(&self, tenant: &TenantId, idle: bool) {
+    /// A busy one takes no new calls (they wait at the gate, then go to
+    /// the new owner), its parked group requests are answered, and the
+    /// calls running finish first, so none reopens the shard here.
+    pub(crate) async fn release(&self, tenant: &TenantId, idle: bool) {
         let gate = self.gate(tenant);
         let _one = gate.lock().await;
         let name = tenant.as_str();
         let done = if idle {
-            // The claim goes first, then the count is read: a call counted
-            // after this read finds no claim and waits at the gate.
-            lock(&self.claims).remove(name);
-            if lock(&self.busy).get(name).is_some_and(|n| *n > 0) {
-                lock(&self.claims).insert(name.to_string());
-                return;
+            {
+                let mut claims = lock(&self.claims);
+                if lock(&self.calls).running.contains_key(name) {
+                    return;
+                }
+                claims.remove(name);
             }
             self.worker.unload(tenant).await.map(|p| {
                 if let Some(p) = p {
@@ -273,12 +351,19 @@ impl Node {
                 }
             })
         } else {
+            lock(&self.calls).leaving.insert(name.to_string());
+            self.worker.resign(tenant).await;
+            let limit = self.view.timing().lease / 2;
+            if !self.calls_end(name, limit).await {
+                tracing::warn!(%tenant, ?limit, "handing a shard over with calls still running");
+            }
             self.worker.release(tenant).await
         };
         if let Err(e) = done {
             tracing::warn!(%tenant, error = %e, "releasing shard");
         }
         lock(&self.claims).remove(name);
+        lock(&self.calls).leaving.remove(name);
         lock(&self.worked).remove(name);
         self.stats.released.fetch_add(1, Relaxed);
         if idle {
@@ -287,9 +372,15 @@ impl Node {
         tracing::info!(%tenant, idle, "released shard");
     }
 
-    /// Leaving (SIGTERM): take nothing new, hand every shard over, and
-    /// remove the beat, so the next owners replay nothing and need not
-    /// wait for a lease to expire.
+    /// Leaving (SIGTERM): take nothing new, hand every shard over, stop
+    /// the lanes, and remove the beat, so the next owners replay nothing
+    /// and need not wait for a lease to expire.
+    ///
+    /// A stopped lane reads no more calls, delivers the answers of those it
+    /// read, then ends its side of the stream: a gateway sends the calls
+    /// left unanswered elsewhere, as moved, since they were never read.
+    /// The beat goes last, so gateways do not take this worker for dead
+    /// (and fail those calls) while its answers are on their way.
     pub async fn drain(&self) {
         self.draining.store(true, Relaxed);
         let _ = self.beat().await;
@@ -300,6 +391,17 @@ impl Node {
             }
         }
         let _ = self.beat().await;
+        self.stop.send_replace(true);
+        let mut lanes = self.lanes.subscribe();
+        if tokio::time::timeout(LANES_END, lanes.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = *lanes.borrow(),
+                "lanes still open after {LANES_END:?}"
+            );
+        }
         if let Err(e) = self
             .store
             .delete(&members::beat_path(members::WORKERS, &self.id))
@@ -309,20 +411,9 @@ impl Node {
         }
     }
 
-    /// Renews the lease (the beat), first dropping every shard if it
-    /// lapsed. Returns whether the beat was written.
+    /// Renews the lease (the beat; see [`Node::beat`] for a lapsed one).
+    /// Returns whether the beat was written.
     async fn renew(&self) -> bool {
-        if !self.lease_holds() && self.owned() > 0 {
-            tracing::warn!("lease lapsed: dropping every shard");
-            let held: Vec<String> = std::mem::take(&mut *lock(&self.claims))
-                .into_iter()
-                .collect();
-            for t in held {
-                if let Ok(t) = TenantId::new(&t) {
-                    self.worker.forget(&t);
-                }
-            }
-        }
         let started = Instant::now();
         if let Err(e) = self.beat().await {
             tracing::warn!(error = %e, "writing the beat");
@@ -407,6 +498,7 @@ impl Node {
         id: u64,
         call: Call,
         tx: &mpsc::UnboundedSender<Bytes>,
+        lane_open: &watch::Receiver<bool>,
     ) -> Option<Call> {
         let name = tenant.as_str();
         let p = match lock(&self.unloaded).get(name) {
@@ -449,10 +541,12 @@ impl Node {
             // fresh view) once the view has had time to change.
             Call::Subscribe => {
                 let (tx, wait) = (tx.clone(), self.view.timing().refresh * 2);
+                let open = lane_open.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = tx.closed() => return,
+                        _ = lane_ended(open) => return,
                     }
                     let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr: None }));
                 });
@@ -469,21 +563,29 @@ impl Node {
     }
 }
 
-struct Busy {
+/// A call admitted for a tenant, counted until it is answered.
+pub(crate) struct Running {
     node: Arc<Node>,
     tenant: String,
 }
 
-impl Drop for Busy {
+impl Drop for Running {
     fn drop(&mut self) {
-        let mut busy = lock(&self.node.busy);
-        if let Some(n) = busy.get_mut(&self.tenant) {
+        let mut calls = lock(&self.node.calls);
+        if let Some(n) = calls.running.get_mut(&self.tenant) {
             *n -= 1;
             if *n == 0 {
-                busy.remove(&self.tenant);
+                calls.running.remove(&self.tenant);
+                self.node.calls_done.notify_waiters();
             }
         }
     }
+}
+
+fn lapsed() -> Admit {
+    Admit::Failed(WorkerError::Unavailable(
+        "this worker's lease lapsed; retry".into(),
+    ))
 }
 
 enum Admit {
@@ -550,6 +652,7 @@ async fn lane(
     mut recv: quinn::RecvStream,
     budget: Arc<Semaphore>,
 ) {
+    node.lanes.send_modify(|n| *n += 1);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let out = node.clone();
     let writer = tokio::spawn(async move {
@@ -559,10 +662,22 @@ async fn lane(
                 return;
             }
         }
-        let _ = send.finish();
+        // Every answer is written; the gateway takes the end of the stream
+        // to mean that calls still unanswered were never read.
+        if send.finish().is_ok() {
+            let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
+        }
     });
+    // Subscriptions end with the lane's reading side, so the answers'
+    // writer (which waits for them) ends too.
+    let (ended, lane_open) = watch::channel(false);
+    let mut stop = node.stop.subscribe();
     loop {
-        let body = match rpc::read_frame(&mut recv).await {
+        let read = tokio::select! {
+            r = rpc::read_frame(&mut recv) => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let body = match read {
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(e) => {
@@ -595,12 +710,11 @@ async fn lane(
         };
         node.stats.requests.fetch_add(1, Relaxed);
         node.stats.bytes_in.fetch_add(size as u64, Relaxed);
-        let Some(call) = node.answer_unloaded(&tenant, id, call, &tx) else {
+        let Some(call) = node.answer_unloaded(&tenant, id, call, &tx, &lane_open) else {
             continue;
         };
-        let busy = node.busy(&tenant);
-        match node.admit(&tenant).await {
-            Ok(()) => {}
+        let running = match node.admit(&tenant).await {
+            Ok(r) => r,
             Err(Admit::Moved(addr)) => {
                 node.stats.moved.fetch_add(1, Relaxed);
                 let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr }));
@@ -610,7 +724,7 @@ async fn lane(
                 let _ = tx.send(rpc::answer(id, rpc::FAILED, &e));
                 continue;
             }
-        }
+        };
         let work = call.is_work();
         if work {
             node.worked(&tenant);
@@ -636,7 +750,7 @@ async fn lane(
                             let r = accepted.durable().await;
                             let _ = tx.send(rpc::outcome::<Produced>(id, &r));
                             node.worked(&tenant);
-                            drop((permit, busy));
+                            drop((permit, running));
                         }
                         .instrument(span),
                     );
@@ -645,10 +759,12 @@ async fn lane(
                     let _ = tx.send(rpc::outcome::<Produced>(id, &Err(e)));
                 }
             },
-            // Not counted: it follows the shard and ends when it goes.
+            // Counted until subscribed (so it cannot reopen a shard
+            // handed over meanwhile), not after: it follows the shard and
+            // ends when the shard goes.
             Call::Subscribe => {
-                drop(busy);
-                tokio::spawn(subscription(worker, tenant, id, tx));
+                let open = lane_open.clone();
+                tokio::spawn(subscription(worker, tenant, id, tx, running, open));
             }
             call => {
                 let node = node.clone();
@@ -660,15 +776,22 @@ async fn lane(
                         if work {
                             node.worked(&tenant);
                         }
-                        drop((permit, busy));
+                        drop((permit, running));
                     }
                     .instrument(span),
                 );
             }
         }
     }
+    ended.send_replace(true);
     drop(tx);
     let _ = writer.await;
+    node.lanes.send_modify(|n| *n -= 1);
+}
+
+/// Resolves once the lane that `open` watches stopped reading.
+async fn lane_ended(mut open: watch::Receiver<bool>) {
+    let _ = open.wait_for(|ended| *ended).await;
 }
 
 /// Sends the shard's durable counter whenever it moves; when the shard
@@ -678,8 +801,12 @@ async fn subscription(
     tenant: TenantId,
     id: u64,
     tx: mpsc::UnboundedSender<Bytes>,
+    running: Running,
+    lane_open: watch::Receiver<bool>,
 ) {
-    let mut rx = match worker.subscribe(&tenant).await {
+    let subscribed = worker.subscribe(&tenant).await;
+    drop(running);
+    let mut rx = match subscribed {
         Ok(rx) => rx,
         Err(e) => {
             let _ = tx.send(rpc::answer(id, rpc::FAILED, &e));
@@ -694,6 +821,7 @@ async fn subscription(
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
             _ = tx.closed() => return,
+            _ = lane_ended(lane_open.clone()) => return,
         }
     }
     let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr: None }));

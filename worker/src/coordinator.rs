@@ -7,6 +7,7 @@
 //! recovers every group from there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,6 +57,9 @@ pub struct Coordinator {
     changed: Notify,
     /// `group.initial.rebalance.delay.ms` of new groups.
     initial_delay: Duration,
+    /// The shard is going to another owner: parked requests were answered
+    /// and new ones are not parked (see [`Coordinator::resign`]).
+    resigned: AtomicBool,
 }
 
 type Waiting<T> = HashMap<String, oneshot::Sender<Result<T, GroupError>>>;
@@ -102,12 +106,40 @@ impl Coordinator {
             groups: Mutex::new(groups),
             changed: Notify::new(),
             initial_delay,
+            resigned: AtomicBool::new(false),
         }
+    }
+
+    /// The shard is leaving this process: answers every parked JoinGroup
+    /// and SyncGroup with COORDINATOR_NOT_AVAILABLE at once, as Kafka's
+    /// coordinator does when it resigns, so members find the new owner now
+    /// rather than when their rebalance timeout ends (and so a hand-over
+    /// need not wait for them). Later joins and syncs on this shard are
+    /// answered the same way.
+    pub async fn resign(&self) {
+        self.resigned.store(true, Relaxed);
+        let mut groups = self.groups.lock().await;
+        for slot in groups.values_mut() {
+            for (_, tx) in slot.joins.drain() {
+                let _ = tx.send(Err(GroupError::CoordinatorNotAvailable));
+            }
+            for (_, tx) in slot.syncs.drain() {
+                let _ = tx.send(Err(GroupError::CoordinatorNotAvailable));
+            }
+        }
+    }
+
+    fn refuse_if_resigned(&self) -> Result<(), GroupError> {
+        if self.resigned.load(Relaxed) {
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        Ok(())
     }
 
     pub async fn join(&self, log: &ShardLog, group: &str, j: Join) -> Result<Joined, GroupError> {
         let (parked, settled) = {
             let mut groups = self.groups.lock().await;
+            self.refuse_if_resigned()?;
             let created = !groups.contains_key(group);
             let slot = groups
                 .entry(group.to_string())
@@ -140,6 +172,7 @@ impl Coordinator {
     ) -> Result<Bytes, GroupError> {
         let (parked, settled) = {
             let mut groups = self.groups.lock().await;
+            self.refuse_if_resigned()?;
             let Some(slot) = groups.get_mut(group) else {
                 return Err(GroupError::UnknownMemberId);
             };

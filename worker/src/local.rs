@@ -415,6 +415,22 @@ impl LocalWorker {
             .remove(tenant);
         if let Some(shard) = gone {
             shard.log.abandon();
+            tokio::spawn(async move { shard.groups.resign().await });
+        }
+    }
+
+    /// Answers the shard's parked group requests (they would otherwise
+    /// wait out their rebalance timeout here): it is about to be handed
+    /// over. The shard stays open.
+    pub async fn resign(&self, tenant: &TenantId) {
+        let shard = self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned();
+        if let Some(shard) = shard {
+            shard.groups.resign().await;
         }
     }
 
@@ -435,6 +451,7 @@ impl LocalWorker {
             .unwrap_or_else(|p| p.into_inner())
             .remove(tenant);
         let Some(shard) = gone else { return Ok(None) };
+        shard.groups.resign().await;
         shard.log.close().await?;
         Ok(Some(shard))
     }
@@ -515,6 +532,7 @@ impl LocalWorker {
             .map(|(_, s)| s)
             .collect();
         for shard in shards {
+            shard.groups.resign().await;
             if let Err(e) = shard.log.close().await {
                 tracing::warn!(error = %e, "closing shard");
             }

@@ -1,0 +1,391 @@
+//! A gateway's lanes and workers' leases together, in one process: nodes
+//! and a `RemoteShards` over real QUIC on loopback, sharing an in-memory
+//! store that can hold chosen PUTs back.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use floe_common::TenantId;
+use floe_worker::{GroupError, Held, Join, LocalWorker, NewTopic, Shards, WorkerConfig};
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use tokio::sync::Notify;
+use tokio::time::{timeout, Instant};
+
+use crate::members::{self, Timing};
+use crate::tls::{self, Identity};
+use crate::{lock, Node, RemoteShards, View};
+
+const TIMING: Timing = Timing {
+    beat: Duration::from_millis(100),
+    lease: Duration::from_millis(1000),
+    refresh: Duration::from_millis(100),
+};
+
+/// An in-memory store whose next PUTs under a prefix wait first.
+struct Stall {
+    inner: InMemory,
+    /// (prefix, delay, PUTs left to hold back)
+    armed: Mutex<Option<(String, Duration, usize)>>,
+    /// A held-back PUT began.
+    started: Notify,
+}
+
+impl Stall {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: InMemory::new(),
+            armed: Mutex::new(None),
+            started: Notify::new(),
+        })
+    }
+
+    fn arm(&self, prefix: &str, delay: Duration, puts: usize) {
+        *lock(&self.armed) = Some((prefix.to_string(), delay, puts));
+    }
+
+    fn delay_for(&self, location: &Path) -> Option<Duration> {
+        let mut armed = lock(&self.armed);
+        let (prefix, delay, left) = armed.as_mut()?;
+        if *left == 0 || !location.as_ref().starts_with(prefix.as_str()) {
+            return None;
+        }
+        *left -= 1;
+        self.started.notify_one();
+        Some(*delay)
+    }
+}
+
+impl fmt::Debug for Stall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Stall")
+    }
+}
+
+impl fmt::Display for Stall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Stall")
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Stall {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if let Some(d) = self.delay_for(location) {
+            tokio::time::sleep(d).await;
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+struct Cluster {
+    _certs: tempfile::TempDir,
+    id: Identity,
+    store: Arc<Stall>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let certs = tempfile::tempdir().expect("temp dir");
+        tls::init(certs.path()).expect("cluster init");
+        let id = Identity::load(certs.path()).expect("identity");
+        Self {
+            _certs: certs,
+            id,
+            store: Stall::new(),
+        }
+    }
+
+    async fn worker(&self, cfg: WorkerConfig) -> (Arc<Node>, quinn::Endpoint) {
+        let server = crate::endpoint(
+            loopback(),
+            Some(self.id.server().expect("server")),
+            self.id.client().expect("client"),
+        )
+        .expect("endpoint");
+        let addr = server.local_addr().expect("bound");
+        let store: Arc<dyn ObjectStore> = self.store.clone();
+        let worker = Arc::new(LocalWorker::new(store.clone(), cfg));
+        let node = Node::start(worker, store, TIMING, server.clone(), addr, None)
+            .await
+            .expect("node");
+        (node, server)
+    }
+
+    /// A gateway whose view refreshes only when `refreshing`.
+    async fn gateway(&self, refreshing: bool) -> RemoteShards {
+        let store: Arc<dyn ObjectStore> = self.store.clone();
+        let view = View::new(store.clone(), TIMING);
+        view.refresh().await.expect("view");
+        if refreshing {
+            view.spawn_refresh();
+        }
+        let ep =
+            crate::endpoint(loopback(), None, self.id.client().expect("client")).expect("endpoint");
+        RemoteShards::new(ep, view, store)
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("an address")
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).expect("a tenant id")
+}
+
+/// A tenant whose shard the gateway's view places on `node`.
+fn placed_on(gw: &RemoteShards, node: &Node) -> TenantId {
+    (0..1000)
+        .map(|i| tenant(&format!("t{i}")))
+        .find(|t| {
+            gw.view()
+                .route(t.as_str(), None)
+                .is_some_and(|b| b.id == node.id())
+        })
+        .expect("some tenant lands on each of two workers")
+}
+
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_answers_parked_joins_and_waits_for_running_calls() {
+    let c = Cluster::new();
+    // A new group's first join waits out this delay: a parked call.
+    let cfg = WorkerConfig {
+        group_initial_rebalance_delay: Duration::from_secs(60),
+        ..WorkerConfig::default()
+    };
+    let (a, _ep) = c.worker(cfg).await;
+    let gw = Arc::new(c.gateway(true).await);
+    let t = tenant("acme");
+    gw.topics(&t).await.expect("topics");
+
+    let join = Join {
+        member_id: String::new(),
+        instance_id: None,
+        client_id: "c".into(),
+        client_host: "h".into(),
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), bytes::Bytes::new())],
+        session_timeout: Duration::from_secs(30),
+        rebalance_timeout: Duration::from_secs(60),
+        require_known_member_id: false,
+    };
+    let joining = tokio::spawn({
+        let (gw, t) = (gw.clone(), t.clone());
+        async move { gw.join_group(&t, "g", join).await }
+    });
+    eventually("the join is parked", || a.running(t.as_str()) == 1).await;
+
+    // A call under way holds the hand-over back; a parked join does not.
+    let call = a.enter(&t).expect("claimed");
+    let releasing = tokio::spawn({
+        let (a, t) = (a.clone(), t.clone());
+        async move { a.release(&t, false).await }
+    });
+    let joined = timeout(Duration::from_secs(5), joining)
+        .await
+        .expect("the parked join is answered at once, not after 60 s")
+        .expect("task");
+    assert!(
+        matches!(joined, Ok(Err(GroupError::CoordinatorNotAvailable))),
+        "{joined:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!releasing.is_finished(), "released under a running call");
+    assert_eq!(a.worker.held(&t), Held::Healthy);
+    assert!(a.enter(&t).is_none(), "a call admitted during a hand-over");
+
+    drop(call);
+    timeout(Duration::from_secs(5), releasing)
+        .await
+        .expect("released once the call ended")
+        .expect("task");
+    assert_eq!(a.worker.held(&t), Held::No);
+    assert_eq!(a.owned(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beat_written_after_the_lease_lapsed_renews_no_claim() {
+    let c = Cluster::new();
+    let (a, _ep) = c.worker(WorkerConfig::default()).await;
+    let gw = Arc::new(c.gateway(true).await);
+    let (first, second) = (tenant("first"), tenant("second"));
+    gw.topics(&first).await.expect("topics");
+    assert_eq!(a.worker.held(&first), Held::Healthy);
+
+    // The next beat takes longer than the lease: other workers may take
+    // this one's shards while it is under way.
+    c.store.arm(members::WORKERS, TIMING.lease * 3 / 2, 1);
+    timeout(Duration::from_secs(5), c.store.started.notified())
+        .await
+        .expect("a beat began");
+    // A claim made meanwhile waits for that beat, then writes its own.
+    let claimed = timeout(Duration::from_secs(10), gw.topics(&second))
+        .await
+        .expect("answered");
+
+    assert_eq!(
+        a.worker.held(&first),
+        Held::No,
+        "a shard kept across a lapsed lease"
+    );
+    for t in [&first, &second] {
+        if a.worker.held(t) == Held::Healthy {
+            assert!(a.enter(t).is_some(), "{t} is open but not claimed");
+        }
+    }
+    if claimed.is_err() {
+        // Refused as retriable; a retry claims it afresh.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.topics(&second).await.is_err() {
+            assert!(Instant::now() < deadline, "never claimed again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_lane_gives_its_stream_back_and_is_forgotten() {
+    let c = Cluster::new();
+    let (a, _ep) = c.worker(WorkerConfig::default()).await;
+    let gw = c.gateway(true).await;
+    let t = tenant("acme");
+    gw.topics(&t).await.expect("topics");
+    assert_eq!(*a.lanes.borrow(), 1);
+    eventually("the stream is given back", || *a.lanes.borrow() == 0).await;
+    eventually("the lane is forgotten", || lock(&gw.inner.lanes).is_empty()).await;
+    gw.topics(&t).await.expect("served again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_worker_delivers_what_it_answered_and_moves_the_rest() {
+    let c = Cluster::new();
+    let (a, a_ep) = c.worker(WorkerConfig::default()).await;
+    let (b, _b_ep) = c.worker(WorkerConfig::default()).await;
+    // Refreshed by hand: the view goes on naming the leaving worker.
+    let gw = Arc::new(c.gateway(false).await);
+    gw.view().refresh().await.expect("view");
+    let t = placed_on(&gw, &a);
+    gw.topics(&t).await.expect("topics");
+
+    // A write under way when the worker is told to leave.
+    let wal = format!("{}/wal/", floe_common::shard_prefix(&t, 0));
+    c.store.arm(&wal, Duration::from_millis(500), 1);
+    let creating = tokio::spawn({
+        let (gw, t) = (gw.clone(), t.clone());
+        async move {
+            let topic = NewTopic {
+                name: "events".into(),
+                partitions: 1,
+                configs: Default::default(),
+                validate_only: false,
+            };
+            gw.create_topic(&t, topic).await
+        }
+    });
+    timeout(Duration::from_secs(5), c.store.started.notified())
+        .await
+        .expect("the write began");
+    a.drain().await;
+    // As `floe worker` does once drained.
+    a_ep.close(0u32.into(), b"leaving");
+    let created = timeout(Duration::from_secs(5), creating)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert!(created.is_ok(), "an answer lost on leaving: {created:?}");
+
+    // The next owner has it.
+    gw.view().refresh().await.expect("view");
+    let topics = gw.topics(&t).await.expect("topics");
+    assert!(topics.iter().any(|m| m.name == "events"));
+    assert_eq!(b.worker.held(&t), Held::Healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_a_stopped_lane_never_read_goes_on_to_the_next_owner() {
+    let c = Cluster::new();
+    let (a, _a_ep) = c.worker(WorkerConfig::default()).await;
+    let (b, _b_ep) = c.worker(WorkerConfig::default()).await;
+    let gw = Arc::new(c.gateway(false).await);
+    gw.view().refresh().await.expect("view");
+    let t = placed_on(&gw, &a);
+    gw.topics(&t).await.expect("topics");
+
+    // Drained, its endpoint still up, and the gateway's view not yet
+    // refreshed: the next call goes to it, on a lane that reads nothing.
+    a.drain().await;
+    let asking = tokio::spawn({
+        let (gw, t) = (gw.clone(), t.clone());
+        async move { gw.topics(&t).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.view().refresh().await.expect("view");
+    let answer = timeout(Duration::from_secs(5), asking)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(b.worker.held(&t), Held::Healthy);
+}
