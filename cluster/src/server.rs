@@ -67,8 +67,9 @@ pub struct Node {
     /// When the last beat was written.
     beat_ok: Mutex<Option<Instant>>,
     /// One beat write at a time: each carries the claims as they were when
-    /// it began and lands after every one begun before it.
-    beating: tokio::sync::Mutex<()>,
+    /// it began and lands after every one begun before it. True once the
+    /// beat was removed on leaving: none is written after.
+    beating: tokio::sync::Mutex<bool>,
     beat_n: AtomicU64,
     /// Beats running in which each claimed tenant had another pick.
     unsettled: Mutex<HashMap<String, u32>>,
@@ -121,7 +122,7 @@ impl Node {
             claims: Mutex::new(BTreeSet::new()),
             changing: Mutex::new(HashMap::new()),
             beat_ok: Mutex::new(None),
-            beating: tokio::sync::Mutex::new(()),
+            beating: tokio::sync::Mutex::new(false),
             beat_n: AtomicU64::new(0),
             unsettled: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -154,7 +155,10 @@ impl Node {
     /// worker may have taken the shards meanwhile), drops every shard
     /// first: a late beat must not renew claims someone else now holds.
     async fn beat(&self) -> object_store::Result<()> {
-        let _one = self.beating.lock().await;
+        let left = self.beating.lock().await;
+        if *left {
+            return Ok(());
+        }
         if !self.lease_holds() {
             self.drop_all("before writing the beat");
         }
@@ -402,6 +406,8 @@ impl Node {
                 "lanes still open after {LANES_END:?}"
             );
         }
+        let mut left = self.beating.lock().await;
+        *left = true;
         if let Err(e) = self
             .store
             .delete(&members::beat_path(members::WORKERS, &self.id))

@@ -13,6 +13,7 @@ use floe_worker::{GroupError, Held, Join, LocalWorker, NewTopic, Shards, WorkerC
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
@@ -355,6 +356,10 @@ async fn a_leaving_worker_delivers_what_it_answered_and_moves_the_rest() {
         .expect("answered")
         .expect("task");
     assert!(created.is_ok(), "an answer lost on leaving: {created:?}");
+    // Its beat is gone and stays gone.
+    tokio::time::sleep(TIMING.beat * 3).await;
+    let beat = members::beat_path(members::WORKERS, a.id());
+    assert!(c.store.head(&beat).await.is_err(), "the beat came back");
 
     // The next owner has it.
     gw.view().refresh().await.expect("view");
