@@ -1028,6 +1028,63 @@ mod owner_tests {
         b.check_owner().await.expect("b owns the shard");
         assert_eq!(b.get(b"k1"), Some(Bytes::from_static(b"v")));
     }
+
+    /// A claimant that created `epoch/{n+1}` and died before fencing
+    /// anything leaves owner n able to write but not to checkpoint: owner n
+    /// stops at its next checkpoint, and the shard opens again under n+2.
+    #[tokio::test]
+    async fn an_owner_stops_when_a_newer_epoch_appears_even_if_nobody_fenced_it() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig {
+            checkpoint_every: 2,
+            ..LogConfig::default()
+        };
+        let prefix = Path::from("s");
+        let a = ShardLog::open(store.clone(), prefix.clone(), cfg.clone())
+            .await
+            .expect("open a");
+        let newer = epoch_path(&prefix, a.epoch() + 1);
+        object_store::ObjectStoreExt::put(
+            &store,
+            &newer,
+            Bytes::from_static(b"a claimant that died").into(),
+        )
+        .await
+        .expect("put");
+        // Its appends still succeed (no tombstone stops them), until the
+        // checkpoint after the second flush finds the newer epoch.
+        let mut acked = Vec::new();
+        for i in 0..20 {
+            let key = format!("k{i}");
+            let ok = match a.append(vec![put(&key)]).await {
+                Ok(x) => x.durable().await.is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                acked.push(key);
+            }
+            if a.failed().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(a.failed(), Some(Error::Fenced), "the owner wrote on");
+
+        let b = ShardLog::open(store.clone(), prefix, cfg)
+            .await
+            .expect("open again");
+        assert_eq!(b.epoch(), a.epoch() + 2);
+        for key in &acked {
+            assert!(b.get(key.as_bytes()).is_some(), "{key} was acknowledged");
+        }
+        b.append(vec![put("after")])
+            .await
+            .expect("append")
+            .durable()
+            .await
+            .expect("durable");
+        b.close().await.expect("checkpoints again");
+    }
 }
 
 /// Runs `call` on the background runtime, if the log has one.

@@ -371,6 +371,8 @@ impl Maintainer {
         if inner.superseded().await? {
             tracing::info!(prefix = %inner.prefix, "a newer owner exists; no more deletes from this one");
             self.retired = true;
+            // As a checkpoint that finds one does.
+            super::flush::fence(&mut inner.lock());
             return Ok(false);
         }
         self.checked_ckpt = Some(ckpt);

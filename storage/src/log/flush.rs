@@ -240,7 +240,15 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
             put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
         }
     };
-    super::background(inner.cfg.background.as_ref(), calls).await?;
+    let written = super::background(inner.cfg.background.as_ref(), calls).await;
+    if let Err(Error::Fenced) = written {
+        // A newer epoch exists: whether its owner lives on or died before
+        // fencing this one, this owner stops, so its shard is opened anew
+        // (under a newer epoch still) rather than written on without
+        // checkpoints or sweeps until something else reopens it.
+        fence(&mut inner.lock());
+    }
+    written?;
     inner
         .cfg
         .stats
