@@ -56,6 +56,7 @@ const TAG_APPEND_TXN: u8 = 9;
 const TAG_METER: u8 = 10;
 const TAG_METER_CLOSE: u8 = 11;
 const TAG_METER_DONE: u8 = 12;
+const TAG_EXPIRE_PRODUCERS: u8 = 13;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +184,10 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
             Entry::MeterDone { window } => {
                 meta.put_u8(TAG_METER_DONE);
                 meta.put_i64(*window);
+            }
+            Entry::ExpireProducers { before_ms } => {
+                meta.put_u8(TAG_EXPIRE_PRODUCERS);
+                meta.put_i64(*before_ms);
             }
         }
     }
@@ -406,6 +411,9 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
             TAG_METER_CLOSE => Entry::MeterClose { end: meta.i64()? },
             TAG_METER_DONE => Entry::MeterDone {
                 window: meta.i64()?,
+            },
+            TAG_EXPIRE_PRODUCERS => Entry::ExpireProducers {
+                before_ms: meta.i64()?,
             },
             _ => return Err(Corrupt("wal entry tag")),
         };
@@ -822,6 +830,9 @@ mod tests {
             },
             Entry::MeterClose { end: 7_200_000 },
             Entry::MeterDone { window: 3_600_000 },
+            Entry::ExpireProducers {
+                before_ms: 1_700_000_000_000,
+            },
             Entry::Append {
                 stream: StreamId(1),
                 base_offset: 3,

@@ -103,6 +103,12 @@ pub enum Entry {
     MeterDone {
         window: i64,
     },
+    /// Forgets every producer whose last append was accepted before
+    /// `before_ms` (wall clock) and that has no open transaction: expiry,
+    /// as a point in the log, so a replay forgets the same ones there.
+    ExpireProducers {
+        before_ms: i64,
+    },
 }
 
 /// Batches `from..to` of one stream, back to back in a data object, the last

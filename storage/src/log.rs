@@ -466,22 +466,32 @@ impl ShardLog {
         Ok(s.producers.iter().map(|(&id, p)| (id, p.clone())).collect())
     }
 
-    /// Forgets producers idle for `producer_expiry`, and counts them.
-    fn expire_producers(&self) {
+    /// Forgets producers idle for `producer_expiry`, and counts them. An
+    /// entry of the log, appended only when some are idle (so an idle shard
+    /// settles): a checkpoint and a replay of the same objects agree on
+    /// which producers a retry meets.
+    async fn expire_producers(&self) {
         let Some(ttl) = self.inner.cfg.producer_expiry else {
             return;
         };
-        let before = now_ms().saturating_sub(ttl.as_millis() as i64);
-        let mut core = self.inner.lock();
-        // Idle in the live state means idle in the durable one too.
-        let idle = core.live.idle_producers(before);
-        core.live.forget_producers(&idle);
-        core.durable.forget_producers(&idle);
-        self.inner
-            .cfg
-            .stats
-            .expired_producers
-            .fetch_add(idle.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let before_ms = now_ms().saturating_sub(ttl.as_millis() as i64);
+        let idle = self.inner.lock().live.idle_producers(before_ms).len();
+        if idle == 0 {
+            return;
+        }
+        match self
+            .append(vec![Entry::ExpireProducers { before_ms }])
+            .await
+        {
+            Ok(_) => {
+                self.inner
+                    .cfg
+                    .stats
+                    .expired_producers
+                    .fetch_add(idle as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "expiring producers"),
+        }
     }
 
     /// The last stable offset of a stream (durable): below it every
@@ -766,7 +776,8 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
             | Entry::Sweep { .. }
             | Entry::Meter { .. }
             | Entry::MeterClose { .. }
-            | Entry::MeterDone { .. } => {}
+            | Entry::MeterDone { .. }
+            | Entry::ExpireProducers { .. } => {}
         }
     }
     Ok(())
@@ -989,6 +1000,7 @@ mod tests {
 #[cfg(test)]
 mod owner_tests {
     use super::*;
+    use crate::producers::{Producer, Txn};
     use object_store::memory::InMemory;
 
     fn put(key: &str) -> Entry {
@@ -1027,6 +1039,89 @@ mod owner_tests {
         assert!(a.append(vec![put("k3")]).await.is_err());
         b.check_owner().await.expect("b owns the shard");
         assert_eq!(b.get(b"k1"), Some(Bytes::from_static(b"v")));
+    }
+
+    /// Expiry is an entry of the log: an owner that replays the objects of
+    /// one that expired a producer (no checkpoint since) forgets it too.
+    #[tokio::test]
+    async fn a_replay_forgets_the_producers_the_owner_expired() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig {
+            producer_expiry: Some(Duration::from_secs(3600)),
+            maintain_every: Duration::from_millis(20),
+            checkpoint_every: 1_000,
+            ..LogConfig::default()
+        };
+        let prefix = Path::from("s");
+        let a = ShardLog::open(store.clone(), prefix.clone(), cfg.clone())
+            .await
+            .expect("open a");
+        let stream = StreamId(1);
+        let append = |id: i64, time_ms: i64| Entry::Append {
+            stream,
+            base_offset: 0,
+            offsets: 1,
+            max_timestamp: 0,
+            producer: Some(Producer {
+                id,
+                epoch: 0,
+                first_seq: 0,
+                time_ms,
+                txn: Txn::No,
+            }),
+            data: Bytes::from_static(&[0; 16]),
+        };
+        let idle_since = now_ms() - 2 * 3600 * 1000;
+        let entries = vec![
+            Entry::CreateStream { stream },
+            append(1, idle_since),
+            append(2, now_ms()),
+        ];
+        a.append(entries)
+            .await
+            .expect("append")
+            .durable()
+            .await
+            .expect("durable");
+        let ids = |log: &ShardLog| -> Vec<i64> {
+            let mut ids: Vec<i64> = log
+                .producers(stream)
+                .expect("stream")
+                .iter()
+                .map(|p| p.0)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ids(&a) != [2] {
+            assert!(
+                Instant::now() < deadline,
+                "producer 1 never expired: {:?}",
+                ids(&a)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Durable before the next owner replays.
+        a.append(vec![put("after")])
+            .await
+            .expect("append")
+            .durable()
+            .await
+            .expect("durable");
+
+        // No checkpoint since the expiry (A is not closed): B replays it.
+        let b = ShardLog::open(
+            store,
+            prefix,
+            LogConfig {
+                producer_expiry: None,
+                ..cfg
+            },
+        )
+        .await
+        .expect("open b");
+        assert_eq!(ids(&b), [2], "the replay brought an expired producer back");
     }
 
     /// A claimant that created `epoch/{n+1}` and died before fencing

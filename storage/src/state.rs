@@ -276,6 +276,10 @@ impl State {
                     self.meters.remove(window);
                 }
             }
+            Entry::ExpireProducers { before_ms } => {
+                let idle = self.idle_producers(*before_ms);
+                self.forget_producers(&idle);
+            }
         }
     }
 
@@ -349,9 +353,8 @@ impl State {
         idle
     }
 
-    /// Forgets producers (expiry). Not an entry: replay may bring one back,
-    /// to be forgotten again, which only keeps it longer.
-    pub fn forget_producers(&mut self, which: &[(StreamId, i64)]) {
+    /// Forgets producers (see [`Entry::ExpireProducers`]).
+    fn forget_producers(&mut self, which: &[(StreamId, i64)]) {
         for (stream, id) in which {
             if let Some(s) = self.streams.get_mut(stream) {
                 s.producers.remove(id);

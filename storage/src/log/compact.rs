@@ -82,7 +82,7 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
         if let Err(e) = m.sweep().await {
             tracing::warn!(error = %e, "sweep failed");
         }
-        m.log.expire_producers();
+        m.log.expire_producers().await;
     }
 }
 
