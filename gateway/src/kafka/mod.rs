@@ -572,7 +572,7 @@ async fn read_frame(
     max: u32,
     room: &Arc<Semaphore>,
     tenant: Option<(Arc<Semaphore>, usize)>,
-    conn: &Conn,
+    conn: &Arc<Conn>,
 ) -> Result<Option<Framed>, String> {
     let mut len = [0u8; 4];
     match rd.read_exact(&mut len).await {
@@ -584,18 +584,9 @@ async fn read_frame(
     if len < 0 || len as u32 > max {
         return Err(format!("request size {len} outside 0..={max}"));
     }
-    let held = room
-        .clone()
-        .acquire_many_owned((len as usize).min(MAX_PIPELINED_BYTES) as u32)
-        .await
-        .map_err(|e| e.to_string())?;
+    let held = room_for(room, (len as usize).min(MAX_PIPELINED_BYTES), conn).await?;
     let tenant_held = match tenant {
-        Some((bytes, most)) => Some(
-            bytes
-                .acquire_many_owned((len as usize).min(most) as u32)
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
+        Some((bytes, most)) => Some(room_for(&bytes, (len as usize).min(most), conn).await?),
         None => None,
     };
     // Read into spare capacity: zeroing a megabyte first costs as much as
@@ -611,6 +602,25 @@ async fn read_frame(
         }
     }
     Ok(Some((buf.freeze(), held, tenant_held)))
+}
+
+/// `n` bytes of `room`. Waiting for them is not idleness: the gateway
+/// holds the client back (its own requests, or its tenant's other
+/// connections, hold the bytes).
+async fn room_for(
+    room: &Arc<Semaphore>,
+    n: usize,
+    conn: &Arc<Conn>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    if let Ok(p) = room.clone().try_acquire_many_owned(n) {
+        return Ok(p);
+    }
+    let _waiting = Written::new(conn);
+    room.clone()
+        .acquire_many_owned(n)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// What a frame asks for, once past the version gate.
@@ -1097,6 +1107,40 @@ mod tests {
     use super::*;
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::{Encodable, Request, StrBytes};
+
+    /// A frame waiting for room in its tenant's bound keeps its connection
+    /// busy, not idle, until the room comes and the frame is read.
+    #[tokio::test]
+    async fn waiting_for_the_tenants_room_is_not_idleness() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let mut frame = 4u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(b"body");
+        client.write_all(&frame).await.expect("written");
+        let conn = Arc::new(Conn::new());
+        let room = Arc::new(Semaphore::new(MAX_PIPELINED_BYTES));
+        let tenant = Arc::new(Semaphore::new(0)); // the other connections hold it all
+        let reading = read_frame(
+            &mut server,
+            1024,
+            &room,
+            Some((tenant.clone(), 1024)),
+            &conn,
+        );
+        tokio::pin!(reading);
+        tokio::select! {
+            _ = &mut reading => panic!("read without the tenant's room"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        assert_eq!(
+            conn.in_progress.load(Relaxed),
+            1,
+            "a waiting frame counts as idle"
+        );
+        tenant.add_permits(4);
+        let (body, _, _) = reading.await.expect("read").expect("a frame");
+        assert_eq!(&body[..], b"body");
+        assert_eq!(conn.in_progress.load(Relaxed), 0);
+    }
 
     /// Over TLS, an answer larger than the socket takes at once arrives
     /// whole, though the client reads slowly and no other answer follows:
