@@ -421,17 +421,23 @@ async fn pump(
     // The lane's sender goes only with the gateway; then finish what is due.
     let mut open = true;
     let mut active = Instant::now();
-    'pump: while !ended {
-        if moved_to.is_none() {
+    // The worker stopped taking calls on this stream (it stopped reading,
+    // or the connection went): nothing more is sent, but the answers and
+    // the end of the stream still say which calls were served.
+    let mut refused = false;
+    while !ended {
+        if moved_to.is_none() && !refused {
             while let Some(o) = queue.pop_front() {
                 if send.write_chunk(o.frame.clone()).await.is_err() {
                     queue.push_front(o);
-                    ended = true;
-                    break 'pump;
+                    refused = true;
+                    break;
                 }
                 due.insert(o.id, o);
             }
-        } else if due.values().all(Out::is_watch) {
+        }
+        if (moved_to.is_some() || refused) && due.values().all(Out::is_watch) {
+            ended |= refused && moved_to.is_none();
             break;
         }
         if !open && due.is_empty() {
@@ -442,7 +448,13 @@ async fn pump(
             _ = tokio::time::sleep_until(active + STREAM_IDLE), if moved_to.is_none() => {
                 let unwatched = |o: &Out| matches!(&o.reply, Reply::Watch(w) if w.receiver_count() == 0);
                 if due.values().all(unwatched) {
-                    due.clear();
+                    // A long-poll that subscribed meanwhile wakes and asks
+                    // again, on a new subscription.
+                    for o in std::mem::take(&mut due).into_values() {
+                        if let Reply::Watch(w) = o.reply {
+                            w.send_modify(|n| *n += 1);
+                        }
+                    }
                     break;
                 }
                 active = Instant::now();

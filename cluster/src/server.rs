@@ -162,21 +162,26 @@ impl Node {
         if !self.lease_holds() {
             self.drop_all("before writing the beat");
         }
-        let beat = Beat {
-            id: self.id.clone(),
-            addr: self.addr.clone(),
-            n: self.beat_n.fetch_add(1, Relaxed) + 1,
-            claims: lock(&self.claims).iter().cloned().collect(),
-            draining: self.draining.load(Relaxed),
-        };
-        let started = Instant::now();
-        members::put_beat(&*self.store, members::WORKERS, &beat).await?;
-        if !self.lease_holds() {
+        loop {
+            let beat = Beat {
+                id: self.id.clone(),
+                addr: self.addr.clone(),
+                n: self.beat_n.fetch_add(1, Relaxed) + 1,
+                claims: lock(&self.claims).iter().cloned().collect(),
+                draining: self.draining.load(Relaxed),
+            };
+            let started = Instant::now();
+            members::put_beat(&*self.store, members::WORKERS, &beat).await?;
+            let lapsed = !self.lease_holds();
+            // The lease runs from when the write began, not when it ended.
+            *lock(&self.beat_ok) = Some(started);
+            if !lapsed || beat.claims.is_empty() {
+                return Ok(());
+            }
+            // It advertises claims now dropped: say so at once, before other
+            // workers take them for ours.
             self.drop_all("while the beat was written");
         }
-        // The lease runs from when the write began, not when it ended.
-        *lock(&self.beat_ok) = Some(started);
-        Ok(())
     }
 
     /// Forgets every shard: the lease lapsed, so another worker may own
@@ -193,6 +198,7 @@ impl Node {
         lock(&self.worked).clear();
         for t in held {
             if let Ok(t) = TenantId::new(&t) {
+                self.worker.keep_closed(&t);
                 self.worker.forget(&t);
             }
         }
@@ -240,6 +246,7 @@ impl Node {
         if let Some(other) = self.view.claimant(name, &self.id) {
             if claimed {
                 tracing::info!(%tenant, owner = %other.id, "another worker took the shard");
+                self.worker.keep_closed(tenant);
                 self.worker.forget(tenant);
                 lock(&self.claims).remove(name);
                 let _ = self.beat().await;
@@ -256,7 +263,15 @@ impl Node {
             let elsewhere = self.view.route(name, Some(&self.id));
             return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
         }
-        lock(&self.claims).insert(name.to_string());
+        {
+            // Checked again under the lock a drain takes its list under.
+            let mut claims = lock(&self.claims);
+            if self.draining.load(Relaxed) {
+                let elsewhere = self.view.route(name, Some(&self.id));
+                return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+            }
+            claims.insert(name.to_string());
+        }
         if let Err(e) = self.beat().await {
             lock(&self.claims).remove(name);
             return Err(Admit::Failed(WorkerError::Unavailable(format!(
@@ -265,6 +280,7 @@ impl Node {
         }
         // The beat may have found the lease lapsed and dropped every claim.
         let running = self.enter(tenant).ok_or_else(lapsed)?;
+        self.worker.may_open(tenant);
         self.stats.acquired.fetch_add(1, Relaxed);
         lock(&self.unloaded).remove(name);
         self.worked(tenant);
@@ -348,6 +364,7 @@ impl Node {
                 }
                 claims.remove(name);
             }
+            self.worker.keep_closed(tenant);
             self.worker.unload(tenant).await.map(|p| {
                 if let Some(p) = p {
                     let entry = (Instant::now(), Arc::new(p));
@@ -361,6 +378,7 @@ impl Node {
             if !self.calls_end(name, limit).await {
                 tracing::warn!(%tenant, ?limit, "handing a shard over with calls still running");
             }
+            self.worker.keep_closed(tenant);
             self.worker.release(tenant).await
         };
         if let Err(e) = done {
@@ -388,11 +406,22 @@ impl Node {
     pub async fn drain(&self) {
         self.draining.store(true, Relaxed);
         let _ = self.beat().await;
-        let held: Vec<String> = lock(&self.claims).iter().cloned().collect();
-        for t in held {
-            if let Ok(t) = TenantId::new(&t) {
-                self.release(&t, false).await;
-            }
+        // Every shard stops taking calls and answers its parked ones first,
+        // so their running calls end together, not one shard after another.
+        let held: Vec<TenantId> = {
+            let claims = lock(&self.claims);
+            let mut calls = lock(&self.calls);
+            calls.leaving.extend(claims.iter().cloned());
+            claims
+                .iter()
+                .filter_map(|t| TenantId::new(t).ok())
+                .collect()
+        };
+        for t in &held {
+            self.worker.resign(t).await;
+        }
+        for t in &held {
+            self.release(t, false).await;
         }
         let _ = self.beat().await;
         self.stop.send_replace(true);
@@ -641,7 +670,9 @@ async fn accept(node: Arc<Node>, endpoint: quinn::Endpoint) {
             loop {
                 match conn.accept_bi().await {
                     Ok((send, recv)) => {
-                        tokio::spawn(lane(node.clone(), send, recv, budget.clone()));
+                        // Counted before it runs, so a drain waits for it.
+                        let open = LaneOpen::new(&node);
+                        tokio::spawn(lane(node.clone(), send, recv, budget.clone(), open));
                     }
                     Err(_) => return,
                 }
@@ -657,20 +688,25 @@ async fn lane(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     budget: Arc<Semaphore>,
+    _open: LaneOpen,
 ) {
-    node.lanes.send_modify(|n| *n += 1);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    let out = node.clone();
+    let broken = Arc::new(AtomicBool::new(false));
+    let out = (node.clone(), broken.clone());
     let writer = tokio::spawn(async move {
+        let (node, broken) = out;
         while let Some(frame) = rx.recv().await {
-            out.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+            node.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
             if send.write_chunk(frame).await.is_err() {
                 return;
             }
         }
-        // Every answer is written; the gateway takes the end of the stream
-        // to mean that calls still unanswered were never read.
-        if send.finish().is_ok() {
+        // The gateway takes a finished stream to mean that calls still
+        // unanswered were never read, and sends them elsewhere; a call read
+        // and left unanswered (a panic, a bad frame) resets it instead.
+        if broken.load(Relaxed) {
+            let _ = send.reset(0u32.into());
+        } else if send.finish().is_ok() {
             let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
         }
     });
@@ -688,17 +724,17 @@ async fn lane(
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "reading a lane");
+                broken.store(true, Relaxed);
                 break;
             }
         };
-        let size = body.len();
-        let permit = match budget
-            .clone()
-            .acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX))
-            .await
-        {
-            Ok(p) => p,
-            Err(_) => break,
+        let size = body.len().min(CONNECTION_BYTES);
+        let permit = tokio::select! {
+            p = budget.clone().acquire_many_owned(u32::try_from(size).unwrap_or(u32::MAX)) => p.ok(),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(permit) = permit else {
+            break; // Leaving: the call was not acted on.
         };
         let (
             id,
@@ -711,6 +747,7 @@ async fn lane(
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "an undecodable RPC request; closing the lane");
+                broken.store(true, Relaxed);
                 break;
             }
         };
@@ -719,15 +756,20 @@ async fn lane(
         let Some(call) = node.answer_unloaded(&tenant, id, call, &tx, &lane_open) else {
             continue;
         };
+        let answer = Answer {
+            tx: tx.clone(),
+            broken: broken.clone(),
+            sent: false,
+        };
         let running = match node.admit(&tenant).await {
             Ok(r) => r,
             Err(Admit::Moved(addr)) => {
                 node.stats.moved.fetch_add(1, Relaxed);
-                let _ = tx.send(rpc::answer(id, rpc::MOVED, &Moved { addr }));
+                answer.send(rpc::answer(id, rpc::MOVED, &Moved { addr }));
                 continue;
             }
             Err(Admit::Failed(e)) => {
-                let _ = tx.send(rpc::answer(id, rpc::FAILED, &e));
+                answer.send(rpc::answer(id, rpc::FAILED, &e));
                 continue;
             }
         };
@@ -754,21 +796,20 @@ async fn lane(
                     tokio::spawn(
                         async move {
                             let r = accepted.durable().await;
-                            let _ = tx.send(rpc::outcome::<Produced>(id, &r));
+                            answer.send(rpc::outcome::<Produced>(id, &r));
                             node.worked(&tenant);
                             drop((permit, running));
                         }
                         .instrument(span),
                     );
                 }
-                Err(e) => {
-                    let _ = tx.send(rpc::outcome::<Produced>(id, &Err(e)));
-                }
+                Err(e) => answer.send(rpc::outcome::<Produced>(id, &Err(e))),
             },
             // Counted until subscribed (so it cannot reopen a shard
             // handed over meanwhile), not after: it follows the shard and
             // ends when the shard goes.
             Call::Subscribe => {
+                answer.owes_nothing();
                 let open = lane_open.clone();
                 tokio::spawn(subscription(worker, tenant, id, tx, running, open));
             }
@@ -777,7 +818,7 @@ async fn lane(
                 tokio::spawn(
                     async move {
                         let frame = dispatch(&*worker, &tenant, id, call).await;
-                        let _ = tx.send(frame);
+                        answer.send(frame);
                         // A parked call (a join phase) is work until it ends.
                         if work {
                             node.worked(&tenant);
@@ -792,7 +833,50 @@ async fn lane(
     ended.send_replace(true);
     drop(tx);
     let _ = writer.await;
-    node.lanes.send_modify(|n| *n -= 1);
+}
+
+/// Counts a lane as open (see [`Node::drain`]) until it drops.
+struct LaneOpen(Arc<Node>);
+
+impl LaneOpen {
+    fn new(node: &Arc<Node>) -> Self {
+        node.lanes.send_modify(|n| *n += 1);
+        Self(node.clone())
+    }
+}
+
+impl Drop for LaneOpen {
+    fn drop(&mut self) {
+        self.0.lanes.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Where one call's answer goes. Dropped unsent (a panic), it marks the
+/// lane broken, so its stream is reset rather than finished.
+struct Answer {
+    tx: mpsc::UnboundedSender<Bytes>,
+    broken: Arc<AtomicBool>,
+    sent: bool,
+}
+
+impl Answer {
+    fn send(mut self, frame: Bytes) {
+        self.sent = true;
+        let _ = self.tx.send(frame);
+    }
+
+    /// A subscription's answers are updates, sent as they come.
+    fn owes_nothing(mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.broken.store(true, Relaxed);
+        }
+    }
 }
 
 /// Resolves once the lane that `open` watches stopped reading.
@@ -1117,10 +1201,9 @@ mod tests {
             let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
                 .await
                 .unwrap_or_else(|_| panic!("{what}: the stream stayed open"));
-            assert!(
-                answer.as_ref().map_or(true, |b| b.is_empty()),
-                "{what}: answered {answer:?}"
-            );
+            // Reset, not finished: a finished stream would tell the gateway
+            // that its calls were never read, and it would send them again.
+            assert!(answer.is_err(), "{what}: answered {answer:?}");
         }
         // The connection and the worker carry on.
         assert_eq!(

@@ -264,6 +264,12 @@ async fn a_hand_over_answers_parked_joins_and_waits_for_running_calls() {
         .expect("task");
     assert_eq!(a.worker.held(&t), Held::No);
     assert_eq!(a.owned(), 0);
+    // A call that reaches the worker late does not open the shard again;
+    // one admitted anew (the shard claimed again) does.
+    assert!(a.worker.topics(&t).await.is_err(), "reopened after the hand-over");
+    assert_eq!(a.worker.held(&t), Held::No);
+    gw.topics(&t).await.expect("claimed again");
+    assert_eq!(a.worker.held(&t), Held::Healthy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

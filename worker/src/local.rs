@@ -101,6 +101,9 @@ pub struct LocalWorker {
     totals: Arc<Totals>,
     /// Deleted tenants: their shards never open again here.
     deleted: Mutex<std::collections::HashSet<TenantId>>,
+    /// Shards this process handed over or dropped and must not open again
+    /// until its owner layer claims them anew ([`LocalWorker::keep_closed`]).
+    closed: Mutex<std::collections::HashSet<TenantId>>,
     /// The Wasm engine, made when a transform first needs it.
     runtime: std::sync::OnceLock<Arc<floe_runtime::Runtime>>,
     /// The quota policy of each tenant's plan (none unless given).
@@ -265,6 +268,7 @@ impl LocalWorker {
             opening: Mutex::new(HashMap::new()),
             totals: Arc::default(),
             deleted: Mutex::default(),
+            closed: Mutex::default(),
             runtime: Default::default(),
             policy_of: Arc::new(|_: &TenantId| None),
             policy_stats: Arc::default(),
@@ -339,6 +343,16 @@ impl LocalWorker {
             )));
         }
         if self
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant)
+        {
+            return Err(WorkerError::Unavailable(
+                "the shard moved to another worker; retry".into(),
+            ));
+        }
+        if self
             .open
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -402,6 +416,20 @@ impl LocalWorker {
     pub fn held_tenants(&self) -> Vec<TenantId> {
         let open = self.open.read().unwrap_or_else(|p| p.into_inner());
         open.keys().cloned().collect()
+    }
+
+    /// From now on the tenant's shard is not opened here (a call that was
+    /// admitted before a hand-over and reaches the worker after it would
+    /// otherwise reopen it, fencing the new owner), until [`Self::may_open`].
+    pub fn keep_closed(&self, tenant: &TenantId) {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        closed.insert(tenant.clone());
+    }
+
+    /// The tenant's shard may be opened here again: it was claimed anew.
+    pub fn may_open(&self, tenant: &TenantId) {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        closed.remove(tenant);
     }
 
     /// Drops a shard without writing anything: another owner has it (its
