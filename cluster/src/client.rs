@@ -437,7 +437,8 @@ async fn pump(
             }
         }
         if (moved_to.is_some() || refused) && due.values().all(Out::is_watch) {
-            ended |= refused && moved_to.is_none();
+            // A worker that stopped taking calls: route again, after a pause.
+            moved_to.get_or_insert(None);
             break;
         }
         if !open && due.is_empty() {
@@ -523,9 +524,10 @@ async fn pump(
                         match o.reply {
                             Reply::Once(tx) => { let _ = tx.send(Ok((kind, value))); }
                             Reply::Produced(tx) => { let _ = tx.send(rpc::value(kind, &value)); }
-                            // A subscription the worker refused: the next
-                            // subscribe starts another.
-                            Reply::Watch(_) => {}
+                            // A subscription the worker refused: its
+                            // long-polls wake, and the next subscribe
+                            // starts another.
+                            Reply::Watch(w) => w.send_modify(|n| *n += 1),
                         }
                     }
                 }

@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -187,7 +190,15 @@ impl Node {
     /// Forgets every shard: the lease lapsed, so another worker may own
     /// them now (its open fenced ours; nothing more is written here).
     fn drop_all(&self, when: &str) {
-        let held = std::mem::take(&mut *lock(&self.claims));
+        let held = {
+            let mut claims = lock(&self.claims);
+            // Closed while the claims are still held: a call admitted
+            // before cannot open them again after (see `enter`).
+            for t in claims.iter().filter_map(|t| TenantId::new(t).ok()) {
+                self.worker.keep_closed(&t);
+            }
+            std::mem::take(&mut *claims)
+        };
         if held.is_empty() {
             return;
         }
@@ -198,7 +209,6 @@ impl Node {
         lock(&self.worked).clear();
         for t in held {
             if let Ok(t) = TenantId::new(&t) {
-                self.worker.keep_closed(&t);
                 self.worker.forget(&t);
             }
         }
@@ -220,10 +230,16 @@ impl Node {
     /// Whether this worker may serve `tenant` now (the call then counts
     /// as running until the guard drops); if not, where to ask.
     async fn admit(self: &Arc<Self>, tenant: &TenantId) -> Result<Running, Admit> {
+        let name = tenant.as_str();
+        // Leaving (its lease no longer renewed once its beat is gone): a
+        // shard it no longer holds is another worker's to take.
+        if self.draining.load(Relaxed) && !lock(&self.claims).contains(name) {
+            let elsewhere = self.view.route(name, Some(&self.id));
+            return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+        }
         if !self.lease_holds() {
             return Err(lapsed());
         }
-        let name = tenant.as_str();
         if self.worker.held(tenant) == Held::Healthy {
             if let Some(running) = self.enter(tenant) {
                 return Ok(running);
@@ -234,7 +250,7 @@ impl Node {
         let claimed = lock(&self.claims).contains(name);
         let held = self.worker.held(tenant);
         if claimed && held == Held::Healthy {
-            return self.enter(tenant).ok_or_else(lapsed);
+            return self.admit_call(tenant, false);
         }
         if held == Held::Failed || !claimed {
             // Fenced, or about to take the shard: ask the store who has it.
@@ -255,7 +271,7 @@ impl Node {
         }
         if claimed {
             // Our log failed for another reason: the worker reopens it.
-            return self.enter(tenant).ok_or_else(lapsed);
+            return self.admit_call(tenant, false);
         }
         let mine = !self.draining.load(Relaxed)
             && members::pick(name, self.candidates().iter()).is_some_and(|b| b.id == self.id);
@@ -279,8 +295,7 @@ impl Node {
             ))));
         }
         // The beat may have found the lease lapsed and dropped every claim.
-        let running = self.enter(tenant).ok_or_else(lapsed)?;
-        self.worker.may_open(tenant);
+        let running = self.admit_call(tenant, true)?;
         self.stats.acquired.fetch_add(1, Relaxed);
         lock(&self.unloaded).remove(name);
         self.worked(tenant);
@@ -291,14 +306,34 @@ impl Node {
     /// Counts a call for `tenant` as running, if its shard is claimed and
     /// not being handed over.
     pub(crate) fn enter(self: &Arc<Self>, tenant: &TenantId) -> Option<Running> {
+        self.admit_call(tenant, false).ok()
+    }
+
+    /// [`Node::enter`], saying why not: a shard being handed over sends the
+    /// call on (as moved), one no longer claimed (the lease lapsed) fails it
+    /// as retriable. `claimed_now`: the shard was just claimed, so it may be
+    /// opened here again (cleared under the same lock `drop_all` closes it
+    /// under).
+    fn admit_call(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        claimed_now: bool,
+    ) -> Result<Running, Admit> {
         let name = tenant.as_str();
         let claims = lock(&self.claims);
         let mut calls = lock(&self.calls);
-        if !claims.contains(name) || calls.leaving.contains(name) {
-            return None;
+        if !claims.contains(name) {
+            return Err(lapsed());
+        }
+        if calls.leaving.contains(name) {
+            let elsewhere = self.view.route(name, Some(&self.id));
+            return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+        }
+        if claimed_now {
+            self.worker.may_open(tenant);
         }
         *calls.running.entry(name.to_string()).or_default() += 1;
-        Some(Running {
+        Ok(Running {
             node: self.clone(),
             tenant: name.to_string(),
         })
@@ -530,19 +565,19 @@ impl Node {
     fn answer_unloaded(
         self: &Arc<Self>,
         tenant: &TenantId,
-        id: u64,
         call: Call,
-        tx: &mpsc::UnboundedSender<Bytes>,
+        answer: Answer,
         lane_open: &watch::Receiver<bool>,
-    ) -> Option<Call> {
+    ) -> Option<(Call, Answer)> {
         let name = tenant.as_str();
         let p = match lock(&self.unloaded).get(name) {
             Some((_, p)) if !call.is_work() => p.clone(),
-            _ => return Some(call),
+            _ => return Some((call, answer)),
         };
         if lock(&self.claims).contains(name) || self.view.claimant(name, &self.id).is_some() {
-            return Some(call);
+            return Some((call, answer));
         }
+        let id = answer.id;
         let frame = match &call {
             Call::Topics => rpc::answer(id, rpc::DONE, &p.topics),
             Call::LeaderEpoch => rpc::answer(id, rpc::DONE, &p.leader_epoch),
@@ -554,7 +589,7 @@ impl Node {
                 ..
             } => match p.fetch_at_end(topic, *partition, *offset, *committed) {
                 Some(r) => rpc::answer(id, rpc::DONE, &r),
-                None => return Some(call),
+                None => return Some((call, answer)),
             },
             Call::ListOffset {
                 topic,
@@ -563,7 +598,7 @@ impl Node {
                 committed,
             } => match p.list_offset(topic, *partition, *timestamp, *committed) {
                 Some(r) => rpc::answer(id, rpc::DONE, &r),
-                None => return Some(call),
+                None => return Some((call, answer)),
             },
             Call::Heartbeat { group, member } if p.heartbeat_ok(group, member) => {
                 rpc::answer(id, rpc::DONE, &Ok::<(), floe_worker::GroupError>(()))
@@ -575,7 +610,8 @@ impl Node {
             // A long-poll: ends (the gateway subscribes anew, by then on a
             // fresh view) once the view has had time to change.
             Call::Subscribe => {
-                let (tx, wait) = (tx.clone(), self.view.timing().refresh * 2);
+                let (tx, wait) = (answer.tx.clone(), self.view.timing().refresh * 2);
+                answer.owes_nothing();
                 let open = lane_open.clone();
                 tokio::spawn(async move {
                     tokio::select! {
@@ -587,9 +623,9 @@ impl Node {
                 });
                 return None;
             }
-            _ => return Some(call),
+            _ => return Some((call, answer)),
         };
-        let _ = tx.send(frame);
+        answer.send(frame);
         None
     }
 
@@ -688,13 +724,15 @@ async fn lane(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     budget: Arc<Semaphore>,
-    _open: LaneOpen,
+    open: LaneOpen,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let broken = Arc::new(AtomicBool::new(false));
     let out = (node.clone(), broken.clone());
+    // The writer ends last (after every answer, even if this task panics),
+    // so it holds the lane's place in the count a drain waits on.
     let writer = tokio::spawn(async move {
-        let (node, broken) = out;
+        let (node, broken, _open) = (out.0, out.1, open);
         while let Some(frame) = rx.recv().await {
             node.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
             if send.write_chunk(frame).await.is_err() {
@@ -702,9 +740,10 @@ async fn lane(
             }
         }
         // The gateway takes a finished stream to mean that calls still
-        // unanswered were never read, and sends them elsewhere; a call read
-        // and left unanswered (a panic, a bad frame) resets it instead.
-        if broken.load(Relaxed) {
+        // unanswered were never read, and sends them elsewhere; a frame that
+        // could not be read or decoded (its call unknown, so unanswerable)
+        // resets it instead.
+        if broken.load(Acquire) {
             let _ = send.reset(0u32.into());
         } else if send.finish().is_ok() {
             let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
@@ -724,7 +763,7 @@ async fn lane(
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "reading a lane");
-                broken.store(true, Relaxed);
+                broken.store(true, Release);
                 break;
             }
         };
@@ -747,19 +786,19 @@ async fn lane(
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "an undecodable RPC request; closing the lane");
-                broken.store(true, Relaxed);
+                broken.store(true, Release);
                 break;
             }
         };
         node.stats.requests.fetch_add(1, Relaxed);
         node.stats.bytes_in.fetch_add(size as u64, Relaxed);
-        let Some(call) = node.answer_unloaded(&tenant, id, call, &tx, &lane_open) else {
-            continue;
-        };
         let answer = Answer {
+            id,
             tx: tx.clone(),
-            broken: broken.clone(),
             sent: false,
+        };
+        let Some((call, answer)) = node.answer_unloaded(&tenant, call, answer, &lane_open) else {
+            continue;
         };
         let running = match node.admit(&tenant).await {
             Ok(r) => r,
@@ -851,11 +890,12 @@ impl Drop for LaneOpen {
     }
 }
 
-/// Where one call's answer goes. Dropped unsent (a panic), it marks the
-/// lane broken, so its stream is reset rather than finished.
+/// Where one call's answer goes. Dropped unsent (a panic), it answers
+/// FAILED, retriable: every call a lane read is answered, so a finished
+/// stream still means that calls left unanswered were never read.
 struct Answer {
+    id: u64,
     tx: mpsc::UnboundedSender<Bytes>,
-    broken: Arc<AtomicBool>,
     sent: bool,
 }
 
@@ -874,7 +914,8 @@ impl Answer {
 impl Drop for Answer {
     fn drop(&mut self) {
         if !self.sent {
-            self.broken.store(true, Relaxed);
+            let e = WorkerError::Unavailable("the call failed on the worker; retry".into());
+            let _ = self.tx.send(rpc::answer(self.id, rpc::FAILED, &e));
         }
     }
 }

@@ -266,7 +266,10 @@ async fn a_hand_over_answers_parked_joins_and_waits_for_running_calls() {
     assert_eq!(a.owned(), 0);
     // A call that reaches the worker late does not open the shard again;
     // one admitted anew (the shard claimed again) does.
-    assert!(a.worker.topics(&t).await.is_err(), "reopened after the hand-over");
+    assert!(
+        a.worker.topics(&t).await.is_err(),
+        "reopened after the hand-over"
+    );
     assert_eq!(a.worker.held(&t), Held::No);
     gw.topics(&t).await.expect("claimed again");
     assert_eq!(a.worker.held(&t), Held::Healthy);
@@ -283,14 +286,19 @@ async fn a_beat_written_after_the_lease_lapsed_renews_no_claim() {
 
     // The next beat takes longer than the lease: other workers may take
     // this one's shards while it is under way.
-    c.store.arm(members::WORKERS, TIMING.lease * 3 / 2, 1);
+    let stall = TIMING.lease * 3 / 2;
+    c.store.arm(members::WORKERS, stall, 1);
     timeout(Duration::from_secs(5), c.store.started.notified())
         .await
         .expect("a beat began");
-    // A claim made meanwhile waits for that beat, then writes its own.
+    let began = Instant::now();
+    // A claim made meanwhile waits for that beat, then writes its own (or,
+    // on a slow machine, finds the lease already lapsed and is refused).
     let claimed = timeout(Duration::from_secs(10), gw.topics(&second))
         .await
         .expect("answered");
+    // Once the slow beat has landed:
+    tokio::time::sleep_until(began + stall + Duration::from_millis(300)).await;
 
     assert_eq!(
         a.worker.held(&first),

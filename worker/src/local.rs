@@ -368,10 +368,21 @@ impl LocalWorker {
             &self.cfg,
             self.totals.clone(),
         ));
-        self.open
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.clone(), shard.clone());
+        {
+            // Checked again with the open: a hand-over or a lapsed lease
+            // during a slow replay closed it, and `forget` found nothing.
+            let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            if closed.contains(tenant) {
+                shard.log.abandon();
+                return Err(WorkerError::Unavailable(
+                    "the shard moved to another worker; retry".into(),
+                ));
+            }
+            self.open
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone(), shard.clone());
+        }
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
         tokio::spawn(usage::ticks(
             Arc::downgrade(&shard),
