@@ -36,6 +36,8 @@ pub struct Admin<W> {
     pub checker: std::sync::OnceLock<Arc<floe_runtime::Runtime>>,
     /// Set when the process is shutting down.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Each tenant's connections on this gateway (its event streams count).
+    pub connections: Arc<crate::kafka::slots::Slots>,
 }
 
 /// An answer: status and JSON body.
@@ -313,6 +315,11 @@ impl<W: Shards> Admin<W> {
             meter: self.worker.clone(),
             body_timeout: self.http_timeout,
             base: format!("{scheme}://{host}"),
+            connections: self.connections.clone(),
+            connection_quota: self
+                .registry
+                .limits(tenant.as_str())
+                .and_then(|q| q.connections),
             tenant,
             stop: self.stop.clone(),
         };

@@ -96,6 +96,12 @@ impl<W> Gateway<W> {
         }
     }
 
+    /// Each tenant's connections here, for the HTTP listener's event
+    /// streams to count in the same quota.
+    pub fn connections(&self) -> Arc<kafka::slots::Slots> {
+        self.connections.clone()
+    }
+
     pub fn with_peers(mut self, peers: Arc<floe_cluster::Gateways>) -> Self {
         self.peers = Some(peers);
         self

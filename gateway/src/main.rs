@@ -918,6 +918,7 @@ impl Front {
             https: http_tls.is_some(),
             checker: Default::default(),
             stop: stop_rx.clone(),
+            connections: gateway.connections(),
         });
         let http_task = tokio::spawn(floe_gateway::http::serve(
             http_listener,

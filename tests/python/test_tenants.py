@@ -572,6 +572,72 @@ def test_http_produce_and_fetch_are_held_to_the_byte_quotas(tenants):
     assert status == 200 and json.loads(text)["high_watermark"] == 1, text
 
 
+def test_event_streams_count_in_the_connection_quota(tenants):
+    """An HTTP event stream is a connection held open: past the tenant's
+    `connections` quota the next one is answered 429 with Retry-After, the
+    other tenant's streams are not affected, and a stream that ends makes
+    room for the next."""
+    import base64
+    import http.client
+    from kafka.admin import NewTopic
+    floe, keys = tenants
+    for tenant in ("acme", "globex"):
+        a = KafkaAdminClient(**sasl(floe, keys[tenant], "PLAIN"))
+        a.create_topics([NewTopic("ev", 1, 1)])
+        a.close()
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"connections": 2})[0] == 200
+
+    def auth(key):
+        return "Basic " + base64.b64encode(f"{key[0]}:{key[1]}".encode()).decode()
+
+    def stream(key):
+        """An open event stream's connection and status."""
+        c = http.client.HTTPConnection("127.0.0.1", floe.http_port, timeout=10)
+        c.request("GET", "/v1/topics/ev/events?from=earliest",
+                  headers={"Authorization": auth(key)})
+        r = c.getresponse()
+        if r.status != 200:
+            r.read()
+        return c, r
+
+    # The admin client's connections may still be counted for a moment.
+    held, deadline = [], time.time() + 10
+    while len(held) < 2:
+        c, r = stream(keys["acme"])
+        if r.status == 200:
+            held.append(c)
+        else:
+            c.close()
+            assert time.time() < deadline, r.status
+            time.sleep(0.2)
+    c, r = stream(keys["acme"])
+    assert r.status == 429 and int(r.getheader("retry-after")) >= 1, r.status
+    c.close()
+    other, r = stream(keys["globex"])
+    assert r.status == 200
+    other.close()
+    # A stream whose client left ends at its next write: a record makes one.
+    held.pop().close()
+    body = json.dumps({"partition_id": 0, "value": {"type": "STRING", "data": "x"}})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{floe.http_port}/v3/clusters/floe-acme/topics/ev/records",
+        method="POST", data=body.encode(),
+        headers={"Authorization": auth(keys["acme"]), "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    deadline = time.time() + 20
+    while True:
+        c, r = stream(keys["acme"])
+        if r.status == 200:
+            break
+        c.close()
+        assert time.time() < deadline, "no room after a stream ended"
+        time.sleep(0.5)
+    c.close()
+    for c in held:
+        c.close()
+
+
 def test_https_with_http_tls():
     """With --http-tls the HTTP listener speaks HTTPS with the Kafka
     listener's certificate: basic auth travels encrypted."""

@@ -482,6 +482,21 @@ async fn plan_quota_policies_throttle_and_refuse_and_fail_open() {
             .is_some_and(|e| e.contains("PolicyViolation")),
         "{refused:?}"
     );
+    // Over HTTP too: 429, the policy's reason, and when to retry. (Should
+    // the window end meanwhile, its successor's first request is decided
+    // by the refusal in force.)
+    let answer = f
+        .http_bytes(
+            "POST",
+            "/v3/clusters/floe-metered/topics/in/records",
+            &[&metered.basic(), "Content-Type: application/json"],
+            br#"{"partition_id":0,"value":{"type":"STRING","data":"x"}}"#,
+        )
+        .expect("answered");
+    let head = answer.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 429"), "{answer}");
+    assert!(head.contains("retry-after: 1\r\n"), "{answer}");
+    assert!(answer.contains("quota policy"), "{answer}");
     assert_eq!(produce_one(&bp, "in", &kib).await, None);
 
     // A policy that never answers fails open: the native limits decide

@@ -30,7 +30,7 @@ mod metadata;
 mod produce;
 mod producers;
 mod sasl;
-pub(crate) mod slots;
+pub mod slots;
 mod transactions;
 mod versions;
 

@@ -1,5 +1,6 @@
-//! Each tenant's logged-in Kafka connections on this gateway: how many, within
-//! its `connections` quota, and the request bytes they may hold together.
+//! Each tenant's logged-in Kafka connections and HTTP event streams on this
+//! gateway: how many, within its `connections` quota, and the request bytes
+//! the Kafka connections may hold together.
 //! The gateway's `--max-connections` and its memory are shared by every
 //! tenant; without bounds per tenant one of them could take it all and lock
 //! the others out.

@@ -145,6 +145,19 @@ pub async fn stream<W: Shards>(
         Ok(s) => s,
         Err(m) => return json_reply(error(StatusCode::BAD_REQUEST, None, m)),
     };
+    // A stream is a connection held open, like a Kafka consumer's: it
+    // counts in the tenant's `connections` quota while it lasts.
+    let slot = match c.connections.take(&c.tenant, c.connection_quota) {
+        Ok(slot) => slot,
+        Err(open) => {
+            let m = format!(
+                "connection quota reached: tenant {} already has {open} connections and \
+                 event streams here, as many as its quota allows",
+                c.tenant
+            );
+            return json_reply(error(StatusCode::TOO_MANY_REQUESTS, None, m));
+        }
+    };
     let meta = match c.worker.topics(&c.tenant).await {
         Ok(all) => all.into_iter().find(|t| t.name == topic),
         Err(e) => return json_reply(worker_error(&e)),
@@ -200,6 +213,7 @@ pub async fn stream<W: Shards>(
         last_commit: Instant::now(),
         done: false,
         wait: std::time::Duration::ZERO,
+        _slot: slot,
     };
     let events = stream::unfold(tail, |mut t| async move {
         let chunk = t.next().await?;
@@ -240,6 +254,8 @@ struct Tail<W> {
     done: bool,
     /// How long the tenant must wait before it is served more.
     wait: std::time::Duration,
+    /// Its place among the tenant's connections, until the stream ends.
+    _slot: crate::kafka::slots::Slot,
 }
 
 impl<W: Shards> Tail<W> {

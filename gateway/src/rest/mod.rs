@@ -65,6 +65,10 @@ pub struct Caller<W> {
     pub base: String,
     /// Set when the process is shutting down: event streams end.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The tenant's connections here: an event stream holds one.
+    pub connections: Arc<crate::kafka::slots::Slots>,
+    /// The tenant's `connections` quota.
+    pub connection_quota: Option<u64>,
 }
 
 impl<W> Clone for Caller<W> {
@@ -76,6 +80,8 @@ impl<W> Clone for Caller<W> {
             body_timeout: self.body_timeout,
             base: self.base.clone(),
             stop: self.stop.clone(),
+            connections: self.connections.clone(),
+            connection_quota: self.connection_quota,
         }
     }
 }
@@ -184,9 +190,14 @@ pub fn reply(answer: Answer, content_type: &'static str) -> Reply {
             hyper::header::HeaderValue::from_static(content_type),
         );
     }
-    // Unavailable means a shard is moving or its store is failing: worth
-    // another try soon, and clients that honour Retry-After wait that long.
-    if answer.0 == StatusCode::SERVICE_UNAVAILABLE {
+    // Unavailable means a shard is moving or its store is failing, and a
+    // 429 made here is a quota policy's refusal, which lasts the rest of its
+    // one-second window: both are worth another try soon, and clients that
+    // honour Retry-After wait that long. (A throttle's 429 says how long.)
+    if matches!(
+        answer.0,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
         r.headers_mut().insert(
             hyper::header::RETRY_AFTER,
             hyper::header::HeaderValue::from_static("1"),
