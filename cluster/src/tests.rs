@@ -200,6 +200,25 @@ fn placed_on(gw: &RemoteShards, node: &Node) -> TenantId {
         .expect("some tenant lands on each of two workers")
 }
 
+/// Workers `a` and `b`, a gateway whose view refreshes only by hand (so
+/// it goes on naming a worker that left), and a tenant served by `a`.
+struct Two {
+    a: Arc<Node>,
+    a_ep: quinn::Endpoint,
+    b: Arc<Node>,
+    gw: Arc<RemoteShards>,
+}
+
+async fn two_workers(c: &Cluster) -> (Two, TenantId, quinn::Endpoint) {
+    let (a, a_ep) = c.worker(WorkerConfig::default()).await;
+    let (b, b_ep) = c.worker(WorkerConfig::default()).await;
+    let gw = Arc::new(c.gateway(false).await);
+    gw.view().refresh().await.expect("view");
+    let t = placed_on(&gw, &a);
+    gw.topics(&t).await.expect("topics");
+    (Two { a, a_ep, b, gw }, t, b_ep)
+}
+
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ok() {
@@ -336,13 +355,7 @@ async fn an_idle_lane_gives_its_stream_back_and_is_forgotten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_worker_delivers_what_it_answered_and_moves_the_rest() {
     let c = Cluster::new();
-    let (a, a_ep) = c.worker(WorkerConfig::default()).await;
-    let (b, _b_ep) = c.worker(WorkerConfig::default()).await;
-    // Refreshed by hand: the view goes on naming the leaving worker.
-    let gw = Arc::new(c.gateway(false).await);
-    gw.view().refresh().await.expect("view");
-    let t = placed_on(&gw, &a);
-    gw.topics(&t).await.expect("topics");
+    let (Two { a, a_ep, b, gw }, t, _b_ep) = two_workers(&c).await;
 
     // A write under way when the worker is told to leave.
     let wal = format!("{}/wal/", floe_common::shard_prefix(&t, 0));
@@ -385,12 +398,16 @@ async fn a_leaving_worker_delivers_what_it_answered_and_moves_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_a_stopped_lane_never_read_goes_on_to_the_next_owner() {
     let c = Cluster::new();
-    let (a, _a_ep) = c.worker(WorkerConfig::default()).await;
-    let (b, _b_ep) = c.worker(WorkerConfig::default()).await;
-    let gw = Arc::new(c.gateway(false).await);
-    gw.view().refresh().await.expect("view");
-    let t = placed_on(&gw, &a);
-    gw.topics(&t).await.expect("topics");
+    let (
+        Two {
+            a,
+            a_ep: _a_ep,
+            b,
+            gw,
+        },
+        t,
+        _b_ep,
+    ) = two_workers(&c).await;
 
     // Drained, its endpoint still up, and the gateway's view not yet
     // refreshed: the next call goes to it, on a lane that reads nothing.

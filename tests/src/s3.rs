@@ -83,14 +83,20 @@ impl S3Server {
                 server.dir.join("weed.log")
             ));
         }
-        // The port opens before the bucket exists; wait until a request succeeds.
-        for _ in 0..200 {
+        // The port opens before the bucket exists; wait until a request
+        // succeeds. On 2 busy cores (CI, several servers starting at once)
+        // that took over 10 s once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             if server.bucket_ready() {
                 return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err("SeaweedFS bucket never became ready".into())
+        Err(format!(
+            "SeaweedFS bucket never became ready; see {:?}",
+            server.dir.join("weed.log")
+        ))
     }
 
     fn bucket_ready(&self) -> bool {
