@@ -457,6 +457,9 @@ impl Node {
         }
         for t in &held {
             self.release(t, false).await;
+            // Each claim goes from the beat as its shard is handed over: the
+            // next owner waits for that, and calls bounce until it sees it.
+            let _ = self.beat().await;
         }
         let _ = self.beat().await;
         self.stop.send_replace(true);
@@ -914,7 +917,9 @@ impl Answer {
 impl Drop for Answer {
     fn drop(&mut self) {
         if !self.sent {
-            let e = WorkerError::Unavailable("the call failed on the worker; retry".into());
+            let e = WorkerError::Unavailable(
+                "the call failed on the worker and may or may not have taken effect; retry".into(),
+            );
             let _ = self.tx.send(rpc::answer(self.id, rpc::FAILED, &e));
         }
     }

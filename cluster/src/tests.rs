@@ -206,17 +206,25 @@ struct Two {
     a: Arc<Node>,
     a_ep: quinn::Endpoint,
     b: Arc<Node>,
+    b_ep: quinn::Endpoint,
     gw: Arc<RemoteShards>,
 }
 
-async fn two_workers(c: &Cluster) -> (Two, TenantId, quinn::Endpoint) {
+async fn two_workers(c: &Cluster) -> (Two, TenantId) {
     let (a, a_ep) = c.worker(WorkerConfig::default()).await;
     let (b, b_ep) = c.worker(WorkerConfig::default()).await;
     let gw = Arc::new(c.gateway(false).await);
     gw.view().refresh().await.expect("view");
     let t = placed_on(&gw, &a);
     gw.topics(&t).await.expect("topics");
-    (Two { a, a_ep, b, gw }, t, b_ep)
+    let two = Two {
+        a,
+        a_ep,
+        b,
+        b_ep,
+        gw,
+    };
+    (two, t)
 }
 
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
@@ -355,7 +363,16 @@ async fn an_idle_lane_gives_its_stream_back_and_is_forgotten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_worker_delivers_what_it_answered_and_moves_the_rest() {
     let c = Cluster::new();
-    let (Two { a, a_ep, b, gw }, t, _b_ep) = two_workers(&c).await;
+    let (
+        Two {
+            a,
+            a_ep,
+            b,
+            b_ep: _b_ep,
+            gw,
+        },
+        t,
+    ) = two_workers(&c).await;
 
     // A write under way when the worker is told to leave.
     let wal = format!("{}/wal/", floe_common::shard_prefix(&t, 0));
@@ -403,10 +420,10 @@ async fn a_call_a_stopped_lane_never_read_goes_on_to_the_next_owner() {
             a,
             a_ep: _a_ep,
             b,
+            b_ep: _b_ep,
             gw,
         },
         t,
-        _b_ep,
     ) = two_workers(&c).await;
 
     // Drained, its endpoint still up, and the gateway's view not yet

@@ -155,7 +155,10 @@ pub async fn stream<W: Shards>(
                  event streams here, as many as its quota allows",
                 c.tenant
             );
-            return json_reply(error(StatusCode::TOO_MANY_REQUESTS, None, m));
+            // Room comes only when a stream or connection ends.
+            let mut r = json_reply(error(StatusCode::TOO_MANY_REQUESTS, None, m));
+            r.headers_mut().insert("retry-after", 5u64.into());
+            return r;
         }
     };
     let meta = match c.worker.topics(&c.tenant).await {
