@@ -140,6 +140,45 @@ def test_two_gateways_serve_one_v2_consumer_alternately(store_dir):
             g2.close()
 
 
+def test_a_committed_offset_inside_an_open_transaction_is_where_reads_start(store_dir):
+    """A group's committed offset past the last stable offset but within the
+    high watermark (inside a transaction still open) is where its HTTP reads
+    start, not out of range (which would reset it to earliest and deliver
+    records the group had read); the transaction's records after it come
+    once it commits."""
+    floe = start(store_dir)
+    try:
+        key = tenant(floe)
+        produce_kafka(floe, key, "tx", 1, 10)  # offsets 0-9
+        p = KafkaProducer(**sasl(floe, key, "PLAIN"), transactional_id="tx-1", acks="all")
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(5):
+            p.send("tx", b"t%d" % i, partition=0)
+        p.flush()  # offsets 10-14, open: last stable offset 10, high watermark 15
+        base = "/consumers/g/instances/a"
+        assert v2(floe, key, "POST", "/consumers/g",
+                  {"name": "a", "auto.offset.reset": "earliest"})[0] == 200
+        # The last record processed is 11: the group resumes at 12.
+        assert v2(floe, key, "POST", f"{base}/offsets",
+                  {"offsets": [{"topic": "tx", "partition": 0, "offset": 11}]})[0] == 204
+        assert v2(floe, key, "POST", f"{base}/subscription", {"topics": ["tx"]})[0] == 204
+        status, recs = v2(floe, key, "GET", f"{base}/records?timeout=1000", accept=BINARY)
+        assert (status, recs) == (200, []), recs
+        p.commit_transaction()
+        p.close()
+        got = []
+        for _ in range(20):
+            status, recs = v2(floe, key, "GET", f"{base}/records?timeout=500", accept=BINARY)
+            assert status == 200, recs
+            got += [(r["offset"], base64.b64decode(r["value"])) for r in recs]
+            if len(got) >= 3:
+                break
+        assert got == [(12, b"t2"), (13, b"t3"), (14, b"t4")], got
+    finally:
+        floe.close()
+
+
 def test_instances_of_a_group_split_its_partitions(store_dir):
     floe = start(store_dir)
     try:
