@@ -391,6 +391,19 @@ impl Node {
         let gate = self.gate(tenant);
         let _one = gate.lock().await;
         let name = tenant.as_str();
+        // Decided on a list read before the gate: the shard may have gone
+        // meanwhile (a drain, a lapsed lease) or, if idle, had work since.
+        if !lock(&self.claims).contains(name) {
+            return;
+        }
+        let worked_since = |after: Duration| {
+            lock(&self.worked)
+                .get(name)
+                .is_some_and(|at| at.elapsed() < after)
+        };
+        if idle && self.idle_after.is_some_and(worked_since) {
+            return;
+        }
         let done = if idle {
             {
                 let mut claims = lock(&self.claims);
