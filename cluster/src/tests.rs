@@ -227,6 +227,29 @@ async fn two_workers(c: &Cluster) -> (Two, TenantId) {
     (two, t)
 }
 
+/// A new member's JoinGroup: with [`parked_config`] it waits 60 s.
+fn first_join() -> Join {
+    Join {
+        member_id: String::new(),
+        instance_id: None,
+        client_id: "c".into(),
+        client_host: "h".into(),
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), bytes::Bytes::new())],
+        session_timeout: Duration::from_secs(30),
+        rebalance_timeout: Duration::from_secs(60),
+        require_known_member_id: false,
+    }
+}
+
+/// A new group's first join waits out this delay: a parked call.
+fn parked_config() -> WorkerConfig {
+    WorkerConfig {
+        group_initial_rebalance_delay: Duration::from_secs(60),
+        ..WorkerConfig::default()
+    }
+}
+
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ok() {
@@ -238,27 +261,12 @@ async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_answers_parked_joins_and_waits_for_running_calls() {
     let c = Cluster::new();
-    // A new group's first join waits out this delay: a parked call.
-    let cfg = WorkerConfig {
-        group_initial_rebalance_delay: Duration::from_secs(60),
-        ..WorkerConfig::default()
-    };
-    let (a, _ep) = c.worker(cfg).await;
+    let (a, _ep) = c.worker(parked_config()).await;
     let gw = Arc::new(c.gateway(true).await);
     let t = tenant("acme");
     gw.topics(&t).await.expect("topics");
 
-    let join = Join {
-        member_id: String::new(),
-        instance_id: None,
-        client_id: "c".into(),
-        client_host: "h".into(),
-        protocol_type: "consumer".into(),
-        protocols: vec![("range".into(), bytes::Bytes::new())],
-        session_timeout: Duration::from_secs(30),
-        rebalance_timeout: Duration::from_secs(60),
-        require_known_member_id: false,
-    };
+    let join = first_join();
     let joining = tokio::spawn({
         let (gw, t) = (gw.clone(), t.clone());
         async move { gw.join_group(&t, "g", join).await }
@@ -358,6 +366,39 @@ async fn an_idle_lane_gives_its_stream_back_and_is_forgotten() {
     eventually("the stream is given back", || *a.lanes.borrow() == 0).await;
     eventually("the lane is forgotten", || lock(&gw.inner.lanes).is_empty()).await;
     gw.topics(&t).await.expect("served again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_finding_no_stream_free_fails_as_retriable_instead_of_hanging() {
+    let c = Cluster::new();
+    // Each tenant's first join is parked, holding its lane's stream: as
+    // many tenants as the worker takes streams fill them all.
+    let (a, _ep) = c.worker(parked_config()).await;
+    let gw = Arc::new(c.gateway(true).await);
+    let mut parked = Vec::new();
+    for i in 0..crate::tls::MAX_STREAMS {
+        let t = tenant(&format!("busy{i}"));
+        gw.topics(&t).await.expect("topics");
+        let join = first_join();
+        let gw = gw.clone();
+        parked.push(tokio::spawn(
+            async move { gw.join_group(&t, "g", join).await },
+        ));
+    }
+    eventually("every stream is taken", || {
+        (0..crate::tls::MAX_STREAMS).all(|i| a.running(&format!("busy{i}")) == 1)
+    })
+    .await;
+    let answer = timeout(Duration::from_secs(10), gw.topics(&tenant("one-more")))
+        .await
+        .expect("answered, not left waiting for a stream");
+    assert!(
+        matches!(&answer, Err(floe_worker::WorkerError::Unavailable(_))),
+        "{answer:?}"
+    );
+    for p in parked {
+        p.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
