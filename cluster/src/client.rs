@@ -236,16 +236,27 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
             wait_for_placement(&me, &mut queue, &mut rx).await;
             continue;
         };
-        let stream = match open(&me, &target).await {
-            Ok(s) => s,
+        let view = me.view.clone();
+        let moved_to = match open(&me, &target).await {
+            Ok(stream) => {
+                let stats = me.stats.clone();
+                drop(me);
+                pump(
+                    stream,
+                    &mut queue,
+                    &mut rx,
+                    &stats,
+                    &mut hops,
+                    (&view, &target),
+                )
+                .await
+            }
             // A worker named by another's older view may have just left:
             // route by our own view next, as after any move.
-            Err(e) if moved && hops < MAX_HOPS => {
+            Err(e) if moved => {
                 tracing::debug!(%tenant, %target, error = %e, "the worker named is unreachable");
-                hops += 1;
                 drop(me);
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(hops))).await;
-                continue;
+                Some(None)
             }
             Err(e) => {
                 tracing::debug!(%tenant, %target, error = %e, "no stream to the worker");
@@ -258,18 +269,6 @@ async fn run_lane(inner: Weak<Inner>, tenant: TenantId, mut rx: mpsc::UnboundedR
                 continue;
             }
         };
-        let stats = me.stats.clone();
-        let view = me.view.clone();
-        drop(me);
-        let moved_to = pump(
-            stream,
-            &mut queue,
-            &mut rx,
-            &stats,
-            &mut hops,
-            (&view, &target),
-        )
-        .await;
         if let Some(to) = moved_to {
             hops += 1;
             // A worker whose view is older than ours may name one whose

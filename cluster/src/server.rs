@@ -234,8 +234,7 @@ impl Node {
         // Leaving (its lease no longer renewed once its beat is gone): a
         // shard it no longer holds is another worker's to take.
         if self.draining.load(Relaxed) && !lock(&self.claims).contains(name) {
-            let elsewhere = self.view.route(name, Some(&self.id));
-            return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+            return Err(self.moved_elsewhere(name));
         }
         if !self.lease_holds() {
             return Err(lapsed());
@@ -276,15 +275,13 @@ impl Node {
         let mine = !self.draining.load(Relaxed)
             && members::pick(name, self.candidates().iter()).is_some_and(|b| b.id == self.id);
         if !mine {
-            let elsewhere = self.view.route(name, Some(&self.id));
-            return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+            return Err(self.moved_elsewhere(name));
         }
         {
             // Checked again under the lock a drain takes its list under.
             let mut claims = lock(&self.claims);
             if self.draining.load(Relaxed) {
-                let elsewhere = self.view.route(name, Some(&self.id));
-                return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+                return Err(self.moved_elsewhere(name));
             }
             claims.insert(name.to_string());
         }
@@ -301,6 +298,13 @@ impl Node {
         self.worked(tenant);
         tracing::info!(%tenant, "claimed shard");
         Ok(running)
+    }
+
+    /// Where a call this worker will not serve should go: where its view
+    /// routes the shard, this worker aside.
+    fn moved_elsewhere(&self, name: &str) -> Admit {
+        let elsewhere = self.view.route(name, Some(&self.id));
+        Admit::Moved(elsewhere.map(|b| b.addr))
     }
 
     /// Counts a call for `tenant` as running, if its shard is claimed and
@@ -326,8 +330,7 @@ impl Node {
             return Err(lapsed());
         }
         if calls.leaving.contains(name) {
-            let elsewhere = self.view.route(name, Some(&self.id));
-            return Err(Admit::Moved(elsewhere.map(|b| b.addr)));
+            return Err(self.moved_elsewhere(name));
         }
         if claimed_now {
             self.worker.may_open(tenant);
@@ -474,7 +477,6 @@ impl Node {
             // next owner waits for that, and calls bounce until it sees it.
             let _ = self.beat().await;
         }
-        let _ = self.beat().await;
         self.stop.send_replace(true);
         let mut lanes = self.lanes.subscribe();
         if tokio::time::timeout(LANES_END, lanes.wait_for(|n| *n == 0))
@@ -744,25 +746,27 @@ async fn lane(
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let broken = Arc::new(AtomicBool::new(false));
-    let out = (node.clone(), broken.clone());
     // The writer ends last (after every answer, even if this task panics),
-    // so it holds the lane's place in the count a drain waits on.
-    let writer = tokio::spawn(async move {
-        let (node, broken, _open) = (out.0, out.1, open);
-        while let Some(frame) = rx.recv().await {
-            node.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
-            if send.write_chunk(frame).await.is_err() {
-                return;
+    // so it holds the lane's place (`open`) in the count a drain waits on.
+    let writer = tokio::spawn({
+        let (node, broken) = (node.clone(), broken.clone());
+        async move {
+            let _open = open;
+            while let Some(frame) = rx.recv().await {
+                node.stats.bytes_out.fetch_add(frame.len() as u64, Relaxed);
+                if send.write_chunk(frame).await.is_err() {
+                    return;
+                }
             }
-        }
-        // The gateway takes a finished stream to mean that calls still
-        // unanswered were never read, and sends them elsewhere; a frame that
-        // could not be read or decoded (its call unknown, so unanswerable)
-        // resets it instead.
-        if broken.load(Acquire) {
-            let _ = send.reset(0u32.into());
-        } else if send.finish().is_ok() {
-            let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
+            // The gateway takes a finished stream to mean that calls still
+            // unanswered were never read, and sends them elsewhere; a frame that
+            // could not be read or decoded (its call unknown, so unanswerable)
+            // resets it instead.
+            if broken.load(Acquire) {
+                let _ = send.reset(0u32.into());
+            } else if send.finish().is_ok() {
+                let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
+            }
         }
     });
     // Subscriptions end with the lane's reading side, so the answers'
