@@ -138,6 +138,23 @@ pub fn set_leader_epoch(batch: Bytes, leader_epoch: i32) -> Bytes {
     b.freeze()
 }
 
+/// Stamps a batch as `message.timestamp.type=LogAppendTime` does in Kafka:
+/// the timestamp-type attribute (bit 3) set and maxTimestamp the append
+/// time, which readers take as every record's timestamp; the CRC, which
+/// covers both, is computed again.
+pub fn set_log_append_time(batch: Bytes, time_ms: i64) -> Bytes {
+    let mut b = BytesMut::from(batch);
+    let attributes = i16::from_be_bytes([b[21], b[22]]) | LOG_APPEND_TIME;
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    b[35..43].copy_from_slice(&time_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// The attribute bit of a batch whose timestamps are the broker's.
+pub const LOG_APPEND_TIME: i16 = 0x08;
+
 /// A transaction marker: a control batch (transactional and control
 /// attributes) of one record whose key is `(version 0, type)` — 0 abort,
 /// 1 commit — and whose value is `(version 0, coordinator epoch)`, as
@@ -211,6 +228,17 @@ pub(crate) mod tests {
         m[16] = 1;
         assert_eq!(parse(&m), Err(BatchError::Magic(1)));
         assert_eq!(split(Bytes::new()).map(|v| v.len()), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn log_append_time_stamps_the_header_and_keeps_the_crc_valid() {
+        let b = Bytes::from(sample(3, 1_000));
+        let before = parse(&b).expect("valid");
+        let stamped = set_log_append_time(b.clone(), 5_000);
+        let h = parse(&stamped).expect("the CRC still holds");
+        assert_eq!(h.attributes, before.attributes | LOG_APPEND_TIME);
+        assert_eq!((h.base_timestamp, h.max_timestamp), (1_000, 5_000));
+        assert_eq!(stamped[61..], b[61..], "the records are untouched");
     }
 
     #[test]

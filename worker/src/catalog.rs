@@ -90,14 +90,269 @@ pub struct TopicConfig {
     pub retention_ms: i64,
     /// A partition keeps at most this many bytes of batches; -1 has no bound.
     pub retention_bytes: i64,
+    /// `message.timestamp.type=LogAppendTime`: batches are stamped with the
+    /// time they are appended.
+    pub log_append_time: bool,
 }
 
-/// (name, default) of every supported config, in the order they are described.
-pub const CONFIGS: &[(&str, &str)] = &[
-    ("cleanup.policy", "delete"),
-    ("max.message.bytes", "1048588"),
-    ("retention.bytes", "-1"),
-    ("retention.ms", "604800000"),
+/// A config's type, numbered as DescribeConfigs v3 numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Long = 5,
+    Double = 6,
+    List = 7,
+}
+
+/// The values a config takes.
+#[derive(Debug, Clone, Copy)]
+enum Valid {
+    /// An integer of the config's kind in `[min, max]`.
+    Range(i64, i64),
+    /// A number in `[0, 1]`.
+    Ratio,
+    Boolean,
+    OneOf(&'static [&'static str]),
+    /// Any string.
+    Any,
+}
+
+/// A topic config Floe accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub name: &'static str,
+    /// Kafka's default.
+    pub default: &'static str,
+    pub kind: Kind,
+    /// `None` when Floe applies the config; otherwise why it has no effect
+    /// here. Kafka accepts these on every topic; tools and frameworks set
+    /// them when they create topics, so Floe keeps and describes them.
+    pub inert: Option<&'static str>,
+    valid: Valid,
+}
+
+const fn spec(name: &'static str, default: &'static str, kind: Kind, valid: Valid) -> Spec {
+    Spec {
+        name,
+        default,
+        kind,
+        inert: None,
+        valid,
+    }
+}
+
+const fn inert(
+    name: &'static str,
+    default: &'static str,
+    kind: Kind,
+    valid: Valid,
+    why: &'static str,
+) -> Spec {
+    Spec {
+        name,
+        default,
+        kind,
+        inert: Some(why),
+        valid,
+    }
+}
+
+const I32: i64 = i32::MAX as i64;
+const REPLICAS: &str =
+    "Floe acknowledges a write once the object store holds it; there are no replicas";
+const SEGMENTS: &str = "Floe keeps no segment files: the log is objects, sized by compaction";
+const FLUSH: &str = "every acknowledged write is already in the object store";
+const CLEANER: &str = "applies to cleanup.policy=compact, which Floe does not offer";
+const TIERS: &str = "all of a topic is in the object store: there is no local tier";
+
+/// Every topic config Floe accepts, in the order they are described.
+pub const CONFIGS: &[Spec] = &[
+    spec(
+        "cleanup.policy",
+        "delete",
+        Kind::List,
+        Valid::OneOf(&["delete"]),
+    ),
+    spec(
+        "max.message.bytes",
+        "1048588",
+        Kind::Int,
+        Valid::Range(0, I32),
+    ),
+    spec(
+        "message.timestamp.type",
+        "CreateTime",
+        Kind::String,
+        Valid::OneOf(&["CreateTime", "LogAppendTime"]),
+    ),
+    spec(
+        "retention.bytes",
+        "-1",
+        Kind::Long,
+        Valid::Range(-1, i64::MAX),
+    ),
+    spec(
+        "retention.ms",
+        "604800000",
+        Kind::Long,
+        Valid::Range(-1, i64::MAX),
+    ),
+    inert(
+        "compression.type",
+        "producer",
+        Kind::String,
+        Valid::OneOf(&["producer"]),
+        "batches are stored as their producer compressed them; other values are refused",
+    ),
+    inert(
+        "delete.retention.ms",
+        "86400000",
+        Kind::Long,
+        Valid::Range(0, i64::MAX),
+        CLEANER,
+    ),
+    inert(
+        "file.delete.delay.ms",
+        "60000",
+        Kind::Long,
+        Valid::Range(0, i64::MAX),
+        SEGMENTS,
+    ),
+    inert(
+        "flush.messages",
+        "9223372036854775807",
+        Kind::Long,
+        Valid::Range(1, i64::MAX),
+        FLUSH,
+    ),
+    inert(
+        "flush.ms",
+        "9223372036854775807",
+        Kind::Long,
+        Valid::Range(0, i64::MAX),
+        FLUSH,
+    ),
+    inert(
+        "follower.replication.throttled.replicas",
+        "",
+        Kind::List,
+        Valid::Any,
+        REPLICAS,
+    ),
+    inert(
+        "index.interval.bytes",
+        "4096",
+        Kind::Int,
+        Valid::Range(0, I32),
+        SEGMENTS,
+    ),
+    inert(
+        "leader.replication.throttled.replicas",
+        "",
+        Kind::List,
+        Valid::Any,
+        REPLICAS,
+    ),
+    inert(
+        "local.retention.bytes",
+        "-2",
+        Kind::Long,
+        Valid::Range(-2, i64::MAX),
+        TIERS,
+    ),
+    inert(
+        "local.retention.ms",
+        "-2",
+        Kind::Long,
+        Valid::Range(-2, i64::MAX),
+        TIERS,
+    ),
+    inert(
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        Kind::Long,
+        Valid::Range(1, i64::MAX),
+        CLEANER,
+    ),
+    inert(
+        "message.downconversion.enable",
+        "true",
+        Kind::Boolean,
+        Valid::Boolean,
+        "Floe answers only fetch versions that carry v2 record batches",
+    ),
+    inert(
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        Kind::Double,
+        Valid::Ratio,
+        CLEANER,
+    ),
+    inert(
+        "min.compaction.lag.ms",
+        "0",
+        Kind::Long,
+        Valid::Range(0, i64::MAX),
+        CLEANER,
+    ),
+    inert(
+        "min.insync.replicas",
+        "1",
+        Kind::Int,
+        Valid::Range(1, I32),
+        REPLICAS,
+    ),
+    inert(
+        "preallocate",
+        "false",
+        Kind::Boolean,
+        Valid::Boolean,
+        SEGMENTS,
+    ),
+    inert(
+        "remote.storage.enable",
+        "false",
+        Kind::Boolean,
+        Valid::Boolean,
+        TIERS,
+    ),
+    inert(
+        "segment.bytes",
+        "1073741824",
+        Kind::Int,
+        Valid::Range(14, I32),
+        SEGMENTS,
+    ),
+    inert(
+        "segment.index.bytes",
+        "10485760",
+        Kind::Int,
+        Valid::Range(4, I32),
+        SEGMENTS,
+    ),
+    inert(
+        "segment.jitter.ms",
+        "0",
+        Kind::Long,
+        Valid::Range(0, i64::MAX),
+        SEGMENTS,
+    ),
+    inert(
+        "segment.ms",
+        "604800000",
+        Kind::Long,
+        Valid::Range(1, i64::MAX),
+        SEGMENTS,
+    ),
+    inert(
+        "unclean.leader.election.enable",
+        "false",
+        Kind::Boolean,
+        Valid::Boolean,
+        REPLICAS,
+    ),
 ];
 
 impl TopicConfig {
@@ -105,45 +360,60 @@ impl TopicConfig {
         let get = |k: &str| {
             m.get(k)
                 .and_then(|v| v.parse().ok())
-                .or_else(|| default(k)?.parse().ok())
+                .or_else(|| spec_of(k)?.default.parse().ok())
         };
         Self {
             max_message_bytes: get("max.message.bytes").unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             retention_ms: get("retention.ms").unwrap_or(-1),
             retention_bytes: get("retention.bytes").unwrap_or(-1),
+            log_append_time: m
+                .get("message.timestamp.type")
+                .is_some_and(|v| v == "LogAppendTime"),
         }
     }
 }
 
-fn default(name: &str) -> Option<&'static str> {
-    CONFIGS.iter().find(|(c, _)| *c == name).map(|(_, v)| *v)
+pub fn spec_of(name: &str) -> Option<&'static Spec> {
+    CONFIGS.iter().find(|c| c.name == name)
 }
 
 /// Whether `name` is a topic config Floe knows.
 pub fn is_known(name: &str) -> bool {
-    CONFIGS.iter().any(|(c, _)| *c == name)
+    spec_of(name).is_some()
 }
 
-/// Checks one config's name and value.
+/// Checks one config's name and value, as Kafka would.
 pub fn validate_config(name: &str, value: &str) -> Result<(), WorkerError> {
-    let invalid = |why: String| Err(WorkerError::InvalidConfig(why));
-    match name {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => invalid(format!(
-            "cleanup.policy={value:?} is not supported; only \"delete\" is"
-        )),
-        "retention.ms" | "retention.bytes" => match value.parse::<i64>() {
-            Ok(v) if v >= -1 => Ok(()),
-            _ => invalid(format!("{name} must be an integer >= -1, got {value:?}")),
-        },
-        "max.message.bytes" => match value.parse::<i32>() {
-            Ok(v) if v >= 0 => Ok(()),
-            _ => invalid(format!(
-                "{name} must be a non-negative 32-bit integer, got {value:?}"
-            )),
-        },
-        _ => invalid(format!("unknown topic config {name:?}")),
+    let Some(spec) = spec_of(name) else {
+        return Err(WorkerError::InvalidConfig(format!(
+            "unknown topic config {name:?}"
+        )));
+    };
+    let ok = match spec.valid {
+        Valid::Range(min, max) => value.parse::<i64>().is_ok_and(|v| (min..=max).contains(&v)),
+        Valid::Ratio => value.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)),
+        Valid::Boolean => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
+        Valid::OneOf(values) => values.contains(&value),
+        Valid::Any => true,
+    };
+    if ok {
+        return Ok(());
     }
+    let expected = match spec.valid {
+        Valid::Range(min, max) if max == i64::MAX => format!("an integer >= {min}"),
+        Valid::Range(min, max) => format!("an integer in [{min}, {max}]"),
+        Valid::Ratio => "a number in [0, 1]".into(),
+        Valid::Boolean => "true or false".into(),
+        Valid::OneOf(values) => format!("one of {values:?}"),
+        Valid::Any => unreachable!("any value is valid"),
+    };
+    Err(WorkerError::InvalidConfig(format!(
+        "{name} must be {expected}, got {value:?}{}",
+        match (spec.valid, spec.inert) {
+            (Valid::OneOf(_), Some(why)) => format!(" ({why})"),
+            _ => String::new(),
+        }
+    )))
 }
 
 #[cfg(test)]
@@ -170,6 +440,18 @@ mod tests {
         assert!(validate_config("max.message.bytes", "x").is_err());
         assert!(validate_config("cleanup.policy", "compact").is_err());
         assert!(validate_config("segment.bytes", "1").is_err());
+        assert!(validate_config("segment.bytes", "1048576").is_ok());
+        assert!(validate_config("min.insync.replicas", "2").is_ok());
+        assert!(validate_config("min.insync.replicas", "0").is_err());
+        assert!(validate_config("min.cleanable.dirty.ratio", "0.1").is_ok());
+        assert!(validate_config("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate_config("preallocate", "TRUE").is_ok());
+        assert!(validate_config("preallocate", "yes").is_err());
+        assert!(validate_config("compression.type", "producer").is_ok());
+        assert!(validate_config("compression.type", "lz4").is_err());
+        assert!(validate_config("message.timestamp.type", "LogAppendTime").is_ok());
+        assert!(validate_config("message.timestamp.type", "logappendtime").is_err());
+        assert!(validate_config("message.timestamp.difference.max.ms", "1").is_err());
         let mut m = BTreeMap::new();
         m.insert("max.message.bytes".to_string(), "100".to_string());
         assert_eq!(TopicConfig::from_map(&m).max_message_bytes, 100);
@@ -180,11 +462,15 @@ mod tests {
         );
         m.insert("retention.bytes".to_string(), "4096".to_string());
         assert_eq!(TopicConfig::from_map(&m).retention_bytes, 4096);
-        let default = CONFIGS
-            .iter()
-            .find(|(k, _)| *k == "max.message.bytes")
-            .map(|(_, v)| v.parse::<i64>());
+        let default = spec_of("max.message.bytes").map(|s| s.default.parse::<i64>());
         assert_eq!(default, Some(Ok(DEFAULT_MAX_MESSAGE_BYTES)));
-        assert!(is_known("retention.ms") && !is_known("segment.bytes"));
+        assert!(is_known("retention.ms") && !is_known("segment.byte"));
+        assert!(!TopicConfig::from_map(&m).log_append_time);
+        m.insert("message.timestamp.type".into(), "LogAppendTime".into());
+        assert!(TopicConfig::from_map(&m).log_append_time);
+        // Every default is a valid value.
+        for c in CONFIGS {
+            assert!(validate_config(c.name, c.default).is_ok(), "{}", c.name);
+        }
     }
 }

@@ -216,6 +216,15 @@ enum Pending {
 pub struct Produced {
     pub base_offset: i64,
     pub log_start: i64,
+    /// The time the batches were stamped with under
+    /// `message.timestamp.type=LogAppendTime`, else -1. (Defaulted so that
+    /// a gateway reads the answers of a worker from before the field.)
+    #[serde(default = "no_time")]
+    pub log_append_time: i64,
+}
+
+fn no_time() -> i64 {
+    -1
 }
 
 impl Accepted {

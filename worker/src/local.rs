@@ -731,7 +731,10 @@ impl Shards for LocalWorker {
                 )));
             }
         }
-        let max = meta.config().max_message_bytes;
+        let config = meta.config();
+        let max = config.max_message_bytes;
+        // One append time for the request's batches, as Kafka stamps them.
+        let append_time = config.log_append_time.then(now_ms);
         let epoch = leader_epoch(&shard.log);
         let mut entries = Vec::with_capacity(batches.len() + 1);
         let bytes_in = Counts {
@@ -768,6 +771,10 @@ impl Shards for LocalWorker {
                 // stray batch must not move them and so block its markers.
                 return Err(WorkerError::Txn(TxnError::InvalidTxnState));
             }
+            let (data, max_timestamp) = match append_time {
+                Some(t) => (batch::set_log_append_time(data, t), t),
+                None => (data, h.max_timestamp),
+            };
             // The log writes baseOffset when it assigns offsets.
             let data = batch::set_leader_epoch(data, epoch);
             let offsets = h.offset_count();
@@ -775,7 +782,7 @@ impl Shards for LocalWorker {
                 stream,
                 base_offset: 0,
                 offsets,
-                max_timestamp: h.max_timestamp,
+                max_timestamp,
                 producer,
                 data,
             });
@@ -818,6 +825,7 @@ impl Shards for LocalWorker {
             Produced {
                 base_offset,
                 log_start,
+                log_append_time: append_time.unwrap_or(-1),
             },
             appended,
             (self.totals.clone(), tenant.clone(), bytes_in),

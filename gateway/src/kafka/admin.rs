@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use floe_worker::catalog::CONFIGS;
+use floe_worker::catalog::{Spec, CONFIGS};
 use floe_worker::{ConfigChange, NewTopic, Shards, TopicMeta, WorkerError};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -96,20 +96,20 @@ pub async fn create_topics<W: Shards>(
 fn topic_configs(m: &TopicMeta) -> Vec<CreatableTopicConfigs> {
     CONFIGS
         .iter()
-        .map(|(k, d)| {
-            let (v, source) = value(m, k, d);
+        .map(|c| {
+            let (v, source) = value(m, c);
             CreatableTopicConfigs::default()
-                .with_name(s(k))
+                .with_name(s(c.name))
                 .with_value(Some(s(v)))
                 .with_config_source(source)
         })
         .collect()
 }
 
-fn value<'a>(m: &'a TopicMeta, key: &str, default: &'a str) -> (&'a str, i8) {
-    match m.configs.get(key) {
+fn value<'a>(m: &'a TopicMeta, c: &'static Spec) -> (&'a str, i8) {
+    match m.configs.get(c.name) {
         Some(v) => (v.as_str(), SOURCE_TOPIC),
-        None => (default, SOURCE_DEFAULT),
+        None => (c.default, SOURCE_DEFAULT),
     }
 }
 
@@ -227,7 +227,11 @@ pub async fn describe_configs<W: Shards>(
                 .find(|m| m.name.as_str() == r.resource_name.as_str())
             {
                 None => res.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                Some(m) => res.with_configs(describe(m, r.configuration_keys.as_deref())),
+                Some(m) => res.with_configs(describe(
+                    m,
+                    r.configuration_keys.as_deref(),
+                    req.include_documentation,
+                )),
             },
             _ => res
                 .with_error_code(ResponseError::InvalidRequest.code())
@@ -238,22 +242,27 @@ pub async fn describe_configs<W: Shards>(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-fn describe(m: &TopicMeta, keys: Option<&[StrBytes]>) -> Vec<DescribeConfigsResourceResult> {
+fn describe(
+    m: &TopicMeta,
+    keys: Option<&[StrBytes]>,
+    documentation: bool,
+) -> Vec<DescribeConfigsResourceResult> {
     CONFIGS
         .iter()
-        .filter(|(k, _)| keys.is_none_or(|ks| ks.iter().any(|x| x.as_str() == *k)))
-        .map(|(k, d)| {
-            let (v, source) = value(m, k, d);
-            let config_type = match *k {
-                "cleanup.policy" => 7,    // LIST
-                "max.message.bytes" => 3, // INT
-                _ => 5,                   // LONG
-            };
+        .filter(|c| keys.is_none_or(|ks| ks.iter().any(|x| x.as_str() == c.name)))
+        .map(|c| {
+            let (v, source) = value(m, c);
+            // Says which configs are kept but have no effect here.
+            let doc = documentation.then(|| match c.inert {
+                None => s("applied by Floe as Kafka applies it"),
+                Some(why) => s(&format!("accepted and kept, no effect in Floe: {why}")),
+            });
             DescribeConfigsResourceResult::default()
-                .with_name(s(k))
+                .with_name(s(c.name))
                 .with_value(Some(s(v)))
                 .with_config_source(source)
-                .with_config_type(config_type)
+                .with_config_type(c.kind as i8)
+                .with_documentation(doc)
         })
         .collect()
 }
@@ -357,4 +366,49 @@ pub async fn incremental_alter_configs<W: Shards>(
         );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_types_every_config_and_says_which_have_no_effect() {
+        let mut meta = TopicMeta {
+            name: "t".into(),
+            id: 1,
+            streams: vec![1],
+            configs: BTreeMap::new(),
+        };
+        meta.configs
+            .insert("min.insync.replicas".into(), "2".into());
+        let all = describe(&meta, None, true);
+        assert_eq!(all.len(), CONFIGS.len());
+        let get = |name: &str| {
+            all.iter()
+                .find(|c| c.name.as_str() == name)
+                .expect("described")
+        };
+        let isr = get("min.insync.replicas");
+        assert_eq!(isr.value.as_deref(), Some("2"));
+        assert_eq!((isr.config_source, isr.config_type), (SOURCE_TOPIC, 3));
+        let doc = isr.documentation.as_deref().expect("asked for");
+        assert!(
+            doc.starts_with("accepted and kept, no effect in Floe"),
+            "{doc}"
+        );
+        let retention = get("retention.ms");
+        assert_eq!(
+            (retention.config_source, retention.config_type),
+            (SOURCE_DEFAULT, 5)
+        );
+        assert_eq!(
+            retention.documentation.as_deref(),
+            Some("applied by Floe as Kafka applies it")
+        );
+        let some = describe(&meta, Some(&[s("segment.bytes")]), false);
+        assert_eq!(some.len(), 1);
+        assert_eq!(some[0].value.as_deref(), Some("1073741824"));
+        assert_eq!(some[0].documentation, None);
+    }
 }

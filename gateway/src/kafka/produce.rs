@@ -129,6 +129,7 @@ async fn finish<W>(gw: &Cx<W>, index: i32, outcome: Outcome) -> PartitionProduce
                 gw.metrics.produced_batches.fetch_add(count, Relaxed);
                 resp.with_base_offset(p.base_offset)
                     .with_log_start_offset(p.log_start)
+                    .with_log_append_time_ms(p.log_append_time)
             }
             Err(e) => failed(resp, &e),
         },
