@@ -6,7 +6,9 @@
 //! maxTimestamp i64 @35, producerId i64 @43, producerEpoch i16 @51,
 //! baseSequence i32 @53, recordCount i32 @57, records @61.
 //! The owner rewrites baseOffset and partitionLeaderEpoch, which the CRC does
-//! not cover, so a batch is stored exactly as the client sent it otherwise.
+//! not cover, so a batch is stored exactly as the client sent it otherwise;
+//! under `message.timestamp.type=LogAppendTime` it also stamps attributes and
+//! maxTimestamp and computes the CRC again (`set_log_append_time`).
 
 use bytes::{Bytes, BytesMut};
 
@@ -147,7 +149,8 @@ pub fn set_log_append_time(batch: Bytes, time_ms: i64) -> Bytes {
     let attributes = i16::from_be_bytes([b[21], b[22]]) | LOG_APPEND_TIME;
     b[21..23].copy_from_slice(&attributes.to_be_bytes());
     b[35..43].copy_from_slice(&time_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
+    let end = (LOG_OVERHEAD + i32_at(&b, 8).max(0) as usize).min(b.len());
+    let crc = crc32c::crc32c(&b[21..end]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b.freeze()
 }

@@ -252,6 +252,9 @@ struct Sealed {
 pub struct Appended {
     /// Base offset of each `Append` entry, in order.
     pub base_offsets: Vec<i64>,
+    /// Max timestamp of each `Append` entry, in order: a retry's is its
+    /// original's, as stored.
+    pub max_timestamps: Vec<i64>,
     durable: oneshot::Receiver<Result<(), Error>>,
 }
 
@@ -385,6 +388,7 @@ impl ShardLog {
         check_append(&core.live, &entries)?;
         let duplicates = check_producers(&core.live, &entries)?;
         let mut base_offsets = Vec::new();
+        let mut max_timestamps = Vec::new();
         let (mut accepted, mut stored) = (0, 0);
         for (i, mut e) in entries.into_iter().enumerate() {
             if let Entry::Meter { window, counts } = &e {
@@ -400,6 +404,17 @@ impl ShardLog {
             }
             if let Some(&Some(original)) = duplicates.get(i) {
                 base_offsets.push(original);
+                let original_ts = match &e {
+                    Entry::Append { stream, .. } => core.live.streams.get(stream).and_then(|s| {
+                        let at = s.locs.partition_point(|l| l.base_offset < original);
+                        s.locs
+                            .get(at)
+                            .filter(|l| l.base_offset == original)
+                            .map(|l| l.max_timestamp)
+                    }),
+                    _ => None,
+                };
+                max_timestamps.push(original_ts.unwrap_or(-1));
                 self.inner
                     .cfg
                     .stats
@@ -411,6 +426,7 @@ impl ShardLog {
                 stream,
                 base_offset,
                 data,
+                max_timestamp,
                 ..
             } = &mut e
             {
@@ -418,6 +434,7 @@ impl ShardLog {
                 *base_offset = next;
                 *data = with_base_offset(std::mem::take(data), next);
                 base_offsets.push(next);
+                max_timestamps.push(*max_timestamp);
             }
             core.live.apply(&e, u64::MAX, 0);
             stored += entry_bytes(&e);
@@ -437,6 +454,7 @@ impl ShardLog {
             }
             return Ok(Appended {
                 base_offsets,
+                max_timestamps,
                 durable: rx,
             });
         }
@@ -455,6 +473,7 @@ impl ShardLog {
         }
         Ok(Appended {
             base_offsets,
+            max_timestamps,
             durable: rx,
         })
     }

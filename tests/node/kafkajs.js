@@ -230,9 +230,14 @@ const scenarios = {
     const timer = setTimeout(done, 120_000);
     await all;
     clearTimeout(timer);
-    // Let the last commits land and the group settle on the three left.
-    await new Promise((r) => setTimeout(r, 2000));
-    const live = (await admin.describeGroups([group])).groups[0];
+    // Let the group settle on the three left (and their last commits land).
+    let live;
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
+      live = (await admin.describeGroups([group])).groups[0];
+      if (live.state === 'Stable' && live.members.length === 3) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
     const { AssignerProtocol } = require('kafkajs');
     const assigned = live.members.flatMap((m) => {
       const a = AssignerProtocol.MemberAssignment.decode(m.memberAssignment);

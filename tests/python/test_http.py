@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -213,6 +214,34 @@ def test_v3_clusters_and_topics(http_floe):
     assert call(floe, key, "DELETE", f"{base}/topics/made")[0] == 204
     assert call(floe, key, "GET", f"{base}/topics/made")[0] == 404
     assert call(floe, key, "DELETE", f"{base}/topics/made")[0] == 404
+
+
+def test_log_append_time_over_http(http_floe):
+    """On a LogAppendTime topic the HTTP produce answers the log's time and
+    the HTTP read shows it, for records from HTTP and from Kafka clients."""
+    floe, key = http_floe
+    conf = sasl(floe, key, "PLAIN")
+    a = KafkaAdminClient(**conf)
+    a.create_topics([NewTopic("stamped", 1, 1,
+                              topic_configs={"message.timestamp.type": "LogAppendTime"})])
+    a.close()
+    old = 1_600_000_000_000
+    before = int(time.time() * 1000)
+    status, body = call(floe, key, "POST", "/v3/clusters/floe-acme/topics/stamped/records",
+                        json.dumps({"partition_id": 0, "timestamp": old,
+                                    "value": {"type": "STRING", "data": "web"}}))
+    assert status == 200, body
+    answered = json.loads(body)["timestamp"]
+    p = KafkaProducer(**conf, acks="all")
+    p.send("stamped", b"kafka", partition=0, timestamp_ms=old).get(10)
+    p.close()
+    after = int(time.time() * 1000)
+    assert before <= answered <= after, "the HTTP produce answers the log's time"
+    status, body = call(floe, key, "GET", "/v1/topics/stamped/partitions/0/records?offset=0")
+    read = json.loads(body)["records"]
+    assert status == 200 and len(read) == 2, body
+    assert read[0]["timestamp"] == answered
+    assert all(before <= r["timestamp"] <= after for r in read), read
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])

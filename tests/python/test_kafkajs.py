@@ -20,6 +20,8 @@ NODE_DIR = os.path.join(os.path.dirname(__file__), "..", "node")
 
 
 def kafkajs(scenario, timeout=300, **args):
+    assert os.path.isdir(os.path.join(NODE_DIR, "node_modules")), \
+        "kafkajs is not installed: scripts/test runs `npm ci` in tests/node"
     run = subprocess.run(["node", "kafkajs.js", scenario, json.dumps(args)], cwd=NODE_DIR,
                          capture_output=True, timeout=timeout)
     lines = run.stdout.decode().strip().splitlines()
@@ -49,9 +51,11 @@ def test_a_group_shares_partitions_through_joins_and_leaves(floe):
     r = kafkajs("groups", bootstrap=floe.bootstrap, topic="js-group", partitions=6,
                 records=12_000, group="js-readers")
     assert r["distinct"] == 12_000, "every record read"
-    # kafkajs commits after each batch; what a leaver read past its last
-    # commit is read again by the next owner.
-    assert r["readTwice"] < 12_000
+    # kafkajs commits after each batch, so a record is read again only when
+    # a rebalance took its partition between reading and committing it: at
+    # most a fetch (100 records a send, two sends in flight) per partition
+    # and rebalance (two).
+    assert r["readTwice"] <= 2 * 6 * 200, r["readTwice"]
     live = r["live"]
     assert (live["state"], live["members"], live["protocol"]) == ("Stable", 3, "RoundRobinAssigner")
     assert live["assigned"] == list(range(6)), "each partition assigned once"

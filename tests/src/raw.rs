@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
@@ -169,10 +169,24 @@ pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -
 impl Conn {
     /// CreateTopics v7 for one topic; panics unless it is created.
     pub fn create_topic(&mut self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// [`Conn::create_topic`] with configs.
+    pub fn create_topic_with(&mut self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let configs = configs
+            .iter()
+            .map(|(k, v)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(k.to_string()))
+                    .with_value(Some(StrBytes::from_string(v.to_string())))
+            })
+            .collect();
         let t = CreatableTopic::default()
             .with_name(topic_name(topic))
             .with_num_partitions(partitions)
-            .with_replication_factor(1);
+            .with_replication_factor(1)
+            .with_configs(configs);
         let r = self.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
         assert_eq!(r.topics[0].error_code, 0, "creating {topic}");
     }

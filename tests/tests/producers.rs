@@ -90,6 +90,37 @@ fn high_watermark(c: &mut Conn, topic: &str) -> i64 {
 }
 
 #[test]
+fn a_retry_on_a_log_append_time_topic_gets_its_originals_time() {
+    let f = Floe::start(temp_dir("idempotent-lat"), &[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    c.create_topic_with("stamped", 1, &[("message.timestamp.type", "LogAppendTime")]);
+    let (pid, _) = init_producer_id(&mut c);
+    let first = produce(&mut c, "stamped", idempotent_batch(3, pid, 0, 0));
+    assert_eq!((first.error_code, first.base_offset), (0, 0));
+    assert!(first.log_append_time_ms > 0, "the log's time is answered");
+    std::thread::sleep(Duration::from_millis(20));
+    let retry = produce(&mut c, "stamped", idempotent_batch(3, pid, 0, 0));
+    assert_eq!(
+        (
+            retry.error_code,
+            retry.base_offset,
+            retry.log_append_time_ms
+        ),
+        (0, 0, first.log_append_time_ms),
+        "a retry is answered with what was stored"
+    );
+    // What is stored carries that time (maxTimestamp, @35) and the
+    // timestamp-type bit (attributes, @21); its CRC is checked in floe-common.
+    let (_, _, records) = c.fetch("stamped", 0, 0);
+    assert_ne!(records[22] & 0x08, 0);
+    let stored = i64::from_be_bytes(records[35..43].try_into().expect("8 bytes"));
+    assert_eq!(stored, first.log_append_time_ms);
+    // A CreateTime topic answers -1.
+    c.create_topic("own", 1);
+    assert_eq!(produce(&mut c, "own", batch(2, 10)).log_append_time_ms, -1);
+}
+
+#[test]
 fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
     use ResponseError::*;
     let mut f = Floe::start(temp_dir("idempotent"), &[]);

@@ -14,6 +14,7 @@ use floe_e2e::tenant::{consume, produce_records, produce_with, Produced, Tenant}
 use floe_e2e::{guest, temp_dir, Floe};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
 
 const TOKEN: &str = "transform-admin-token";
 
@@ -64,7 +65,15 @@ async fn transforms_are_exactly_once_across_kill9() {
     let mut f = start("transform-eo", &[]);
     let t = Tenant::new(&f, TOKEN, "acme");
     t.create_topic(&f, "in", 2);
-    t.create_topic(&f, "out", 2);
+    // The copies are stamped with the log's time, as a produce would be.
+    let (status, v) = t.call(
+        &f,
+        "POST",
+        "/v3/clusters/floe-acme/topics",
+        br#"{"topic_name": "out", "partitions_count": 2,
+             "configs": [{"name": "message.timestamp.type", "value": "LogAppendTime"}]}"#,
+    );
+    assert_eq!(status, 201, "{v}");
     t.create_topic(&f, "counted", 1);
     let (status, v) = t.deploy(
         &f,
@@ -127,6 +136,10 @@ async fn transforms_are_exactly_once_across_kill9() {
         .sum();
     assert_eq!(hw as u64, total);
     assert_eq!(out.len() as u64, total, "nothing lost or repeated");
+    let stamped = floe_e2e::kafka::read_from_start(&t.kafka(&f), "out", 2, total as usize);
+    assert!(stamped.iter().all(
+        |m| matches!(m.timestamp(), rdkafka::Timestamp::LogAppendTime(t) if t > 1_700_000_000_000)
+    ));
     for round in 0..ROUNDS {
         for i in 0..PER_ROUND {
             let v = format!("r{round}-{i:04}").into_bytes();

@@ -820,12 +820,17 @@ impl Shards for LocalWorker {
             }
         };
         let base_offset = appended.base_offsets.first().copied().unwrap_or(-1);
+        // The stored time: a retry's is its original's.
+        let log_append_time = match append_time {
+            Some(_) => appended.max_timestamps.first().copied().unwrap_or(-1),
+            None => -1,
+        };
         let (log_start, _) = shard.log.offsets(stream).unwrap_or((0, 0));
         Ok(Accepted::local(
             Produced {
                 base_offset,
                 log_start,
-                log_append_time: append_time.unwrap_or(-1),
+                log_append_time,
             },
             appended,
             (self.totals.clone(), tenant.clone(), bytes_in),

@@ -36,10 +36,24 @@ pub fn decode(read: &Read, from: i64) -> Result<Decoded, String> {
                         && (a.first_offset..=a.last_offset).contains(&r.offset)
                 })
         };
+        // Under LogAppendTime every record's time is the batch's max
+        // timestamp, as Kafka's clients read it (the decoder gives the
+        // producer's).
+        let appended = batch::parse(b)
+            .ok()
+            .filter(|h| h.attributes & batch::LOG_APPEND_TIME != 0)
+            .map(|h| h.max_timestamp);
         records.extend(
             set.records
                 .into_iter()
-                .filter(|r| !r.control && r.offset >= from && !aborted(r)),
+                .filter(|r| !r.control && r.offset >= from && !aborted(r))
+                .map(|mut r| {
+                    if let Some(t) = appended {
+                        r.timestamp = t;
+                        r.timestamp_type = TimestampType::LogAppend;
+                    }
+                    r
+                }),
         );
     }
     let end = read.batches.last().and_then(|b| {

@@ -341,7 +341,7 @@ pub async fn produce<W: Shards>(
             Ok(a) => a
                 .durable()
                 .await
-                .map(|p| p.base_offset)
+                .map(|p| (p.base_offset, p.log_append_time))
                 .map_err(|e| worker_error(&e)),
             Err(e) => Err(e),
         });
@@ -350,9 +350,11 @@ pub async fn produce<W: Shards>(
     let mut lines = Vec::with_capacity(checked.len() + 1);
     for (c, (b, i)) in checked.iter().zip(place) {
         let line = match &outcomes[b] {
-            Ok(base) => json!({
+            Ok((base, appended)) => json!({
                 "error_code": 200, "cluster_id": cluster, "topic_name": topic,
-                "partition_id": c.partition, "offset": base + i as i64, "timestamp": c.timestamp,
+                "partition_id": c.partition, "offset": base + i as i64,
+                // Under LogAppendTime, the time the log stamped.
+                "timestamp": if *appended >= 0 { json!(appended) } else { json!(c.timestamp) },
                 "key": c.key_len.map(|n| json!({"size": n})),
                 "value": c.value_len.map(|n| json!({"size": n})),
             }),

@@ -447,11 +447,18 @@ pub(super) fn append_to(
         .ok_or_else(|| format!("output topic {topic} has no partitions"))?;
     let data = tf::encode_batch(records)?;
     let h = batch::parse(&data).map_err(|e| e.to_string())?;
+    // The topic's timestamps may be the log's, as for a produce.
+    let (data, max_timestamp) = if meta.config().log_append_time {
+        let t = now_ms();
+        (batch::set_log_append_time(data, t), t)
+    } else {
+        (data, h.max_timestamp)
+    };
     Ok(Some(Entry::Append {
         stream,
         base_offset: 0,
         offsets: h.offset_count(),
-        max_timestamp: h.max_timestamp,
+        max_timestamp,
         producer: None,
         data: batch::set_leader_epoch(data, leader_epoch(&shard.log)),
     }))
