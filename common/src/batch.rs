@@ -149,10 +149,15 @@ pub fn set_log_append_time(batch: Bytes, time_ms: i64) -> Bytes {
     let attributes = i16::from_be_bytes([b[21], b[22]]) | LOG_APPEND_TIME;
     b[21..23].copy_from_slice(&attributes.to_be_bytes());
     b[35..43].copy_from_slice(&time_ms.to_be_bytes());
-    let end = (LOG_OVERHEAD + i32_at(&b, 8).max(0) as usize).min(b.len());
+    seal(&mut b);
+    b.freeze()
+}
+
+/// Writes the CRC-32C of a batch whose fields after the CRC changed.
+pub fn seal(b: &mut [u8]) {
+    let end = (LOG_OVERHEAD + i32_at(b, 8).max(0) as usize).min(b.len());
     let crc = crc32c::crc32c(&b[21..end]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.freeze()
 }
 
 /// The attribute bit of a batch whose timestamps are the broker's.

@@ -189,6 +189,10 @@ struct LogArgs {
     /// How often each shard applies retention.ms and retention.bytes.
     #[arg(long, default_value_t = 5000)]
     retention_every_ms: u64,
+    /// How often each shard's cleaner looks at its compacted topics
+    /// (cleanup.policy=compact; Kafka's log.cleaner.backoff.ms).
+    #[arg(long, default_value_t = 15000)]
+    clean_every_ms: u64,
     /// An idempotent producer idle this long is forgotten (Kafka's
     /// producer.id.expiration.ms); on its return it gets UNKNOWN_PRODUCER_ID
     /// and starts again under a new id. Checked every --maintain-every-ms.
@@ -703,9 +707,12 @@ fn worker_config(a: &LogArgs, log: LogConfig) -> anyhow::Result<WorkerConfig> {
         !retention_every.is_zero(),
         "--retention-every-ms must be positive"
     );
+    let clean_every = Duration::from_millis(a.clean_every_ms);
+    anyhow::ensure!(!clean_every.is_zero(), "--clean-every-ms must be positive");
     Ok(WorkerConfig {
         log,
         retention_every,
+        clean_every,
         transactional_id_expiration: Duration::from_millis(a.transactional_id_expiration_ms),
         group_initial_rebalance_delay: Duration::from_millis(a.group_initial_rebalance_delay_ms),
         usage_window: Duration::from_millis(a.usage_window_ms),

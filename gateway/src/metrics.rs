@@ -214,7 +214,7 @@ fn register_store(m: &Meter, s: Arc<StoreStats>) {
 }
 
 fn register_log(m: &Meter, l: Arc<LogStats>) {
-    let series: [telemetry::Series<LogStats>; 9] = [
+    let series: [telemetry::Series<LogStats>; 10] = [
         (
             "floe_cache_hits_total",
             "Read-cache blocks found in memory.",
@@ -245,6 +245,11 @@ fn register_log(m: &Meter, l: Arc<LogStats>) {
             "floe_truncations_total",
             "DeleteRecords log-start moves.",
             |l| &l.truncations,
+        ),
+        (
+            "floe_rewrites_total",
+            "Rewrites of compacted topics' batches committed.",
+            |l| &l.rewrites,
         ),
         (
             "floe_idempotent_duplicates_total",

@@ -22,7 +22,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::producers::{AbortedTxn, Producer, ProducerState, SeqBatch, Txn, KEPT_BATCHES};
 use crate::state::{BatchLoc, ObjId, State, StreamState};
-use crate::{Entry, Run, StreamId};
+use crate::{Entry, Rewritten, Run, StreamId};
 
 const WAL_MAGIC: &[u8; 8] = b"FLOEWAL1";
 const CKPT_MAGIC: &[u8; 8] = b"FLOECKP5";
@@ -57,6 +57,9 @@ const TAG_METER: u8 = 10;
 const TAG_METER_CLOSE: u8 = 11;
 const TAG_METER_DONE: u8 = 12;
 const TAG_EXPIRE_PRODUCERS: u8 = 13;
+/// `object(8) stream(8) size(4) n(4)`, then per batch `base(8) obj(8)
+/// pos(4) kept(1)` and, when kept, `pos(4) len(4)`.
+const TAG_REWRITE: u8 = 14;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +191,31 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
             Entry::ExpireProducers { before_ms } => {
                 meta.put_u8(TAG_EXPIRE_PRODUCERS);
                 meta.put_i64(*before_ms);
+            }
+            Entry::Rewrite {
+                object,
+                stream,
+                size,
+                batches,
+            } => {
+                meta.put_u8(TAG_REWRITE);
+                meta.put_u64(object.0);
+                meta.put_u64(stream.0);
+                meta.put_u32(*size);
+                meta.put_u32(batches.len() as u32);
+                for b in batches {
+                    meta.put_i64(b.base_offset);
+                    meta.put_u64(b.was.0 .0);
+                    meta.put_u32(b.was.1);
+                    match b.now {
+                        Some((pos, len)) => {
+                            meta.put_u8(1);
+                            meta.put_u32(pos);
+                            meta.put_u32(len);
+                        }
+                        None => meta.put_u8(0),
+                    }
+                }
             }
         }
     }
@@ -415,6 +443,37 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
             TAG_EXPIRE_PRODUCERS => Entry::ExpireProducers {
                 before_ms: meta.i64()?,
             },
+            TAG_REWRITE => {
+                let object = ObjId(meta.u64()?);
+                let stream = StreamId(meta.u64()?);
+                let size = meta.u32()?;
+                let n = meta.u32()? as usize;
+                meta.need(n.saturating_mul(21))?;
+                let mut batches = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let base_offset = meta.i64()?;
+                    let was = (ObjId(meta.u64()?), meta.u32()?);
+                    let now = match meta.u8()? {
+                        0 => None,
+                        1 => Some((meta.u32()?, meta.u32()?)),
+                        _ => return Err(Corrupt("rewrite flag")),
+                    };
+                    if now.is_some_and(|(pos, len)| pos as u64 + len as u64 > size as u64) {
+                        return Err(Corrupt("rewritten batch past its object"));
+                    }
+                    batches.push(Rewritten {
+                        base_offset,
+                        was,
+                        now,
+                    });
+                }
+                Entry::Rewrite {
+                    object,
+                    stream,
+                    size,
+                    batches,
+                }
+            }
             _ => return Err(Corrupt("wal entry tag")),
         };
         entries.push(e);
@@ -832,6 +891,23 @@ mod tests {
             Entry::MeterDone { window: 3_600_000 },
             Entry::ExpireProducers {
                 before_ms: 1_700_000_000_000,
+            },
+            Entry::Rewrite {
+                object: ObjId::data(2, 2),
+                stream: StreamId(1),
+                size: 300,
+                batches: vec![
+                    Rewritten {
+                        base_offset: 0,
+                        was: (ObjId::wal(4), 61),
+                        now: Some((100, 200)),
+                    },
+                    Rewritten {
+                        base_offset: 2,
+                        was: (ObjId::data(1, 7), 0),
+                        now: None,
+                    },
+                ],
             },
             Entry::Append {
                 stream: StreamId(1),

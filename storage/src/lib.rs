@@ -29,7 +29,9 @@ pub mod store;
 
 use bytes::Bytes;
 
-pub use log::{Appended, Follower, LogConfig, LogStats, Read, ShardLog, FENCE_WINDOW};
+pub use log::{
+    Appended, Change, Follower, LogConfig, LogStats, Read, Rewrote, ShardLog, FENCE_WINDOW,
+};
 pub use producers::{AbortedTxn, Producer, ProducerState, Txn};
 pub use state::{BatchLoc, ObjId};
 
@@ -109,6 +111,27 @@ pub enum Entry {
     ExpireProducers {
         before_ms: i64,
     },
+    /// A caller's rewrite of one stream's batches (Kafka's key compaction):
+    /// each batch still where the rewrite read it (same base offset, object
+    /// and position) now lives in data object `object`, or is gone. A batch
+    /// found elsewhere (compaction moved it, retention dropped it) is left
+    /// as it is, so the entry means the same live and on replay.
+    Rewrite {
+        object: ObjId,
+        stream: StreamId,
+        /// Bytes of the data object.
+        size: u32,
+        batches: Vec<Rewritten>,
+    },
+}
+
+/// One batch of a [`Entry::Rewrite`]: where it was, and its new place
+/// (`pos`, `len`) in the rewrite's object, or `None` when it is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    pub base_offset: i64,
+    pub was: (ObjId, u32),
+    pub now: Option<(u32, u32)>,
 }
 
 /// Batches `from..to` of one stream, back to back in a data object, the last

@@ -34,9 +34,11 @@ mod compact;
 mod flush;
 mod follow;
 pub use follow::Follower;
+pub use rewrite::{Change, Rewrote};
 mod open;
 mod put;
 mod read;
+mod rewrite;
 
 /// The log format's bound on flushes in flight. A new owner fences this many
 /// sequence numbers past the first free one, so a stale owner's in-flight
@@ -128,6 +130,8 @@ pub struct LogStats {
     pub checkpoints: AtomicU64,
     pub truncations: AtomicU64,
     pub expired_producers: AtomicU64,
+    /// Rewrites applied (key compaction's, see `ShardLog::rewrite`).
+    pub rewrites: AtomicU64,
     pub duplicates: AtomicU64,
 }
 
@@ -204,6 +208,11 @@ struct Inner {
     stopped: watch::Sender<bool>,
     /// Blocks of objects read back for batches no longer in the tail.
     cache: Mutex<cache::BlockCache>,
+    /// Held by compaction and by a rewrite from plan to durable entry, so
+    /// neither moves batches the other has planned on.
+    maintenance: tokio::sync::Mutex<()>,
+    /// Counter of this owner's data objects (named by epoch and counter).
+    next_data: AtomicU64,
 }
 
 struct Core {
@@ -331,6 +340,8 @@ impl ShardLog {
             pending: Arc::new(Semaphore::new(permits)),
             stopped: watch::channel(false).0,
             cache: Mutex::new(cache::BlockCache::new(cfg.read_cache_bytes)),
+            maintenance: tokio::sync::Mutex::new(()),
+            next_data: AtomicU64::new(0),
             cfg,
         });
         tokio::spawn(flush::flusher(inner.clone()));
@@ -738,6 +749,23 @@ impl Core {
     }
 }
 
+impl ShardLog {
+    /// A new data object's id: this owner's epoch and a counter.
+    fn next_data_object(&self) -> Result<crate::ObjId, Error> {
+        let epoch = self.inner.writer.epoch;
+        let n = self
+            .inner
+            .next_data
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if epoch >= 1 << 31 || n >= 1 << 32 {
+            return Err(Error::Unavailable(
+                "data object ids exhausted for this epoch".into(),
+            ));
+        }
+        Ok(crate::ObjId::data(epoch, n))
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding this lock is a bug; the state is then suspect
@@ -796,7 +824,8 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
             | Entry::Meter { .. }
             | Entry::MeterClose { .. }
             | Entry::MeterDone { .. }
-            | Entry::ExpireProducers { .. } => {}
+            | Entry::ExpireProducers { .. }
+            | Entry::Rewrite { .. } => {}
         }
     }
     Ok(())
@@ -876,6 +905,7 @@ fn entry_bytes(e: &Entry) -> usize {
         Entry::Put { key, value } => key.len() + value.as_ref().map_or(0, |v| v.len()) + 16,
         Entry::Compact { runs, .. } => 24 + runs.len() * 28,
         Entry::Sweep { forget, .. } => 16 + forget.len() * 8,
+        Entry::Rewrite { batches, .. } => 24 + batches.len() * 29,
         Entry::Meter { counts, .. } => 16 + counts.len() * 8,
         _ => 16,
     }
@@ -957,6 +987,21 @@ impl Tail {
 
     fn get(&self, stream: StreamId, base: i64) -> Option<Bytes> {
         self.map.get(&(stream, base)).cloned()
+    }
+
+    /// Forgets the batches a rewrite replaced: the tail must never serve
+    /// bytes the index no longer describes (compaction copies from it).
+    fn forget_rewritten(&mut self, e: &Entry) {
+        if let Entry::Rewrite {
+            stream, batches, ..
+        } = e
+        {
+            for b in batches {
+                if let Some(old) = self.map.remove(&(*stream, b.base_offset)) {
+                    self.bytes -= old.len();
+                }
+            }
+        }
     }
 }
 

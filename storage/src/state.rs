@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 
 use crate::producers::{AbortedTxn, ProducerState, Txn};
-use crate::{Entry, Run, StreamId};
+use crate::{Entry, Rewritten, Run, StreamId};
 
 /// Names an object batches live in: a WAL object by seq, or a data object
 /// written by compaction (top bit set; then the writer's epoch and a counter).
@@ -276,6 +276,12 @@ impl State {
                     self.meters.remove(window);
                 }
             }
+            Entry::Rewrite {
+                object,
+                stream,
+                size,
+                batches,
+            } => self.rewrite(*object, *stream, *size, batches),
             Entry::ExpireProducers { before_ms } => {
                 let idle = self.idle_producers(*before_ms);
                 self.forget_producers(&idle);
@@ -322,6 +328,61 @@ impl State {
             l.pos = end;
         }
         *self.refs.entry(object).or_default() += moved.len() as u32;
+        for o in moved {
+            self.unref(o);
+        }
+    }
+
+    /// Applies a [`Entry::Rewrite`]: see there. The live state (appends
+    /// applied before they are durable, all at `ObjId::wal(u64::MAX)`, for
+    /// offsets and byte counts only) matches batches by base offset alone.
+    fn rewrite(&mut self, object: ObjId, stream: StreamId, size: u32, batches: &[Rewritten]) {
+        let live = ObjId::wal(u64::MAX);
+        let mut moved = Vec::new();
+        let mut kept = 0u32;
+        if let Some(s) = self.streams.get_mut(&stream) {
+            let mut gone = false;
+            for b in batches {
+                let i = s.locs.partition_point(|l| l.base_offset < b.base_offset);
+                let Some(l) = s.locs.get_mut(i) else { continue };
+                if l.base_offset != b.base_offset || ((l.obj, l.pos) != b.was && l.obj != live) {
+                    continue;
+                }
+                let new_len = b.now.map_or(0, |(_, len)| len);
+                s.bytes = s.bytes + new_len as u64 - l.len as u64;
+                self.bytes = self.bytes + new_len as u64 - l.len as u64;
+                l.len = new_len;
+                if l.obj != live {
+                    moved.push(l.obj);
+                }
+                match b.now {
+                    Some((pos, _)) if l.obj != live => {
+                        l.obj = object;
+                        l.pos = pos;
+                        kept += 1;
+                    }
+                    Some(_) => {}
+                    None => {
+                        // Removed below, in one pass.
+                        l.offsets = 0;
+                        gone = true;
+                    }
+                }
+            }
+            if gone {
+                s.locs.retain(|l| l.offsets > 0);
+            }
+        }
+        if kept > 0 {
+            *self.refs.entry(object).or_default() += kept;
+        }
+        // Size 0: the rewrite only dropped batches and wrote no object.
+        if size > 0 {
+            self.data_sizes.insert(object, size);
+            if !self.refs.contains_key(&object) {
+                self.garbage.insert(object);
+            }
+        }
         for o in moved {
             self.unref(o);
         }

@@ -50,7 +50,7 @@ def test_topic_admin_lifecycle(floe):
     c = configs(a, "adm")
     assert c["retention.bytes"].value == "1000000" and c["max.message.bytes"].is_default
 
-    bad = ConfigResource(ResourceType.TOPIC, "adm", set_config={"cleanup.policy": "compact"})
+    bad = ConfigResource(ResourceType.TOPIC, "adm", set_config={"cleanup.policy": "compacted"})
     with pytest.raises(KafkaException, match="INVALID_CONFIG|not supported"):
         wait(a.alter_configs([bad]))
 
@@ -100,7 +100,7 @@ def test_configs_frameworks_set_are_kept_and_bad_ones_refused(floe):
     assert c["segment.ms"].value == "604800000" and c["segment.ms"].is_default
     assert c["compression.type"].value == "producer" and c["compression.type"].is_default
     for name, value in [("min.insync.replicas", "0"), ("compression.type", "lz4"),
-                        ("cleanup.policy", "compact"), ("segment.bytes", "10"),
+                        ("cleanup.policy", "compacted"), ("segment.bytes", "10"),
                         ("message.timestamp.type", "Now"),
                         ("message.timestamp.difference.max.ms", "1000")]:
         with pytest.raises(KafkaException, match="INVALID_CONFIG"):

@@ -293,7 +293,7 @@ fn bad_acks_and_configs_are_refused() {
     let mut f = start(&[]);
     let mut c = Conn::connect(&f.bootstrap());
     assert_eq!(
-        create(&mut c, "cfg", &[("cleanup.policy", "compact")]).error_code,
+        create(&mut c, "cfg", &[("cleanup.policy", "compacted")]).error_code,
         ResponseError::InvalidConfig.code()
     );
     assert_eq!(

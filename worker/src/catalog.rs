@@ -83,7 +83,7 @@ pub fn validate_name(name: &str) -> Result<(), WorkerError> {
 }
 
 /// The topic configs the data path reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TopicConfig {
     pub max_message_bytes: i64,
     /// Batches whose newest timestamp is older than this are dropped; -1 keeps them.
@@ -93,6 +93,15 @@ pub struct TopicConfig {
     /// `message.timestamp.type=LogAppendTime`: batches are stamped with the
     /// time they are appended.
     pub log_append_time: bool,
+    /// `cleanup.policy` has `delete`: retention applies.
+    pub delete: bool,
+    /// `cleanup.policy` has `compact`: the cleaner keeps each key's last
+    /// record (see `cleaner.rs`), and records need keys.
+    pub compact: bool,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
+    pub delete_retention_ms: i64,
 }
 
 /// A config's type, numbered as DescribeConfigs v3 numbers them.
@@ -164,20 +173,19 @@ const REPLICAS: &str =
     "Floe acknowledges a write once the object store holds it; there are no replicas";
 const SEGMENTS: &str = "Floe keeps no segment files: the log is objects, sized by compaction";
 const FLUSH: &str = "every acknowledged write is already in the object store";
-const CLEANER: &str = "applies to cleanup.policy=compact, which Floe does not offer";
 const TIERS: &str = "all of a topic is in the object store: there is no local tier";
 
 /// Every topic config Floe accepts, in the order they are described.
 #[rustfmt::skip] // a table: one config a line
 pub const CONFIGS: &[Spec] = &[
-    spec("cleanup.policy", "delete", Kind::List, Valid::OneOf(&["delete"])),
+    spec("cleanup.policy", "delete", Kind::List, Valid::OneOf(&["delete", "compact", "compact,delete", "delete,compact"])),
     spec("max.message.bytes", "1048588", Kind::Int, Valid::Range(0, I32)),
     spec("message.timestamp.type", "CreateTime", Kind::String, Valid::OneOf(&["CreateTime", "LogAppendTime"])),
     spec("retention.bytes", "-1", Kind::Long, Valid::Range(-1, i64::MAX)),
     spec("retention.ms", "604800000", Kind::Long, Valid::Range(-1, i64::MAX)),
     inert("compression.type", "producer", Kind::String, Valid::OneOf(&["producer"]),
         "batches are stored as their producer compressed them; other values are refused"),
-    inert("delete.retention.ms", "86400000", Kind::Long, Valid::Range(0, i64::MAX), CLEANER),
+    spec("delete.retention.ms", "86400000", Kind::Long, Valid::Range(0, i64::MAX)),
     inert("file.delete.delay.ms", "60000", Kind::Long, Valid::Range(0, i64::MAX), SEGMENTS),
     inert("flush.messages", "9223372036854775807", Kind::Long, Valid::Range(1, i64::MAX), FLUSH),
     inert("flush.ms", "9223372036854775807", Kind::Long, Valid::Range(0, i64::MAX), FLUSH),
@@ -186,11 +194,11 @@ pub const CONFIGS: &[Spec] = &[
     inert("leader.replication.throttled.replicas", "", Kind::List, Valid::Any, REPLICAS),
     inert("local.retention.bytes", "-2", Kind::Long, Valid::Range(-2, i64::MAX), TIERS),
     inert("local.retention.ms", "-2", Kind::Long, Valid::Range(-2, i64::MAX), TIERS),
-    inert("max.compaction.lag.ms", "9223372036854775807", Kind::Long, Valid::Range(1, i64::MAX), CLEANER),
+    spec("max.compaction.lag.ms", "9223372036854775807", Kind::Long, Valid::Range(1, i64::MAX)),
     inert("message.downconversion.enable", "true", Kind::Boolean, Valid::Boolean,
         "Floe answers only fetch versions that carry v2 record batches"),
-    inert("min.cleanable.dirty.ratio", "0.5", Kind::Double, Valid::Ratio, CLEANER),
-    inert("min.compaction.lag.ms", "0", Kind::Long, Valid::Range(0, i64::MAX), CLEANER),
+    spec("min.cleanable.dirty.ratio", "0.5", Kind::Double, Valid::Ratio),
+    spec("min.compaction.lag.ms", "0", Kind::Long, Valid::Range(0, i64::MAX)),
     inert("min.insync.replicas", "1", Kind::Int, Valid::Range(1, I32), REPLICAS),
     inert("preallocate", "false", Kind::Boolean, Valid::Boolean, SEGMENTS),
     inert("remote.storage.enable", "false", Kind::Boolean, Valid::Boolean, TIERS),
@@ -201,12 +209,22 @@ pub const CONFIGS: &[Spec] = &[
     inert("unclean.leader.election.enable", "false", Kind::Boolean, Valid::Boolean, REPLICAS),
 ];
 
+fn policy(m: &BTreeMap<String, String>) -> &str {
+    m.get("cleanup.policy").map_or("delete", String::as_str)
+}
+
 impl TopicConfig {
     fn from_map(m: &BTreeMap<String, String>) -> Self {
         let get = |k: &str| {
             m.get(k)
                 .and_then(|v| v.parse().ok())
                 .or_else(|| spec_of(k)?.default.parse().ok())
+        };
+        let get_f64 = |k: &str| {
+            m.get(k)
+                .and_then(|v| v.parse().ok())
+                .or_else(|| spec_of(k)?.default.parse().ok())
+                .unwrap_or(0.5)
         };
         Self {
             max_message_bytes: get("max.message.bytes").unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
@@ -215,6 +233,12 @@ impl TopicConfig {
             log_append_time: m
                 .get("message.timestamp.type")
                 .is_some_and(|v| v == "LogAppendTime"),
+            delete: policy(m).contains("delete"),
+            compact: policy(m).contains("compact"),
+            min_cleanable_dirty_ratio: get_f64("min.cleanable.dirty.ratio"),
+            min_compaction_lag_ms: get("min.compaction.lag.ms").unwrap_or(0),
+            max_compaction_lag_ms: get("max.compaction.lag.ms").unwrap_or(i64::MAX),
+            delete_retention_ms: get("delete.retention.ms").unwrap_or(86_400_000),
         }
     }
 }
@@ -284,7 +308,9 @@ mod tests {
         assert!(validate_config("retention.ms", "-1").is_ok());
         assert!(validate_config("retention.ms", "-2").is_err());
         assert!(validate_config("max.message.bytes", "x").is_err());
-        assert!(validate_config("cleanup.policy", "compact").is_err());
+        assert!(validate_config("cleanup.policy", "compact").is_ok());
+        assert!(validate_config("cleanup.policy", "delete,compact").is_ok());
+        assert!(validate_config("cleanup.policy", "compacted").is_err());
         assert!(validate_config("segment.bytes", "1").is_err());
         assert!(validate_config("segment.bytes", "1048576").is_ok());
         assert!(validate_config("min.insync.replicas", "2").is_ok());

@@ -25,6 +25,7 @@ use crate::published;
 use crate::quota::{Admission, Limits, LimitsFn, Meters, Usage};
 use crate::transactions::{Transactions, TxnError, TxnMeta, TxnState};
 use floe_tenants::usage::{Counts, Totals};
+mod cleaner;
 mod connector;
 pub mod policy;
 mod transform;
@@ -42,6 +43,9 @@ pub struct WorkerConfig {
     /// How often each open shard applies its topics' retention. Costs no
     /// store call unless something expired (then one entry).
     pub retention_every: Duration,
+    /// How often each open shard's cleaner looks at its compacted topics
+    /// (Kafka's `log.cleaner.backoff.ms`).
+    pub clean_every: Duration,
     /// A transactional id without an ongoing transaction is forgotten after
     /// this long idle (Kafka's `transactional.id.expiration.ms`).
     pub transactional_id_expiration: Duration,
@@ -68,6 +72,7 @@ impl Default for WorkerConfig {
         Self {
             log: LogConfig::default(),
             retention_every: Duration::from_secs(5),
+            clean_every: Duration::from_secs(15),
             transactional_id_expiration: Duration::from_secs(7 * 24 * 3600),
             group_initial_rebalance_delay: Duration::from_secs(3),
             usage_window: Duration::from_secs(3600),
@@ -181,6 +186,12 @@ impl Shard {
     fn partitions(&self) -> usize {
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
         topics.values().map(|t| t.streams.len()).sum()
+    }
+
+    /// Every topic, as the catalog is now.
+    fn topics_now(&self) -> Vec<Arc<TopicMeta>> {
+        let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        topics.values().cloned().collect()
     }
 
     fn topic(&self, name: &str) -> Result<Arc<TopicMeta>> {
@@ -384,6 +395,7 @@ impl LocalWorker {
                 .insert(tenant.clone(), shard.clone());
         }
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
+        tokio::spawn(cleaner::clean(Arc::downgrade(&shard), self.cfg.clean_every));
         tokio::spawn(usage::ticks(
             Arc::downgrade(&shard),
             self.store.clone(),
@@ -754,6 +766,11 @@ impl Shards for LocalWorker {
                 return Err(WorkerError::InvalidRecord(
                     "control batches are written by the transaction coordinator only".into(),
                 ));
+            }
+            if config.compact && !cleaner::every_record_has_a_key(&data).unwrap_or(false) {
+                return Err(WorkerError::InvalidRecord(format!(
+                    "compacted topic {topic} cannot accept a record without a key"
+                )));
             }
             let producer = producer_of(&h)?;
             if h.is_transactional() {
@@ -1490,16 +1507,13 @@ async fn retention(shard: Weak<Shard>, every: Duration) {
             return;
         }
         let now = now_ms();
-        let topics: Vec<Arc<TopicMeta>> = shard
-            .topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
         let mut entries = Vec::new();
-        for t in topics {
+        for t in shard.topics_now() {
             let c = t.config();
+            // A compacted topic without `delete` keeps its data for good.
+            if !c.delete {
+                continue;
+            }
             let older_than = (c.retention_ms >= 0).then(|| now.saturating_sub(c.retention_ms));
             let max_bytes = u64::try_from(c.retention_bytes).ok();
             if older_than.is_none() && max_bytes.is_none() {

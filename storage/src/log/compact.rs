@@ -40,7 +40,6 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::PutPayload;
 use tokio::time::Instant;
 
-use super::read::For;
 use super::{background, ckpt_path, data_path, flush, obj_path, open, put, Inner, ShardLog};
 use crate::format;
 use crate::state::{BatchLoc, ObjId, State};
@@ -56,7 +55,6 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
         log: ShardLog {
             inner: inner.clone(),
         },
-        next_data: 0,
         waiting_since: None,
         queue: VecDeque::new(),
         queued: HashSet::new(),
@@ -88,8 +86,6 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
 
 struct Maintainer {
     log: ShardLog,
-    /// Counter of this owner's data objects (named by epoch and counter).
-    next_data: u64,
     /// When compaction first found objects waiting but too few to compact.
     waiting_since: Option<Instant>,
     /// Garbage noticed, oldest first: (when, WAL seqs below, objects).
@@ -120,6 +116,7 @@ impl Maintainer {
         if cfg.compact_bytes == 0 {
             return Ok(());
         }
+        let _turn = inner.maintenance.lock().await;
         // Paused while producers wait for the shard's produce budget.
         if inner.pending.available_permits() < (cfg.max_pending_bytes >> 10) / 2 {
             return Ok(());
@@ -157,14 +154,7 @@ impl Maintainer {
                 p
             }
         };
-        let epoch = inner.writer.epoch;
-        if epoch >= 1 << 31 || self.next_data >= 1 << 32 {
-            return Err(Error::Unavailable(
-                "data object ids exhausted for this epoch".into(),
-            ));
-        }
-        let object = ObjId::data(epoch, self.next_data);
-        self.next_data += 1;
+        let object = self.log.next_data_object()?;
         let mut runs = Vec::with_capacity(plan.runs.len());
         if !plan.runs.is_empty() {
             let mut at = format::data_header_len(plan.runs.len()) as u64;
@@ -172,7 +162,7 @@ impl Maintainer {
             let mut chunks = vec![Bytes::new()];
             for (mut run, locs) in plan.runs {
                 starts.push(at);
-                chunks.extend(self.batches(run.stream, &locs).await?);
+                chunks.extend(self.log.batches_of(run.stream, &locs).await?);
                 at += locs.iter().map(|l| l.len as u64).sum::<u64>();
                 run.end = u32::try_from(at)
                     .map_err(|_| Error::Unavailable("data object over 4 GiB".into()))?;
@@ -200,30 +190,6 @@ impl Maintainer {
         stats.compactions.fetch_add(1, Relaxed);
         stats.compacted_bytes.fetch_add(plan.bytes, Relaxed);
         Ok(())
-    }
-
-    /// The bytes of a run's batches: from the tail, else from their objects.
-    async fn batches(&self, stream: StreamId, locs: &[BatchLoc]) -> Result<Vec<Bytes>, Error> {
-        let mut out: Vec<Option<Bytes>> = {
-            let core = self.log.inner.lock();
-            locs.iter()
-                .map(|l| core.tail.get(stream, l.base_offset))
-                .collect()
-        };
-        let missing: Vec<BatchLoc> = locs
-            .iter()
-            .zip(&out)
-            .filter(|(_, b)| b.is_none())
-            .map(|(l, _)| *l)
-            .collect();
-        if !missing.is_empty() {
-            let (mut loaded, _) = self.log.load(&missing, For::Maintenance).await?;
-            loaded.reverse();
-            for b in out.iter_mut().filter(|b| b.is_none()) {
-                *b = loaded.pop();
-            }
-        }
-        Ok(out.into_iter().map(|b| b.unwrap_or_default()).collect())
     }
 
     async fn sweep(&mut self) -> Result<(), Error> {

@@ -141,6 +141,7 @@ fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
                 0
             };
             core.durable.apply(e, seq, p);
+            core.tail.forget_rewritten(e);
             if let Entry::Append {
                 stream,
                 base_offset,

@@ -173,6 +173,7 @@ fn replay(
             _ => 0,
         };
         state.apply(e, obj.seq, p);
+        tail.forget_rewritten(e);
     }
     Ok(())
 }

@@ -1,0 +1,449 @@
+//! Rewriting a stream's batches for a caller that knows what is in them
+//! (Kafka's key compaction, in the worker). The rewritten batches go into one
+//! data object, PUT with `PutMode::Create` before the `Rewrite` entry that
+//! points the index at them, as compaction does; dropped batches leave the
+//! index. A rewrite runs alone with compaction (the maintenance turn), so
+//! neither plans on batches the other is moving; retention and appends go
+//! on, and the entry leaves any batch no longer where it was read untouched.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use object_store::PutPayload;
+
+use super::read::For;
+use super::{background, data_path, put, ShardLog};
+use crate::format;
+use crate::state::BatchLoc;
+use crate::{Entry, Error, Rewritten, Run, StreamId};
+
+/// What a rewrite does with one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Keep,
+    /// The batch is gone; its offsets become a gap readers skip.
+    Drop,
+    /// New bytes for the same offsets: the caller keeps the batch's first
+    /// 8 bytes (its base offset) and the offsets it spans.
+    Replace(Bytes),
+}
+
+/// What one [`ShardLog::rewrite`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrote {
+    /// Where the next call should start: the end of the last batch looked at.
+    pub next: i64,
+    pub batches_read: usize,
+    pub bytes_read: u64,
+    pub replaced: usize,
+    pub dropped: usize,
+    /// Bytes of the replacements.
+    pub bytes_written: u64,
+}
+
+impl ShardLog {
+    /// Bytes of the durable batches of `stream` that end at or before `to`
+    /// and start at or after `from`.
+    pub fn bytes_between(&self, stream: StreamId, from: i64, to: i64) -> u64 {
+        let core = self.inner.lock();
+        let Some(s) = core.durable.streams.get(&stream) else {
+            return 0;
+        };
+        s.locs[s.find(from)..]
+            .iter()
+            .take_while(|l| l.end_offset() <= to)
+            .filter(|l| l.base_offset >= from)
+            .map(|l| l.len as u64)
+            .sum()
+    }
+
+    /// Base offset of the first durable batch of `stream` whose max
+    /// timestamp is at or after `t`; the stream's end if there is none.
+    pub fn first_younger(&self, stream: StreamId, t: i64) -> i64 {
+        let core = self.inner.lock();
+        let Some(s) = core.durable.streams.get(&stream) else {
+            return 0;
+        };
+        s.locs
+            .iter()
+            .find(|l| l.max_timestamp >= t)
+            .map_or(s.next_offset, |l| l.base_offset)
+    }
+
+    /// Max timestamp of the durable batch holding `offset`, or of the first
+    /// after it.
+    pub fn timestamp_at(&self, stream: StreamId, offset: i64) -> Option<i64> {
+        let core = self.inner.lock();
+        let s = core.durable.streams.get(&stream)?;
+        s.locs.get(s.find(offset)).map(|l| l.max_timestamp)
+    }
+
+    /// Shows `f` the durable batches of `stream` from `from` on that end at
+    /// or before `to`, about `max_bytes` of them (at least one), and applies
+    /// what it decides, durably. Call again from [`Rewrote::next`] for more.
+    pub async fn rewrite(
+        &self,
+        stream: StreamId,
+        from: i64,
+        to: i64,
+        max_bytes: u64,
+        mut f: impl FnMut(&Bytes) -> Change,
+    ) -> Result<Rewrote, Error> {
+        let _turn = self.inner.maintenance.lock().await;
+        let locs: Vec<BatchLoc> = {
+            let core = self.inner.lock();
+            if let Some(e) = &core.failed {
+                return Err(e.clone());
+            }
+            let s = core.durable_stream(stream)?;
+            let mut total = 0u64;
+            s.locs[s.find(from.max(s.log_start))..]
+                .iter()
+                .take_while(|l| l.end_offset() <= to)
+                .take_while(|l| {
+                    let first = total == 0;
+                    total += l.len as u64;
+                    first || total <= max_bytes
+                })
+                .copied()
+                .collect()
+        };
+        let Some(last) = locs.last() else {
+            return Ok(Rewrote {
+                next: from,
+                ..Rewrote::default()
+            });
+        };
+        let mut done = Rewrote {
+            next: last.end_offset(),
+            batches_read: locs.len(),
+            bytes_read: locs.iter().map(|l| l.len as u64).sum(),
+            ..Rewrote::default()
+        };
+        let bytes = self.batches_of(stream, &locs).await?;
+        let header = format::data_header_len(1) as u32;
+        let mut at = header;
+        let mut chunks = vec![Bytes::new()];
+        let mut batches = Vec::new();
+        for (l, b) in locs.iter().zip(&bytes) {
+            let now = match f(b) {
+                Change::Keep => continue,
+                Change::Drop => {
+                    done.dropped += 1;
+                    None
+                }
+                Change::Replace(new) => {
+                    let len = u32::try_from(new.len())
+                        .ok()
+                        .filter(|_| new.len() >= 8 && new[..8] == b[..8])
+                        .ok_or_else(|| {
+                            Error::Unavailable("a rewritten batch must keep its base offset".into())
+                        })?;
+                    let pos = at;
+                    at = at
+                        .checked_add(len)
+                        .ok_or_else(|| Error::Unavailable("rewrite over 4 GiB".into()))?;
+                    done.replaced += 1;
+                    done.bytes_written += len as u64;
+                    chunks.push(new);
+                    Some((pos, len))
+                }
+            };
+            batches.push(Rewritten {
+                base_offset: l.base_offset,
+                was: (l.obj, l.pos),
+                now,
+            });
+        }
+        if batches.is_empty() {
+            return Ok(done);
+        }
+        let object = self.next_data_object()?;
+        let size = if done.replaced == 0 {
+            // Nothing to store: the entry only drops batches.
+            0
+        } else {
+            let inner = &self.inner;
+            let run = Run {
+                stream,
+                from: batches[0].base_offset,
+                to: done.next,
+                end: at,
+            };
+            chunks[0] = format::encode_data_header(inner.writer, &[run], &[header as u64]);
+            let (e, n) = object.data_parts().expect("a data object");
+            let path = data_path(&inner.prefix, e, n);
+            let payload = PutPayload::from_iter(chunks);
+            let log = self.clone();
+            background(inner.cfg.background.as_ref(), async move {
+                let inner = &log.inner;
+                put::create_resolved(&*inner.store, &path, payload, inner.writer, &inner.cfg).await
+            })
+            .await?;
+            at
+        };
+        let entry = Entry::Rewrite {
+            object,
+            stream,
+            size,
+            batches,
+        };
+        self.append(vec![entry]).await?.durable().await?;
+        self.inner.cfg.stats.rewrites.fetch_add(1, Relaxed);
+        Ok(done)
+    }
+
+    /// The bytes of `locs` (batches of `stream`): from the tail, else from
+    /// their objects, without filling the read cache.
+    pub(super) async fn batches_of(
+        &self,
+        stream: StreamId,
+        locs: &[BatchLoc],
+    ) -> Result<Vec<Bytes>, Error> {
+        let mut out: Vec<Option<Bytes>> = {
+            let core = self.inner.lock();
+            locs.iter()
+                .map(|l| core.tail.get(stream, l.base_offset))
+                .collect()
+        };
+        let missing: Vec<BatchLoc> = locs
+            .iter()
+            .zip(&out)
+            .filter(|(_, b)| b.is_none())
+            .map(|(l, _)| *l)
+            .collect();
+        if !missing.is_empty() {
+            let (mut loaded, _) = self.load(&missing, For::Maintenance).await?;
+            loaded.reverse();
+            for b in out.iter_mut().filter(|b| b.is_none()) {
+                *b = loaded.pop();
+            }
+        }
+        Ok(out.into_iter().map(|b| b.unwrap_or_default()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::{BufMut, BytesMut};
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::ObjectStore;
+
+    use super::Change;
+    use crate::state::{ObjId, State};
+    use crate::{Entry, LogConfig, Rewritten, ShardLog, StreamId};
+
+    const S: StreamId = StreamId(1);
+
+    /// A "batch" of `offsets` offsets: the 8-byte base offset slot, then a
+    /// tag and padding to `len` bytes.
+    fn batch(tag: u8, offsets: u32, len: usize) -> Entry {
+        let mut b = BytesMut::zeroed(8);
+        b.put_u8(tag);
+        b.resize(len, tag);
+        Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets,
+            max_timestamp: tag as i64,
+            producer: None,
+            data: b.freeze(),
+        }
+    }
+
+    async fn read_all(log: &ShardLog, from: i64) -> Vec<(i64, u8, usize)> {
+        let r = log.read(S, from, 1 << 20, true).await.expect("read");
+        r.batches
+            .iter()
+            .map(|b| {
+                let base = i64::from_be_bytes(b[..8].try_into().expect("8"));
+                (base, b[8], b.len())
+            })
+            .collect()
+    }
+
+    async fn open(store: &Arc<dyn ObjectStore>, cfg: &LogConfig) -> ShardLog {
+        ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
+            .await
+            .expect("open")
+    }
+
+    /// Replaced, dropped and kept batches read as rewritten, from the
+    /// tail, from objects after a restart, and after compaction merged them.
+    #[tokio::test]
+    async fn a_rewrite_replaces_and_drops_batches_durably() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig {
+            maintain_every: Duration::from_millis(10),
+            compact_after: Duration::from_millis(10),
+            ..LogConfig::default()
+        };
+        let log = open(&store, &cfg).await;
+        let entries = vec![
+            Entry::CreateStream { stream: S },
+            batch(1, 2, 100),
+            batch(2, 3, 100),
+            batch(3, 1, 100),
+        ];
+        log.append(entries)
+            .await
+            .expect("append")
+            .durable()
+            .await
+            .expect("durable");
+        assert_eq!(
+            read_all(&log, 0).await,
+            [(0, 1, 100), (2, 2, 100), (5, 3, 100)]
+        );
+        let stored = log.stored_bytes();
+
+        let done = log
+            .rewrite(S, 0, 6, 1 << 20, |b| match b[8] {
+                1 => {
+                    let mut nb = BytesMut::from(&b[..40]);
+                    nb[8] = 11;
+                    Change::Replace(nb.freeze())
+                }
+                2 => Change::Drop,
+                _ => Change::Keep,
+            })
+            .await
+            .expect("rewrite");
+        assert_eq!(
+            (done.next, done.batches_read, done.replaced, done.dropped),
+            (6, 3, 1, 1)
+        );
+        let want = [(0, 11, 40), (5, 3, 100)];
+        assert_eq!(read_all(&log, 0).await, want);
+        // An offset in the dropped batch reads on from the next one.
+        assert_eq!(read_all(&log, 3).await, [(5, 3, 100)]);
+        assert_eq!(log.stored_bytes(), stored - 160, "the live count follows");
+        assert_eq!(
+            log.offsets(S).expect("offsets"),
+            (0, 6),
+            "offsets do not move"
+        );
+        drop(log);
+
+        // A new owner replays it the same way.
+        let log = open(&store, &cfg).await;
+        assert_eq!(read_all(&log, 0).await, want);
+        assert_eq!(log.stored_bytes(), stored - 160);
+        // Compaction running after it (of the batches appended below)
+        // leaves the rewritten ones readable.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log
+            .inner
+            .cfg
+            .stats
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no compaction");
+            log.append(vec![batch(4, 1, 10)])
+                .await
+                .expect("append")
+                .durable()
+                .await
+                .expect("durable");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all = read_all(&log, 0).await;
+        assert_eq!(all[..2], want);
+        drop(log);
+        let log = open(&store, &cfg).await;
+        assert_eq!(read_all(&log, 0).await[..2], want);
+    }
+
+    /// The entry leaves a batch no longer where the rewrite read it (moved
+    /// by compaction, or gone), and an object nothing kept is garbage.
+    #[test]
+    fn a_rewrite_of_a_moved_batch_leaves_it_alone() {
+        let mut st = State::default();
+        st.apply(&Entry::CreateStream { stream: S }, 1, 0);
+        let at = |base: i64, e: Entry| match e {
+            Entry::Append {
+                stream,
+                offsets,
+                max_timestamp,
+                producer,
+                data,
+                ..
+            } => Entry::Append {
+                stream,
+                base_offset: base,
+                offsets,
+                max_timestamp,
+                producer,
+                data,
+            },
+            e => e,
+        };
+        st.apply(&at(0, batch(1, 2, 100)), 5, 61);
+        st.apply(&at(2, batch(2, 1, 100)), 5, 161);
+        let before = st.streams[&S].locs.clone();
+        let object = ObjId::data(1, 0);
+        let stale = Entry::Rewrite {
+            object,
+            stream: S,
+            size: 500,
+            batches: vec![
+                // Read at another position: compaction moved it since.
+                Rewritten {
+                    base_offset: 0,
+                    was: (ObjId::wal(5), 999),
+                    now: Some((0, 50)),
+                },
+                // Not a batch's base offset.
+                Rewritten {
+                    base_offset: 1,
+                    was: (ObjId::wal(5), 61),
+                    now: None,
+                },
+            ],
+        };
+        st.apply(&stale, 6, 0);
+        assert_eq!(st.streams[&S].locs, before);
+        assert!(
+            st.garbage.contains(&object),
+            "nothing references the object"
+        );
+        assert_eq!(st.refs.get(&ObjId::wal(5)), Some(&2));
+
+        let fresh = Entry::Rewrite {
+            object: ObjId::data(1, 1),
+            stream: S,
+            size: 500,
+            batches: vec![
+                Rewritten {
+                    base_offset: 0,
+                    was: (ObjId::wal(5), 61),
+                    now: Some((0, 50)),
+                },
+                Rewritten {
+                    base_offset: 2,
+                    was: (ObjId::wal(5), 161),
+                    now: None,
+                },
+            ],
+        };
+        st.apply(&fresh, 7, 0);
+        let locs = &st.streams[&S].locs;
+        assert_eq!(locs.len(), 1);
+        assert_eq!(
+            (locs[0].obj, locs[0].pos, locs[0].len, locs[0].offsets),
+            (ObjId::data(1, 1), 0, 50, 2)
+        );
+        assert_eq!(st.streams[&S].bytes, 50);
+        assert!(
+            st.garbage.contains(&ObjId::wal(5)),
+            "the WAL object is unreferenced"
+        );
+        assert_eq!(st.streams[&S].next_offset, 3);
+    }
+}

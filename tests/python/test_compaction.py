@@ -1,0 +1,144 @@
+"""Compacted topics (cleanup.policy=compact) with kafka-python and
+confluent-kafka against the real binary: after the cleaner runs, each key's
+last record is what is left (tombstones too, until delete.retention.ms),
+at the offsets it was acknowledged at, across codecs and a restart; old
+records of a compact-only topic outlive retention.ms; a record without a
+key is refused with INVALID_RECORD."""
+import tempfile
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from conftest import Floe
+from test_idempotence import metric
+
+KEYS = 60
+
+
+@pytest.fixture
+def cleaning_floe():
+    with tempfile.TemporaryDirectory(prefix="floe-py-") as d:
+        f = Floe(d, ["--clean-every-ms", "200", "--retention-every-ms", "200"])
+        try:
+            yield f
+        finally:
+            f.close()
+
+
+def read(floe, topic, quiet_s=1.0, timeout_s=30):
+    """Every record of partition 0: (offset, key, value, timestamp)."""
+    c = Consumer({"bootstrap.servers": floe.bootstrap, "group.id": "reader",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    c.assign([TopicPartition(topic, 0, 0)])
+    got, deadline, last = [], time.time() + timeout_s, time.time()
+    while time.time() < deadline and time.time() - last < quiet_s:
+        m = c.poll(0.1)
+        if m is not None and m.error() is None:
+            got.append((m.offset(), m.key(), m.value(), m.timestamp()[1]))
+            last = time.time()
+    c.close()
+    return got
+
+
+def watermarks(floe, topic):
+    c = Consumer({"bootstrap.servers": floe.bootstrap, "group.id": "watermarks"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    finally:
+        c.close()
+
+
+def test_a_compacted_topic_keeps_each_keys_last_record(cleaning_floe):
+    floe = cleaning_floe
+    a = AdminClient({"bootstrap.servers": floe.bootstrap})
+    for f in a.create_topics([
+            NewTopic("latest", 1, 1, config={
+                "cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01",
+                "delete.retention.ms": "3000"}),
+            NewTopic("both", 1, 1, config={"cleanup.policy": "compact,delete"})]).values():
+        f.result(timeout=30)
+
+    acked = {}  # key -> (offset, value) of its last record
+    old = 1_600_000_000_000
+
+    def on_delivery(err, m):
+        assert err is None, err
+        acked[m.key()] = (m.offset(), m.value())
+
+    # Round 0: every key, with 2020 timestamps (retention.ms is 7 days).
+    # Rounds 1-2: keys 0-49 again, in other codecs; round 2 deletes 0-9.
+    for rnd, codec in enumerate(["none", "lz4", "zstd"]):
+        p = Producer({"bootstrap.servers": floe.bootstrap, "compression.type": codec,
+                      "linger.ms": 20, "enable.idempotence": True})
+        for i in range(KEYS if rnd == 0 else 50):
+            value = None if rnd == 2 and i < 10 else b"v%d-%d" % (rnd, i)
+            p.produce("latest", key=b"k%d" % i, value=value, partition=0,
+                      timestamp=old + i if rnd == 0 else 0, on_delivery=on_delivery)
+        p.flush(30)
+    produced = KEYS + 50 + 50
+    assert watermarks(floe, "latest") == (0, produced)
+
+    # The cleaner (every 200 ms) leaves one record per key.
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        got = read(floe, "latest", quiet_s=0.3)
+        if len(got) == KEYS:
+            break
+        time.sleep(0.2)
+    want = sorted((off, k, v) for k, (off, v) in acked.items())
+    assert [(o, k, v) for o, k, v, _ in got] == want, "each key's last record, where it was acked"
+    assert sum(v is None for _, _, v, _ in got) == 10, "tombstones stay a while"
+    # Keys 50-59 exist only in round 0, with 2020 timestamps: a compact-only
+    # topic keeps them. Offsets do not move; the high watermark stays.
+    assert [k for _, k, _, ts in got if ts < old + KEYS] == [b"k%d" % i for i in range(50, KEYS)]
+    assert watermarks(floe, "latest") == (0, produced)
+    assert metric(floe, "floe_rewrites_total") > 0
+
+    # A record without a key: refused, and the producer carries on.
+    kp = KafkaProducer(bootstrap_servers=floe.bootstrap, acks="all", retries=0)
+    with pytest.raises(KafkaError) as refused:
+        kp.send("latest", value=b"no key", partition=0).get(10)
+    assert type(refused.value).__name__ == "InvalidRecordError", refused.value
+    assert kp.send("latest", key=b"k1", value=b"again", partition=0).get(10).offset == produced
+    kp.close()
+
+    # Past delete.retention.ms (3 s) the tombstones go too, once the next
+    # write makes the partition dirty again.
+    time.sleep(3.5)
+    p = Producer({"bootstrap.servers": floe.bootstrap})
+    p.produce("latest", key=b"k2", value=b"last", partition=0)
+    p.flush(30)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        got = read(floe, "latest", quiet_s=0.3)
+        if all(v is not None for _, _, v, _ in got):
+            break
+        time.sleep(0.2)
+    keys = {k: v for _, k, v, _ in got}
+    assert len(got) == len(keys) == KEYS - 8, "k0-k9 deleted, k1 and k2 written again"
+    assert keys[b"k1"] == b"again" and keys[b"k2"] == b"last"
+
+    # The same after a restart (replayed from the log).
+    floe.restart()
+    assert read(floe, "latest") == got
+
+    # compact,delete: retention drops the old record as well.
+    p = Producer({"bootstrap.servers": floe.bootstrap})
+    p.produce("both", key=b"k", value=b"old", partition=0, timestamp=old)
+    p.flush(30)
+    deadline = time.time() + 30
+    while watermarks(floe, "both") != (1, 1) and time.time() < deadline:
+        time.sleep(0.1)
+    assert watermarks(floe, "both") == (1, 1)
+
+
+def test_compaction_configs_are_checked(cleaning_floe):
+    a = AdminClient({"bootstrap.servers": cleaning_floe.bootstrap})
+    for name, value in [("cleanup.policy", "compacted"), ("min.cleanable.dirty.ratio", "2"),
+                        ("delete.retention.ms", "-1"), ("max.compaction.lag.ms", "0")]:
+        with pytest.raises(KafkaException, match="INVALID_CONFIG"):
+            a.create_topics([NewTopic("bad", 1, 1, config={name: value})])["bad"].result(30)
