@@ -1001,6 +1001,12 @@ impl Tail {
                     self.bytes -= old.len();
                 }
             }
+            // Their keys stay in `order` until evicted; keep it from growing
+            // while rewrites hold the bytes under the bound.
+            if self.order.len() > 2 * self.map.len() + 64 {
+                let map = &self.map;
+                self.order.retain(|k| map.contains_key(k));
+            }
         }
     }
 }

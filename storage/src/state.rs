@@ -281,7 +281,7 @@ impl State {
                 stream,
                 size,
                 batches,
-            } => self.rewrite(*object, *stream, *size, batches),
+            } => self.rewrite(*object, *stream, *size, batches, seq),
             Entry::ExpireProducers { before_ms } => {
                 let idle = self.idle_producers(*before_ms);
                 self.forget_producers(&idle);
@@ -333,11 +333,19 @@ impl State {
         }
     }
 
-    /// Applies a [`Entry::Rewrite`]: see there. The live state (appends
-    /// applied before they are durable, all at `ObjId::wal(u64::MAX)`, for
-    /// offsets and byte counts only) matches batches by base offset alone.
-    fn rewrite(&mut self, object: ObjId, stream: StreamId, size: u32, batches: &[Rewritten]) {
-        let live = ObjId::wal(u64::MAX);
+    /// Applies a [`Entry::Rewrite`]: see there. The live state (`seq` is
+    /// `u64::MAX`: appends applied before they are durable, for offsets and
+    /// byte counts only; its locations lag the durable state's) follows the
+    /// batches by base offset alone.
+    fn rewrite(
+        &mut self,
+        object: ObjId,
+        stream: StreamId,
+        size: u32,
+        batches: &[Rewritten],
+        seq: u64,
+    ) {
+        let live = seq == u64::MAX;
         let mut moved = Vec::new();
         let mut kept = 0u32;
         if let Some(s) = self.streams.get_mut(&stream) {
@@ -345,18 +353,18 @@ impl State {
             for b in batches {
                 let i = s.locs.partition_point(|l| l.base_offset < b.base_offset);
                 let Some(l) = s.locs.get_mut(i) else { continue };
-                if l.base_offset != b.base_offset || ((l.obj, l.pos) != b.was && l.obj != live) {
+                if l.base_offset != b.base_offset || (!live && (l.obj, l.pos) != b.was) {
                     continue;
                 }
                 let new_len = b.now.map_or(0, |(_, len)| len);
                 s.bytes = s.bytes + new_len as u64 - l.len as u64;
                 self.bytes = self.bytes + new_len as u64 - l.len as u64;
                 l.len = new_len;
-                if l.obj != live {
+                if !live {
                     moved.push(l.obj);
                 }
                 match b.now {
-                    Some((pos, _)) if l.obj != live => {
+                    Some((pos, _)) if !live => {
                         l.obj = object;
                         l.pos = pos;
                         kept += 1;
@@ -372,6 +380,9 @@ impl State {
             if gone {
                 s.locs.retain(|l| l.offsets > 0);
             }
+        }
+        if live {
+            return;
         }
         if kept > 0 {
             *self.refs.entry(object).or_default() += kept;

@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod connectors;
 pub mod coordinator;
 pub mod groups;
+pub mod inflate;
 pub mod instances;
 pub mod local;
 pub mod offsets;

@@ -767,10 +767,16 @@ impl Shards for LocalWorker {
                     "control batches are written by the transaction coordinator only".into(),
                 ));
             }
-            if config.compact && !cleaner::every_record_has_a_key(&data).unwrap_or(false) {
-                return Err(WorkerError::InvalidRecord(format!(
-                    "compacted topic {topic} cannot accept a record without a key"
-                )));
+            if config.compact {
+                match cleaner::every_record_has_a_key(&data) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(WorkerError::InvalidRecord(format!(
+                            "compacted topic {topic} cannot accept a record without a key"
+                        )))
+                    }
+                    Err(e) => return Err(WorkerError::InvalidRecord(e)),
+                }
             }
             let producer = producer_of(&h)?;
             if h.is_transactional() {

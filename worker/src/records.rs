@@ -25,10 +25,23 @@ pub fn decode(read: &Read, from: i64) -> Result<Decoded, String> {
     let mut records = Vec::new();
     for b in &read.batches {
         let mut buf = b.clone();
-        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| {
-            let base = batch::base_offset(b).unwrap_or(-1);
-            format!("the batch at offset {base} does not decode: {e}")
-        })?;
+        // A client's batch may decompress to far more than it is: bounded.
+        let bounded = |body: &mut Bytes, c: Compression| {
+            let codec = match c {
+                Compression::None => 0,
+                Compression::Gzip => 1,
+                Compression::Snappy => 2,
+                Compression::Lz4 => 3,
+                Compression::Zstd => 4,
+            };
+            crate::inflate::decompress(codec, body, crate::inflate::MAX_INFLATED)
+                .map_err(anyhow::Error::msg)
+        };
+        let set = RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(bounded))
+            .map_err(|e| {
+                let base = batch::base_offset(b).unwrap_or(-1);
+                format!("the batch at offset {base} does not decode: {e}")
+            })?;
         let aborted = |r: &Record| {
             r.transactional
                 && read.aborted.iter().any(|a| {

@@ -80,7 +80,10 @@ impl ShardLog {
 
     /// Shows `f` the durable batches of `stream` from `from` on that end at
     /// or before `to`, about `max_bytes` of them (at least one), and applies
-    /// what it decides, durably. Call again from [`Rewrote::next`] for more.
+    /// what it decides, durably. Call again from [`Rewrote::next`] for more;
+    /// it stops early (nothing read) at batches compaction has not been
+    /// through yet. When anything changes, the batches kept are copied into
+    /// the new object too. The stream's last batch is never dropped.
     pub async fn rewrite(
         &self,
         stream: StreamId,
@@ -90,23 +93,28 @@ impl ShardLog {
         mut f: impl FnMut(&Bytes) -> Change,
     ) -> Result<Rewrote, Error> {
         let _turn = self.inner.maintenance.lock().await;
-        let locs: Vec<BatchLoc> = {
+        let (locs, stream_end) = {
             let core = self.inner.lock();
             if let Some(e) = &core.failed {
                 return Err(e.clone());
             }
             let s = core.durable_stream(stream)?;
+            // Only batches compaction has been through: it takes the rest,
+            // oldest first, as a suffix of each stream's index.
+            let compacted = core.durable.compacted_below;
             let mut total = 0u64;
-            s.locs[s.find(from.max(s.log_start))..]
+            let locs: Vec<BatchLoc> = s.locs[s.find(from.max(s.log_start))..]
                 .iter()
                 .take_while(|l| l.end_offset() <= to)
+                .take_while(|l| l.obj.wal_seq().is_none_or(|q| q < compacted))
                 .take_while(|l| {
                     let first = total == 0;
                     total += l.len as u64;
                     first || total <= max_bytes
                 })
                 .copied()
-                .collect()
+                .collect();
+            (locs, s.next_offset)
         };
         let Some(last) = locs.last() else {
             return Ok(Rewrote {
@@ -121,16 +129,44 @@ impl ShardLog {
             ..Rewrote::default()
         };
         let bytes = self.batches_of(stream, &locs).await?;
+        let mut changes: Vec<Change> = locs
+            .iter()
+            .zip(&bytes)
+            .map(|(l, b)| match f(b) {
+                // A stream never ends in a gap: a reader there would find
+                // no batch to move it on to the high watermark.
+                Change::Drop if l.end_offset() >= stream_end => Change::Keep,
+                c => c,
+            })
+            .collect();
+        if changes.iter().all(|c| *c == Change::Keep) {
+            return Ok(done);
+        }
+        // The batches kept move too, into the same object: the objects they
+        // were in are freed as the rest of them goes, not pinned by a few.
+        for (c, b) in changes.iter_mut().zip(&bytes) {
+            if *c == Change::Keep {
+                *c = Change::Replace(b.clone());
+            }
+        }
         let header = format::data_header_len(1) as u32;
         let mut at = header;
         let mut chunks = vec![Bytes::new()];
         let mut batches = Vec::new();
-        for (l, b) in locs.iter().zip(&bytes) {
-            let now = match f(b) {
+        for ((l, b), change) in locs.iter().zip(&bytes).zip(changes) {
+            let now = match change {
                 Change::Keep => continue,
                 Change::Drop => {
                     done.dropped += 1;
                     None
+                }
+                Change::Replace(new) if new == *b => {
+                    let pos = at;
+                    at = at
+                        .checked_add(l.len)
+                        .ok_or_else(|| Error::Unavailable("rewrite over 4 GiB".into()))?;
+                    chunks.push(new);
+                    Some((pos, l.len))
                 }
                 Change::Replace(new) => {
                     let len = u32::try_from(new.len())
@@ -159,7 +195,7 @@ impl ShardLog {
             return Ok(done);
         }
         let object = self.next_data_object()?;
-        let size = if done.replaced == 0 {
+        let size = if batches.iter().all(|b| b.now.is_none()) {
             // Nothing to store: the entry only drops batches.
             0
         } else {
@@ -300,6 +336,18 @@ mod tests {
             [(0, 1, 100), (2, 2, 100), (5, 3, 100)]
         );
         let stored = log.stored_bytes();
+        // Compaction has not been through them: a rewrite stops there.
+        let early = log.rewrite(S, 0, 6, 1 << 20, |_| Change::Drop).await;
+        assert_eq!(early.expect("rewrite").batches_read, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = log.rewrite(S, 0, 6, 1 << 20, |_| Change::Keep).await;
+            if r.expect("rewrite").batches_read == 3 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no compaction");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         let done = log
             .rewrite(S, 0, 6, 1 << 20, |b| match b[8] {
@@ -321,6 +369,15 @@ mod tests {
         assert_eq!(read_all(&log, 0).await, want);
         // An offset in the dropped batch reads on from the next one.
         assert_eq!(read_all(&log, 3).await, [(5, 3, 100)]);
+        // The kept batch moved with the replaced one: the WAL object has
+        // nothing left in it.
+        assert!(log
+            .inner
+            .lock()
+            .durable
+            .garbage
+            .iter()
+            .any(|o| o.wal_seq().is_some()));
         assert_eq!(log.stored_bytes(), stored - 160, "the live count follows");
         assert_eq!(
             log.offsets(S).expect("offsets"),
@@ -358,6 +415,18 @@ mod tests {
         drop(log);
         let log = open(&store, &cfg).await;
         assert_eq!(read_all(&log, 0).await[..2], want);
+
+        // Dropping everything leaves the stream's last batch.
+        let (_, hw) = log.offsets(S).expect("offsets");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while read_all(&log, 0).await.len() > 1 {
+            assert!(tokio::time::Instant::now() < deadline, "never down to one");
+            let _ = log.rewrite(S, 0, hw, 1 << 20, |_| Change::Drop).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last = read_all(&log, 0).await;
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].0 + 1, hw, "the last batch, one offset long");
     }
 
     /// The entry leaves a batch no longer where the rewrite read it (moved

@@ -18,15 +18,18 @@
 //! them. Storage applies the rewrite as a log entry (`ShardLog::rewrite`).
 //!
 //! Left as they are, as Kafka's cleaner leaves them or more conservatively:
-//! control batches; transactional batches (their records neither are
-//! removed nor supersede others, so an aborted record never hides a
-//! committed one); records without a key (a compacted topic refuses new
-//! ones, older ones stay).
+//! control batches; transactional batches (their records are not removed
+//! and do not supersede others, so an aborted record never hides a
+//! committed one; a tombstone of a key they hold is kept); records without
+//! a key (a compacted topic refuses new ones, older ones stay); batches
+//! compaction has not moved yet (they stay dirty for a later pass); the
+//! stream's last batch, however empty (storage keeps it, so no reader is
+//! left in a gap below the high watermark).
 //!
 //! The key map holds every distinct key of a partition's clean range in
 //! memory, once per pass; Kafka bounds its map and cleans in several passes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -34,10 +37,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use floe_common::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use floe_storage::log::now_ms;
 use floe_storage::{Change, ShardLog, StreamId};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 use super::Shard;
 use crate::catalog::{TopicConfig, TopicMeta};
+use crate::inflate;
 
 /// Bytes of batches one rewrite call takes: one data object at most.
 const CHUNK: u64 = 8 << 20;
@@ -95,7 +98,7 @@ pub(crate) async fn clean_partition(
     now: i64,
     cleaned: &mut HashMap<StreamId, i64>,
 ) -> Result<Option<Cleaned>, floe_storage::Error> {
-    let (log_start, high_watermark) = log.offsets(stream)?;
+    let (log_start, _) = log.offsets(stream)?;
     let end = log
         .first_younger(stream, now.saturating_sub(c.min_compaction_lag_ms))
         .min(log.last_stable(stream)?);
@@ -116,17 +119,24 @@ pub(crate) async fn clean_partition(
         return Ok(None);
     }
 
-    // 1. Each key's last offset, among records that may supersede others.
+    // 1. Each key's last offset, among records that may supersede others,
+    // and the keys transactional records hold (a tombstone of such a key
+    // stays: it may be all that hides one of them).
     let mut last: HashMap<Bytes, i64> = HashMap::new();
+    let mut in_txns: HashSet<Bytes> = HashSet::new();
     let mut bad = None;
     let mut at = log_start;
     while at < end {
         let r = log
             .rewrite(stream, at, end, CHUNK, |b| {
-                if let Err(e) = scan(b, |offset, key, _| {
-                    if let Some(k) = key {
+                if let Err(e) = scan(b, |offset, key, _, transactional| match key {
+                    Some(k) if transactional => {
+                        in_txns.insert(k);
+                    }
+                    Some(k) => {
                         last.insert(k, offset);
                     }
+                    None => {}
                 }) {
                     bad = Some(e);
                 }
@@ -155,15 +165,12 @@ pub(crate) async fn clean_partition(
                 let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, ts: i64| match key {
                     None => true,
                     Some(k) => {
-                        last.get(k) == Some(&offset) && !(tombstone && ts < tombstones_before)
+                        let expired = tombstone && ts < tombstones_before && !in_txns.contains(k);
+                        last.get(k) == Some(&offset) && !expired
                     }
                 };
                 match filter(b, keep) {
-                    // The stream's last batch stays, emptied or not: a
-                    // reader between it and the high watermark would find
-                    // no batch to move it on (Kafka never cleans the active
-                    // segment).
-                    Ok((Change::Drop, _)) if batch_end(b) >= high_watermark => Change::Keep,
+                    // (Storage never drops a stream's last batch.)
                     Ok((change, removed)) => {
                         done.removed += removed;
                         change
@@ -179,7 +186,8 @@ pub(crate) async fn clean_partition(
         done.dropped += r.dropped;
         at = r.next;
     }
-    cleaned.insert(stream, end);
+    // Batches compaction has not taken yet stay dirty, for a later pass.
+    cleaned.insert(stream, at);
     Ok(Some(done))
 }
 
@@ -199,11 +207,14 @@ pub(crate) fn every_record_has_a_key(b: &Bytes) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Calls `f(offset, key, is_tombstone)` for each record of a data batch
-/// (any codec); control batches and transactional ones are skipped.
-pub(crate) fn scan(b: &Bytes, mut f: impl FnMut(i64, Option<Bytes>, bool)) -> Result<(), String> {
+/// Calls `f(offset, key, is_tombstone, is_transactional)` for each record
+/// of a data batch (any codec); control batches are skipped.
+pub(crate) fn scan(
+    b: &Bytes,
+    mut f: impl FnMut(i64, Option<Bytes>, bool, bool),
+) -> Result<(), String> {
     let h = batch::parse(b).map_err(|e| e.to_string())?;
-    if h.is_control() || h.is_transactional() {
+    if h.is_control() {
         return Ok(());
     }
     let base = batch::base_offset(b).unwrap_or(0);
@@ -211,7 +222,12 @@ pub(crate) fn scan(b: &Bytes, mut f: impl FnMut(i64, Option<Bytes>, bool)) -> Re
     for r in Records::new(&records) {
         let r = r?;
         let key = r.key.map(|k| records.slice(k));
-        f(base + r.offset_delta, key, r.tombstone);
+        f(
+            base + r.offset_delta,
+            key,
+            r.tombstone,
+            h.is_transactional(),
+        );
     }
     Ok(())
 }
@@ -255,7 +271,7 @@ pub(crate) fn filter(
     for s in &kept {
         plain.put_slice(&records[s.clone()]);
     }
-    let body = compress(h.attributes & 7, plain.freeze())?;
+    let body = inflate::compress(h.attributes & 7, &plain)?;
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
     out.put_slice(&b[..HEADER_LEN]);
     out.put_slice(&body);
@@ -266,44 +282,13 @@ pub(crate) fn filter(
     Ok((Change::Replace(out.freeze()), removed))
 }
 
-/// The offset after a batch's last.
-fn batch_end(b: &Bytes) -> i64 {
-    let base = batch::base_offset(b).unwrap_or(0);
-    batch::parse(b).map_or(i64::MAX, |h| base + i64::from(h.offset_count()))
-}
-
-/// The batch's records section, uncompressed.
+/// The batch's records section, uncompressed (within the bound).
 fn payload(b: &Bytes, h: &BatchHeader) -> Result<Bytes, String> {
-    let mut body = b.slice(HEADER_LEN..h.len.min(b.len()));
-    let all = |p: &mut Bytes| Ok(p.split_off(0));
-    let r = match h.attributes & 7 {
-        0 => return Ok(body),
-        1 => Gzip::decompress(&mut body, all),
-        2 => Snappy::decompress(&mut body, all),
-        3 => Lz4::decompress(&mut body, all),
-        4 => Zstd::decompress(&mut body, all),
-        c => return Err(format!("unknown codec {c}")),
-    };
-    r.map_err(|e| format!("decompressing: {e}"))
-}
-
-/// `plain` compressed with codec `codec` (a batch's attributes & 7).
-fn compress(codec: i16, plain: Bytes) -> Result<Bytes, String> {
-    let mut out = BytesMut::new();
-    let copy = |p: &mut BytesMut| {
-        p.put_slice(&plain);
-        Ok(())
-    };
-    let r = match codec {
-        0 => return Ok(plain),
-        1 => Gzip::compress(&mut out, copy),
-        2 => Snappy::compress(&mut out, copy),
-        3 => Lz4::compress(&mut out, copy),
-        4 => Zstd::compress(&mut out, copy),
-        c => return Err(format!("unknown codec {c}")),
-    };
-    r.map_err(|e| format!("compressing: {e}"))?;
-    Ok(out.freeze())
+    let body = b.slice(HEADER_LEN..h.len.min(b.len()));
+    match h.attributes & 7 {
+        0 => Ok(body),
+        codec => inflate::decompress(codec, &body, inflate::MAX_INFLATED),
+    }
 }
 
 /// One record of a batch: its bytes (length prefix included), offset delta,
@@ -465,7 +450,7 @@ mod tests {
             let b = encode(&rs, compression);
             let before = batch::parse(&b).expect("valid");
             let mut seen = Vec::new();
-            scan(&b, |o, k, t| seen.push((o, k, t))).expect("scans");
+            scan(&b, |o, k, t, _| seen.push((o, k, t))).expect("scans");
             assert_eq!(seen.len(), 4);
             assert_eq!(seen[2], (12, Some(Bytes::from_static(b"a")), true));
             assert_eq!(seen[3].1, None);
@@ -503,9 +488,9 @@ mod tests {
         r.producer_id = 7;
         r.producer_epoch = 0;
         let b = encode(&[r], Compression::None);
-        let mut n = 0;
-        scan(&b, |_, _, _| n += 1).expect("scans");
-        assert_eq!(n, 0, "a transactional record supersedes nothing");
+        let mut seen = Vec::new();
+        scan(&b, |_, k, _, txn| seen.push((k, txn))).expect("scans");
+        assert_eq!(seen, [(Some(Bytes::from_static(b"a")), true)]);
         assert_eq!(
             filter(&b, |_, _, _, _| false).expect("ok"),
             (Change::Keep, 0)
