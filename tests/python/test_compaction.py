@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from conftest import Floe
+from test_confluent_admin import watermarks
 from test_idempotence import metric
 
 KEYS = 60
@@ -45,14 +46,6 @@ def read(floe, topic, quiet_s=1.0, timeout_s=30):
             last = time.time()
     c.close()
     return got
-
-
-def watermarks(floe, topic):
-    c = Consumer({"bootstrap.servers": floe.bootstrap, "group.id": "watermarks"})
-    try:
-        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    finally:
-        c.close()
 
 
 def test_a_compacted_topic_keeps_each_keys_last_record(cleaning_floe):
@@ -133,6 +126,11 @@ def test_a_compacted_topic_keeps_each_keys_last_record(cleaning_floe):
     while again != got and time.time() < deadline:
         again = read(floe, "latest")
     assert again == got
+
+    # DeleteRecords on a compact-only topic: POLICY_VIOLATION, as Kafka.
+    a = AdminClient({"bootstrap.servers": floe.bootstrap})
+    with pytest.raises(KafkaException, match="POLICY_VIOLATION"):
+        a.delete_records([TopicPartition("latest", 0, 5)])[TopicPartition("latest", 0, 5)].result(30)
 
     # compact,delete: retention drops the old record as well.
     p = Producer({"bootstrap.servers": floe.bootstrap})

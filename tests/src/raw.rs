@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
@@ -174,6 +175,17 @@ impl Conn {
 
     /// [`Conn::create_topic`] with configs.
     pub fn create_topic_with(&mut self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let r = self.try_create_topic(topic, partitions, configs);
+        assert_eq!(r.error_code, 0, "creating {topic}");
+    }
+
+    /// CreateTopics v7 for one topic: its result, whatever it is.
+    pub fn try_create_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> CreatableTopicResult {
         let configs = configs
             .iter()
             .map(|(k, v)| {
@@ -187,8 +199,8 @@ impl Conn {
             .with_num_partitions(partitions)
             .with_replication_factor(1)
             .with_configs(configs);
-        let r = self.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
-        assert_eq!(r.topics[0].error_code, 0, "creating {topic}");
+        let mut r = self.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
+        r.topics.swap_remove(0)
     }
 
     /// Fetch v12 of one partition from `offset`, without waiting, up to

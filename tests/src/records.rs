@@ -89,3 +89,30 @@ fn encode_with(
     RecordBatchEncoder::encode(&mut buf, records.iter(), &opts).expect("batch encodes");
     buf.freeze()
 }
+
+/// One zstd-compressed record of `value_len` zero bytes (a few KB of zstd
+/// for many MB of record), keyed or not.
+pub fn zstd_record(key: Option<&'static [u8]>, value_len: usize) -> Bytes {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: key.map(Bytes::from_static),
+        value: Some(Bytes::from(vec![0u8; value_len])),
+        headers: IndexMap::new(),
+    };
+    let mut buf = BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::Zstd,
+    };
+    RecordBatchEncoder::encode(&mut buf, [record].iter(), &opts).expect("batch encodes");
+    buf.freeze()
+}

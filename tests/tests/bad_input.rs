@@ -3,13 +3,12 @@
 
 use bytes::{BufMut, BytesMut};
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
-use floe_e2e::records::batch;
+use floe_e2e::records::{batch, zstd_record};
 use floe_e2e::{temp_dir, Floe};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 
 const UNKNOWN_TOPIC: i16 = ResponseError::UnknownTopicOrPartition.code();
@@ -27,26 +26,7 @@ fn assert_alive(f: &mut Floe) {
 }
 
 fn create(c: &mut Conn, topic: &str, configs: &[(&str, &str)]) -> CreatableTopicResult {
-    let configs = configs
-        .iter()
-        .map(|(k, v)| {
-            CreatableTopicConfig::default()
-                .with_name(StrBytes::from_string(k.to_string()))
-                .with_value(Some(StrBytes::from_string(v.to_string())))
-        })
-        .collect();
-    let t = CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(1)
-        .with_replication_factor(1)
-        .with_configs(configs);
-    let mut r = c.call(
-        7,
-        &CreateTopicsRequest::default()
-            .with_topics(vec![t])
-            .with_timeout_ms(5000),
-    );
-    r.topics.remove(0)
+    c.try_create_topic(topic, 1, configs)
 }
 
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -285,6 +265,37 @@ fn produce_to_a_deleted_topic_and_recreate_it_empty() {
     f.restart();
     let mut c = Conn::connect(&f.bootstrap());
     assert_eq!(latest(&mut c, "gone"), (0, 0));
+    assert_alive(&mut f);
+}
+
+/// A compacted topic's records are decompressed to check their keys: a
+/// small batch that inflates past the worker's bound (64 MiB) is refused,
+/// as is a record without a key, and the process carries on.
+#[test]
+fn a_compacted_topic_refuses_keyless_records_and_decompression_bombs() {
+    let mut f = start(&[]);
+    let mut c = Conn::connect(&f.bootstrap());
+    assert_eq!(
+        create(&mut c, "keyed", &[("cleanup.policy", "compact")]).error_code,
+        0
+    );
+    let mut produce = |records| {
+        let r: ProduceResponse = c.call(9, &produce_request("keyed", 0, -1, records));
+        let p = &r.responses[0].partition_responses[0];
+        (
+            p.error_code,
+            p.error_message.as_ref().map(|m| m.to_string()),
+        )
+    };
+    let bomb = zstd_record(Some(b"k"), 100 << 20);
+    assert!(bomb.len() < 1 << 20, "{} bytes on the wire", bomb.len());
+    let (code, message) = produce(bomb);
+    assert_eq!(code, ResponseError::InvalidRecord.code());
+    assert!(message.is_some_and(|m| m.contains("more than")));
+    let (code, message) = produce(zstd_record(None, 10));
+    assert_eq!(code, ResponseError::InvalidRecord.code());
+    assert!(message.is_some_and(|m| m.contains("without a key")));
+    assert_eq!(produce(zstd_record(Some(b"k"), 1 << 20)).0, 0);
     assert_alive(&mut f);
 }
 

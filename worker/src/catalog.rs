@@ -178,7 +178,7 @@ const TIERS: &str = "all of a topic is in the object store: there is no local ti
 /// Every topic config Floe accepts, in the order they are described.
 #[rustfmt::skip] // a table: one config a line
 pub const CONFIGS: &[Spec] = &[
-    spec("cleanup.policy", "delete", Kind::List, Valid::OneOf(&["delete", "compact", "compact,delete", "delete,compact"])),
+    spec("cleanup.policy", "delete", Kind::List, Valid::OneOf(&["delete", "compact", "compact,delete", "delete,compact", "compact, delete", "delete, compact"])),
     spec("max.message.bytes", "1048588", Kind::Int, Valid::Range(0, I32)),
     spec("message.timestamp.type", "CreateTime", Kind::String, Valid::OneOf(&["CreateTime", "LogAppendTime"])),
     spec("retention.bytes", "-1", Kind::Long, Valid::Range(-1, i64::MAX)),
@@ -209,36 +209,28 @@ pub const CONFIGS: &[Spec] = &[
     inert("unclean.leader.election.enable", "false", Kind::Boolean, Valid::Boolean, REPLICAS),
 ];
 
-fn policy(m: &BTreeMap<String, String>) -> &str {
-    m.get("cleanup.policy").map_or("delete", String::as_str)
-}
-
 impl TopicConfig {
+    /// Read on every produce: the map holds only values set, and the
+    /// defaults are constants (a test keeps them equal to [`CONFIGS`]'s).
     fn from_map(m: &BTreeMap<String, String>) -> Self {
-        let get = |k: &str| {
-            m.get(k)
-                .and_then(|v| v.parse().ok())
-                .or_else(|| spec_of(k)?.default.parse().ok())
-        };
-        let get_f64 = |k: &str| {
-            m.get(k)
-                .and_then(|v| v.parse().ok())
-                .or_else(|| spec_of(k)?.default.parse().ok())
-                .unwrap_or(0.5)
-        };
+        let int = |k: &str, default: i64| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(default);
+        let policy = m.get("cleanup.policy").map_or("delete", String::as_str);
         Self {
-            max_message_bytes: get("max.message.bytes").unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
-            retention_ms: get("retention.ms").unwrap_or(-1),
-            retention_bytes: get("retention.bytes").unwrap_or(-1),
+            max_message_bytes: int("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            retention_ms: int("retention.ms", 604_800_000),
+            retention_bytes: int("retention.bytes", -1),
             log_append_time: m
                 .get("message.timestamp.type")
                 .is_some_and(|v| v == "LogAppendTime"),
-            delete: policy(m).contains("delete"),
-            compact: policy(m).contains("compact"),
-            min_cleanable_dirty_ratio: get_f64("min.cleanable.dirty.ratio"),
-            min_compaction_lag_ms: get("min.compaction.lag.ms").unwrap_or(0),
-            max_compaction_lag_ms: get("max.compaction.lag.ms").unwrap_or(i64::MAX),
-            delete_retention_ms: get("delete.retention.ms").unwrap_or(86_400_000),
+            delete: policy.contains("delete"),
+            compact: policy.contains("compact"),
+            min_cleanable_dirty_ratio: m
+                .get("min.cleanable.dirty.ratio")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.5),
+            min_compaction_lag_ms: int("min.compaction.lag.ms", 0),
+            max_compaction_lag_ms: int("max.compaction.lag.ms", i64::MAX),
+            delete_retention_ms: int("delete.retention.ms", 86_400_000),
         }
     }
 }
@@ -340,9 +332,18 @@ mod tests {
         assert!(!TopicConfig::from_map(&m).log_append_time);
         m.insert("message.timestamp.type".into(), "LogAppendTime".into());
         assert!(TopicConfig::from_map(&m).log_append_time);
-        // Every default is a valid value.
+        // Every default is a valid value, and the constants the data path
+        // reads are the table's defaults: setting each to its default
+        // changes nothing.
         for c in CONFIGS {
             assert!(validate_config(c.name, c.default).is_ok(), "{}", c.name);
+            let set = BTreeMap::from([(c.name.to_string(), c.default.to_string())]);
+            assert_eq!(
+                TopicConfig::from_map(&set),
+                TopicConfig::from_map(&BTreeMap::new()),
+                "{}",
+                c.name
+            );
         }
     }
 }

@@ -910,7 +910,13 @@ impl Shards for LocalWorker {
         offset: i64,
     ) -> Result<i64> {
         let shard = self.shard(tenant).await?;
-        let (_, stream) = shard.stream(topic, partition)?;
+        let (meta, stream) = shard.stream(topic, partition)?;
+        // As Kafka: a compact-only topic's records go by key, not by offset.
+        if !meta.config().delete {
+            return Err(WorkerError::PolicyViolation(format!(
+                "records of {topic} cannot be deleted: its cleanup.policy is compact"
+            )));
+        }
         let offset = if offset == -1 {
             shard.log.offsets(stream)?.1
         } else {

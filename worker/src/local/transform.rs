@@ -445,10 +445,17 @@ pub(super) fn append_to(
     let stream = meta
         .stream(p)
         .ok_or_else(|| format!("output topic {topic} has no partitions"))?;
+    let config = meta.config();
+    // As for a produce: a compacted topic takes keyed records only.
+    if config.compact && records.iter().any(|r| r.key.is_none()) {
+        return Err(format!(
+            "compacted topic {topic} cannot accept a record without a key"
+        ));
+    }
     let data = tf::encode_batch(records)?;
     let h = batch::parse(&data).map_err(|e| e.to_string())?;
     // The topic's timestamps may be the log's, as for a produce.
-    let (data, max_timestamp) = if meta.config().log_append_time {
+    let (data, max_timestamp) = if config.log_append_time {
         let t = now_ms();
         (batch::set_log_append_time(data, t), t)
     } else {
