@@ -33,10 +33,11 @@ def cleaning_floe():
             f.close()
 
 
-def read(floe, topic, quiet_s=1.0, timeout_s=30):
+def read(floe, topic, quiet_s=1.0, timeout_s=30, isolation="read_committed"):
     """Every record of partition 0: (offset, key, value, timestamp)."""
     c = Consumer({"bootstrap.servers": floe.bootstrap, "group.id": "reader",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+                  "isolation.level": isolation})
     c.assign([TopicPartition(topic, 0, 0)])
     got, deadline, last = [], time.time() + timeout_s, time.time()
     while time.time() < deadline and time.time() - last < quiet_s:
@@ -148,3 +149,38 @@ def test_compaction_configs_are_checked(cleaning_floe):
                         ("delete.retention.ms", "-1"), ("max.compaction.lag.ms", "0")]:
         with pytest.raises(KafkaException, match="INVALID_CONFIG"):
             a.create_topics([NewTopic("bad", 1, 1, config={name: value})])["bad"].result(30)
+
+
+def test_aborted_records_go_and_committed_ones_compact(cleaning_floe):
+    """A transactional producer on a compacted topic: the cleaner removes
+    the aborted transaction's records (read_uncommitted no longer sees
+    them) and compacts the committed ones like any others."""
+    floe = cleaning_floe
+    a = AdminClient({"bootstrap.servers": floe.bootstrap})
+    a.create_topics([NewTopic("txn-latest", 1, 1, config={
+        "cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01"})])["txn-latest"].result(30)
+    p = KafkaProducer(bootstrap_servers=floe.bootstrap, transactional_id="compacting")
+    p.init_transactions()
+    for value, commit in [(b"a1", True), (b"aborted", False), (b"a2", True)]:
+        p.begin_transaction()
+        for i in range(5):
+            p.send("txn-latest", key=b"k%d" % i, value=value + b"-%d" % i, partition=0)
+        p.flush()
+        if commit:
+            p.commit_transaction()
+        else:
+            p.abort_transaction()
+    p.close()
+    # 15 records and 3 markers; left: the five of the last transaction,
+    # and the markers.
+    want = [(b"k%d" % i, b"a2-%d" % i) for i in range(5)]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        # Uncommitted: the aborted records themselves are gone.
+        got = [(k, v) for _, k, v, _ in
+               read(floe, "txn-latest", quiet_s=0.3, isolation="read_uncommitted")]
+        if got == want:
+            break
+        time.sleep(0.2)
+    assert got == want
+    assert watermarks(floe, "txn-latest") == (0, 18)

@@ -70,6 +70,12 @@ impl ShardLog {
             .map_or(s.next_offset, |l| l.base_offset)
     }
 
+    /// The aborted transactions of `stream` retention has not passed.
+    pub fn aborted_txns(&self, stream: StreamId) -> Result<Vec<crate::AbortedTxn>, Error> {
+        let core = self.inner.lock();
+        Ok(core.durable_stream(stream)?.aborted.clone())
+    }
+
     /// Max timestamp of the durable batch holding `offset`, or of the first
     /// after it.
     pub fn timestamp_at(&self, stream: StreamId, offset: i64) -> Option<i64> {

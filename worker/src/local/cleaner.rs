@@ -17,19 +17,20 @@
 //! batch's codec. Readers see gaps in offsets, as Kafka's cleaner leaves
 //! them. Storage applies the rewrite as a log entry (`ShardLog::rewrite`).
 //!
-//! Left as they are, as Kafka's cleaner leaves them or more conservatively:
-//! control batches; transactional batches (their records are not removed
-//! and do not supersede others, so an aborted record never hides a
-//! committed one; a tombstone of a key they hold is kept); records without
-//! a key (a compacted topic refuses new ones, older ones stay); batches
-//! compaction has not moved yet (they stay dirty for a later pass); the
-//! stream's last batch, however empty (storage keeps it, so no reader is
-//! left in a gap below the high watermark).
+//! Below the last stable offset every transaction has ended: records of
+//! committed ones count as any others, records of aborted ones are removed
+//! (as Kafka's cleaner removes them); markers stay.
+//!
+//! Left as they are: records without a key (a compacted topic refuses new
+//! ones, older ones stay); batches compaction has not moved yet (they stay
+//! dirty for a later pass); the stream's last batch, however empty
+//! (storage keeps it, so no reader is left in a gap below the high
+//! watermark).
 //!
 //! The key map holds every distinct key of a partition's clean range in
 //! memory, once per pass; Kafka bounds its map and cleans in several passes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -119,24 +120,30 @@ pub(crate) async fn clean_partition(
         return Ok(None);
     }
 
-    // 1. Each key's last offset, among records that may supersede others,
-    // and the keys transactional records hold (a tombstone of such a key
-    // stays: it may be all that hides one of them).
+    // 1. Each key's last offset. Below the last stable offset every
+    // transaction has ended: a committed record counts as any other, an
+    // aborted one is removed and supersedes nothing (as Kafka's cleaner).
+    let mut aborted: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+    for a in log.aborted_txns(stream)? {
+        aborted
+            .entry(a.producer_id)
+            .or_default()
+            .push((a.first_offset, a.last_offset));
+    }
+    let is_aborted = |txn: Option<i64>, offset: i64| {
+        txn.and_then(|p| aborted.get(&p))
+            .is_some_and(|ranges| ranges.iter().any(|&(f, l)| (f..=l).contains(&offset)))
+    };
     let mut last: HashMap<Bytes, i64> = HashMap::new();
-    let mut in_txns: HashSet<Bytes> = HashSet::new();
     let mut bad = None;
     let mut at = log_start;
     while at < end {
         let r = log
             .rewrite(stream, at, end, CHUNK, |b| {
-                if let Err(e) = scan(b, |offset, key, _, transactional| match key {
-                    Some(k) if transactional => {
-                        in_txns.insert(k);
-                    }
-                    Some(k) => {
+                if let Err(e) = scan(b, |offset, key, _, txn| {
+                    if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
                         last.insert(k, offset);
                     }
-                    None => {}
                 }) {
                     bad = Some(e);
                 }
@@ -162,11 +169,16 @@ pub(crate) async fn clean_partition(
     while at < end {
         let r = log
             .rewrite(stream, at, end, CHUNK, |b| {
-                let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, ts: i64| match key {
-                    None => true,
-                    Some(k) => {
-                        let expired = tombstone && ts < tombstones_before && !in_txns.contains(k);
-                        last.get(k) == Some(&offset) && !expired
+                let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, ts: i64, txn| {
+                    if is_aborted(txn, offset) {
+                        return false;
+                    }
+                    match key {
+                        None => true,
+                        Some(k) => {
+                            let expired = tombstone && ts < tombstones_before;
+                            last.get(k) == Some(&offset) && !expired
+                        }
                     }
                 };
                 match filter(b, keep) {
@@ -207,11 +219,11 @@ pub(crate) fn every_record_has_a_key(b: &Bytes) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Calls `f(offset, key, is_tombstone, is_transactional)` for each record
-/// of a data batch (any codec); control batches are skipped.
+/// Calls `f(offset, key, is_tombstone, transaction's producer)` for each
+/// record of a data batch (any codec); control batches are skipped.
 pub(crate) fn scan(
     b: &Bytes,
-    mut f: impl FnMut(i64, Option<Bytes>, bool, bool),
+    mut f: impl FnMut(i64, Option<Bytes>, bool, Option<i64>),
 ) -> Result<(), String> {
     let h = batch::parse(b).map_err(|e| e.to_string())?;
     if h.is_control() {
@@ -222,25 +234,26 @@ pub(crate) fn scan(
     for r in Records::new(&records) {
         let r = r?;
         let key = r.key.map(|k| records.slice(k));
-        f(
-            base + r.offset_delta,
-            key,
-            r.tombstone,
-            h.is_transactional(),
-        );
+        f(base + r.offset_delta, key, r.tombstone, txn(&h));
     }
     Ok(())
 }
 
+/// The producer of a transactional batch.
+fn txn(h: &BatchHeader) -> Option<i64> {
+    h.is_transactional().then_some(h.producer_id)
+}
+
 /// What cleaning does with one batch: `keep(offset, key, is_tombstone,
-/// batch max timestamp)` says which records stay; the change, and how many
-/// records it removes. Control and transactional batches are kept whole.
+/// batch max timestamp, transaction's producer)` says which records stay;
+/// the change, and how many records it removes. Control batches (markers)
+/// are kept whole.
 pub(crate) fn filter(
     b: &Bytes,
-    keep: impl Fn(i64, Option<&Bytes>, bool, i64) -> bool,
+    keep: impl Fn(i64, Option<&Bytes>, bool, i64, Option<i64>) -> bool,
 ) -> Result<(Change, u64), String> {
     let h = batch::parse(b).map_err(|e| e.to_string())?;
-    if h.is_control() || h.is_transactional() {
+    if h.is_control() {
         return Ok((Change::Keep, 0));
     }
     let base = batch::base_offset(b).unwrap_or(0);
@@ -256,6 +269,7 @@ pub(crate) fn filter(
             key.as_ref(),
             r.tombstone,
             h.max_timestamp,
+            txn(&h),
         ) {
             kept.push(r.span);
         }
@@ -456,7 +470,7 @@ mod tests {
             assert_eq!(seen[3].1, None);
 
             // Drop offset 10 and 11; keep the tombstone and the keyless one.
-            let (change, removed) = filter(&b, |o, _, _, _| o >= 12).expect("filters");
+            let (change, removed) = filter(&b, |o, _, _, _, _| o >= 12).expect("filters");
             assert_eq!(removed, 2, "{compression:?}");
             let Change::Replace(out) = change else {
                 panic!("{compression:?}: {change:?}")
@@ -476,13 +490,19 @@ mod tests {
             assert_eq!(got[1].timestamp, rs[3].timestamp);
             assert_eq!(got[1].headers, rs[3].headers);
 
-            assert_eq!(filter(&b, |_, _, _, _| true).expect("ok").0, Change::Keep);
-            assert_eq!(filter(&b, |_, _, _, _| false).expect("ok").0, Change::Drop);
+            assert_eq!(
+                filter(&b, |_, _, _, _, _| true).expect("ok").0,
+                Change::Keep
+            );
+            assert_eq!(
+                filter(&b, |_, _, _, _, _| false).expect("ok").0,
+                Change::Drop
+            );
         }
     }
 
     #[test]
-    fn transactional_and_control_batches_are_left_whole() {
+    fn transactional_records_carry_their_producer_and_markers_stay_whole() {
         let mut r = record(0, Some("a"), Some("1"));
         r.transactional = true;
         r.producer_id = 7;
@@ -490,14 +510,16 @@ mod tests {
         let b = encode(&[r], Compression::None);
         let mut seen = Vec::new();
         scan(&b, |_, k, _, txn| seen.push((k, txn))).expect("scans");
-        assert_eq!(seen, [(Some(Bytes::from_static(b"a")), true)]);
+        assert_eq!(seen, [(Some(Bytes::from_static(b"a")), Some(7))]);
+        let (change, removed) = filter(&b, |_, _, _, _, txn| txn != Some(7)).expect("ok");
         assert_eq!(
-            filter(&b, |_, _, _, _| false).expect("ok"),
-            (Change::Keep, 0)
+            (change, removed),
+            (Change::Drop, 1),
+            "an aborted record goes"
         );
         let marker = batch::control_batch(7, 0, true, 5);
         assert_eq!(
-            filter(&marker, |_, _, _, _| false).expect("ok"),
+            filter(&marker, |_, _, _, _, _| false).expect("ok"),
             (Change::Keep, 0)
         );
     }
