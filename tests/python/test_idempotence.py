@@ -3,6 +3,7 @@ through a proxy that cuts its connections the worst way: requests still
 reach Floe, their responses are dropped, then the connection closes. The
 producer must resend what it could not see acknowledged, and Floe must
 answer those retries with their first offsets: every record once, in order."""
+import contextlib
 import re
 import socket
 import tempfile
@@ -79,6 +80,28 @@ class CuttingProxy:
         self.cut_all(0)
         self.listener.close()
 
+    @contextlib.contextmanager
+    def cutting(self):
+        """While the block runs: every 0.7 s, drop the responses for 0.3 s,
+        then cut every connection. Yields the list of connections cut each
+        time."""
+        cuts = []
+        on = threading.Event()
+        on.set()
+
+        def cutter():
+            while on.is_set():
+                time.sleep(0.4)
+                cuts.append(self.cut_all(0.3))
+
+        t = threading.Thread(target=cutter)
+        t.start()
+        try:
+            yield cuts
+        finally:
+            on.clear()
+            t.join()
+
 
 def metric(floe, name):
     text = urllib.request.urlopen(f"http://127.0.0.1:{floe.http_port}/metrics").read().decode()
@@ -104,25 +127,13 @@ def run(floe, bootstrap, proxy):
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
                       request_timeout_ms=5000, retry_backoff_ms=50)
     assert p.config["enable_idempotence"], "kafka-python's default is idempotent"
-    producing = threading.Event()
-    producing.set()
-    cuts = []
-
-    def cutter():
-        while producing.is_set():
-            time.sleep(0.4)
-            cuts.append(proxy.cut_all(0.3))
-
-    t = threading.Thread(target=cutter)
-    t.start()
     futures = []
-    for i in range(RECORDS):
-        part = i % PARTITIONS
-        futures.append(p.send("py-idem", value=b"%d:%08d" % (part, i), partition=part))
-        if i % 50 == 49:
-            time.sleep(0.01)
-    producing.clear()
-    t.join()
+    with proxy.cutting() as cuts:
+        for i in range(RECORDS):
+            part = i % PARTITIONS
+            futures.append(p.send("py-idem", value=b"%d:%08d" % (part, i), partition=part))
+            if i % 50 == 49:
+                time.sleep(0.01)
     p.flush(timeout=120)
     for f in futures:
         f.get(timeout=120)

@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import tempfile
-import threading
-import time
 
 import pytest
 
@@ -116,27 +114,13 @@ def test_an_idempotent_producer_through_cut_connections_stores_each_record_once(
     with tempfile.TemporaryDirectory(prefix="floe-js-") as d:
         floe = Floe(d, ["--advertised-kafka", f"127.0.0.1:{port}"])
         proxy = CuttingProxy(port, floe.kafka_port)
-        producing = threading.Event()
-        producing.set()
-        cuts = []
-
-        def cutter():
-            while producing.is_set():
-                time.sleep(0.4)
-                cuts.append(proxy.cut_all(0.3))
-
-        t = threading.Thread(target=cutter)
-        t.start()
         try:
-            sent = kafkajs("idempotent", bootstrap=f"127.0.0.1:{port}", topic="js-idem",
-                           partitions=4, records=20_000)
-            producing.clear()
-            t.join()
+            with proxy.cutting() as cuts:
+                sent = kafkajs("idempotent", bootstrap=f"127.0.0.1:{port}", topic="js-idem",
+                               partitions=4, records=20_000)
             got = kafkajs("values", bootstrap=f"127.0.0.1:{port}", topic="js-idem", records=20_000)
             retried = metric(floe, "floe_idempotent_duplicates_total")
         finally:
-            producing.clear()
-            t.join()
             proxy.close()
             floe.close()
     print(f"{len(cuts)} cuts of {sum(cuts)} connections; {retried} retried batches answered "
