@@ -2,7 +2,8 @@
 //! deploy over HTTP, produce, consume the outputs. Exactly-once across
 //! kill -9 (stateless and stateful guests); each hostile guest stopped by
 //! its limit, its batches dead-lettered with the reason, while another
-//! tenant's transform carries on; uploads outside the world refused. The
+//! tenant's transform carries on; uploads outside the world refused; one
+//! writing keyless records to a compacted topic stops there. The
 //! Rust SDK's examples, built for wasm32-wasip2, transform real records.
 //! Plans' quota policies throttle and refuse by their decisions, and fail
 //! open to the native limits.
@@ -257,6 +258,40 @@ async fn hostile_guests_are_stopped_by_their_limits_and_others_carry_on() {
         );
         assert!(metrics.contains(&series), "no {series} in\n{metrics}");
     }
+    // A transform copying keyless records into a compacted topic stops
+    // with the produce's reason; the topic gets none of them.
+    evil.create_topic(&f, "loose", 1);
+    let (status, v) = evil.call(
+        &f,
+        "POST",
+        &format!("/v3/clusters/floe-{}/topics", evil.name),
+        br#"{"topic_name": "latest", "partitions_count": 1,
+             "configs": [{"name": "cleanup.policy", "value": "compact"}]}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = evil.deploy(
+        &f,
+        "unkeyed",
+        "input=loose&output=latest",
+        &floe_fixtures::identity(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let p: FutureProducer = evil.kafka(&f).create().expect("producer");
+    assert_eq!(produce_one(&p, "loose", b"no key").await, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = evil.status(&f, "unkeyed");
+        let state = s["state"].as_str().unwrap_or_default();
+        if state.starts_with("stopped") {
+            assert!(state.contains("without a key"), "{s}");
+            assert_eq!(s["records_out"], 0, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(consume(&evil, &f, "latest", 1, 0).is_empty());
+
     // And the process carries on: the good tenant still transforms.
     produce(&good, &f, "in", (n..2 * n).map(|i| format!("g{i}"))).await;
     good.caught_up(&f, "copy", 2 * n as u64);

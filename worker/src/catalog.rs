@@ -124,6 +124,9 @@ enum Valid {
     Ratio,
     Boolean,
     OneOf(&'static [&'static str]),
+    /// A comma-separated list (blanks around items ignored, as Kafka
+    /// trims them) of at least one of these.
+    ListOf(&'static [&'static str]),
     /// Any string.
     Any,
 }
@@ -178,7 +181,7 @@ const TIERS: &str = "all of a topic is in the object store: there is no local ti
 /// Every topic config Floe accepts, in the order they are described.
 #[rustfmt::skip] // a table: one config a line
 pub const CONFIGS: &[Spec] = &[
-    spec("cleanup.policy", "delete", Kind::List, Valid::OneOf(&["delete", "compact", "compact,delete", "delete,compact", "compact, delete", "delete, compact"])),
+    spec("cleanup.policy", "delete", Kind::List, Valid::ListOf(&["delete", "compact"])),
     spec("max.message.bytes", "1048588", Kind::Int, Valid::Range(0, I32)),
     spec("message.timestamp.type", "CreateTime", Kind::String, Valid::OneOf(&["CreateTime", "LogAppendTime"])),
     spec("retention.bytes", "-1", Kind::Long, Valid::Range(-1, i64::MAX)),
@@ -222,8 +225,8 @@ impl TopicConfig {
             log_append_time: m
                 .get("message.timestamp.type")
                 .is_some_and(|v| v == "LogAppendTime"),
-            delete: policy.contains("delete"),
-            compact: policy.contains("compact"),
+            delete: policy.split(',').any(|p| p.trim() == "delete"),
+            compact: policy.split(',').any(|p| p.trim() == "compact"),
             min_cleanable_dirty_ratio: m
                 .get("min.cleanable.dirty.ratio")
                 .and_then(|v| v.parse().ok())
@@ -256,6 +259,7 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), WorkerError> {
         Valid::Ratio => value.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)),
         Valid::Boolean => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
         Valid::OneOf(values) => values.contains(&value),
+        Valid::ListOf(values) => value.split(',').all(|v| values.contains(&v.trim())),
         Valid::Any => true,
     };
     if ok {
@@ -267,6 +271,7 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), WorkerError> {
         Valid::Ratio => "a number in [0, 1]".into(),
         Valid::Boolean => "true or false".into(),
         Valid::OneOf(values) => format!("one of {values:?}"),
+        Valid::ListOf(values) => format!("a list of {values:?}"),
         Valid::Any => unreachable!("any value is valid"),
     };
     Err(WorkerError::InvalidConfig(format!(
@@ -303,6 +308,14 @@ mod tests {
         assert!(validate_config("cleanup.policy", "compact").is_ok());
         assert!(validate_config("cleanup.policy", "delete,compact").is_ok());
         assert!(validate_config("cleanup.policy", "compacted").is_err());
+        // Kafka trims a list's items; an empty one names no policy.
+        assert!(validate_config("cleanup.policy", " compact ,  delete").is_ok());
+        for bad in ["", ",", "compact,", "compact;delete"] {
+            assert!(validate_config("cleanup.policy", bad).is_err(), "{bad:?}");
+        }
+        let c =
+            TopicConfig::from_map(&[("cleanup.policy".into(), "delete ,compact".into())].into());
+        assert!(c.compact && c.delete);
         assert!(validate_config("segment.bytes", "1").is_err());
         assert!(validate_config("segment.bytes", "1048576").is_ok());
         assert!(validate_config("min.insync.replicas", "2").is_ok());

@@ -395,7 +395,13 @@ impl LocalWorker {
                 .insert(tenant.clone(), shard.clone());
         }
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
-        tokio::spawn(cleaner::clean(Arc::downgrade(&shard), self.cfg.clean_every));
+        // Cleaning decompresses and compresses: on the maintenance runtime
+        // when there is one, off the requests' threads.
+        let cleaner = cleaner::clean(Arc::downgrade(&shard), self.cfg.clean_every);
+        match &self.cfg.log.background {
+            Some(rt) => drop(rt.spawn(cleaner)),
+            None => drop(tokio::spawn(cleaner)),
+        }
         tokio::spawn(usage::ticks(
             Arc::downgrade(&shard),
             self.store.clone(),

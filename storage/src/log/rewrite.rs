@@ -70,6 +70,21 @@ impl ShardLog {
             .map_or(s.next_offset, |l| l.base_offset)
     }
 
+    /// Base offset of the first durable batch of `stream` compaction has
+    /// not been through yet (a rewrite stops there); the stream's end if
+    /// there is none.
+    pub fn first_uncompacted(&self, stream: StreamId) -> i64 {
+        let core = self.inner.lock();
+        let compacted = core.durable.compacted_below;
+        let Some(s) = core.durable.streams.get(&stream) else {
+            return 0;
+        };
+        s.locs
+            .iter()
+            .find(|l| l.obj.wal_seq().is_some_and(|q| q >= compacted))
+            .map_or(s.next_offset, |l| l.base_offset)
+    }
+
     /// The aborted transactions of `stream` retention has not passed.
     pub fn aborted_txns(&self, stream: StreamId) -> Result<Vec<crate::AbortedTxn>, Error> {
         let core = self.inner.lock();

@@ -3,12 +3,24 @@
 //! `clean_every`, takes each compacted partition whose dirty part (written
 //! since its last clean) is at least `min.cleanable.dirty.ratio` of it, or
 //! whose oldest dirty record is `max.compaction.lag.ms` old:
-//! 1. reads its batches from the log start to the cleanable end (the last
-//!    stable offset, and no batch younger than `min.compaction.lag.ms`),
-//!    noting each key's last offset;
-//! 2. rewrites every batch holding a record some later record of its key
-//!    supersedes, or a tombstone older than `delete.retention.ms`, without
-//!    those records; a batch left empty is dropped.
+//! 1. reads the dirty part up to the cleanable end (the last stable offset,
+//!    no batch younger than `min.compaction.lag.ms`, none compaction has not
+//!    moved yet), noting each key's last offset, until the map is full;
+//! 2. rewrites every batch from the log start to where the map ends that
+//!    holds a record a later record of its key supersedes, or a tombstone
+//!    older than `delete.retention.ms`, without those records; a batch left
+//!    empty is dropped.
+//!
+//! As Kafka's cleaner, the map only covers the dirty part: the clean part
+//! already holds one record per key, so a key absent from the map keeps its
+//! record. The map holds a 128-bit keyed hash of each key and at most
+//! [`MAP_KEYS`] of them (Kafka's dedupe buffer); a dirty part with more
+//! keys is cleaned in several passes. One partition is cleaned at a time
+//! per process, so one map's memory is all cleaning costs. Where the dirty
+//! part starts is a metadata key of the shard (`c/{stream}`; Kafka's
+//! cleaner-offset-checkpoint), so a shard opened again (a restart, a scale
+//! from zero, a new owner) does not read its partitions again. It is only
+//! ever a hint: a wrong one leaves records uncleaned, never removes one.
 //!
 //! A rewritten batch keeps its header (base offset, last offset delta,
 //! timestamps, producer fields) and the bytes of the records it keeps, so
@@ -22,22 +34,19 @@
 //! (as Kafka's cleaner removes them); markers stay.
 //!
 //! Left as they are: records without a key (a compacted topic refuses new
-//! ones, older ones stay); batches compaction has not moved yet (they stay
-//! dirty for a later pass); the stream's last batch, however empty
-//! (storage keeps it, so no reader is left in a gap below the high
-//! watermark).
-//!
-//! The key map holds every distinct key of a partition's clean range in
-//! memory, once per pass; Kafka bounds its map and cleans in several passes.
+//! ones, older ones stay); the stream's last batch, however empty (storage
+//! keeps it, so no reader is left in a gap below the high watermark).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_common::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use floe_storage::log::now_ms;
-use floe_storage::{Change, ShardLog, StreamId};
+use floe_storage::{Change, Entry, ShardLog, StreamId};
+use tokio::sync::Semaphore;
 
 use super::Shard;
 use crate::catalog::{TopicConfig, TopicMeta};
@@ -46,10 +55,18 @@ use crate::inflate;
 /// Bytes of batches one rewrite call takes: one data object at most.
 const CHUNK: u64 = 8 << 20;
 
+/// Keys one pass maps at most: 7/8 of 2^20 fills a hash table of 2^20
+/// buckets of 24 bytes, about 26 MB.
+pub(crate) const MAP_KEYS: usize = (1 << 20) / 8 * 7;
+
+/// Where each partition's clean end (its dirty part's start) is kept.
+const CLEANED_PREFIX: &[u8] = b"c/";
+
+/// One partition's clean at a time in this process (see the module notes).
+static CLEANING: Semaphore = Semaphore::const_new(1);
+
 /// Runs the cleaner of `shard` every `every` for as long as it is open.
 pub(crate) async fn clean(shard: Weak<Shard>, every: Duration) {
-    // Per partition: where its dirty part starts (its clean end last time).
-    let mut cleaned: HashMap<StreamId, i64> = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         let Some(shard) = shard.upgrade() else { return };
@@ -64,22 +81,79 @@ pub(crate) async fn clean(shard: Weak<Shard>, every: Duration) {
             }
             for &s in &t.streams {
                 let stream = StreamId(s);
-                match clean_partition(&shard.log, stream, &c, now_ms(), &mut cleaned).await {
-                    Ok(Some(done)) => tracing::debug!(
-                        topic = %t.name,
-                        stream = s,
-                        removed = done.removed,
-                        batches_dropped = done.dropped,
-                        batches_rewritten = done.replaced,
-                        "cleaned"
-                    ),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(topic = %t.name, error = %e, "cleaning failed"),
+                // A partition whose map filled is cleaned again at once.
+                loop {
+                    let done = {
+                        let _turn = CLEANING.acquire().await.expect("never closed");
+                        clean_partition(&shard.log, stream, &c, now_ms(), MAP_KEYS).await
+                    };
+                    let more = matches!(done, Ok(Some(Cleaned { more: true, .. })));
+                    match done {
+                        Ok(Some(done)) => tracing::debug!(
+                            topic = %t.name,
+                            stream = s,
+                            removed = done.removed,
+                            batches_dropped = done.dropped,
+                            batches_rewritten = done.replaced,
+                            "cleaned"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(topic = %t.name, error = %e, "cleaning failed"),
+                    }
+                    if !more {
+                        break;
+                    }
                 }
             }
         }
-        cleaned.retain(|s, _| shard.log.offsets(*s).is_ok());
+        forget_deleted(&shard.log).await;
     }
+}
+
+/// Removes the clean ends of deleted partitions.
+async fn forget_deleted(log: &ShardLog) {
+    let gone: Vec<Entry> = log
+        .scan(CLEANED_PREFIX)
+        .into_iter()
+        .filter(|(k, _)| stream_of(k).is_none_or(|s| log.offsets(s).is_err()))
+        .map(|(key, _)| Entry::Put { key, value: None })
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    if let Err(e) = append(log, gone).await {
+        tracing::warn!(error = %e, "forgetting clean ends failed");
+    }
+}
+
+async fn append(log: &ShardLog, entries: Vec<Entry>) -> Result<(), floe_storage::Error> {
+    log.append(entries).await?.durable().await
+}
+
+fn cleaned_key(stream: StreamId) -> Bytes {
+    let mut k = BytesMut::from(CLEANED_PREFIX);
+    k.put_u64(stream.0);
+    k.freeze()
+}
+
+fn stream_of(key: &[u8]) -> Option<StreamId> {
+    let id = key.strip_prefix(CLEANED_PREFIX)?.try_into().ok()?;
+    Some(StreamId(u64::from_be_bytes(id)))
+}
+
+/// Where `stream`'s dirty part starts, as its last clean left it.
+fn clean_end(log: &ShardLog, stream: StreamId) -> Option<i64> {
+    let v = log.get(&cleaned_key(stream))?;
+    Some(i64::from_be_bytes(v.as_ref().try_into().ok()?))
+}
+
+/// A key's place in the map: a 128-bit hash keyed per process, so no
+/// tenant can make two of its keys collide (a collision would drop the
+/// older key's last record), and chance collisions are negligible.
+fn key_hash(key: &[u8]) -> u128 {
+    static SEEDS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+    let (a, b) = SEEDS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    (u128::from(a.hash_one(key)) << 64) | u128::from(b.hash_one(key))
 }
 
 /// What one partition's clean did.
@@ -88,26 +162,25 @@ pub(crate) struct Cleaned {
     pub removed: u64,
     pub replaced: usize,
     pub dropped: usize,
+    /// The map filled before the cleanable end: more is due at once.
+    pub more: bool,
 }
 
-/// Cleans one partition if it is due (see the module's notes); `cleaned`
-/// keeps each partition's clean end between calls.
+/// Cleans one partition if it is due (see the module's notes), mapping at
+/// most `max_keys` keys (and at least one batch).
 pub(crate) async fn clean_partition(
     log: &ShardLog,
     stream: StreamId,
     c: &TopicConfig,
     now: i64,
-    cleaned: &mut HashMap<StreamId, i64>,
+    max_keys: usize,
 ) -> Result<Option<Cleaned>, floe_storage::Error> {
     let (log_start, _) = log.offsets(stream)?;
     let end = log
         .first_younger(stream, now.saturating_sub(c.min_compaction_lag_ms))
-        .min(log.last_stable(stream)?);
-    let dirty_from = cleaned
-        .get(&stream)
-        .copied()
-        .unwrap_or(log_start)
-        .max(log_start);
+        .min(log.last_stable(stream)?)
+        .min(log.first_uncompacted(stream));
+    let dirty_from = clean_end(log, stream).unwrap_or(log_start).max(log_start);
     if dirty_from >= end {
         return Ok(None);
     }
@@ -120,9 +193,10 @@ pub(crate) async fn clean_partition(
         return Ok(None);
     }
 
-    // 1. Each key's last offset. Below the last stable offset every
-    // transaction has ended: a committed record counts as any other, an
-    // aborted one is removed and supersedes nothing (as Kafka's cleaner).
+    // 1. Each key's last offset in the dirty part. Below the last stable
+    // offset every transaction has ended: a committed record counts as any
+    // other, an aborted one is removed and supersedes nothing (as Kafka's
+    // cleaner).
     let mut aborted: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
     for a in log.aborted_txns(stream)? {
         aborted
@@ -134,26 +208,36 @@ pub(crate) async fn clean_partition(
         txn.and_then(|p| aborted.get(&p))
             .is_some_and(|ranges| ranges.iter().any(|&(f, l)| (f..=l).contains(&offset)))
     };
-    let mut last: HashMap<Bytes, i64> = HashMap::new();
+    let mut last: HashMap<u128, i64> = HashMap::new();
     let mut bad = None;
-    let mut at = log_start;
-    while at < end {
+    // The end of the last batch mapped.
+    let mut mapped = dirty_from;
+    let mut full = false;
+    while mapped < end && !full {
         let r = log
-            .rewrite(stream, at, end, CHUNK, |b| {
-                if let Err(e) = scan(b, |offset, key, _, txn| {
-                    if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
-                        last.insert(k, offset);
-                    }
-                }) {
-                    bad = Some(e);
+            .rewrite(stream, mapped, end, CHUNK, |b| {
+                if full || bad.is_some() {
+                    return Change::Keep;
                 }
+                let scanned = scan(b, |offset, key, _, txn| {
+                    if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
+                        last.insert(key_hash(k), offset);
+                    }
+                });
+                match scanned {
+                    Ok(batch_end) => mapped = batch_end,
+                    Err(e) => bad = Some(e),
+                }
+                full = last.len() >= max_keys;
                 Change::Keep
             })
             .await?;
-        if r.batches_read == 0 {
+        if r.batches_read == 0 || bad.is_some() {
             break;
         }
-        at = r.next;
+        if !full {
+            mapped = r.next;
+        }
     }
     if let Some(e) = bad {
         // A batch the cleaner cannot read: leave the partition as it is.
@@ -162,13 +246,16 @@ pub(crate) async fn clean_partition(
         )));
     }
 
-    // 2. Rewrite what is superseded.
+    // 2. Rewrite what is superseded, from the log start to the map's end.
     let tombstones_before = now.saturating_sub(c.delete_retention_ms);
-    let mut done = Cleaned::default();
+    let mut done = Cleaned {
+        more: full && mapped < end,
+        ..Cleaned::default()
+    };
     let mut at = log_start;
-    while at < end {
+    while at < mapped {
         let r = log
-            .rewrite(stream, at, end, CHUNK, |b| {
+            .rewrite(stream, at, mapped, CHUNK, |b| {
                 let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, ts: i64, txn| {
                     if is_aborted(txn, offset) {
                         return false;
@@ -177,7 +264,8 @@ pub(crate) async fn clean_partition(
                         None => true,
                         Some(k) => {
                             let expired = tombstone && ts < tombstones_before;
-                            last.get(k) == Some(&offset) && !expired
+                            let superseded = last.get(&key_hash(k)).is_some_and(|&o| o > offset);
+                            !superseded && !expired
                         }
                     }
                 };
@@ -198,8 +286,14 @@ pub(crate) async fn clean_partition(
         done.dropped += r.dropped;
         at = r.next;
     }
-    // Batches compaction has not taken yet stay dirty, for a later pass.
-    cleaned.insert(stream, at);
+    append(
+        log,
+        vec![Entry::Put {
+            key: cleaned_key(stream),
+            value: Some(Bytes::copy_from_slice(&at.to_be_bytes())),
+        }],
+    )
+    .await?;
     Ok(Some(done))
 }
 
@@ -220,23 +314,25 @@ pub(crate) fn every_record_has_a_key(b: &Bytes) -> Result<bool, String> {
 }
 
 /// Calls `f(offset, key, is_tombstone, transaction's producer)` for each
-/// record of a data batch (any codec); control batches are skipped.
+/// record of a data batch (any codec); control batches are skipped. Gives
+/// the offset after the batch.
 pub(crate) fn scan(
     b: &Bytes,
-    mut f: impl FnMut(i64, Option<Bytes>, bool, Option<i64>),
-) -> Result<(), String> {
+    mut f: impl FnMut(i64, Option<&[u8]>, bool, Option<i64>),
+) -> Result<i64, String> {
     let h = batch::parse(b).map_err(|e| e.to_string())?;
-    if h.is_control() {
-        return Ok(());
-    }
     let base = batch::base_offset(b).unwrap_or(0);
+    let end = base + i64::from(h.offset_count());
+    if h.is_control() {
+        return Ok(end);
+    }
     let records = payload(b, &h)?;
     for r in Records::new(&records) {
         let r = r?;
-        let key = r.key.map(|k| records.slice(k));
+        let key = r.key.map(|k| &records[k]);
         f(base + r.offset_delta, key, r.tombstone, txn(&h));
     }
-    Ok(())
+    Ok(end)
 }
 
 /// The producer of a transactional batch.
@@ -446,6 +542,152 @@ mod tests {
             .records
     }
 
+    const S: StreamId = StreamId(1);
+
+    fn compacted() -> TopicConfig {
+        TopicConfig {
+            max_message_bytes: 1 << 20,
+            retention_ms: -1,
+            retention_bytes: -1,
+            log_append_time: false,
+            delete: false,
+            compact: true,
+            min_cleanable_dirty_ratio: 0.0,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: i64::MAX,
+        }
+    }
+
+    async fn open(store: &Arc<dyn object_store::ObjectStore>) -> ShardLog {
+        let cfg = floe_storage::LogConfig {
+            maintain_every: Duration::from_millis(10),
+            compact_after: Duration::from_millis(10),
+            ..floe_storage::LogConfig::default()
+        };
+        ShardLog::open(store.clone(), object_store::path::Path::from("s"), cfg)
+            .await
+            .expect("open")
+    }
+
+    /// Appends one batch of `keys`, one record each at the next offsets,
+    /// whose values are their offsets; waits until compaction took it.
+    async fn append_keys(log: &ShardLog, keys: &[String]) {
+        let (_, next) = log.offsets(S).expect("stream");
+        let rs: Vec<Record> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let o = next + i as i64;
+                record(o, Some(k), Some(&o.to_string()))
+            })
+            .collect();
+        let entry = Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets: keys.len() as u32,
+            max_timestamp: 1_000,
+            producer: None,
+            data: encode(&rs, Compression::Lz4),
+        };
+        append(log, vec![entry]).await.expect("append");
+    }
+
+    async fn wait_compacted(log: &ShardLog) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.first_uncompacted(S) < log.offsets(S).expect("stream").1 {
+            assert!(tokio::time::Instant::now() < deadline, "no compaction");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Each key's record, by reading the whole partition: key → offsets.
+    async fn records(log: &ShardLog) -> std::collections::BTreeMap<String, Vec<i64>> {
+        let mut out = std::collections::BTreeMap::<String, Vec<i64>>::new();
+        let (mut at, end) = log.offsets(S).expect("stream");
+        while at < end {
+            let r = log.read(S, at, 1 << 20, true).await.expect("read");
+            for b in &r.batches {
+                for rec in decode(b) {
+                    let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
+                    let v =
+                        std::str::from_utf8(rec.value.as_deref().expect("value")).expect("utf-8");
+                    assert_eq!(v, rec.offset.to_string(), "a record keeps its offset");
+                    out.entry(k).or_default().push(rec.offset);
+                }
+                let h = batch::parse(b).expect("batch");
+                at = batch::base_offset(b).expect("offset") + i64::from(h.offset_count());
+            }
+        }
+        out
+    }
+
+    /// A map smaller than the partition's keys cleans it in passes, each
+    /// from the log start to where its map ended; the end is kept, so the
+    /// shard opened again has nothing due, and a later clean maps only the
+    /// new records yet leaves older keys' last records alone.
+    #[tokio::test]
+    async fn a_partition_cleans_in_passes_and_remembers_where_its_dirty_part_starts() {
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let log = open(&store).await;
+        append(&log, vec![Entry::CreateStream { stream: S }])
+            .await
+            .expect("create");
+        // 40 batches of 5 records over 30 keys.
+        let key = |o: i64| format!("k{}", (o * 7) % 30);
+        for b in 0..40 {
+            let keys: Vec<String> = (b * 5..b * 5 + 5).map(key).collect();
+            append_keys(&log, &keys).await;
+        }
+        wait_compacted(&log).await;
+        let mut want = std::collections::BTreeMap::new();
+        for o in 0..200 {
+            want.insert(key(o), vec![o]);
+        }
+
+        let c = compacted();
+        let mut passes = 0;
+        let mut removed = 0;
+        loop {
+            let done = clean_partition(&log, S, &c, now_ms(), 12)
+                .await
+                .expect("clean")
+                .expect("due");
+            passes += 1;
+            removed += done.removed;
+            if !done.more {
+                break;
+            }
+        }
+        assert!(passes > 5, "a map of 12 keys takes passes: {passes}");
+        assert_eq!(removed, 170);
+        assert_eq!(records(&log).await, want, "each key's last record, only");
+        assert_eq!(clean_end(&log, S), Some(200));
+        drop(log);
+
+        let log = open(&store).await;
+        assert_eq!(clean_end(&log, S), Some(200), "the clean end is durable");
+        let nothing = clean_partition(&log, S, &c, now_ms(), 12).await;
+        assert_eq!(nothing.expect("clean"), None, "nothing is dirty");
+
+        // Five keys again: their older records go; the other 25 keys are
+        // not in the map and keep theirs.
+        let again: Vec<String> = (0..5).map(key).collect();
+        append_keys(&log, &again).await;
+        wait_compacted(&log).await;
+        let done = clean_partition(&log, S, &c, now_ms(), 12)
+            .await
+            .expect("clean")
+            .expect("due");
+        assert_eq!((done.removed, done.more), (5, false));
+        for (i, k) in again.iter().enumerate() {
+            want.insert(k.clone(), vec![200 + i as i64]);
+        }
+        assert_eq!(records(&log).await, want);
+        assert_eq!(log.offsets(S).expect("stream"), (0, 205));
+    }
+
     #[test]
     fn a_filtered_batch_keeps_its_offsets_header_and_the_kept_records() {
         for compression in [
@@ -464,9 +706,11 @@ mod tests {
             let b = encode(&rs, compression);
             let before = batch::parse(&b).expect("valid");
             let mut seen = Vec::new();
-            scan(&b, |o, k, t, _| seen.push((o, k, t))).expect("scans");
+            let end =
+                scan(&b, |o, k, t, _| seen.push((o, k.map(<[u8]>::to_vec), t))).expect("scans");
+            assert_eq!(end, 14, "the offset after the batch");
             assert_eq!(seen.len(), 4);
-            assert_eq!(seen[2], (12, Some(Bytes::from_static(b"a")), true));
+            assert_eq!(seen[2], (12, Some(b"a".to_vec()), true));
             assert_eq!(seen[3].1, None);
 
             // Drop offset 10 and 11; keep the tombstone and the keyless one.
@@ -509,8 +753,8 @@ mod tests {
         r.producer_epoch = 0;
         let b = encode(&[r], Compression::None);
         let mut seen = Vec::new();
-        scan(&b, |_, k, _, txn| seen.push((k, txn))).expect("scans");
-        assert_eq!(seen, [(Some(Bytes::from_static(b"a")), Some(7))]);
+        scan(&b, |_, k, _, txn| seen.push((k.map(<[u8]>::to_vec), txn))).expect("scans");
+        assert_eq!(seen, [(Some(b"a".to_vec()), Some(7))]);
         let (change, removed) = filter(&b, |_, _, _, _, txn| txn != Some(7)).expect("ok");
         assert_eq!(
             (change, removed),
