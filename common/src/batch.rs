@@ -153,6 +153,14 @@ pub fn set_log_append_time(batch: Bytes, time_ms: i64) -> Bytes {
     b.freeze()
 }
 
+/// Sets a batch's maxTimestamp (a CreateTime one), and its CRC again.
+pub fn set_max_timestamp(batch: Bytes, time_ms: i64) -> Bytes {
+    let mut b = BytesMut::from(batch);
+    b[35..43].copy_from_slice(&time_ms.to_be_bytes());
+    seal(&mut b);
+    b.freeze()
+}
+
 /// Writes the CRC-32C of a batch whose fields after the CRC changed.
 pub fn seal(b: &mut [u8]) {
     let end = (LOG_OVERHEAD + i32_at(b, 8).max(0) as usize).min(b.len());

@@ -225,8 +225,8 @@ impl TopicConfig {
             log_append_time: m
                 .get("message.timestamp.type")
                 .is_some_and(|v| v == "LogAppendTime"),
-            delete: policy.split(',').any(|p| p.trim() == "delete"),
-            compact: policy.split(',').any(|p| p.trim() == "compact"),
+            delete: policy.split(',').any(|p| trim(p) == "delete"),
+            compact: policy.split(',').any(|p| trim(p) == "compact"),
             min_cleanable_dirty_ratio: m
                 .get("min.cleanable.dirty.ratio")
                 .and_then(|v| v.parse().ok())
@@ -236,6 +236,11 @@ impl TopicConfig {
             delete_retention_ms: int("delete.retention.ms", 86_400_000),
         }
     }
+}
+
+/// A list item without the blanks around it (ASCII ones, as Kafka trims).
+fn trim(item: &str) -> &str {
+    item.trim_matches(|c: char| c.is_ascii_whitespace())
 }
 
 pub fn spec_of(name: &str) -> Option<&'static Spec> {
@@ -259,7 +264,7 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), WorkerError> {
         Valid::Ratio => value.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)),
         Valid::Boolean => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
         Valid::OneOf(values) => values.contains(&value),
-        Valid::ListOf(values) => value.split(',').all(|v| values.contains(&v.trim())),
+        Valid::ListOf(values) => value.split(',').all(|v| values.contains(&trim(v))),
         Valid::Any => true,
     };
     if ok {
@@ -310,7 +315,7 @@ mod tests {
         assert!(validate_config("cleanup.policy", "compacted").is_err());
         // Kafka trims a list's items; an empty one names no policy.
         assert!(validate_config("cleanup.policy", " compact ,  delete").is_ok());
-        for bad in ["", ",", "compact,", "compact;delete"] {
+        for bad in ["", ",", "compact,", "compact;delete", "compact\u{a0}"] {
             assert!(validate_config("cleanup.policy", bad).is_err(), "{bad:?}");
         }
         let c =

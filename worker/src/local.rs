@@ -395,13 +395,7 @@ impl LocalWorker {
                 .insert(tenant.clone(), shard.clone());
         }
         tokio::spawn(retention(Arc::downgrade(&shard), self.cfg.retention_every));
-        // Cleaning decompresses and compresses: on the maintenance runtime
-        // when there is one, off the requests' threads.
-        let cleaner = cleaner::clean(Arc::downgrade(&shard), self.cfg.clean_every);
-        match &self.cfg.log.background {
-            Some(rt) => drop(rt.spawn(cleaner)),
-            None => drop(tokio::spawn(cleaner)),
-        }
+        tokio::spawn(cleaner::clean(Arc::downgrade(&shard), self.cfg.clean_every));
         tokio::spawn(usage::ticks(
             Arc::downgrade(&shard),
             self.store.clone(),
@@ -802,6 +796,16 @@ impl Shards for LocalWorker {
             }
             let (data, max_timestamp) = match append_time {
                 Some(t) => (batch::set_log_append_time(data, t), t),
+                // Kafka sets maxTimestamp from the records. Clients do too,
+                // but Sarama (Go) left it -1 until 2025 (its PR 3108): such
+                // a batch would be older than any retention and invisible
+                // to ListOffsets by time. Only those pay for a look at
+                // their records (decompressed, within the bound).
+                None if h.max_timestamp < h.base_timestamp => match cleaner::newest_record(&data) {
+                    Ok(Some(t)) => (batch::set_max_timestamp(data, t), t),
+                    Ok(None) => (data, h.max_timestamp),
+                    Err(e) => return Err(WorkerError::InvalidRecord(e)),
+                },
                 None => (data, h.max_timestamp),
             };
             // The log writes baseOffset when it assigns offsets.

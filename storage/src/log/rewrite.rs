@@ -79,10 +79,11 @@ impl ShardLog {
         let Some(s) = core.durable.streams.get(&stream) else {
             return 0;
         };
-        s.locs
-            .iter()
-            .find(|l| l.obj.wal_seq().is_some_and(|q| q >= compacted))
-            .map_or(s.next_offset, |l| l.base_offset)
+        // Compaction takes WAL batches oldest first: those left are a suffix.
+        let first = s
+            .locs
+            .partition_point(|l| l.obj.wal_seq().is_none_or(|q| q < compacted));
+        s.locs.get(first).map_or(s.next_offset, |l| l.base_offset)
     }
 
     /// The aborted transactions of `stream` retention has not passed.
@@ -118,6 +119,10 @@ impl ShardLog {
             let core = self.inner.lock();
             if let Some(e) = &core.failed {
                 return Err(e.clone());
+            }
+            // A closing log takes no entry: its object would be left behind.
+            if core.closing {
+                return Err(Error::Closed);
             }
             let s = core.durable_stream(stream)?;
             // Only batches compaction has been through: it takes the rest,

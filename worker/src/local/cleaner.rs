@@ -14,13 +14,18 @@
 //! As Kafka's cleaner, the map only covers the dirty part: the clean part
 //! already holds one record per key, so a key absent from the map keeps its
 //! record. The map holds a 128-bit keyed hash of each key and at most
-//! [`MAP_KEYS`] of them (Kafka's dedupe buffer); a dirty part with more
-//! keys is cleaned in several passes. One partition is cleaned at a time
-//! per process, so one map's memory is all cleaning costs. Where the dirty
-//! part starts is a metadata key of the shard (`c/{stream}`; Kafka's
+//! [`MAP_KEYS`] of them (Kafka's dedupe buffer): a pass stops before a batch
+//! that could take it past that, so a dirty part with more keys is cleaned
+//! in several passes. One partition is cleaned at a time per process, so
+//! one map's memory is all cleaning costs. Where the dirty part starts is a
+//! metadata key of the shard (`c/{stream}`; Kafka's
 //! cleaner-offset-checkpoint), so a shard opened again (a restart, a scale
-//! from zero, a new owner) does not read its partitions again. It is only
-//! ever a hint: a wrong one leaves records uncleaned, never removes one.
+//! from zero, a new owner) does not read its partitions again. Stream ids
+//! are never reused, so the key never outlives its partition.
+//!
+//! Cleaning's CPU (decompressing, compressing) runs on the requests'
+//! runtime: the maintenance runtime's niced thread must not hold the
+//! shard's lock, which the cleaner takes to plan.
 //!
 //! A rewritten batch keeps its header (base offset, last offset delta,
 //! timestamps, producer fields) and the bytes of the records it keeps, so
@@ -56,7 +61,7 @@ use crate::inflate;
 const CHUNK: u64 = 8 << 20;
 
 /// Keys one pass maps at most: 7/8 of 2^20 fills a hash table of 2^20
-/// buckets of 24 bytes, about 26 MB.
+/// buckets of 24 bytes (a 16-byte hash, an offset), about 26 MB.
 pub(crate) const MAP_KEYS: usize = (1 << 20) / 8 * 7;
 
 /// Where each partition's clean end (its dirty part's start) is kept.
@@ -85,6 +90,9 @@ pub(crate) async fn clean(shard: Weak<Shard>, every: Duration) {
                 loop {
                     let done = {
                         let _turn = CLEANING.acquire().await.expect("never closed");
+                        if shard.log.failed().is_some() {
+                            return;
+                        }
                         clean_partition(&shard.log, stream, &c, now_ms(), MAP_KEYS).await
                     };
                     let more = matches!(done, Ok(Some(Cleaned { more: true, .. })));
@@ -150,10 +158,11 @@ fn clean_end(log: &ShardLog, stream: StreamId) -> Option<i64> {
 /// A key's place in the map: a 128-bit hash keyed per process, so no
 /// tenant can make two of its keys collide (a collision would drop the
 /// older key's last record), and chance collisions are negligible.
-fn key_hash(key: &[u8]) -> u128 {
+/// (Two `u64`s rather than a `u128`: 8-byte aligned, 24-byte buckets.)
+fn key_hash(key: &[u8]) -> [u64; 2] {
     static SEEDS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
     let (a, b) = SEEDS.get_or_init(|| (RandomState::new(), RandomState::new()));
-    (u128::from(a.hash_one(key)) << 64) | u128::from(b.hash_one(key))
+    [a.hash_one(key), b.hash_one(key)]
 }
 
 /// What one partition's clean did.
@@ -167,7 +176,7 @@ pub(crate) struct Cleaned {
 }
 
 /// Cleans one partition if it is due (see the module's notes), mapping at
-/// most `max_keys` keys (and at least one batch).
+/// most `max_keys` keys, or one batch's.
 pub(crate) async fn clean_partition(
     log: &ShardLog,
     stream: StreamId,
@@ -208,7 +217,7 @@ pub(crate) async fn clean_partition(
         txn.and_then(|p| aborted.get(&p))
             .is_some_and(|ranges| ranges.iter().any(|&(f, l)| (f..=l).contains(&offset)))
     };
-    let mut last: HashMap<u128, i64> = HashMap::new();
+    let mut last: HashMap<[u64; 2], i64> = HashMap::new();
     let mut bad = None;
     // The end of the last batch mapped.
     let mut mapped = dirty_from;
@@ -217,6 +226,13 @@ pub(crate) async fn clean_partition(
         let r = log
             .rewrite(stream, mapped, end, CHUNK, |b| {
                 if full || bad.is_some() {
+                    return Change::Keep;
+                }
+                // Stop before a batch that could fill the map past its
+                // bound (unless it is the first).
+                let records = batch::parse(b).map_or(0, |h| h.record_count.max(0) as usize);
+                if !last.is_empty() && last.len() + records > max_keys {
+                    full = true;
                     return Change::Keep;
                 }
                 let scanned = scan(b, |offset, key, _, txn| {
@@ -313,6 +329,19 @@ pub(crate) fn every_record_has_a_key(b: &Bytes) -> Result<bool, String> {
     Ok(true)
 }
 
+/// The newest timestamp of a data batch's records (any codec), as Kafka
+/// computes it to set the batch's maxTimestamp; `None` without records.
+pub(crate) fn newest_record(b: &Bytes) -> Result<Option<i64>, String> {
+    let h = batch::parse(b).map_err(|e| e.to_string())?;
+    let records = payload(b, &h)?;
+    let mut newest = None;
+    for r in Records::new(&records) {
+        let t = h.base_timestamp.saturating_add(r?.timestamp_delta);
+        newest = newest.max(Some(t));
+    }
+    Ok(newest)
+}
+
 /// Calls `f(offset, key, is_tombstone, transaction's producer)` for each
 /// record of a data batch (any codec); control batches are skipped. Gives
 /// the offset after the batch.
@@ -405,6 +434,7 @@ fn payload(b: &Bytes, h: &BatchHeader) -> Result<Bytes, String> {
 /// key (a range of the records section) and whether its value is null.
 struct RecordSpan {
     span: std::ops::Range<usize>,
+    timestamp_delta: i64,
     offset_delta: i64,
     key: Option<std::ops::Range<usize>>,
     tombstone: bool,
@@ -431,7 +461,7 @@ impl<'a> Records<'a> {
             .filter(|&e| e <= self.b.len())
             .ok_or("record length past its batch")?;
         self.at += 1; // attributes
-        self.varint()?; // timestamp delta
+        let timestamp_delta = self.varint()?;
         let offset_delta = self.varint()?;
         let key_len = self.varint()?;
         let key = match key_len {
@@ -450,6 +480,7 @@ impl<'a> Records<'a> {
         self.at = end;
         Ok(RecordSpan {
             span: start..end,
+            timestamp_delta,
             offset_delta,
             key,
             tombstone: value_len == -1,
@@ -571,7 +602,7 @@ mod tests {
     }
 
     /// Appends one batch of `keys`, one record each at the next offsets,
-    /// whose values are their offsets; waits until compaction took it.
+    /// whose values are their offsets.
     async fn append_keys(log: &ShardLog, keys: &[String]) {
         let (_, next) = log.offsets(S).expect("stream");
         let rs: Vec<Record> = keys
@@ -709,6 +740,9 @@ mod tests {
             let end =
                 scan(&b, |o, k, t, _| seen.push((o, k.map(<[u8]>::to_vec), t))).expect("scans");
             assert_eq!(end, 14, "the offset after the batch");
+            // The records' newest timestamp, whatever the header says.
+            let unset = batch::set_max_timestamp(b.clone(), -1);
+            assert_eq!(newest_record(&unset), Ok(Some(1_013)), "{compression:?}");
             assert_eq!(seen.len(), 4);
             assert_eq!(seen[2], (12, Some(b"a".to_vec()), true));
             assert_eq!(seen[3].1, None);
