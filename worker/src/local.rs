@@ -767,6 +767,14 @@ impl Shards for LocalWorker {
                     "control batches are written by the transaction coordinator only".into(),
                 ));
             }
+            // As Kafka's LogValidator: one record per offset of the batch.
+            if i64::from(h.record_count) != i64::from(h.offset_count()) {
+                return Err(WorkerError::InvalidRecord(format!(
+                    "the batch holds {} records for {} offsets",
+                    h.record_count,
+                    h.offset_count()
+                )));
+            }
             if config.compact {
                 match cleaner::every_record_has_a_key(&data) {
                     Ok(true) => {}
@@ -905,10 +913,18 @@ impl Shards for LocalWorker {
             -1 => (hw, -1),
             -2 => (start, -1),
             -3 => shard.log.max_timestamp(stream)?.unwrap_or((-1, -1)),
-            ts => shard
-                .log
-                .offset_for_timestamp(stream, ts)?
-                .unwrap_or((-1, -1)),
+            ts => match shard.log.offset_for_timestamp(stream, ts)? {
+                None => (-1, -1),
+                // The batch's first record at or after `ts`, as Kafka
+                // answers, not the batch's start.
+                Some(found @ (base, _)) => {
+                    let r = shard.log.read(stream, base, 1, true).await?;
+                    r.batches
+                        .first()
+                        .and_then(|b| cleaner::first_at_or_after(b, ts).ok().flatten())
+                        .unwrap_or(found)
+                }
+            },
         })
     }
 

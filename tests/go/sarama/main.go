@@ -310,9 +310,30 @@ func codecsScenario() {
 		b, _ := json.Marshal(acked)
 		check(ioutil.WriteFile(ackedFile(c.name), b, 0o644))
 		got := readAll(topic)
-		res[c.name] = map[string]interface{}{"acked": len(acked), "read": len(got), "problems": orEmpty(compare(idx, acked, got))}
+		res[c.name] = map[string]interface{}{"acked": len(acked), "read": len(got),
+			"problems": orEmpty(compare(idx, acked, got)), "byTime": byTime(topic, acked)}
 	}
 	out(res)
+}
+
+// byTime asks ListOffsets, in each partition, for the first offset at or
+// after the timestamp of a record in the middle of a compressed batch: the
+// problems, if any (this sarama leaves each batch's maxTimestamp at -1, so
+// only a broker that sets it from the records finds them).
+func byTime(topic string, acked []pos) []string {
+	client, err := sarama.NewClient([]string{args.Bootstrap}, config())
+	check(err)
+	defer client.Close()
+	var problems []string
+	for i := len(acked) / 2; i < len(acked)/2+int(args.Partitions); i++ {
+		_, _, _, ts := record(0, i)
+		at, err := client.GetOffset(topic, acked[i].Partition, ts.UnixNano()/int64(time.Millisecond))
+		check(err)
+		if at != acked[i].Offset {
+			problems = append(problems, fmt.Sprintf("record %d at %v: ListOffsets by its time gave %d", i, acked[i], at))
+		}
+	}
+	return orEmpty(problems)
 }
 
 func rereadScenario() {

@@ -23,9 +23,10 @@
 //! from zero, a new owner) does not read its partitions again. Stream ids
 //! are never reused, so the key never outlives its partition.
 //!
-//! Cleaning's CPU (decompressing, compressing) runs on the requests'
-//! runtime: the maintenance runtime's niced thread must not hold the
-//! shard's lock, which the cleaner takes to plan.
+//! The cleaner runs on the requests' runtime (the maintenance runtime's
+//! niced thread must not hold the shard's lock, which planning takes), and
+//! tells it each batch's decompressing and compressing blocks
+//! (`block_in_place`), so other requests move to another thread meanwhile.
 //!
 //! A rewritten batch keeps its header (base offset, last offset delta,
 //! timestamps, producer fields) and the bytes of the records it keeps, so
@@ -63,6 +64,16 @@ const CHUNK: u64 = 8 << 20;
 /// Keys one pass maps at most: 7/8 of 2^20 fills a hash table of 2^20
 /// buckets of 24 bytes (a 16-byte hash, an offset), about 26 MB.
 pub(crate) const MAP_KEYS: usize = (1 << 20) / 8 * 7;
+
+/// Runs CPU-heavy `f` where it blocks no other task: on a multi-thread
+/// runtime, other tasks move off this thread meanwhile.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
 
 /// Where each partition's clean end (its dirty part's start) is kept.
 const CLEANED_PREFIX: &[u8] = b"c/";
@@ -106,6 +117,7 @@ pub(crate) async fn clean(shard: Weak<Shard>, every: Duration) {
                             "cleaned"
                         ),
                         Ok(None) => {}
+                        Err(floe_storage::Error::Closed) => return,
                         Err(e) => tracing::warn!(topic = %t.name, error = %e, "cleaning failed"),
                     }
                     if !more {
@@ -235,10 +247,12 @@ pub(crate) async fn clean_partition(
                     full = true;
                     return Change::Keep;
                 }
-                let scanned = scan(b, |offset, key, _, txn| {
-                    if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
-                        last.insert(key_hash(k), offset);
-                    }
+                let scanned = off_the_runtime(|| {
+                    scan(b, |offset, key, _, txn| {
+                        if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
+                            last.insert(key_hash(k), offset);
+                        }
+                    })
                 });
                 match scanned {
                     Ok(batch_end) => mapped = batch_end,
@@ -285,7 +299,7 @@ pub(crate) async fn clean_partition(
                         }
                     }
                 };
-                match filter(b, keep) {
+                match off_the_runtime(|| filter(b, keep)) {
                     // (Storage never drops a stream's last batch.)
                     Ok((change, removed)) => {
                         done.removed += removed;
@@ -340,6 +354,26 @@ pub(crate) fn newest_record(b: &Bytes) -> Result<Option<i64>, String> {
         newest = newest.max(Some(t));
     }
     Ok(newest)
+}
+
+/// The first record of a batch whose timestamp is at or after `ts`: its
+/// offset and timestamp, as Kafka's ListOffsets answers (every record of a
+/// LogAppendTime batch has the batch's time).
+pub(crate) fn first_at_or_after(b: &Bytes, ts: i64) -> Result<Option<(i64, i64)>, String> {
+    let h = batch::parse(b).map_err(|e| e.to_string())?;
+    let base = batch::base_offset(b).unwrap_or(0);
+    if h.attributes & batch::LOG_APPEND_TIME != 0 {
+        return Ok((h.max_timestamp >= ts).then_some((base, h.max_timestamp)));
+    }
+    let records = payload(b, &h)?;
+    for r in Records::new(&records) {
+        let r = r?;
+        let t = h.base_timestamp.saturating_add(r.timestamp_delta);
+        if t >= ts {
+            return Ok(Some((base + r.offset_delta, t)));
+        }
+    }
+    Ok(None)
 }
 
 /// Calls `f(offset, key, is_tombstone, transaction's producer)` for each
@@ -743,6 +777,12 @@ mod tests {
             // The records' newest timestamp, whatever the header says.
             let unset = batch::set_max_timestamp(b.clone(), -1);
             assert_eq!(newest_record(&unset), Ok(Some(1_013)), "{compression:?}");
+            // ListOffsets by time: the first record at or after it.
+            assert_eq!(first_at_or_after(&b, 1_012), Ok(Some((12, 1_012))));
+            assert_eq!(first_at_or_after(&b, 0), Ok(Some((10, 1_010))));
+            assert_eq!(first_at_or_after(&b, 1_014), Ok(None));
+            let stamped = batch::set_log_append_time(b.clone(), 5_000);
+            assert_eq!(first_at_or_after(&stamped, 1_012), Ok(Some((10, 5_000))));
             assert_eq!(seen.len(), 4);
             assert_eq!(seen[2], (12, Some(b"a".to_vec()), true));
             assert_eq!(seen[3].1, None);
