@@ -95,6 +95,9 @@ def test_admin_calls_and_their_errors(floe, sarama):
     assert r["afterTooLarge"] == 0, "the producer carries on; nothing of the refused record stored"
     # Records stamped one second apart: the first at or after 4 s is 4.
     assert r["offsetAtTime"] == 4
+    # One batch of ten, its log start moved to 4 by DeleteRecords: by time,
+    # the first record from the log start on.
+    assert r["byTimeFromMidBatch"] == [4, 6]
     assert r["deleteRecords"] is None
     assert r["watermarks"] == [4, 10]
     assert r["deleteRecordsPastEnd"] is None and r["watermarksAfterPastEnd"] == [4, 10]

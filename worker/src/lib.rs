@@ -328,8 +328,8 @@ pub trait Shards: Send + Sync + 'static {
         committed: bool,
     ) -> impl Future<Output = Result<Read>> + Send;
     /// ListOffsets: -1 latest (the last stable offset with `committed`),
-    /// -2 earliest, -3 max timestamp, else the first batch with a timestamp
-    /// at or after it. Returns (offset, timestamp).
+    /// -2 earliest, -3 max timestamp, else the first record with a
+    /// timestamp at or after it. Returns (offset, timestamp).
     fn list_offset(
         &self,
         tenant: &TenantId,

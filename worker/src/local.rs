@@ -915,15 +915,7 @@ impl Shards for LocalWorker {
             -3 => shard.log.max_timestamp(stream)?.unwrap_or((-1, -1)),
             ts => match shard.log.offset_for_timestamp(stream, ts)? {
                 None => (-1, -1),
-                // The batch's first record at or after `ts`, as Kafka
-                // answers, not the batch's start.
-                Some(found @ (base, _)) => {
-                    let r = shard.log.read(stream, base, 1, true).await?;
-                    r.batches
-                        .first()
-                        .and_then(|b| cleaner::first_at_or_after(b, ts).ok().flatten())
-                        .unwrap_or(found)
-                }
+                Some(found) => first_record_at(&shard.log, stream, ts, found, start, hw).await,
             },
         })
     }
@@ -1531,6 +1523,47 @@ async fn group_timers(shard: Weak<Shard>) {
         }
         drop(s2);
     }
+}
+
+/// ListOffsets by time, as Kafka answers it: the first record at or after
+/// `ts` from the log start on, searching on from the first batch whose max
+/// timestamp reaches it (`found`, its start and time). A cleaned batch keeps
+/// its header's max timestamp, so its records may all be older: the search
+/// goes on to later batches, a few at most. Falls back to `found` (within
+/// the log) if the batches cannot be read.
+async fn first_record_at(
+    log: &floe_storage::ShardLog,
+    stream: StreamId,
+    ts: i64,
+    found: (i64, i64),
+    start: i64,
+    hw: i64,
+) -> (i64, i64) {
+    const MAX_BATCHES: usize = 64;
+    let fallback = (found.0.max(start), found.1);
+    let mut at = fallback.0;
+    let mut looked = 0;
+    while at < hw && looked < MAX_BATCHES {
+        let Ok(r) = log.read(stream, at, 1 << 20, true).await else {
+            return fallback;
+        };
+        if r.batches.is_empty() {
+            break;
+        }
+        for b in &r.batches {
+            looked += 1;
+            match cleaner::first_at_or_after(b, ts, at) {
+                Ok(Some(hit)) => return hit,
+                Ok(None) => {}
+                Err(_) => return fallback,
+            }
+            let Ok(h) = batch::parse(b) else {
+                return fallback;
+            };
+            at = batch::base_offset(b).unwrap_or(at) + i64::from(h.offset_count());
+        }
+    }
+    fallback
 }
 
 /// Applies `retention.ms` and `retention.bytes` to every partition of the

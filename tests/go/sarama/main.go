@@ -595,6 +595,28 @@ func adminScenario() {
 	at, err := client.GetOffset("sarama-admin", 0, base.Add(4*time.Second).UnixNano()/int64(time.Millisecond))
 	check(err)
 	res["offsetAtTime"] = at
+	// Ten records in one batch to partition 2, then its log start moved to
+	// the middle of it: ListOffsets by time starts from the log start.
+	c.Producer.Flush.Messages = 10
+	c.Producer.Flush.Frequency = time.Second
+	p, err = sarama.NewSyncProducer([]string{args.Bootstrap}, c)
+	check(err)
+	var batch []*sarama.ProducerMessage
+	for i := 0; i < 10; i++ {
+		batch = append(batch, &sarama.ProducerMessage{Topic: "sarama-admin", Partition: 2,
+			Value: sarama.StringEncoder(fmt.Sprint(i)), Timestamp: base.Add(time.Duration(i) * time.Second)})
+	}
+	check(p.SendMessages(batch))
+	check(p.Close())
+	check(admin.DeleteRecords("sarama-admin", map[int32]int64{2: 4}))
+	var midBatch []int64
+	for _, s := range []int{0, 6} {
+		at, err := client.GetOffset("sarama-admin", 2, base.Add(time.Duration(s)*time.Second).UnixNano()/int64(time.Millisecond))
+		check(err)
+		midBatch = append(midBatch, at)
+	}
+	res["byTimeFromMidBatch"] = midBatch
+
 	res["deleteRecords"] = errName(admin.DeleteRecords("sarama-admin", map[int32]int64{0: 4}))
 	low, err := client.GetOffset("sarama-admin", 0, sarama.OffsetOldest)
 	check(err)

@@ -356,19 +356,29 @@ pub(crate) fn newest_record(b: &Bytes) -> Result<Option<i64>, String> {
     Ok(newest)
 }
 
-/// The first record of a batch whose timestamp is at or after `ts`: its
-/// offset and timestamp, as Kafka's ListOffsets answers (every record of a
-/// LogAppendTime batch has the batch's time).
-pub(crate) fn first_at_or_after(b: &Bytes, ts: i64) -> Result<Option<(i64, i64)>, String> {
+/// The first record of a batch at or after offset `from` whose timestamp is
+/// at or after `ts`: its offset and timestamp, as Kafka's ListOffsets
+/// answers (every record of a LogAppendTime batch has the batch's time).
+/// Records claiming offsets outside the batch are skipped.
+pub(crate) fn first_at_or_after(
+    b: &Bytes,
+    ts: i64,
+    from: i64,
+) -> Result<Option<(i64, i64)>, String> {
     let h = batch::parse(b).map_err(|e| e.to_string())?;
     let base = batch::base_offset(b).unwrap_or(0);
-    if h.attributes & batch::LOG_APPEND_TIME != 0 {
-        return Ok((h.max_timestamp >= ts).then_some((base, h.max_timestamp)));
-    }
+    let span = 0..i64::from(h.offset_count());
     let records = payload(b, &h)?;
     for r in Records::new(&records) {
         let r = r?;
-        let t = h.base_timestamp.saturating_add(r.timestamp_delta);
+        if !span.contains(&r.offset_delta) || base + r.offset_delta < from {
+            continue;
+        }
+        let t = if h.attributes & batch::LOG_APPEND_TIME != 0 {
+            h.max_timestamp
+        } else {
+            h.base_timestamp.saturating_add(r.timestamp_delta)
+        };
         if t >= ts {
             return Ok(Some((base + r.offset_delta, t)));
         }
@@ -777,12 +787,14 @@ mod tests {
             // The records' newest timestamp, whatever the header says.
             let unset = batch::set_max_timestamp(b.clone(), -1);
             assert_eq!(newest_record(&unset), Ok(Some(1_013)), "{compression:?}");
-            // ListOffsets by time: the first record at or after it.
-            assert_eq!(first_at_or_after(&b, 1_012), Ok(Some((12, 1_012))));
-            assert_eq!(first_at_or_after(&b, 0), Ok(Some((10, 1_010))));
-            assert_eq!(first_at_or_after(&b, 1_014), Ok(None));
+            // ListOffsets by time: the first record at or after it, from
+            // the log start on.
+            assert_eq!(first_at_or_after(&b, 1_012, 0), Ok(Some((12, 1_012))));
+            assert_eq!(first_at_or_after(&b, 0, 0), Ok(Some((10, 1_010))));
+            assert_eq!(first_at_or_after(&b, 0, 11), Ok(Some((11, 1_011))));
+            assert_eq!(first_at_or_after(&b, 1_014, 0), Ok(None));
             let stamped = batch::set_log_append_time(b.clone(), 5_000);
-            assert_eq!(first_at_or_after(&stamped, 1_012), Ok(Some((10, 5_000))));
+            assert_eq!(first_at_or_after(&stamped, 1_012, 0), Ok(Some((10, 5_000))));
             assert_eq!(seen.len(), 4);
             assert_eq!(seen[2], (12, Some(b"a".to_vec()), true));
             assert_eq!(seen[3].1, None);
