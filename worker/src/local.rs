@@ -776,7 +776,7 @@ impl Shards for LocalWorker {
                 )));
             }
             if config.compact {
-                match cleaner::every_record_has_a_key(&data) {
+                match cleaner::every_record_has_a_key(&data, &h) {
                     Ok(true) => {}
                     Ok(false) => {
                         return Err(WorkerError::InvalidRecord(format!(
@@ -809,11 +809,13 @@ impl Shards for LocalWorker {
                 // a batch would be older than any retention and invisible
                 // to ListOffsets by time. Only those pay for a look at
                 // their records (decompressed, within the bound).
-                None if h.max_timestamp < h.base_timestamp => match cleaner::newest_record(&data) {
-                    Ok(Some(t)) => (batch::set_max_timestamp(data, t), t),
-                    Ok(None) => (data, h.max_timestamp),
-                    Err(e) => return Err(WorkerError::InvalidRecord(e)),
-                },
+                None if h.max_timestamp < h.base_timestamp => {
+                    match cleaner::newest_record(&data, &h) {
+                        Ok(Some(t)) => (batch::set_max_timestamp(data, t), t),
+                        Ok(None) => (data, h.max_timestamp),
+                        Err(e) => return Err(WorkerError::InvalidRecord(e)),
+                    }
+                }
                 None => (data, h.max_timestamp),
             };
             // The log writes baseOffset when it assigns offsets.
@@ -1552,14 +1554,14 @@ async fn first_record_at(
         }
         for b in &r.batches {
             looked += 1;
-            match cleaner::first_at_or_after(b, ts, at) {
+            let Ok(h) = batch::parse(b) else {
+                return fallback;
+            };
+            match cleaner::first_at_or_after(b, &h, ts, at) {
                 Ok(Some(hit)) => return hit,
                 Ok(None) => {}
                 Err(_) => return fallback,
             }
-            let Ok(h) = batch::parse(b) else {
-                return fallback;
-            };
             at = batch::base_offset(b).unwrap_or(at) + i64::from(h.offset_count());
         }
     }

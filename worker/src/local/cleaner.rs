@@ -242,13 +242,19 @@ pub(crate) async fn clean_partition(
                 }
                 // Stop before a batch that could fill the map past its
                 // bound (unless it is the first).
-                let records = batch::parse(b).map_or(0, |h| h.record_count.max(0) as usize);
-                if !last.is_empty() && last.len() + records > max_keys {
+                let h = match batch::parse(b) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        bad = Some(e.to_string());
+                        return Change::Keep;
+                    }
+                };
+                if !last.is_empty() && last.len() + h.record_count as usize > max_keys {
                     full = true;
                     return Change::Keep;
                 }
                 let scanned = off_the_runtime(|| {
-                    scan(b, |offset, key, _, txn| {
+                    scan(b, &h, |offset, key, _, txn| {
                         if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
                             last.insert(key_hash(k), offset);
                         }
@@ -328,13 +334,13 @@ pub(crate) async fn clean_partition(
 }
 
 /// Whether every record of a batch (any codec, transactional or not) has a
-/// key, as a compacted topic requires; control batches have theirs.
-pub(crate) fn every_record_has_a_key(b: &Bytes) -> Result<bool, String> {
-    let h = batch::parse(b).map_err(|e| e.to_string())?;
+/// key, as a compacted topic requires; control batches have theirs. `h` is
+/// the batch's parsed header, here and in the functions below.
+pub(crate) fn every_record_has_a_key(b: &Bytes, h: &BatchHeader) -> Result<bool, String> {
     if h.is_control() {
         return Ok(true);
     }
-    let records = payload(b, &h)?;
+    let records = payload(b, h)?;
     for r in Records::new(&records) {
         if r?.key.is_none() {
             return Ok(false);
@@ -345,9 +351,8 @@ pub(crate) fn every_record_has_a_key(b: &Bytes) -> Result<bool, String> {
 
 /// The newest timestamp of a data batch's records (any codec), as Kafka
 /// computes it to set the batch's maxTimestamp; `None` without records.
-pub(crate) fn newest_record(b: &Bytes) -> Result<Option<i64>, String> {
-    let h = batch::parse(b).map_err(|e| e.to_string())?;
-    let records = payload(b, &h)?;
+pub(crate) fn newest_record(b: &Bytes, h: &BatchHeader) -> Result<Option<i64>, String> {
+    let records = payload(b, h)?;
     let mut newest = None;
     for r in Records::new(&records) {
         let t = h.base_timestamp.saturating_add(r?.timestamp_delta);
@@ -362,13 +367,13 @@ pub(crate) fn newest_record(b: &Bytes) -> Result<Option<i64>, String> {
 /// Records claiming offsets outside the batch are skipped.
 pub(crate) fn first_at_or_after(
     b: &Bytes,
+    h: &BatchHeader,
     ts: i64,
     from: i64,
 ) -> Result<Option<(i64, i64)>, String> {
-    let h = batch::parse(b).map_err(|e| e.to_string())?;
     let base = batch::base_offset(b).unwrap_or(0);
     let span = 0..i64::from(h.offset_count());
-    let records = payload(b, &h)?;
+    let records = payload(b, h)?;
     for r in Records::new(&records) {
         let r = r?;
         if !span.contains(&r.offset_delta) || base + r.offset_delta < from {
@@ -391,19 +396,19 @@ pub(crate) fn first_at_or_after(
 /// the offset after the batch.
 pub(crate) fn scan(
     b: &Bytes,
+    h: &BatchHeader,
     mut f: impl FnMut(i64, Option<&[u8]>, bool, Option<i64>),
 ) -> Result<i64, String> {
-    let h = batch::parse(b).map_err(|e| e.to_string())?;
     let base = batch::base_offset(b).unwrap_or(0);
     let end = base + i64::from(h.offset_count());
     if h.is_control() {
         return Ok(end);
     }
-    let records = payload(b, &h)?;
+    let records = payload(b, h)?;
     for r in Records::new(&records) {
         let r = r?;
         let key = r.key.map(|k| &records[k]);
-        f(base + r.offset_delta, key, r.tombstone, txn(&h));
+        f(base + r.offset_delta, key, r.tombstone, txn(h));
     }
     Ok(end)
 }
@@ -781,20 +786,33 @@ mod tests {
             let b = encode(&rs, compression);
             let before = batch::parse(&b).expect("valid");
             let mut seen = Vec::new();
-            let end =
-                scan(&b, |o, k, t, _| seen.push((o, k.map(<[u8]>::to_vec), t))).expect("scans");
+            let end = scan(&b, &before, |o, k, t, _| {
+                seen.push((o, k.map(<[u8]>::to_vec), t))
+            })
+            .expect("scans");
             assert_eq!(end, 14, "the offset after the batch");
             // The records' newest timestamp, whatever the header says.
             let unset = batch::set_max_timestamp(b.clone(), -1);
-            assert_eq!(newest_record(&unset), Ok(Some(1_013)), "{compression:?}");
+            let unset_h = batch::parse(&unset).expect("valid");
+            assert_eq!(
+                newest_record(&unset, &unset_h),
+                Ok(Some(1_013)),
+                "{compression:?}"
+            );
             // ListOffsets by time: the first record at or after it, from
             // the log start on.
-            assert_eq!(first_at_or_after(&b, 1_012, 0), Ok(Some((12, 1_012))));
-            assert_eq!(first_at_or_after(&b, 0, 0), Ok(Some((10, 1_010))));
-            assert_eq!(first_at_or_after(&b, 0, 11), Ok(Some((11, 1_011))));
-            assert_eq!(first_at_or_after(&b, 1_014, 0), Ok(None));
+            assert_eq!(
+                first_at_or_after(&b, &before, 1_012, 0),
+                Ok(Some((12, 1_012)))
+            );
+            assert_eq!(first_at_or_after(&b, &before, 0, 0), Ok(Some((10, 1_010))));
+            assert_eq!(first_at_or_after(&b, &before, 0, 11), Ok(Some((11, 1_011))));
+            assert_eq!(first_at_or_after(&b, &before, 1_014, 0), Ok(None));
             let stamped = batch::set_log_append_time(b.clone(), 5_000);
-            assert_eq!(first_at_or_after(&stamped, 1_012, 0), Ok(Some((10, 5_000))));
+            assert_eq!(
+                first_at_or_after(&stamped, &batch::parse(&stamped).expect("valid"), 1_012, 0),
+                Ok(Some((10, 5_000)))
+            );
             assert_eq!(seen.len(), 4);
             assert_eq!(seen[2], (12, Some(b"a".to_vec()), true));
             assert_eq!(seen[3].1, None);
@@ -839,7 +857,11 @@ mod tests {
         r.producer_epoch = 0;
         let b = encode(&[r], Compression::None);
         let mut seen = Vec::new();
-        scan(&b, |_, k, _, txn| seen.push((k.map(<[u8]>::to_vec), txn))).expect("scans");
+        let h = batch::parse(&b).expect("valid");
+        scan(&b, &h, |_, k, _, txn| {
+            seen.push((k.map(<[u8]>::to_vec), txn))
+        })
+        .expect("scans");
         assert_eq!(seen, [(Some(b"a".to_vec()), Some(7))]);
         let (change, removed) = filter(&b, |_, _, _, _, txn| txn != Some(7)).expect("ok");
         assert_eq!(
