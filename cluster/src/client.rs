@@ -537,14 +537,18 @@ async fn pump(
     let _ = send.finish();
     // Order: moved calls by id, then calls still due (subscriptions, or all
     // of them if the stream broke), then what was never sent.
+    tracing::debug!(
+        %target, ended, moved = moved.len(), due = due.len(), ?moved_to,
+        "a lane's stream ended"
+    );
     let mut back: Vec<Out> = moved;
     if ended {
         for (_, o) in std::mem::take(&mut due) {
             if o.is_watch() {
                 back.push(o);
             } else {
-                o.fail(WorkerError::Unavailable(
-                    "the connection to the shard's worker broke; retry".into(),
+                o.fail(WorkerError::Uncertain(
+                    "the connection to the shard's worker broke with the call under way".into(),
                 ));
             }
         }

@@ -934,8 +934,8 @@ impl Answer {
 impl Drop for Answer {
     fn drop(&mut self) {
         if !self.sent {
-            let e = WorkerError::Unavailable(
-                "the call failed on the worker and may or may not have taken effect; retry".into(),
+            let e = WorkerError::Uncertain(
+                "the call failed on the worker and may or may not have taken effect".into(),
             );
             let _ = self.tx.send(rpc::answer(self.id, rpc::FAILED, &e));
         }

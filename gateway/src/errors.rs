@@ -37,7 +37,7 @@ pub fn code(e: &WorkerError) -> i16 {
         // Retriable: the client refreshes metadata and tries again.
         WorkerError::TopicAuthorizationFailed => E::TopicAuthorizationFailed,
         WorkerError::GroupAuthorizationFailed => E::GroupAuthorizationFailed,
-        WorkerError::Unavailable(_) => E::NotLeaderOrFollower,
+        WorkerError::Unavailable(_) | WorkerError::Uncertain(_) => E::NotLeaderOrFollower,
     }
     .code()
 }
@@ -48,7 +48,9 @@ pub fn code(e: &WorkerError) -> i16 {
 /// not among those requests' errors, and Java's producer treats it as fatal.
 pub fn coordinator_code(e: &WorkerError) -> i16 {
     match e {
-        WorkerError::Unavailable(_) => E::CoordinatorLoadInProgress.code(),
+        WorkerError::Unavailable(_) | WorkerError::Uncertain(_) => {
+            E::CoordinatorLoadInProgress.code()
+        }
         other => code(other),
     }
 }

@@ -160,10 +160,18 @@ pub enum Error {
     UnknownStream,
     #[error("offset out of range (log start {log_start}, high watermark {high_watermark})")]
     OffsetOutOfRange { log_start: i64, high_watermark: i64 },
-    /// An idempotent append out of its producer's sequence (a gap, or a
-    /// new epoch not starting at 0).
+    /// An idempotent append behind its producer's sequence that is not a
+    /// retry of a remembered append.
     #[error("out of order sequence: {0}")]
     OutOfOrderSequence(String),
+    /// An idempotent append ahead of its producer's sequence (or a new
+    /// epoch not starting at 0): an earlier append is missing, still on its
+    /// way or failed retriably. Retriable: the client sends that one first.
+    /// Not Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER, which makes librdkafka bump
+    /// its epoch and renumber every unacknowledged record, duplicating any
+    /// whose earlier answer was lost although it was stored.
+    #[error("sequence gap: {0}")]
+    SequenceGap(String),
     /// An idempotent append from an epoch older than the producer's newest.
     #[error("producer {id} epoch {epoch} is older than its current epoch {current}")]
     InvalidProducerEpoch { id: i64, epoch: i16, current: i16 },

@@ -873,7 +873,32 @@ fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, 
         let current = seen
             .get(&key)
             .or_else(|| live.streams.get(stream)?.producers.get(&p.id));
-        match producers::check(current, p, *offsets)? {
+        let check = producers::check(current, p, *offsets);
+        // Refusals at debug, every decision at trace: enough to follow a
+        // producer's retries across owners from the workers' logs.
+        if check.is_err() {
+            tracing::debug!(
+                stream = stream.0,
+                producer = p.id,
+                epoch = p.epoch,
+                seq = p.first_seq,
+                offsets,
+                ?check,
+                "idempotent append refused"
+            );
+        } else {
+            tracing::trace!(
+                stream = stream.0,
+                producer = p.id,
+                epoch = p.epoch,
+                seq = p.first_seq,
+                offsets,
+                at = *next_offset,
+                ?check,
+                "idempotent append"
+            );
+        }
+        match check? {
             Check::Duplicate(base) => out.push(Some(base)),
             // As in `State::apply`: it ends nothing and leaves no state.
             Check::Append if p.txn.is_marker() && current.is_none() => {

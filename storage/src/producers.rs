@@ -11,10 +11,12 @@
 //! transaction's first offset (the last stable offset is the lowest) and the
 //! offset ranges of aborted ones, for read-committed readers.
 //!
-//! The rules are Kafka's (ProducerStateManager), except that a producer the
-//! stream does not know must start at sequence 0: one whose state expired gets
-//! [`Error::UnknownProducer`] and restarts its sequence (KIP-360), instead of
-//! having any sequence accepted and its retries silently duplicated.
+//! The rules are Kafka's (ProducerStateManager), except in two places. A
+//! producer the stream does not know must start at sequence 0: one whose
+//! state expired gets [`Error::UnknownProducer`] and restarts its sequence
+//! (KIP-360), instead of having any sequence accepted and its retries
+//! silently duplicated. And an append ahead of the sequence is
+//! [`Error::SequenceGap`], retriable, not out of order (see there).
 
 use std::collections::VecDeque;
 
@@ -197,27 +199,34 @@ pub fn check(state: Option<&ProducerState>, p: &Producer, offsets: u32) -> Resul
             current: s.epoch,
         });
     }
-    if p.epoch > s.epoch {
-        if p.first_seq != 0 {
-            return Err(Error::OutOfOrderSequence(format!(
-                "producer {} starts epoch {} at sequence {}, not 0",
-                p.id, p.epoch, p.first_seq
-            )));
-        }
+    // A new epoch, or one with nothing appended yet, expects 0.
+    let expected = match s.last_seq() {
+        Some(l) if p.epoch == s.epoch => add_seq(l, 1),
+        _ => 0,
+    };
+    if p.first_seq == expected {
         return Ok(Check::Append);
     }
-    match s.last_seq() {
-        Some(l) if add_seq(l, 1) == p.first_seq => Ok(Check::Append),
-        // A new epoch with nothing appended yet expects 0.
-        None if p.first_seq == 0 => Ok(Check::Append),
-        l => Err(Error::OutOfOrderSequence(format!(
-            "producer {} epoch {}: sequence {} after {}",
-            p.id,
-            p.epoch,
-            p.first_seq,
-            l.map_or("nothing".to_string(), |l| l.to_string())
-        ))),
+    let why = format!(
+        "producer {} epoch {}: sequence {}, expected {expected}",
+        p.id, p.epoch, p.first_seq
+    );
+    if ahead(expected, p.first_seq) {
+        Err(Error::SequenceGap(why))
+    } else {
+        Err(Error::OutOfOrderSequence(why))
     }
+}
+
+/// Whether `seq` is ahead of `expected` (by less than half the sequence
+/// space, as sequences wrap from `i32::MAX` to 0).
+fn ahead(expected: i32, seq: i32) -> bool {
+    let distance = if seq >= expected {
+        seq - expected
+    } else {
+        (i32::MAX - expected) + seq + 1
+    };
+    distance > 0 && distance <= i32::MAX / 2
 }
 
 #[cfg(test)]
@@ -266,10 +275,10 @@ mod tests {
             append(&mut s, p(0, 3), 1, 99),
             Err(Error::OutOfOrderSequence(_))
         ));
-        // A gap.
+        // A gap: retriable, an earlier append is on its way.
         assert!(matches!(
             append(&mut s, p(0, 6), 1, 99),
-            Err(Error::OutOfOrderSequence(_))
+            Err(Error::SequenceGap(_))
         ));
         assert_eq!(append(&mut s, p(0, 5), 1, 15), Ok(Check::Append));
         // Only the last five are remembered.
@@ -287,7 +296,7 @@ mod tests {
         // A new epoch starts at 0 and fences the old one.
         assert!(matches!(
             append(&mut s, p(1, 11), 1, 99),
-            Err(Error::OutOfOrderSequence(_))
+            Err(Error::SequenceGap(_))
         ));
         assert_eq!(append(&mut s, p(1, 0), 1, 21), Ok(Check::Append));
         assert!(matches!(
@@ -323,6 +332,17 @@ mod tests {
             append(&mut s, p(0, i32::MAX - 1), 4, 9),
             Ok(Check::Duplicate(1))
         );
+        // Ahead and behind, across the wrap.
+        assert!(ahead(i32::MAX, 0) && ahead(i32::MAX - 1, 1) && ahead(3, 10));
+        assert!(!ahead(3, 3) && !ahead(3, 2) && !ahead(0, i32::MAX) && !ahead(3, i32::MAX));
+        assert!(matches!(
+            append(&mut s, p(0, 9), 1, 9),
+            Err(Error::SequenceGap(_))
+        ));
+        assert!(matches!(
+            append(&mut s, p(0, i32::MAX), 1, 9),
+            Err(Error::OutOfOrderSequence(_))
+        ));
     }
 
     #[test]

@@ -275,7 +275,11 @@ async fn idempotent(
                     h.lock().expect("history").acked.insert(id, base);
                     break;
                 }
-                Err(e @ (Error::OutOfOrderSequence(_) | Error::UnknownProducer { .. })) => {
+                Err(
+                    e @ (Error::OutOfOrderSequence(_)
+                    | Error::SequenceGap(_)
+                    | Error::UnknownProducer { .. }),
+                ) => {
                     h.lock()
                         .expect("history")
                         .violations

@@ -218,7 +218,15 @@ fn check_history(acked: &HashMap<String, (i32, i64)>, seen: &HashMap<(i32, i64),
         if at.1 >= 0 {
             assert_eq!(seen.get(at), Some(v), "acked {v} at {at:?}");
         }
-        assert_eq!(copies.get(v.as_str()), Some(&1), "{v} is present once");
+        if copies.get(v.as_str()) != Some(&1) {
+            let mut found: Vec<_> = seen
+                .iter()
+                .filter(|(_, s)| *s == v)
+                .map(|(k, _)| k)
+                .collect();
+            found.sort();
+            panic!("{v} (acked at {at:?}) is present once, not at {found:?}");
+        }
     }
     assert_eq!(
         seen.len(),
@@ -454,6 +462,26 @@ async fn a_paused_owner_that_wakes_after_losing_its_lease_changes_nothing() {
     // The same history, and the same bytes at every offset, through both.
     let via_a = read_all(&a.bootstrap(), acked.len());
     let via_b = read_all(&b.bootstrap(), acked.len());
+    if via_a != via_b || via_a.len() != acked.len() {
+        let by_offset: HashMap<_, _> = acked.iter().map(|(v, at)| (*at, v)).collect();
+        let mut at: Vec<_> = via_a
+            .keys()
+            .chain(via_b.keys())
+            .chain(by_offset.keys())
+            .collect();
+        at.sort();
+        at.dedup();
+        for at in at {
+            eprintln!(
+                "{at:?}: a {:?} b {:?} acked {:?}",
+                via_a.get(at),
+                via_b.get(at),
+                by_offset.get(at)
+            );
+        }
+        let implicit: Vec<_> = acked.iter().filter(|(_, at)| at.1 < 0).collect();
+        eprintln!("acked without an offset: {implicit:?}");
+    }
     check_history(&acked, &via_a);
     assert_eq!(via_a, via_b, "each offset is one set of bytes across reads");
 }

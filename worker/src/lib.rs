@@ -126,6 +126,12 @@ pub enum WorkerError {
     /// Storage is failing or the shard is changing owner; retry.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
+    /// The call may or may not have taken effect: its answer was lost, or
+    /// its write failed with an unknown outcome. Retriable; an idempotent
+    /// producer's retry is answered with the first write's offset if it
+    /// landed.
+    #[error("outcome unknown: {0}")]
+    Uncertain(String),
 }
 
 impl From<floe_storage::Error> for WorkerError {
@@ -254,17 +260,20 @@ impl Accepted {
                 counted,
             } => {
                 use tracing::Instrument;
+                // Whatever failed, the flush may have landed (a PUT whose
+                // answer was lost, or one under way when the log was fenced).
                 appended
                     .durable()
                     .instrument(tracing::debug_span!("shard.durable"))
-                    .await?;
+                    .await
+                    .map_err(|e| WorkerError::Uncertain(e.to_string()))?;
                 if let Some((totals, tenant, c)) = counted {
                     totals.add(&tenant, &c);
                 }
                 Ok(produced)
             }
             Pending::Remote(answer) => answer.await.unwrap_or_else(|_| {
-                Err(WorkerError::Unavailable(
+                Err(WorkerError::Uncertain(
                     "the shard's owner went away before answering".into(),
                 ))
             }),

@@ -140,7 +140,7 @@ async fn fetch_once<W: Shards>(gw: &Cx<W>, req: &FetchRequest) -> Pass {
                     }
                 }
                 Err(e) => {
-                    if let WorkerError::Unavailable(why) = &e {
+                    if let WorkerError::Unavailable(why) | WorkerError::Uncertain(why) = &e {
                         tracing::warn!(topic = %t.topic.0, partition = p.partition, error = %why, "fetch failed");
                     }
                     pass.errored = true;

@@ -156,7 +156,9 @@ pub async fn offset_commit<W: Shards>(
 /// clients retry after finding the coordinator again.
 fn commit_code(e: &WorkerError) -> i16 {
     match e {
-        WorkerError::Unavailable(_) => ResponseError::CoordinatorNotAvailable.code(),
+        WorkerError::Unavailable(_) | WorkerError::Uncertain(_) => {
+            ResponseError::CoordinatorNotAvailable.code()
+        }
         other => errors::code(other),
     }
 }

@@ -110,7 +110,7 @@ async fn accept<W: Shards>(
     let count = batches.len() as u64;
     match gw.worker.produce(tenant, topic, partition, batches).await {
         Ok(a) => Outcome::Accepted(a, bytes, count),
-        Err(e) => Outcome::Failed(errors::code(&e), errors::message(&e)),
+        Err(e) => Outcome::Failed(code(&e), errors::message(&e)),
     }
 }
 
@@ -165,9 +165,19 @@ pub fn refused(req: ProduceRequest, e: &WorkerError) -> Option<ProduceResponse> 
 }
 
 fn failed(resp: PartitionProduceResponse, e: &WorkerError) -> PartitionProduceResponse {
-    resp.with_error_code(errors::code(e))
+    resp.with_error_code(code(e))
         .with_base_offset(-1)
         .with_error_message(errors::message(e))
+}
+
+/// A produce's error code. Records that may have been stored are
+/// REQUEST_TIMED_OUT, which clients retry and librdkafka reports as possibly
+/// persisted; NOT_LEADER_OR_FOLLOWER would tell it they were not.
+fn code(e: &WorkerError) -> i16 {
+    match e {
+        WorkerError::Uncertain(_) => ResponseError::RequestTimedOut.code(),
+        other => errors::code(other),
+    }
 }
 
 /// The record-batch bytes a Produce request carries, as sent: what its

@@ -232,7 +232,7 @@ async fn store<W: Shards>(
         .await;
     match swapped {
         Ok(done) => Ok(done),
-        Err(e @ WorkerError::Unavailable(_)) => {
+        Err(e @ (WorkerError::Unavailable(_) | WorkerError::Uncertain(_))) => {
             let (now, _) = load(c, group, name).await?;
             let now = now.map(|(raw, _)| raw);
             if now == new {

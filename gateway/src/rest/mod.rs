@@ -309,7 +309,9 @@ pub fn worker_error(e: &WorkerError) -> Answer {
             (StatusCode::FORBIDDEN, 403)
         }
         WorkerError::PolicyViolation(_) => (StatusCode::FORBIDDEN, 403),
-        WorkerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 503),
+        WorkerError::Unavailable(_) | WorkerError::Uncertain(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, 503)
+        }
         WorkerError::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, 416),
         WorkerError::Group(_) => (StatusCode::CONFLICT, 409),
         _ => (StatusCode::BAD_REQUEST, 400),
