@@ -874,30 +874,17 @@ fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, 
             .get(&key)
             .or_else(|| live.streams.get(stream)?.producers.get(&p.id));
         let check = producers::check(current, p, *offsets);
-        // Refusals at debug, every decision at trace: enough to follow a
-        // producer's retries across owners from the workers' logs.
-        if check.is_err() {
-            tracing::debug!(
-                stream = stream.0,
-                producer = p.id,
-                epoch = p.epoch,
-                seq = p.first_seq,
-                offsets,
-                ?check,
-                "idempotent append refused"
-            );
-        } else {
-            tracing::trace!(
-                stream = stream.0,
-                producer = p.id,
-                epoch = p.epoch,
-                seq = p.first_seq,
-                offsets,
-                at = *next_offset,
-                ?check,
-                "idempotent append"
-            );
-        }
+        // Enough to follow a producer's retries across owners in the logs.
+        tracing::trace!(
+            stream = stream.0,
+            producer = p.id,
+            epoch = p.epoch,
+            seq = p.first_seq,
+            offsets,
+            at = *next_offset,
+            ?check,
+            "idempotent append"
+        );
         match check? {
             Check::Duplicate(base) => out.push(Some(base)),
             // As in `State::apply`: it ends nothing and leaves no state.
