@@ -535,12 +535,12 @@ async fn pump(
     }
     reader.abort();
     let _ = send.finish();
-    // Order: moved calls by id, then calls still due (subscriptions, or all
-    // of them if the stream broke), then what was never sent.
     tracing::debug!(
         %target, ended, moved = moved.len(), due = due.len(), ?moved_to,
         "a lane's stream ended"
     );
+    // Order: moved calls by id, then calls still due (subscriptions, or all
+    // of them if the stream broke), then what was never sent.
     let mut back: Vec<Out> = moved;
     if ended {
         for (_, o) in std::mem::take(&mut due) {
