@@ -11,7 +11,11 @@
 //! then the encoded [`State`]; the CRC covers all of it. `FLOECKP3` added
 //! each stream's producers, `FLOECKP4` their open transactions and the
 //! stream's aborted ones, `FLOECKP5` the meter windows after the keys;
-//! older versions are still read.
+//! older versions are still read. Then an optional tail that readers
+//! before it ignore, so workers of both kinds can share a shard during a
+//! rolling upgrade: the shard's `producer_ids_below` and each stream's
+//! `forgotten_below`, in stream order. Without it every bound is
+//! `i64::MAX` (any unknown producer may have been forgotten).
 //!
 //! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
 //! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
@@ -565,6 +569,10 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
     for (&window, counts) in &state.meters {
         put_counts(&mut b, window, counts);
     }
+    b.put_i64(state.producer_ids_below);
+    for s in state.streams.values() {
+        b.put_i64(s.forgotten_below);
+    }
     let crc = checkpoint_crc(&b);
     b[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     b.freeze()
@@ -689,6 +697,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                 bytes: 0,
                 producers,
                 aborted,
+                forgotten_below: i64::MAX,
                 open_txns: Default::default(),
             },
         );
@@ -702,6 +711,13 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
         for _ in 0..r.u32()? {
             let (window, counts) = r.counts()?;
             state.meters.insert(window, counts);
+        }
+    }
+    state.producer_ids_below = i64::MAX;
+    if r.0.has_remaining() {
+        state.producer_ids_below = r.i64()?;
+        for s in state.streams.values_mut() {
+            s.forgotten_below = r.i64()?;
         }
     }
     state.rebuild_derived();
@@ -982,6 +998,7 @@ mod tests {
         state.meter_from = 60_000;
         state.meters.insert(0, vec![5, 6]);
         state.meters.insert(60_000, vec![7]);
+        state.producer_ids_below = 10;
         state.streams.insert(
             StreamId(2),
             StreamState {
@@ -1024,6 +1041,7 @@ mod tests {
                     first_offset: 0,
                     last_offset: 2,
                 }],
+                forgotten_below: 6,
                 open_txns: [(3, 9)].into(),
             },
         );
@@ -1043,29 +1061,50 @@ mod tests {
     }
 
     #[test]
-    fn reads_checkpoints_written_before_producers() {
+    fn reads_checkpoints_of_older_versions() {
         let mut state = State::default();
         state.streams.insert(
             StreamId(1),
             StreamState {
                 log_start: 2,
                 next_offset: 9,
+                forgotten_below: 3,
                 ..StreamState::default()
             },
         );
+        state.producer_ids_below = 7;
         let w = Writer { epoch: 4, nonce: 5 };
-        let v4 = encode_checkpoint(w, 3, 4, &state).to_vec();
-        // v2 had neither producers nor aborted transactions after each
-        // stream's batches: here the eight bytes before the (empty)
-        // key-value map's count.
-        let mut v2 = v4.clone();
-        let at = v2.len() - 12;
-        v2.drain(at..at + 8);
-        v2[..8].copy_from_slice(CKPT_MAGIC_V2);
-        let crc = checkpoint_crc(&v2);
-        v2[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
-        let c = decode_checkpoint(Bytes::from(v2)).expect("v2 decodes");
-        assert_eq!(c.state, state);
-        assert!(decode_checkpoint(Bytes::from(v4)).is_ok());
+        let now = encode_checkpoint(w, 3, 4, &state).to_vec();
+        // The end: the stream's producers(4) aborted(4), kv(4)
+        // meter_from(8) meters(4), all counts 0; then the tail's
+        // producer_ids_below(8) and forgotten_below(8).
+        let n = now.len();
+        let rewrite = |magic: &[u8; 8], mut obj: Vec<u8>| {
+            obj[..8].copy_from_slice(magic);
+            let crc = checkpoint_crc(&obj);
+            obj[CKPT_HEADER_LEN - 4..CKPT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+            decode_checkpoint(Bytes::from(obj)).map(|c| c.state)
+        };
+        // Written without the tail.
+        let before_tail = now[..n - 16].to_vec();
+        // v2 had no producers, aborted transactions or meters.
+        let mut v2 = now[..n - 40].to_vec();
+        v2.extend_from_slice(&[0; 4]);
+        // Without the bounds, any producer a stream does not know may
+        // have been forgotten.
+        let mut old = state.clone();
+        old.producer_ids_below = i64::MAX;
+        old.streams
+            .get_mut(&StreamId(1))
+            .expect("stream")
+            .forgotten_below = i64::MAX;
+        assert_eq!(rewrite(CKPT_MAGIC, before_tail).expect("decodes"), old);
+        assert_eq!(rewrite(CKPT_MAGIC_V2, v2).expect("decodes"), old);
+        // A tail cut short is corrupt, not ignored.
+        assert!(rewrite(CKPT_MAGIC, now[..n - 4].to_vec()).is_err());
+        assert_eq!(
+            decode_checkpoint(Bytes::from(now)).expect("decodes").state,
+            state
+        );
     }
 }

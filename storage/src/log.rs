@@ -870,10 +870,11 @@ fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, 
             continue;
         };
         let key = (*stream, p.id);
-        let current = seen
-            .get(&key)
-            .or_else(|| live.streams.get(stream)?.producers.get(&p.id));
-        let check = producers::check(current, p, *offsets);
+        let live_stream = live.streams.get(stream);
+        let current = seen.get(&key).or_else(|| live_stream?.producers.get(&p.id));
+        // An unknown stream fails the append later, whatever this says.
+        let forgotten_below = live_stream.map_or(i64::MAX, |s| s.forgotten_below);
+        let check = producers::check(current, forgotten_below, p, *offsets);
         // Enough to follow a producer's retries across owners in the logs.
         tracing::trace!(
             stream = stream.0,

@@ -13,10 +13,12 @@
 //!
 //! The rules are Kafka's (ProducerStateManager), except in two places. A
 //! producer the stream does not know must start at sequence 0: one whose
-//! state expired gets [`Error::UnknownProducer`] and restarts its sequence
-//! (KIP-360), instead of having any sequence accepted and its retries
-//! silently duplicated. And an append ahead of the sequence is
-//! [`Error::SequenceGap`], retriable, not out of order (see there).
+//! state may have expired gets [`Error::UnknownProducer`] and restarts its
+//! sequence (KIP-360), instead of having any sequence accepted and its
+//! retries silently duplicated. And an append ahead of the sequence is
+//! [`Error::SequenceGap`], retriable, not out of order (see there); so is
+//! one past 0 from a producer that never wrote to the stream, whose earlier
+//! batch is still on its way.
 
 use std::collections::VecDeque;
 
@@ -160,7 +162,14 @@ pub enum Check {
 }
 
 /// Checks an append of `offsets` offsets by `p` against the producer's state.
-pub fn check(state: Option<&ProducerState>, p: &Producer, offsets: u32) -> Result<Check, Error> {
+/// `forgotten_below` is the stream's bound on the ids of producers it may
+/// have forgotten (`StreamState::forgotten_below`).
+pub fn check(
+    state: Option<&ProducerState>,
+    forgotten_below: i64,
+    p: &Producer,
+    offsets: u32,
+) -> Result<Check, Error> {
     if p.txn.is_marker() {
         return match state {
             Some(s) if p.epoch < s.epoch => Err(Error::InvalidProducerEpoch {
@@ -172,13 +181,20 @@ pub fn check(state: Option<&ProducerState>, p: &Producer, offsets: u32) -> Resul
         };
     }
     let Some(s) = state else {
-        if p.first_seq != 0 {
-            return Err(Error::UnknownProducer {
-                id: p.id,
-                seq: p.first_seq,
-            });
+        if p.first_seq == 0 {
+            return Ok(Check::Append);
         }
-        return Ok(Check::Append);
+        if p.id >= forgotten_below {
+            // Never wrote here: its first batch is still on its way.
+            return Err(Error::SequenceGap(format!(
+                "producer {} epoch {}: sequence {}, expected 0 (new to the stream)",
+                p.id, p.epoch, p.first_seq
+            )));
+        }
+        return Err(Error::UnknownProducer {
+            id: p.id,
+            seq: p.first_seq,
+        });
     };
     let last = add_seq(p.first_seq, offsets.saturating_sub(1));
     // Retries first, as Kafka does: a remembered append of the current
@@ -249,7 +265,7 @@ mod tests {
         n: u32,
         base: i64,
     ) -> Result<Check, Error> {
-        let c = check(s.as_ref(), &pr, n)?;
+        let c = check(s.as_ref(), 8, &pr, n)?;
         if c == Check::Append {
             s.get_or_insert_with(|| ProducerState::new(&pr))
                 .record(&pr, base, n, 0);
@@ -260,10 +276,16 @@ mod tests {
     #[test]
     fn sequences_duplicates_gaps_and_epochs() {
         let mut s = None;
-        // An unknown producer must start at 0.
+        // An unknown producer must start at 0. Past 0, one the stream may
+        // have forgotten (id 7 below the bound 8) must start again; one it
+        // never knew is ahead of its first batch.
         assert!(matches!(
             append(&mut s, p(0, 3), 1, 0),
             Err(Error::UnknownProducer { id: 7, seq: 3 })
+        ));
+        assert!(matches!(
+            check(None, 7, &p(0, 3), 1),
+            Err(Error::SequenceGap(_))
         ));
         assert_eq!(append(&mut s, p(0, 0), 3, 10), Ok(Check::Append));
         assert_eq!(append(&mut s, p(0, 3), 2, 13), Ok(Check::Append));
@@ -419,12 +441,12 @@ mod tests {
             txn: Txn::Commit,
             ..p(epoch, -1)
         };
-        assert_eq!(check(s.as_ref(), &marker(1), 1), Ok(Check::Append));
-        assert_eq!(check(s.as_ref(), &marker(2), 1), Ok(Check::Append));
+        assert_eq!(check(s.as_ref(), 0, &marker(1), 1), Ok(Check::Append));
+        assert_eq!(check(s.as_ref(), 0, &marker(2), 1), Ok(Check::Append));
         assert!(matches!(
-            check(s.as_ref(), &marker(0), 1),
+            check(s.as_ref(), 0, &marker(0), 1),
             Err(Error::InvalidProducerEpoch { .. })
         ));
-        assert_eq!(check(None, &marker(0), 1), Ok(Check::Append));
+        assert_eq!(check(None, 0, &marker(0), 1), Ok(Check::Append));
     }
 }

@@ -70,6 +70,11 @@ pub struct StreamState {
     pub producers: BTreeMap<i64, ProducerState>,
     /// Aborted transactions, in marker order, until retention passes them.
     pub aborted: Vec<AbortedTxn>,
+    /// A producer the stream does not know with an id below this may have
+    /// written to it and expired, or written to a deleted topic of the same
+    /// name; one at or above it never wrote here. The shard's
+    /// `producer_ids_below` when the stream was created, raised by expiry.
+    pub forgotten_below: i64,
     /// Open transactions: first offset → producer (derived).
     pub open_txns: BTreeMap<i64, i64>,
 }
@@ -122,6 +127,8 @@ pub struct State {
     /// Meter counts by window start: closed ones until written out, then
     /// the open ones.
     pub meters: BTreeMap<i64, Vec<u64>>,
+    /// Every producer id an append of the shard ever named is below this.
+    pub producer_ids_below: i64,
 }
 
 impl Default for State {
@@ -139,6 +146,7 @@ impl Default for State {
             fences: BTreeMap::new(),
             meter_from: i64::MIN,
             meters: BTreeMap::new(),
+            producer_ids_below: 0,
         }
     }
 }
@@ -157,6 +165,9 @@ impl State {
                 producer,
                 data,
             } => {
+                if let Some(p) = producer {
+                    self.producer_ids_below = self.producer_ids_below.max(p.id.saturating_add(1));
+                }
                 let Some(s) = self.streams.get_mut(stream) else {
                     return;
                 };
@@ -206,7 +217,11 @@ impl State {
                 *self.refs.entry(obj).or_default() += 1;
             }
             Entry::CreateStream { stream } => {
-                self.streams.entry(*stream).or_default();
+                let forgotten_below = self.producer_ids_below;
+                self.streams.entry(*stream).or_insert_with(|| StreamState {
+                    forgotten_below,
+                    ..StreamState::default()
+                });
                 self.next_stream = self.next_stream.max(stream.0 + 1);
             }
             Entry::DeleteStream { stream } => {
@@ -430,6 +445,7 @@ impl State {
         for (stream, id) in which {
             if let Some(s) = self.streams.get_mut(stream) {
                 s.producers.remove(id);
+                s.forgotten_below = s.forgotten_below.max(id.saturating_add(1));
             }
         }
     }
@@ -531,5 +547,42 @@ mod tests {
         again.bytes = 0;
         again.rebuild_derived();
         assert_eq!(again.bytes, 50, "a checkpoint rebuilds the same total");
+    }
+
+    #[test]
+    fn streams_bound_the_producers_they_may_have_forgotten() {
+        use crate::producers::{Producer, Txn};
+        let by = |id: i64, time_ms: i64, base: i64| {
+            let mut e = append(1, base, 10);
+            if let Entry::Append { producer, .. } = &mut e {
+                *producer = Some(Producer {
+                    id,
+                    epoch: 0,
+                    first_seq: 0,
+                    time_ms,
+                    txn: Txn::No,
+                });
+            }
+            e
+        };
+        let create = |n| Entry::CreateStream {
+            stream: StreamId(n),
+        };
+        let bound = |s: &State, n| s.streams[&StreamId(n)].forgotten_below;
+        let mut s = State::default();
+        s.apply(&create(1), 1, 0);
+        assert_eq!(bound(&s, 1), 0, "a new shard's stream forgot nobody");
+        s.apply(&by(5, 100, 0), 2, 0);
+        s.apply(&by(3, 200, 1), 3, 0);
+        assert_eq!(s.producer_ids_below, 6);
+        assert_eq!(bound(&s, 1), 0, "appends forget nobody");
+        // A stream created now may be a deleted topic's successor.
+        s.apply(&create(2), 4, 0);
+        assert_eq!(bound(&s, 2), 6);
+        // Expiring producer 5 (idle since 100) raises its stream's bound.
+        s.apply(&Entry::ExpireProducers { before_ms: 150 }, 5, 0);
+        assert_eq!(s.streams[&StreamId(1)].producers.len(), 1);
+        assert_eq!(bound(&s, 1), 6);
+        assert_eq!(bound(&s, 2), 6);
     }
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
@@ -201,6 +202,17 @@ impl Conn {
             .with_configs(configs);
         let mut r = self.call(7, &CreateTopicsRequest::default().with_topics(vec![t]));
         r.topics.swap_remove(0)
+    }
+
+    /// DeleteTopics v6 of one topic; panics unless it is deleted.
+    pub fn delete_topic(&mut self, topic: &str) {
+        let r = self.call(
+            6,
+            &DeleteTopicsRequest::default().with_topics(vec![
+                DeleteTopicState::default().with_name(Some(topic_name(topic)))
+            ]),
+        );
+        assert_eq!(r.responses[0].error_code, 0, "deleting {topic}");
     }
 
     /// Fetch v12 of one partition from `offset`, without waiting, up to

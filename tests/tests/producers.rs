@@ -2,7 +2,8 @@
 //! - Raw protocol: InitProducerId never hands out an id twice (also across a
 //!   kill -9); a retried batch is answered with its first offset, also while
 //!   the original is still in flight and after a restart; gaps, stale epochs,
-//!   unknown producers and malformed producer fields get Kafka's errors and
+//!   unknown producers and malformed producer fields get Kafka's errors (a
+//!   gap a retriable one, also from a producer new to the partition) and
 //!   store nothing; DescribeProducers shows what each partition remembers.
 //! - librdkafka: a producer whose connections are cut while its requests are
 //!   in flight (they land, their acks are lost) leaves every record exactly
@@ -165,8 +166,9 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
         idempotent_batch(1, pid, 1, 9),
         NotLeaderOrFollower,
     );
-    // A retry that does not match a remembered batch, an unknown producer
-    // past 0: refused, nothing stored.
+    // A retry that does not match a remembered batch: refused. A producer
+    // that never wrote here, past 0: its first batch is on its way, so
+    // retriable. Nothing stored.
     expect(
         &mut c,
         "idem",
@@ -177,7 +179,7 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
         &mut c,
         "idem",
         idempotent_batch(1, other + 10, 0, 7),
-        UnknownProducerId,
+        NotLeaderOrFollower,
     );
     // Producer fields a client cannot send.
     expect(
@@ -246,6 +248,36 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
     // Ids handed out before the crash are never handed out again.
     let (after, _) = init_producer_id(&mut c);
     assert!(after > other, "id {after} after {other}");
+
+    // A producer that wrote to a deleted topic may carry on its sequence
+    // on the re-created one, which does not know it: it starts again
+    // (KIP-360), also after a kill -9. One handed out since never wrote
+    // there: retriable.
+    c.create_topic("again", 1);
+    assert_eq!(ok(&mut c, "again", idempotent_batch(2, other, 0, 0)), 0);
+    c.delete_topic("again");
+    c.create_topic("again", 1);
+    let (newer, _) = init_producer_id(&mut c);
+    for round in 0..2 {
+        expect(
+            &mut c,
+            "again",
+            idempotent_batch(1, other, 0, 2),
+            UnknownProducerId,
+        );
+        expect(
+            &mut c,
+            "again",
+            idempotent_batch(1, newer, 0, 2),
+            NotLeaderOrFollower,
+        );
+        if round == 0 {
+            drop(c);
+            f.restart_after_kill9();
+            c = Conn::connect(&f.bootstrap());
+        }
+    }
+    assert_eq!(high_watermark(&mut c, "again"), 0);
 
     // An empty transactional id is no id at all.
     let r = c.call(
