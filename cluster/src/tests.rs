@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use floe_common::TenantId;
-use floe_worker::{GroupError, Held, Join, LocalWorker, NewTopic, Shards, WorkerConfig};
+use floe_worker::{
+    GroupError, Held, Join, LocalWorker, NewTopic, Shards, WorkerConfig, WorkerError,
+};
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -482,4 +484,57 @@ async fn a_call_a_stopped_lane_never_read_goes_on_to_the_next_owner() {
         .expect("task");
     assert!(answer.is_ok(), "{answer:?}");
     assert_eq!(b.worker.held(&t), Held::Healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_under_way_when_its_worker_vanishes_is_of_unknown_outcome() {
+    let c = Cluster::new();
+    let (
+        Two {
+            a: _a,
+            a_ep,
+            b: _b,
+            b_ep: _b_ep,
+            gw,
+        },
+        t,
+    ) = two_workers(&c).await;
+    let topic = NewTopic {
+        name: "events".into(),
+        partitions: 1,
+        configs: Default::default(),
+        validate_only: false,
+    };
+    gw.create_topic(&t, topic).await.expect("created");
+
+    // The worker read the produce and is writing it when its connection
+    // goes, without a drain: the record may or may not be stored.
+    let wal = format!("{}/wal/", floe_common::shard_prefix(&t, 0));
+    c.store.arm(&wal, Duration::from_secs(3), 1);
+    let record = floe_worker::records::Out {
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"maybe")),
+        headers: Vec::new(),
+        timestamp: 0,
+    };
+    let batch = floe_worker::records::encode_batch(vec![record]).expect("encoded");
+    let batches = floe_common::batch::split(batch).expect("one batch");
+    let producing = tokio::spawn({
+        let (gw, t) = (gw.clone(), t.clone());
+        async move { gw.produce(&t, "events", 0, batches).await?.durable().await }
+    });
+    timeout(Duration::from_secs(5), c.store.started.notified())
+        .await
+        .expect("the write began");
+    a_ep.close(0u32.into(), b"gone");
+    let produced = timeout(Duration::from_secs(10), producing)
+        .await
+        .expect("answered")
+        .expect("task");
+    // Not Unavailable, which a Kafka client takes to mean "not stored"
+    // (REQUEST_TIMED_OUT on Produce; see gateway/src/kafka/produce.rs).
+    assert!(
+        matches!(produced, Err(WorkerError::Uncertain(_))),
+        "{produced:?}"
+    );
 }
