@@ -153,9 +153,12 @@ pub fn set_log_append_time(batch: Bytes, time_ms: i64) -> Bytes {
     b.freeze()
 }
 
-/// Sets a batch's maxTimestamp (a CreateTime one), and its CRC again.
+/// Makes a batch CreateTime (the timestamp-type attribute cleared) with
+/// maxTimestamp `time_ms`, and computes its CRC again.
 pub fn set_max_timestamp(batch: Bytes, time_ms: i64) -> Bytes {
     let mut b = BytesMut::from(batch);
+    let attributes = i16::from_be_bytes([b[21], b[22]]) & !LOG_APPEND_TIME;
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
     b[35..43].copy_from_slice(&time_ms.to_be_bytes());
     seal(&mut b);
     b.freeze()
@@ -255,6 +258,10 @@ pub(crate) mod tests {
         assert_eq!(h.attributes, before.attributes | LOG_APPEND_TIME);
         assert_eq!((h.base_timestamp, h.max_timestamp), (1_000, 5_000));
         assert_eq!(stamped[61..], b[61..], "the records are untouched");
+        // And back to CreateTime, as on a CreateTime topic.
+        let h = parse(&set_max_timestamp(stamped, 1_002)).expect("the CRC still holds");
+        assert_eq!(h.attributes, before.attributes);
+        assert_eq!(h.max_timestamp, 1_002);
     }
 
     #[test]

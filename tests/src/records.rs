@@ -26,6 +26,16 @@ pub fn transactional_batch(n: usize, producer_id: i64, epoch: i16, seq: i32) -> 
     encode_with(n, 10, 1_700_000_000_000, (producer_id, epoch, seq), true)
 }
 
+/// [`batch`] with the LogAppendTime attribute (bit 3, @22) set, as no
+/// client should send; its CRC (@17, over @21 on) written again.
+pub fn log_append_time_batch(n: usize, value_len: usize) -> Bytes {
+    let mut b = BytesMut::from(batch(n, value_len));
+    b[22] |= 0x08;
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
 /// A commit marker, as only the transaction coordinator may write one.
 pub fn control_batch(producer_id: i64, epoch: i16) -> Bytes {
     let record = Record {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use floe_e2e::proxy::Proxy;
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
-use floe_e2e::records::{batch, idempotent_batch};
+use floe_e2e::records::{batch, idempotent_batch, log_append_time_batch};
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::describe_producers_response::ProducerState;
@@ -116,9 +116,18 @@ fn a_retry_on_a_log_append_time_topic_gets_its_originals_time() {
     assert_ne!(records[22] & 0x08, 0);
     let stored = i64::from_be_bytes(records[35..43].try_into().expect("8 bytes"));
     assert_eq!(stored, first.log_append_time_ms);
-    // A CreateTime topic answers -1.
+    // A CreateTime topic answers -1, and stores a client's batch as
+    // CreateTime even if the client set the LogAppendTime bit (as Kafka
+    // does), so readers see each record's own time.
     c.create_topic("own", 1);
     assert_eq!(produce(&mut c, "own", batch(2, 10)).log_append_time_ms, -1);
+    let sent = log_append_time_batch(2, 10);
+    assert_ne!(sent[22] & 0x08, 0);
+    assert_eq!(produce(&mut c, "own", sent).log_append_time_ms, -1);
+    let (_, _, records) = c.fetch("own", 0, 2);
+    assert_eq!(records[22] & 0x08, 0);
+    let max = i64::from_be_bytes(records[35..43].try_into().expect("8 bytes"));
+    assert_eq!(max, 1_700_000_000_001, "the newer record's time");
 }
 
 #[test]

@@ -804,19 +804,30 @@ impl Shards for LocalWorker {
             }
             let (data, max_timestamp) = match append_time {
                 Some(t) => (batch::set_log_append_time(data, t), t),
-                // Kafka sets maxTimestamp from the records. Clients do too,
-                // but Sarama (Go) left it -1 until 2025 (its PR 3108): such
-                // a batch would be older than any retention and invisible
-                // to ListOffsets by time. Only those pay for a look at
-                // their records (decompressed, within the bound).
-                None if h.max_timestamp < h.base_timestamp => {
-                    match cleaner::newest_record(&data, &h) {
-                        Ok(Some(t)) => (batch::set_max_timestamp(data, t), t),
-                        Ok(None) => (data, h.max_timestamp),
-                        Err(e) => return Err(WorkerError::InvalidRecord(e)),
+                None => {
+                    // Kafka sets maxTimestamp from the records. Clients do
+                    // too, but Sarama (Go) left it -1 until 2025 (its PR
+                    // 3108): such a batch would be older than any retention
+                    // and invisible to ListOffsets by time. Only those pay
+                    // for a look at their records (decompressed, within the
+                    // bound).
+                    let max = if h.max_timestamp < h.base_timestamp {
+                        cleaner::newest_record(&data, &h)
+                            .map_err(WorkerError::InvalidRecord)?
+                            .unwrap_or(h.max_timestamp)
+                    } else {
+                        h.max_timestamp
+                    };
+                    // Kafka also writes the topic's timestamp type: a
+                    // client's LogAppendTime bit would make readers take
+                    // maxTimestamp as every record's time.
+                    let append_bit = h.attributes & batch::LOG_APPEND_TIME != 0;
+                    if max != h.max_timestamp || append_bit {
+                        (batch::set_max_timestamp(data, max), max)
+                    } else {
+                        (data, max)
                     }
                 }
-                None => (data, h.max_timestamp),
             };
             // The log writes baseOffset when it assigns offsets.
             let data = batch::set_leader_epoch(data, epoch);
