@@ -8,8 +8,8 @@
 //!    moved yet), noting each key's last offset, until the map is full;
 //! 2. rewrites every batch from the log start to where the map ends that
 //!    holds a record a later record of its key supersedes, or a tombstone
-//!    older than `delete.retention.ms`, without those records; a batch left
-//!    empty is dropped.
+//!    a clean first read at least `delete.retention.ms` ago, without those
+//!    records; a batch left empty is dropped.
 //!
 //! As Kafka's cleaner, the map only covers the dirty part: the clean part
 //! already holds one record per key, so a key absent from the map keeps its
@@ -34,6 +34,13 @@
 //! count, length and CRC do, and its payload is compressed again with the
 //! batch's codec. Readers see gaps in offsets, as Kafka's cleaner leaves
 //! them. Storage applies the rewrite as a log entry (`ShardLog::rewrite`).
+//!
+//! A tombstone's `delete.retention.ms` runs from the first clean that read
+//! it, as Kafka's delete horizon (KIP-534), not from its timestamp, which is
+//! the client's: a tombstone sent with an old time would otherwise go
+//! before consumers had their time to see it. Kafka writes the horizon into
+//! the batch; here a rewrite keeps batch headers, so each partition keeps
+//! when its cleans read how far (`ct/{stream}`, see [`note_clean`]).
 //!
 //! Below the last stable offset every transaction has ended: records of
 //! committed ones count as any others, records of aborted ones are removed
@@ -77,6 +84,15 @@ fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
 
 /// Where each partition's clean end (its dirty part's start) is kept.
 const CLEANED_PREFIX: &[u8] = b"c/";
+
+/// Where each partition's clean times are kept: `(end, time_ms)` pairs,
+/// both increasing; a clean at `time_ms` had read every record below `end`.
+const CLEAN_TIMES_PREFIX: &[u8] = b"ct/";
+
+/// Clean times kept per partition beyond the ones past the horizon: one
+/// per this fraction of `delete.retention.ms` at most, so a tombstone stays
+/// up to that much longer than it must.
+const CLEAN_TIMES: i64 = 16;
 
 /// One partition's clean at a time in this process (see the module notes).
 static CLEANING: Semaphore = Semaphore::const_new(1);
@@ -130,12 +146,15 @@ pub(crate) async fn clean(shard: Weak<Shard>, every: Duration) {
     }
 }
 
-/// Removes the clean ends of deleted partitions.
+/// Removes the clean ends and times of deleted partitions.
 async fn forget_deleted(log: &ShardLog) {
-    let gone: Vec<Entry> = log
-        .scan(CLEANED_PREFIX)
+    let gone: Vec<Entry> = [CLEANED_PREFIX, CLEAN_TIMES_PREFIX]
         .into_iter()
-        .filter(|(k, _)| stream_of(k).is_none_or(|s| log.offsets(s).is_err()))
+        .flat_map(|prefix| {
+            log.scan(prefix)
+                .into_iter()
+                .filter(move |(k, _)| stream_of(prefix, k).is_none_or(|s| log.offsets(s).is_err()))
+        })
         .map(|(key, _)| Entry::Put { key, value: None })
         .collect();
     if gone.is_empty() {
@@ -150,21 +169,72 @@ async fn append(log: &ShardLog, entries: Vec<Entry>) -> Result<(), floe_storage:
     log.append(entries).await?.durable().await
 }
 
-fn cleaned_key(stream: StreamId) -> Bytes {
-    let mut k = BytesMut::from(CLEANED_PREFIX);
+fn stream_key(prefix: &[u8], stream: StreamId) -> Bytes {
+    let mut k = BytesMut::from(prefix);
     k.put_u64(stream.0);
     k.freeze()
 }
 
-fn stream_of(key: &[u8]) -> Option<StreamId> {
-    let id = key.strip_prefix(CLEANED_PREFIX)?.try_into().ok()?;
+fn stream_of(prefix: &[u8], key: &[u8]) -> Option<StreamId> {
+    let id = key.strip_prefix(prefix)?.try_into().ok()?;
     Some(StreamId(u64::from_be_bytes(id)))
 }
 
 /// Where `stream`'s dirty part starts, as its last clean left it.
 fn clean_end(log: &ShardLog, stream: StreamId) -> Option<i64> {
-    let v = log.get(&cleaned_key(stream))?;
+    let v = log.get(&stream_key(CLEANED_PREFIX, stream))?;
     Some(i64::from_be_bytes(v.as_ref().try_into().ok()?))
+}
+
+/// `stream`'s clean times (see [`CLEAN_TIMES_PREFIX`]); none before its
+/// first clean, or when a build from before them cleaned it.
+fn clean_times(log: &ShardLog, stream: StreamId) -> Vec<(i64, i64)> {
+    let v = log
+        .get(&stream_key(CLEAN_TIMES_PREFIX, stream))
+        .unwrap_or_default();
+    v.chunks_exact(16)
+        .map(|c| {
+            let (end, time) = c.split_at(8);
+            let int = |b: &[u8]| i64::from_be_bytes(b.try_into().expect("8 bytes"));
+            (int(end), int(time))
+        })
+        .collect()
+}
+
+fn encode_clean_times(times: &[(i64, i64)]) -> Bytes {
+    let mut b = BytesMut::with_capacity(times.len() * 16);
+    for &(end, time) in times {
+        b.put_i64(end);
+        b.put_i64(time);
+    }
+    b.freeze()
+}
+
+/// Tombstones below this offset were read by a clean at or before
+/// `horizon`: their `delete.retention.ms` has run.
+fn tombstones_expire_below(times: &[(i64, i64)], horizon: i64) -> i64 {
+    times
+        .iter()
+        .take_while(|&&(_, t)| t <= horizon)
+        .last()
+        .map_or(i64::MIN, |&(end, _)| end)
+}
+
+/// Notes a clean at `now` that read up to `end`. Of the times past the
+/// horizon only the newest matters; a new time is kept only if the newest
+/// is at least `retention / CLEAN_TIMES` old, else the records it would
+/// cover count from a later clean (they stay longer, never shorter).
+fn note_clean(times: &mut Vec<(i64, i64)>, end: i64, now: i64, retention: i64) {
+    let past = times
+        .iter()
+        .take_while(|&&(_, t)| t <= now.saturating_sub(retention))
+        .count();
+    times.drain(..past.saturating_sub(1));
+    match times.last() {
+        Some(&(e, _)) if e >= end => {}
+        Some(&(_, t)) if now.saturating_sub(t) < (retention / CLEAN_TIMES).max(1) => {}
+        _ => times.push((end, now)),
+    }
 }
 
 /// A key's place in the map: a 128-bit hash keyed per process, so no
@@ -283,7 +353,9 @@ pub(crate) async fn clean_partition(
     }
 
     // 2. Rewrite what is superseded, from the log start to the map's end.
-    let tombstones_before = now.saturating_sub(c.delete_retention_ms);
+    let mut times = clean_times(log, stream);
+    let tombstones_below =
+        tombstones_expire_below(&times, now.saturating_sub(c.delete_retention_ms));
     let mut done = Cleaned {
         more: full && mapped < end,
         ..Cleaned::default()
@@ -292,14 +364,14 @@ pub(crate) async fn clean_partition(
     while at < mapped {
         let r = log
             .rewrite(stream, at, mapped, CHUNK, |b| {
-                let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, ts: i64, txn| {
+                let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, txn| {
                     if is_aborted(txn, offset) {
                         return false;
                     }
                     match key {
                         None => true,
                         Some(k) => {
-                            let expired = tombstone && ts < tombstones_before;
+                            let expired = tombstone && offset < tombstones_below;
                             let superseded = last.get(&key_hash(k)).is_some_and(|&o| o > offset);
                             !superseded && !expired
                         }
@@ -322,12 +394,19 @@ pub(crate) async fn clean_partition(
         done.dropped += r.dropped;
         at = r.next;
     }
+    note_clean(&mut times, at, now, c.delete_retention_ms);
     append(
         log,
-        vec![Entry::Put {
-            key: cleaned_key(stream),
-            value: Some(Bytes::copy_from_slice(&at.to_be_bytes())),
-        }],
+        vec![
+            Entry::Put {
+                key: stream_key(CLEANED_PREFIX, stream),
+                value: Some(Bytes::copy_from_slice(&at.to_be_bytes())),
+            },
+            Entry::Put {
+                key: stream_key(CLEAN_TIMES_PREFIX, stream),
+                value: Some(encode_clean_times(&times)),
+            },
+        ],
     )
     .await?;
     Ok(Some(done))
@@ -419,12 +498,12 @@ fn txn(h: &BatchHeader) -> Option<i64> {
 }
 
 /// What cleaning does with one batch: `keep(offset, key, is_tombstone,
-/// batch max timestamp, transaction's producer)` says which records stay;
+/// transaction's producer)` says which records stay;
 /// the change, and how many records it removes. Control batches (markers)
 /// are kept whole.
 pub(crate) fn filter(
     b: &Bytes,
-    keep: impl Fn(i64, Option<&Bytes>, bool, i64, Option<i64>) -> bool,
+    keep: impl Fn(i64, Option<&Bytes>, bool, Option<i64>) -> bool,
 ) -> Result<(Change, u64), String> {
     let h = batch::parse(b).map_err(|e| e.to_string())?;
     if h.is_control() {
@@ -438,13 +517,7 @@ pub(crate) fn filter(
         let r = r?;
         count += 1;
         let key = r.key.map(|k| records.slice(k));
-        if keep(
-            base + r.offset_delta,
-            key.as_ref(),
-            r.tombstone,
-            h.max_timestamp,
-            txn(&h),
-        ) {
+        if keep(base + r.offset_delta, key.as_ref(), r.tombstone, txn(&h)) {
             kept.push(r.span);
         }
     }
@@ -683,23 +756,37 @@ mod tests {
 
     /// Each key's record, by reading the whole partition: key → offsets.
     async fn records(log: &ShardLog) -> std::collections::BTreeMap<String, Vec<i64>> {
+        let (out, tombstones) = records_and_tombstones(log).await;
+        assert!(tombstones.is_empty(), "tombstones at {tombstones:?}");
+        out
+    }
+
+    /// [`records`], with tombstones apart: (keys with values, tombstones'
+    /// offsets).
+    async fn records_and_tombstones(
+        log: &ShardLog,
+    ) -> (std::collections::BTreeMap<String, Vec<i64>>, Vec<i64>) {
         let mut out = std::collections::BTreeMap::<String, Vec<i64>>::new();
+        let mut tombstones = Vec::new();
         let (mut at, end) = log.offsets(S).expect("stream");
         while at < end {
             let r = log.read(S, at, 1 << 20, true).await.expect("read");
             for b in &r.batches {
                 for rec in decode(b) {
-                    let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
-                    let v =
-                        std::str::from_utf8(rec.value.as_deref().expect("value")).expect("utf-8");
+                    let Some(v) = rec.value.as_deref() else {
+                        tombstones.push(rec.offset);
+                        continue;
+                    };
+                    let v = std::str::from_utf8(v).expect("utf-8");
                     assert_eq!(v, rec.offset.to_string(), "a record keeps its offset");
+                    let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
                     out.entry(k).or_default().push(rec.offset);
                 }
                 let h = batch::parse(b).expect("batch");
                 at = batch::base_offset(b).expect("offset") + i64::from(h.offset_count());
             }
         }
-        out
+        (out, tombstones)
     }
 
     /// A map smaller than the partition's keys cleans it in passes, each
@@ -768,6 +855,91 @@ mod tests {
         assert_eq!(log.offsets(S).expect("stream"), (0, 205));
     }
 
+    /// A tombstone's delete.retention.ms runs from the first clean that
+    /// read it, whatever its (client's) timestamp: here from 1970.
+    #[tokio::test]
+    async fn a_tombstone_stays_its_retention_after_the_clean_that_first_read_it() {
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let log = open(&store).await;
+        append(&log, vec![Entry::CreateStream { stream: S }])
+            .await
+            .expect("create");
+        append_keys(&log, &["a".into(), "b".into()]).await;
+        // Offset 2: a tombstone of "a", timestamp 1,002 ms.
+        let tombstone = Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets: 1,
+            max_timestamp: 1_002,
+            producer: None,
+            data: encode(&[record(2, Some("a"), None)], Compression::None),
+        };
+        append(&log, vec![tombstone]).await.expect("append");
+        let c = TopicConfig {
+            delete_retention_ms: 10_000,
+            ..compacted()
+        };
+        let t0 = now_ms();
+        let clean_at = |now| {
+            let (log, c) = (&log, &c);
+            async move {
+                wait_compacted(log).await;
+                clean_partition(log, S, c, now, MAP_KEYS)
+                    .await
+                    .expect("clean")
+                    .expect("due")
+            }
+        };
+        // Read first at t0: "a"'s record goes, its tombstone stays.
+        assert_eq!(clean_at(t0).await.removed, 1);
+        let mut want = std::collections::BTreeMap::new();
+        want.insert("b".to_string(), vec![1]);
+        assert_eq!(records_and_tombstones(&log).await, (want.clone(), vec![2]));
+        // 5 s on, with the partition dirty again: still there.
+        append_keys(&log, &["c".into()]).await;
+        assert_eq!(clean_at(t0 + 5_000).await.removed, 0);
+        want.insert("c".to_string(), vec![3]);
+        assert_eq!(records_and_tombstones(&log).await, (want.clone(), vec![2]));
+        // Past t0 + 10 s: gone, by a clean that kept its time, also across
+        // a reopen.
+        drop(log);
+        let log = open(&store).await;
+        append_keys(&log, &["d".into()]).await;
+        wait_compacted(&log).await;
+        let done = clean_partition(&log, S, &c, t0 + 10_001, MAP_KEYS)
+            .await
+            .expect("clean")
+            .expect("due");
+        assert_eq!(done.removed, 1, "the tombstone");
+        want.insert("d".to_string(), vec![4]);
+        assert_eq!(records_and_tombstones(&log).await, (want, vec![]));
+    }
+
+    #[test]
+    fn clean_times_are_few_and_only_ever_late() {
+        let r = 16_000;
+        let mut times = Vec::new();
+        // A clean every 100 ms for 40 s, each reading 10 more offsets.
+        for i in 0..400 {
+            note_clean(&mut times, 10 * (i + 1), 100 * i, r);
+            assert!(times.len() <= CLEAN_TIMES as usize + 2, "{}", times.len());
+        }
+        assert!(times.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        // What expires at 40 s: read by 24 s at the latest, and no more
+        // than retention / CLEAN_TIMES after.
+        let below = tombstones_expire_below(&times, 40_000 - r);
+        assert!(below <= 10 * 241, "{below}");
+        assert!(below >= 10 * (241 - (r / CLEAN_TIMES) / 100), "{below}");
+        assert_eq!(tombstones_expire_below(&[], 40_000), i64::MIN);
+        assert_eq!(tombstones_expire_below(&[(5, 10)], 9), i64::MIN);
+        assert_eq!(tombstones_expire_below(&[(5, 10), (9, 20)], 10), 5);
+        // Nothing new read: nothing noted.
+        let mut same = vec![(5, 10)];
+        note_clean(&mut same, 5, 1_000_000, r);
+        assert_eq!(same, [(5, 10)]);
+    }
+
     #[test]
     fn a_filtered_batch_keeps_its_offsets_header_and_the_kept_records() {
         for compression in [
@@ -818,7 +990,7 @@ mod tests {
             assert_eq!(seen[3].1, None);
 
             // Drop offset 10 and 11; keep the tombstone and the keyless one.
-            let (change, removed) = filter(&b, |o, _, _, _, _| o >= 12).expect("filters");
+            let (change, removed) = filter(&b, |o, _, _, _| o >= 12).expect("filters");
             assert_eq!(removed, 2, "{compression:?}");
             let Change::Replace(out) = change else {
                 panic!("{compression:?}: {change:?}")
@@ -838,14 +1010,8 @@ mod tests {
             assert_eq!(got[1].timestamp, rs[3].timestamp);
             assert_eq!(got[1].headers, rs[3].headers);
 
-            assert_eq!(
-                filter(&b, |_, _, _, _, _| true).expect("ok").0,
-                Change::Keep
-            );
-            assert_eq!(
-                filter(&b, |_, _, _, _, _| false).expect("ok").0,
-                Change::Drop
-            );
+            assert_eq!(filter(&b, |_, _, _, _| true).expect("ok").0, Change::Keep);
+            assert_eq!(filter(&b, |_, _, _, _| false).expect("ok").0, Change::Drop);
         }
     }
 
@@ -863,7 +1029,7 @@ mod tests {
         })
         .expect("scans");
         assert_eq!(seen, [(Some(b"a".to_vec()), Some(7))]);
-        let (change, removed) = filter(&b, |_, _, _, _, txn| txn != Some(7)).expect("ok");
+        let (change, removed) = filter(&b, |_, _, _, txn| txn != Some(7)).expect("ok");
         assert_eq!(
             (change, removed),
             (Change::Drop, 1),
@@ -871,7 +1037,7 @@ mod tests {
         );
         let marker = batch::control_batch(7, 0, true, 5);
         assert_eq!(
-            filter(&marker, |_, _, _, _, _| false).expect("ok"),
+            filter(&marker, |_, _, _, _| false).expect("ok"),
             (Change::Keep, 0)
         );
     }
