@@ -13,9 +13,10 @@
 //! stream's aborted ones, `FLOECKP5` the meter windows after the keys;
 //! older versions are still read. Then an optional tail that readers
 //! before it ignore, so workers of both kinds can share a shard during a
-//! rolling upgrade: the shard's `producer_ids_below` and each stream's
-//! `forgotten_below`, in stream order. Without it every bound is
-//! `i64::MAX` (any unknown producer may have been forgotten).
+//! rolling upgrade: the shard's `deleted_producers_below` and each
+//! stream's `forgotten_below`, in stream order. Without it each stream's
+//! bound is `i64::MAX` (any unknown producer may have been forgotten) and
+//! the shard's is worked out from the ids ever handed out.
 //!
 //! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
 //! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
@@ -24,7 +25,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::producers::{AbortedTxn, Producer, ProducerState, SeqBatch, Txn, KEPT_BATCHES};
+use crate::producers::{
+    AbortedTxn, Producer, ProducerState, SeqBatch, Txn, IDS_HANDED_OUT_KEY, KEPT_BATCHES,
+};
 use crate::state::{BatchLoc, ObjId, State, StreamState};
 use crate::{Entry, Rewritten, Run, StreamId};
 
@@ -569,7 +572,7 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
     for (&window, counts) in &state.meters {
         put_counts(&mut b, window, counts);
     }
-    b.put_i64(state.producer_ids_below);
+    b.put_i64(state.deleted_producers_below);
     for s in state.streams.values() {
         b.put_i64(s.forgotten_below);
     }
@@ -713,12 +716,13 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
             state.meters.insert(window, counts);
         }
     }
-    state.producer_ids_below = i64::MAX;
     if r.0.has_remaining() {
-        state.producer_ids_below = r.i64()?;
+        state.deleted_producers_below = r.i64()?;
         for s in state.streams.values_mut() {
             s.forgotten_below = r.i64()?;
         }
+    } else {
+        state.deleted_producers_below = ids_ever_seen_below(&state);
     }
     state.rebuild_derived();
     Ok(Checkpoint {
@@ -727,6 +731,24 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
         fence_epoch,
         state,
     })
+}
+
+/// For a checkpoint without the producer bounds: every producer that wrote
+/// to a deleted stream got its id handed out (below the recorded end), or
+/// made one up that a stream still knows. (Streams keep `i64::MAX`.)
+fn ids_ever_seen_below(state: &State) -> i64 {
+    let handed_out = state
+        .kv
+        .get(IDS_HANDED_OUT_KEY)
+        .and_then(|v| Some(i64::from_be_bytes(v.as_ref().try_into().ok()?)))
+        .unwrap_or(0);
+    let known = state
+        .streams
+        .values()
+        .filter_map(|s| s.producers.keys().next_back())
+        .max()
+        .map_or(0, |id| id.saturating_add(1));
+    handed_out.max(known)
 }
 
 /// Bytes before a data object's first batch: header and index.
@@ -998,7 +1020,7 @@ mod tests {
         state.meter_from = 60_000;
         state.meters.insert(0, vec![5, 6]);
         state.meters.insert(60_000, vec![7]);
-        state.producer_ids_below = 10;
+        state.deleted_producers_below = 10;
         state.streams.insert(
             StreamId(2),
             StreamState {
@@ -1072,12 +1094,12 @@ mod tests {
                 ..StreamState::default()
             },
         );
-        state.producer_ids_below = 7;
+        state.deleted_producers_below = 7;
         let w = Writer { epoch: 4, nonce: 5 };
         let now = encode_checkpoint(w, 3, 4, &state).to_vec();
         // The end: the stream's producers(4) aborted(4), kv(4)
         // meter_from(8) meters(4), all counts 0; then the tail's
-        // producer_ids_below(8) and forgotten_below(8).
+        // deleted_producers_below(8) and forgotten_below(8).
         let n = now.len();
         let rewrite = |magic: &[u8; 8], mut obj: Vec<u8>| {
             obj[..8].copy_from_slice(magic);
@@ -1091,9 +1113,9 @@ mod tests {
         let mut v2 = now[..n - 40].to_vec();
         v2.extend_from_slice(&[0; 4]);
         // Without the bounds, any producer a stream does not know may
-        // have been forgotten.
+        // have been forgotten; no id was handed out, none is known.
         let mut old = state.clone();
-        old.producer_ids_below = i64::MAX;
+        old.deleted_producers_below = 0;
         old.streams
             .get_mut(&StreamId(1))
             .expect("stream")
@@ -1106,5 +1128,28 @@ mod tests {
             decode_checkpoint(Bytes::from(now)).expect("decodes").state,
             state
         );
+    }
+
+    #[test]
+    fn without_the_bounds_ids_handed_out_or_known_bound_the_deleted_streams() {
+        let mut state = State::default();
+        assert_eq!(ids_ever_seen_below(&state), 0);
+        state.kv.insert(
+            Bytes::from_static(IDS_HANDED_OUT_KEY),
+            Bytes::copy_from_slice(&2_000i64.to_be_bytes()),
+        );
+        assert_eq!(ids_ever_seen_below(&state), 2_000);
+        // A made-up id a stream still knows.
+        let p = Producer {
+            id: 2_500,
+            epoch: 0,
+            first_seq: 0,
+            time_ms: 0,
+            txn: Txn::No,
+        };
+        let mut s = StreamState::default();
+        s.producers.insert(p.id, ProducerState::new(&p));
+        state.streams.insert(StreamId(1), s);
+        assert_eq!(ids_ever_seen_below(&state), 2_501);
     }
 }

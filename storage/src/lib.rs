@@ -165,8 +165,9 @@ pub enum Error {
     #[error("out of order sequence: {0}")]
     OutOfOrderSequence(String),
     /// An idempotent append ahead of its producer's sequence (or a new
-    /// epoch not starting at 0): an earlier append is missing, still on its
-    /// way or failed retriably. Retriable: the client sends that one first.
+    /// epoch not starting at 0, or past 0 from a producer that never wrote
+    /// to the stream): an earlier append is missing, still on its way or
+    /// failed retriably. Retriable: the client sends that one first.
     /// Not Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER, which makes librdkafka bump
     /// its epoch and renumber every unacknowledged record, duplicating any
     /// whose earlier answer was lost although it was stored.
@@ -175,8 +176,9 @@ pub enum Error {
     /// An idempotent append from an epoch older than the producer's newest.
     #[error("producer {id} epoch {epoch} is older than its current epoch {current}")]
     InvalidProducerEpoch { id: i64, epoch: i16, current: i16 },
-    /// An idempotent append from a producer the stream does not know (never
-    /// seen, or expired) not starting at sequence 0.
+    /// An idempotent append not starting at sequence 0 from a producer the
+    /// stream may have forgotten (expired, or known to a deleted stream a
+    /// re-created topic carries on).
     #[error("unknown producer {id} at sequence {seq}: start again at 0")]
     UnknownProducer { id: i64, seq: i32 },
     #[error("corrupt object {path}: {why}")]

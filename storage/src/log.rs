@@ -872,7 +872,7 @@ fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, 
         let key = (*stream, p.id);
         let live_stream = live.streams.get(stream);
         let current = seen.get(&key).or_else(|| live_stream?.producers.get(&p.id));
-        // An unknown stream fails the append later, whatever this says.
+        // A stream created in this same call is not live yet: say nothing.
         let forgotten_below = live_stream.map_or(i64::MAX, |s| s.forgotten_below);
         let check = producers::check(current, forgotten_below, p, *offsets);
         // Enough to follow a producer's retries across owners in the logs.

@@ -24,6 +24,11 @@ use std::collections::VecDeque;
 
 use crate::Error;
 
+/// The metadata key under which the shard's owner of producer ids keeps
+/// the end of its newest block (an `i64`, big-endian): every id it ever
+/// handed out is below it.
+pub const IDS_HANDED_OUT_KEY: &[u8] = b"p/next";
+
 /// Appends remembered per producer and stream: Kafka's bound on an
 /// idempotent producer's batches in flight per partition.
 pub const KEPT_BATCHES: usize = 5;
@@ -184,7 +189,9 @@ pub fn check(
         if p.first_seq == 0 {
             return Ok(Check::Append);
         }
-        if p.id >= forgotten_below {
+        // (A bound of i64::MAX says nothing: any producer may have been
+        // forgotten.)
+        if p.id >= forgotten_below && forgotten_below < i64::MAX {
             // Never wrote here: its first batch is still on its way.
             return Err(Error::SequenceGap(format!(
                 "producer {} epoch {}: sequence {}, expected 0 (new to the stream)",

@@ -71,9 +71,11 @@ pub struct StreamState {
     /// Aborted transactions, in marker order, until retention passes them.
     pub aborted: Vec<AbortedTxn>,
     /// A producer the stream does not know with an id below this may have
-    /// written to it and expired, or written to a deleted topic of the same
-    /// name; one at or above it never wrote here. The shard's
-    /// `producer_ids_below` when the stream was created, raised by expiry.
+    /// written to it and expired, or written to a deleted stream that this
+    /// one carries on (a re-created topic of the same name, on which a
+    /// client carries on its sequence); one at or above it never wrote
+    /// here. The shard's `deleted_producers_below` when the stream was
+    /// created, raised by expiry. `i64::MAX` when unknown.
     pub forgotten_below: i64,
     /// Open transactions: first offset → producer (derived).
     pub open_txns: BTreeMap<i64, i64>,
@@ -127,8 +129,8 @@ pub struct State {
     /// Meter counts by window start: closed ones until written out, then
     /// the open ones.
     pub meters: BTreeMap<i64, Vec<u64>>,
-    /// Every producer id an append of the shard ever named is below this.
-    pub producer_ids_below: i64,
+    /// Every producer that wrote to a deleted stream has an id below this.
+    pub deleted_producers_below: i64,
 }
 
 impl Default for State {
@@ -146,7 +148,7 @@ impl Default for State {
             fences: BTreeMap::new(),
             meter_from: i64::MIN,
             meters: BTreeMap::new(),
-            producer_ids_below: 0,
+            deleted_producers_below: 0,
         }
     }
 }
@@ -165,9 +167,6 @@ impl State {
                 producer,
                 data,
             } => {
-                if let Some(p) = producer {
-                    self.producer_ids_below = self.producer_ids_below.max(p.id.saturating_add(1));
-                }
                 let Some(s) = self.streams.get_mut(stream) else {
                     return;
                 };
@@ -217,7 +216,7 @@ impl State {
                 *self.refs.entry(obj).or_default() += 1;
             }
             Entry::CreateStream { stream } => {
-                let forgotten_below = self.producer_ids_below;
+                let forgotten_below = self.deleted_producers_below;
                 self.streams.entry(*stream).or_insert_with(|| StreamState {
                     forgotten_below,
                     ..StreamState::default()
@@ -226,6 +225,15 @@ impl State {
             }
             Entry::DeleteStream { stream } => {
                 if let Some(s) = self.streams.remove(stream) {
+                    let newest = s
+                        .producers
+                        .keys()
+                        .next_back()
+                        .map_or(0, |id| id.saturating_add(1));
+                    self.deleted_producers_below = self
+                        .deleted_producers_below
+                        .max(s.forgotten_below)
+                        .max(newest);
                     self.bytes -= s.bytes;
                     for l in &s.locs {
                         self.unref(l.obj);
@@ -574,15 +582,25 @@ mod tests {
         assert_eq!(bound(&s, 1), 0, "a new shard's stream forgot nobody");
         s.apply(&by(5, 100, 0), 2, 0);
         s.apply(&by(3, 200, 1), 3, 0);
-        assert_eq!(s.producer_ids_below, 6);
         assert_eq!(bound(&s, 1), 0, "appends forget nobody");
-        // A stream created now may be a deleted topic's successor.
+        // Nothing was deleted: a new stream carries on no other.
         s.apply(&create(2), 4, 0);
-        assert_eq!(bound(&s, 2), 6);
+        assert_eq!(bound(&s, 2), 0);
         // Expiring producer 5 (idle since 100) raises its stream's bound.
         s.apply(&Entry::ExpireProducers { before_ms: 150 }, 5, 0);
         assert_eq!(s.streams[&StreamId(1)].producers.len(), 1);
-        assert_eq!(bound(&s, 1), 6);
-        assert_eq!(bound(&s, 2), 6);
+        assert_eq!((bound(&s, 1), bound(&s, 2)), (6, 0));
+        // Stream 1 deleted: what it knew or forgot bounds the streams
+        // created after it (a re-created topic may carry it on).
+        s.apply(
+            &Entry::DeleteStream {
+                stream: StreamId(1),
+            },
+            6,
+            0,
+        );
+        assert_eq!(s.deleted_producers_below, 6);
+        s.apply(&create(3), 7, 0);
+        assert_eq!((bound(&s, 2), bound(&s, 3)), (0, 6));
     }
 }

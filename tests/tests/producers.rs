@@ -258,12 +258,22 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
     let (after, _) = init_producer_id(&mut c);
     assert!(after > other, "id {after} after {other}");
 
+    // A partition a producer never wrote to, past 0: its first batch is
+    // on its way, retriable, also for a producer older than the partition.
+    c.create_topic("fresh", 1);
+    expect(
+        &mut c,
+        "fresh",
+        idempotent_batch(1, other, 0, 5),
+        NotLeaderOrFollower,
+    );
     // A producer that wrote to a deleted topic may carry on its sequence
     // on the re-created one, which does not know it: it starts again
     // (KIP-360), also after a kill -9. One handed out since never wrote
-    // there: retriable.
+    // to a deleted topic: retriable.
+    let (gone, _) = init_producer_id(&mut c);
     c.create_topic("again", 1);
-    assert_eq!(ok(&mut c, "again", idempotent_batch(2, other, 0, 0)), 0);
+    assert_eq!(ok(&mut c, "again", idempotent_batch(2, gone, 0, 0)), 0);
     c.delete_topic("again");
     c.create_topic("again", 1);
     let (newer, _) = init_producer_id(&mut c);
@@ -271,7 +281,7 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
         expect(
             &mut c,
             "again",
-            idempotent_batch(1, other, 0, 2),
+            idempotent_batch(1, gone, 0, 2),
             UnknownProducerId,
         );
         expect(
@@ -287,6 +297,7 @@ fn sequences_are_checked_and_retries_answered_with_their_first_offset() {
         }
     }
     assert_eq!(high_watermark(&mut c, "again"), 0);
+    assert_eq!(high_watermark(&mut c, "fresh"), 0);
 
     // An empty transactional id is no id at all.
     let r = c.call(

@@ -9,7 +9,8 @@ use floe_storage::{Entry, ShardLog};
 
 use crate::Result;
 
-const KEY: &[u8] = b"p/next";
+/// `p/next`: storage reads it too, to bound old checkpoints' producers.
+const KEY: &[u8] = floe_storage::producers::IDS_HANDED_OUT_KEY;
 /// Ids per block: one durable entry per this many InitProducerId calls.
 const BLOCK: i64 = 1000;
 
