@@ -723,6 +723,17 @@ mod tests {
             .expect("open")
     }
 
+    /// A log in a new in-memory store, with stream `S` created.
+    async fn with_stream() -> (Arc<dyn object_store::ObjectStore>, ShardLog) {
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let log = open(&store).await;
+        append(&log, vec![Entry::CreateStream { stream: S }])
+            .await
+            .expect("create");
+        (store, log)
+    }
+
     /// Appends one batch of `keys`, one record each at the next offsets,
     /// whose values are their offsets.
     async fn append_keys(log: &ShardLog, keys: &[String]) {
@@ -752,6 +763,15 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "no compaction");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A clean at `now` once compaction moved every batch; it must be due.
+    async fn clean_due(log: &ShardLog, c: &TopicConfig, now: i64, max_keys: usize) -> Cleaned {
+        wait_compacted(log).await;
+        clean_partition(log, S, c, now, max_keys)
+            .await
+            .expect("clean")
+            .expect("due")
     }
 
     /// Each key's record, by reading the whole partition: key → offsets.
@@ -795,12 +815,7 @@ mod tests {
     /// new records yet leaves older keys' last records alone.
     #[tokio::test]
     async fn a_partition_cleans_in_passes_and_remembers_where_its_dirty_part_starts() {
-        let store: Arc<dyn object_store::ObjectStore> =
-            Arc::new(object_store::memory::InMemory::new());
-        let log = open(&store).await;
-        append(&log, vec![Entry::CreateStream { stream: S }])
-            .await
-            .expect("create");
+        let (store, log) = with_stream().await;
         // 40 batches of 5 records over 30 keys.
         let key = |o: i64| format!("k{}", (o * 7) % 30);
         for b in 0..40 {
@@ -817,10 +832,7 @@ mod tests {
         let mut passes = 0;
         let mut removed = 0;
         loop {
-            let done = clean_partition(&log, S, &c, now_ms(), 12)
-                .await
-                .expect("clean")
-                .expect("due");
+            let done = clean_due(&log, &c, now_ms(), 12).await;
             passes += 1;
             removed += done.removed;
             if !done.more {
@@ -842,11 +854,7 @@ mod tests {
         // not in the map and keep theirs.
         let again: Vec<String> = (0..5).map(key).collect();
         append_keys(&log, &again).await;
-        wait_compacted(&log).await;
-        let done = clean_partition(&log, S, &c, now_ms(), 12)
-            .await
-            .expect("clean")
-            .expect("due");
+        let done = clean_due(&log, &c, now_ms(), 12).await;
         assert_eq!((done.removed, done.more), (5, false));
         for (i, k) in again.iter().enumerate() {
             want.insert(k.clone(), vec![200 + i as i64]);
@@ -859,12 +867,7 @@ mod tests {
     /// read it, whatever its (client's) timestamp: here from 1970.
     #[tokio::test]
     async fn a_tombstone_stays_its_retention_after_the_clean_that_first_read_it() {
-        let store: Arc<dyn object_store::ObjectStore> =
-            Arc::new(object_store::memory::InMemory::new());
-        let log = open(&store).await;
-        append(&log, vec![Entry::CreateStream { stream: S }])
-            .await
-            .expect("create");
+        let (store, log) = with_stream().await;
         append_keys(&log, &["a".into(), "b".into()]).await;
         // Offset 2: a tombstone of "a", timestamp 1,002 ms.
         let tombstone = Entry::Append {
@@ -881,24 +884,14 @@ mod tests {
             ..compacted()
         };
         let t0 = now_ms();
-        let clean_at = |now| {
-            let (log, c) = (&log, &c);
-            async move {
-                wait_compacted(log).await;
-                clean_partition(log, S, c, now, MAP_KEYS)
-                    .await
-                    .expect("clean")
-                    .expect("due")
-            }
-        };
         // Read first at t0: "a"'s record goes, its tombstone stays.
-        assert_eq!(clean_at(t0).await.removed, 1);
+        assert_eq!(clean_due(&log, &c, t0, MAP_KEYS).await.removed, 1);
         let mut want = std::collections::BTreeMap::new();
         want.insert("b".to_string(), vec![1]);
         assert_eq!(records_and_tombstones(&log).await, (want.clone(), vec![2]));
         // 5 s on, with the partition dirty again: still there.
         append_keys(&log, &["c".into()]).await;
-        assert_eq!(clean_at(t0 + 5_000).await.removed, 0);
+        assert_eq!(clean_due(&log, &c, t0 + 5_000, MAP_KEYS).await.removed, 0);
         want.insert("c".to_string(), vec![3]);
         assert_eq!(records_and_tombstones(&log).await, (want.clone(), vec![2]));
         // Past t0 + 10 s: gone, by a clean that kept its time, also across
@@ -906,11 +899,7 @@ mod tests {
         drop(log);
         let log = open(&store).await;
         append_keys(&log, &["d".into()]).await;
-        wait_compacted(&log).await;
-        let done = clean_partition(&log, S, &c, t0 + 10_001, MAP_KEYS)
-            .await
-            .expect("clean")
-            .expect("due");
+        let done = clean_due(&log, &c, t0 + 10_001, MAP_KEYS).await;
         assert_eq!(done.removed, 1, "the tombstone");
         want.insert("d".to_string(), vec![4]);
         assert_eq!(records_and_tombstones(&log).await, (want, vec![]));
