@@ -14,9 +14,8 @@
 //! older versions are still read. Then an optional tail that readers
 //! before it ignore, so workers of both kinds can share a shard during a
 //! rolling upgrade: the shard's `deleted_producers_below` and each
-//! stream's `forgotten_below`, in stream order. Without it each stream's
-//! bound is `i64::MAX` (any unknown producer may have been forgotten) and
-//! the shard's is worked out from the ids ever handed out.
+//! stream's `forgotten_below`, in stream order. Without it every bound is
+//! worked out from the ids ever handed out.
 //!
 //! Data object (compaction's output): `magic(8) epoch(8) nonce(8) runs(4)
 //! crc(4)`, then per run `stream(8) from(8) to(8) start(4) end(4)` (the
@@ -722,7 +721,11 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
             s.forgotten_below = r.i64()?;
         }
     } else {
-        state.deleted_producers_below = ids_ever_seen_below(&state);
+        let below = ids_ever_seen_below(&state);
+        state.deleted_producers_below = below;
+        for s in state.streams.values_mut() {
+            s.forgotten_below = below;
+        }
     }
     state.rebuild_derived();
     Ok(Checkpoint {
@@ -734,8 +737,9 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
 }
 
 /// For a checkpoint without the producer bounds: every producer that wrote
-/// to a deleted stream got its id handed out (below the recorded end), or
-/// made one up that a stream still knows. (Streams keep `i64::MAX`.)
+/// to a stream, deleted or not, got its id handed out (below the recorded
+/// end), or made one up that a stream still knows. Sound only while the
+/// ids of a tenant come from its one shard's log, this one.
 fn ids_ever_seen_below(state: &State) -> i64 {
     let handed_out = state
         .kv
@@ -1112,14 +1116,13 @@ mod tests {
         // v2 had no producers, aborted transactions or meters.
         let mut v2 = now[..n - 40].to_vec();
         v2.extend_from_slice(&[0; 4]);
-        // Without the bounds, any producer a stream does not know may
-        // have been forgotten; no id was handed out, none is known.
+        // Without the bounds, from the ids handed out: none, none known.
         let mut old = state.clone();
         old.deleted_producers_below = 0;
         old.streams
             .get_mut(&StreamId(1))
             .expect("stream")
-            .forgotten_below = i64::MAX;
+            .forgotten_below = 0;
         assert_eq!(rewrite(CKPT_MAGIC, before_tail).expect("decodes"), old);
         assert_eq!(rewrite(CKPT_MAGIC_V2, v2).expect("decodes"), old);
         // A tail cut short is corrupt, not ignored.

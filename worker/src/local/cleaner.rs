@@ -90,8 +90,8 @@ const CLEANED_PREFIX: &[u8] = b"c/";
 const CLEAN_TIMES_PREFIX: &[u8] = b"ct/";
 
 /// Clean times kept per partition beyond the ones past the horizon: one
-/// per this fraction of `delete.retention.ms` at most, so a tombstone stays
-/// up to that much longer than it must.
+/// per this fraction of `delete.retention.ms` at most. A tombstone read by
+/// a clean whose time was not kept counts from the next kept one.
 const CLEAN_TIMES: i64 = 16;
 
 /// One partition's clean at a time in this process (see the module notes).
