@@ -25,7 +25,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::producers::{
-    AbortedTxn, Producer, ProducerState, SeqBatch, Txn, IDS_HANDED_OUT_KEY, KEPT_BATCHES,
+    ids_handed_out, AbortedTxn, Producer, ProducerState, SeqBatch, Txn, IDS_HANDED_OUT_KEY,
+    KEPT_BATCHES,
 };
 use crate::state::{BatchLoc, ObjId, State, StreamState};
 use crate::{Entry, Rewritten, Run, StreamId};
@@ -699,6 +700,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                 bytes: 0,
                 producers,
                 aborted,
+                // From the tail, or worked out, once the keys are read.
                 forgotten_below: i64::MAX,
                 open_txns: Default::default(),
             },
@@ -741,18 +743,12 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
 /// end), or made one up that a stream still knows. Sound only while the
 /// ids of a tenant come from its one shard's log, this one.
 fn ids_ever_seen_below(state: &State) -> i64 {
-    let handed_out = state
-        .kv
-        .get(IDS_HANDED_OUT_KEY)
-        .and_then(|v| Some(i64::from_be_bytes(v.as_ref().try_into().ok()?)))
-        .unwrap_or(0);
-    let known = state
+    let handed_out = ids_handed_out(state.kv.get(IDS_HANDED_OUT_KEY).map(|v| v.as_ref()));
+    state
         .streams
         .values()
-        .filter_map(|s| s.producers.keys().next_back())
-        .max()
-        .map_or(0, |id| id.saturating_add(1));
-    handed_out.max(known)
+        .map(StreamState::known_producers_below)
+        .fold(handed_out, i64::max)
 }
 
 /// Bytes before a data object's first batch: header and index.

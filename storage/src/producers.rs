@@ -29,6 +29,13 @@ use crate::Error;
 /// handed out is below it.
 pub const IDS_HANDED_OUT_KEY: &[u8] = b"p/next";
 
+/// The end [`IDS_HANDED_OUT_KEY`] records, from its value; 0 without one.
+pub fn ids_handed_out(value: Option<&[u8]>) -> i64 {
+    value
+        .and_then(|v| Some(i64::from_be_bytes(v.try_into().ok()?)))
+        .unwrap_or(0)
+}
+
 /// Appends remembered per producer and stream: Kafka's bound on an
 /// idempotent producer's batches in flight per partition.
 pub const KEPT_BATCHES: usize = 5;

@@ -82,6 +82,14 @@ pub struct StreamState {
 }
 
 impl StreamState {
+    /// Every producer the stream knows has an id below this.
+    pub fn known_producers_below(&self) -> i64 {
+        self.producers
+            .keys()
+            .next_back()
+            .map_or(0, |id| id.saturating_add(1))
+    }
+
     /// The last stable offset: below it, every transaction has ended.
     pub fn last_stable(&self) -> i64 {
         // Retention may pass an open transaction's start: never below it.
@@ -225,15 +233,10 @@ impl State {
             }
             Entry::DeleteStream { stream } => {
                 if let Some(s) = self.streams.remove(stream) {
-                    let newest = s
-                        .producers
-                        .keys()
-                        .next_back()
-                        .map_or(0, |id| id.saturating_add(1));
                     self.deleted_producers_below = self
                         .deleted_producers_below
                         .max(s.forgotten_below)
-                        .max(newest);
+                        .max(s.known_producers_below());
                     self.bytes -= s.bytes;
                     for l in &s.locs {
                         self.unref(l.obj);

@@ -21,10 +21,7 @@ pub struct ProducerIds {
 
 impl ProducerIds {
     pub fn load(log: &ShardLog) -> Self {
-        let end = log
-            .get(KEY)
-            .and_then(|v| Some(i64::from_be_bytes(v.as_ref().try_into().ok()?)))
-            .unwrap_or(0);
+        let end = floe_storage::producers::ids_handed_out(log.get(KEY).as_deref());
         Self {
             range: tokio::sync::Mutex::new((end, end)),
         }
