@@ -36,6 +36,18 @@ pub fn log_append_time_batch(n: usize, value_len: usize) -> Bytes {
     b.freeze()
 }
 
+/// [`batch`] of `n` records whose header says it holds `count` (last offset
+/// delta @23, record count @57), as no client should send; its CRC written
+/// again.
+pub fn miscounted_batch(n: usize, value_len: usize, count: i32) -> Bytes {
+    let mut b = BytesMut::from(batch(n, value_len));
+    b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+    b[57..61].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
 /// A commit marker, as only the transaction coordinator may write one.
 pub fn control_batch(producer_id: i64, epoch: i16) -> Bytes {
     let record = Record {

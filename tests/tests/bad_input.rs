@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 use floe_e2e::raw::{produce_request, topic_name as name, Conn};
-use floe_e2e::records::{batch, zstd_record};
+use floe_e2e::records::{batch, miscounted_batch, zstd_record};
 use floe_e2e::{temp_dir, Floe};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -270,7 +270,8 @@ fn produce_to_a_deleted_topic_and_recreate_it_empty() {
 
 /// A compacted topic's records are decompressed to check their keys: a
 /// small batch that inflates past the worker's bound (64 MiB) is refused,
-/// as is a record without a key, and the process carries on.
+/// as are a record without a key and a batch holding other than its count
+/// of records, and the process carries on.
 #[test]
 fn a_compacted_topic_refuses_keyless_records_and_decompression_bombs() {
     let mut f = start(&[]);
@@ -295,6 +296,14 @@ fn a_compacted_topic_refuses_keyless_records_and_decompression_bombs() {
     let (code, message) = produce(zstd_record(None, 10));
     assert_eq!(code, ResponseError::InvalidRecord.code());
     assert!(message.is_some_and(|m| m.contains("without a key")));
+    // A batch holding more records than its count says (the cleaner's map
+    // bound counts by it), or fewer.
+    let (code, message) = produce(miscounted_batch(3, 10, 2));
+    assert_eq!(code, ResponseError::InvalidRecord.code());
+    assert!(message.is_some_and(|m| m.contains("more records than the count of 2")));
+    let (code, message) = produce(miscounted_batch(2, 10, 3));
+    assert_eq!(code, ResponseError::InvalidRecord.code());
+    assert!(message.is_some_and(|m| m.contains("2 records for a count of 3")));
     assert_eq!(produce(zstd_record(Some(b"k"), 1 << 20)).0, 0);
     assert_alive(&mut f);
 }

@@ -775,16 +775,21 @@ impl Shards for LocalWorker {
                     h.offset_count()
                 )));
             }
-            if config.compact {
-                match cleaner::every_record_has_a_key(&data, &h) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(WorkerError::InvalidRecord(format!(
-                            "compacted topic {topic} cannot accept a record without a key"
-                        )))
-                    }
-                    Err(e) => return Err(WorkerError::InvalidRecord(e)),
-                }
+            // A compacted topic needs every record's key. And Kafka sets
+            // maxTimestamp from the records; clients do too, but Sarama
+            // (Go) left it -1 until 2025 (its PR 3108): such a batch would
+            // be older than any retention and invisible to ListOffsets by
+            // time. Only those batches pay for a look at their records.
+            let unset_max = append_time.is_none() && h.max_timestamp < h.base_timestamp;
+            let look = if config.compact || unset_max {
+                Some(cleaner::look(&data, &h).map_err(WorkerError::InvalidRecord)?)
+            } else {
+                None
+            };
+            if config.compact && look.as_ref().is_some_and(|l| !l.every_keyed) {
+                return Err(WorkerError::InvalidRecord(format!(
+                    "compacted topic {topic} cannot accept a record without a key"
+                )));
             }
             let producer = producer_of(&h)?;
             if h.is_transactional() {
@@ -805,18 +810,9 @@ impl Shards for LocalWorker {
             let (data, max_timestamp) = match append_time {
                 Some(t) => (batch::set_log_append_time(data, t), t),
                 None => {
-                    // Kafka sets maxTimestamp from the records. Clients do
-                    // too, but Sarama (Go) left it -1 until 2025 (its PR
-                    // 3108): such a batch would be older than any retention
-                    // and invisible to ListOffsets by time. Only those pay
-                    // for a look at their records (decompressed, within the
-                    // bound).
-                    let max = if h.max_timestamp < h.base_timestamp {
-                        cleaner::newest_record(&data, &h)
-                            .map_err(WorkerError::InvalidRecord)?
-                            .unwrap_or(h.max_timestamp)
-                    } else {
-                        h.max_timestamp
+                    let max = match look {
+                        Some(l) if unset_max => l.newest.unwrap_or(h.max_timestamp),
+                        _ => h.max_timestamp,
                     };
                     // Kafka also writes the topic's timestamp type: a
                     // client's LogAppendTime bit would make readers take

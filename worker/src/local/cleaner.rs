@@ -412,32 +412,33 @@ pub(crate) async fn clean_partition(
     Ok(Some(done))
 }
 
-/// Whether every record of a batch (any codec, transactional or not) has a
-/// key, as a compacted topic requires; control batches have theirs. `h` is
-/// the batch's parsed header, here and in the functions below.
-pub(crate) fn every_record_has_a_key(b: &Bytes, h: &BatchHeader) -> Result<bool, String> {
-    if h.is_control() {
-        return Ok(true);
-    }
-    let records = payload(b, h)?;
-    for r in Records::new(&records) {
-        if r?.key.is_none() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+/// What a produce needs to know of a data batch's records: whether each has
+/// a key (as a compacted topic requires) and the newest timestamp (as Kafka
+/// computes the batch's maxTimestamp; `None` without records). One look at
+/// the records, decompressed within the bound; a batch holding other than
+/// its count of records, or one claiming an offset outside it, is refused,
+/// as Kafka's iterators refuse it. `h` is the batch's parsed header, here
+/// and in the functions below.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Look {
+    pub every_keyed: bool,
+    pub newest: Option<i64>,
 }
 
-/// The newest timestamp of a data batch's records (any codec), as Kafka
-/// computes it to set the batch's maxTimestamp; `None` without records.
-pub(crate) fn newest_record(b: &Bytes, h: &BatchHeader) -> Result<Option<i64>, String> {
+pub(crate) fn look(b: &Bytes, h: &BatchHeader) -> Result<Look, String> {
     let records = payload(b, h)?;
-    let mut newest = None;
-    for r in Records::new(&records) {
-        let t = h.base_timestamp.saturating_add(r?.timestamp_delta);
-        newest = newest.max(Some(t));
+    let mut out = Look {
+        every_keyed: true,
+        newest: None,
+    };
+    for r in Records::checked(&records, h) {
+        let r = r?;
+        out.every_keyed &= r.key.is_some();
+        out.newest = out
+            .newest
+            .max(Some(h.base_timestamp.saturating_add(r.timestamp_delta)));
     }
-    Ok(newest)
+    Ok(out)
 }
 
 /// The first record of a batch at or after offset `from` whose timestamp is
@@ -484,7 +485,8 @@ pub(crate) fn scan(
         return Ok(end);
     }
     let records = payload(b, h)?;
-    for r in Records::new(&records) {
+    // Checked: the map's bound counts a batch by its header's count.
+    for r in Records::checked(&records, h) {
         let r = r?;
         let key = r.key.map(|k| &records[k]);
         f(base + r.offset_delta, key, r.tombstone, txn(h));
@@ -513,7 +515,7 @@ pub(crate) fn filter(
     let records = payload(b, &h)?;
     let mut kept = Vec::new();
     let mut count = 0u64;
-    for r in Records::new(&records) {
+    for r in Records::checked(&records, &h) {
         let r = r?;
         count += 1;
         let key = r.key.map(|k| records.slice(k));
@@ -566,11 +568,30 @@ struct RecordSpan {
 struct Records<'a> {
     b: &'a [u8],
     at: usize,
+    /// For [`Records::checked`]: the records the batch says it holds, its
+    /// last offset delta, and the records read so far.
+    check: Option<(i32, i64)>,
+    read: i32,
 }
 
 impl<'a> Records<'a> {
     fn new(b: &'a [u8]) -> Self {
-        Self { b, at: 0 }
+        Self {
+            b,
+            at: 0,
+            check: None,
+            read: 0,
+        }
+    }
+
+    /// The records of a batch with header `h`, which must be as many as
+    /// its count, each at an offset of the batch; the first that is not
+    /// is an error, before it is seen.
+    fn checked(b: &'a [u8], h: &BatchHeader) -> Self {
+        Self {
+            check: Some((h.record_count, i64::from(h.last_offset_delta))),
+            ..Self::new(b)
+        }
     }
 
     fn next_record(&mut self) -> Result<RecordSpan, String> {
@@ -628,13 +649,35 @@ impl Iterator for Records<'_> {
     type Item = Result<RecordSpan, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.at >= self.b.len() {
-            return None;
-        }
-        let r = self.next_record();
+        let done = self.at >= self.b.len();
+        let r = match self.check {
+            None if done => return None,
+            None => self.next_record(),
+            Some((count, _)) if done => {
+                if self.read == count {
+                    return None;
+                }
+                Err(format!("{} records for a count of {count}", self.read))
+            }
+            Some((count, _)) if self.read == count => {
+                Err(format!("more records than the count of {count}"))
+            }
+            Some((_, last_delta)) => self.next_record().and_then(|r| {
+                if (0..=last_delta).contains(&r.offset_delta) {
+                    Ok(r)
+                } else {
+                    Err(format!(
+                        "a record at offset delta {}, outside its batch",
+                        r.offset_delta
+                    ))
+                }
+            }),
+        };
+        self.read += 1;
         if r.is_err() {
             // Stop after the first error.
             self.at = self.b.len();
+            self.check = None;
         }
         Some(r)
     }
@@ -956,8 +999,11 @@ mod tests {
             let unset = batch::set_max_timestamp(b.clone(), -1);
             let unset_h = batch::parse(&unset).expect("valid");
             assert_eq!(
-                newest_record(&unset, &unset_h),
-                Ok(Some(1_013)),
+                look(&unset, &unset_h),
+                Ok(Look {
+                    every_keyed: false,
+                    newest: Some(1_013)
+                }),
                 "{compression:?}"
             );
             // ListOffsets by time: the first record at or after it, from
@@ -1029,6 +1075,53 @@ mod tests {
             filter(&marker, |_, _, _, _| false).expect("ok"),
             (Change::Keep, 0)
         );
+    }
+
+    /// `rs` encoded as one batch whose header then says `last_delta` and
+    /// `count` instead.
+    fn miscounted(rs: &[Record], last_delta: i32, count: i32) -> (Bytes, BatchHeader) {
+        let mut b = BytesMut::from(encode(rs, Compression::Lz4));
+        b[23..27].copy_from_slice(&last_delta.to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        batch::seal(&mut b);
+        let b = b.freeze();
+        let h = batch::parse(&b).expect("a valid header");
+        (b, h)
+    }
+
+    /// A batch must hold its count of records, each at one of its offsets:
+    /// the cleaner's map bound counts a batch by its header.
+    #[test]
+    fn a_batch_holding_other_than_its_count_of_records_is_refused() {
+        let rs: Vec<Record> = (0..3).map(|o| record(o, Some("k"), Some("v"))).collect();
+        let cases = [
+            (miscounted(&rs, 1, 2), "more records than the count of 2"),
+            (miscounted(&rs[..2], 2, 3), "2 records for a count of 3"),
+            (
+                miscounted(&[rs[0].clone(), record(5, Some("k"), None)], 1, 2),
+                "offset delta 5, outside its batch",
+            ),
+        ];
+        for ((b, h), why) in cases {
+            let mut seen = 0;
+            let scanned = scan(&b, &h, |_, _, _, _| seen += 1);
+            assert!(scanned.is_err_and(|e| e.contains(why)), "{why}");
+            assert!(seen <= h.record_count, "{why}: the map saw {seen}");
+            assert!(look(&b, &h).is_err_and(|e| e.contains(why)), "{why}");
+            assert!(filter(&b, |_, _, _, _| false).is_err(), "{why}");
+        }
+        // Whole, the same records pass.
+        let b = encode(&rs, Compression::Lz4);
+        let h = batch::parse(&b).expect("valid");
+        assert_eq!(scan(&b, &h, |_, _, _, _| {}), Ok(3));
+        // A cleaned batch holds fewer records than offsets, and says so.
+        let (change, _) = filter(&b, |o, _, _, _| o == 1).expect("filters");
+        let Change::Replace(cleaned) = change else {
+            panic!("{change:?}")
+        };
+        let ch = batch::parse(&cleaned).expect("valid");
+        assert_eq!((ch.record_count, ch.offset_count()), (1, 3));
+        assert_eq!(scan(&cleaned, &ch, |_, _, _, _| {}), Ok(3));
     }
 
     #[test]
