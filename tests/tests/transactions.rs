@@ -9,6 +9,8 @@
 //!   refused), the last stable offset held by an open transaction across a
 //!   kill -9, and the timeout that aborts a transaction and fences its
 //!   producer.
+//! - Compaction removing a commit marker once its transaction has no
+//!   record left, and keeping the others, read by librdkafka after.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, ListTransactionsRequest, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -210,6 +213,96 @@ fn consume_transform_produce_never_shows_aborted_records() {
             e.partition()
         );
     }
+}
+
+/// Partition 0 of `topic` as a raw fetch from 0 shows it: (offset, key) of
+/// each data record, and the offsets of the markers.
+fn records_and_markers(c: &mut Conn, topic: &str) -> (Vec<(i64, String)>, Vec<i64>) {
+    let (code, _, mut bytes) = c.fetch(topic, 0, 0);
+    assert_eq!(code, 0);
+    let (mut records, mut markers) = (Vec::new(), Vec::new());
+    for set in RecordBatchDecoder::decode_all(&mut bytes).expect("batches") {
+        for r in set.records {
+            if r.control {
+                markers.push(r.offset);
+            } else {
+                let key = String::from_utf8_lossy(&r.key.unwrap_or_default()).to_string();
+                records.push((r.offset, key));
+            }
+        }
+    }
+    (records, markers)
+}
+
+/// On a compacted topic, a commit marker goes once its transaction has no
+/// record left and `delete.retention.ms` has passed; an abort marker stays,
+/// as does the marker of a transaction with records left; a read_committed
+/// librdkafka consumer reads what is left.
+#[test]
+fn compaction_removes_commit_markers_of_transactions_with_no_record_left() {
+    let f = Floe::start(
+        temp_dir("txn-compact"),
+        &["--clean-every-ms", "100", "--compact-after-ms", "100"],
+    );
+    let mut c = Conn::connect(&f.bootstrap());
+    c.create_topic_with(
+        "ct",
+        PARTITIONS,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "1000"),
+        ],
+    );
+    let p = init_txn(&mut c, "m", 60_000);
+    for (i, commit) in [true, false, true].into_iter().enumerate() {
+        assert_eq!(add_partition(&mut c, "m", p, "ct"), 0);
+        let records = transactional_batch(3, p.0, p.1, 3 * i as i32);
+        assert_eq!(produce(&mut c, "ct", records).error_code, 0);
+        assert_eq!(end_txn(&mut c, "m", p, commit), 0);
+    }
+    // k0-k2 at 0-2, committed at 3; aborted at 4-6 and 7; k0-k2 again at
+    // 8-10, committed at 11.
+    assert_eq!(records_and_markers(&mut c, "ct").1, [3, 7, 11]);
+    // A clean needs new writes: a plain k0 now and then, until the first
+    // transaction's records and then its marker are gone, and the older
+    // plain k0s too.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = 0;
+    loop {
+        let (records, markers) = records_and_markers(&mut c, "ct");
+        let want = [(9, "k1".into()), (10, "k2".into()), (last, "k0".into())];
+        if markers == [7, 11] && records == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records {records:?}, markers {markers:?}"
+        );
+        if markers != [7, 11] {
+            let r = produce(&mut c, "ct", batch(1, 10));
+            assert_eq!(r.error_code, 0);
+            last = r.base_offset;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let consumer = consumer(&f.bootstrap(), "marker-reader", "read_committed");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("ct", 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    while got.len() < 3 && Instant::now() < deadline + TIMEOUT {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+            got.push((m.offset(), key));
+        }
+    }
+    assert_eq!(
+        got,
+        [(9, "k1".into()), (10, "k2".into()), (last, "k0".into())]
+    );
 }
 
 fn init_txn(c: &mut Conn, id: &str, timeout_ms: i32) -> (i64, i16) {

@@ -44,13 +44,17 @@
 //!
 //! Below the last stable offset every transaction has ended: records of
 //! committed ones count as any others, records of aborted ones are removed
-//! (as Kafka's cleaner removes them); markers stay.
+//! (as Kafka's cleaner removes them). A commit marker goes once its
+//! transaction has no record left and a tombstone in its place would go
+//! (Kafka's rule); readers skip commit markers. Abort markers stay: Kafka
+//! removes them with their entry in the aborted transactions a fetch
+//! answers, which here is storage's, kept until retention passes it.
 //!
 //! Left as they are: records without a key (a compacted topic refuses new
 //! ones, older ones stay); the stream's last batch, however empty (storage
 //! keeps it, so no reader is left in a gap below the high watermark).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -360,10 +364,27 @@ pub(crate) async fn clean_partition(
         more: full && mapped < end,
         ..Cleaned::default()
     };
+    // Producers with a transaction's records kept since their last marker
+    // (a producer has one transaction open at a time).
+    let mut txn_kept: HashSet<i64> = HashSet::new();
     let mut at = log_start;
     while at < mapped {
         let r = log
             .rewrite(stream, at, mapped, CHUNK, |b| {
+                let Ok(h) = batch::parse(b) else {
+                    return Change::Keep;
+                };
+                if h.is_control() {
+                    // As Kafka's cleaner: a commit marker goes once its
+                    // transaction has no record left, and as late as a
+                    // tombstone would. Readers skip commit markers; an
+                    // abort marker ends a read_committed reader's skipping
+                    // of its producer, so it stays.
+                    let had_records = txn_kept.remove(&h.producer_id);
+                    let offset = batch::base_offset(b).unwrap_or(i64::MAX);
+                    let gone = !had_records && offset < tombstones_below && is_commit(b, &h);
+                    return if gone { Change::Drop } else { Change::Keep };
+                }
                 let keep = |offset: i64, key: Option<&Bytes>, tombstone: bool, txn| {
                     if is_aborted(txn, offset) {
                         return false;
@@ -377,14 +398,18 @@ pub(crate) async fn clean_partition(
                         }
                     }
                 };
-                match off_the_runtime(|| filter(b, keep)) {
+                let change = match off_the_runtime(|| filter(b, keep)) {
                     // (Storage never drops a stream's last batch.)
                     Ok((change, removed)) => {
                         done.removed += removed;
                         change
                     }
                     Err(_) => Change::Keep,
+                };
+                if h.is_transactional() && change != Change::Drop {
+                    txn_kept.insert(h.producer_id);
                 }
+                change
             })
             .await?;
         if r.batches_read == 0 {
@@ -492,6 +517,17 @@ pub(crate) fn scan(
         f(base + r.offset_delta, key, r.tombstone, txn(h));
     }
     Ok(end)
+}
+
+/// Whether a control batch is a commit marker: its record's key is a
+/// version, then the type, 1 for commit (0 for abort).
+fn is_commit(b: &Bytes, h: &BatchHeader) -> bool {
+    let Ok(records) = payload(b, h) else {
+        return false;
+    };
+    let first = Records::new(&records).next();
+    let key = first.and_then(|r| r.ok()?.key).and_then(|k| records.get(k));
+    key.is_some_and(|k| k.len() >= 4 && k[2..4] == [0, 1])
 }
 
 /// The producer of a transactional batch.
@@ -946,6 +982,125 @@ mod tests {
         assert_eq!(done.removed, 1, "the tombstone");
         want.insert("d".to_string(), vec![4]);
         assert_eq!(records_and_tombstones(&log).await, (want, vec![]));
+    }
+
+    /// Appends a transaction's records of `keys` (values their offsets) by
+    /// producer `pid`, then its marker.
+    async fn append_txn(log: &ShardLog, pid: i64, keys: &[&str], commit: bool) {
+        let (_, next) = log.offsets(S).expect("stream");
+        let rs: Vec<Record> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let o = next + i as i64;
+                let mut r = record(o, Some(k), Some(&o.to_string()));
+                r.transactional = true;
+                r.producer_id = pid;
+                r.producer_epoch = 0;
+                r.sequence = i as i32;
+                r
+            })
+            .collect();
+        let producer = |first_seq, txn| {
+            Some(floe_storage::Producer {
+                id: pid,
+                epoch: 0,
+                first_seq,
+                time_ms: 1_000,
+                txn,
+            })
+        };
+        let data = Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets: keys.len() as u32,
+            max_timestamp: 1_000,
+            producer: producer(0, floe_storage::Txn::Data),
+            data: encode(&rs, Compression::None),
+        };
+        let txn = if commit {
+            floe_storage::Txn::Commit
+        } else {
+            floe_storage::Txn::Abort
+        };
+        let marker = Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets: 1,
+            max_timestamp: 1_000,
+            producer: producer(-1, txn),
+            data: batch::control_batch(pid, 0, commit, 1_000),
+        };
+        append(log, vec![data, marker]).await.expect("append");
+    }
+
+    /// The offsets of the partition's control batches (markers).
+    async fn markers(log: &ShardLog) -> Vec<i64> {
+        let mut out = Vec::new();
+        let (mut at, end) = log.offsets(S).expect("stream");
+        while at < end {
+            let r = log.read(S, at, 1 << 20, true).await.expect("read");
+            for b in &r.batches {
+                let h = batch::parse(b).expect("batch");
+                let base = batch::base_offset(b).expect("offset");
+                if h.is_control() {
+                    out.push(base);
+                }
+                at = base + i64::from(h.offset_count());
+            }
+        }
+        out
+    }
+
+    /// A commit marker goes once its transaction has no record left and a
+    /// clean read it `delete.retention.ms` ago; one whose transaction still
+    /// has records stays, as do abort markers (read_committed readers stop
+    /// skipping their producer there).
+    #[tokio::test]
+    async fn a_commit_marker_goes_after_its_records_and_its_retention() {
+        let (_store, log) = with_stream().await;
+        append_txn(&log, 7, &["a", "b"], true).await; // 0, 1; marker 2
+        append_txn(&log, 8, &["c"], false).await; // 3; marker 4
+        append_txn(&log, 9, &["d"], true).await; // 5; marker 6
+        append_keys(&log, &["a".into(), "b".into()]).await; // 7, 8
+        let c = TopicConfig {
+            delete_retention_ms: 10_000,
+            ..compacted()
+        };
+        let t0 = now_ms();
+        // Read first at t0: 7's records are superseded and 8's aborted;
+        // every marker stays.
+        assert_eq!(clean_due(&log, &c, t0, MAP_KEYS).await.removed, 3);
+        assert_eq!(markers(&log).await, [2, 4, 6]);
+        // Past t0 + 10 s, with the partition dirty again: 7's goes.
+        append_keys(&log, &["e".into()]).await; // 9
+        clean_due(&log, &c, t0 + 10_001, MAP_KEYS).await;
+        assert_eq!(markers(&log).await, [4, 6]);
+        let mut want = std::collections::BTreeMap::new();
+        for (k, o) in [("d", 5), ("a", 7), ("b", 8), ("e", 9)] {
+            want.insert(k.to_string(), vec![o]);
+        }
+        let mut got = std::collections::BTreeMap::new();
+        let (mut at, end) = log.offsets(S).expect("stream");
+        while at < end {
+            let r = log.read(S, at, 1 << 20, true).await.expect("read");
+            for b in &r.batches {
+                let h = batch::parse(b).expect("batch");
+                at = batch::base_offset(b).expect("offset") + i64::from(h.offset_count());
+                if h.is_control() {
+                    continue;
+                }
+                for rec in decode(b) {
+                    let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
+                    got.entry(k).or_insert_with(Vec::new).push(rec.offset);
+                }
+            }
+        }
+        assert_eq!(got, want);
+        // "d" superseded too: 9's marker goes with its last record.
+        append_keys(&log, &["d".into()]).await; // 10
+        clean_due(&log, &c, t0 + 10_002, MAP_KEYS).await;
+        assert_eq!(markers(&log).await, [4]);
     }
 
     #[test]
