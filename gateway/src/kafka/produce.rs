@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::metrics::Metrics;
 use crate::{errors, Cx};
 
 /// One partition's outcome so far: accepted with its (bytes, batches), or failed.
@@ -78,7 +79,7 @@ pub async fn finish_all<W>(gw: &Cx<W>, a: Accepting) -> Option<ProduceResponse> 
     for (name, parts) in a.topics {
         let mut out = Vec::with_capacity(parts.len());
         for (index, outcome) in parts {
-            out.push(finish(gw, index, outcome).await);
+            out.push(finish(&gw.metrics, index, outcome).await);
         }
         responses.push(
             TopicProduceResponse::default()
@@ -114,7 +115,7 @@ async fn accept<W: Shards>(
     }
 }
 
-async fn finish<W>(gw: &Cx<W>, index: i32, outcome: Outcome) -> PartitionProduceResponse {
+async fn finish(metrics: &Metrics, index: i32, outcome: Outcome) -> PartitionProduceResponse {
     let resp = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);
@@ -125,8 +126,8 @@ async fn finish<W>(gw: &Cx<W>, index: i32, outcome: Outcome) -> PartitionProduce
             .with_error_message(msg),
         Outcome::Accepted(a, bytes, count) => match a.durable().await {
             Ok(p) => {
-                gw.metrics.produced_bytes.fetch_add(bytes, Relaxed);
-                gw.metrics.produced_batches.fetch_add(count, Relaxed);
+                metrics.produced_bytes.fetch_add(bytes, Relaxed);
+                metrics.produced_batches.fetch_add(count, Relaxed);
                 resp.with_base_offset(p.base_offset)
                     .with_log_start_offset(p.log_start)
                     .with_log_append_time_ms(p.log_append_time)
@@ -188,4 +189,49 @@ pub fn record_bytes(req: &ProduceRequest) -> u64 {
         .flat_map(|t| t.partition_data.iter())
         .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_worker::Produced;
+    use std::sync::Arc;
+    use ResponseError::*;
+
+    /// A produce the owner accepted, answered with `answer` (none: the
+    /// owner went away first).
+    fn accepted(answer: Option<floe_worker::Result<Produced>>) -> Outcome {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(a) = answer {
+            tx.send(a).expect("receiver");
+        }
+        Outcome::Accepted(Accepted::remote(rx), 10, 1)
+    }
+
+    /// Records that may be stored are REQUEST_TIMED_OUT (librdkafka retries
+    /// them and reports them as possibly persisted); ones known not to be
+    /// are NOT_LEADER_OR_FOLLOWER.
+    #[tokio::test]
+    async fn a_produce_of_unknown_outcome_is_answered_request_timed_out() {
+        let metrics = Metrics::new(Arc::default(), Arc::default(), Arc::default());
+        let uncertain = WorkerError::Uncertain("a flush failed".into());
+        let unavailable = WorkerError::Unavailable("moved".into());
+        for (answer, code) in [
+            (None, RequestTimedOut),
+            (Some(Err(uncertain)), RequestTimedOut),
+            (Some(Err(unavailable)), NotLeaderOrFollower),
+        ] {
+            let r = finish(&metrics, 3, accepted(answer)).await;
+            assert_eq!((r.index, r.error_code, r.base_offset), (3, code.code(), -1));
+        }
+        assert_eq!(metrics.produced_bytes.load(Relaxed), 0);
+        let stored = Produced {
+            base_offset: 7,
+            log_start: 0,
+            log_append_time: -1,
+        };
+        let r = finish(&metrics, 3, accepted(Some(Ok(stored)))).await;
+        assert_eq!((r.error_code, r.base_offset), (0, 7));
+        assert_eq!(metrics.produced_bytes.load(Relaxed), 10);
+    }
 }
