@@ -51,8 +51,11 @@
 //! answers, which here is storage's, kept until retention passes it.
 //!
 //! Left as they are: records without a key (a compacted topic refuses new
-//! ones, older ones stay); the stream's last batch, however empty (storage
-//! keeps it, so no reader is left in a gap below the high watermark).
+//! ones, older ones stay); batches whose records do not read, or hold more
+//! than their count (produce refuses them for a compacted topic, not for
+//! others, whose records it does not read), kept whole; the stream's last
+//! batch, however empty (storage keeps it, so no reader is left in a gap
+//! below the high watermark).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -305,6 +308,7 @@ pub(crate) async fn clean_partition(
     };
     let mut last: HashMap<[u64; 2], i64> = HashMap::new();
     let mut bad = None;
+    let (mut unreadable, mut first_error) = (0, None);
     // The end of the last batch mapped.
     let mut mapped = dirty_from;
     let mut full = false;
@@ -336,7 +340,16 @@ pub(crate) async fn clean_partition(
                 });
                 match scanned {
                     Ok(batch_end) => mapped = batch_end,
-                    Err(e) => bad = Some(e),
+                    // Records past the count, or not at the batch's
+                    // offsets: the batch stays whole (the rewrite below
+                    // cannot read it either), the keys read before are its
+                    // own, and the rest of the partition is cleaned.
+                    Err(e) => {
+                        unreadable += 1;
+                        first_error.get_or_insert(e);
+                        let base = batch::base_offset(b).unwrap_or(mapped);
+                        mapped = base + i64::from(h.offset_count());
+                    }
                 }
                 full = last.len() >= max_keys;
                 Change::Keep
@@ -350,10 +363,13 @@ pub(crate) async fn clean_partition(
         }
     }
     if let Some(e) = bad {
-        // A batch the cleaner cannot read: leave the partition as it is.
+        // A batch whose header does not parse: leave the partition as it is.
         return Err(floe_storage::Error::Unavailable(format!(
             "a batch does not decode: {e}"
         )));
+    }
+    if let Some(e) = first_error {
+        tracing::warn!(?stream, batches = unreadable, error = %e, "batches kept whole: their records do not read");
     }
 
     // 2. Rewrite what is superseded, from the log start to the map's end.
@@ -1034,8 +1050,8 @@ mod tests {
         append(log, vec![data, marker]).await.expect("append");
     }
 
-    /// The offsets of the partition's control batches (markers).
-    async fn markers(log: &ShardLog) -> Vec<i64> {
+    /// The partition's batches: (base offset, whether a control batch).
+    async fn batches(log: &ShardLog) -> Vec<(i64, bool)> {
         let mut out = Vec::new();
         let (mut at, end) = log.offsets(S).expect("stream");
         while at < end {
@@ -1043,13 +1059,17 @@ mod tests {
             for b in &r.batches {
                 let h = batch::parse(b).expect("batch");
                 let base = batch::base_offset(b).expect("offset");
-                if h.is_control() {
-                    out.push(base);
-                }
+                out.push((base, h.is_control()));
                 at = base + i64::from(h.offset_count());
             }
         }
         out
+    }
+
+    /// The offsets of the partition's control batches (markers).
+    async fn markers(log: &ShardLog) -> Vec<i64> {
+        let all = batches(log).await;
+        all.into_iter().filter(|b| b.1).map(|b| b.0).collect()
     }
 
     /// A commit marker goes once its transaction has no record left and a
@@ -1277,6 +1297,33 @@ mod tests {
         let ch = batch::parse(&cleaned).expect("valid");
         assert_eq!((ch.record_count, ch.offset_count()), (1, 3));
         assert_eq!(scan(&cleaned, &ch, |_, _, _, _| {}), Ok(3));
+    }
+
+    /// A batch in the log whose records do not read (here one past its
+    /// count) is kept whole, and the partition is cleaned around it.
+    #[tokio::test]
+    async fn a_batch_whose_records_do_not_read_stays_whole_and_the_rest_is_cleaned() {
+        let (_store, log) = with_stream().await;
+        append_keys(&log, &["a".into(), "b".into()]).await; // 0, 1
+        let rs = [
+            record(2, Some("a"), Some("2")),
+            record(3, Some("c"), Some("3")),
+            record(4, Some("d"), Some("4")),
+        ];
+        let (bad, _) = miscounted(&rs, 1, 2); // 2, 3
+        let entry = Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets: 2,
+            max_timestamp: 1_000,
+            producer: None,
+            data: bad,
+        };
+        append(&log, vec![entry]).await.expect("append");
+        append_keys(&log, &["b".into()]).await; // 4
+        let done = clean_due(&log, &compacted(), now_ms(), MAP_KEYS).await;
+        assert_eq!((done.removed, done.dropped), (2, 1), "a@0 and b@1");
+        assert_eq!(batches(&log).await, [(2, false), (4, false)]);
     }
 
     #[test]
