@@ -829,18 +829,21 @@ mod tests {
         (store, log)
     }
 
+    /// A record of each of `keys` at the log's next offsets, whose values
+    /// are their offsets.
+    fn next_records(log: &ShardLog, keys: &[impl AsRef<str>]) -> Vec<Record> {
+        let (_, next) = log.offsets(S).expect("stream");
+        let at = |i: usize| next + i as i64;
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| record(at(i), Some(k.as_ref()), Some(&at(i).to_string())))
+            .collect()
+    }
+
     /// Appends one batch of `keys`, one record each at the next offsets,
     /// whose values are their offsets.
     async fn append_keys(log: &ShardLog, keys: &[String]) {
-        let (_, next) = log.offsets(S).expect("stream");
-        let rs: Vec<Record> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let o = next + i as i64;
-                record(o, Some(k), Some(&o.to_string()))
-            })
-            .collect();
+        let rs = next_records(log, keys);
         let entry = Entry::Append {
             stream: S,
             base_offset: 0,
@@ -1003,20 +1006,13 @@ mod tests {
     /// Appends a transaction's records of `keys` (values their offsets) by
     /// producer `pid`, then its marker.
     async fn append_txn(log: &ShardLog, pid: i64, keys: &[&str], commit: bool) {
-        let (_, next) = log.offsets(S).expect("stream");
-        let rs: Vec<Record> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let o = next + i as i64;
-                let mut r = record(o, Some(k), Some(&o.to_string()));
-                r.transactional = true;
-                r.producer_id = pid;
-                r.producer_epoch = 0;
-                r.sequence = i as i32;
-                r
-            })
-            .collect();
+        let mut rs = next_records(log, keys);
+        for (i, r) in rs.iter_mut().enumerate() {
+            r.transactional = true;
+            r.producer_id = pid;
+            r.producer_epoch = 0;
+            r.sequence = i as i32;
+        }
         let producer = |first_seq, txn| {
             Some(floe_storage::Producer {
                 id: pid,
