@@ -309,6 +309,7 @@ pub(crate) async fn clean_partition(
     let mut last: HashMap<[u64; 2], i64> = HashMap::new();
     let mut bad = None;
     let (mut unreadable, mut first_error) = (0, None);
+    let mut batch_keys = Vec::new();
     // The end of the last batch mapped.
     let mut mapped = dirty_from;
     let mut full = false;
@@ -331,19 +332,26 @@ pub(crate) async fn clean_partition(
                     full = true;
                     return Change::Keep;
                 }
+                // The batch's keys go in the map only once all its records
+                // read.
+                batch_keys.clear();
                 let scanned = off_the_runtime(|| {
                     scan(b, &h, |offset, key, _, txn| {
                         if let Some(k) = key.filter(|_| !is_aborted(txn, offset)) {
-                            last.insert(key_hash(k), offset);
+                            batch_keys.push((key_hash(k), offset));
                         }
                     })
                 });
                 match scanned {
-                    Ok(batch_end) => mapped = batch_end,
-                    // Records past the count, or not at the batch's
-                    // offsets: the batch stays whole (the rewrite below
-                    // cannot read it either), the keys read before are its
-                    // own, and the rest of the partition is cleaned.
+                    Ok(batch_end) => {
+                        last.extend(batch_keys.drain(..));
+                        mapped = batch_end;
+                    }
+                    // Records that do not read (cut short, not inflating
+                    // within the bound, past the count, outside the
+                    // batch's offsets): the batch stays whole (the rewrite
+                    // below cannot read it either), supersedes nothing,
+                    // and the rest of the partition is cleaned.
                     Err(e) => {
                         unreadable += 1;
                         first_error.get_or_insert(e);
@@ -1296,30 +1304,51 @@ mod tests {
     }
 
     /// A batch in the log whose records do not read (here one past its
-    /// count) is kept whole, and the partition is cleaned around it.
+    /// count) is kept whole and supersedes nothing, and the partition is
+    /// cleaned around it: in one pass, and in passes of a map of 2 keys
+    /// that fills at the batch.
     #[tokio::test]
     async fn a_batch_whose_records_do_not_read_stays_whole_and_the_rest_is_cleaned() {
-        let (_store, log) = with_stream().await;
-        append_keys(&log, &["a".into(), "b".into()]).await; // 0, 1
-        let rs = [
-            record(2, Some("a"), Some("2")),
-            record(3, Some("c"), Some("3")),
-            record(4, Some("d"), Some("4")),
-        ];
-        let (bad, _) = miscounted(&rs, 1, 2); // 2, 3
-        let entry = Entry::Append {
-            stream: S,
-            base_offset: 0,
-            offsets: 2,
-            max_timestamp: 1_000,
-            producer: None,
-            data: bad,
-        };
-        append(&log, vec![entry]).await.expect("append");
-        append_keys(&log, &["b".into()]).await; // 4
-        let done = clean_due(&log, &compacted(), now_ms(), MAP_KEYS).await;
-        assert_eq!((done.removed, done.dropped), (2, 1), "a@0 and b@1");
-        assert_eq!(batches(&log).await, [(2, false), (4, false)]);
+        for max_keys in [MAP_KEYS, 2] {
+            let (_store, log) = with_stream().await;
+            append_keys(&log, &["a".into(), "b".into()]).await; // 0, 1
+            let rs = [
+                record(2, Some("a"), Some("2")),
+                record(3, Some("c"), Some("3")),
+                record(4, Some("d"), Some("4")),
+            ];
+            let (bad, _) = miscounted(&rs, 1, 2); // 2, 3
+            let entry = Entry::Append {
+                stream: S,
+                base_offset: 0,
+                offsets: 2,
+                max_timestamp: 1_000,
+                producer: None,
+                data: bad,
+            };
+            append(&log, vec![entry]).await.expect("append");
+            append_keys(&log, &["b".into()]).await; // 4
+            let (mut passes, mut removed) = (0, 0);
+            loop {
+                let done = clean_due(&log, &compacted(), now_ms(), max_keys).await;
+                passes += 1;
+                removed += done.removed;
+                assert!(
+                    passes < 5,
+                    "{max_keys} keys: still more after {passes} passes"
+                );
+                if !done.more {
+                    break;
+                }
+            }
+            assert_eq!(removed, 1, "{max_keys} keys: b@1 only");
+            assert_eq!(
+                batches(&log).await,
+                [(0, false), (2, false), (4, false)],
+                "{max_keys} keys"
+            );
+            assert_eq!(clean_end(&log, S), Some(5), "{max_keys} keys");
+        }
     }
 
     #[test]
