@@ -422,7 +422,7 @@ pub(crate) async fn clean_partition(
                         }
                     }
                 };
-                let change = match off_the_runtime(|| filter(b, keep)) {
+                let change = match off_the_runtime(|| filter(b, &h, keep)) {
                     // (Storage never drops a stream's last batch.)
                     Ok((change, removed)) => {
                         done.removed += removed;
@@ -565,21 +565,21 @@ fn txn(h: &BatchHeader) -> Option<i64> {
 /// are kept whole.
 pub(crate) fn filter(
     b: &Bytes,
+    h: &BatchHeader,
     keep: impl Fn(i64, Option<&Bytes>, bool, Option<i64>) -> bool,
 ) -> Result<(Change, u64), String> {
-    let h = batch::parse(b).map_err(|e| e.to_string())?;
     if h.is_control() {
         return Ok((Change::Keep, 0));
     }
     let base = batch::base_offset(b).unwrap_or(0);
-    let records = payload(b, &h)?;
+    let records = payload(b, h)?;
     let mut kept = Vec::new();
     let mut count = 0u64;
-    for r in Records::checked(&records, &h) {
+    for r in Records::checked(&records, h) {
         let r = r?;
         count += 1;
         let key = r.key.map(|k| records.slice(k));
-        if keep(base + r.offset_delta, key.as_ref(), r.tombstone, txn(&h)) {
+        if keep(base + r.offset_delta, key.as_ref(), r.tombstone, txn(h)) {
             kept.push(r.span);
         }
     }
@@ -887,29 +887,41 @@ mod tests {
         out
     }
 
+    /// Every batch of the partition, in order.
+    async fn read_all(log: &ShardLog) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let (mut at, end) = log.offsets(S).expect("stream");
+        while at < end {
+            let r = log.read(S, at, 1 << 20, true).await.expect("read");
+            for b in r.batches {
+                let h = batch::parse(&b).expect("batch");
+                at = batch::base_offset(&b).expect("offset") + i64::from(h.offset_count());
+                out.push(b);
+            }
+        }
+        out
+    }
+
     /// [`records`], with tombstones apart: (keys with values, tombstones'
-    /// offsets).
+    /// offsets). Markers are skipped.
     async fn records_and_tombstones(
         log: &ShardLog,
     ) -> (std::collections::BTreeMap<String, Vec<i64>>, Vec<i64>) {
         let mut out = std::collections::BTreeMap::<String, Vec<i64>>::new();
         let mut tombstones = Vec::new();
-        let (mut at, end) = log.offsets(S).expect("stream");
-        while at < end {
-            let r = log.read(S, at, 1 << 20, true).await.expect("read");
-            for b in &r.batches {
-                for rec in decode(b) {
-                    let Some(v) = rec.value.as_deref() else {
-                        tombstones.push(rec.offset);
-                        continue;
-                    };
-                    let v = std::str::from_utf8(v).expect("utf-8");
-                    assert_eq!(v, rec.offset.to_string(), "a record keeps its offset");
-                    let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
-                    out.entry(k).or_default().push(rec.offset);
-                }
-                let h = batch::parse(b).expect("batch");
-                at = batch::base_offset(b).expect("offset") + i64::from(h.offset_count());
+        for b in read_all(log).await {
+            if batch::parse(&b).expect("batch").is_control() {
+                continue;
+            }
+            for rec in decode(&b) {
+                let Some(v) = rec.value.as_deref() else {
+                    tombstones.push(rec.offset);
+                    continue;
+                };
+                let v = std::str::from_utf8(v).expect("utf-8");
+                assert_eq!(v, rec.offset.to_string(), "a record keeps its offset");
+                let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
+                out.entry(k).or_default().push(rec.offset);
             }
         }
         (out, tombstones)
@@ -1056,18 +1068,13 @@ mod tests {
 
     /// The partition's batches: (base offset, whether a control batch).
     async fn batches(log: &ShardLog) -> Vec<(i64, bool)> {
-        let mut out = Vec::new();
-        let (mut at, end) = log.offsets(S).expect("stream");
-        while at < end {
-            let r = log.read(S, at, 1 << 20, true).await.expect("read");
-            for b in &r.batches {
+        let all = read_all(log).await;
+        all.iter()
+            .map(|b| {
                 let h = batch::parse(b).expect("batch");
-                let base = batch::base_offset(b).expect("offset");
-                out.push((base, h.is_control()));
-                at = base + i64::from(h.offset_count());
-            }
-        }
-        out
+                (batch::base_offset(b).expect("offset"), h.is_control())
+            })
+            .collect()
     }
 
     /// The offsets of the partition's control batches (markers).
@@ -1104,23 +1111,7 @@ mod tests {
         for (k, o) in [("d", 5), ("a", 7), ("b", 8), ("e", 9)] {
             want.insert(k.to_string(), vec![o]);
         }
-        let mut got = std::collections::BTreeMap::new();
-        let (mut at, end) = log.offsets(S).expect("stream");
-        while at < end {
-            let r = log.read(S, at, 1 << 20, true).await.expect("read");
-            for b in &r.batches {
-                let h = batch::parse(b).expect("batch");
-                at = batch::base_offset(b).expect("offset") + i64::from(h.offset_count());
-                if h.is_control() {
-                    continue;
-                }
-                for rec in decode(b) {
-                    let k = String::from_utf8(rec.key.expect("keyed").to_vec()).expect("utf-8");
-                    got.entry(k).or_insert_with(Vec::new).push(rec.offset);
-                }
-            }
-        }
-        assert_eq!(got, want);
+        assert_eq!(records(&log).await, want);
         // "d" superseded too: 9's marker goes with its last record.
         append_keys(&log, &["d".into()]).await; // 10
         clean_due(&log, &c, t0 + 10_002, MAP_KEYS).await;
@@ -1204,7 +1195,7 @@ mod tests {
             assert_eq!(seen[3].1, None);
 
             // Drop offset 10 and 11; keep the tombstone and the keyless one.
-            let (change, removed) = filter(&b, |o, _, _, _| o >= 12).expect("filters");
+            let (change, removed) = filter(&b, &before, |o, _, _, _| o >= 12).expect("filters");
             assert_eq!(removed, 2, "{compression:?}");
             let Change::Replace(out) = change else {
                 panic!("{compression:?}: {change:?}")
@@ -1224,8 +1215,14 @@ mod tests {
             assert_eq!(got[1].timestamp, rs[3].timestamp);
             assert_eq!(got[1].headers, rs[3].headers);
 
-            assert_eq!(filter(&b, |_, _, _, _| true).expect("ok").0, Change::Keep);
-            assert_eq!(filter(&b, |_, _, _, _| false).expect("ok").0, Change::Drop);
+            assert_eq!(
+                filter(&b, &before, |_, _, _, _| true).expect("ok").0,
+                Change::Keep
+            );
+            assert_eq!(
+                filter(&b, &before, |_, _, _, _| false).expect("ok").0,
+                Change::Drop
+            );
         }
     }
 
@@ -1243,15 +1240,16 @@ mod tests {
         })
         .expect("scans");
         assert_eq!(seen, [(Some(b"a".to_vec()), Some(7))]);
-        let (change, removed) = filter(&b, |_, _, _, txn| txn != Some(7)).expect("ok");
+        let (change, removed) = filter(&b, &h, |_, _, _, txn| txn != Some(7)).expect("ok");
         assert_eq!(
             (change, removed),
             (Change::Drop, 1),
             "an aborted record goes"
         );
         let marker = batch::control_batch(7, 0, true, 5);
+        let mh = batch::parse(&marker).expect("valid");
         assert_eq!(
-            filter(&marker, |_, _, _, _| false).expect("ok"),
+            filter(&marker, &mh, |_, _, _, _| false).expect("ok"),
             (Change::Keep, 0)
         );
     }
@@ -1287,14 +1285,14 @@ mod tests {
             assert!(scanned.is_err_and(|e| e.contains(why)), "{why}");
             assert!(seen <= h.record_count, "{why}: the map saw {seen}");
             assert!(look(&b, &h).is_err_and(|e| e.contains(why)), "{why}");
-            assert!(filter(&b, |_, _, _, _| false).is_err(), "{why}");
+            assert!(filter(&b, &h, |_, _, _, _| false).is_err(), "{why}");
         }
         // Whole, the same records pass.
         let b = encode(&rs, Compression::Lz4);
         let h = batch::parse(&b).expect("valid");
         assert_eq!(scan(&b, &h, |_, _, _, _| {}), Ok(3));
         // A cleaned batch holds fewer records than offsets, and says so.
-        let (change, _) = filter(&b, |o, _, _, _| o == 1).expect("filters");
+        let (change, _) = filter(&b, &h, |o, _, _, _| o == 1).expect("filters");
         let Change::Replace(cleaned) = change else {
             panic!("{change:?}")
         };
