@@ -27,13 +27,11 @@ pub fn transactional_batch(n: usize, producer_id: i64, epoch: i16, seq: i32) -> 
 }
 
 /// [`batch`] with the LogAppendTime attribute (bit 3, @22) set, as no
-/// client should send; its CRC (@17, over @21 on) written again.
+/// client should send; its CRC written again.
 pub fn log_append_time_batch(n: usize, value_len: usize) -> Bytes {
     let mut b = BytesMut::from(batch(n, value_len));
     b[22] |= 0x08;
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.freeze()
+    reseal(b)
 }
 
 /// [`batch`] of `n` records whose header says it holds `count` (last offset
@@ -43,6 +41,11 @@ pub fn miscounted_batch(n: usize, value_len: usize, count: i32) -> Bytes {
     let mut b = BytesMut::from(batch(n, value_len));
     b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
     b[57..61].copy_from_slice(&count.to_be_bytes());
+    reseal(b)
+}
+
+/// A changed batch with its CRC (@17, over @21 on) written again.
+fn reseal(mut b: BytesMut) -> Bytes {
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b.freeze()
