@@ -85,6 +85,13 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Produce: also report where the client's latency went, from
+    /// librdkafka's statistics (one window a second): time queued in the
+    /// client (`int_latency`, linger included), waiting to be written
+    /// (`outbuf_latency`) and the request's round trip (`rtt`: the broker
+    /// and the network, as the client sees them).
+    #[arg(long)]
+    client_stats: bool,
     /// librdkafka settings for every client, as KEY=VALUE (repeatable):
     /// e.g. `-X security.protocol=SASL_PLAINTEXT`.
     #[arg(short = 'X', value_parser = key_value)]
@@ -148,6 +155,17 @@ struct Report {
     /// the broker's first response.
     first_record_ms: Option<f64>,
     records_per_s_from_assign: Option<f64>,
+    /// `--client-stats`: per part of the path, the p50 and p99 of each 1 s
+    /// window in which the broker sent or answered something.
+    client_windows: Option<ClientWindows>,
+}
+
+/// Windows' percentiles, in µs, in the order librdkafka emitted them.
+#[derive(Serialize, Default, Clone)]
+struct ClientWindows {
+    int_latency: Vec<(i64, i64)>,
+    outbuf_latency: Vec<(i64, i64)>,
+    rtt: Vec<(i64, i64)>,
 }
 
 /// Microsecond histograms up to 60 s, 3 significant figures.
@@ -160,9 +178,28 @@ struct Delivery {
     latency: Mutex<Histogram<u64>>,
     delivered: AtomicU64,
     failed: AtomicU64,
+    windows: Mutex<ClientWindows>,
 }
 
-impl ClientContext for Delivery {}
+impl ClientContext for Delivery {
+    fn stats(&self, s: rdkafka::Statistics) {
+        let mut guard = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *guard;
+        // Brokers learnt from metadata; the bootstrap entry (id -1) only
+        // asked for it.
+        for b in s.brokers.values().filter(|b| b.nodeid >= 0) {
+            for (win, into) in [
+                (&b.int_latency, &mut w.int_latency),
+                (&b.outbuf_latency, &mut w.outbuf_latency),
+                (&b.rtt, &mut w.rtt),
+            ] {
+                if let Some(x) = win.as_ref().filter(|x| x.cnt > 0) {
+                    into.push((x.p50, x.p99));
+                }
+            }
+        }
+    }
+}
 
 impl ProducerContext for Delivery {
     type DeliveryOpaque = usize;
@@ -185,8 +222,11 @@ impl ProducerContext for Delivery {
 }
 
 fn producer(a: &Args, ctx: Delivery) -> anyhow::Result<ThreadedProducer<Delivery>> {
-    Ok(client(a)
-        .set("acks", &a.acks)
+    let mut c = client(a);
+    if a.client_stats {
+        c.set("statistics.interval.ms", "1000");
+    }
+    Ok(c.set("acks", &a.acks)
         .set("linger.ms", a.linger_ms.to_string())
         .set("compression.type", &a.compression)
         .set("enable.idempotence", "false")
@@ -286,22 +326,23 @@ fn warm_up(p: &ThreadedProducer<Delivery>, topic: &str) -> anyhow::Result<Durati
         .unwrap_or_else(|e| e.into_inner())
         .reset();
     ctx.delivered.store(0, Relaxed);
+    *ctx.windows.lock().unwrap_or_else(|e| e.into_inner()) = ClientWindows::default();
     Ok(start.elapsed())
 }
 
+/// What a produce run measured: its duration, its latencies, the warm-up's
+/// duration, and librdkafka's windows (`--client-stats`).
+type Produced = (Duration, Histogram<u64>, Duration, ClientWindows);
+
 /// Offers `a.records` records, paced to `a.rate` when set; each payload starts
 /// with its send time (µs since `base`). Returns when all are delivered.
-/// Returns the run's duration, its latencies and the warm-up's duration.
-fn produce(
-    a: &Args,
-    topic: &str,
-    base: Instant,
-) -> anyhow::Result<(Duration, Histogram<u64>, Duration)> {
+fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<Produced> {
     let ctx = Delivery {
         base,
         latency: Mutex::new(histogram()),
         delivered: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        windows: Mutex::default(),
     };
     let p = producer(a, ctx)?;
     let warmup = warm_up(&p, topic)?;
@@ -348,7 +389,12 @@ fn produce(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    Ok((took, h, warmup))
+    // The window the run ended in (the producer's thread serves it).
+    if a.client_stats {
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let w = ctx.windows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok((took, h, warmup, w))
 }
 
 /// How long a consumer may see nothing before the run is declared stuck.
@@ -428,9 +474,11 @@ async fn main() -> anyhow::Result<()> {
     let before = a.metrics_url.as_deref().map(store_puts).transpose()?;
     let base = Instant::now();
     let mut first_record = None;
+    let mut windows = None;
     let (took, produce_h, e2e_h, warmup) = match a.scenario {
         Scenario::Produce => {
-            let (took, h, warmup) = produce(&a, &topic, base)?;
+            let (took, h, warmup, w) = produce(&a, &topic, base)?;
+            windows = Some(w);
             (took, Some(h), None, Some(warmup))
         }
         Scenario::Consume => {
@@ -445,7 +493,8 @@ async fn main() -> anyhow::Result<()> {
             let c = consumer_at_end(&a, a.consume_topic.as_deref().unwrap_or(&topic))?;
             let want = a.records;
             let reader = std::thread::spawn(move || consume(&c, want, base));
-            let (took, h, warmup) = produce(&a, &topic, base)?;
+            let (took, h, warmup, w) = produce(&a, &topic, base)?;
+            windows = Some(w);
             let (_, e2e, _) = reader
                 .join()
                 .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
@@ -480,6 +529,7 @@ async fn main() -> anyhow::Result<()> {
         first_record_ms: first_record.map(|f| f.as_secs_f64() * 1000.0),
         records_per_s_from_assign: first_record
             .map(|f| a.records as f64 / (f.as_secs_f64() + secs)),
+        client_windows: windows.filter(|_| a.client_stats),
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -507,6 +557,16 @@ async fn main() -> anyhow::Result<()> {
                 "  {name} latency: p50 {} us, p99 {} us, p999 {} us, max {} us",
                 l.p50_us, l.p99_us, l.p999_us, l.max_us
             );
+        }
+    }
+    if let Some(w) = &report.client_windows {
+        for (name, ws) in [
+            ("queued in the client", &w.int_latency),
+            ("waiting to be written", &w.outbuf_latency),
+            ("request round trip", &w.rtt),
+        ] {
+            let p99s: Vec<String> = ws.iter().map(|(_, p99)| p99.to_string()).collect();
+            println!("  {name}: p99 per 1 s window {} us", p99s.join(", "));
         }
     }
     if let (Some(g), Some(s)) = (report.puts_per_gib, report.puts_per_s_per_shard) {
