@@ -393,7 +393,11 @@ fn produce(a: &Args, topic: &str, base: Instant) -> anyhow::Result<Produced> {
     if a.client_stats {
         std::thread::sleep(Duration::from_millis(1100));
     }
-    let w = ctx.windows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let w = ctx
+        .windows
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     Ok((took, h, warmup, w))
 }
 
