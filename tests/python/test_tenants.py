@@ -638,6 +638,73 @@ def test_event_streams_count_in_the_connection_quota(tenants):
         c.close()
 
 
+def test_an_event_stream_over_its_fetch_rate_waits_and_others_do_not(tenants):
+    """An event stream whose tenant has been served past its
+    fetch_bytes_per_sec serves nothing more until the tenant is back
+    within it (the stream stays open and loses nothing), while another
+    tenant's stream is served meanwhile."""
+    import base64
+    import http.client
+    from kafka.admin import NewTopic
+    floe, keys = tenants
+    for tenant in ("acme", "globex"):
+        a = KafkaAdminClient(**sasl(floe, keys[tenant], "PLAIN"))
+        a.create_topics([NewTopic("paced", 1, 1)])
+        a.close()
+    rate = 20_000
+    assert admin(floe, "PUT", "/tenants/acme/quota", {"fetch_bytes_per_sec": rate})[0] == 200
+
+    def auth(key):
+        return "Basic " + base64.b64encode(f"{key[0]}:{key[1]}".encode()).decode()
+
+    def produce(tenant, data):
+        body = json.dumps({"partition_id": 0, "value": {"type": "STRING", "data": data}})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{floe.http_port}/v3/clusters/floe-{tenant}/topics/paced/records",
+            method="POST", data=body.encode(),
+            headers={"Authorization": auth(keys[tenant]), "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+    def stream(tenant):
+        c = http.client.HTTPConnection("127.0.0.1", floe.http_port, timeout=60)
+        c.request("GET", "/v1/topics/paced/events?from=earliest",
+                  headers={"Authorization": auth(keys[tenant])})
+        r = c.getresponse()
+        assert r.status == 200, r.status
+        return c, r
+
+    def values(r, n):
+        """The next `n` records' values on the stream, and when the last came."""
+        out = []
+        while len(out) < n:
+            line = r.readline()
+            assert line, "the stream ended"
+            if line.startswith(b"data: "):
+                out.append(base64.b64decode(json.loads(line[6:])["value"]).decode())
+        return out, time.monotonic()
+
+    # 120 KB at 20 KB/s: served at once, then about 6 s owed.
+    big = ["%d" % i * 40_000 for i in range(3)]
+    for v in big:
+        produce("acme", v)
+    ca, ra = stream("acme")
+    got, served = values(ra, 3)
+    assert got == big
+    produce("acme", "next")
+    produce("globex", "other")
+    cg, rg = stream("globex")
+    other, other_at = values(rg, 1)
+    assert other == ["other"]
+    after, next_at = values(ra, 1)
+    assert after == ["next"], "nothing lost or repeated"
+    owed = sum(map(len, big)) / rate
+    assert next_at - served >= owed / 2, (next_at - served, owed)
+    assert other_at < next_at, "the other tenant's stream was not held"
+    ca.close()
+    cg.close()
+
+
 def test_https_with_http_tls():
     """With --http-tls the HTTP listener speaks HTTPS with the Kafka
     listener's certificate: basic auth travels encrypted."""
