@@ -103,9 +103,14 @@ const CLEAN_TIMES_PREFIX: &[u8] = b"ct/";
 
 /// When a partition with tombstones or commit markers left by its last
 /// clean, and nothing else to clean, is cleaned again to remove them: a time
-/// in ms (Kafka's latest delete horizon, KIP-534). Without it a partition
-/// nobody writes to any more would keep its tombstones for good.
+/// in ms (Kafka's latest delete horizon, KIP-534), [`NOTHING_WAITS`] if
+/// there are none. Without it a partition nobody writes to any more would
+/// keep its tombstones for good. A partition cleaned by a build from before
+/// it (a clean end, no time) is due once.
 const CLEAN_DUE_PREFIX: &[u8] = b"cd/";
+
+/// The time in [`CLEAN_DUE_PREFIX`] of a clean that left nothing waiting.
+const NOTHING_WAITS: i64 = i64::MAX;
 
 /// Clean times kept per partition beyond the ones past the horizon: one
 /// per this fraction of `delete.retention.ms` at most. A tombstone read by
@@ -229,10 +234,13 @@ fn encode_clean_times(times: &[(i64, i64)]) -> Bytes {
 }
 
 /// When `stream`'s last clean asked to be cleaned again (see
-/// [`CLEAN_DUE_PREFIX`]).
+/// [`CLEAN_DUE_PREFIX`]); `None` if it was never cleaned.
 fn clean_due_at(log: &ShardLog, stream: StreamId) -> Option<i64> {
-    let v = log.get(&stream_key(CLEAN_DUE_PREFIX, stream))?;
-    Some(i64::from_be_bytes(v.as_ref().try_into().ok()?))
+    match log.get(&stream_key(CLEAN_DUE_PREFIX, stream)) {
+        Some(v) => Some(v.as_ref().try_into().map_or(0, i64::from_be_bytes)),
+        // Cleaned by an older build, which kept no time: due now.
+        None => clean_end(log, stream).map(|_| 0),
+    }
 }
 
 /// When everything below `below` that waits for its `delete.retention.ms`
@@ -344,8 +352,9 @@ pub(crate) async fn clean_partition(
     let mut bad = None;
     let (mut unreadable, mut first_error) = (0, None);
     let mut batch_keys = Vec::new();
-    // The end of the last batch mapped.
-    let mut mapped = dirty_from;
+    // The end of the last batch mapped; never past `end`, beyond which
+    // batches may be uncompacted, unstable or too young.
+    let mut mapped = dirty_from.min(end);
     let mut full = false;
     while mapped < end && !full {
         let r = log
@@ -493,10 +502,12 @@ pub(crate) async fn clean_partition(
         at = r.next;
     }
     note_clean(&mut times, at, now, c.delete_retention_ms);
-    let due = waiting_below.map(|below| {
-        let t = expiry_of(&times, below, c.delete_retention_ms);
-        Bytes::copy_from_slice(&t.to_be_bytes())
+    let due = waiting_below.map_or(NOTHING_WAITS, |below| {
+        expiry_of(&times, below, c.delete_retention_ms)
     });
+    // A higher min.compaction.lag.ms can put `end` below where the last
+    // clean ended; what lies between was cleaned and stays so.
+    let at = at.max(dirty_from);
     append(
         log,
         vec![
@@ -510,7 +521,7 @@ pub(crate) async fn clean_partition(
             },
             Entry::Put {
                 key: stream_key(CLEAN_DUE_PREFIX, stream),
-                value: due,
+                value: Some(Bytes::copy_from_slice(&due.to_be_bytes())),
             },
         ],
     )
@@ -1082,7 +1093,9 @@ mod tests {
 
     /// A partition nobody writes to any more is cleaned again once the
     /// tombstones and commit markers its last clean kept may go (Kafka's
-    /// KIP-534), and not before; the time is durable.
+    /// KIP-534: when the newest of them may), and not before; the time is
+    /// durable, and a partition cleaned by a build that kept no time is
+    /// cleaned once.
     #[tokio::test]
     async fn a_quiet_partition_loses_its_tombstones_and_commit_markers_when_they_expire() {
         let (store, log) = with_stream().await;
@@ -1096,38 +1109,48 @@ mod tests {
             data: encode(&[record(2, Some("a"), None)], Compression::None),
         };
         append(&log, vec![tombstone]).await.expect("append"); // 2
-        append_txn(&log, 7, &["x"], true).await; // 3; marker 4
-        append_keys(&log, &["x".into()]).await; // 5
         let c = TopicConfig {
             delete_retention_ms: 10_000,
             ..compacted()
         };
         let t0 = now_ms();
-        // "a" at 0 and the transaction's "x" at 3 go; the tombstone and the
-        // marker wait for their retention.
-        assert_eq!(clean_due(&log, &c, t0, MAP_KEYS).await.removed, 2);
+        // "a" at 0 goes; its tombstone waits for t0 + 10 s.
+        assert_eq!(clean_due(&log, &c, t0, MAP_KEYS).await.removed, 1);
+        assert_eq!(clean_due_at(&log, S), Some(t0 + 10_000));
+        // A transaction's "x", superseded: its marker waits for t0 + 15 s.
+        append_txn(&log, 7, &["x"], true).await; // 3; marker 4
+        append_keys(&log, &["x".into()]).await; // 5
+        assert_eq!(clean_due(&log, &c, t0 + 5_000, MAP_KEYS).await.removed, 1);
         let mut want = std::collections::BTreeMap::new();
         want.insert("b".to_string(), vec![1]);
         want.insert("x".to_string(), vec![5]);
         assert_eq!(records_and_tombstones(&log).await, (want.clone(), vec![2]));
         assert_eq!(markers(&log).await, [4]);
-        let not_yet = clean_partition(&log, S, &c, t0 + 9_999, MAP_KEYS).await;
-        assert_eq!(
-            not_yet.expect("clean"),
-            None,
-            "nothing dirty, nothing expired"
-        );
+        // One pass for both, when the newer may go.
+        let not_yet = clean_partition(&log, S, &c, t0 + 14_999, MAP_KEYS).await;
+        assert_eq!(not_yet.expect("clean"), None, "nothing dirty, not due");
 
         drop(log);
         let log = open(&store).await;
-        let done = clean_partition(&log, S, &c, t0 + 10_000, MAP_KEYS)
+        let done = clean_partition(&log, S, &c, t0 + 15_000, MAP_KEYS)
             .await
             .expect("clean")
-            .expect("due: the tombstone's retention has run");
+            .expect("due: the marker's retention has run");
         assert_eq!(done.removed, 1, "the tombstone");
         assert_eq!(records_and_tombstones(&log).await, (want, vec![]));
         assert_eq!(markers(&log).await, Vec::<i64>::new());
-        assert_eq!(clean_due_at(&log, S), None, "nothing left to wait for");
+        assert_eq!(clean_due_at(&log, S), Some(NOTHING_WAITS));
+        let again = clean_partition(&log, S, &c, t0 + 60_000, MAP_KEYS).await;
+        assert_eq!(again.expect("clean"), None);
+
+        // Cleaned by an older build: no time kept, so due once.
+        let forget = Entry::Put {
+            key: stream_key(CLEAN_DUE_PREFIX, S),
+            value: None,
+        };
+        append(&log, vec![forget]).await.expect("append");
+        let once = clean_partition(&log, S, &c, t0 + 60_000, MAP_KEYS).await;
+        assert!(once.expect("clean").is_some(), "due once");
         let again = clean_partition(&log, S, &c, t0 + 60_000, MAP_KEYS).await;
         assert_eq!(again.expect("clean"), None);
     }
