@@ -931,6 +931,34 @@ mod tests {
         append(log, vec![entry]).await.expect("append");
     }
 
+    /// A log whose stream holds "a", "b" and a tombstone of "a" (offsets 0
+    /// to 2), and a compacted topic's config keeping tombstones 10 s.
+    async fn with_a_tombstone() -> (Arc<dyn object_store::ObjectStore>, ShardLog, TopicConfig) {
+        let (store, log) = with_stream().await;
+        append_keys(&log, &["a".into(), "b".into()]).await;
+        append_tombstone(&log, "a").await;
+        let c = TopicConfig {
+            delete_retention_ms: 10_000,
+            ..compacted()
+        };
+        (store, log, c)
+    }
+
+    /// Appends a tombstone of `key` at the next offset, stamped 1,002 ms
+    /// (1970: its age must not count).
+    async fn append_tombstone(log: &ShardLog, key: &str) {
+        let (_, at) = log.offsets(S).expect("stream");
+        let entry = Entry::Append {
+            stream: S,
+            base_offset: 0,
+            offsets: 1,
+            max_timestamp: 1_002,
+            producer: None,
+            data: encode(&[record(at, Some(key), None)], Compression::None),
+        };
+        append(log, vec![entry]).await.expect("append");
+    }
+
     async fn wait_compacted(log: &ShardLog) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while log.first_uncompacted(S) < log.offsets(S).expect("stream").1 {
@@ -1053,22 +1081,7 @@ mod tests {
     /// read it, whatever its (client's) timestamp: here from 1970.
     #[tokio::test]
     async fn a_tombstone_stays_its_retention_after_the_clean_that_first_read_it() {
-        let (store, log) = with_stream().await;
-        append_keys(&log, &["a".into(), "b".into()]).await;
-        // Offset 2: a tombstone of "a", timestamp 1,002 ms.
-        let tombstone = Entry::Append {
-            stream: S,
-            base_offset: 0,
-            offsets: 1,
-            max_timestamp: 1_002,
-            producer: None,
-            data: encode(&[record(2, Some("a"), None)], Compression::None),
-        };
-        append(&log, vec![tombstone]).await.expect("append");
-        let c = TopicConfig {
-            delete_retention_ms: 10_000,
-            ..compacted()
-        };
+        let (store, log, c) = with_a_tombstone().await;
         let t0 = now_ms();
         // Read first at t0: "a"'s record goes, its tombstone stays.
         assert_eq!(clean_due(&log, &c, t0, MAP_KEYS).await.removed, 1);
@@ -1098,21 +1111,7 @@ mod tests {
     /// cleaned once.
     #[tokio::test]
     async fn a_quiet_partition_loses_its_tombstones_and_commit_markers_when_they_expire() {
-        let (store, log) = with_stream().await;
-        append_keys(&log, &["a".into(), "b".into()]).await; // 0, 1
-        let tombstone = Entry::Append {
-            stream: S,
-            base_offset: 0,
-            offsets: 1,
-            max_timestamp: 1_002,
-            producer: None,
-            data: encode(&[record(2, Some("a"), None)], Compression::None),
-        };
-        append(&log, vec![tombstone]).await.expect("append"); // 2
-        let c = TopicConfig {
-            delete_retention_ms: 10_000,
-            ..compacted()
-        };
+        let (store, log, c) = with_a_tombstone().await;
         let t0 = now_ms();
         // "a" at 0 goes; its tombstone waits for t0 + 10 s.
         assert_eq!(clean_due(&log, &c, t0, MAP_KEYS).await.removed, 1);
