@@ -154,7 +154,8 @@ impl ShardLog {
             bytes_read: locs.iter().map(|l| l.len as u64).sum(),
             ..Rewrote::default()
         };
-        let bytes = self.batches_of(stream, &locs).await?;
+        let wanted: Vec<(StreamId, BatchLoc)> = locs.iter().map(|l| (stream, *l)).collect();
+        let bytes = self.batches_of(&wanted).await?;
         let mut changes: Vec<Change> = locs
             .iter()
             .zip(&bytes)
@@ -255,24 +256,24 @@ impl ShardLog {
         Ok(done)
     }
 
-    /// The bytes of `locs` (batches of `stream`): from the tail, else from
-    /// their objects, without filling the read cache.
+    /// The bytes of `locs` (each a stream's batch): from the tail, else
+    /// from their objects in one load, each block read once, without
+    /// filling the read cache.
     pub(super) async fn batches_of(
         &self,
-        stream: StreamId,
-        locs: &[BatchLoc],
+        locs: &[(StreamId, BatchLoc)],
     ) -> Result<Vec<Bytes>, Error> {
         let mut out: Vec<Option<Bytes>> = {
             let core = self.inner.lock();
             locs.iter()
-                .map(|l| core.tail.get(stream, l.base_offset))
+                .map(|(s, l)| core.tail.get(*s, l.base_offset))
                 .collect()
         };
         let missing: Vec<BatchLoc> = locs
             .iter()
             .zip(&out)
             .filter(|(_, b)| b.is_none())
-            .map(|(l, _)| *l)
+            .map(|((_, l), _)| *l)
             .collect();
         if !missing.is_empty() {
             let (mut loaded, _) = self.load(&missing, For::Maintenance).await?;
