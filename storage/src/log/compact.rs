@@ -1,5 +1,6 @@
 //! Background maintenance of a shard log: compaction and sweeping, one task
-//! per log, one step at a time (bounded CPU, memory and in-flight bytes).
+//! per log, one step at a time (bounded CPU, memory and in-flight bytes),
+//! every `maintain_every`; compactions due by size go back to back.
 //!
 //! **Compaction** moves the batches of small WAL objects, oldest first, into
 //! one data object of about `compact_bytes` (grouped by stream, with a
@@ -64,23 +65,40 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
         listed: false,
     };
     let mut stopped = inner.stopped.subscribe();
+    let every = inner.cfg.maintain_every;
     drop(inner);
+    // Behind: a compaction was due by size, so the next may be too. It goes
+    // at once, while its sources are likely still in the tail, rather than
+    // a tick later, read back from the store.
+    let mut behind = false;
+    let mut swept: Option<Instant> = None;
     loop {
-        tokio::select! {
-            biased;
-            _ = stopped.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(m.log.inner.cfg.maintain_every) => {}
+        if !behind {
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        } else if *stopped.borrow() {
+            return;
         }
         if m.log.inner.lock().closing {
             return;
         }
-        if let Err(e) = m.compact().await {
-            tracing::warn!(error = %e, "compaction failed");
+        behind = match m.compact().await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction failed");
+                false
+            }
+        };
+        if swept.is_none_or(|t| t.elapsed() >= every) {
+            if let Err(e) = m.sweep().await {
+                tracing::warn!(error = %e, "sweep failed");
+            }
+            m.log.expire_producers().await;
+            swept = Some(Instant::now());
         }
-        if let Err(e) = m.sweep().await {
-            tracing::warn!(error = %e, "sweep failed");
-        }
-        m.log.expire_producers().await;
     }
 }
 
@@ -110,16 +128,18 @@ struct Plan {
 }
 
 impl Maintainer {
-    async fn compact(&mut self) -> Result<(), Error> {
+    /// One compaction if one is due; says whether it was due by size or
+    /// object count (so another may be).
+    async fn compact(&mut self) -> Result<bool, Error> {
         let inner = &self.log.inner;
         let cfg = &inner.cfg;
         if cfg.compact_bytes == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let _turn = inner.maintenance.lock().await;
         // Paused while producers wait for the shard's produce budget.
         if inner.pending.available_permits() < (cfg.max_pending_bytes >> 10) / 2 {
-            return Ok(());
+            return Ok(false);
         }
         let waited = self
             .waiting_since
@@ -127,7 +147,7 @@ impl Maintainer {
         let plan = {
             let core = inner.lock();
             if core.failed.is_some() {
-                return Ok(());
+                return Ok(false);
             }
             let last = core.acked_seq.unwrap_or(core.first_own_seq - 1);
             plan(
@@ -138,10 +158,10 @@ impl Maintainer {
                 waited,
             )
         };
-        let plan = match plan {
+        let (plan, due) = match plan {
             Ok(p) => {
                 self.waiting_since = None;
-                p
+                (p, !waited)
             }
             Err(waiting) => {
                 if !waiting {
@@ -150,8 +170,8 @@ impl Maintainer {
                     self.waiting_since = Some(Instant::now());
                 }
                 let rewrite = rewrite_plan(&inner.lock().durable, cfg.compact_bytes as u64);
-                let Some(p) = rewrite else { return Ok(()) };
-                p
+                let Some(p) = rewrite else { return Ok(false) };
+                (p, false)
             }
         };
         let object = self.log.next_data_object()?;
@@ -197,7 +217,7 @@ impl Maintainer {
         let stats = &cfg.stats;
         stats.compactions.fetch_add(1, Relaxed);
         stats.compacted_bytes.fetch_add(plan.bytes, Relaxed);
-        Ok(())
+        Ok(due)
     }
 
     async fn sweep(&mut self) -> Result<(), Error> {
@@ -602,6 +622,56 @@ mod tests {
             (compacted..2 * compacted).contains(&read),
             "{read} bytes read for {compacted} compacted"
         );
+        log.close().await.expect("close");
+    }
+
+    /// A backlog of small WAL objects is compacted one data object after
+    /// another, not one per maintenance tick: at 1 / tick a shard written
+    /// faster than a data object a tick would never catch up.
+    #[tokio::test]
+    async fn a_backlog_is_compacted_back_to_back() {
+        let every = Duration::from_secs(2);
+        let cfg = LogConfig {
+            linger: Duration::ZERO,
+            compact_bytes: 4 * 1500,
+            compact_after: Duration::from_secs(600),
+            maintain_every: every,
+            ..LogConfig::default()
+        };
+        let stats = cfg.stats.clone();
+        let log = ShardLog::open(Arc::new(InMemory::new()), Path::from("s"), cfg)
+            .await
+            .expect("open");
+        let stream = log.allocate_stream();
+        let durable = |entries| async {
+            let a = log.append(entries).await.expect("append");
+            a.durable().await.expect("durable");
+        };
+        durable(vec![Entry::CreateStream { stream }]).await;
+        // 40 WAL objects of a quarter of a data object each: ten due.
+        for i in 0..40u8 {
+            let e = Entry::Append {
+                stream,
+                base_offset: 0,
+                offsets: 1,
+                max_timestamp: 0,
+                producer: None,
+                data: Bytes::from(vec![i; 1500]),
+            };
+            durable(vec![e]).await;
+        }
+        let deadline = Instant::now() + 3 * every;
+        while stats.compactions.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no compaction");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Before the next tick, all ten.
+        let next_tick = Instant::now() + every * 3 / 4;
+        while stats.compactions.load(Relaxed) < 10 && Instant::now() < next_tick {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.compactions.load(Relaxed), 10);
+        assert_eq!(stats.compacted_bytes.load(Relaxed), 40 * 1500);
         log.close().await.expect("close");
     }
 
