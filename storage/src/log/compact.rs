@@ -125,11 +125,13 @@ struct Plan {
     sources: Vec<ObjId>,
     runs: Vec<(Run, Vec<BatchLoc>)>,
     bytes: u64,
+    /// Small WAL objects made a whole data object: more may wait.
+    full: bool,
 }
 
 impl Maintainer {
-    /// One compaction if one is due; says whether it was due by size or
-    /// object count (so another may be).
+    /// One compaction if one is due; says whether it took a whole data
+    /// object's worth of small WAL objects (so another may be due).
     async fn compact(&mut self) -> Result<bool, Error> {
         let inner = &self.log.inner;
         let cfg = &inner.cfg;
@@ -161,7 +163,8 @@ impl Maintainer {
         let (plan, due) = match plan {
             Ok(p) => {
                 self.waiting_since = None;
-                (p, !waited)
+                let full = p.full;
+                (p, full)
             }
             Err(waiting) => {
                 if !waiting {
@@ -494,6 +497,7 @@ fn plan(st: &State, last: u64, target: u64, max_objects: u64, waited: bool) -> R
         sources: Vec::new(),
         runs,
         bytes,
+        full: small >= target,
     })
 }
 
@@ -542,6 +546,7 @@ fn rewrite_plan(st: &State, target: u64) -> Option<Plan> {
         sources,
         runs,
         bytes: keep,
+        full: false,
     })
 }
 
@@ -630,7 +635,9 @@ mod tests {
     /// faster than a data object a tick would never catch up.
     #[tokio::test]
     async fn a_backlog_is_compacted_back_to_back() {
-        let every = Duration::from_secs(2);
+        // Long enough that all 40 writes below land before the first tick,
+        // even on a loaded machine.
+        let every = Duration::from_secs(4);
         let cfg = LogConfig {
             linger: Duration::ZERO,
             compact_bytes: 4 * 1500,
