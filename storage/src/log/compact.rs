@@ -566,10 +566,50 @@ fn close_run(runs: &mut Vec<(Run, Vec<BatchLoc>)>, stream: StreamId, run: &mut V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::LogConfig;
+    use crate::log::{LogConfig, LogStats};
+    use crate::store::Counting;
     use object_store::memory::InMemory;
     use object_store::path::Path;
     use std::time::Duration;
+
+    /// A log on an in-memory store that counts its calls, with `n` streams.
+    async fn open_counted(cfg: LogConfig, n: usize) -> (Arc<Counting>, ShardLog, Vec<StreamId>) {
+        let store = Arc::new(Counting::new(Arc::new(InMemory::new())));
+        let log = ShardLog::open(store.clone(), Path::from("s"), cfg)
+            .await
+            .expect("open");
+        let streams: Vec<StreamId> = (0..n).map(|_| log.allocate_stream()).collect();
+        let create = streams.iter().map(|&stream| Entry::CreateStream { stream });
+        durable(&log, create.collect()).await;
+        (store, log, streams)
+    }
+
+    /// Appends `entries` (one WAL object, with no linger) and waits until
+    /// they are durable.
+    async fn durable(log: &ShardLog, entries: Vec<Entry>) {
+        let a = log.append(entries).await.expect("append");
+        a.durable().await.expect("durable");
+    }
+
+    /// A batch of `stream`: 1,500 bytes of `i`.
+    fn batch(stream: StreamId, i: u8) -> Entry {
+        Entry::Append {
+            stream,
+            base_offset: 0,
+            offsets: 1,
+            max_timestamp: 0,
+            producer: None,
+            data: Bytes::from(vec![i; 1500]),
+        }
+    }
+
+    async fn first_compaction(stats: &LogStats, within: Duration) {
+        let deadline = Instant::now() + within;
+        while stats.compactions.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no compaction within {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 
     /// A WAL object holds batches of many streams (a flush takes what every
     /// partition was sent meanwhile): compaction reads each source object
@@ -587,38 +627,13 @@ mod tests {
             ..LogConfig::default()
         };
         let stats = cfg.stats.clone();
-        let store = Arc::new(crate::store::Counting::new(Arc::new(InMemory::new())));
-        let log = ShardLog::open(store.clone(), Path::from("s"), cfg)
-            .await
-            .expect("open");
-        let streams: Vec<StreamId> = (0..8).map(|_| log.allocate_stream()).collect();
-        let create = streams
-            .iter()
-            .map(|&stream| Entry::CreateStream { stream })
-            .collect();
-        let durable = |entries| async {
-            let a = log.append(entries).await.expect("append");
-            a.durable().await.expect("durable");
-        };
-        durable(create).await;
+        let (store, log, streams) = open_counted(cfg, 8).await;
         let got = store.stats.get_bytes.load(Relaxed);
         // Ten WAL objects of 8 streams' batches, 12 KB each.
         for i in 0..10u8 {
-            let one = |&stream| Entry::Append {
-                stream,
-                base_offset: 0,
-                offsets: 1,
-                max_timestamp: 0,
-                producer: None,
-                data: Bytes::from(vec![i; 1500]),
-            };
-            durable(streams.iter().map(one).collect()).await;
+            durable(&log, streams.iter().map(|&s| batch(s, i)).collect()).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while stats.compactions.load(Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "no compaction within 10 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_compaction(&stats, Duration::from_secs(10)).await;
         // (Other GETs, e.g. sweeping's look for a newer epoch, find nothing.)
         let read = store.stats.get_bytes.load(Relaxed) - got;
         let compacted = stats.compacted_bytes.load(Relaxed);
@@ -646,32 +661,12 @@ mod tests {
             ..LogConfig::default()
         };
         let stats = cfg.stats.clone();
-        let log = ShardLog::open(Arc::new(InMemory::new()), Path::from("s"), cfg)
-            .await
-            .expect("open");
-        let stream = log.allocate_stream();
-        let durable = |entries| async {
-            let a = log.append(entries).await.expect("append");
-            a.durable().await.expect("durable");
-        };
-        durable(vec![Entry::CreateStream { stream }]).await;
+        let (_, log, streams) = open_counted(cfg, 1).await;
         // 40 WAL objects of a quarter of a data object each: ten due.
         for i in 0..40u8 {
-            let e = Entry::Append {
-                stream,
-                base_offset: 0,
-                offsets: 1,
-                max_timestamp: 0,
-                producer: None,
-                data: Bytes::from(vec![i; 1500]),
-            };
-            durable(vec![e]).await;
+            durable(&log, vec![batch(streams[0], i)]).await;
         }
-        let deadline = Instant::now() + 3 * every;
-        while stats.compactions.load(Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "no compaction");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_compaction(&stats, 3 * every).await;
         // Before the next tick, all ten.
         let next_tick = Instant::now() + every * 3 / 4;
         while stats.compactions.load(Relaxed) < 10 && Instant::now() < next_tick {
@@ -701,40 +696,12 @@ mod tests {
             ..LogConfig::default()
         };
         let stats = cfg.stats.clone();
-        let store = Arc::new(crate::store::Counting::new(Arc::new(InMemory::new())));
-        let log = ShardLog::open(store.clone(), Path::from("s"), cfg)
-            .await
-            .expect("open");
-        let stream = log.allocate_stream();
-        let create = vec![Entry::CreateStream { stream }];
-        log.append(create)
-            .await
-            .expect("append")
-            .durable()
-            .await
-            .expect("durable");
+        let (store, log, streams) = open_counted(cfg, 1).await;
         for i in 0..40u8 {
-            let e = Entry::Append {
-                stream,
-                base_offset: 0,
-                offsets: 1,
-                max_timestamp: 0,
-                producer: None,
-                data: Bytes::from(vec![i; 1500]),
-            };
-            log.append(vec![e])
-                .await
-                .expect("append")
-                .durable()
-                .await
-                .expect("durable");
+            durable(&log, vec![batch(streams[0], i)]).await;
         }
         let gets = store.stats.gets.load(Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while stats.compactions.load(Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "no compaction within 10 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_compaction(&stats, Duration::from_secs(10)).await;
         assert!(
             store.stats.gets.load(Relaxed) > gets,
             "sources came from the store"
