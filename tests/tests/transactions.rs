@@ -264,9 +264,9 @@ fn compaction_removes_commit_markers_of_transactions_with_no_record_left() {
     // k0-k2 at 0-2, committed at 3; aborted at 4-6 and 7; k0-k2 again at
     // 8-10, committed at 11.
     assert_eq!(records_and_markers(&mut c, "ct").1, [3, 7, 11]);
-    // A clean needs new writes: a plain k0 now and then, until the first
-    // transaction's records and then its marker are gone, and the older
-    // plain k0s too.
+    // A plain k0 now and then, until the first transaction's records and
+    // then its marker are gone; the last one supersedes the k0 at 8 and the
+    // older plain ones.
     let deadline = Instant::now() + TIMEOUT;
     let mut last = 0;
     loop {

@@ -160,11 +160,10 @@ impl Maintainer {
                 waited,
             )
         };
-        let (plan, due) = match plan {
+        let plan = match plan {
             Ok(p) => {
                 self.waiting_since = None;
-                let full = p.full;
-                (p, full)
+                p
             }
             Err(waiting) => {
                 if !waiting {
@@ -174,7 +173,7 @@ impl Maintainer {
                 }
                 let rewrite = rewrite_plan(&inner.lock().durable, cfg.compact_bytes as u64);
                 let Some(p) = rewrite else { return Ok(false) };
-                (p, false)
+                p
             }
         };
         let object = self.log.next_data_object()?;
@@ -220,7 +219,7 @@ impl Maintainer {
         let stats = &cfg.stats;
         stats.compactions.fetch_add(1, Relaxed);
         stats.compacted_bytes.fetch_add(plan.bytes, Relaxed);
-        Ok(due)
+        Ok(plan.full)
     }
 
     async fn sweep(&mut self) -> Result<(), Error> {
