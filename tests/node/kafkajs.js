@@ -6,7 +6,9 @@
 'use strict';
 
 const fs = require('fs');
-const { Kafka, logLevel, CompressionTypes, CompressionCodecs, Partitioners } = require('kafkajs');
+const {
+  Kafka, logLevel, CompressionTypes, CompressionCodecs, Partitioners, KafkaJSConnectionError,
+} = require('kafkajs');
 
 // kafkajs ships gzip; the other codecs are plugins. Kafka's lz4 is the frame
 // format, and zstd a plain frame (its wasm loads in `init`, before a run).
@@ -118,6 +120,21 @@ async function readAll(kafka, topic, want, groupId, timeoutMs = 120_000) {
 }
 
 // Compares what was read with what was acked; returns the differences.
+// Runs a setup step again when a connection closed under it: kafkajs retries
+// a produce through cut connections, but not connecting, InitProducerId or
+// CreateTopics (which answers an existing topic with false, so a second try
+// after a landed first is harmless).
+async function untilConnected(step) {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await step();
+    } catch (e) {
+      if (!(e instanceof KafkaJSConnectionError) || tries >= 30) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 function check(read, acked, codecIdx) {
   const problems = [];
   const seen = new Set();
@@ -446,11 +463,14 @@ const scenarios = {
     const { topic, partitions, records } = args;
     const kafka = client({ retry: { retries: 30, initialRetryTime: 50, maxRetryTime: 1000 } });
     const admin = kafka.admin();
-    await admin.connect();
-    await admin.createTopics({ topics: [{ topic, numPartitions: partitions }] });
+    // The proxy cuts connections from the start, setup included.
+    await untilConnected(async () => {
+      await admin.connect();
+      await admin.createTopics({ topics: [{ topic, numPartitions: partitions }] });
+    });
     await admin.disconnect();
     const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
+    await untilConnected(() => producer.connect());
     let acked = 0;
     for (let i = 0; i < records; i += 50) {
       const messages = [];
