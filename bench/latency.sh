@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Produce latency on a local directory at a fixed rate: one `floe dev`,
-# several 5-second runs in a row (a fresh topic each), p50/p99/p999, PUTs
+# several runs of SECS (default 5) seconds in a row (a fresh topic each), p50/p99/p999, PUTs
 # per second per shard, and Floe's and the client's CPU for each. Without
 # RATE, one unpaced run for the maximum instead. Not part of CI.
 #
@@ -8,6 +8,7 @@
 #   RATE=230000 ROUNDS="1 2 3" bench/latency.sh
 #   DIR=/tmp PARTS=64 RATE=20000 FLOE_ARGS="--compact-bytes 0" bench/latency.sh
 #   CLIENT_STATS=1 PARTS=64 RATE=194000 bench/latency.sh
+#   SECS=30 RATE=2000 FLOE_ARGS="--store-latency s3 ..." bench/latency.sh
 #
 # Each run also prints Floe's own share: the produce requests it answered
 # within 2, 5 and 10 ms (`floe_produce_duration_seconds`, from reading a
@@ -75,5 +76,5 @@ if [ -z "${RATE:-}" ]; then
     exit 0
 fi
 for i in ${ROUNDS:-1 2 3}; do
-    run "r$i" $((RATE * 5)) --rate "$RATE"
+    run "r$i" $((RATE * ${SECS:-5})) --rate "$RATE"
 done

@@ -10,6 +10,11 @@
 //!
 //! With `--metrics-url` (Floe's `/metrics`), it also reports object-store PUTs
 //! per GiB written and PUTs per second per shard over the run.
+//!
+//! `--serve-mock` runs librdkafka's own mock broker instead (records kept in
+//! memory, nothing else done), so another `floe-bench` can measure what the
+//! client costs against the cheapest broker there is: the floor under any
+//! broker's figures on the same machine.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -92,6 +97,15 @@ struct Args {
     /// and the network, as the client sees them).
     #[arg(long)]
     client_stats: bool,
+    /// Serve librdkafka's mock broker (one, in this process) with `--topic`
+    /// and `--partitions` created, print its bootstrap address, and run until
+    /// stdin closes. It answers no CreateTopics: runs against it pass
+    /// `--existing-topic`.
+    #[arg(long)]
+    serve_mock: bool,
+    /// The topic exists already: do not ask to create it.
+    #[arg(long)]
+    existing_topic: bool,
     /// librdkafka settings for every client, as KEY=VALUE (repeatable):
     /// e.g. `-X security.protocol=SASL_PLAINTEXT`.
     #[arg(short = 'X', value_parser = key_value)]
@@ -285,6 +299,15 @@ async fn ensure_topic(a: &Args, topic: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `--serve-mock`: librdkafka's mock broker until stdin closes.
+fn serve_mock(a: &Args, topic: &str) -> anyhow::Result<()> {
+    let mock = rdkafka::mocking::MockCluster::new(1)?;
+    mock.create_topic(topic, a.partitions, 1)?;
+    println!("{}", mock.bootstrap_servers());
+    std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+    Ok(())
+}
+
 /// The bytes record values are cut from.
 fn payloads(kind: Payload, size: usize) -> Vec<u8> {
     match kind {
@@ -474,7 +497,12 @@ async fn main() -> anyhow::Result<()> {
         .topic
         .clone()
         .unwrap_or_else(|| format!("bench-{}p", a.partitions));
-    ensure_topic(&a, &topic).await?;
+    if a.serve_mock {
+        return serve_mock(&a, &topic);
+    }
+    if !a.existing_topic {
+        ensure_topic(&a, &topic).await?;
+    }
     let before = a.metrics_url.as_deref().map(store_puts).transpose()?;
     let base = Instant::now();
     let mut first_record = None;
