@@ -172,6 +172,10 @@ struct LogArgs {
     /// kept as they are. 0 turns compaction off.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     compact_bytes: usize,
+    /// A backlog of small WAL objects is compacted at most this fast per
+    /// shard (compaction writes every byte again); 0: back to back.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    compact_bytes_per_sec: u64,
     /// Compact small WAL objects once the oldest has waited this long.
     #[arg(long, default_value_t = 60_000)]
     compact_after_ms: u64,
@@ -686,6 +690,7 @@ fn log_config(a: &LogArgs, local: bool) -> anyhow::Result<LogConfig> {
         read_cache_bytes: a.read_cache_bytes,
         block_bytes: a.block_bytes,
         compact_bytes: a.compact_bytes,
+        compact_bytes_per_sec: a.compact_bytes_per_sec,
         compact_after: Duration::from_millis(a.compact_after_ms),
         sweep_grace: u64::try_from(a.sweep_grace_ms)
             .ok()

@@ -86,6 +86,13 @@ pub struct LogConfig {
     /// half of it are left where they are (rewriting them would double the
     /// PUTs per GiB for nothing). 0 turns compaction off.
     pub compact_bytes: usize,
+    /// A backlog of small WAL objects is compacted at most this fast: a
+    /// compaction due by size follows the last one after its bytes at this
+    /// rate (never later than `maintain_every`). Compaction writes every
+    /// byte again, so unpaced it takes a core and doubles the writes of a
+    /// shard written flat out, at its producers' expense (BENCHMARKS.md,
+    /// session 29). 0: back to back.
+    pub compact_bytes_per_sec: u64,
     /// Compact what waits once this many WAL objects do, however small.
     pub compact_max_objects: usize,
     /// ... or once the oldest waiting object has waited this long.
@@ -150,6 +157,9 @@ impl Default for LogConfig {
             hedge_after: None,
             checkpoint_every: 512,
             compact_bytes: 8 << 20,
+            // Twice the Standard plan's produce quota: a tenant within it
+            // never leaves a backlog.
+            compact_bytes_per_sec: 32 << 20,
             compact_max_objects: 512,
             compact_after: Duration::from_secs(60),
             sweep_grace: Some(Duration::from_secs(30)),

@@ -1,6 +1,7 @@
 //! Background maintenance of a shard log: compaction and sweeping, one task
 //! per log, one step at a time (bounded CPU, memory and in-flight bytes),
-//! every `maintain_every`; compactions due by size go back to back.
+//! every `maintain_every`; compactions due by size follow each other sooner,
+//! paced to `compact_bytes_per_sec`.
 //!
 //! **Compaction** moves the batches of small WAL objects, oldest first, into
 //! one data object of about `compact_bytes` (grouped by stream, with a
@@ -35,6 +36,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -68,16 +70,17 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
     let every = inner.cfg.maintain_every;
     drop(inner);
     // Behind: a compaction was due by size, so the next may be too. It goes
-    // at once, while its sources are likely still in the tail, rather than
-    // a tick later, read back from the store.
-    let mut behind = false;
+    // as soon as the pace allows, while its sources are likely still in the
+    // tail, rather than a tick later, read back from the store.
+    let mut next: Option<Instant> = None;
     let mut swept: Option<Instant> = None;
     loop {
-        if !behind {
+        let wait = next.map_or(every, |at| at.saturating_duration_since(Instant::now()));
+        if !wait.is_zero() {
             tokio::select! {
                 biased;
                 _ = stopped.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         } else if *stopped.borrow() {
             return;
@@ -85,11 +88,15 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
         if m.log.inner.lock().closing {
             return;
         }
-        behind = match m.compact().await {
-            Ok(due) => due,
+        let started = Instant::now();
+        next = match m.compact().await {
+            Ok(Some(bytes)) => {
+                Some(started + pace(bytes, m.log.inner.cfg.compact_bytes_per_sec).min(every))
+            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "compaction failed");
-                false
+                None
             }
         };
         if swept.is_none_or(|t| t.elapsed() >= every) {
@@ -100,6 +107,14 @@ pub(super) async fn maintain(inner: Arc<Inner>) {
             swept = Some(Instant::now());
         }
     }
+}
+
+/// How long `bytes` take at `per_sec` (0: no time).
+fn pace(bytes: u64, per_sec: u64) -> Duration {
+    if per_sec == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(bytes as f64 / per_sec as f64)
 }
 
 struct Maintainer {
@@ -130,18 +145,18 @@ struct Plan {
 }
 
 impl Maintainer {
-    /// One compaction if one is due; says whether it took a whole data
-    /// object's worth of small WAL objects (so another may be due).
-    async fn compact(&mut self) -> Result<bool, Error> {
+    /// One compaction if one is due; the bytes it moved if it took a whole
+    /// data object's worth of small WAL objects (so another may be due).
+    async fn compact(&mut self) -> Result<Option<u64>, Error> {
         let inner = &self.log.inner;
         let cfg = &inner.cfg;
         if cfg.compact_bytes == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let _turn = inner.maintenance.lock().await;
         // Paused while producers wait for the shard's produce budget.
         if inner.pending.available_permits() < (cfg.max_pending_bytes >> 10) / 2 {
-            return Ok(false);
+            return Ok(None);
         }
         let waited = self
             .waiting_since
@@ -149,7 +164,7 @@ impl Maintainer {
         let plan = {
             let core = inner.lock();
             if core.failed.is_some() {
-                return Ok(false);
+                return Ok(None);
             }
             let last = core.acked_seq.unwrap_or(core.first_own_seq - 1);
             plan(
@@ -172,7 +187,7 @@ impl Maintainer {
                     self.waiting_since = Some(Instant::now());
                 }
                 let rewrite = rewrite_plan(&inner.lock().durable, cfg.compact_bytes as u64);
-                let Some(p) = rewrite else { return Ok(false) };
+                let Some(p) = rewrite else { return Ok(None) };
                 p
             }
         };
@@ -219,7 +234,7 @@ impl Maintainer {
         let stats = &cfg.stats;
         stats.compactions.fetch_add(1, Relaxed);
         stats.compacted_bytes.fetch_add(plan.bytes, Relaxed);
-        Ok(plan.full)
+        Ok(plan.full.then_some(plan.bytes))
     }
 
     async fn sweep(&mut self) -> Result<(), Error> {
@@ -569,7 +584,6 @@ mod tests {
     use crate::store::Counting;
     use object_store::memory::InMemory;
     use object_store::path::Path;
-    use std::time::Duration;
 
     /// A log on an in-memory store that counts its calls, with `n` streams.
     async fn open_counted(cfg: LogConfig, n: usize) -> (Arc<Counting>, ShardLog, Vec<StreamId>) {
@@ -673,6 +687,47 @@ mod tests {
         }
         assert_eq!(stats.compactions.load(Relaxed), 10);
         assert_eq!(stats.compacted_bytes.load(Relaxed), 40 * 1500);
+        log.close().await.expect("close");
+    }
+
+    /// A backlog is compacted no faster than `compact_bytes_per_sec`: ten
+    /// data objects of 6,000 bytes at 30,000 bytes a second start 200 ms
+    /// apart, all still before the next tick.
+    #[tokio::test]
+    async fn a_backlog_is_compacted_at_its_pace() {
+        let every = Duration::from_secs(4);
+        let cfg = LogConfig {
+            linger: Duration::ZERO,
+            compact_bytes: 4 * 1500,
+            compact_bytes_per_sec: 30_000,
+            compact_after: Duration::from_secs(600),
+            maintain_every: every,
+            ..LogConfig::default()
+        };
+        let stats = cfg.stats.clone();
+        let (_, log, streams) = open_counted(cfg, 1).await;
+        for i in 0..40u8 {
+            durable(&log, vec![batch(streams[0], i)]).await;
+        }
+        first_compaction(&stats, 3 * every).await;
+        let first = Instant::now();
+        let next_tick = first + every * 3 / 4;
+        while stats.compactions.load(Relaxed) < 10 && Instant::now() < next_tick {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            stats.compactions.load(Relaxed),
+            10,
+            "all before the next tick"
+        );
+        // Nine gaps of 200 ms from the first's start; the first's own time
+        // and the polls come off that, so the bound leaves them 300 ms.
+        // Unpaced, the ten take a few milliseconds.
+        let took = first.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500),
+            "nine compactions in {took:?}"
+        );
         log.close().await.expect("close");
     }
 
