@@ -119,7 +119,6 @@ async function readAll(kafka, topic, want, groupId, timeoutMs = 120_000) {
   return out;
 }
 
-// Compares what was read with what was acked; returns the differences.
 // Runs a setup step again when a connection closed under it: kafkajs retries
 // a produce through cut connections, but not connecting, InitProducerId or
 // CreateTopics (which answers an existing topic with false, so a second try
@@ -135,6 +134,7 @@ async function untilConnected(step) {
   }
 }
 
+// Compares what was read with what was acked; returns the differences.
 function check(read, acked, codecIdx) {
   const problems = [];
   const seen = new Set();
