@@ -294,7 +294,10 @@ async fn requests_outside_the_allow_list_are_refused_at_the_host() {
         ])
     );
     t.create(&f, "honest", &q, &sink);
-    produce_with(t.kafka(&f), &f.bootstrap(), "events", vec!["e".into()]).await;
+    // A body of many writes: the host's refusal lands mid-body, and the
+    // guest still reports the refusal, not the body it could not finish.
+    let value = "e".repeat(256 << 10);
+    produce_with(t.kafka(&f), &f.bootstrap(), "events", vec![value]).await;
 
     for (name, why) in [
         ("wrong-port", "HttpRequestDenied"),

@@ -66,21 +66,19 @@ impl Request {
         set(req.set_path_with_query(Some(&url.path)), "path")?;
         let body = req.body().map_err(|()| "request body taken".to_string())?;
         let pending = outgoing_handler::handle(req, None).map_err(|e| error(&self.url, &e))?;
-        {
-            let out = body
-                .write()
-                .map_err(|()| "request body stream".to_string())?;
-            for chunk in self.body.chunks(WRITE_CHUNK) {
-                out.blocking_write_and_flush(chunk)
-                    .map_err(|e| format!("writing the request body: {e:?}"))?;
-            }
-        }
-        OutgoingBody::finish(body, None).map_err(|e| error(&self.url, &e))?;
+        // The host checks the allow list while the body is written: a
+        // refusal (or a peer's reset) can close the body first, and its
+        // reason comes as the response, so a failed write waits for that.
+        let wrote = write_body(body, &self.body, &self.url);
         pending.subscribe().block();
         let res = match pending.get() {
             Some(Ok(Ok(res))) => res,
             Some(Ok(Err(e))) => return Err(error(&self.url, &e)),
-            Some(Err(())) | None => return Err(format!("{}: no response", self.url)),
+            Some(Err(())) | None => {
+                return Err(wrote
+                    .err()
+                    .unwrap_or_else(|| format!("{}: no response", self.url)))
+            }
         };
         let status = res.status();
         let headers = res.headers().entries();
@@ -95,6 +93,21 @@ impl Request {
             body,
         })
     }
+}
+
+/// Writes the whole body and finishes it; on failure the body is dropped
+/// unfinished, which fails the request on the host's side.
+fn write_body(body: OutgoingBody, bytes: &[u8], url: &str) -> Result<(), String> {
+    {
+        let out = body
+            .write()
+            .map_err(|()| "request body stream".to_string())?;
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            out.blocking_write_and_flush(chunk)
+                .map_err(|e| format!("writing the request body: {e:?}"))?;
+        }
+    }
+    OutgoingBody::finish(body, None).map_err(|e| error(url, &e))
 }
 
 fn error(url: &str, e: &ErrorCode) -> String {
