@@ -503,7 +503,10 @@ pub struct Checkpoint {
 }
 
 pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &State) -> Bytes {
-    let mut b = BytesMut::with_capacity(1024);
+    // Sized for the batch index, nearly all of a large checkpoint: 36 bytes
+    // a batch.
+    let locs: usize = state.streams.values().map(|s| s.locs.len()).sum();
+    let mut b = BytesMut::with_capacity(1024 + 36 * locs);
     b.put_slice(CKPT_MAGIC);
     b.put_u64(writer.epoch);
     b.put_u64(writer.nonce);

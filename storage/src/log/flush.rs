@@ -212,7 +212,10 @@ pub(super) fn fence(core: &mut Core) {
 /// Writes `ckpt/{seq}` for the newest durable flush this owner wrote. The
 /// checkpoint counts only while `wal/{seq}` carries the same epoch.
 pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
-    let (seq, body) = {
+    // The state is copied under the lock and encoded on the maintenance
+    // runtime: encoding a large index takes milliseconds, and every append
+    // and acknowledgement waits for this lock.
+    let (seq, state) = {
         let core = inner.lock();
         // After a poison, objects past acked_seq may exist unacknowledged:
         // the checkpoint must name exactly the seq its state ends at.
@@ -223,10 +226,7 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
             seq >= core.first_own_seq,
             "only own flushes are acknowledged"
         );
-        (
-            seq,
-            format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &core.durable),
-        )
+        (seq, core.durable.clone())
     };
     let calls = {
         let inner = inner.clone();
@@ -237,6 +237,8 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
             if inner.superseded().await? {
                 return Err(Error::Fenced);
             }
+            let body = format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &state);
+            drop(state);
             let path = ckpt_path(&inner.prefix, seq);
             put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
         }
