@@ -80,7 +80,10 @@ pub struct LogConfig {
     /// Race a WAL PUT still unanswered after this long with an identical
     /// second one (tail latency on S3; costs at most one extra PUT each).
     pub hedge_after: Option<Duration>,
-    /// A checkpoint is written every this many flushes (and on close).
+    /// A checkpoint is written every this many flushes (and on close), once
+    /// the WAL written since is at least as large as the last checkpoint:
+    /// a shard's index grows with every batch, and without that bound a
+    /// log of small batches would write more checkpoint than data.
     pub checkpoint_every: u64,
     /// Compaction's target data-object size. WAL objects holding at least
     /// half of it are left where they are (rewriting them would double the
@@ -236,6 +239,10 @@ struct Core {
     /// Sealed flushes by seq, waiting for their PUT and their turn to ack.
     in_flight: BTreeMap<u64, Sealed>,
     flushes_since_checkpoint: u64,
+    /// WAL bytes sealed since the last checkpoint was asked for, and the
+    /// size of the last one written (see `LogConfig::checkpoint_every`).
+    wal_bytes_since_checkpoint: u64,
+    checkpoint_bytes: u64,
     /// Seqs below this are earlier owners' objects or our fence tombstones.
     first_own_seq: u64,
     /// Newest seq acknowledged by this owner: `durable` is the state after it.
@@ -338,6 +345,8 @@ impl ShardLog {
                 next_seq: opened.next_seq,
                 in_flight: BTreeMap::new(),
                 flushes_since_checkpoint: 0,
+                wal_bytes_since_checkpoint: 0,
+                checkpoint_bytes: 0,
                 first_own_seq: opened.next_seq,
                 acked_seq: None,
                 last_ckpt: None,
@@ -1215,6 +1224,64 @@ mod owner_tests {
         .await
         .expect("open b");
         assert_eq!(ids(&b), [2], "the replay brought an expired producer back");
+    }
+
+    /// A shard's index grows with every batch. A log of small batches
+    /// checkpointed every few flushes would write more checkpoint than
+    /// WAL (each checkpoint holding the whole index); a checkpoint waits
+    /// until the WAL written since is as large as the last one.
+    #[tokio::test]
+    async fn checkpoints_write_no_more_than_the_wal_behind_them() {
+        use futures::TryStreamExt;
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = LogConfig {
+            linger: Duration::ZERO,
+            checkpoint_every: 4,
+            compact_bytes: 0,
+            ..LogConfig::default()
+        };
+        let prefix = Path::from("s");
+        let log = ShardLog::open(store.clone(), prefix.clone(), cfg)
+            .await
+            .expect("open");
+        let stream = StreamId(1);
+        let durable = |entry: Entry| async {
+            let a = log.append(vec![entry]).await.expect("append");
+            a.durable().await.expect("durable");
+        };
+        durable(Entry::CreateStream { stream }).await;
+        for _ in 0..400 {
+            durable(Entry::Append {
+                stream,
+                base_offset: 0,
+                offsets: 1,
+                max_timestamp: 0,
+                producer: None,
+                data: Bytes::from_static(&[7; 16]),
+            })
+            .await;
+        }
+        // Checkpoints are written behind the flushes that ask for them.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sizes = |dir: &'static str| {
+            let store = store.clone();
+            let dir = prefix.clone().join(dir);
+            async move {
+                let objects: Vec<_> = store.list(Some(&dir)).try_collect().await.expect("list");
+                objects.iter().map(|o| o.size).collect::<Vec<_>>()
+            }
+        };
+        let (wal, ckpts) = (sizes("wal").await, sizes("ckpt").await);
+        let wal: u64 = wal.iter().sum();
+        let largest = ckpts.iter().copied().max().unwrap_or(0);
+        let written: u64 = ckpts.iter().sum();
+        assert!(ckpts.len() >= 3, "checkpoints still come: {ckpts:?}");
+        // Every checkpoint but the newest is followed by at least its size
+        // of WAL (one more may have been asked for before its size was known).
+        assert!(
+            written <= wal + 2 * largest,
+            "{written} bytes of checkpoints for {wal} of WAL: {ckpts:?}"
+        );
     }
 
     /// A claimant that created `epoch/{n+1}` and died before fencing

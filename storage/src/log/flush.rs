@@ -104,6 +104,7 @@ fn seal(inner: &Arc<Inner>, core: &mut Core, done_tx: &mpsc::Sender<(u64, Result
         },
     );
     let payload = PutPayload::from_iter(chunks);
+    core.wal_bytes_since_checkpoint += payload.content_length() as u64;
     let (inner, tx) = (inner.clone(), done_tx.clone());
     tokio::spawn(async move {
         let path = wal_path(&inner.prefix, seq);
@@ -157,8 +158,11 @@ fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
             let _ = ack.send(Ok(()));
         }
         core.flushes_since_checkpoint += 1;
-        if core.flushes_since_checkpoint >= inner.cfg.checkpoint_every {
+        if core.flushes_since_checkpoint >= inner.cfg.checkpoint_every
+            && core.wal_bytes_since_checkpoint >= core.checkpoint_bytes
+        {
             core.flushes_since_checkpoint = 0;
+            core.wal_bytes_since_checkpoint = 0;
             want_checkpoint = true;
         }
         advanced = true;
@@ -239,8 +243,9 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
             }
             let body = format::encode_checkpoint(inner.writer, seq, inner.writer.epoch, &state);
             drop(state);
-            let path = ckpt_path(&inner.prefix, seq);
-            put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await
+            let (path, bytes) = (ckpt_path(&inner.prefix, seq), body.len() as u64);
+            put::create_checkpoint(&*inner.store, &path, body, inner.writer, &inner.cfg).await?;
+            Ok(bytes)
         }
     };
     let written = super::background(inner.cfg.background.as_ref(), calls).await;
@@ -251,13 +256,14 @@ pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
         // checkpoints or sweeps until something else reopens it.
         fence(&mut inner.lock());
     }
-    written?;
+    let bytes = written?;
     inner
         .cfg
         .stats
         .checkpoints
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut core = inner.lock();
+    core.checkpoint_bytes = bytes;
     if core.last_ckpt.is_none_or(|(s, _)| s < seq) {
         core.last_ckpt = Some((seq, Instant::now()));
     }
