@@ -216,9 +216,10 @@ pub(super) fn fence(core: &mut Core) {
 /// Writes `ckpt/{seq}` for the newest durable flush this owner wrote. The
 /// checkpoint counts only while `wal/{seq}` carries the same epoch.
 pub(super) async fn checkpoint(inner: &Arc<Inner>) -> Result<(), Error> {
-    // The state is copied under the lock and encoded on the maintenance
-    // runtime: encoding a large index takes milliseconds, and every append
-    // and acknowledgement waits for this lock.
+    // The state is copied under the lock and encoded outside it (on the
+    // maintenance runtime, where the log has one): encoding a large index
+    // takes milliseconds, and every append and acknowledgement waits for
+    // this lock.
     let (seq, state) = {
         let core = inner.lock();
         // After a poison, objects past acked_seq may exist unacknowledged:
