@@ -10,8 +10,9 @@
 //! Checkpoint object: `magic(8) epoch(8) nonce(8) seq(8) fence_epoch(8) crc(4)`,
 //! then the encoded [`State`]; the CRC covers all of it. `FLOECKP3` added
 //! each stream's producers, `FLOECKP4` their open transactions and the
-//! stream's aborted ones, `FLOECKP5` the meter windows after the keys;
-//! older versions are still read. Then an optional tail that readers
+//! stream's aborted ones, `FLOECKP5` the meter windows after the keys,
+//! `FLOECKP6` each index entry's count of batches and each remembered
+//! append's max timestamp; older versions are still read. Then an optional tail that readers
 //! before it ignore, so workers of both kinds can share a shard during a
 //! rolling upgrade: the shard's `deleted_producers_below` and each
 //! stream's `forgotten_below`, in stream order. Without it every bound is
@@ -29,10 +30,11 @@ use crate::producers::{
     KEPT_BATCHES,
 };
 use crate::state::{BatchLoc, ObjId, State, StreamState};
-use crate::{Entry, Rewritten, Run, StreamId};
+use crate::{Entry, Left, Rewritten, Run, StreamId};
 
 const WAL_MAGIC: &[u8; 8] = b"FLOEWAL1";
-const CKPT_MAGIC: &[u8; 8] = b"FLOECKP5";
+const CKPT_MAGIC: &[u8; 8] = b"FLOECKP6";
+const CKPT_MAGIC_V5: &[u8; 8] = b"FLOECKP5";
 const CKPT_MAGIC_V4: &[u8; 8] = b"FLOECKP4";
 const CKPT_MAGIC_V3: &[u8; 8] = b"FLOECKP3";
 const CKPT_MAGIC_V2: &[u8; 8] = b"FLOECKP2";
@@ -64,9 +66,15 @@ const TAG_METER: u8 = 10;
 const TAG_METER_CLOSE: u8 = 11;
 const TAG_METER_DONE: u8 = 12;
 const TAG_EXPIRE_PRODUCERS: u8 = 13;
-/// `object(8) stream(8) size(4) n(4)`, then per batch `base(8) obj(8)
-/// pos(4) kept(1)` and, when kept, `pos(4) len(4)`.
+/// `object(8) stream(8) size(4) n(4)`, then per entry `base(8) obj(8)
+/// pos(4) kept(1)`: when kept (1), `pos(4) len(4)`; when kept with some
+/// of its batches gone (2), then also `base(8) end(8) batches(4)
+/// max_timestamp(8)`.
 const TAG_REWRITE: u8 = 14;
+/// `TAG_COMPACT` whose runs are indexed by runs of batches: each run's
+/// fields, then `index_bytes(4)`. Runs indexed one entry per batch are
+/// written as `TAG_COMPACT`, which workers from before it read.
+const TAG_COMPACT_INDEXED: u8 = 15;
 
 /// Who wrote an object: the owner's epoch and its random per-open nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +168,12 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                 sources,
                 runs,
             } => {
-                meta.put_u8(TAG_COMPACT);
+                let indexed = runs.iter().any(|r| r.index_bytes > 0);
+                meta.put_u8(if indexed {
+                    TAG_COMPACT_INDEXED
+                } else {
+                    TAG_COMPACT
+                });
                 meta.put_u64(object.0);
                 meta.put_u64(*wal_below);
                 meta.put_u32(sources.len() as u32);
@@ -173,6 +186,9 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                     meta.put_i64(r.from);
                     meta.put_i64(r.to);
                     meta.put_u32(r.end);
+                    if indexed {
+                        meta.put_u32(r.index_bytes);
+                    }
                 }
             }
             Entry::Sweep { wal_below, forget } => {
@@ -216,9 +232,15 @@ pub fn encode_wal(writer: Writer, seq: u64, entries: &[Entry]) -> Vec<Bytes> {
                     meta.put_u32(b.was.1);
                     match b.now {
                         Some((pos, len)) => {
-                            meta.put_u8(1);
+                            meta.put_u8(if b.left.is_some() { 2 } else { 1 });
                             meta.put_u32(pos);
                             meta.put_u32(len);
+                            if let Some(left) = b.left {
+                                meta.put_i64(left.base_offset);
+                                meta.put_i64(left.end_offset);
+                                meta.put_u32(left.batches);
+                                meta.put_i64(left.max_timestamp);
+                            }
                         }
                         None => meta.put_u8(0),
                     }
@@ -400,7 +422,8 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 };
                 Entry::Put { key, value }
             }
-            TAG_COMPACT => {
+            tag @ (TAG_COMPACT | TAG_COMPACT_INDEXED) => {
+                let indexed = tag == TAG_COMPACT_INDEXED;
                 let object = ObjId(meta.u64()?);
                 let wal_below = meta.u64()?;
                 let n = meta.u32()? as usize;
@@ -417,6 +440,7 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                         from: meta.i64()?,
                         to: meta.i64()?,
                         end: meta.u32()?,
+                        index_bytes: if indexed { meta.u32()? } else { 0 },
                     };
                     if r.from >= r.to {
                         return Err(Corrupt("compaction run out of order"));
@@ -460,10 +484,27 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                 for _ in 0..n {
                     let base_offset = meta.i64()?;
                     let was = (ObjId(meta.u64()?), meta.u32()?);
-                    let now = match meta.u8()? {
+                    let flag = meta.u8()?;
+                    let now = match flag {
                         0 => None,
-                        1 => Some((meta.u32()?, meta.u32()?)),
+                        1 | 2 => Some((meta.u32()?, meta.u32()?)),
                         _ => return Err(Corrupt("rewrite flag")),
+                    };
+                    let left = if flag == 2 {
+                        let left = Left {
+                            base_offset: meta.i64()?,
+                            end_offset: meta.i64()?,
+                            batches: meta.u32()?,
+                            max_timestamp: meta.i64()?,
+                        };
+                        let span = left.end_offset.checked_sub(left.base_offset);
+                        if left.batches == 0 || !span.is_some_and(|n| n > 0 && n <= u32::MAX as i64)
+                        {
+                            return Err(Corrupt("rewritten entry's span"));
+                        }
+                        Some(left)
+                    } else {
+                        None
                     };
                     if now.is_some_and(|(pos, len)| pos as u64 + len as u64 > size as u64) {
                         return Err(Corrupt("rewritten batch past its object"));
@@ -472,6 +513,7 @@ pub fn decode_wal(obj: Bytes) -> Result<WalObject, Corrupt> {
                         base_offset,
                         was,
                         now,
+                        left,
                     });
                 }
                 Entry::Rewrite {
@@ -503,10 +545,10 @@ pub struct Checkpoint {
 }
 
 pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &State) -> Bytes {
-    // Sized for the batch index, nearly all of a large checkpoint: 36 bytes
-    // a batch.
+    // Sized for the batch index, most of a large checkpoint: 40 bytes an
+    // entry.
     let locs: usize = state.streams.values().map(|s| s.locs.len()).sum();
-    let mut b = BytesMut::with_capacity(1024 + 36 * locs);
+    let mut b = BytesMut::with_capacity(1024 + 40 * locs);
     b.put_slice(CKPT_MAGIC);
     b.put_u64(writer.epoch);
     b.put_u64(writer.nonce);
@@ -543,6 +585,7 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
             b.put_u64(l.obj.0);
             b.put_u32(l.pos);
             b.put_u32(l.len);
+            b.put_u32(l.batches);
         }
         b.put_u32(s.producers.len() as u32);
         for (&id, p) in &s.producers {
@@ -555,6 +598,7 @@ pub fn encode_checkpoint(writer: Writer, seq: u64, fence_epoch: u64, state: &Sta
                 b.put_i32(q.first_seq);
                 b.put_u32(q.offsets);
                 b.put_i64(q.base_offset);
+                b.put_i64(q.max_timestamp);
             }
             b.put_i64(p.open_txn.unwrap_or(-1));
         }
@@ -600,7 +644,8 @@ pub fn is_v1_checkpoint(obj: &[u8]) -> bool {
 
 pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
     let version = match obj.get(..8) {
-        Some(m) if m == CKPT_MAGIC => 5,
+        Some(m) if m == CKPT_MAGIC => 6,
+        Some(m) if m == CKPT_MAGIC_V5 => 5,
         Some(m) if m == CKPT_MAGIC_V4 => 4,
         Some(m) if m == CKPT_MAGIC_V3 => 3,
         Some(m) if m == CKPT_MAGIC_V2 => 2,
@@ -649,9 +694,10 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                 obj: ObjId(r.u64()?),
                 pos: r.u32()?,
                 len: r.u32()?,
+                batches: if version >= 6 { r.u32()? } else { 1 },
             };
             // Batches are at least their 8-byte offset slot, and non-empty.
-            if l.len < 8 || l.offsets == 0 {
+            if l.len < 8 || l.offsets == 0 || l.batches == 0 {
                 return Err(Corrupt("checkpoint batch out of range"));
             }
             locs.push(l);
@@ -677,6 +723,7 @@ pub fn decode_checkpoint(obj: Bytes) -> Result<Checkpoint, Corrupt> {
                         first_seq: r.i32()?,
                         offsets: r.u32()?,
                         base_offset: r.i64()?,
+                        max_timestamp: if version >= 6 { r.i64()? } else { -1 },
                     });
                 }
                 if version >= 4 {
@@ -818,6 +865,7 @@ pub fn decode_data_index(obj: &[u8]) -> Result<(Writer, Vec<(Run, u32)>), Corrup
                     from,
                     to,
                     end: r.get_u32(),
+                    index_bytes: 0,
                 },
                 start,
             )
@@ -918,7 +966,29 @@ mod tests {
                     from: 0,
                     to: 2,
                     end: 500,
+                    index_bytes: 0,
                 }],
+            },
+            Entry::Compact {
+                object: ObjId::data(2, 2),
+                wal_below: 10,
+                sources: vec![],
+                runs: vec![
+                    Run {
+                        stream: StreamId(1),
+                        from: 2,
+                        to: 9,
+                        end: 900,
+                        index_bytes: 256 << 10,
+                    },
+                    Run {
+                        stream: StreamId(2),
+                        from: 0,
+                        to: 1,
+                        end: 1000,
+                        index_bytes: 0,
+                    },
+                ],
             },
             Entry::Sweep {
                 wal_below: 3,
@@ -942,11 +1012,24 @@ mod tests {
                         base_offset: 0,
                         was: (ObjId::wal(4), 61),
                         now: Some((100, 200)),
+                        left: None,
                     },
                     Rewritten {
                         base_offset: 2,
                         was: (ObjId::data(1, 7), 0),
                         now: None,
+                        left: None,
+                    },
+                    Rewritten {
+                        base_offset: 5,
+                        was: (ObjId::data(1, 7), 90),
+                        now: Some((10, 90)),
+                        left: Some(Left {
+                            base_offset: 6,
+                            end_offset: 9,
+                            batches: 2,
+                            max_timestamp: 77,
+                        }),
                     },
                 ],
             },
@@ -1036,6 +1119,7 @@ mod tests {
                     obj: ObjId::data(3, 4),
                     pos: 41,
                     len: 70,
+                    batches: 3,
                 }],
                 bytes: 70,
                 producers: [(
@@ -1047,11 +1131,13 @@ mod tests {
                                 first_seq: 0,
                                 offsets: 2,
                                 base_offset: 0,
+                                max_timestamp: 40,
                             },
                             SeqBatch {
                                 first_seq: 2,
                                 offsets: 3,
                                 base_offset: 2,
+                                max_timestamp: 44,
                             },
                         ]
                         .into(),
@@ -1130,6 +1216,27 @@ mod tests {
             decode_checkpoint(Bytes::from(now)).expect("decodes").state,
             state
         );
+
+        // v5 had no batch count in an index entry: each was one batch.
+        let loc = BatchLoc {
+            base_offset: 2,
+            offsets: 7,
+            max_timestamp: 5,
+            obj: ObjId::wal(1),
+            pos: 61,
+            len: 100,
+            batches: 1,
+        };
+        let s = state.streams.get_mut(&StreamId(1)).expect("stream");
+        s.locs.push(loc);
+        state.rebuild_derived();
+        let mut v5 = encode_checkpoint(w, 3, 4, &state).to_vec();
+        // Header, the shard's counters and empty sets, the stream's id,
+        // offsets and count, then the entry's 36 bytes before the count.
+        let at = CKPT_HEADER_LEN + 3 * 8 + 3 * 4 + 4 + 3 * 8 + 4 + 36;
+        assert_eq!(v5[at..at + 4], 1u32.to_be_bytes());
+        v5.drain(at..at + 4);
+        assert_eq!(rewrite(CKPT_MAGIC_V5, v5).expect("decodes"), state);
     }
 
     #[test]

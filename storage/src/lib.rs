@@ -125,23 +125,39 @@ pub enum Entry {
     },
 }
 
-/// One batch of a [`Entry::Rewrite`]: where it was, and its new place
-/// (`pos`, `len`) in the rewrite's object, or `None` when it is gone.
+/// One index entry of a [`Entry::Rewrite`] (a batch, or a run of them):
+/// where it was, and its new place (`pos`, `len`) in the rewrite's object,
+/// or `None` when it is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewritten {
     pub base_offset: i64,
     pub was: (ObjId, u32),
     pub now: Option<(u32, u32)>,
+    /// An entry of several batches some of which went: what is left.
+    /// `None`: the same offsets and batches as before.
+    pub left: Option<Left>,
+}
+
+/// The batches left of an index entry after a rewrite dropped some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    pub base_offset: i64,
+    pub end_offset: i64,
+    pub batches: u32,
+    pub max_timestamp: i64,
 }
 
 /// Batches `from..to` of one stream, back to back in a data object, the last
-/// ending at byte `end`.
+/// ending at byte `end`, indexed by runs of up to `index_bytes` (0: one
+/// entry per batch, for batches whose framing does not say where the next
+/// one starts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
     pub stream: StreamId,
     pub from: i64,
     pub to: i64,
     pub end: u32,
+    pub index_bytes: u32,
 }
 
 /// What callers can act on. Detail stays in the message.

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::format::Writer;
 use crate::producers::{self, AbortedTxn, Check, ProducerState};
-use crate::state::{add_counts, State};
+use crate::state::{add_counts, BatchLoc, State};
 use crate::{Entry, Error, StreamId};
 
 mod cache;
@@ -34,6 +34,8 @@ mod compact;
 mod flush;
 mod follow;
 pub use follow::Follower;
+#[cfg(test)]
+mod index_tests;
 pub use rewrite::{Change, Rewrote};
 mod open;
 mod put;
@@ -85,6 +87,12 @@ pub struct LogConfig {
     /// a shard's index grows with every batch, and without that bound a
     /// log of small batches would write more checkpoint than data.
     pub checkpoint_every: u64,
+    /// Compaction indexes a stream's batches in a data object by runs of up
+    /// to this many bytes, one index entry each, so the index (in memory
+    /// and in every checkpoint) grows with bytes rather than batches. Reads
+    /// find a batch inside a run by its framing; retention and
+    /// `retention.bytes` drop whole runs. 0: one entry per batch.
+    pub index_bytes: u32,
     /// Compaction's target data-object size. WAL objects holding at least
     /// half of it are left where they are (rewriting them would double the
     /// PUTs per GiB for nothing). 0 turns compaction off.
@@ -159,6 +167,7 @@ impl Default for LogConfig {
             put_attempts: 5,
             hedge_after: None,
             checkpoint_every: 512,
+            index_bytes: 256 << 10,
             compact_bytes: 8 << 20,
             // Twice the Standard plan's produce quota: a tenant within it
             // never leaves a backlog.
@@ -432,19 +441,9 @@ impl ShardLog {
                 accepted += 1;
                 continue;
             }
-            if let Some(&Some(original)) = duplicates.get(i) {
+            if let Some(&Some((original, original_ts))) = duplicates.get(i) {
                 base_offsets.push(original);
-                let original_ts = match &e {
-                    Entry::Append { stream, .. } => core.live.streams.get(stream).and_then(|s| {
-                        let at = s.locs.partition_point(|l| l.base_offset < original);
-                        s.locs
-                            .get(at)
-                            .filter(|l| l.base_offset == original)
-                            .map(|l| l.max_timestamp)
-                    }),
-                    _ => None,
-                };
-                max_timestamps.push(original_ts.unwrap_or(-1));
+                max_timestamps.push(original_ts);
                 self.inner
                     .cfg
                     .stats
@@ -573,30 +572,62 @@ impl ShardLog {
         Ok((s.log_start, s.next_offset))
     }
 
-    /// First durable offset whose batch has a max timestamp at or after `ts`
-    /// (batch granularity), or `None` when no batch does.
-    pub fn offset_for_timestamp(
+    /// First durable batch whose max timestamp is at or after `ts`: its
+    /// base offset and max timestamp, or `None` when no batch has one.
+    pub async fn offset_for_timestamp(
         &self,
         stream: StreamId,
         ts: i64,
     ) -> Result<Option<(i64, i64)>, Error> {
-        let core = self.inner.lock();
-        let s = core.durable_stream(stream)?;
-        Ok(s.locs
+        let loc = {
+            let core = self.inner.lock();
+            let s = core.durable_stream(stream)?;
+            s.locs.iter().find(|l| l.max_timestamp >= ts).copied()
+        };
+        let Some(loc) = loc else { return Ok(None) };
+        let batches = self.batches_in(stream, &loc).await?;
+        Ok(batches
             .iter()
-            .find(|l| l.max_timestamp >= ts)
-            .map(|l| (l.base_offset, l.max_timestamp)))
+            .find(|b| b.max_timestamp >= ts)
+            .map(|b| (b.base_offset, b.max_timestamp)))
     }
 
-    /// The largest timestamp durable in a stream, with its batch's last offset.
-    pub fn max_timestamp(&self, stream: StreamId) -> Result<Option<(i64, i64)>, Error> {
-        let core = self.inner.lock();
-        let s = core.durable_stream(stream)?;
-        let best = s
-            .locs
+    /// The largest timestamp durable in a stream, with the last offset of
+    /// the first batch that has it.
+    pub async fn max_timestamp(&self, stream: StreamId) -> Result<Option<(i64, i64)>, Error> {
+        let loc = {
+            let core = self.inner.lock();
+            let s = core.durable_stream(stream)?;
+            s.locs
+                .iter()
+                .max_by_key(|l| (l.max_timestamp, std::cmp::Reverse(l.base_offset)))
+                .copied()
+        };
+        let Some(loc) = loc else { return Ok(None) };
+        let batches = self.batches_in(stream, &loc).await?;
+        let best = batches
             .iter()
-            .max_by_key(|l| (l.max_timestamp, std::cmp::Reverse(l.base_offset)));
-        Ok(best.map(|l| (l.end_offset() - 1, l.max_timestamp)))
+            .max_by_key(|b| (b.max_timestamp, std::cmp::Reverse(b.base_offset)));
+        Ok(best.map(|b| (b.end_offset - 1, b.max_timestamp)))
+    }
+
+    /// The batches of one durable index entry: its own fields for one
+    /// batch; from the tail or the store for several.
+    async fn batches_in(
+        &self,
+        stream: StreamId,
+        loc: &BatchLoc,
+    ) -> Result<Vec<read::Batch>, Error> {
+        if loc.batches == 1 {
+            return self.split(loc, Bytes::new());
+        }
+        if let Some(b) = self.inner.lock().tail.several(stream, loc) {
+            return Ok(b);
+        }
+        let (mut loaded, _) = self
+            .load(std::slice::from_ref(loc), read::For::Reader)
+            .await?;
+        self.split(loc, loaded.pop().unwrap_or_default())
     }
 
     /// Where retention would move a stream's log start: past every batch
@@ -850,10 +881,11 @@ fn check_append(live: &State, entries: &[Entry]) -> Result<(), Error> {
     Ok(())
 }
 
-/// For each entry, the original base offset when it is a retry of an
-/// idempotent append the stream remembers; empty when no entry names a
-/// producer. Later entries meet the state earlier ones of the call leave.
-fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, Error> {
+/// For each entry, the original's base offset and max timestamp when it
+/// is a retry of an idempotent append the stream remembers; empty when no
+/// entry names a producer. Later entries meet the state earlier ones of
+/// the call leave.
+fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<(i64, i64)>>, Error> {
     if !entries.iter().any(|e| {
         matches!(
             e,
@@ -906,7 +938,10 @@ fn check_producers(live: &State, entries: &[Entry]) -> Result<Vec<Option<i64>>, 
             "idempotent append"
         );
         match check? {
-            Check::Duplicate(base) => out.push(Some(base)),
+            Check::Duplicate {
+                base_offset,
+                max_timestamp,
+            } => out.push(Some((base_offset, max_timestamp))),
             // As in `State::apply`: it ends nothing and leaves no state.
             Check::Append if p.txn.is_marker() && current.is_none() => {
                 *next_offset += *offsets as i64;
@@ -1019,6 +1054,27 @@ impl Tail {
 
     fn get(&self, stream: StreamId, base: i64) -> Option<Bytes> {
         self.map.get(&(stream, base)).cloned()
+    }
+
+    /// The batches of an index entry of several, if the tail still has
+    /// every one: they follow each other without a gap (a rewrite, which
+    /// leaves gaps, takes its batches out of the tail).
+    fn several(&self, stream: StreamId, loc: &BatchLoc) -> Option<Vec<read::Batch>> {
+        let mut out = Vec::with_capacity(loc.batches as usize);
+        let mut at = loc.base_offset;
+        while out.len() < loc.batches as usize {
+            let bytes = self.get(stream, at)?;
+            let f = floe_common::batch::frame(&bytes)
+                .filter(|f| f.base_offset == at && f.len == bytes.len())?;
+            out.push(read::Batch {
+                base_offset: at,
+                end_offset: f.end_offset(),
+                max_timestamp: f.max_timestamp,
+                bytes,
+            });
+            at = f.end_offset();
+        }
+        (at == loc.end_offset()).then_some(out)
     }
 
     /// Forgets the batches a rewrite replaced: the tail must never serve

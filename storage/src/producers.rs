@@ -88,6 +88,9 @@ pub struct SeqBatch {
     pub first_seq: i32,
     pub offsets: u32,
     pub base_offset: i64,
+    /// As stored: a retry is answered with it (-1 when a checkpoint from
+    /// before it was kept did not say).
+    pub max_timestamp: i64,
 }
 
 impl SeqBatch {
@@ -139,6 +142,7 @@ impl ProducerState {
             first_seq: p.first_seq,
             offsets,
             base_offset,
+            max_timestamp,
         });
         self.last_timestamp = max_timestamp;
     }
@@ -169,8 +173,12 @@ pub fn add_seq(seq: i32, n: u32) -> i32 {
 pub enum Check {
     /// Next in sequence (or the first of a new epoch): append it.
     Append,
-    /// A retry of a remembered append: answer with its base offset.
-    Duplicate(i64),
+    /// A retry of a remembered append: answer with its base offset and
+    /// max timestamp.
+    Duplicate {
+        base_offset: i64,
+        max_timestamp: i64,
+    },
 }
 
 /// Checks an append of `offsets` offsets by `p` against the producer's state.
@@ -219,7 +227,10 @@ pub fn check(
             .iter()
             .find(|b| b.first_seq == p.first_seq && b.last_seq() == last)
         {
-            return Ok(Check::Duplicate(b.base_offset));
+            return Ok(Check::Duplicate {
+                base_offset: b.base_offset,
+                max_timestamp: b.max_timestamp,
+            });
         }
     }
     if p.epoch < s.epoch {
@@ -282,9 +293,17 @@ mod tests {
         let c = check(s.as_ref(), 8, &pr, n)?;
         if c == Check::Append {
             s.get_or_insert_with(|| ProducerState::new(&pr))
-                .record(&pr, base, n, 0);
+                .record(&pr, base, n, base + 1000);
         }
         Ok(c)
+    }
+
+    /// What a retry of the append at `base_offset` is answered with.
+    fn dup(base_offset: i64) -> Check {
+        Check::Duplicate {
+            base_offset,
+            max_timestamp: base_offset + 1000,
+        }
     }
 
     #[test]
@@ -304,8 +323,8 @@ mod tests {
         assert_eq!(append(&mut s, p(0, 0), 3, 10), Ok(Check::Append));
         assert_eq!(append(&mut s, p(0, 3), 2, 13), Ok(Check::Append));
         // A retry of either is answered with its offset, not appended.
-        assert_eq!(append(&mut s, p(0, 0), 3, 99), Ok(Check::Duplicate(10)));
-        assert_eq!(append(&mut s, p(0, 3), 2, 99), Ok(Check::Duplicate(13)));
+        assert_eq!(append(&mut s, p(0, 0), 3, 99), Ok(dup(10)));
+        assert_eq!(append(&mut s, p(0, 3), 2, 99), Ok(dup(13)));
         // Same first sequence, different length: not a retry, out of order.
         assert!(matches!(
             append(&mut s, p(0, 3), 1, 99),
@@ -328,7 +347,7 @@ mod tests {
             append(&mut s, p(0, 5), 1, 99),
             Err(Error::OutOfOrderSequence(_))
         ));
-        assert_eq!(append(&mut s, p(0, 10), 1, 99), Ok(Check::Duplicate(20)));
+        assert_eq!(append(&mut s, p(0, 10), 1, 99), Ok(dup(20)));
         // A new epoch starts at 0 and fences the old one.
         assert!(matches!(
             append(&mut s, p(1, 11), 1, 99),
@@ -364,10 +383,7 @@ mod tests {
         // MAX-1, MAX, 0, 1.
         assert_eq!(s.as_ref().and_then(ProducerState::last_seq), Some(1));
         assert_eq!(append(&mut s, p(0, 2), 1, 5), Ok(Check::Append));
-        assert_eq!(
-            append(&mut s, p(0, i32::MAX - 1), 4, 9),
-            Ok(Check::Duplicate(1))
-        );
+        assert_eq!(append(&mut s, p(0, i32::MAX - 1), 4, 9), Ok(dup(1)));
         // Ahead and behind, across the wrap.
         assert!(ahead(i32::MAX, 0) && ahead(i32::MAX - 1, 1) && ahead(3, 10));
         assert!(!ahead(3, 3) && !ahead(3, 2) && !ahead(0, i32::MAX) && !ahead(3, i32::MAX));

@@ -38,15 +38,24 @@ impl ObjId {
     }
 }
 
-/// Where one batch lives: object `obj`, bytes `pos..pos+len`.
+/// Where batches live: `batches` of them, back to back in object `obj`,
+/// bytes `pos..pos+len`. The first starts at `base_offset` and the last
+/// ends at `end_offset()`; a rewrite may have left gaps between them. An
+/// appended batch has an entry of its own; compaction indexes a stream's
+/// batches by runs of up to `LogConfig::index_bytes` (Kafka keeps one index
+/// entry per 4 KiB), so the index grows with bytes, not with batches, and
+/// the batches inside an entry are found by their framing
+/// (`floe_common::batch::frame`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLoc {
     pub base_offset: i64,
     pub offsets: u32,
+    /// The largest timestamp of its batches.
     pub max_timestamp: i64,
     pub obj: ObjId,
     pub pos: u32,
     pub len: u32,
+    pub batches: u32,
 }
 
 impl BatchLoc {
@@ -101,7 +110,7 @@ impl StreamState {
             .max(self.log_start)
     }
 
-    /// Index of the first batch whose last offset is at or after `offset`.
+    /// Index of the first entry whose last offset is at or after `offset`.
     pub fn find(&self, offset: i64) -> usize {
         self.locs.partition_point(|l| l.end_offset() <= offset)
     }
@@ -217,6 +226,7 @@ impl State {
                     obj,
                     pos,
                     len: data.len() as u32,
+                    batches: 1,
                 });
                 s.bytes += data.len() as u64;
                 self.bytes += data.len() as u64;
@@ -274,7 +284,7 @@ impl State {
                 runs,
             } => {
                 for run in runs {
-                    self.move_run(*object, *wal_below, sources, run);
+                    self.move_run(*object, *wal_below, sources, run, seq == u64::MAX);
                 }
                 if let Some(size) = runs.iter().map(|r| r.end).max() {
                     self.data_sizes.insert(*object, size);
@@ -323,11 +333,21 @@ impl State {
 
     /// Points the batches of `run` (in WAL objects below `wal_below` or in
     /// `sources`) at `object`, laid out back to back so the
-    /// run's last batch ends at `run.end`. Positions are counted back from
-    /// the end, so a run whose first batches were truncated meanwhile still
-    /// lands right. A run that does not match the index is skipped whole: its
-    /// batches keep their WAL objects, which stay referenced and are kept.
-    fn move_run(&mut self, object: ObjId, wal_below: u64, sources: &[ObjId], run: &Run) {
+    /// run's last batch ends at `run.end`, and indexes them by runs of up to
+    /// `run.index_bytes`. Positions are counted back from the end, so a run
+    /// whose first batches were truncated meanwhile still lands right. A run
+    /// that does not match the index is skipped whole: its batches keep
+    /// their WAL objects, which stay referenced and are kept. The live
+    /// state (`live`: its locations are not real) only indexes them alike,
+    /// by offsets.
+    fn move_run(
+        &mut self,
+        object: ObjId,
+        wal_below: u64,
+        sources: &[ObjId],
+        run: &Run,
+        live: bool,
+    ) {
         let Some(s) = self.streams.get_mut(&run.stream) else {
             return;
         };
@@ -337,23 +357,27 @@ impl State {
         let movable = |o: ObjId| o.wal_seq().is_some_and(|q| q < wal_below) || sources.contains(&o);
         let fits = locs
             .iter()
-            .all(|l| l.base_offset >= run.from && movable(l.obj))
+            .all(|l| l.base_offset >= run.from && (live || movable(l.obj)))
             && locs.iter().map(|l| l.len as u64).sum::<u64>() <= run.end as u64;
-        if !fits {
+        if !fits || locs.is_empty() {
             return;
         }
-        if locs.is_empty() {
+        let mut moved = Vec::new();
+        if !live {
+            let mut end = run.end;
+            moved.reserve(locs.len());
+            for l in locs.iter_mut().rev() {
+                end -= l.len;
+                moved.push(l.obj);
+                l.obj = object;
+                l.pos = end;
+            }
+        }
+        let fewer = merge(&mut s.locs, from..to, run.index_bytes);
+        if live {
             return;
         }
-        let mut end = run.end;
-        let mut moved = Vec::with_capacity(locs.len());
-        for l in locs.iter_mut().rev() {
-            end -= l.len;
-            moved.push(l.obj);
-            l.obj = object;
-            l.pos = end;
-        }
-        *self.refs.entry(object).or_default() += moved.len() as u32;
+        *self.refs.entry(object).or_default() += (moved.len() - fewer) as u32;
         for o in moved {
             self.unref(o);
         }
@@ -388,6 +412,16 @@ impl State {
                 l.len = new_len;
                 if !live {
                     moved.push(l.obj);
+                }
+                if let (Some(_), Some(left)) = (b.now, b.left) {
+                    // What is left of an entry of several batches: a span
+                    // within the old one, so the index stays in order.
+                    if left.base_offset >= l.base_offset && left.end_offset <= l.end_offset() {
+                        l.offsets = (left.end_offset - left.base_offset) as u32;
+                        l.base_offset = left.base_offset;
+                        l.batches = left.batches;
+                        l.max_timestamp = left.max_timestamp;
+                    }
                 }
                 match b.now {
                     Some((pos, _)) if !live => {
@@ -490,6 +524,32 @@ impl State {
             }
         }
     }
+}
+
+/// Makes the entries `range` of `locs`, back to back in one object, into
+/// entries of up to `cap` bytes (0: left as they are), first to last, each
+/// spanning at most `u32::MAX` offsets. Returns how many fewer there are.
+fn merge(locs: &mut Vec<BatchLoc>, range: std::ops::Range<usize>, cap: u32) -> usize {
+    if cap == 0 || range.len() < 2 {
+        return 0;
+    }
+    let mut out: Vec<BatchLoc> = Vec::new();
+    for l in &locs[range.clone()] {
+        if let Some(c) = out.last_mut() {
+            let span = u32::try_from(l.end_offset() - c.base_offset);
+            if let (Ok(span), true) = (span, c.len as u64 + l.len as u64 <= cap as u64) {
+                c.offsets = span;
+                c.len += l.len;
+                c.batches += l.batches;
+                c.max_timestamp = c.max_timestamp.max(l.max_timestamp);
+                continue;
+            }
+        }
+        out.push(*l);
+    }
+    let fewer = range.len() - out.len();
+    locs.splice(range, out);
+    fewer
 }
 
 /// Adds `more` to `sum` element by element, growing it as needed.

@@ -69,14 +69,27 @@ struct History {
     violations: Vec<String>,
 }
 
+/// A batch framed as Kafka's (the fields the log reads: base offset,
+/// length, magic, last offset delta, max timestamp), so compaction indexes
+/// runs of them; its id in the producer id's slot.
 fn batch(id: u64, offsets: u32, filler: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(20 + filler);
+    let mut b = BytesMut::with_capacity(HEADER + filler);
     b.put_i64(-1);
+    b.put_i32((HEADER - 12 + filler) as i32);
+    b.put_i32(0);
+    b.put_u8(2);
+    b.put_bytes(0, 6);
+    b.put_i32(offsets as i32 - 1);
+    b.put_i64(id as i64);
+    b.put_i64(id as i64);
     b.put_u64(id);
-    b.put_u32(offsets);
+    b.put_bytes(0, HEADER - 51);
     b.put_bytes((id % 251) as u8, filler);
     b.freeze()
 }
+
+/// Bytes of `batch`'s header.
+const HEADER: usize = 61;
 
 /// Batches a rewrite drops.
 fn droppable(id: u64) -> bool {
@@ -86,7 +99,9 @@ fn droppable(id: u64) -> bool {
 /// A batch as a rewrite leaves it: shrinkable ones without their filler.
 fn canonical(b: &Bytes) -> Bytes {
     if id_of(b) % 5 == 1 {
-        b.slice(..20)
+        let mut short = BytesMut::from(&b[..HEADER]);
+        short[8..12].copy_from_slice(&(HEADER as i32 - 12).to_be_bytes());
+        short.freeze()
     } else {
         b.clone()
     }
@@ -140,11 +155,11 @@ async fn rewrite(log: ShardLog, h: Arc<Mutex<History>>, seed: u64) {
 }
 
 fn id_of(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"))
+    u64::from_be_bytes(b[43..51].try_into().expect("8 bytes"))
 }
 
 fn offsets_of(b: &[u8]) -> u32 {
-    u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"))
+    u32::from_be_bytes(b[23..27].try_into().expect("4 bytes")) + 1
 }
 
 async fn open(store: Arc<dyn ObjectStore>, cfg: &LogConfig) -> Option<ShardLog> {
@@ -455,6 +470,11 @@ async fn sim(seed: u64) -> Result<(), String> {
         maintain_every: Duration::from_millis(rng.random_range(1..15)),
         checkpoint_interval: Duration::from_millis(rng.random_range(0..60)),
         block_bytes: rng.random_range(64..4096),
+        index_bytes: if rng.random_bool(0.2) {
+            0
+        } else {
+            rng.random_range(100..3000)
+        },
         ..LogConfig::default()
     };
     let sweeps = cfg.sweep_grace.is_some();

@@ -921,8 +921,8 @@ impl Shards for LocalWorker {
             -1 if committed => (shard.log.last_stable(stream)?, -1),
             -1 => (hw, -1),
             -2 => (start, -1),
-            -3 => shard.log.max_timestamp(stream)?.unwrap_or((-1, -1)),
-            ts => match shard.log.offset_for_timestamp(stream, ts)? {
+            -3 => shard.log.max_timestamp(stream).await?.unwrap_or((-1, -1)),
+            ts => match shard.log.offset_for_timestamp(stream, ts).await? {
                 None => (-1, -1),
                 Some(found) => first_record_at(&shard.log, stream, ts, found, start, hw).await,
             },

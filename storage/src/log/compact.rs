@@ -207,7 +207,13 @@ impl Maintainer {
             let mut batches = self.log.batches_of(&wanted).await?.into_iter();
             for (mut run, locs) in plan.runs {
                 starts.push(at);
+                let first = chunks.len();
                 chunks.extend(batches.by_ref().take(locs.len()));
+                // Indexed by runs of batches only where each batch's framing
+                // agrees with its entry: reads then find them by it.
+                if locs.iter().zip(&chunks[first..]).all(|(l, b)| framed(l, b)) {
+                    run.index_bytes = cfg.index_bytes;
+                }
                 at += locs.iter().map(|l| l.len as u64).sum::<u64>();
                 run.end = u32::try_from(at)
                     .map_err(|_| Error::Unavailable("data object over 4 GiB".into()))?;
@@ -564,6 +570,20 @@ fn rewrite_plan(st: &State, target: u64) -> Option<Plan> {
     })
 }
 
+/// Whether `b`, the bytes of index entry `l`, can join a run of batches
+/// found by their framing: an entry of several already is one; one batch
+/// must say, in its framing, the offsets, length and timestamp its entry
+/// does.
+fn framed(l: &BatchLoc, b: &Bytes) -> bool {
+    l.batches > 1
+        || floe_common::batch::frame(b).is_some_and(|f| {
+            f.len == b.len()
+                && f.base_offset == l.base_offset
+                && f.offsets == l.offsets
+                && f.max_timestamp == l.max_timestamp
+        })
+}
+
 fn close_run(runs: &mut Vec<(Run, Vec<BatchLoc>)>, stream: StreamId, run: &mut Vec<BatchLoc>) {
     let (Some(first), Some(last)) = (run.first(), run.last()) else {
         return;
@@ -573,6 +593,7 @@ fn close_run(runs: &mut Vec<(Run, Vec<BatchLoc>)>, stream: StreamId, run: &mut V
         from: first.base_offset,
         to: last.end_offset(),
         end: 0,
+        index_bytes: 0,
     };
     runs.push((r, std::mem::take(run)));
 }

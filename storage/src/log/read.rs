@@ -12,7 +12,22 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use super::cache::{BlockCache, BlockId, Loading};
 use super::{background, obj_path, put, with_base_offset, Inner, Read, ShardLog};
 use crate::state::BatchLoc;
-use crate::{Error, StreamId};
+use crate::{AbortedTxn, Error, StreamId};
+use floe_common::batch;
+
+/// An index entry's bytes: one batch, or its several batches.
+enum Got {
+    One(Bytes),
+    Several(Vec<Batch>),
+}
+
+/// One batch of an index entry.
+pub(super) struct Batch {
+    pub base_offset: i64,
+    pub end_offset: i64,
+    pub max_timestamp: i64,
+    pub bytes: Bytes,
+}
 
 /// GETs one read has running at once.
 const READ_CONCURRENCY: usize = 8;
@@ -55,15 +70,17 @@ impl ShardLog {
         committed: bool,
     ) -> Result<Read, Error> {
         let mut out = Read::default();
-        let mut missing: Vec<(usize, BatchLoc)> = Vec::new();
-        let mut read_to = from;
+        // The index entries read, and their batches where the tail has them.
+        let mut entries: Vec<(BatchLoc, Option<Got>)> = Vec::new();
+        let mut aborted: Vec<AbortedTxn> = Vec::new();
+        let limit;
         {
             let core = self.inner.lock();
             let s = core.durable_stream(stream)?;
             out.log_start = s.log_start;
             out.high_watermark = s.next_offset;
             out.last_stable = s.last_stable();
-            let limit = if committed {
+            limit = if committed {
                 out.last_stable
             } else {
                 s.next_offset
@@ -74,41 +91,91 @@ impl ShardLog {
                     high_watermark: s.next_offset,
                 });
             }
+            // Whole batches are counted here; an entry of several is taken
+            // while it starts below the limit and within the bytes, and its
+            // batches are picked once read (the first may hold bytes from
+            // before `from`, which do not count).
             let mut total = 0usize;
             for loc in &s.locs[s.find(from)..] {
-                if loc.end_offset() > limit {
+                let several = loc.batches > 1;
+                if loc.base_offset >= limit || (!several && loc.end_offset() > limit) {
                     break;
                 }
                 let over = total + loc.len as usize > max_bytes;
-                if over && (total > 0 || !min_one) {
+                if over && (total > 0 || (!min_one && !several)) {
                     break;
                 }
-                total += loc.len as usize;
-                read_to = loc.end_offset();
-                match core.tail.get(stream, loc.base_offset) {
-                    Some(b) => out.batches.push(b),
-                    None => {
-                        missing.push((out.batches.len(), *loc));
-                        out.batches.push(Bytes::new());
+                if !(several && entries.is_empty()) {
+                    total += loc.len as usize;
+                }
+                let tail = match several {
+                    false => core.tail.get(stream, loc.base_offset).map(Got::One),
+                    true => core.tail.several(stream, loc).map(Got::Several),
+                };
+                entries.push((*loc, tail));
+            }
+            if committed && !entries.is_empty() {
+                aborted.extend(s.aborted.iter().filter(|a| a.last_offset >= from));
+            }
+        }
+        let missing: Vec<BatchLoc> = entries
+            .iter()
+            .filter(|(_, b)| b.is_none())
+            .map(|(l, _)| *l)
+            .collect();
+        let mut went_to_store = false;
+        if !missing.is_empty() {
+            let (loaded, store) = self.load(&missing, For::Reader).await?;
+            went_to_store = store;
+            let mut loaded = loaded.into_iter();
+            for (loc, b) in entries.iter_mut().filter(|(_, b)| b.is_none()) {
+                let bytes = loaded.next().unwrap_or_default();
+                *b = Some(match loc.batches {
+                    1 => Got::One(bytes),
+                    _ => Got::Several(self.split(loc, bytes)?),
+                });
+            }
+        }
+        let mut read_to = from;
+        let mut total = 0usize;
+        // The same rules as above, batch by batch: exact where an entry
+        // of several was read.
+        let mut take = |end: i64, b: Bytes| {
+            let over = total + b.len() > max_bytes;
+            if end <= from {
+                return true;
+            }
+            if end > limit || (over && (total > 0 || !min_one)) {
+                return false;
+            }
+            total += b.len();
+            read_to = end;
+            out.batches.push(b);
+            true
+        };
+        'entries: for (loc, got) in entries {
+            match got {
+                Some(Got::Several(batches)) => {
+                    for batch in batches {
+                        if !take(batch.end_offset, batch.bytes) {
+                            break 'entries;
+                        }
+                    }
+                }
+                one => {
+                    let b = match one {
+                        Some(Got::One(b)) => b,
+                        _ => Bytes::new(),
+                    };
+                    if !take(loc.end_offset(), b) {
+                        break;
                     }
                 }
             }
-            if committed && read_to > from {
-                out.aborted = s
-                    .aborted
-                    .iter()
-                    .filter(|a| a.last_offset >= from && a.first_offset < read_to)
-                    .copied()
-                    .collect();
-            }
         }
-        if missing.is_empty() {
-            return Ok(out);
-        }
-        let locs: Vec<BatchLoc> = missing.iter().map(|m| m.1).collect();
-        let (loaded, went_to_store) = self.load(&locs, For::Reader).await?;
-        for ((i, _), b) in missing.into_iter().zip(loaded) {
-            out.batches[i] = b;
+        if committed && read_to > from {
+            aborted.retain(|a| a.first_offset < read_to);
+            out.aborted = aborted;
         }
         // A reader the store had to serve is likely to continue: warm the
         // cache with the blocks holding what follows, if it can hold them.
@@ -116,6 +183,43 @@ impl ShardLog {
             && self.inner.cfg.read_cache_bytes >= 4 * READ_AHEAD_BLOCKS * self.inner.cfg.block_bytes
         {
             self.read_ahead(stream, read_to, max_bytes.max(READ_AHEAD_BYTES));
+        }
+        Ok(out)
+    }
+
+    /// The batches of an index entry from its bytes: one as it is, several
+    /// found by their framing, which must agree with the entry.
+    pub(super) fn split(&self, loc: &BatchLoc, mut b: Bytes) -> Result<Vec<Batch>, Error> {
+        if loc.batches == 1 {
+            return Ok(vec![Batch {
+                base_offset: loc.base_offset,
+                end_offset: loc.end_offset(),
+                max_timestamp: loc.max_timestamp,
+                bytes: b,
+            }]);
+        }
+        let corrupt = |why: &str| Error::Corrupt {
+            path: obj_path(&self.inner.prefix, loc.obj).to_string(),
+            why: format!("index entry at offset {}: {why}", loc.base_offset),
+        };
+        let mut out = Vec::with_capacity(loc.batches as usize);
+        let mut end = loc.base_offset;
+        while !b.is_empty() {
+            let f = batch::frame(&b).ok_or_else(|| corrupt("a batch's framing"))?;
+            let first = out.is_empty();
+            if (first && f.base_offset != loc.base_offset) || f.base_offset < end {
+                return Err(corrupt("batches out of order"));
+            }
+            end = f.end_offset();
+            out.push(Batch {
+                base_offset: f.base_offset,
+                end_offset: end,
+                max_timestamp: f.max_timestamp,
+                bytes: b.split_to(f.len),
+            });
+        }
+        if out.len() != loc.batches as usize || end != loc.end_offset() {
+            return Err(corrupt("batches other than the entry says"));
         }
         Ok(out)
     }
@@ -141,7 +245,7 @@ impl ShardLog {
                 total += l.len as usize;
                 total <= bytes
             }) {
-                if core.tail.get(stream, loc.base_offset).is_some() {
+                if loc.batches == 1 && core.tail.get(stream, loc.base_offset).is_some() {
                     continue;
                 }
                 for id in self.blocks_of(loc) {
@@ -228,7 +332,12 @@ impl ShardLog {
                     why: "batch past the object's end".into(),
                 });
             };
-            out.push(with_base_offset(b, l.base_offset));
+            // One batch's base offset is the index's; several carry theirs.
+            out.push(if l.batches == 1 {
+                with_base_offset(b, l.base_offset)
+            } else {
+                b
+            });
         }
         Ok((out, misses > 0))
     }

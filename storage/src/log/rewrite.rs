@@ -11,11 +11,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use object_store::PutPayload;
 
-use super::read::For;
+use floe_common::batch;
+
+use super::read::{Batch, For};
 use super::{background, data_path, put, ShardLog};
 use crate::format;
 use crate::state::BatchLoc;
-use crate::{Entry, Error, Rewritten, Run, StreamId};
+use crate::{Entry, Error, Left, Rewritten, Run, StreamId};
 
 /// What a rewrite does with one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,11 +103,12 @@ impl ShardLog {
     }
 
     /// Shows `f` the durable batches of `stream` from `from` on that end at
-    /// or before `to`, about `max_bytes` of them (at least one), and applies
-    /// what it decides, durably. Call again from [`Rewrote::next`] for more;
-    /// it stops early (nothing read) at batches compaction has not been
-    /// through yet. When anything changes, the batches kept are copied into
-    /// the new object too. The stream's last batch is never dropped.
+    /// or before `to`, about `max_bytes` of them (at least one index
+    /// entry's), and applies what it decides, durably. Call again from
+    /// [`Rewrote::next`] for more; it stops early (nothing read) at batches
+    /// compaction has not been through yet. When anything changes, every
+    /// index entry read moves into the new object, batches kept or not
+    /// shown included. The stream's last batch is never dropped.
     pub async fn rewrite(
         &self,
         stream: StreamId,
@@ -115,7 +118,7 @@ impl ShardLog {
         mut f: impl FnMut(&Bytes) -> Change,
     ) -> Result<Rewrote, Error> {
         let _turn = self.inner.maintenance.lock().await;
-        let (locs, stream_end) = {
+        let (locs, from, stream_end) = {
             let core = self.inner.lock();
             if let Some(e) = &core.failed {
                 return Err(e.clone());
@@ -125,13 +128,14 @@ impl ShardLog {
                 return Err(Error::Closed);
             }
             let s = core.durable_stream(stream)?;
+            let from = from.max(s.log_start);
             // Only batches compaction has been through: it takes the rest,
             // oldest first, as a suffix of each stream's index.
             let compacted = core.durable.compacted_below;
             let mut total = 0u64;
-            let locs: Vec<BatchLoc> = s.locs[s.find(from.max(s.log_start))..]
+            let locs: Vec<BatchLoc> = s.locs[s.find(from)..]
                 .iter()
-                .take_while(|l| l.end_offset() <= to)
+                .take_while(|l| l.base_offset < to && (l.batches > 1 || l.end_offset() <= to))
                 .take_while(|l| l.obj.wal_seq().is_none_or(|q| q < compacted))
                 .take_while(|l| {
                     let first = total == 0;
@@ -140,98 +144,111 @@ impl ShardLog {
                 })
                 .copied()
                 .collect();
-            (locs, s.next_offset)
-        };
-        let Some(last) = locs.last() else {
-            return Ok(Rewrote {
-                next: from,
-                ..Rewrote::default()
-            });
+            (locs, from, s.next_offset)
         };
         let mut done = Rewrote {
-            next: last.end_offset(),
-            batches_read: locs.len(),
-            bytes_read: locs.iter().map(|l| l.len as u64).sum(),
+            next: from,
             ..Rewrote::default()
         };
-        let wanted: Vec<(StreamId, BatchLoc)> = locs.iter().map(|l| (stream, *l)).collect();
-        let bytes = self.batches_of(&wanted).await?;
-        let mut changes: Vec<Change> = locs
-            .iter()
-            .zip(&bytes)
-            .map(|(l, b)| match f(b) {
-                // A stream never ends in a gap: a reader there would find
-                // no batch to move it on to the high watermark.
-                Change::Drop if l.end_offset() >= stream_end => Change::Keep,
-                c => c,
-            })
-            .collect();
-        if changes.iter().all(|c| *c == Change::Keep) {
+        if locs.is_empty() {
             return Ok(done);
         }
-        // The batches kept move too, into the same object: the objects they
-        // were in are freed as the rest of them goes, not pinned by a few.
-        for (c, b) in changes.iter_mut().zip(&bytes) {
-            if *c == Change::Keep {
-                *c = Change::Replace(b.clone());
+        let wanted: Vec<(StreamId, BatchLoc)> = locs.iter().map(|l| (stream, *l)).collect();
+        let bytes = self.batches_of(&wanted).await?;
+        // Each entry's batches with what becomes of them; only those ending
+        // in `from..=to` are shown.
+        let mut entries: Vec<(BatchLoc, Vec<(Batch, Change)>)> = Vec::with_capacity(locs.len());
+        for (l, b) in locs.iter().zip(bytes) {
+            let mut batches = Vec::with_capacity(l.batches as usize);
+            for batch in self.split(l, b)? {
+                let shown = batch.end_offset > from && batch.end_offset <= to;
+                let change = if shown {
+                    done.batches_read += 1;
+                    done.bytes_read += batch.bytes.len() as u64;
+                    done.next = batch.end_offset;
+                    match f(&batch.bytes) {
+                        // A stream never ends in a gap: a reader there would
+                        // find no batch to move it on to the high watermark.
+                        Change::Drop if batch.end_offset >= stream_end => Change::Keep,
+                        c => c,
+                    }
+                } else {
+                    Change::Keep
+                };
+                batches.push((batch, change));
             }
+            entries.push((*l, batches));
+        }
+        if entries
+            .iter()
+            .flat_map(|e| &e.1)
+            .all(|(_, c)| *c == Change::Keep)
+        {
+            return Ok(done);
         }
         let header = format::data_header_len(1) as u32;
         let mut at = header;
         let mut chunks = vec![Bytes::new()];
-        let mut batches = Vec::new();
-        for ((l, b), change) in locs.iter().zip(&bytes).zip(changes) {
-            let now = match change {
-                Change::Keep => continue,
-                Change::Drop => {
-                    done.dropped += 1;
-                    None
-                }
-                Change::Replace(new) if new == *b => {
-                    let pos = at;
-                    at = at
-                        .checked_add(l.len)
-                        .ok_or_else(|| Error::Unavailable("rewrite over 4 GiB".into()))?;
-                    chunks.push(new);
-                    Some((pos, l.len))
-                }
-                Change::Replace(new) => {
-                    let len = u32::try_from(new.len())
-                        .ok()
-                        .filter(|_| new.len() >= 8 && new[..8] == b[..8])
-                        .ok_or_else(|| {
-                            Error::Unavailable("a rewritten batch must keep its base offset".into())
-                        })?;
-                    let pos = at;
-                    at = at
-                        .checked_add(len)
-                        .ok_or_else(|| Error::Unavailable("rewrite over 4 GiB".into()))?;
-                    done.replaced += 1;
-                    done.bytes_written += len as u64;
-                    chunks.push(new);
-                    Some((pos, len))
-                }
-            };
-            batches.push(Rewritten {
+        let mut moved = Vec::with_capacity(entries.len());
+        let too_big = || Error::Unavailable("rewrite over 4 GiB".into());
+        for (l, batches) in entries {
+            let pos = at;
+            let mut left: Option<Left> = None;
+            for (batch, change) in batches {
+                let new = match change {
+                    Change::Drop => {
+                        done.dropped += 1;
+                        continue;
+                    }
+                    Change::Keep => batch.bytes,
+                    Change::Replace(new) if new == batch.bytes => new,
+                    Change::Replace(new) => {
+                        keeps_offsets(&l, &batch, &new)?;
+                        done.replaced += 1;
+                        done.bytes_written += new.len() as u64;
+                        new
+                    }
+                };
+                let max_timestamp = match l.batches {
+                    1 => l.max_timestamp,
+                    _ => batch::frame(&new).map_or(batch.max_timestamp, |f| f.max_timestamp),
+                };
+                let left = left.get_or_insert(Left {
+                    base_offset: batch.base_offset,
+                    end_offset: batch.end_offset,
+                    batches: 0,
+                    max_timestamp,
+                });
+                left.end_offset = batch.end_offset;
+                left.batches += 1;
+                left.max_timestamp = left.max_timestamp.max(max_timestamp);
+                at = u32::try_from(new.len())
+                    .ok()
+                    .and_then(|n| at.checked_add(n))
+                    .ok_or_else(too_big)?;
+                chunks.push(new);
+            }
+            moved.push(Rewritten {
                 base_offset: l.base_offset,
                 was: (l.obj, l.pos),
-                now,
+                now: left.map(|_| (pos, at - pos)),
+                // One batch keeps its entry's offsets and timestamp.
+                left: left.filter(|_| l.batches > 1),
             });
         }
-        if batches.is_empty() {
-            return Ok(done);
-        }
         let object = self.next_data_object()?;
-        let size = if batches.iter().all(|b| b.now.is_none()) {
+        let size = if moved.iter().all(|b| b.now.is_none()) {
             // Nothing to store: the entry only drops batches.
             0
         } else {
             let inner = &self.inner;
+            let first = moved.iter().find(|b| b.now.is_some());
             let run = Run {
                 stream,
-                from: batches[0].base_offset,
-                to: done.next,
+                from: first.map_or(from, |b| b.base_offset),
+                to: locs.last().map_or(done.next, BatchLoc::end_offset),
                 end: at,
+                index_bytes: 0,
             };
             chunks[0] = format::encode_data_header(inner.writer, &[run], &[header as u64]);
             let (e, n) = object.data_parts().expect("a data object");
@@ -249,7 +266,7 @@ impl ShardLog {
             object,
             stream,
             size,
-            batches,
+            batches: moved,
         };
         self.append(vec![entry]).await?.durable().await?;
         self.inner.cfg.stats.rewrites.fetch_add(1, Relaxed);
@@ -266,7 +283,11 @@ impl ShardLog {
         let mut out: Vec<Option<Bytes>> = {
             let core = self.inner.lock();
             locs.iter()
-                .map(|(s, l)| core.tail.get(*s, l.base_offset))
+                .map(|(s, l)| {
+                    (l.batches == 1)
+                        .then(|| core.tail.get(*s, l.base_offset))
+                        .flatten()
+                })
                 .collect()
         };
         let missing: Vec<BatchLoc> = locs
@@ -284,6 +305,25 @@ impl ShardLog {
         }
         Ok(out.into_iter().map(|b| b.unwrap_or_default()).collect())
     }
+}
+
+/// A replacement keeps its batch's base offset (its first 8 bytes), and
+/// inside an entry of several also the offsets its framing says it spans.
+fn keeps_offsets(l: &BatchLoc, was: &Batch, new: &Bytes) -> Result<(), Error> {
+    let kept = match l.batches {
+        1 => new.len() >= 8 && new[..8] == was.base_offset.to_be_bytes(),
+        _ => batch::frame(new).is_some_and(|f| {
+            f.len == new.len()
+                && f.base_offset == was.base_offset
+                && f.end_offset() == was.end_offset
+        }),
+    };
+    if !kept {
+        return Err(Error::Unavailable(
+            "a rewritten batch must keep its base offset and the offsets it spans".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -494,12 +534,14 @@ mod tests {
                     base_offset: 0,
                     was: (ObjId::wal(5), 999),
                     now: Some((0, 50)),
+                    left: None,
                 },
                 // Not a batch's base offset.
                 Rewritten {
                     base_offset: 1,
                     was: (ObjId::wal(5), 61),
                     now: None,
+                    left: None,
                 },
             ],
         };
@@ -520,11 +562,13 @@ mod tests {
                     base_offset: 0,
                     was: (ObjId::wal(5), 61),
                     now: Some((0, 50)),
+                    left: None,
                 },
                 Rewritten {
                     base_offset: 2,
                     was: (ObjId::wal(5), 161),
                     now: None,
+                    left: None,
                 },
             ],
         };
