@@ -579,34 +579,53 @@ impl ShardLog {
         stream: StreamId,
         ts: i64,
     ) -> Result<Option<(i64, i64)>, Error> {
-        let loc = {
-            let core = self.inner.lock();
-            let s = core.durable_stream(stream)?;
-            s.locs.iter().find(|l| l.max_timestamp >= ts).copied()
-        };
-        let Some(loc) = loc else { return Ok(None) };
-        let batches = self.batches_in(stream, &loc).await?;
-        Ok(batches
-            .iter()
-            .find(|b| b.max_timestamp >= ts)
-            .map(|b| (b.base_offset, b.max_timestamp)))
+        let mut from = 0;
+        loop {
+            let (loc, log_start) = {
+                let core = self.inner.lock();
+                let s = core.durable_stream(stream)?;
+                let loc = s.locs[s.find(from.max(s.log_start))..]
+                    .iter()
+                    .find(|l| l.max_timestamp >= ts)
+                    .copied();
+                (loc, s.log_start)
+            };
+            let Some(loc) = loc else { return Ok(None) };
+            // Of several batches, the one may be below the log start.
+            let batches = self.batches_in(stream, &loc).await?;
+            let found = batches
+                .iter()
+                .filter(|b| b.end_offset > log_start)
+                .find(|b| b.max_timestamp >= ts);
+            if let Some(b) = found {
+                return Ok(Some((b.base_offset, b.max_timestamp)));
+            }
+            from = loc.end_offset();
+        }
     }
 
     /// The largest timestamp durable in a stream, with the last offset of
     /// the first batch that has it.
     pub async fn max_timestamp(&self, stream: StreamId) -> Result<Option<(i64, i64)>, Error> {
-        let loc = {
+        let (loc, log_start) = {
             let core = self.inner.lock();
             let s = core.durable_stream(stream)?;
-            s.locs
+            let loc = s
+                .locs
                 .iter()
                 .max_by_key(|l| (l.max_timestamp, std::cmp::Reverse(l.base_offset)))
-                .copied()
+                .copied();
+            (loc, s.log_start)
         };
         let Some(loc) = loc else { return Ok(None) };
+        // (Of several batches, those below the log start are gone: the
+        // largest timestamp left in the entry may then be smaller than
+        // another entry's. Rare and small: the answer stays a batch of
+        // the stream's.)
         let batches = self.batches_in(stream, &loc).await?;
         let best = batches
             .iter()
+            .filter(|b| b.end_offset > log_start)
             .max_by_key(|b| (b.max_timestamp, std::cmp::Reverse(b.base_offset)));
         Ok(best.map(|b| (b.end_offset - 1, b.max_timestamp)))
     }
@@ -630,9 +649,11 @@ impl ShardLog {
         self.split(loc, loaded.pop().unwrap_or_default())
     }
 
-    /// Where retention would move a stream's log start: past every batch
-    /// whose max timestamp is before `older_than`, and past the oldest bytes
-    /// beyond `max_bytes` (whole batches). `None` when it would not move.
+    /// Where retention would move a stream's log start: past every index
+    /// entry whose max timestamp is before `older_than`, and past the
+    /// oldest entries while at least `max_bytes` stay (Kafka's rule for its
+    /// segments; an entry of several batches goes whole). `None` when it
+    /// would not move.
     pub fn retention_point(
         &self,
         stream: StreamId,
@@ -643,7 +664,7 @@ impl ShardLog {
         let s = core.durable.streams.get(&stream)?;
         let mut k = 0;
         if let Some(t) = older_than {
-            // Timestamps need not be ordered: stop at the first young batch.
+            // Timestamps need not be ordered: stop at the first young entry.
             k = s
                 .locs
                 .iter()
@@ -651,10 +672,9 @@ impl ShardLog {
                 .unwrap_or(s.locs.len());
         }
         if let Some(max) = max_bytes {
-            let mut over = s.bytes.saturating_sub(max);
-            let mut j = 0;
-            while over > 0 && j < s.locs.len() {
-                over = over.saturating_sub(s.locs[j].len as u64);
+            let (mut left, mut j) = (s.bytes, 0);
+            while j < s.locs.len() && left - s.locs[j].len as u64 >= max {
+                left -= s.locs[j].len as u64;
                 j += 1;
             }
             k = k.max(j);
@@ -970,9 +990,9 @@ fn entry_bytes(e: &Entry) -> usize {
     match e {
         Entry::Append { data, .. } => data.len() + 32,
         Entry::Put { key, value } => key.len() + value.as_ref().map_or(0, |v| v.len()) + 16,
-        Entry::Compact { runs, .. } => 24 + runs.len() * 28,
+        Entry::Compact { runs, .. } => 24 + runs.len() * 32,
         Entry::Sweep { forget, .. } => 16 + forget.len() * 8,
-        Entry::Rewrite { batches, .. } => 24 + batches.len() * 29,
+        Entry::Rewrite { batches, .. } => 24 + batches.len() * 57,
         Entry::Meter { counts, .. } => 16 + counts.len() * 8,
         _ => 16,
     }
@@ -1018,8 +1038,11 @@ pub(crate) fn epoch_path(prefix: &Path, epoch: u64) -> Path {
 struct Tail {
     max_bytes: usize,
     bytes: usize,
-    map: HashMap<(StreamId, i64), Bytes>,
+    /// Per stream, by base offset.
+    map: HashMap<StreamId, BTreeMap<i64, Bytes>>,
     order: VecDeque<(StreamId, i64)>,
+    /// Keys in `map`.
+    len: usize,
 }
 
 impl Tail {
@@ -1029,6 +1052,7 @@ impl Tail {
             bytes: 0,
             map: HashMap::new(),
             order: VecDeque::new(),
+            len: 0,
         }
     }
 
@@ -1037,35 +1061,53 @@ impl Tail {
             return;
         }
         self.bytes += data.len();
-        if let Some(old) = self.map.insert((stream, base), data) {
+        if let Some(old) = self.map.entry(stream).or_default().insert(base, data) {
             self.bytes -= old.len();
         } else {
             self.order.push_back((stream, base));
+            self.len += 1;
         }
         while self.bytes > self.max_bytes {
-            let Some(k) = self.order.pop_front() else {
+            let Some((stream, base)) = self.order.pop_front() else {
                 break;
             };
-            if let Some(old) = self.map.remove(&k) {
+            self.remove(stream, base..base + 1);
+        }
+    }
+
+    fn remove(&mut self, stream: StreamId, range: std::ops::Range<i64>) {
+        let Some(m) = self.map.get_mut(&stream) else {
+            return;
+        };
+        let keys: Vec<i64> = m.range(range).map(|(&k, _)| k).collect();
+        for k in keys {
+            if let Some(old) = m.remove(&k) {
                 self.bytes -= old.len();
+                self.len -= 1;
             }
+        }
+        if m.is_empty() {
+            self.map.remove(&stream);
         }
     }
 
     fn get(&self, stream: StreamId, base: i64) -> Option<Bytes> {
-        self.map.get(&(stream, base)).cloned()
+        self.map.get(&stream)?.get(&base).cloned()
     }
 
     /// The batches of an index entry of several, if the tail still has
-    /// every one: they follow each other without a gap (a rewrite, which
-    /// leaves gaps, takes its batches out of the tail).
+    /// every one, back to back without a gap, as many bytes as the entry
+    /// (a rewrite, which leaves gaps, takes its entries' batches out of
+    /// the tail).
     fn several(&self, stream: StreamId, loc: &BatchLoc) -> Option<Vec<read::Batch>> {
-        let mut out = Vec::with_capacity(loc.batches as usize);
-        let mut at = loc.base_offset;
+        let m = self.map.get(&stream)?;
+        let mut out = Vec::with_capacity((loc.batches as usize).min(loc.len as usize / 61 + 1));
+        let (mut at, mut len) = (loc.base_offset, 0usize);
         while out.len() < loc.batches as usize {
-            let bytes = self.get(stream, at)?;
+            let bytes = m.get(&at)?.clone();
             let f = floe_common::batch::frame(&bytes)
                 .filter(|f| f.base_offset == at && f.len == bytes.len())?;
+            len += bytes.len();
             out.push(read::Batch {
                 base_offset: at,
                 end_offset: f.end_offset(),
@@ -1074,27 +1116,34 @@ impl Tail {
             });
             at = f.end_offset();
         }
-        (at == loc.end_offset()).then_some(out)
+        (at == loc.end_offset() && len == loc.len as usize).then_some(out)
     }
 
-    /// Forgets the batches a rewrite replaced: the tail must never serve
+    /// Forgets every batch of the index entries a rewrite replaces (`st`:
+    /// the state it applies to, before it does): the tail must never serve
     /// bytes the index no longer describes (compaction copies from it).
-    fn forget_rewritten(&mut self, e: &Entry) {
-        if let Entry::Rewrite {
+    fn forget_rewritten(&mut self, e: &Entry, st: &State) {
+        let Entry::Rewrite {
             stream, batches, ..
         } = e
-        {
-            for b in batches {
-                if let Some(old) = self.map.remove(&(*stream, b.base_offset)) {
-                    self.bytes -= old.len();
-                }
-            }
-            // Their keys stay in `order` until evicted; keep it from growing
-            // while rewrites hold the bytes under the bound.
-            if self.order.len() > 2 * self.map.len() + 64 {
-                let map = &self.map;
-                self.order.retain(|k| map.contains_key(k));
-            }
+        else {
+            return;
+        };
+        let locs = st.streams.get(stream).map_or(&[][..], |s| &s.locs[..]);
+        for b in batches {
+            let i = locs.partition_point(|l| l.base_offset < b.base_offset);
+            let end = locs
+                .get(i)
+                .filter(|l| l.base_offset == b.base_offset)
+                .map_or(b.base_offset + 1, BatchLoc::end_offset);
+            self.remove(*stream, b.base_offset..end);
+        }
+        // Their keys stay in `order` until evicted; keep it from growing
+        // while rewrites hold the bytes under the bound.
+        if self.order.len() > 2 * self.len + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(s, b)| map.get(s).is_some_and(|m| m.contains_key(b)));
         }
     }
 }

@@ -70,7 +70,7 @@ pub struct StreamState {
     pub log_start: i64,
     /// Offset the next appended batch gets (the high watermark, once durable).
     pub next_offset: i64,
-    /// Batches in offset order.
+    /// The batch index: entries (a batch, or a run of them) in offset order.
     pub locs: Vec<BatchLoc>,
     /// Sum of the batches' lengths (derived).
     pub bytes: u64,
@@ -129,7 +129,7 @@ pub struct State {
     /// Objects no batch references any more and that are not covered by
     /// `swept_below`'s range: deletable (after the grace period).
     pub garbage: BTreeSet<ObjId>,
-    /// Batches referencing each object (derived).
+    /// Index entries referencing each object (derived).
     pub refs: HashMap<ObjId, u32>,
     /// Record-batch bytes of every stream (derived): a storage quota's count.
     pub bytes: u64,
@@ -406,6 +406,14 @@ impl State {
                 if l.base_offset != b.base_offset || (!live && (l.obj, l.pos) != b.was) {
                     continue;
                 }
+                // What is left of an entry of several batches is a span
+                // within it, so the index stays in order.
+                let left = b.left.filter(|_| b.now.is_some());
+                if left
+                    .is_some_and(|t| t.base_offset < l.base_offset || t.end_offset > l.end_offset())
+                {
+                    continue;
+                }
                 let new_len = b.now.map_or(0, |(_, len)| len);
                 s.bytes = s.bytes + new_len as u64 - l.len as u64;
                 self.bytes = self.bytes + new_len as u64 - l.len as u64;
@@ -413,15 +421,11 @@ impl State {
                 if !live {
                     moved.push(l.obj);
                 }
-                if let (Some(_), Some(left)) = (b.now, b.left) {
-                    // What is left of an entry of several batches: a span
-                    // within the old one, so the index stays in order.
-                    if left.base_offset >= l.base_offset && left.end_offset <= l.end_offset() {
-                        l.offsets = (left.end_offset - left.base_offset) as u32;
-                        l.base_offset = left.base_offset;
-                        l.batches = left.batches;
-                        l.max_timestamp = left.max_timestamp;
-                    }
+                if let Some(left) = left {
+                    l.offsets = (left.end_offset - left.base_offset) as u32;
+                    l.base_offset = left.base_offset;
+                    l.batches = left.batches;
+                    l.max_timestamp = left.max_timestamp;
                 }
                 match b.now {
                     Some((pos, _)) if !live => {
@@ -537,10 +541,12 @@ fn merge(locs: &mut Vec<BatchLoc>, range: std::ops::Range<usize>, cap: u32) -> u
     for l in &locs[range.clone()] {
         if let Some(c) = out.last_mut() {
             let span = u32::try_from(l.end_offset() - c.base_offset);
-            if let (Ok(span), true) = (span, c.len as u64 + l.len as u64 <= cap as u64) {
+            let batches = c.batches.checked_add(l.batches);
+            let fits = c.len as u64 + l.len as u64 <= cap as u64;
+            if let (Ok(span), Some(batches), true) = (span, batches, fits) {
                 c.offsets = span;
                 c.len += l.len;
-                c.batches += l.batches;
+                c.batches = batches;
                 c.max_timestamp = c.max_timestamp.max(l.max_timestamp);
                 continue;
             }

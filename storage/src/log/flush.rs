@@ -141,8 +141,8 @@ fn complete(inner: &Arc<Inner>, seq: u64, res: Result<(), Error>) {
             } else {
                 0
             };
+            core.tail.forget_rewritten(e, &core.durable);
             core.durable.apply(e, seq, p);
-            core.tail.forget_rewritten(e);
             if let Entry::Append {
                 stream,
                 base_offset,

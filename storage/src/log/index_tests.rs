@@ -177,22 +177,14 @@ async fn compaction_indexes_runs_of_batches_and_reads_still_find_each() {
     }
     // The tail still has every batch: entries of several are served from it.
     check_reads(&log, s, &want).await;
-    log.close().await.expect("close");
-
-    // A new owner, from the checkpoint and the WAL, with nothing in memory.
-    let cfg = LogConfig {
-        tail_bytes: 0,
-        read_cache_bytes: 0,
-        compact_bytes: 0,
-        ..cfg
-    };
-    let log = ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
-        .await
-        .expect("reopen");
-    check_reads(&log, s, &want).await;
+    // retention.bytes drops whole entries while that many bytes stay.
+    let total: u64 = want.iter().map(|w| w.bytes.len() as u64).sum();
+    assert_eq!(log.retention_point(s, None, Some(total)), None);
+    assert_eq!(log.retention_point(s, None, Some(total - 1)), None);
+    assert_eq!(log.retention_point(s, None, Some(0)), Some(end));
 
     // A rewrite drops every fifth batch (not the last) and shortens every
-    // seventh, inside entries of several.
+    // seventh, inside entries of several, while the tail holds them all.
     let mut after = Vec::new();
     let (mut at, mut calls) = (0, 0);
     while at < end {
@@ -223,6 +215,14 @@ async fn compaction_indexes_runs_of_batches_and_reads_still_find_each() {
     assert!(calls > 1, "a call takes about max_bytes");
     check_reads(&log, s, &after).await;
     log.close().await.expect("close");
+
+    // A new owner, from the checkpoint and the WAL, with nothing in memory.
+    let cfg = LogConfig {
+        tail_bytes: 0,
+        read_cache_bytes: 0,
+        compact_bytes: 0,
+        ..cfg
+    };
     let log = ShardLog::open(store, Path::from("s"), cfg)
         .await
         .expect("reopen");

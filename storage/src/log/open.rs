@@ -172,8 +172,8 @@ fn replay(
             }
             _ => 0,
         };
+        tail.forget_rewritten(e, state);
         state.apply(e, obj.seq, p);
-        tail.forget_rewritten(e);
     }
     Ok(())
 }

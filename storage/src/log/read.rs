@@ -109,7 +109,11 @@ impl ShardLog {
                     total += loc.len as usize;
                 }
                 let tail = match several {
-                    false => core.tail.get(stream, loc.base_offset).map(Got::One),
+                    false => core
+                        .tail
+                        .get(stream, loc.base_offset)
+                        .filter(|b| b.len() == loc.len as usize)
+                        .map(Got::One),
                     true => core.tail.several(stream, loc).map(Got::Several),
                 };
                 entries.push((*loc, tail));
@@ -202,7 +206,8 @@ impl ShardLog {
             path: obj_path(&self.inner.prefix, loc.obj).to_string(),
             why: format!("index entry at offset {}: {why}", loc.base_offset),
         };
-        let mut out = Vec::with_capacity(loc.batches as usize);
+        // (A batch has a 61-byte header: no trust in a count read back.)
+        let mut out = Vec::with_capacity((loc.batches as usize).min(b.len() / 61 + 1));
         let mut end = loc.base_offset;
         while !b.is_empty() {
             let f = batch::frame(&b).ok_or_else(|| corrupt("a batch's framing"))?;

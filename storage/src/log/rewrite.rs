@@ -44,8 +44,9 @@ pub struct Rewrote {
 }
 
 impl ShardLog {
-    /// Bytes of the durable batches of `stream` that end at or before `to`
-    /// and start at or after `from`.
+    /// Bytes of the durable index entries of `stream` with offsets in
+    /// `from..to`: whole entries, so an entry of several batches across
+    /// either end counts in full.
     pub fn bytes_between(&self, stream: StreamId, from: i64, to: i64) -> u64 {
         let core = self.inner.lock();
         let Some(s) = core.durable.streams.get(&stream) else {
@@ -53,14 +54,14 @@ impl ShardLog {
         };
         s.locs[s.find(from)..]
             .iter()
-            .take_while(|l| l.end_offset() <= to)
-            .filter(|l| l.base_offset >= from)
+            .take_while(|l| l.base_offset < to)
             .map(|l| l.len as u64)
             .sum()
     }
 
-    /// Base offset of the first durable batch of `stream` whose max
-    /// timestamp is at or after `t`; the stream's end if there is none.
+    /// Base offset of the first durable index entry of `stream` whose max
+    /// timestamp is at or after `t` (an entry of several batches is as young
+    /// as its youngest); the stream's end if there is none.
     pub fn first_younger(&self, stream: StreamId, t: i64) -> i64 {
         let core = self.inner.lock();
         let Some(s) = core.durable.streams.get(&stream) else {
@@ -94,8 +95,8 @@ impl ShardLog {
         Ok(core.durable_stream(stream)?.aborted.clone())
     }
 
-    /// Max timestamp of the durable batch holding `offset`, or of the first
-    /// after it.
+    /// Max timestamp of the durable index entry holding `offset`, or of the
+    /// first after it (of several batches: the largest of theirs).
     pub fn timestamp_at(&self, stream: StreamId, offset: i64) -> Option<i64> {
         let core = self.inner.lock();
         let s = core.durable.streams.get(&stream)?;
@@ -159,8 +160,9 @@ impl ShardLog {
         // in `from..=to` are shown.
         let mut entries: Vec<(BatchLoc, Vec<(Batch, Change)>)> = Vec::with_capacity(locs.len());
         for (l, b) in locs.iter().zip(bytes) {
-            let mut batches = Vec::with_capacity(l.batches as usize);
-            for batch in self.split(l, b)? {
+            let batches = self.split(l, b)?;
+            let mut changes = Vec::with_capacity(batches.len());
+            for batch in batches {
                 let shown = batch.end_offset > from && batch.end_offset <= to;
                 let change = if shown {
                     done.batches_read += 1;
@@ -175,9 +177,9 @@ impl ShardLog {
                 } else {
                     Change::Keep
                 };
-                batches.push((batch, change));
+                changes.push((batch, change));
             }
-            entries.push((*l, batches));
+            entries.push((*l, changes));
         }
         if entries
             .iter()
@@ -287,6 +289,7 @@ impl ShardLog {
                     (l.batches == 1)
                         .then(|| core.tail.get(*s, l.base_offset))
                         .flatten()
+                        .filter(|b| b.len() == l.len as usize)
                 })
                 .collect()
         };
