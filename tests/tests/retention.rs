@@ -223,7 +223,7 @@ fn retention_bytes_keeps_the_newest_batches_within_the_bound() {
     }
     // 40 batches of ~10 KB: as in Kafka, old ones go while at least
     // 50,000 bytes stay.
-    let keep = (50_000 as usize).div_ceil(one.len()) as i64;
+    let keep = 50_000_usize.div_ceil(one.len()) as i64;
     wait_until("retention.bytes", Duration::from_secs(30), || {
         earliest(&mut c, "b", 0) == (40 - keep) * 10
     });
