@@ -112,6 +112,11 @@ pub fn frame(b: &[u8]) -> Option<Frame> {
     })
 }
 
+/// [`frame`] of `b` when `b` is exactly one batch.
+pub fn frame_whole(b: &[u8]) -> Option<Frame> {
+    frame(b).filter(|f| f.len == b.len())
+}
+
 /// Parses and checks the batch at the start of `b` (magic, length, CRC-32C).
 pub fn parse(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if b.len() < HEADER_LEN {
@@ -297,6 +302,11 @@ pub(crate) mod tests {
         *b.last_mut().expect("nonempty") ^= 1;
         assert!(frame(&b).is_some(), "the CRC is not checked");
         assert_eq!(frame(&b[..b.len() - 1]), None, "cut short");
+        let mut two = b.clone();
+        two.extend_from_slice(&b);
+        assert_eq!(frame(&two).map(|f| f.len), Some(b.len()));
+        assert_eq!(frame_whole(&two), None, "more than one batch");
+        assert_eq!(frame_whole(&b), frame(&b));
         b[16] = 1;
         assert_eq!(frame(&b), None, "not magic 2");
     }

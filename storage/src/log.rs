@@ -1091,8 +1091,11 @@ impl Tail {
         }
     }
 
-    fn get(&self, stream: StreamId, base: i64) -> Option<Bytes> {
-        self.map.get(&stream)?.get(&base).cloned()
+    /// The bytes of an index entry of one batch, if the tail has that
+    /// batch as long as the entry says.
+    fn one(&self, stream: StreamId, loc: &BatchLoc) -> Option<Bytes> {
+        let b = self.map.get(&stream)?.get(&loc.base_offset)?;
+        (loc.batches == 1 && b.len() == loc.len as usize).then(|| b.clone())
     }
 
     /// The batches of an index entry of several, if the tail still has
@@ -1105,8 +1108,7 @@ impl Tail {
         let (mut at, mut len) = (loc.base_offset, 0usize);
         while out.len() < loc.batches as usize {
             let bytes = m.get(&at)?.clone();
-            let f = floe_common::batch::frame(&bytes)
-                .filter(|f| f.base_offset == at && f.len == bytes.len())?;
+            let f = floe_common::batch::frame_whole(&bytes).filter(|f| f.base_offset == at)?;
             len += bytes.len();
             out.push(read::Batch {
                 base_offset: at,

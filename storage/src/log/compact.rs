@@ -576,9 +576,8 @@ fn rewrite_plan(st: &State, target: u64) -> Option<Plan> {
 /// does.
 fn framed(l: &BatchLoc, b: &Bytes) -> bool {
     l.batches > 1
-        || floe_common::batch::frame(b).is_some_and(|f| {
-            f.len == b.len()
-                && f.base_offset == l.base_offset
+        || floe_common::batch::frame_whole(b).is_some_and(|f| {
+            f.base_offset == l.base_offset
                 && f.offsets == l.offsets
                 && f.max_timestamp == l.max_timestamp
         })

@@ -109,11 +109,7 @@ impl ShardLog {
                     total += loc.len as usize;
                 }
                 let tail = match several {
-                    false => core
-                        .tail
-                        .get(stream, loc.base_offset)
-                        .filter(|b| b.len() == loc.len as usize)
-                        .map(Got::One),
+                    false => core.tail.one(stream, loc).map(Got::One),
                     true => core.tail.several(stream, loc).map(Got::Several),
                 };
                 entries.push((*loc, tail));
@@ -157,22 +153,19 @@ impl ShardLog {
             out.batches.push(b);
             true
         };
+        // (Every entry has its bytes by now.)
         'entries: for (loc, got) in entries {
-            match got {
-                Some(Got::Several(batches)) => {
+            match got.unwrap_or(Got::One(Bytes::new())) {
+                Got::One(b) => {
+                    if !take(loc.end_offset(), b) {
+                        break;
+                    }
+                }
+                Got::Several(batches) => {
                     for batch in batches {
                         if !take(batch.end_offset, batch.bytes) {
                             break 'entries;
                         }
-                    }
-                }
-                one => {
-                    let b = match one {
-                        Some(Got::One(b)) => b,
-                        _ => Bytes::new(),
-                    };
-                    if !take(loc.end_offset(), b) {
-                        break;
                     }
                 }
             }
@@ -250,7 +243,7 @@ impl ShardLog {
                 total += l.len as usize;
                 total <= bytes
             }) {
-                if loc.batches == 1 && core.tail.get(stream, loc.base_offset).is_some() {
+                if core.tail.one(stream, loc).is_some() {
                     continue;
                 }
                 for id in self.blocks_of(loc) {

@@ -284,14 +284,7 @@ impl ShardLog {
     ) -> Result<Vec<Bytes>, Error> {
         let mut out: Vec<Option<Bytes>> = {
             let core = self.inner.lock();
-            locs.iter()
-                .map(|(s, l)| {
-                    (l.batches == 1)
-                        .then(|| core.tail.get(*s, l.base_offset))
-                        .flatten()
-                        .filter(|b| b.len() == l.len as usize)
-                })
-                .collect()
+            locs.iter().map(|(s, l)| core.tail.one(*s, l)).collect()
         };
         let missing: Vec<BatchLoc> = locs
             .iter()
@@ -315,11 +308,8 @@ impl ShardLog {
 fn keeps_offsets(l: &BatchLoc, was: &Batch, new: &Bytes) -> Result<(), Error> {
     let kept = match l.batches {
         1 => new.len() >= 8 && new[..8] == was.base_offset.to_be_bytes(),
-        _ => batch::frame(new).is_some_and(|f| {
-            f.len == new.len()
-                && f.base_offset == was.base_offset
-                && f.end_offset() == was.end_offset
-        }),
+        _ => batch::frame_whole(new)
+            .is_some_and(|f| f.base_offset == was.base_offset && f.end_offset() == was.end_offset),
     };
     if !kept {
         return Err(Error::Unavailable(
