@@ -932,6 +932,33 @@ mod tests {
     }
 
     #[test]
+    fn a_rewrite_whose_left_span_is_empty_is_corrupt() {
+        let w = Writer { epoch: 1, nonce: 1 };
+        let rewrite = |base_offset, end_offset, batches| Entry::Rewrite {
+            object: ObjId::data(1, 0),
+            stream: StreamId(1),
+            size: 100,
+            batches: vec![Rewritten {
+                base_offset: 0,
+                was: (ObjId::wal(1), 0),
+                now: Some((0, 100)),
+                left: Some(Left {
+                    base_offset,
+                    end_offset,
+                    batches,
+                    max_timestamp: 0,
+                }),
+            }],
+        };
+        let decode = |e| decode_wal(concat(&encode_wal(w, 1, &[e]))).map(|d| d.entries);
+        assert!(decode(rewrite(3, 9, 2)).is_ok());
+        for (base, end, batches) in [(3, 3, 1), (9, 3, 1), (3, 9, 0), (0, 1 << 33, 1)] {
+            let err = decode(rewrite(base, end, batches)).expect_err("corrupt");
+            assert_eq!(err.0, "rewritten entry's span", "{base}..{end}, {batches}");
+        }
+    }
+
+    #[test]
     fn wal_round_trip() {
         let w = Writer {
             epoch: 3,

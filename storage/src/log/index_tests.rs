@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::{Change, LogConfig, ShardLog};
 use crate::{Entry, StreamId};
@@ -223,9 +223,49 @@ async fn compaction_indexes_runs_of_batches_and_reads_still_find_each() {
         compact_bytes: 0,
         ..cfg
     };
-    let log = ShardLog::open(store, Path::from("s"), cfg)
+    let log = ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
         .await
         .expect("reopen");
     check_reads(&log, s, &after).await;
+    log.close().await.expect("close");
+
+    // A data object whose batches no longer frame as their entry says
+    // (here: one batch's offset span changed) is corrupt, not misread.
+    let loc = {
+        let log = ShardLog::open(store.clone(), Path::from("s"), cfg.clone())
+            .await
+            .expect("reopen");
+        let loc = log.inner.lock().durable.streams[&s].locs[1];
+        log.close().await.expect("close");
+        loc
+    };
+    assert!(loc.batches > 1);
+    let path = super::obj_path(&Path::from("s"), loc.obj);
+    let mut obj = BytesMut::from(
+        &store
+            .get(&path)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")[..],
+    );
+    let at = loc.pos as usize + 23;
+    let delta = i32::from_be_bytes(obj[at..at + 4].try_into().expect("4 bytes"));
+    obj[at..at + 4].copy_from_slice(&(delta + 1).to_be_bytes());
+    store.put(&path, obj.freeze().into()).await.expect("put");
+    let log = ShardLog::open(store, Path::from("s"), cfg)
+        .await
+        .expect("reopen");
+    let err = log
+        .read(s, loc.base_offset, 1 << 20, true)
+        .await
+        .expect_err("corrupt");
+    assert!(matches!(err, crate::Error::Corrupt { .. }), "{err}");
+    let other = log
+        .read(s, loc.end_offset(), 1, true)
+        .await
+        .expect("the entries after it read");
+    assert!(!other.batches.is_empty());
     log.close().await.expect("close");
 }
